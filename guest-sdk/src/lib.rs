@@ -1,0 +1,263 @@
+//! Write durable workflows in plain Rust.
+//!
+//! A workflow is a function `fn(&Context, Input) -> Result<Output, Error>`
+//! compiled to a WebAssembly component (`cargo build --target wasm32-wasip2`)
+//! and run by `durable-host`. Every piece of work that must not be repeated
+//! after a crash goes into a [`Context::step`]: the host checkpoints each step's
+//! result in SQLite, and when a crashed workflow runs again, completed steps
+//! hand back their recorded result instead of running a second time.
+//!
+//! ```no_run
+//! use durable_sdk::{Context, Error};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Deserialize)]
+//! struct Order { id: u64, amount_cents: u64 }
+//!
+//! #[derive(Serialize)]
+//! struct Receipt { payment_id: String, emailed: bool }
+//!
+//! fn checkout(ctx: &Context, order: Order) -> Result<Receipt, Error> {
+//!     // Runs once; on a resumed run the stored payment id comes back.
+//!     let payment_id: String = ctx.step("charge_card", || {
+//!         Ok(format!("pay-{}-{}", order.id, order.amount_cents))
+//!     })?;
+//!     let emailed = ctx.step("send_receipt", || Ok(true))?;
+//!     Ok(Receipt { payment_id, emailed })
+//! }
+//!
+//! durable_sdk::workflow!(checkout);
+//! ```
+//!
+//! Then: `durable-host run target/wasm32-wasip2/release/checkout.wasm
+//! --workflow-id order-42 --input '{"id": 42, "amount_cents": 1999}'`.
+//!
+//! # What must stay deterministic
+//!
+//! On every run the workflow function executes from the top, so the code
+//! *between* steps must make the same decisions each time: the same steps, in
+//! the same order, with the same names. Anything that can change between runs
+//! (the clock, random numbers, files, other services) belongs inside a step,
+//! whose recorded result is what later runs see. The host stops a run that
+//! asks for a different step than the recorded history, and changes nothing.
+//!
+//! # Steps and their keys
+//!
+//! Each step gets the key `name#NNNNNN`, counting calls per name, so calling
+//! the same step in a loop or a branch is fine. Pass an empty name and the
+//! SDK names the step after its call site (`file:line:column`).
+//!
+//! A step either completes (its value or its error is recorded and replayed)
+//! or is interrupted by a crash. An interrupted step runs again on the next
+//! run: steps are *at least once* while in flight and *exactly once* once
+//! recorded. Give external services [`current_step`]'s idempotency key to
+//! make the repeat harmless.
+
+// The bindings and the export macro name this crate by its path, also from inside.
+extern crate self as durable_sdk;
+
+use std::cell::RefCell;
+use std::fmt;
+use std::panic::Location;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "workflow",
+        pub_export_macro: true,
+        default_bindings_module: "durable_sdk::bindings",
+        runtime_path: "durable_sdk::bindings::wit_bindgen_rt",
+    });
+    #[doc(hidden)]
+    pub use wit_bindgen::rt as wit_bindgen_rt;
+}
+
+#[doc(hidden)]
+pub use serde_json as __serde_json;
+
+use bindings::durable::workflow::durable_step as host;
+
+/// An error that ends a step or a workflow.
+///
+/// It carries a message, which is what the host records and what a replay
+/// hands back. Any `std::error::Error` converts into it, so `?` works inside
+/// steps and workflows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    message: String,
+}
+
+impl Error {
+    /// An error with the given message.
+    pub fn new(message: impl fmt::Display) -> Self {
+        Self {
+            message: message.to_string(),
+        }
+    }
+
+    /// The message, as recorded by the host.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+// Like anyhow, `Error` does not implement `std::error::Error` itself, so this
+// blanket conversion does not overlap with `From<Error> for Error`.
+impl<E: std::error::Error> From<E> for Error {
+    fn from(error: E) -> Self {
+        Self::new(error)
+    }
+}
+
+/// Build an [`Error`] from a format string: `Err(durable_sdk::error!("no seat {n}"))`.
+#[macro_export]
+macro_rules! error {
+    ($($arg:tt)*) => {
+        $crate::Error::new(::std::format!($($arg)*))
+    };
+}
+
+/// The step whose body is executing right now, as the host announced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRun {
+    /// `name#NNNNNN`.
+    pub key: String,
+    /// 1 on the first execution; more when an earlier run died mid-step.
+    pub attempt: u32,
+    /// `<workflow id>/<step key>`: hand it to external services so that a
+    /// repeated attempt is recognised as a duplicate.
+    pub idempotency_key: String,
+}
+
+thread_local! {
+    static CURRENT_STEP: RefCell<Option<StepRun>> = const { RefCell::new(None) };
+}
+
+/// The step being executed, or `None` outside a step body (and while a step
+/// is replayed, as its body does not run).
+pub fn current_step() -> Option<StepRun> {
+    CURRENT_STEP.with(|current| current.borrow().clone())
+}
+
+/// The workflow's handle on the host: every durable operation goes through it.
+pub struct Context {
+    _private: (),
+}
+
+impl Context {
+    #[doc(hidden)]
+    pub fn __new() -> Self {
+        Self { _private: () }
+    }
+
+    /// Run `body` as the durable step `name`, or hand back its recorded
+    /// result if an earlier run of this workflow completed it.
+    ///
+    /// The value is stored as JSON, so `T` must round-trip through serde. An
+    /// `Err` from `body` is recorded too and replayed as the same error.
+    /// With an empty `name` the step is named after this call's location in
+    /// the source.
+    #[track_caller]
+    pub fn step<T, F>(&self, name: &str, body: F) -> Result<T, Error>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Result<T, Error>,
+    {
+        let caller = Location::caller();
+        let name = if name.is_empty() {
+            format!("{}:{}:{}", caller.file(), caller.line(), caller.column())
+        } else {
+            name.to_owned()
+        };
+        match host::begin_step(&name) {
+            host::StepStart::Replayed(recorded) => decode(&name, recorded),
+            host::StepStart::Execute(run) => {
+                let key = run.key.clone();
+                let outcome = with_current_step(run, body);
+                let recorded = match &outcome {
+                    Ok(value) => serde_json::to_string(value).map_err(|e| {
+                        format!("step `{key}` returned a value that cannot be stored as JSON: {e}")
+                    }),
+                    Err(error) => Err(error.message.clone()),
+                };
+                host::finish_step(&key, &recorded);
+                // Hand back exactly what a replay will see.
+                match recorded {
+                    Ok(_) => outcome,
+                    Err(message) => Err(Error { message }),
+                }
+            }
+        }
+    }
+}
+
+fn with_current_step<T>(run: host::StepRun, body: impl FnOnce() -> T) -> T {
+    let step = StepRun {
+        key: run.key,
+        attempt: run.attempt,
+        idempotency_key: run.idempotency_key,
+    };
+    CURRENT_STEP.with(|current| *current.borrow_mut() = Some(step));
+    let result = body();
+    CURRENT_STEP.with(|current| *current.borrow_mut() = None);
+    result
+}
+
+fn decode<T: DeserializeOwned>(name: &str, recorded: Result<String, String>) -> Result<T, Error> {
+    match recorded {
+        Ok(json) => Ok(serde_json::from_str(&json).unwrap_or_else(|e| {
+            // The history holds a value this code cannot read: the step's type
+            // changed since it ran. Continuing would diverge from the history.
+            panic!("recorded result of step `{name}` does not match the type this workflow expects ({e}); was the workflow changed since it started?")
+        })),
+        Err(message) => Err(Error { message }),
+    }
+}
+
+/// Decode the workflow input, run `workflow`, encode its output. Used by
+/// [`workflow!`]; not part of the public API.
+#[doc(hidden)]
+pub fn __run<I, O>(
+    input: String,
+    workflow: fn(&Context, I) -> Result<O, Error>,
+) -> Result<String, String>
+where
+    I: DeserializeOwned,
+    O: Serialize,
+{
+    let input: I = serde_json::from_str(&input)
+        .map_err(|e| format!("the workflow input does not have the expected shape: {e}"))?;
+    let output = workflow(&Context::__new(), input).map_err(|e| e.message)?;
+    serde_json::to_string(&output)
+        .map_err(|e| format!("the workflow output cannot be encoded as JSON: {e}"))
+}
+
+/// Export a function `fn(&Context, Input) -> Result<Output, Error>` as this
+/// component's workflow. Use it once per crate.
+///
+/// `Input` is decoded from the JSON the workflow was started with and
+/// `Output` is encoded as the workflow's JSON result.
+#[macro_export]
+macro_rules! workflow {
+    ($function:path) => {
+        struct __DurableWorkflow;
+
+        impl $crate::bindings::Guest for __DurableWorkflow {
+            fn run(input: ::std::string::String) -> ::std::result::Result<::std::string::String, ::std::string::String> {
+                $crate::__run(input, $function)
+            }
+        }
+
+        $crate::bindings::export!(__DurableWorkflow with_types_in $crate::bindings);
+    };
+}

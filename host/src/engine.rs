@@ -1,0 +1,652 @@
+//! The replay engine: sequences a run's steps against the recorded history.
+//!
+//! A [`WorkflowRun`] is one execution of a workflow by this process. It loads
+//! the workflow's checkpoints once, then answers each step the guest begins:
+//! replay the recorded result, execute a new step, or take over a step that a
+//! dead run left `running`. It enforces determinism (the guest must ask for
+//! the recorded steps in the recorded order) and decides what is committed
+//! when. It knows nothing of WebAssembly: the runtime calls it from the
+//! guest's imports, and nothing of the command line: the caller hands it a
+//! [`RunObserver`] for progress and a [`CrashPlan`] for crash simulation.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::store::{
+    CheckpointStore, NewWorkflow, Outcome, StepBegin, StepKey, StepRecord, StoreError, WorkflowEnd,
+    WorkflowRecord, now_millis,
+};
+
+/// Why a run cannot go on. Apart from `Store`, these are the guest's or the
+/// caller's doing, and none of them changes the recorded history.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "non-determinism: step {position} of workflow {workflow_id} is `{recorded}` in the recorded \
+         history, but the workflow now asks for `{requested}`"
+    )]
+    Diverged {
+        workflow_id: String,
+        position: u32,
+        recorded: StepKey,
+        requested: StepKey,
+    },
+    #[error(
+        "non-determinism: workflow {workflow_id} returned after {reached} steps, but its recorded \
+         history continues with `{next}`"
+    )]
+    EndedEarly {
+        workflow_id: String,
+        reached: u32,
+        next: StepKey,
+    },
+    #[error(
+        "workflow {workflow_id} was started with a different input; run it again without --input to resume it"
+    )]
+    InputMismatch { workflow_id: String },
+    #[error("the guest began a step with an empty name")]
+    EmptyStepName,
+    #[error("the guest began step `{requested}` while step `{executing}` is still executing")]
+    StepOverlap {
+        executing: StepKey,
+        requested: StepKey,
+    },
+    #[error("the guest finished step `{key}`, which is not the step being executed")]
+    NotExecuting { key: String },
+    #[error("step `{key}` returned a value that is not valid JSON: {reason}")]
+    InvalidStepJson { key: StepKey, reason: String },
+}
+
+impl EngineError {
+    /// True when the guest's steps no longer match the recorded history.
+    pub fn is_non_determinism(&self) -> bool {
+        matches!(self, Self::Diverged { .. } | Self::EndedEarly { .. })
+    }
+}
+
+/// What a run does with a step the guest began.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepStart {
+    /// Completed earlier: hand the recorded outcome back.
+    Replayed(Outcome),
+    /// Execute the body now.
+    Execute(StepRun),
+}
+
+/// A step the guest must execute now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRun {
+    pub key: StepKey,
+    pub attempt: u32,
+    pub idempotency_key: String,
+}
+
+/// One line of a run's story, as the observer and the report see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepEvent {
+    pub key: StepKey,
+    pub kind: StepEventKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepEventKind {
+    /// The recorded outcome was handed back; nothing ran.
+    Replayed { failed: bool },
+    /// The body ran in this run and its outcome was recorded.
+    Executed {
+        attempt: u32,
+        duration: Duration,
+        /// The outcome was an error (recorded, and replayed as such).
+        error: Option<String>,
+    },
+    /// The body was executing when the run ended abnormally (a trap).
+    Interrupted {
+        attempt: u32,
+        duration: Duration,
+        reason: String,
+    },
+}
+
+/// Receives progress as it happens, for display.
+pub trait RunObserver: Send {
+    fn step_event(&mut self, workflow_id: &str, event: &StepEvent);
+}
+
+/// Where a simulated crash ends the process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// After the step is marked running, before its body runs.
+    Before(String),
+    /// Right after the step's result is committed.
+    After(String),
+    /// After this many checkpoints (step results) committed by this run.
+    AfterCheckpoints(u32),
+}
+
+impl CrashPoint {
+    /// `step` matches a key (`name#000002`) exactly, or a name's first call.
+    fn matches_step(step: &str, key: &StepKey) -> bool {
+        if step.contains('#') {
+            step == key.as_str()
+        } else {
+            *key == StepKey::new(step, 1)
+        }
+    }
+}
+
+/// Crash points for testing recovery, and what to do when one is reached.
+/// The action must not return: it ends the process, like `kill -9` would.
+pub struct CrashPlan {
+    points: Vec<CrashPoint>,
+    crash: Box<dyn Fn(&str) + Send>,
+}
+
+impl CrashPlan {
+    pub fn new(points: Vec<CrashPoint>, crash: impl Fn(&str) + Send + 'static) -> Self {
+        Self {
+            points,
+            crash: Box::new(crash),
+        }
+    }
+
+    /// A plan that never crashes.
+    pub fn none() -> Self {
+        Self::new(Vec::new(), |_| {})
+    }
+
+    fn before_body(&self, key: &StepKey) {
+        for point in &self.points {
+            if let CrashPoint::Before(step) = point {
+                if CrashPoint::matches_step(step, key) {
+                    (self.crash)(&format!("before step {key} ran"));
+                }
+            }
+        }
+    }
+
+    fn after_checkpoint(&self, key: &StepKey, checkpoints: u32) {
+        for point in &self.points {
+            match point {
+                CrashPoint::After(step) if CrashPoint::matches_step(step, key) => {
+                    (self.crash)(&format!("after step {key} was checkpointed"));
+                }
+                CrashPoint::AfterCheckpoints(n) if *n == checkpoints => {
+                    (self.crash)(&format!("after {checkpoints} checkpoints (last: {key})"));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// What the caller asks of a run.
+pub struct RunRequest<'a> {
+    pub workflow_id: &'a str,
+    pub component_sha256: &'a str,
+    /// The input as compact JSON; `None` to resume with the stored input
+    /// (or start with `null`).
+    pub input: Option<&'a str>,
+    pub run_id: &'a str,
+}
+
+/// The result of opening a workflow.
+pub enum Opened {
+    /// The workflow already finished; nothing will run.
+    Finished(WorkflowRecord),
+    /// The workflow can run (new, or resuming); nothing is written until
+    /// [`PendingRun::claim`].
+    Ready(PendingRun),
+}
+
+/// The recorded steps of a resumed workflow, walked in sequence order.
+#[derive(Debug, Default)]
+pub struct ReplayCursor {
+    recorded: Vec<StepRecord>,
+}
+
+impl ReplayCursor {
+    fn new(recorded: Vec<StepRecord>) -> Self {
+        debug_assert!(recorded.windows(2).all(|w| w[0].sequence < w[1].sequence));
+        Self { recorded }
+    }
+
+    /// The step recorded at `sequence` (from 1), if any.
+    fn at(&self, sequence: u32) -> Option<&StepRecord> {
+        // Sequences are dense from 1, so the position is the index; fall back
+        // to a search should a history ever have gaps.
+        match self.recorded.get(sequence as usize - 1) {
+            Some(step) if step.sequence == sequence => Some(step),
+            _ => self.recorded.iter().find(|s| s.sequence == sequence),
+        }
+    }
+
+    /// The first recorded step after position `sequence`.
+    fn after(&self, sequence: u32) -> Option<&StepRecord> {
+        self.recorded.iter().find(|s| s.sequence > sequence)
+    }
+
+    pub fn len(&self) -> usize {
+        self.recorded.len()
+    }
+}
+
+struct Executing {
+    key: StepKey,
+    attempt: u32,
+    started: Instant,
+}
+
+/// How a run ended, for the caller to report.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub workflow_id: String,
+    pub run_id: String,
+    /// Whether this run found the workflow already started.
+    pub resumed: bool,
+    pub outcome: Outcome,
+    pub events: Vec<StepEvent>,
+}
+
+/// A workflow that can run, read from the store but not yet claimed: the
+/// caller can still check the component (and give up) without leaving
+/// anything behind.
+pub struct PendingRun {
+    store: Box<dyn CheckpointStore>,
+    workflow_id: String,
+    component_sha256: String,
+    input: String,
+    run_id: String,
+    /// The owner to take over from, when resuming.
+    previous_run: Option<String>,
+    cursor: ReplayCursor,
+}
+
+impl PendingRun {
+    pub fn workflow_id(&self) -> &str {
+        &self.workflow_id
+    }
+
+    /// Number of steps recorded by earlier runs, or `None` for a new workflow.
+    pub fn recorded_steps(&self) -> Option<usize> {
+        self.previous_run.as_ref().map(|_| self.cursor.len())
+    }
+
+    /// Record this run as the workflow's owner (creating the workflow if it
+    /// is new), so that it can execute steps.
+    pub fn claim(
+        self,
+        crash: CrashPlan,
+        observer: Box<dyn RunObserver>,
+    ) -> Result<WorkflowRun, EngineError> {
+        let id = &self.workflow_id;
+        match &self.previous_run {
+            Some(previous) => self.store.claim_workflow(id, previous, &self.run_id)?,
+            None => self.store.create_workflow(&NewWorkflow {
+                id,
+                component_sha256: &self.component_sha256,
+                input: &self.input,
+                run_id: &self.run_id,
+            })?,
+        }
+        Ok(WorkflowRun {
+            resumed: self.previous_run.is_some(),
+            store: self.store,
+            workflow_id: self.workflow_id,
+            input: self.input,
+            run_id: self.run_id,
+            cursor: self.cursor,
+            ordinals: HashMap::new(),
+            position: 0,
+            executing: None,
+            checkpoints: 0,
+            crash,
+            observer,
+            events: Vec::new(),
+        })
+    }
+}
+
+/// One execution of a workflow by this process, as its owner.
+pub struct WorkflowRun {
+    store: Box<dyn CheckpointStore>,
+    workflow_id: String,
+    input: String,
+    run_id: String,
+    resumed: bool,
+    cursor: ReplayCursor,
+    ordinals: HashMap<String, u32>,
+    position: u32,
+    executing: Option<Executing>,
+    checkpoints: u32,
+    crash: CrashPlan,
+    observer: Box<dyn RunObserver>,
+    events: Vec<StepEvent>,
+}
+
+impl WorkflowRun {
+    /// Look up workflow `request.workflow_id` to start or resume it. Reads
+    /// only: see [`PendingRun::claim`].
+    pub fn open(
+        store: Box<dyn CheckpointStore>,
+        request: &RunRequest<'_>,
+    ) -> Result<Opened, EngineError> {
+        let id = request.workflow_id;
+        let existing = store.workflow(id)?;
+        if let (Some(existing), Some(input)) = (&existing, request.input) {
+            if existing.input != input {
+                return Err(EngineError::InputMismatch {
+                    workflow_id: id.to_owned(),
+                });
+            }
+        }
+        let (input, previous_run, cursor) = match existing {
+            Some(workflow) if workflow.outcome().is_some() => {
+                return Ok(Opened::Finished(workflow));
+            }
+            Some(workflow) => {
+                let cursor = ReplayCursor::new(store.steps(id)?);
+                (workflow.input, Some(workflow.run_id), cursor)
+            }
+            None => (
+                request.input.unwrap_or("null").to_owned(),
+                None,
+                ReplayCursor::default(),
+            ),
+        };
+        Ok(Opened::Ready(PendingRun {
+            store,
+            workflow_id: id.to_owned(),
+            component_sha256: request.component_sha256.to_owned(),
+            input,
+            run_id: request.run_id.to_owned(),
+            previous_run,
+            cursor,
+        }))
+    }
+
+    pub fn workflow_id(&self) -> &str {
+        &self.workflow_id
+    }
+
+    /// The input the workflow was started with, as JSON.
+    pub fn input(&self) -> &str {
+        &self.input
+    }
+
+    /// The guest begins its next step, called `name`.
+    pub fn begin_step(&mut self, name: &str) -> Result<StepStart, EngineError> {
+        if name.is_empty() {
+            return Err(EngineError::EmptyStepName);
+        }
+        let ordinal = self.ordinals.get(name).copied().unwrap_or(0) + 1;
+        let key = StepKey::new(name, ordinal);
+        if let Some(executing) = &self.executing {
+            return Err(EngineError::StepOverlap {
+                executing: executing.key.clone(),
+                requested: key,
+            });
+        }
+        let sequence = self.position + 1;
+        let attempt = match self.cursor.at(sequence) {
+            Some(recorded) if recorded.key != key => {
+                return Err(EngineError::Diverged {
+                    workflow_id: self.workflow_id.clone(),
+                    position: sequence,
+                    recorded: recorded.key.clone(),
+                    requested: key,
+                });
+            }
+            Some(recorded) => match recorded.outcome() {
+                Some(outcome) => {
+                    self.advance(name, ordinal, sequence);
+                    self.emit(StepEvent {
+                        key,
+                        kind: StepEventKind::Replayed {
+                            failed: outcome.is_err(),
+                        },
+                    });
+                    return Ok(StepStart::Replayed(outcome));
+                }
+                // Left running by a run that died: take it over.
+                None => recorded.attempts + 1,
+            },
+            None => 1,
+        };
+        self.store.begin_step(
+            &self.workflow_id,
+            &StepBegin {
+                key: &key,
+                sequence,
+                name,
+                attempt,
+                run_id: &self.run_id,
+                started_at: now_millis(),
+            },
+        )?;
+        self.advance(name, ordinal, sequence);
+        self.crash.before_body(&key);
+        self.executing = Some(Executing {
+            key: key.clone(),
+            attempt,
+            started: Instant::now(),
+        });
+        Ok(StepStart::Execute(StepRun {
+            idempotency_key: format!("{}/{}", self.workflow_id, key),
+            key,
+            attempt,
+        }))
+    }
+
+    fn advance(&mut self, name: &str, ordinal: u32, sequence: u32) {
+        self.ordinals.insert(name.to_owned(), ordinal);
+        self.position = sequence;
+    }
+
+    /// The guest reports how the executing step `key` ended; durable on return.
+    pub fn finish_step(&mut self, key: &str, outcome: Outcome) -> Result<(), EngineError> {
+        let Some(executing) = self.executing.take_if(|e| e.key.as_str() == key) else {
+            return Err(EngineError::NotExecuting {
+                key: key.to_owned(),
+            });
+        };
+        if let Ok(json) = &outcome {
+            if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(json) {
+                let key = executing.key.clone();
+                // Still executing: a trap that follows fails this step.
+                self.executing = Some(executing);
+                return Err(EngineError::InvalidStepJson {
+                    key,
+                    reason: e.to_string(),
+                });
+            }
+        }
+        self.store
+            .finish_step(&self.workflow_id, &self.run_id, &executing.key, &outcome)?;
+        self.checkpoints += 1;
+        self.emit(StepEvent {
+            key: executing.key.clone(),
+            kind: StepEventKind::Executed {
+                attempt: executing.attempt,
+                duration: executing.started.elapsed(),
+                error: outcome.err(),
+            },
+        });
+        self.crash
+            .after_checkpoint(&executing.key, self.checkpoints);
+        Ok(())
+    }
+
+    /// The guest's `run` returned `outcome`: record the workflow's end.
+    pub fn complete(self, outcome: Outcome) -> Result<RunReport, EngineError> {
+        if let Some(next) = self.cursor.after(self.position) {
+            return Err(EngineError::EndedEarly {
+                workflow_id: self.workflow_id.clone(),
+                reached: self.position,
+                next: next.key.clone(),
+            });
+        }
+        // The SDK always finishes what it begins; a guest that returns
+        // mid-step has abandoned it, which fails the step with the workflow.
+        let outcome = match (&self.executing, outcome) {
+            (Some(executing), _) => Err(format!(
+                "the workflow returned while step `{}` was still executing",
+                executing.key
+            )),
+            (None, outcome) => outcome,
+        };
+        self.end(outcome)
+    }
+
+    /// The guest trapped (a panic, a fault, a limit): fail the workflow and
+    /// the step it was executing, with `reason`.
+    pub fn abort(self, reason: String) -> Result<RunReport, EngineError> {
+        self.end(Err(reason))
+    }
+
+    fn end(mut self, outcome: Outcome) -> Result<RunReport, EngineError> {
+        let executing = self.executing.take();
+        self.store.finish_workflow(
+            &self.workflow_id,
+            &self.run_id,
+            &WorkflowEnd {
+                outcome: &outcome,
+                failed_step: executing.as_ref().map(|e| &e.key),
+            },
+        )?;
+        if let (Some(executing), Err(reason)) = (executing, &outcome) {
+            self.emit(StepEvent {
+                key: executing.key,
+                kind: StepEventKind::Interrupted {
+                    attempt: executing.attempt,
+                    duration: executing.started.elapsed(),
+                    reason: reason.clone(),
+                },
+            });
+        }
+        Ok(RunReport {
+            workflow_id: self.workflow_id,
+            run_id: self.run_id,
+            resumed: self.resumed,
+            outcome,
+            events: self.events,
+        })
+    }
+
+    fn emit(&mut self, event: StepEvent) {
+        self.observer.step_event(&self.workflow_id, &event);
+        self.events.push(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+
+    struct Silent;
+    impl RunObserver for Silent {
+        fn step_event(&mut self, _: &str, _: &StepEvent) {}
+    }
+
+    fn open(db: &std::path::Path, run_id: &str) -> Opened {
+        let store = Box::new(SqliteStore::open(db).unwrap());
+        let request = RunRequest {
+            workflow_id: "wf",
+            component_sha256: "abc",
+            input: None,
+            run_id,
+        };
+        WorkflowRun::open(store, &request).unwrap()
+    }
+
+    fn ready(opened: Opened) -> WorkflowRun {
+        match opened {
+            Opened::Ready(run) => run.claim(CrashPlan::none(), Box::new(Silent)).unwrap(),
+            Opened::Finished(_) => panic!("workflow unexpectedly finished"),
+        }
+    }
+
+    fn execute(run: &mut WorkflowRun, name: &str, value: &str) {
+        match run.begin_step(name).unwrap() {
+            StepStart::Execute(step) => run
+                .finish_step(step.key.as_str(), Ok(value.to_owned()))
+                .unwrap(),
+            StepStart::Replayed(_) => panic!("{name} replayed, expected execution"),
+        }
+    }
+
+    #[test]
+    fn same_name_gets_one_key_per_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut run = ready(open(&dir.path().join("db"), "r1"));
+        for expected in ["charge#000001", "charge#000002"] {
+            let StepStart::Execute(step) = run.begin_step("charge").unwrap() else {
+                panic!("expected execution")
+            };
+            assert_eq!(step.key.as_str(), expected);
+            assert_eq!(step.idempotency_key, format!("wf/{expected}"));
+            run.finish_step(expected, Ok("1".into())).unwrap();
+        }
+    }
+
+    #[test]
+    fn resume_replays_completed_and_takes_over_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        let mut first = ready(open(&db, "r1"));
+        execute(&mut first, "a", "\"done\"");
+        assert!(matches!(
+            first.begin_step("b").unwrap(),
+            StepStart::Execute(_)
+        ));
+        drop(first); // dies with `b` running
+
+        let mut second = ready(open(&db, "r2"));
+        assert_eq!(
+            second.begin_step("a").unwrap(),
+            StepStart::Replayed(Ok("\"done\"".into()))
+        );
+        let StepStart::Execute(b) = second.begin_step("b").unwrap() else {
+            panic!("b must be taken over")
+        };
+        assert_eq!(b.attempt, 2);
+        second.finish_step("b#000001", Ok("2".into())).unwrap();
+        let report = second.complete(Ok("\"ok\"".into())).unwrap();
+        assert!(report.resumed);
+
+        assert!(
+            matches!(open(&db, "r3"), Opened::Finished(w) if w.output.as_deref() == Some("\"ok\""))
+        );
+    }
+
+    #[test]
+    fn divergence_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        let mut first = ready(open(&db, "r1"));
+        execute(&mut first, "a", "1");
+        drop(first);
+        let before = SqliteStore::open(&db).unwrap().steps("wf").unwrap();
+
+        let mut second = ready(open(&db, "r2"));
+        let err = second.begin_step("b").unwrap_err();
+        assert!(err.is_non_determinism(), "{err}");
+        assert!(err.to_string().contains("`a#000001`") && err.to_string().contains("`b#000001`"));
+        assert_eq!(SqliteStore::open(&db).unwrap().steps("wf").unwrap(), before);
+    }
+
+    #[test]
+    fn invalid_json_from_a_step_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut run = ready(open(&dir.path().join("db"), "r1"));
+        let StepStart::Execute(step) = run.begin_step("a").unwrap() else {
+            panic!()
+        };
+        let err = run
+            .finish_step(step.key.as_str(), Ok("{not json".into()))
+            .unwrap_err();
+        assert!(matches!(err, EngineError::InvalidStepJson { .. }), "{err}");
+    }
+}

@@ -1,0 +1,283 @@
+//! The WebAssembly side: loading workflow components and running them in a
+//! sandbox, with the `durable-step` imports wired to the replay engine.
+//!
+//! A [`ComponentFile`] is read and fingerprinted without compiling, so that a
+//! finished workflow can answer from the database at once. [`Runtime`] holds
+//! the wasmtime engine and the linker (WASI 0.2 plus `durable-step`);
+//! [`Runtime::compile`] checks that a component is a workflow before anything
+//! runs, and [`Runtime::run`] executes one [`WorkflowRun`] in a fresh,
+//! sandboxed instance.
+
+mod guest_output;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::bindings::{Workflow, WorkflowPre, durable_step};
+use crate::engine::{EngineError, RunReport, StepStart, WorkflowRun};
+use guest_output::GuestOutput;
+
+/// What went wrong loading or running a component.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot read {path}: {reason}")]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("{path} is not a WebAssembly file")]
+    NotWasm { path: PathBuf },
+    #[error("{path} is a core WebAssembly module, not a component")]
+    CoreModule { path: PathBuf },
+    #[error("{path} is not a valid WebAssembly component: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("{path} is a component, but not a durable workflow: {reason}")]
+    WrongWorld { path: PathBuf, reason: String },
+    #[error("cannot grant directory {host} to the guest: {reason}")]
+    Dir { host: PathBuf, reason: String },
+    #[error("cannot start the workflow instance: {0}")]
+    Instantiate(String),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("cannot set up the WebAssembly engine: {0}")]
+    Setup(String),
+}
+
+/// A component file, read and fingerprinted but not compiled.
+pub struct ComponentFile {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    sha256: String,
+}
+
+impl ComponentFile {
+    /// Read `path` and check that it holds a WebAssembly component.
+    pub fn read(path: &Path) -> Result<Self, RuntimeError> {
+        let bytes = std::fs::read(path).map_err(|e| RuntimeError::Unreadable {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        const MAGIC: &[u8] = b"\0asm";
+        const CORE_VERSION: &[u8] = &[1, 0, 0, 0];
+        match bytes.get(..8) {
+            Some(header) if header.starts_with(MAGIC) && &header[4..] == CORE_VERSION => {
+                return Err(RuntimeError::CoreModule {
+                    path: path.to_owned(),
+                });
+            }
+            Some(header) if header.starts_with(MAGIC) => {}
+            _ => {
+                return Err(RuntimeError::NotWasm {
+                    path: path.to_owned(),
+                });
+            }
+        }
+        let digest = Sha256::digest(&bytes);
+        let sha256 = digest
+            .iter()
+            .fold(String::with_capacity(64), |mut hex, byte| {
+                let _ = write!(hex, "{byte:02x}");
+                hex
+            });
+        Ok(Self {
+            path: path.to_owned(),
+            bytes,
+            sha256,
+        })
+    }
+
+    /// Hex sha256 of the file: the identity a workflow is pinned to.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A compiled component, checked to be a workflow and ready to instantiate.
+pub struct WorkflowComponent {
+    pre: WorkflowPre<HostState>,
+}
+
+/// What the guest may see of the host. Nothing else is granted.
+#[derive(Debug, Clone, Default)]
+pub struct Sandbox {
+    /// Host directories, each visible to the guest at its guest path.
+    pub dirs: Vec<DirGrant>,
+    /// Environment variables the guest sees.
+    pub env: Vec<(String, String)>,
+}
+
+/// One preopened directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirGrant {
+    pub host: PathBuf,
+    pub guest: String,
+    pub read_only: bool,
+}
+
+/// The wasmtime engine and a linker providing WASI 0.2 and `durable-step`.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+}
+
+impl Runtime {
+    pub fn new() -> Result<Self, RuntimeError> {
+        let engine = Engine::new(&Config::new()).map_err(|e| RuntimeError::Setup(e.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| RuntimeError::Setup(e.to_string()))?;
+        Workflow::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
+            .map_err(|e| RuntimeError::Setup(e.to_string()))?;
+        Ok(Self { engine, linker })
+    }
+
+    /// Compile `file` and check it against the `workflow` world: every import
+    /// must be one this host provides, and `run` must be exported.
+    pub fn compile(&self, file: &ComponentFile) -> Result<WorkflowComponent, RuntimeError> {
+        let component =
+            Component::new(&self.engine, &file.bytes).map_err(|e| RuntimeError::Invalid {
+                path: file.path.clone(),
+                reason: e.root_cause().to_string(),
+            })?;
+        let wrong_world = |e: wasmtime::Error| RuntimeError::WrongWorld {
+            path: file.path.clone(),
+            reason: e.to_string(),
+        };
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(wrong_world)?;
+        let pre = WorkflowPre::new(instance_pre).map_err(wrong_world)?;
+        Ok(WorkflowComponent { pre })
+    }
+
+    /// Execute `run` in a new instance of `component`, confined to `sandbox`.
+    ///
+    /// A trap (panic, fault) fails the workflow and its executing step and is
+    /// reported as the run's outcome. An engine error that must leave the
+    /// history untouched (non-determinism, storage failure) is returned as
+    /// an error instead.
+    pub fn run(
+        &self,
+        component: &WorkflowComponent,
+        sandbox: &Sandbox,
+        run: WorkflowRun,
+    ) -> Result<RunReport, RuntimeError> {
+        let output = GuestOutput::default();
+        let wasi = sandbox.wasi_ctx(&output)?;
+        let input = run.input().to_owned();
+        let mut store = Store::new(
+            &self.engine,
+            HostState {
+                wasi,
+                table: ResourceTable::new(),
+                run,
+            },
+        );
+        let result = component
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| RuntimeError::Instantiate(e.to_string()))
+            .map(|workflow| workflow.call_run(&mut store, &input));
+        let run = store.into_data().run;
+        match result? {
+            Ok(outcome) => Ok(run.complete(outcome)?),
+            Err(trap) => match trap.downcast::<EngineError>() {
+                Ok(error) if keeps_history(&error) => Err(error.into()),
+                Ok(guest_misuse) => Ok(run.abort(guest_misuse.to_string())?),
+                Err(trap) => Ok(run.abort(trap_reason(&trap, &output))?),
+            },
+        }
+    }
+}
+
+/// Engine errors after which the run must stop without recording anything.
+fn keeps_history(error: &EngineError) -> bool {
+    error.is_non_determinism()
+        || matches!(
+            error,
+            EngineError::Store(_) | EngineError::InputMismatch { .. }
+        )
+}
+
+/// A one-line reason for a trap: the panic message if the guest printed one,
+/// else the trap itself (its backtrace is noise in a failure record).
+fn trap_reason(trap: &wasmtime::Error, output: &GuestOutput) -> String {
+    if let Some(exit) = trap.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return format!(
+            "the guest exited with status {} instead of returning",
+            exit.0
+        );
+    }
+    match output.panic_message() {
+        Some(panic) => format!("guest panicked: {panic}"),
+        None => format!("guest trapped: {}", trap.root_cause()),
+    }
+}
+
+impl Sandbox {
+    fn wasi_ctx(&self, output: &GuestOutput) -> Result<WasiCtx, RuntimeError> {
+        // No inherited environment, arguments, stdin or network: only what
+        // the sandbox lists. WASI's clocks and random stay available.
+        let mut builder = WasiCtxBuilder::new();
+        builder.stdout(output.clone()).stderr(output.clone());
+        builder.envs(&self.env);
+        for dir in &self.dirs {
+            let perms = if dir.read_only {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
+            builder
+                .preopened_dir(&dir.host, &dir.guest, perms)
+                .map_err(|e| RuntimeError::Dir {
+                    host: dir.host.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        Ok(builder.build())
+    }
+}
+
+/// Everything one guest instance can reach.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    run: WorkflowRun,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl durable_step::Host for HostState {
+    fn begin_step(&mut self, name: String) -> wasmtime::Result<durable_step::StepStart> {
+        Ok(match self.run.begin_step(&name)? {
+            StepStart::Replayed(outcome) => durable_step::StepStart::Replayed(outcome),
+            StepStart::Execute(step) => durable_step::StepStart::Execute(durable_step::StepRun {
+                key: step.key.to_string(),
+                attempt: step.attempt,
+                idempotency_key: step.idempotency_key,
+            }),
+        })
+    }
+
+    fn finish_step(
+        &mut self,
+        key: String,
+        outcome: Result<String, String>,
+    ) -> wasmtime::Result<()> {
+        Ok(self.run.finish_step(&key, outcome)?)
+    }
+}

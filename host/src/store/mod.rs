@@ -1,0 +1,256 @@
+//! The checkpoint store: where workflows and their steps are made durable.
+//!
+//! [`CheckpointStore`] is the whole of what the engine asks of a database, in
+//! terms of workflows and steps; every line of SQL lives behind it (see
+//! [`sqlite`]). It knows nothing of WebAssembly or of replay: it records
+//! what it is told, one transaction per state change, and reports conflicts
+//! instead of overwriting another run's work.
+
+pub mod sqlite;
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use sqlite::SqliteStore;
+
+/// How a step or workflow ended: its JSON value, or its error message.
+pub type Outcome = Result<String, String>;
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+/// The current time in [`Millis`].
+pub fn now_millis() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
+/// A step's identity within its workflow: `name#NNNNNN`, where the number
+/// counts the calls of that name from 1.
+///
+/// Counting per name (rather than using one global position) means a step
+/// keeps its key when unrelated steps are added elsewhere in a loop or branch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StepKey(String);
+
+impl StepKey {
+    /// The key of the `ordinal`-th (from 1) step called `name`.
+    pub fn new(name: &str, ordinal: u32) -> Self {
+        Self(format!("{name}#{ordinal:06}"))
+    }
+
+    /// Wrap a key read back from storage.
+    pub fn from_stored(key: String) -> Self {
+        Self(key)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StepKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a step stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepStatus {
+    /// Begun and not yet recorded: the run executing it is alive, or died.
+    Running,
+    /// Ended with a value.
+    Completed,
+    /// Ended with an error (replayed as that error) or a trap.
+    Failed,
+}
+
+/// Where a workflow stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkflowStatus {
+    /// Started and not finished: it resumes when run again.
+    Running,
+    /// Returned its output. Final.
+    Completed,
+    /// Returned an error or trapped. Final.
+    Failed,
+}
+
+macro_rules! status_text {
+    ($type:ty { $($variant:ident => $text:literal),* $(,)? }) => {
+        impl $type {
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),* }
+            }
+
+            fn parse(text: &str) -> Option<Self> {
+                match text { $($text => Some(Self::$variant),)* _ => None }
+            }
+        }
+
+        impl fmt::Display for $type {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+status_text!(StepStatus { Running => "running", Completed => "completed", Failed => "failed" });
+status_text!(WorkflowStatus { Running => "running", Completed => "completed", Failed => "failed" });
+
+/// A workflow as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkflowRecord {
+    pub id: String,
+    /// Hex sha256 of the component that started the workflow.
+    pub component_sha256: String,
+    /// The input, as JSON.
+    pub input: String,
+    pub status: WorkflowStatus,
+    /// The output as JSON, once completed.
+    pub output: Option<String>,
+    /// The error message, once failed.
+    pub error: Option<String>,
+    /// The run that last owned the workflow.
+    pub run_id: String,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+impl WorkflowRecord {
+    /// The final outcome, or `None` while the workflow is running.
+    pub fn outcome(&self) -> Option<Outcome> {
+        match self.status {
+            WorkflowStatus::Running => None,
+            WorkflowStatus::Completed => Some(Ok(self.output.clone().unwrap_or_default())),
+            WorkflowStatus::Failed => Some(Err(self.error.clone().unwrap_or_default())),
+        }
+    }
+}
+
+/// A step as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRecord {
+    pub key: StepKey,
+    /// Position in the workflow's history, from 1.
+    pub sequence: u32,
+    pub name: String,
+    pub status: StepStatus,
+    pub output_json: Option<String>,
+    pub error: Option<String>,
+    /// How many times a run has begun executing the step.
+    pub attempts: u32,
+    /// The run that last executed the step.
+    pub run_id: String,
+    pub started_at: Millis,
+    pub finished_at: Option<Millis>,
+}
+
+impl StepRecord {
+    /// The recorded outcome, or `None` while the step is running.
+    pub fn outcome(&self) -> Option<Outcome> {
+        match self.status {
+            StepStatus::Running => None,
+            StepStatus::Completed => Some(Ok(self.output_json.clone().unwrap_or_default())),
+            StepStatus::Failed => Some(Err(self.error.clone().unwrap_or_default())),
+        }
+    }
+}
+
+/// A step that a run is about to execute.
+#[derive(Debug, Clone)]
+pub struct StepBegin<'a> {
+    pub key: &'a StepKey,
+    pub sequence: u32,
+    pub name: &'a str,
+    /// 1 for a new step, more when taking over one left running.
+    pub attempt: u32,
+    pub run_id: &'a str,
+    pub started_at: Millis,
+}
+
+/// A workflow that a run is about to start.
+#[derive(Debug, Clone)]
+pub struct NewWorkflow<'a> {
+    pub id: &'a str,
+    pub component_sha256: &'a str,
+    pub input: &'a str,
+    pub run_id: &'a str,
+}
+
+/// The end of a workflow, with the step that was executing when it ended
+/// abnormally (a trap fails that step too).
+#[derive(Debug, Clone)]
+pub struct WorkflowEnd<'a> {
+    pub outcome: &'a Outcome,
+    pub failed_step: Option<&'a StepKey>,
+}
+
+/// Why the store could not do what was asked. Each variant says what a user
+/// can act on; `Backend` carries the database's own error.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("{path} is not a durable-host database (SQLite reports: {reason})")]
+    NotADatabase { path: String, reason: String },
+    #[error("the database is read-only: {0}")]
+    ReadOnly(String),
+    #[error(
+        "the database was created by a newer durable-host (schema version {found}, this build knows {supported})"
+    )]
+    NewerSchema { found: i64, supported: i64 },
+    #[error("the database stayed locked by other writers through {attempts} attempts")]
+    Busy { attempts: u32 },
+    #[error("workflow {id} already exists")]
+    WorkflowExists { id: String },
+    #[error("workflow {id} was taken over by run {owner}")]
+    LostOwnership { id: String, owner: String },
+    #[error("database error: {0}")]
+    Backend(String),
+}
+
+/// Durable storage of workflows and their step checkpoints.
+///
+/// Each method is one transaction: when it returns `Ok`, the change is
+/// committed; when it returns `Err`, nothing changed.
+pub trait CheckpointStore: Send {
+    /// The workflow `id`, if it exists.
+    fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError>;
+
+    /// Every step of workflow `id`, in sequence order.
+    fn steps(&self, workflow_id: &str) -> Result<Vec<StepRecord>, StoreError>;
+
+    /// Record a new running workflow. Fails with `WorkflowExists` if another
+    /// run created it first.
+    fn create_workflow(&self, workflow: &NewWorkflow<'_>) -> Result<(), StoreError>;
+
+    /// Make `run_id` the owner of running workflow `id`, provided its owner is
+    /// still `previous_run` (otherwise `LostOwnership`).
+    fn claim_workflow(&self, id: &str, previous_run: &str, run_id: &str) -> Result<(), StoreError>;
+
+    /// Mark a step running before its body executes (a new row, or a new
+    /// attempt of a step left running). Visible to other processes at once;
+    /// made crash-safe by the next durable commit (see the README).
+    fn begin_step(&self, workflow_id: &str, step: &StepBegin<'_>) -> Result<(), StoreError>;
+
+    /// Record how a step this run is executing ended. Durable on return.
+    fn finish_step(
+        &self,
+        workflow_id: &str,
+        run_id: &str,
+        key: &StepKey,
+        outcome: &Outcome,
+    ) -> Result<(), StoreError>;
+
+    /// Record how a workflow ended. Durable on return.
+    fn finish_workflow(
+        &self,
+        id: &str,
+        run_id: &str,
+        end: &WorkflowEnd<'_>,
+    ) -> Result<(), StoreError>;
+}

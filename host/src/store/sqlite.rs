@@ -1,0 +1,422 @@
+//! [`CheckpointStore`] on a single SQLite file.
+//!
+//! The database runs in WAL mode with `synchronous=FULL`, so a commit is on
+//! disk when it returns and readers never block the writer. Every change is
+//! an explicit `BEGIN IMMEDIATE` transaction, which takes the write lock up
+//! front (no deadlock-prone read-to-write upgrade); `busy_timeout` waits for
+//! other writers and [`SqliteStore`] retries, with backoff, the few cases
+//! where SQLite reports `SQLITE_BUSY` without waiting.
+//!
+//! Marking a step *running* is committed with `synchronous=NORMAL`: it
+//! reaches the WAL (and so survives the process dying) without an fsync of
+//! its own, and the step's result, committed with `FULL`, flushes it. A step
+//! therefore pays one flush, not two; a power cut can only forget that a step
+//! had begun, which re-executes it, as any in-flight step may be.
+
+use std::path::Path;
+use std::thread;
+use std::time::Duration;
+
+use rusqlite::{
+    Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior, params,
+};
+
+use super::{
+    CheckpointStore, Millis, NewWorkflow, Outcome, StepBegin, StepKey, StepRecord, StepStatus,
+    StoreError, WorkflowEnd, WorkflowRecord, WorkflowStatus, now_millis,
+};
+
+/// Bumped whenever the tables change; older hosts refuse newer files.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS workflows (
+    id               TEXT PRIMARY KEY NOT NULL,
+    component_sha256 TEXT NOT NULL,
+    input            TEXT NOT NULL,
+    status           TEXT NOT NULL CHECK (status IN ('running', 'completed', 'failed')),
+    output           TEXT,
+    error            TEXT,
+    run_id           TEXT NOT NULL,
+    created_at       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS steps (
+    workflow_id TEXT NOT NULL REFERENCES workflows (id),
+    step_key    TEXT NOT NULL,
+    sequence    INTEGER NOT NULL,
+    name        TEXT NOT NULL,
+    status      TEXT NOT NULL CHECK (status IN ('running', 'completed', 'failed')),
+    output_json TEXT,
+    error       TEXT,
+    attempts    INTEGER NOT NULL,
+    run_id      TEXT NOT NULL,
+    started_at  INTEGER NOT NULL,
+    finished_at INTEGER,
+    PRIMARY KEY (workflow_id, step_key),
+    UNIQUE (workflow_id, sequence)
+);
+CREATE INDEX IF NOT EXISTS workflows_by_status ON workflows (status);
+";
+
+/// How long SQLite itself waits for a lock before reporting `SQLITE_BUSY`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Retries on top of the busy timeout, for the busy cases SQLite does not wait on.
+const BUSY_RETRIES: u32 = 8;
+const BACKOFF_START: Duration = Duration::from_millis(2);
+const BACKOFF_CAP: Duration = Duration::from_millis(250);
+
+/// A checkpoint store in one SQLite database file.
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the database at `path` and its tables.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let shown = path.display().to_string();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !parent.is_dir() {
+                return Err(StoreError::Open {
+                    path: shown,
+                    reason: format!("the directory {} does not exist", parent.display()),
+                });
+            }
+        }
+        let conn = Connection::open(path).map_err(|e| StoreError::Open {
+            path: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        let store = Self { conn };
+        store.configure().map_err(|e| match e {
+            StoreError::Backend(reason) if is_not_a_database(&reason) => StoreError::NotADatabase {
+                path: shown,
+                reason,
+            },
+            other => other,
+        })?;
+        Ok(store)
+    }
+
+    fn configure(&self) -> Result<(), StoreError> {
+        self.conn.busy_timeout(BUSY_TIMEOUT).map_err(store_error)?;
+        with_retry(|| {
+            // journal_mode returns the mode it ended up in: a read-only file
+            // cannot switch to WAL, and anything else would break our promises.
+            let mode: String = self
+                .conn
+                .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
+                    Some(format!("cannot switch the journal to WAL (it is `{mode}`)")),
+                ));
+            }
+            self.conn
+                .execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+        })?;
+        self.write(|tx| {
+            let found: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+            if found > SCHEMA_VERSION {
+                return Ok(Err(StoreError::NewerSchema {
+                    found,
+                    supported: SCHEMA_VERSION,
+                }));
+            }
+            tx.execute_batch(SCHEMA)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            Ok(Ok(()))
+        })?
+    }
+
+    /// Run `body` in a `BEGIN IMMEDIATE` transaction and commit, retrying the
+    /// whole transaction while the database is busy.
+    fn write<T>(
+        &self,
+        mut body: impl FnMut(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        with_retry(|| {
+            // The store never nests transactions, so the `&self` form is safe.
+            let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+            let value = body(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+    }
+
+    /// Like [`Self::write`], with `synchronous=NORMAL` for this commit only.
+    fn write_unflushed<T>(
+        &self,
+        body: impl FnMut(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        self.set_synchronous("NORMAL")?;
+        let result = self.write(body);
+        let restored = self.set_synchronous("FULL");
+        let value = result?;
+        restored?;
+        Ok(value)
+    }
+
+    fn set_synchronous(&self, level: &str) -> Result<(), StoreError> {
+        self.conn
+            .pragma_update(None, "synchronous", level)
+            .map_err(store_error)
+    }
+}
+
+impl CheckpointStore for SqliteStore {
+    fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError> {
+        with_retry(|| {
+            self.conn
+                .prepare_cached(
+                    "SELECT id, component_sha256, input, status, output, error, run_id,
+                            created_at, updated_at
+                     FROM workflows WHERE id = ?1",
+                )?
+                .query_row([id], workflow_from_row)
+                .optional()
+        })
+    }
+
+    fn steps(&self, workflow_id: &str) -> Result<Vec<StepRecord>, StoreError> {
+        with_retry(|| {
+            self.conn
+                .prepare_cached(
+                    "SELECT step_key, sequence, name, status, output_json, error, attempts,
+                            run_id, started_at, finished_at
+                     FROM steps WHERE workflow_id = ?1 ORDER BY sequence",
+                )?
+                .query_map([workflow_id], step_from_row)?
+                .collect()
+        })
+    }
+
+    fn create_workflow(&self, workflow: &NewWorkflow<'_>) -> Result<(), StoreError> {
+        let now = now_millis();
+        let inserted = self.write(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO workflows
+                     (id, component_sha256, input, status, run_id, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?5)
+                 ON CONFLICT (id) DO NOTHING",
+            )?
+            .execute(params![
+                workflow.id,
+                workflow.component_sha256,
+                workflow.input,
+                workflow.run_id,
+                now
+            ])
+        })?;
+        if inserted == 0 {
+            return Err(StoreError::WorkflowExists {
+                id: workflow.id.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    fn claim_workflow(&self, id: &str, previous_run: &str, run_id: &str) -> Result<(), StoreError> {
+        let now = now_millis();
+        let claimed = self.write(|tx| {
+            tx.prepare_cached(
+                "UPDATE workflows SET run_id = ?3, updated_at = ?4
+                 WHERE id = ?1 AND run_id = ?2 AND status = 'running'",
+            )?
+            .execute(params![id, previous_run, run_id, now])
+        })?;
+        if claimed == 0 {
+            return Err(self.lost_ownership(id));
+        }
+        Ok(())
+    }
+
+    fn begin_step(&self, workflow_id: &str, step: &StepBegin<'_>) -> Result<(), StoreError> {
+        self.write_unflushed(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO steps (workflow_id, step_key, sequence, name, status, attempts,
+                                    run_id, started_at)
+                 VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7)
+                 ON CONFLICT (workflow_id, step_key) DO UPDATE SET
+                     status = 'running', attempts = excluded.attempts,
+                     run_id = excluded.run_id, started_at = excluded.started_at,
+                     finished_at = NULL",
+            )?
+            .execute(params![
+                workflow_id,
+                step.key.as_str(),
+                step.sequence,
+                step.name,
+                step.attempt,
+                step.run_id,
+                step.started_at
+            ])
+        })?;
+        Ok(())
+    }
+
+    fn finish_step(
+        &self,
+        workflow_id: &str,
+        run_id: &str,
+        key: &StepKey,
+        outcome: &Outcome,
+    ) -> Result<(), StoreError> {
+        let (status, output, error) = split_step_outcome(outcome);
+        let now = now_millis();
+        let updated = self.write(|tx| {
+            tx.prepare_cached(
+                "UPDATE steps SET status = ?4, output_json = ?5, error = ?6, finished_at = ?7
+                 WHERE workflow_id = ?1 AND step_key = ?2 AND run_id = ?3 AND status = 'running'",
+            )?
+            .execute(params![
+                workflow_id,
+                key.as_str(),
+                run_id,
+                status.as_str(),
+                output,
+                error,
+                now
+            ])
+        })?;
+        if updated == 0 {
+            return Err(self.lost_ownership(workflow_id));
+        }
+        Ok(())
+    }
+
+    fn finish_workflow(
+        &self,
+        id: &str,
+        run_id: &str,
+        end: &WorkflowEnd<'_>,
+    ) -> Result<(), StoreError> {
+        let (status, output, error) = match end.outcome {
+            Ok(output) => (WorkflowStatus::Completed, Some(output.as_str()), None),
+            Err(error) => (WorkflowStatus::Failed, None, Some(error.as_str())),
+        };
+        let now = now_millis();
+        let updated = self.write(|tx| {
+            if let Some(key) = end.failed_step {
+                tx.prepare_cached(
+                    "UPDATE steps SET status = 'failed', error = ?4, finished_at = ?5
+                     WHERE workflow_id = ?1 AND step_key = ?2 AND run_id = ?3
+                       AND status = 'running'",
+                )?
+                .execute(params![id, key.as_str(), run_id, error, now])?;
+            }
+            tx.prepare_cached(
+                "UPDATE workflows SET status = ?3, output = ?4, error = ?5, updated_at = ?6
+                 WHERE id = ?1 AND run_id = ?2 AND status = 'running'",
+            )?
+            .execute(params![id, run_id, status.as_str(), output, error, now])
+        })?;
+        if updated == 0 {
+            return Err(self.lost_ownership(id));
+        }
+        Ok(())
+    }
+}
+
+impl SqliteStore {
+    fn lost_ownership(&self, id: &str) -> StoreError {
+        let owner = self
+            .workflow(id)
+            .ok()
+            .flatten()
+            .map_or_else(|| "(none: the workflow is gone)".to_owned(), |w| w.run_id);
+        StoreError::LostOwnership {
+            id: id.to_owned(),
+            owner,
+        }
+    }
+}
+
+fn split_step_outcome(outcome: &Outcome) -> (StepStatus, Option<&str>, Option<&str>) {
+    match outcome {
+        Ok(output) => (StepStatus::Completed, Some(output.as_str()), None),
+        Err(error) => (StepStatus::Failed, None, Some(error.as_str())),
+    }
+}
+
+fn workflow_from_row(row: &Row<'_>) -> rusqlite::Result<WorkflowRecord> {
+    Ok(WorkflowRecord {
+        id: row.get(0)?,
+        component_sha256: row.get(1)?,
+        input: row.get(2)?,
+        status: parse_column(row, 3, WorkflowStatus::parse)?,
+        output: row.get(4)?,
+        error: row.get(5)?,
+        run_id: row.get(6)?,
+        created_at: row.get(7)?,
+        updated_at: row.get(8)?,
+    })
+}
+
+fn step_from_row(row: &Row<'_>) -> rusqlite::Result<StepRecord> {
+    Ok(StepRecord {
+        key: StepKey::from_stored(row.get(0)?),
+        sequence: row.get(1)?,
+        name: row.get(2)?,
+        status: parse_column(row, 3, StepStatus::parse)?,
+        output_json: row.get(4)?,
+        error: row.get(5)?,
+        attempts: row.get(6)?,
+        run_id: row.get(7)?,
+        started_at: row.get(8)?,
+        finished_at: row.get::<_, Option<Millis>>(9)?,
+    })
+}
+
+fn parse_column<T>(
+    row: &Row<'_>,
+    index: usize,
+    parse: fn(&str) -> Option<T>,
+) -> rusqlite::Result<T> {
+    let text: String = row.get(index)?;
+    parse(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            format!("unknown status `{text}`").into(),
+        )
+    })
+}
+
+/// Run `op`, retrying with exponential backoff while SQLite reports the
+/// database busy or locked; any other error is returned at once.
+fn with_retry<T>(mut op: impl FnMut() -> rusqlite::Result<T>) -> Result<T, StoreError> {
+    let mut backoff = BACKOFF_START;
+    for attempt in 1..=BUSY_RETRIES {
+        match op() {
+            Err(e) if is_busy(&e) && attempt < BUSY_RETRIES => {
+                thread::sleep(backoff);
+                backoff = (backoff * 2).min(BACKOFF_CAP);
+            }
+            Err(e) if is_busy(&e) => return Err(StoreError::Busy { attempts: attempt }),
+            other => return other.map_err(store_error),
+        }
+    }
+    unreachable!("the last attempt always returns")
+}
+
+fn is_busy(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+fn is_not_a_database(reason: &str) -> bool {
+    reason.contains("not a database") || reason.contains("malformed")
+}
+
+fn store_error(error: rusqlite::Error) -> StoreError {
+    match error.sqlite_error_code() {
+        Some(ErrorCode::ReadOnly) => StoreError::ReadOnly(error.to_string()),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            StoreError::Busy { attempts: 1 }
+        }
+        _ => StoreError::Backend(error.to_string()),
+    }
+}
