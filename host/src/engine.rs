@@ -195,9 +195,8 @@ pub struct RunRequest<'a> {
 pub enum Opened {
     /// The workflow already finished; nothing will run.
     Finished(WorkflowRecord),
-    /// The workflow can run (new, or resuming); nothing is written until
-    /// [`PendingRun::claim`].
-    Ready(PendingRun),
+    /// The workflow can run (new, or resuming).
+    Ready(WorkflowRun),
 }
 
 /// The recorded steps of a resumed workflow, walked in sequence order.
@@ -249,72 +248,21 @@ pub struct RunReport {
     pub events: Vec<StepEvent>,
 }
 
-/// A workflow that can run, read from the store but not yet claimed: the
-/// caller can still check the component (and give up) without leaving
-/// anything behind.
-pub struct PendingRun {
+/// One execution of a workflow by this process.
+///
+/// Opening reads only. The run becomes the workflow's owner (creating the
+/// workflow, or taking it over from the previous run) at its first write: a
+/// run refused before then, for a bad component or a diverging replay,
+/// leaves the database exactly as it found it.
+pub struct WorkflowRun {
     store: Box<dyn CheckpointStore>,
     workflow_id: String,
     component_sha256: String,
     input: String,
     run_id: String,
-    /// The owner to take over from, when resuming.
+    /// The owner to take over from when resuming; `None` for a new workflow.
     previous_run: Option<String>,
-    cursor: ReplayCursor,
-}
-
-impl PendingRun {
-    pub fn workflow_id(&self) -> &str {
-        &self.workflow_id
-    }
-
-    /// Number of steps recorded by earlier runs, or `None` for a new workflow.
-    pub fn recorded_steps(&self) -> Option<usize> {
-        self.previous_run.as_ref().map(|_| self.cursor.len())
-    }
-
-    /// Record this run as the workflow's owner (creating the workflow if it
-    /// is new), so that it can execute steps.
-    pub fn claim(
-        self,
-        crash: CrashPlan,
-        observer: Box<dyn RunObserver>,
-    ) -> Result<WorkflowRun, EngineError> {
-        let id = &self.workflow_id;
-        match &self.previous_run {
-            Some(previous) => self.store.claim_workflow(id, previous, &self.run_id)?,
-            None => self.store.create_workflow(&NewWorkflow {
-                id,
-                component_sha256: &self.component_sha256,
-                input: &self.input,
-                run_id: &self.run_id,
-            })?,
-        }
-        Ok(WorkflowRun {
-            resumed: self.previous_run.is_some(),
-            store: self.store,
-            workflow_id: self.workflow_id,
-            input: self.input,
-            run_id: self.run_id,
-            cursor: self.cursor,
-            ordinals: HashMap::new(),
-            position: 0,
-            executing: None,
-            checkpoints: 0,
-            crash,
-            observer,
-            events: Vec::new(),
-        })
-    }
-}
-
-/// One execution of a workflow by this process, as its owner.
-pub struct WorkflowRun {
-    store: Box<dyn CheckpointStore>,
-    workflow_id: String,
-    input: String,
-    run_id: String,
-    resumed: bool,
+    claimed: bool,
     cursor: ReplayCursor,
     ordinals: HashMap<String, u32>,
     position: u32,
@@ -326,11 +274,12 @@ pub struct WorkflowRun {
 }
 
 impl WorkflowRun {
-    /// Look up workflow `request.workflow_id` to start or resume it. Reads
-    /// only: see [`PendingRun::claim`].
+    /// Look up workflow `request.workflow_id` to start or resume it.
     pub fn open(
         store: Box<dyn CheckpointStore>,
         request: &RunRequest<'_>,
+        crash: CrashPlan,
+        observer: Box<dyn RunObserver>,
     ) -> Result<Opened, EngineError> {
         let id = request.workflow_id;
         let existing = store.workflow(id)?;
@@ -355,15 +304,48 @@ impl WorkflowRun {
                 ReplayCursor::default(),
             ),
         };
-        Ok(Opened::Ready(PendingRun {
+        Ok(Opened::Ready(WorkflowRun {
             store,
             workflow_id: id.to_owned(),
             component_sha256: request.component_sha256.to_owned(),
             input,
             run_id: request.run_id.to_owned(),
             previous_run,
+            claimed: false,
             cursor,
+            ordinals: HashMap::new(),
+            position: 0,
+            executing: None,
+            checkpoints: 0,
+            crash,
+            observer,
+            events: Vec::new(),
         }))
+    }
+
+    /// Number of steps recorded by earlier runs, or `None` for a new workflow.
+    pub fn recorded_steps(&self) -> Option<usize> {
+        self.previous_run.as_ref().map(|_| self.cursor.len())
+    }
+
+    /// Become the workflow's owner before the first write: create it, or
+    /// take it over from the run that owned it when this run opened it.
+    fn claim(&mut self) -> Result<(), EngineError> {
+        if self.claimed {
+            return Ok(());
+        }
+        let id = &self.workflow_id;
+        match &self.previous_run {
+            Some(previous) => self.store.claim_workflow(id, previous, &self.run_id)?,
+            None => self.store.create_workflow(&NewWorkflow {
+                id,
+                component_sha256: &self.component_sha256,
+                input: &self.input,
+                run_id: &self.run_id,
+            })?,
+        }
+        self.claimed = true;
+        Ok(())
     }
 
     pub fn workflow_id(&self) -> &str {
@@ -414,6 +396,7 @@ impl WorkflowRun {
             },
             None => 1,
         };
+        self.claim()?;
         self.store.begin_step(
             &self.workflow_id,
             &StepBegin {
@@ -506,6 +489,7 @@ impl WorkflowRun {
     }
 
     fn end(mut self, outcome: Outcome) -> Result<RunReport, EngineError> {
+        self.claim()?;
         let executing = self.executing.take();
         self.store.finish_workflow(
             &self.workflow_id,
@@ -528,7 +512,7 @@ impl WorkflowRun {
         Ok(RunReport {
             workflow_id: self.workflow_id,
             run_id: self.run_id,
-            resumed: self.resumed,
+            resumed: self.previous_run.is_some(),
             outcome,
             events: self.events,
         })
@@ -558,12 +542,12 @@ mod tests {
             input: None,
             run_id,
         };
-        WorkflowRun::open(store, &request).unwrap()
+        WorkflowRun::open(store, &request, CrashPlan::none(), Box::new(Silent)).unwrap()
     }
 
     fn ready(opened: Opened) -> WorkflowRun {
         match opened {
-            Opened::Ready(run) => run.claim(CrashPlan::none(), Box::new(Silent)).unwrap(),
+            Opened::Ready(run) => run,
             Opened::Finished(_) => panic!("workflow unexpectedly finished"),
         }
     }

@@ -1,1 +1,301 @@
+//! Shared harness for the integration tests: builds the real `durable-host`
+//! binary and the guest components (once per test binary), and runs the
+//! binary in a scratch directory with its own database and mock services.
+//!
+//! Everything is built in the release profile, the one the rest of the
+//! workspace uses, so the tests reuse the build instead of compiling
+//! wasmtime a second time.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+/// Paths of the built artefacts.
+pub struct Artifacts {
+    pub host: PathBuf,
+    pub onboarding: PathBuf,
+    pub scenarios: PathBuf,
+    pub not_a_workflow: PathBuf,
+}
+
+/// Build the host and the guests (a no-op when they are up to date).
+pub fn artifacts() -> &'static Artifacts {
+    static BUILT: OnceLock<Artifacts> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let target = target_dir(workspace);
+        cargo(
+            workspace,
+            &target,
+            &["build", "--release", "-p", "durable-host"],
+        );
+        cargo(
+            workspace,
+            &target,
+            &[
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "-p",
+                "onboarding",
+                "-p",
+                "scenarios",
+            ],
+        );
+        let wasm = target.join("wasm32-wasip2/release");
+        Artifacts {
+            host: target.join("release/durable-host"),
+            onboarding: wasm.join("onboarding.wasm"),
+            scenarios: wasm.join("scenarios.wasm"),
+            not_a_workflow: wasm.join("not-a-workflow.wasm"),
+        }
+    })
+}
+
+/// The target directory of the build that produced this test binary
+/// (`<target>/<profile>/deps/<test>`), unless overridden.
+fn target_dir(workspace: &Path) -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(dir);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().nth(3).map(Path::to_path_buf))
+        .filter(|dir| dir.join("release").is_dir() || dir.join("debug").is_dir())
+        .unwrap_or_else(|| workspace.join("target"))
+}
+
+fn cargo(workspace: &Path, target: &Path, args: &[&str]) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = Command::new(&cargo)
+        .args(args)
+        .arg("--target-dir")
+        .arg(target)
+        .current_dir(workspace)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"));
+    assert!(
+        status.success(),
+        "`cargo {}` failed; is the wasm32-wasip2 target installed? (`rustup target add wasm32-wasip2`)",
+        args.join(" ")
+    );
+}
+
+/// A scratch directory with a database, a `services/` directory for the
+/// onboarding mock services and a `ledger/` directory for the scenarios.
+pub struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("create a scratch directory");
+        std::fs::create_dir(dir.path().join("services")).unwrap();
+        std::fs::create_dir(dir.path().join("ledger")).unwrap();
+        Self { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.path().join("durable.db")
+    }
+
+    /// `durable-host run <component> --workflow-id <id> --db <scratch db>`,
+    /// with the scratch service and ledger directories granted.
+    pub fn run(&self, component: &Path, workflow_id: &str) -> Command {
+        let mut command = Command::new(&artifacts().host);
+        command
+            .current_dir(self.path())
+            .arg("run")
+            .arg(component)
+            .args(["--workflow-id", workflow_id, "--db"])
+            .arg(self.db())
+            .arg("--dir")
+            .arg(format!(
+                "{}::/services",
+                self.path().join("services").display()
+            ))
+            .arg("--dir")
+            .arg(format!("{}::/ledger", self.path().join("ledger").display()))
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Start the onboarding workflow `id` with standard input.
+    pub fn onboarding(&self, id: &str) -> Command {
+        let mut command = self.run(&artifacts().onboarding, id);
+        command.args(["--input", &employee(id, 0)]);
+        command
+    }
+
+    /// How many times each mock service really ran (`service -> lines`).
+    pub fn service_calls(&self) -> BTreeMap<String, usize> {
+        let mut calls = BTreeMap::new();
+        for entry in std::fs::read_dir(self.path().join("services")).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+            calls.insert(name, read_lines(&path).len());
+        }
+        calls
+    }
+
+    /// The step keys the scenarios guest executed, in order.
+    pub fn effects(&self) -> Vec<String> {
+        let log = self.path().join("ledger/effects.log");
+        if log.exists() {
+            read_lines(&log)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Open the scratch database for inspection.
+    pub fn sql(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.db()).expect("open the scratch database")
+    }
+
+    /// `(step_key, status, attempts)` of every step of `workflow_id`, in order.
+    pub fn steps(&self, workflow_id: &str) -> Vec<(String, String, u32)> {
+        self.try_steps(workflow_id).expect("read the steps table")
+    }
+
+    /// Like [`Self::steps`], for polling a database that may not exist yet.
+    pub fn try_steps(&self, workflow_id: &str) -> rusqlite::Result<Vec<(String, String, u32)>> {
+        let conn = rusqlite::Connection::open_with_flags(
+            self.db(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        let mut statement = conn.prepare(
+            "SELECT step_key, status, attempts FROM steps WHERE workflow_id = ?1 ORDER BY sequence",
+        )?;
+        statement
+            .query_map([workflow_id], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })?
+            .collect()
+    }
+
+    /// Every row of both tables, to prove that a refused run changed nothing.
+    pub fn dump(&self) -> String {
+        if !self.db().exists() {
+            return String::new();
+        }
+        let conn = self.sql();
+        let mut dump = String::new();
+        for table in ["workflows", "steps"] {
+            let Ok(mut statement) = conn.prepare(&format!("SELECT * FROM {table} ORDER BY 1, 2"))
+            else {
+                continue;
+            };
+            let columns = statement.column_count();
+            let rows = statement
+                .query_map([], |row| {
+                    (0..columns)
+                        .map(|i| {
+                            row.get::<_, rusqlite::types::Value>(i)
+                                .map(|v| format!("{v:?}"))
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .unwrap();
+            for row in rows {
+                dump.push_str(&format!("{table}: {}\n", row.unwrap().join(" | ")));
+            }
+        }
+        dump
+    }
+
+    pub fn integrity_ok(&self) -> bool {
+        let result: String = self
+            .sql()
+            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+            .unwrap();
+        result == "ok"
+    }
+}
+
+/// The onboarding input for employee `id`, with `latency_ms` per service call.
+pub fn employee(id: &str, latency_ms: u64) -> String {
+    serde_json::json!({
+        "id": id,
+        "name": "Ada Lovelace",
+        "email": "ada@example.com",
+        "role": "engineer",
+        "service_latency_ms": latency_ms,
+    })
+    .to_string()
+}
+
+fn read_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The finished process, with helpers for what tests look at.
+pub struct Run {
+    pub output: Output,
+}
+
+impl Run {
+    pub fn code(&self) -> Option<i32> {
+        self.output.status.code()
+    }
+
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    /// The `--json` document printed on stdout.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.output.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{}", self.stdout()))
+    }
+
+    /// Assert the exit code, showing the output when it differs.
+    pub fn expect_code(self, code: i32) -> Self {
+        assert_eq!(
+            self.code(),
+            Some(code),
+            "unexpected exit status\n--- stdout\n{}--- stderr\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+}
+
+/// Run `command` to completion.
+pub fn run(command: &mut Command) -> Run {
+    Run {
+        output: command.output().expect("start durable-host"),
+    }
+}
+
+/// Spawn `command` with piped output (for kill tests).
+pub fn spawn(command: &mut Command) -> Child {
+    command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start durable-host")
+}

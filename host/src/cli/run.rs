@@ -2,7 +2,7 @@
 //!
 //! The order of the checks is deliberate: everything a user can get wrong
 //! (input, component, directories, database) is checked before the workflow
-//! is claimed, so a mistake never leaves a record behind.
+//! is claimed (at its first write), so a mistake never leaves a record behind.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -72,13 +72,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         input: input.as_deref(),
         run_id: &run_id,
     };
-    let pending = match WorkflowRun::open(Box::new(store), &request)? {
+    let progress = Box::new(Progress { live: !args.json });
+    let run = match WorkflowRun::open(Box::new(store), &request, crash_plan(&args), progress)? {
         Opened::Finished(workflow) => {
             let outcome = workflow.outcome().unwrap_or_else(|| Err(String::new()));
             report::print_finished(&workflow, &outcome, args.json);
             return Ok(exit_code(&outcome));
         }
-        Opened::Ready(pending) => pending,
+        Opened::Ready(run) => run,
     };
 
     let runtime = Runtime::new()?;
@@ -87,9 +88,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("workflow {} was not started", args.workflow_id))?;
 
     if !args.json {
-        report::print_start(&args.workflow_id, &run_id, pending.recorded_steps());
+        report::print_start(&args.workflow_id, &run_id, run.recorded_steps());
     }
-    let run = pending.claim(crash_plan(&args), Box::new(Progress { live: !args.json }))?;
     let report = runtime.run(&compiled, &sandbox, run)?;
     report::print_report(&report, started.elapsed(), args.json);
     Ok(exit_code(&report.outcome))

@@ -1,0 +1,258 @@
+//! User mistakes and guest failures: each gets a one-line cause and a hint
+//! with the documented exit code, and nothing in the database is lost.
+
+use std::path::Path;
+
+use durable_tests::{Run, Scratch, artifacts, run};
+use serde_json::json;
+
+/// A user error: exit 2, `error:` then `hint:`, no panic or backtrace.
+fn assert_user_error(result: &Run, cause: &str) {
+    assert_eq!(
+        result.code(),
+        Some(2),
+        "exit code\n{}{}",
+        result.stdout(),
+        result.stderr()
+    );
+    let stderr = result.stderr();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains(cause),
+        "cause `{cause}` in:\n{stderr}"
+    );
+    assert!(
+        lines
+            .iter()
+            .skip(1)
+            .any(|l| l.trim_start().starts_with("hint: ")),
+        "a hint in:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("stack backtrace"),
+        "{stderr}"
+    );
+}
+
+fn scenario(scratch: &Scratch, id: &str, input: serde_json::Value) -> std::process::Command {
+    let mut command = scratch.run(&artifacts().scenarios, id);
+    command.args(["--input", &input.to_string()]);
+    command
+}
+
+#[test]
+fn a_missing_component_file() {
+    let scratch = Scratch::new();
+    let result = run(&mut scratch.run(Path::new("nope/onboarding.wasm"), "x"));
+    assert_user_error(&result, "cannot read nope/onboarding.wasm");
+    assert!(!scratch.db().exists(), "nothing was created");
+}
+
+#[test]
+fn a_file_that_is_not_wasm() {
+    let scratch = Scratch::new();
+    let path = scratch.path().join("readme.wasm");
+    std::fs::write(&path, "just text").unwrap();
+    assert_user_error(
+        &run(&mut scratch.run(&path, "x")),
+        "is not a WebAssembly file",
+    );
+}
+
+#[test]
+fn a_core_module_instead_of_a_component() {
+    let scratch = Scratch::new();
+    let path = scratch.path().join("core.wasm");
+    std::fs::write(&path, b"\0asm\x01\0\0\0").unwrap();
+    assert_user_error(
+        &run(&mut scratch.run(&path, "x")),
+        "core WebAssembly module, not a component",
+    );
+}
+
+#[test]
+fn a_component_of_another_world_records_nothing() {
+    let scratch = Scratch::new();
+    let result = run(&mut scratch.run(&artifacts().not_a_workflow, "x"));
+    assert_user_error(&result, "is a component, but not a durable workflow");
+    assert_eq!(
+        scratch.dump(),
+        "",
+        "no workflow row for a component that cannot run"
+    );
+}
+
+#[test]
+fn invalid_json_input() {
+    let scratch = Scratch::new();
+    let result = run(scratch
+        .run(&artifacts().onboarding, "x")
+        .args(["--input", "{id: 1}"]));
+    assert_user_error(&result, "--input is not valid JSON");
+    assert!(!scratch.db().exists());
+}
+
+#[test]
+fn a_different_input_for_an_existing_workflow() {
+    let scratch = Scratch::new();
+    run(scratch.onboarding("emp-i").args(["--crash-after", "1"])).expect_code(3);
+    let before = scratch.dump();
+    let other = durable_tests::employee("someone-else", 0);
+    let result = run(scratch
+        .run(&artifacts().onboarding, "emp-i")
+        .args(["--input", &other]));
+    assert_eq!(result.code(), Some(2));
+    assert!(
+        result
+            .stderr()
+            .contains("was started with a different input"),
+        "{}",
+        result.stderr()
+    );
+    assert_eq!(scratch.dump(), before);
+}
+
+#[test]
+fn a_database_in_a_missing_directory() {
+    let scratch = Scratch::new();
+    let mut command = std::process::Command::new(&artifacts().host);
+    command
+        .current_dir(scratch.path())
+        .arg("run")
+        .arg(&artifacts().onboarding);
+    command.args(["--workflow-id", "x", "--db", "no/such/dir/durable.db"]);
+    assert_user_error(&run(&mut command), "directory no/such/dir does not exist");
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_left_untouched() {
+    let scratch = Scratch::new();
+    let garbage = "this is not sqlite, but it is somebody's file\n".repeat(200);
+    std::fs::write(scratch.db(), &garbage).unwrap();
+    assert_user_error(
+        &run(&mut scratch.onboarding("x")),
+        "is not a durable-host database",
+    );
+    assert_eq!(std::fs::read_to_string(scratch.db()).unwrap(), garbage);
+}
+
+#[test]
+fn a_missing_directory_to_grant() {
+    let scratch = Scratch::new();
+    let mut command = scratch.onboarding("x");
+    command.args(["--dir", "missing::/data"]);
+    let result = run(&mut command);
+    assert_eq!(result.code(), Some(2));
+    assert!(
+        result.stderr().contains("--dir missing: no such directory"),
+        "{}",
+        result.stderr()
+    );
+}
+
+#[test]
+fn a_guest_panic_fails_the_step_and_the_workflow_with_its_message() {
+    let scratch = Scratch::new();
+    let failed = run(scenario(&scratch, "p", json!({"scenario": "panic"})).arg("--json"))
+        .expect_code(1)
+        .json();
+    assert_eq!(failed["status"], "failed");
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("guest panicked: ") && error.contains("boom: the step blew up"),
+        "{error}"
+    );
+    assert_eq!(
+        scratch.steps("p"),
+        vec![
+            ("fine#000001".into(), "completed".into(), 1),
+            ("explode#000001".into(), "failed".into(), 1)
+        ]
+    );
+    let step_error: String = scratch
+        .sql()
+        .query_row(
+            "SELECT error FROM steps WHERE step_key = 'explode#000001'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(step_error.contains("boom"), "{step_error}");
+
+    // A failed workflow is final: running it again runs nothing.
+    let again = run(scenario(&scratch, "p", json!({"scenario": "panic"})).arg("--json"))
+        .expect_code(1)
+        .json();
+    assert_eq!(again["already_finished"], true);
+    assert_eq!(scratch.effects(), ["fine#000001", "explode#000001"]);
+    assert!(scratch.integrity_ok());
+}
+
+#[test]
+fn a_workflow_error_is_recorded() {
+    let scratch = Scratch::new();
+    let result = run(&mut scenario(&scratch, "f", json!({"scenario": "fail"}))).expect_code(1);
+    assert!(
+        result
+            .stdout()
+            .contains("error: the workflow gave up on purpose"),
+        "{}",
+        result.stdout()
+    );
+    let status: String = scratch
+        .sql()
+        .query_row("SELECT status FROM workflows", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(status, "failed");
+}
+
+#[test]
+fn a_step_value_that_is_not_json_fails_the_workflow() {
+    let scratch = Scratch::new();
+    let failed = run(scenario(&scratch, "j", json!({"scenario": "invalid_json"})).arg("--json"))
+        .expect_code(1)
+        .json();
+    assert!(
+        failed["error"].as_str().unwrap().contains("not valid JSON"),
+        "{failed}"
+    );
+    assert_eq!(
+        scratch.steps("j"),
+        vec![("raw#000001".into(), "failed".into(), 1)]
+    );
+}
+
+#[test]
+fn the_guest_sees_only_what_the_command_line_grants() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let scratch = Scratch::new();
+    let view = run(
+        scenario(&scratch, "s", json!({"scenario": "sandbox"})).args([
+            "--env",
+            &format!("PROBE_PORT={port}"),
+            "--json",
+        ]),
+    )
+    .expect_code(0)
+    .json();
+    let output = &view["output"];
+    assert_eq!(
+        output["env"],
+        json!([["PROBE_PORT", port]]),
+        "no inherited environment"
+    );
+    assert_eq!(
+        output["etc_passwd_readable"], false,
+        "no ambient file system"
+    );
+    assert_eq!(
+        output["ledger_visible"], true,
+        "granted directories are visible"
+    );
+    assert_ne!(
+        output["connect"], "connected",
+        "no network: {}",
+        output["connect"]
+    );
+}

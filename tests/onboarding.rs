@@ -1,0 +1,243 @@
+//! The onboarding workflow end to end: an uninterrupted run, a crash at
+//! every step boundary, and a real SIGKILL in the middle of a slow step.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use durable_tests::{Scratch, employee, run, spawn};
+use serde_json::Value;
+
+const STEPS: [&str; 4] = [
+    "create_record",
+    "provision_laptop",
+    "provision_access",
+    "send_welcome_email",
+];
+const SERVICES: [&str; 4] = ["hr", "it", "iam", "mail"];
+
+fn once_each() -> BTreeMap<String, usize> {
+    SERVICES.iter().map(|s| (s.to_string(), 1)).collect()
+}
+
+/// The output of an uninterrupted run of `id`, from a scratch of its own.
+fn uninterrupted_output(id: &str) -> Value {
+    let scratch = Scratch::new();
+    run(scratch.onboarding(id).arg("--json"))
+        .expect_code(0)
+        .json()["output"]
+        .clone()
+}
+
+#[test]
+fn uninterrupted_run_then_a_second_run_replays_nothing() {
+    let scratch = Scratch::new();
+    let first = run(scratch.onboarding("emp-001").arg("--json"))
+        .expect_code(0)
+        .json();
+    assert_eq!(first["status"], "completed");
+    assert_eq!(first["output"]["record_id"], "HR-emp-001");
+    assert_eq!(first["output"]["laptop"]["asset_tag"], "LT-emp-001");
+    assert_eq!(first["output"]["welcome_email_id"], "MAIL-emp-001");
+    let outcomes: Vec<_> = first["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["outcome"].clone())
+        .collect();
+    assert_eq!(outcomes, vec!["executed"; 4]);
+    assert_eq!(scratch.service_calls(), once_each());
+
+    // Running a finished workflow prints the stored output and runs nothing.
+    let second = run(scratch.onboarding("emp-001").arg("--json"))
+        .expect_code(0)
+        .json();
+    assert_eq!(second["already_finished"], true);
+    assert_eq!(second["output"], first["output"]);
+    assert_eq!(scratch.service_calls(), once_each());
+
+    // Same for people: the stored output, and no step line.
+    let human = run(&mut scratch.onboarding("emp-001"))
+        .expect_code(0)
+        .stdout();
+    assert!(human.contains("already completed; nothing ran"), "{human}");
+    assert!(!human.contains("executed  "), "{human}");
+    assert_eq!(scratch.service_calls(), once_each());
+}
+
+#[test]
+fn human_output_shows_each_step_and_the_result() {
+    let scratch = Scratch::new();
+    let stdout = run(&mut scratch.onboarding("emp-h"))
+        .expect_code(0)
+        .stdout();
+    for step in STEPS {
+        assert!(
+            stdout.contains(&format!("executed  {step}#000001")),
+            "{stdout}"
+        );
+    }
+    assert!(stdout.contains("workflow emp-h completed in"), "{stdout}");
+    assert!(stdout.contains("\"record_id\":\"HR-emp-h\""), "{stdout}");
+}
+
+#[test]
+fn crash_before_or_after_any_step_resumes_without_repeating_side_effects() {
+    let expected = uninterrupted_output("emp-c");
+    for (index, step) in STEPS.iter().enumerate() {
+        for point in ["before", "after"] {
+            let scratch = Scratch::new();
+            let crashed = run(scratch
+                .onboarding("emp-c")
+                .args(["--crash", &format!("{step}:{point}")]));
+            let crashed = crashed.expect_code(3);
+            assert!(
+                crashed.stderr().contains("simulated crash"),
+                "{}",
+                crashed.stderr()
+            );
+
+            // What the crash left: the steps before it done, this one running
+            // (before) or done (after), nothing later.
+            let completed_before_crash = if point == "after" { index + 1 } else { index };
+            let calls = scratch.service_calls();
+            for (i, service) in SERVICES.iter().enumerate() {
+                let expected_calls = usize::from(i < completed_before_crash);
+                assert_eq!(
+                    calls.get(*service).copied().unwrap_or(0),
+                    expected_calls,
+                    "{service} after crash at {step}:{point}"
+                );
+            }
+            let steps = scratch.steps("emp-c");
+            assert_eq!(steps.len(), index + 1, "rows after crash at {step}:{point}");
+            let last_status = if point == "after" {
+                "completed"
+            } else {
+                "running"
+            };
+            assert_eq!(steps[index].1, last_status, "{step}:{point}");
+
+            let resumed = run(scratch.onboarding("emp-c").arg("--json"))
+                .expect_code(0)
+                .json();
+            assert_eq!(
+                resumed["output"], expected,
+                "output after crash at {step}:{point}"
+            );
+            assert_eq!(resumed["resumed"], true);
+            assert_eq!(
+                scratch.service_calls(),
+                once_each(),
+                "side effects after crash at {step}:{point}"
+            );
+
+            let replayed = resumed["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|s| s["outcome"] == "replayed")
+                .count();
+            assert_eq!(
+                replayed, completed_before_crash,
+                "replayed steps after {step}:{point}"
+            );
+            let attempts: Vec<u32> = scratch.steps("emp-c").iter().map(|s| s.2).collect();
+            let mut expected_attempts = vec![1; 4];
+            if point == "before" {
+                expected_attempts[index] = 2;
+            }
+            assert_eq!(attempts, expected_attempts, "attempts after {step}:{point}");
+            assert!(scratch.integrity_ok());
+        }
+    }
+}
+
+#[test]
+fn crash_after_n_checkpoints_resumes_to_the_same_output() {
+    let expected = uninterrupted_output("emp-n");
+    for n in 1..=4 {
+        let scratch = Scratch::new();
+        run(scratch
+            .onboarding("emp-n")
+            .args(["--crash-after", &n.to_string()]))
+        .expect_code(3);
+        let completed = scratch
+            .steps("emp-n")
+            .iter()
+            .filter(|s| s.1 == "completed")
+            .count();
+        assert_eq!(completed, n, "checkpoints after --crash-after {n}");
+        // The workflow row is still running, even when every step is done.
+        let resumed = run(scratch.onboarding("emp-n").arg("--json"))
+            .expect_code(0)
+            .json();
+        assert_eq!(resumed["output"], expected);
+        assert_eq!(scratch.service_calls(), once_each(), "--crash-after {n}");
+    }
+}
+
+#[test]
+fn sigkill_in_the_middle_of_a_slow_step_then_resume() {
+    let expected = uninterrupted_output("emp-k");
+    let scratch = Scratch::new();
+    let mut command = scratch.run(&durable_tests::artifacts().onboarding, "emp-k");
+    command.args(["--input", &employee("emp-k", 400)]);
+    let mut child = spawn(&mut command);
+
+    // Wait until provision_laptop is executing (its body is in its latency).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let steps = scratch.try_steps("emp-k").unwrap_or_default();
+        if steps
+            .iter()
+            .any(|s| s.0 == "provision_laptop#000001" && s.1 == "running")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "provision_laptop never started: {steps:?}"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the host exited before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+
+    let calls = scratch.service_calls();
+    assert_eq!(
+        calls.get("hr"),
+        Some(&1),
+        "create_record completed before the kill"
+    );
+    assert!(calls.get("it").copied().unwrap_or(0) <= 1);
+
+    let resumed = run(scratch
+        .run(&durable_tests::artifacts().onboarding, "emp-k")
+        .arg("--json"))
+    .expect_code(0)
+    .json();
+    assert_eq!(resumed["output"], expected);
+    let calls = scratch.service_calls();
+    assert_eq!(calls["hr"], 1, "a completed step never runs again");
+    assert!(
+        (1..=2).contains(&calls["it"]),
+        "the step in flight runs at most twice: {calls:?}"
+    );
+    assert_eq!((calls["iam"], calls["mail"]), (1, 1));
+    let laptop = scratch
+        .steps("emp-k")
+        .into_iter()
+        .find(|s| s.0 == "provision_laptop#000001")
+        .unwrap();
+    assert_eq!(
+        (laptop.1.as_str(), laptop.2),
+        ("completed", 2),
+        "taken over as attempt 2"
+    );
+    assert!(scratch.integrity_ok());
+}

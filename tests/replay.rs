@@ -1,0 +1,164 @@
+//! Replay semantics: step keys in loops and branches, automatic ids,
+//! recorded errors, and the non-determinism guard.
+
+use durable_tests::{Scratch, artifacts, run};
+use serde_json::json;
+
+fn scenario(scratch: &Scratch, id: &str, input: serde_json::Value) -> std::process::Command {
+    let mut command = scratch.run(&artifacts().scenarios, id);
+    command.args(["--input", &input.to_string()]);
+    command
+}
+
+#[test]
+fn a_step_name_used_in_a_loop_gets_one_key_per_call_and_replays() {
+    let input = json!({"scenario": "loop", "items": 5});
+    let reference = Scratch::new();
+    let expected = run(scenario(&reference, "loop", input.clone()).arg("--json"))
+        .expect_code(0)
+        .json();
+    assert_eq!(
+        expected["output"],
+        json!({"charged": [0, 10, 20, 30, 40], "total": 100})
+    );
+
+    let keys: Vec<String> = reference.steps("loop").into_iter().map(|s| s.0).collect();
+    let want = [
+        "charge#000001",
+        "audit#000001",
+        "charge#000002",
+        "charge#000003",
+        "audit#000002",
+        "charge#000004",
+        "charge#000005",
+        "audit#000003",
+        "total#000001",
+    ];
+    assert_eq!(keys, want);
+
+    // Crash in the middle of the loop, resume: every body ran exactly once.
+    let scratch = Scratch::new();
+    run(scenario(&scratch, "loop", input.clone()).args(["--crash-after", "4"])).expect_code(3);
+    let resumed = run(scenario(&scratch, "loop", input).arg("--json"))
+        .expect_code(0)
+        .json();
+    assert_eq!(resumed["output"], expected["output"]);
+    assert_eq!(scratch.effects(), want, "each step body ran once, in order");
+}
+
+#[test]
+fn unnamed_steps_get_stable_ids_from_their_call_site() {
+    let input = json!({"scenario": "auto_ids"});
+    let scratch = Scratch::new();
+    run(scenario(&scratch, "auto", input.clone()).args(["--crash-after", "1"])).expect_code(3);
+    let resumed = run(scenario(&scratch, "auto", input).arg("--json"))
+        .expect_code(0)
+        .json();
+
+    let keys: Vec<String> = scratch.steps("auto").into_iter().map(|s| s.0).collect();
+    assert_eq!(keys.len(), 3);
+    let (loop_site, n1) = keys[0].rsplit_once('#').unwrap();
+    let (loop_site_again, n2) = keys[1].rsplit_once('#').unwrap();
+    let (other_site, n3) = keys[2].rsplit_once('#').unwrap();
+    assert_eq!(
+        loop_site, loop_site_again,
+        "one call site in a loop, one name"
+    );
+    assert_eq!((n1, n2, n3), ("000001", "000002", "000001"));
+    assert_ne!(loop_site, other_site);
+    for site in [loop_site, other_site] {
+        let mut parts = site.rsplitn(3, ':');
+        let (column, line, file) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        assert!(file.ends_with("src/lib.rs"), "{site}");
+        assert!(
+            line.parse::<u32>().is_ok() && column.parse::<u32>().is_ok(),
+            "{site}"
+        );
+    }
+    // The first key was recorded by the crashed run and matched on resume.
+    assert_eq!(resumed["steps"][0]["outcome"], "replayed");
+    assert_eq!(resumed["output"]["keys"], json!(keys));
+    assert_eq!(scratch.effects(), keys);
+}
+
+#[test]
+fn a_step_error_is_recorded_and_replayed_as_the_same_error() {
+    let input = json!({"scenario": "step_error"});
+    let scratch = Scratch::new();
+    run(scenario(&scratch, "err", input.clone()).args(["--crash-after", "1"])).expect_code(3);
+    assert_eq!(
+        scratch.steps("err"),
+        vec![("flaky_call#000001".into(), "failed".into(), 1)]
+    );
+
+    let resumed = run(scenario(&scratch, "err", input).arg("--json"))
+        .expect_code(0)
+        .json();
+    assert_eq!(
+        resumed["output"],
+        json!({"error": "service said no", "fallback": "used the fallback"})
+    );
+    assert_eq!(
+        resumed["steps"][0],
+        json!({"key": "flaky_call#000001", "outcome": "replayed", "recorded_error": true})
+    );
+    assert_eq!(scratch.effects(), ["flaky_call#000001", "fallback#000001"]);
+}
+
+#[test]
+fn a_workflow_that_changes_its_step_order_is_stopped_and_nothing_is_recorded() {
+    let input = json!({"scenario": "reorder"});
+    let scratch = Scratch::new();
+    run(scenario(&scratch, "order", input.clone()).args([
+        "--env",
+        "ORDER=ab",
+        "--crash-after",
+        "1",
+    ]))
+    .expect_code(3);
+    let before = scratch.dump();
+
+    let diverged =
+        run(scenario(&scratch, "order", input.clone()).args(["--env", "ORDER=ba"])).expect_code(4);
+    let stderr = diverged.stderr();
+    assert!(stderr.contains("non-determinism"), "{stderr}");
+    assert!(
+        stderr.contains("`a#000001`") && stderr.contains("`b#000001`"),
+        "names both steps: {stderr}"
+    );
+    assert!(stderr.contains("hint:"), "{stderr}");
+    assert_eq!(scratch.dump(), before, "the database is untouched");
+    assert_eq!(scratch.effects(), ["a#000001"], "no step body ran");
+
+    // The original code still resumes it.
+    let resumed = run(scenario(&scratch, "order", input).args(["--env", "ORDER=ab", "--json"]))
+        .expect_code(0)
+        .json();
+    assert_eq!(resumed["output"], json!(["a", "b"]));
+}
+
+#[test]
+fn a_workflow_that_stops_short_of_its_history_is_stopped_too() {
+    let input = json!({"scenario": "reorder"});
+    let scratch = Scratch::new();
+    run(scenario(&scratch, "short", input.clone()).args([
+        "--env",
+        "ORDER=ab",
+        "--crash-after",
+        "2",
+    ]))
+    .expect_code(3);
+    let before = scratch.dump();
+    let shortened =
+        run(scenario(&scratch, "short", input).args(["--env", "ORDER=a"])).expect_code(4);
+    assert!(
+        shortened.stderr().contains("continues with `b#000001`"),
+        "{}",
+        shortened.stderr()
+    );
+    assert_eq!(scratch.dump(), before);
+}

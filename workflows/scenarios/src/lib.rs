@@ -1,0 +1,172 @@
+//! Test workflows for the host's edge cases, chosen by the input's
+//! `scenario` field. Every executed step body appends its key to
+//! `/ledger/effects.log` (when `/ledger` is granted), so tests can count
+//! real executions.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+
+use durable_sdk::{Context, Error, current_step};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+#[derive(Deserialize)]
+struct Input {
+    scenario: String,
+    #[serde(default)]
+    items: u32,
+    #[serde(default)]
+    sleep_ms: u64,
+}
+
+fn scenarios(ctx: &Context, input: Input) -> Result<Value, Error> {
+    match input.scenario.as_str() {
+        "loop" => loops_and_branches(ctx, input.items),
+        "auto_ids" => auto_ids(ctx),
+        "reorder" => reorder(ctx),
+        "step_error" => step_error(ctx),
+        "panic" => panic_in_step(ctx),
+        "fail" => Err(durable_sdk::error!("the workflow gave up on purpose")),
+        "invalid_json" => invalid_json(ctx),
+        "slow" => slow(ctx, input.items, input.sleep_ms),
+        "sandbox" => Ok(sandbox_view()),
+        other => Err(durable_sdk::error!("unknown scenario `{other}`")),
+    }
+}
+
+/// Records that the current step's body really ran.
+fn effect() -> Result<(), Error> {
+    let Some(step) = current_step() else {
+        return Err(durable_sdk::error!("effect() called outside a step"));
+    };
+    if std::path::Path::new("/ledger").is_dir() {
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open("/ledger/effects.log")?;
+        writeln!(log, "{}", step.key)?;
+    }
+    Ok(())
+}
+
+/// The same step names used in a loop and under a condition.
+fn loops_and_branches(ctx: &Context, items: u32) -> Result<Value, Error> {
+    let mut charged = Vec::new();
+    for i in 0..items {
+        let amount: u32 = ctx.step("charge", || {
+            effect()?;
+            Ok(i * 10)
+        })?;
+        if i % 2 == 0 {
+            ctx.step("audit", || {
+                effect()?;
+                Ok(format!("audited {i}"))
+            })?;
+        }
+        charged.push(amount);
+    }
+    let total: u32 = ctx.step("total", || {
+        effect()?;
+        Ok(charged.iter().sum())
+    })?;
+    Ok(json!({ "charged": charged, "total": total }))
+}
+
+/// Unnamed steps: named after their call site, stable across runs.
+fn auto_ids(ctx: &Context) -> Result<Value, Error> {
+    let mut keys = Vec::new();
+    for _ in 0..2 {
+        keys.push(ctx.step("", || {
+            effect()?;
+            Ok(current_step().map(|s| s.key))
+        })?);
+    }
+    keys.push(ctx.step("", || {
+        effect()?;
+        Ok(current_step().map(|s| s.key))
+    })?);
+    Ok(json!({ "keys": keys }))
+}
+
+/// Step order taken from the environment, to play a code change between runs.
+fn reorder(ctx: &Context) -> Result<Value, Error> {
+    let order = std::env::var("ORDER").unwrap_or_else(|_| "ab".to_owned());
+    let mut done = Vec::new();
+    for name in order.chars() {
+        let name = name.to_string();
+        done.push(ctx.step(&name, || {
+            effect()?;
+            Ok(name.clone())
+        })?);
+        if std::env::var("STOP_AFTER_FIRST").is_ok() {
+            return Err(durable_sdk::error!("stopped after the first step"));
+        }
+    }
+    Ok(json!(done))
+}
+
+/// A step's error is recorded, handled, and replayed as the same error.
+fn step_error(ctx: &Context) -> Result<Value, Error> {
+    let attempt: Result<u32, Error> = ctx.step("flaky_call", || {
+        effect()?;
+        Err(durable_sdk::error!("service said no"))
+    });
+    let fallback: String = ctx.step("fallback", || {
+        effect()?;
+        Ok("used the fallback".to_owned())
+    })?;
+    Ok(json!({ "error": attempt.unwrap_err().message(), "fallback": fallback }))
+}
+
+fn panic_in_step(ctx: &Context) -> Result<Value, Error> {
+    ctx.step("fine", || {
+        effect()?;
+        Ok(1)
+    })?;
+    ctx.step("explode", || -> Result<u32, Error> {
+        effect()?;
+        panic!("boom: the step blew up")
+    })?;
+    Ok(Value::Null)
+}
+
+/// A guest that breaks the contract, as a non-Rust one might: it bypasses
+/// the SDK and reports a value that is not JSON.
+fn invalid_json(_ctx: &Context) -> Result<Value, Error> {
+    use durable_sdk::bindings::durable::workflow::durable_step as host;
+    if let host::StepStart::Execute(run) = host::begin_step("raw") {
+        host::finish_step(&run.key, &Ok("{not json".to_owned()));
+    }
+    Ok(Value::Null)
+}
+
+fn slow(ctx: &Context, items: u32, sleep_ms: u64) -> Result<Value, Error> {
+    for i in 0..items {
+        ctx.step("tick", || {
+            std::thread::sleep(std::time::Duration::from_millis(sleep_ms));
+            effect()?;
+            Ok(i)
+        })?;
+    }
+    Ok(json!(items))
+}
+
+/// What the guest can see of the host, for the sandbox test. (Reads
+/// outside steps are fine here: the test only looks at one run.)
+fn sandbox_view() -> Value {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let probe_port = std::env::var("PROBE_PORT").ok();
+    let connect = probe_port.map(|port| {
+        std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap_or(9)))
+            .map(|_| "connected".to_owned())
+            .unwrap_or_else(|e| e.to_string())
+    });
+    json!({
+        "env": env,
+        "etc_passwd_readable": std::fs::read("/etc/passwd").is_ok(),
+        "ledger_visible": std::path::Path::new("/ledger").is_dir(),
+        "connect": connect,
+    })
+}
+
+durable_sdk::workflow!(scenarios);
