@@ -158,10 +158,10 @@ impl CrashPlan {
 
     fn before_body(&self, key: &StepKey) {
         for point in &self.points {
-            if let CrashPoint::Before(step) = point {
-                if CrashPoint::matches_step(step, key) {
-                    (self.crash)(&format!("before step {key} ran"));
-                }
+            if let CrashPoint::Before(step) = point
+                && CrashPoint::matches_step(step, key)
+            {
+                (self.crash)(&format!("before step {key} ran"));
             }
         }
     }
@@ -229,6 +229,10 @@ impl ReplayCursor {
     pub fn len(&self) -> usize {
         self.recorded.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.recorded.is_empty()
+    }
 }
 
 struct Executing {
@@ -283,12 +287,12 @@ impl WorkflowRun {
     ) -> Result<Opened, EngineError> {
         let id = request.workflow_id;
         let existing = store.workflow(id)?;
-        if let (Some(existing), Some(input)) = (&existing, request.input) {
-            if existing.input != input {
-                return Err(EngineError::InputMismatch {
-                    workflow_id: id.to_owned(),
-                });
-            }
+        if let (Some(existing), Some(input)) = (&existing, request.input)
+            && existing.input != input
+        {
+            return Err(EngineError::InputMismatch {
+                workflow_id: id.to_owned(),
+            });
         }
         let (input, previous_run, cursor) = match existing {
             Some(workflow) if workflow.outcome().is_some() => {
@@ -434,16 +438,16 @@ impl WorkflowRun {
                 key: key.to_owned(),
             });
         };
-        if let Ok(json) = &outcome {
-            if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(json) {
-                let key = executing.key.clone();
-                // Still executing: a trap that follows fails this step.
-                self.executing = Some(executing);
-                return Err(EngineError::InvalidStepJson {
-                    key,
-                    reason: e.to_string(),
-                });
-            }
+        if let Ok(json) = &outcome
+            && let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(json)
+        {
+            let key = executing.key.clone();
+            // Still executing: a trap that follows fails this step.
+            self.executing = Some(executing);
+            return Err(EngineError::InvalidStepJson {
+                key,
+                reason: e.to_string(),
+            });
         }
         self.store
             .finish_step(&self.workflow_id, &self.run_id, &executing.key, &outcome)?;

@@ -75,13 +75,13 @@ impl SqliteStore {
     /// Open (creating if needed) the database at `path` and its tables.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let shown = path.display().to_string();
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if !parent.is_dir() {
-                return Err(StoreError::Open {
-                    path: shown,
-                    reason: format!("the directory {} does not exist", parent.display()),
-                });
-            }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+            && !parent.is_dir()
+        {
+            return Err(StoreError::Open {
+                path: shown,
+                reason: format!("the directory {} does not exist", parent.display()),
+            });
         }
         let conn = Connection::open(path).map_err(|e| StoreError::Open {
             path: shown.clone(),
