@@ -80,11 +80,67 @@ fn human_output_shows_each_step_and_the_result() {
     assert!(stdout.contains("\"record_id\":\"HR-emp-h\""), "{stdout}");
 }
 
+/// Resume after a crash and check the promises against what the crash left:
+/// every step completed at the crash ran exactly once in all, every step in
+/// flight at most twice, every other step once, and the output is unchanged.
+fn resume_and_check(scratch: &Scratch, id: &str, expected: &Value, context: &str) {
+    let at_crash: BTreeMap<String, String> = scratch
+        .steps(id)
+        .into_iter()
+        .map(|(key, status, _)| (key.trim_end_matches("#000001").to_owned(), status))
+        .collect();
+    let resumed = run(scratch.onboarding(id).arg("--json"))
+        .expect_code(0)
+        .json();
+    assert_eq!(&resumed["output"], expected, "output after {context}");
+    assert_eq!(resumed["resumed"], true);
+    let calls = scratch.service_calls();
+    for (step, service) in STEPS.iter().zip(SERVICES) {
+        let count = calls.get(service).copied().unwrap_or(0);
+        match at_crash.get(*step).map(String::as_str) {
+            Some("running") => assert!(
+                (1..=2).contains(&count),
+                "{step} was in flight at {context}: ran {count} times"
+            ),
+            status => assert_eq!(
+                count, 1,
+                "{step} ({status:?} at {context}) must run exactly once"
+            ),
+        }
+    }
+    let replayed = resumed["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["outcome"] == "replayed")
+        .count();
+    let completed = at_crash
+        .values()
+        .filter(|status| *status == "completed")
+        .count();
+    assert_eq!(
+        replayed, completed,
+        "every step completed at {context} is replayed, no other"
+    );
+    for (key, status, attempts) in scratch.steps(id) {
+        let was_running = at_crash
+            .get(key.trim_end_matches("#000001"))
+            .is_some_and(|s| s == "running");
+        assert_eq!(
+            (status.as_str(), attempts),
+            ("completed", if was_running { 2 } else { 1 }),
+            "{key} after {context}"
+        );
+    }
+    assert!(scratch.integrity_ok());
+}
+
 #[test]
 fn crash_before_or_after_any_step_resumes_without_repeating_side_effects() {
     let expected = uninterrupted_output("emp-c");
     for (index, step) in STEPS.iter().enumerate() {
         for point in ["before", "after"] {
+            let context = format!("--crash {step}:{point}");
             let scratch = Scratch::new();
             let crashed = run(scratch
                 .onboarding("emp-c")
@@ -96,58 +152,47 @@ fn crash_before_or_after_any_step_resumes_without_repeating_side_effects() {
                 crashed.stderr()
             );
 
-            // What the crash left: the steps before it done, this one running
-            // (before) or done (after), nothing later.
-            let completed_before_crash = if point == "after" { index + 1 } else { index };
-            let calls = scratch.service_calls();
-            for (i, service) in SERVICES.iter().enumerate() {
-                let expected_calls = usize::from(i < completed_before_crash);
-                assert_eq!(
-                    calls.get(*service).copied().unwrap_or(0),
-                    expected_calls,
-                    "{service} after crash at {step}:{point}"
-                );
-            }
+            // The crashed step is running (before) or completed (after), the
+            // steps before it are completed (bar its parallel sibling), and
+            // no later step has begun.
             let steps = scratch.steps("emp-c");
-            assert_eq!(steps.len(), index + 1, "rows after crash at {step}:{point}");
-            let last_status = if point == "after" {
+            let status_of = |name: &str| {
+                let key = format!("{name}#000001");
+                steps.iter().find(|s| s.0 == key).map(|s| s.1.clone())
+            };
+            let crashed_status = if point == "after" {
                 "completed"
             } else {
                 "running"
             };
-            assert_eq!(steps[index].1, last_status, "{step}:{point}");
-
-            let resumed = run(scratch.onboarding("emp-c").arg("--json"))
-                .expect_code(0)
-                .json();
             assert_eq!(
-                resumed["output"], expected,
-                "output after crash at {step}:{point}"
+                status_of(step).as_deref(),
+                Some(crashed_status),
+                "{context}"
             );
-            assert_eq!(resumed["resumed"], true);
-            assert_eq!(
-                scratch.service_calls(),
-                once_each(),
-                "side effects after crash at {step}:{point}"
-            );
-
-            let replayed = resumed["steps"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|s| s["outcome"] == "replayed")
-                .count();
-            assert_eq!(
-                replayed, completed_before_crash,
-                "replayed steps after {step}:{point}"
-            );
-            let attempts: Vec<u32> = scratch.steps("emp-c").iter().map(|s| s.2).collect();
-            let mut expected_attempts = vec![1; 4];
-            if point == "before" {
-                expected_attempts[index] = 2;
+            for earlier in &STEPS[..index] {
+                if (*earlier, *step) != ("provision_laptop", "provision_access") {
+                    assert_eq!(
+                        status_of(earlier).as_deref(),
+                        Some("completed"),
+                        "{earlier} at {context}"
+                    );
+                }
             }
-            assert_eq!(attempts, expected_attempts, "attempts after {step}:{point}");
-            assert!(scratch.integrity_ok());
+            for later in &STEPS[index + 1..] {
+                if (*step, *later) != ("provision_laptop", "provision_access") {
+                    assert_eq!(status_of(later), None, "{later} at {context}");
+                }
+            }
+            if point == "before" {
+                let calls = scratch.service_calls();
+                assert_eq!(
+                    calls.get(SERVICES[index]),
+                    None,
+                    "the body did not run: {context}"
+                );
+            }
+            resume_and_check(&scratch, "emp-c", &expected, &context);
         }
     }
 }
@@ -167,12 +212,8 @@ fn crash_after_n_checkpoints_resumes_to_the_same_output() {
             .filter(|s| s.1 == "completed")
             .count();
         assert_eq!(completed, n, "checkpoints after --crash-after {n}");
-        // The workflow row is still running, even when every step is done.
-        let resumed = run(scratch.onboarding("emp-n").arg("--json"))
-            .expect_code(0)
-            .json();
-        assert_eq!(resumed["output"], expected);
-        assert_eq!(scratch.service_calls(), once_each(), "--crash-after {n}");
+        // After the last checkpoint the workflow row is still running.
+        resume_and_check(&scratch, "emp-n", &expected, &format!("--crash-after {n}"));
     }
 }
 

@@ -41,6 +41,22 @@
 //! whose recorded result is what later runs see. The host stops a run that
 //! asks for a different step than the recorded history, and changes nothing.
 //!
+//! # Parallel steps
+//!
+//! [`Context::parallel`] and [`Context::join`] run several steps at once. Each
+//! branch body is a plain function that the host runs in its own instance of
+//! the workflow, on its own thread:
+//!
+//! ```no_run
+//! # use durable_sdk::{Branch, Context, Error};
+//! fn resize(width: u32) -> Result<String, Error> { Ok(format!("thumb-{width}.png")) }
+//!
+//! fn thumbnails(ctx: &Context, widths: Vec<u32>) -> Result<Vec<String>, Error> {
+//!     let branches = widths.iter().map(|w| Branch::new("resize", resize, w)).collect();
+//!     ctx.parallel(branches).into_iter().collect()
+//! }
+//! ```
+//!
 //! # Steps and their keys
 //!
 //! Each step gets the key `name#NNNNNN`, counting calls per name, so calling
@@ -58,12 +74,14 @@ extern crate self as durable_sdk;
 
 use std::cell::RefCell;
 use std::fmt;
+use std::marker::PhantomData;
 use std::panic::Location;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 #[doc(hidden)]
+#[allow(clippy::too_many_arguments)] // generated code
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
@@ -201,6 +219,150 @@ impl Context {
     }
 }
 
+/// A step to run in parallel with others: see [`Context::parallel`] and
+/// [`Context::join`].
+///
+/// The body is a plain function (not a closure) because it runs in a
+/// separate instance of the workflow, on its own thread: it gets its input
+/// as a value and cannot borrow from the workflow.
+pub struct Branch<T> {
+    spec: host::Branch,
+    /// An input that could not be encoded fails the branch without running it.
+    input_error: Option<String>,
+    _output: PhantomData<fn() -> T>,
+}
+
+impl<T: Serialize + DeserializeOwned> Branch<T> {
+    /// The step `name`, running `body(input)`.
+    pub fn new<I>(name: &str, body: fn(I) -> Result<T, Error>, input: &I) -> Self
+    where
+        I: Serialize + DeserializeOwned,
+    {
+        let (input, input_error) = match serde_json::to_string(input) {
+            Ok(json) => (json, None),
+            Err(e) => (
+                String::new(),
+                Some(format!(
+                    "the input of branch `{name}` cannot be encoded as JSON: {e}"
+                )),
+            ),
+        };
+        Self {
+            spec: host::Branch {
+                name: name.to_owned(),
+                entry: branch_entry(body),
+                input,
+            },
+            input_error,
+            _output: PhantomData,
+        }
+    }
+}
+
+impl Context {
+    /// Run steps at the same time, each in its own instance of the workflow
+    /// on its own host thread, and return their results in order.
+    ///
+    /// Keys are reserved in list order before anything runs, so they are the
+    /// same on every run whatever finishes first. Each branch is checkpointed
+    /// on its own: after a crash, only the branches that had not finished run
+    /// again. A branch that panics fails alone, with the panic as its error.
+    pub fn parallel<T: Serialize + DeserializeOwned>(
+        &self,
+        branches: Vec<Branch<T>>,
+    ) -> Vec<Result<T, Error>> {
+        let specs = branches
+            .iter()
+            .map(|b| (b.spec.clone(), b.input_error.clone()))
+            .collect();
+        run_branches(specs)
+            .into_iter()
+            .zip(&branches)
+            .map(|(outcome, branch)| decode(&branch.spec.name, outcome))
+            .collect()
+    }
+
+    /// Run two steps of different types at the same time; see [`Context::parallel`].
+    pub fn join<A, B>(&self, a: Branch<A>, b: Branch<B>) -> (Result<A, Error>, Result<B, Error>)
+    where
+        A: Serialize + DeserializeOwned,
+        B: Serialize + DeserializeOwned,
+    {
+        let mut outcomes = run_branches(vec![
+            (a.spec.clone(), a.input_error),
+            (b.spec.clone(), b.input_error),
+        ]);
+        let outcome_b = outcomes.pop().expect("one result per branch");
+        let outcome_a = outcomes.pop().expect("one result per branch");
+        (
+            decode(&a.spec.name, outcome_a),
+            decode(&b.spec.name, outcome_b),
+        )
+    }
+}
+
+/// Run the branches whose input could be encoded; the others fail at once.
+fn run_branches(specs: Vec<(host::Branch, Option<String>)>) -> Vec<Result<String, String>> {
+    let runnable: Vec<host::Branch> = specs
+        .iter()
+        .filter(|(_, e)| e.is_none())
+        .map(|(s, _)| s.clone())
+        .collect();
+    let mut results = host::run_parallel(&runnable).into_iter();
+    specs
+        .into_iter()
+        .map(|(_, input_error)| match input_error {
+            Some(message) => Err(message),
+            None => results.next().expect("one result per branch"),
+        })
+        .collect()
+}
+
+/// A branch function and its monomorphic adapter, as function-table indices.
+///
+/// Every instance of a component has the same function table, so the indices
+/// name the same functions in the instance that runs the branch.
+fn branch_entry<I, T>(body: fn(I) -> Result<T, Error>) -> String
+where
+    I: DeserializeOwned,
+    T: Serialize,
+{
+    let adapter: fn(usize, String) -> Result<String, String> = run_branch_body::<I, T>;
+    format!("{}:{}", adapter as usize, body as usize)
+}
+
+fn run_branch_body<I: DeserializeOwned, T: Serialize>(
+    body: usize,
+    input: String,
+) -> Result<String, String> {
+    // SAFETY: `body` was made from a `fn(I) -> Result<T, Error>` by
+    // `branch_entry::<I, T>`, which also chose this adapter, in an instance
+    // of this same component (the host only calls `run-branch` that way).
+    let body: fn(I) -> Result<T, Error> =
+        unsafe { std::mem::transmute::<usize, fn(I) -> Result<T, Error>>(body) };
+    let input: I = serde_json::from_str(&input)
+        .map_err(|e| format!("the branch input does not have the expected shape: {e}"))?;
+    let value = body(input).map_err(|e| e.message)?;
+    serde_json::to_string(&value)
+        .map_err(|e| format!("the branch returned a value that cannot be stored as JSON: {e}"))
+}
+
+/// Run one branch in this instance. Used by [`workflow!`]; not public API.
+#[doc(hidden)]
+pub fn __run_branch(entry: String, step: host::StepRun, input: String) -> Result<String, String> {
+    let parse = |index: Option<&str>| index.and_then(|i| i.parse::<usize>().ok());
+    let mut parts = entry.split(':');
+    let (Some(adapter), Some(body)) = (parse(parts.next()), parse(parts.next())) else {
+        return Err(format!("`{entry}` is not a branch entry of this SDK"));
+    };
+    // SAFETY: as in `run_branch_body`: `adapter` came from `branch_entry` in
+    // an instance of this same component.
+    let adapter: fn(usize, String) -> Result<String, String> = unsafe {
+        std::mem::transmute::<usize, fn(usize, String) -> Result<String, String>>(adapter)
+    };
+    with_current_step(step, || adapter(body, input))
+}
+
 fn with_current_step<T>(run: host::StepRun, body: impl FnOnce() -> T) -> T {
     let step = StepRun {
         key: run.key,
@@ -255,6 +417,14 @@ macro_rules! workflow {
         impl $crate::bindings::Guest for __DurableWorkflow {
             fn run(input: ::std::string::String) -> ::std::result::Result<::std::string::String, ::std::string::String> {
                 $crate::__run(input, $function)
+            }
+
+            fn run_branch(
+                entry: ::std::string::String,
+                step: $crate::bindings::durable::workflow::durable_step::StepRun,
+                input: ::std::string::String,
+            ) -> ::std::result::Result<::std::string::String, ::std::string::String> {
+                $crate::__run_branch(entry, step, input)
             }
         }
 

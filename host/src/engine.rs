@@ -270,7 +270,8 @@ pub struct WorkflowRun {
     cursor: ReplayCursor,
     ordinals: HashMap<String, u32>,
     position: u32,
-    executing: Option<Executing>,
+    /// Steps whose bodies are running: one, or the branches of a parallel call.
+    executing: Vec<Executing>,
     checkpoints: u32,
     crash: CrashPlan,
     observer: Box<dyn RunObserver>,
@@ -319,7 +320,7 @@ impl WorkflowRun {
             cursor,
             ordinals: HashMap::new(),
             position: 0,
-            executing: None,
+            executing: Vec::new(),
             checkpoints: 0,
             crash,
             observer,
@@ -363,77 +364,106 @@ impl WorkflowRun {
 
     /// The guest begins its next step, called `name`.
     pub fn begin_step(&mut self, name: &str) -> Result<StepStart, EngineError> {
-        if name.is_empty() {
-            return Err(EngineError::EmptyStepName);
-        }
-        let ordinal = self.ordinals.get(name).copied().unwrap_or(0) + 1;
-        let key = StepKey::new(name, ordinal);
-        if let Some(executing) = &self.executing {
+        let mut starts = self.begin_steps(&[name])?;
+        Ok(starts.pop().expect("one start per step"))
+    }
+
+    /// The guest begins the steps `names` to run at the same time. They take
+    /// the next positions in order; every one is checked against the history
+    /// before anything is written, and those to execute are marked running
+    /// in a single commit.
+    pub fn begin_steps(&mut self, names: &[&str]) -> Result<Vec<StepStart>, EngineError> {
+        if let Some(executing) = self.executing.first() {
+            let name = names.first().copied().unwrap_or_default();
             return Err(EngineError::StepOverlap {
                 executing: executing.key.clone(),
-                requested: key,
+                requested: StepKey::new(name, self.ordinals.get(name).copied().unwrap_or(0) + 1),
             });
         }
-        let sequence = self.position + 1;
-        let attempt = match self.cursor.at(sequence) {
-            Some(recorded) if recorded.key != key => {
-                return Err(EngineError::Diverged {
-                    workflow_id: self.workflow_id.clone(),
-                    position: sequence,
-                    recorded: recorded.key.clone(),
-                    requested: key,
-                });
+        // A failure below ends the run, so advancing as we go is harmless.
+        let mut planned = Vec::with_capacity(names.len());
+        for &name in names {
+            if name.is_empty() {
+                return Err(EngineError::EmptyStepName);
             }
-            Some(recorded) => match recorded.outcome() {
-                Some(outcome) => {
-                    self.advance(name, ordinal, sequence);
+            let ordinal = self.ordinals.get(name).copied().unwrap_or(0) + 1;
+            let key = StepKey::new(name, ordinal);
+            let sequence = self.position + 1;
+            let plan = match self.cursor.at(sequence) {
+                Some(recorded) if recorded.key != key => {
+                    return Err(EngineError::Diverged {
+                        workflow_id: self.workflow_id.clone(),
+                        position: sequence,
+                        recorded: recorded.key.clone(),
+                        requested: key,
+                    });
+                }
+                Some(recorded) => match recorded.outcome() {
+                    Some(outcome) => Err(outcome),
+                    // Left running by a run that died: take it over.
+                    None => Ok(recorded.attempts + 1),
+                },
+                None => Ok(1),
+            };
+            self.ordinals.insert(name.to_owned(), ordinal);
+            self.position = sequence;
+            planned.push((name, key, sequence, plan));
+        }
+
+        if planned.iter().any(|(.., plan)| plan.is_ok()) {
+            self.claim()?;
+            let started_at = now_millis();
+            let begins: Vec<StepBegin<'_>> = planned
+                .iter()
+                .filter_map(|(name, key, sequence, plan)| {
+                    Some(StepBegin {
+                        key,
+                        sequence: *sequence,
+                        name,
+                        attempt: *plan.as_ref().ok()?,
+                        run_id: &self.run_id,
+                        started_at,
+                    })
+                })
+                .collect();
+            self.store.begin_steps(&self.workflow_id, &begins)?;
+        }
+
+        let mut starts = Vec::with_capacity(planned.len());
+        for (_, key, _, plan) in planned {
+            match plan {
+                Err(outcome) => {
                     self.emit(StepEvent {
                         key,
                         kind: StepEventKind::Replayed {
                             failed: outcome.is_err(),
                         },
                     });
-                    return Ok(StepStart::Replayed(outcome));
+                    starts.push(StepStart::Replayed(outcome));
                 }
-                // Left running by a run that died: take it over.
-                None => recorded.attempts + 1,
-            },
-            None => 1,
-        };
-        self.claim()?;
-        self.store.begin_step(
-            &self.workflow_id,
-            &StepBegin {
-                key: &key,
-                sequence,
-                name,
-                attempt,
-                run_id: &self.run_id,
-                started_at: now_millis(),
-            },
-        )?;
-        self.advance(name, ordinal, sequence);
-        self.crash.before_body(&key);
-        self.executing = Some(Executing {
-            key: key.clone(),
-            attempt,
-            started: Instant::now(),
-        });
-        Ok(StepStart::Execute(StepRun {
-            idempotency_key: format!("{}/{}", self.workflow_id, key),
-            key,
-            attempt,
-        }))
-    }
-
-    fn advance(&mut self, name: &str, ordinal: u32, sequence: u32) {
-        self.ordinals.insert(name.to_owned(), ordinal);
-        self.position = sequence;
+                Ok(attempt) => {
+                    self.executing.push(Executing {
+                        key: key.clone(),
+                        attempt,
+                        started: Instant::now(),
+                    });
+                    starts.push(StepStart::Execute(StepRun {
+                        idempotency_key: format!("{}/{}", self.workflow_id, key),
+                        key,
+                        attempt,
+                    }));
+                }
+            }
+        }
+        for executing in &self.executing {
+            self.crash.before_body(&executing.key);
+        }
+        Ok(starts)
     }
 
     /// The guest reports how the executing step `key` ended; durable on return.
     pub fn finish_step(&mut self, key: &str, outcome: Outcome) -> Result<(), EngineError> {
-        let Some(executing) = self.executing.take_if(|e| e.key.as_str() == key) else {
+        let Some(index) = self.executing.iter().position(|e| e.key.as_str() == key) else {
             return Err(EngineError::NotExecuting {
                 key: key.to_owned(),
             });
@@ -441,14 +471,13 @@ impl WorkflowRun {
         if let Ok(json) = &outcome
             && let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(json)
         {
-            let key = executing.key.clone();
             // Still executing: a trap that follows fails this step.
-            self.executing = Some(executing);
             return Err(EngineError::InvalidStepJson {
-                key,
+                key: self.executing[index].key.clone(),
                 reason: e.to_string(),
             });
         }
+        let executing = self.executing.remove(index);
         self.store
             .finish_step(&self.workflow_id, &self.run_id, &executing.key, &outcome)?;
         self.checkpoints += 1;
@@ -476,12 +505,12 @@ impl WorkflowRun {
         }
         // The SDK always finishes what it begins; a guest that returns
         // mid-step has abandoned it, which fails the step with the workflow.
-        let outcome = match (&self.executing, outcome) {
-            (Some(executing), _) => Err(format!(
+        let outcome = match self.executing.first() {
+            Some(executing) => Err(format!(
                 "the workflow returned while step `{}` was still executing",
                 executing.key
             )),
-            (None, outcome) => outcome,
+            None => outcome,
         };
         self.end(outcome)
     }
@@ -494,24 +523,27 @@ impl WorkflowRun {
 
     fn end(mut self, outcome: Outcome) -> Result<RunReport, EngineError> {
         self.claim()?;
-        let executing = self.executing.take();
+        let executing = std::mem::take(&mut self.executing);
+        let failed_steps: Vec<StepKey> = executing.iter().map(|e| e.key.clone()).collect();
         self.store.finish_workflow(
             &self.workflow_id,
             &self.run_id,
             &WorkflowEnd {
                 outcome: &outcome,
-                failed_step: executing.as_ref().map(|e| &e.key),
+                failed_steps: &failed_steps,
             },
         )?;
-        if let (Some(executing), Err(reason)) = (executing, &outcome) {
-            self.emit(StepEvent {
-                key: executing.key,
-                kind: StepEventKind::Interrupted {
-                    attempt: executing.attempt,
-                    duration: executing.started.elapsed(),
-                    reason: reason.clone(),
-                },
-            });
+        if let Err(reason) = &outcome {
+            for executing in executing {
+                self.emit(StepEvent {
+                    key: executing.key,
+                    kind: StepEventKind::Interrupted {
+                        attempt: executing.attempt,
+                        duration: executing.started.elapsed(),
+                        reason: reason.clone(),
+                    },
+                });
+            }
         }
         Ok(RunReport {
             workflow_id: self.workflow_id,

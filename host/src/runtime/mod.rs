@@ -12,6 +12,8 @@ mod guest_output;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, mpsc};
+use std::thread;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -19,7 +21,8 @@ use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::{Workflow, WorkflowPre, durable_step};
-use crate::engine::{EngineError, RunReport, StepStart, WorkflowRun};
+use crate::engine::{EngineError, RunReport, StepRun, StepStart, WorkflowRun};
+use crate::store::Outcome;
 use guest_output::GuestOutput;
 
 /// What went wrong loading or running a component.
@@ -99,6 +102,7 @@ impl ComponentFile {
 }
 
 /// A compiled component, checked to be a workflow and ready to instantiate.
+#[derive(Clone)]
 pub struct WorkflowComponent {
     pre: WorkflowPre<HostState>,
 }
@@ -172,12 +176,19 @@ impl Runtime {
         let output = GuestOutput::default();
         let wasi = sandbox.wasi_ctx(&output)?;
         let input = run.input().to_owned();
+        let branches = BranchRunner {
+            component: component.clone(),
+            sandbox: sandbox.clone(),
+        };
         let mut store = Store::new(
             &self.engine,
             HostState {
                 wasi,
                 table: ResourceTable::new(),
-                run,
+                role: Role::Workflow {
+                    run: Box::new(run),
+                    branches,
+                },
             },
         );
         let result = component
@@ -185,7 +196,9 @@ impl Runtime {
             .instantiate(&mut store)
             .map_err(|e| RuntimeError::Instantiate(e.to_string()))
             .map(|workflow| workflow.call_run(&mut store, &input));
-        let run = store.into_data().run;
+        let Role::Workflow { run, .. } = store.into_data().role else {
+            unreachable!("the workflow instance keeps its role")
+        };
         match result? {
             Ok(outcome) => Ok(run.complete(outcome)?),
             Err(trap) => match trap.downcast::<EngineError>() {
@@ -194,6 +207,87 @@ impl Runtime {
                 Err(trap) => Ok(run.abort(trap_reason(&trap, &output))?),
             },
         }
+    }
+}
+
+/// At most this many branch instances run at once; more branches wait.
+const MAX_BRANCH_THREADS: usize = 64;
+
+/// Runs the branches of a parallel call, each in a fresh instance of the
+/// workflow's component on a thread of its own.
+struct BranchRunner {
+    component: WorkflowComponent,
+    sandbox: Sandbox,
+}
+
+/// One branch to execute.
+struct BranchJob {
+    index: usize,
+    step: StepRun,
+    entry: String,
+    input: String,
+}
+
+impl BranchRunner {
+    /// Execute `jobs` concurrently, handing each outcome to `record` on this
+    /// thread as soon as it is known, so that every branch is checkpointed on
+    /// its own by the one thread that writes.
+    fn run_all(
+        &self,
+        jobs: Vec<BranchJob>,
+        mut record: impl FnMut(usize, &str, Outcome) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
+        let workers = jobs.len().min(MAX_BRANCH_THREADS);
+        let queue = Mutex::new(jobs.into_iter());
+        let (done, finished) = mpsc::channel();
+        thread::scope(|scope| {
+            for _ in 0..workers {
+                let done = done.clone();
+                let queue = &queue;
+                scope.spawn(move || {
+                    loop {
+                        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                        let Some(job) = next else { break };
+                        let outcome = self.run_one(&job);
+                        // A closed channel means the run is failing: stop.
+                        if done.send((job.index, job.step.key, outcome)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(done);
+            for (index, key, outcome) in finished {
+                record(index, key.as_str(), outcome)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Run one branch to its outcome; a trap fails this branch only.
+    fn run_one(&self, job: &BranchJob) -> Outcome {
+        let output = GuestOutput::default();
+        let wasi = self.sandbox.wasi_ctx(&output).map_err(|e| e.to_string())?;
+        let pre = &self.component.pre;
+        let mut store = Store::new(
+            pre.engine(),
+            HostState {
+                wasi,
+                table: ResourceTable::new(),
+                role: Role::Branch,
+            },
+        );
+        let workflow = pre
+            .instantiate(&mut store)
+            .map_err(|e| format!("cannot start an instance for the branch: {e}"))?;
+        let step = durable_step::StepRun {
+            key: job.step.key.to_string(),
+            attempt: job.step.attempt,
+            idempotency_key: job.step.idempotency_key.clone(),
+        };
+        workflow
+            .call_run_branch(&mut store, &job.entry, &step, &job.input)
+            .unwrap_or_else(|trap| Err(trap_reason(&trap, &output)))
     }
 }
 
@@ -249,7 +343,29 @@ impl Sandbox {
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    run: WorkflowRun,
+    role: Role,
+}
+
+/// What an instance is for.
+enum Role {
+    /// Runs the workflow's `run`, and owns the run's history.
+    Workflow {
+        run: Box<WorkflowRun>,
+        branches: BranchRunner,
+    },
+    /// Runs one parallel branch; it cannot begin steps of its own.
+    Branch,
+}
+
+impl HostState {
+    fn run(&mut self) -> wasmtime::Result<(&mut WorkflowRun, &BranchRunner)> {
+        match &mut self.role {
+            Role::Workflow { run, branches } => Ok((run, branches)),
+            Role::Branch => Err(wasmtime::Error::msg(
+                "steps cannot be begun inside a parallel branch; return a value and begin them in the workflow",
+            )),
+        }
+    }
 }
 
 impl WasiView for HostState {
@@ -263,7 +379,8 @@ impl WasiView for HostState {
 
 impl durable_step::Host for HostState {
     fn begin_step(&mut self, name: String) -> wasmtime::Result<durable_step::StepStart> {
-        Ok(match self.run.begin_step(&name)? {
+        let (run, _) = self.run()?;
+        Ok(match run.begin_step(&name)? {
             StepStart::Replayed(outcome) => durable_step::StepStart::Replayed(outcome),
             StepStart::Execute(step) => durable_step::StepStart::Execute(durable_step::StepRun {
                 key: step.key.to_string(),
@@ -273,11 +390,39 @@ impl durable_step::Host for HostState {
         })
     }
 
-    fn finish_step(
+    fn run_parallel(
         &mut self,
-        key: String,
-        outcome: Result<String, String>,
-    ) -> wasmtime::Result<()> {
-        Ok(self.run.finish_step(&key, outcome)?)
+        branches: Vec<durable_step::Branch>,
+    ) -> wasmtime::Result<Vec<Outcome>> {
+        let (run, runner) = self.run()?;
+        let names: Vec<&str> = branches.iter().map(|b| b.name.as_str()).collect();
+        let starts = run.begin_steps(&names)?;
+        let mut results: Vec<Option<Outcome>> = vec![None; branches.len()];
+        let mut jobs = Vec::new();
+        for (index, (start, branch)) in starts.into_iter().zip(branches).enumerate() {
+            match start {
+                StepStart::Replayed(outcome) => results[index] = Some(outcome),
+                StepStart::Execute(step) => jobs.push(BranchJob {
+                    index,
+                    step,
+                    entry: branch.entry,
+                    input: branch.input,
+                }),
+            }
+        }
+        runner.run_all(jobs, |index, key, outcome| {
+            run.finish_step(key, outcome.clone())?;
+            results[index] = Some(outcome);
+            Ok(())
+        })?;
+        Ok(results
+            .into_iter()
+            .map(|result| result.expect("every branch was replayed or executed"))
+            .collect())
+    }
+
+    fn finish_step(&mut self, key: String, outcome: Outcome) -> wasmtime::Result<()> {
+        let (run, _) = self.run()?;
+        Ok(run.finish_step(&key, outcome)?)
     }
 }

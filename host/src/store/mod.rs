@@ -181,12 +181,12 @@ pub struct NewWorkflow<'a> {
     pub run_id: &'a str,
 }
 
-/// The end of a workflow, with the step that was executing when it ended
-/// abnormally (a trap fails that step too).
+/// The end of a workflow, with the steps that were executing when it ended
+/// abnormally (a trap fails them too).
 #[derive(Debug, Clone)]
 pub struct WorkflowEnd<'a> {
     pub outcome: &'a Outcome,
-    pub failed_step: Option<&'a StepKey>,
+    pub failed_steps: &'a [StepKey],
 }
 
 /// Why the store could not do what was asked. Each variant says what a user
@@ -232,10 +232,11 @@ pub trait CheckpointStore: Send {
     /// still `previous_run` (otherwise `LostOwnership`).
     fn claim_workflow(&self, id: &str, previous_run: &str, run_id: &str) -> Result<(), StoreError>;
 
-    /// Mark a step running before its body executes (a new row, or a new
-    /// attempt of a step left running). Visible to other processes at once;
-    /// made crash-safe by the next durable commit (see the README).
-    fn begin_step(&self, workflow_id: &str, step: &StepBegin<'_>) -> Result<(), StoreError>;
+    /// Mark steps running before their bodies execute (new rows, or new
+    /// attempts of steps left running), in one transaction. Visible to other
+    /// processes at once; made crash-safe by the next durable commit (see
+    /// the module docs of [`sqlite`]).
+    fn begin_steps(&self, workflow_id: &str, steps: &[StepBegin<'_>]) -> Result<(), StoreError>;
 
     /// Record how a step this run is executing ended. Durable on return.
     fn finish_step(

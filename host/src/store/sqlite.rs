@@ -231,9 +231,9 @@ impl CheckpointStore for SqliteStore {
         Ok(())
     }
 
-    fn begin_step(&self, workflow_id: &str, step: &StepBegin<'_>) -> Result<(), StoreError> {
+    fn begin_steps(&self, workflow_id: &str, steps: &[StepBegin<'_>]) -> Result<(), StoreError> {
         self.write_unflushed(|tx| {
-            tx.prepare_cached(
+            let mut insert = tx.prepare_cached(
                 "INSERT INTO steps (workflow_id, step_key, sequence, name, status, attempts,
                                     run_id, started_at)
                  VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7)
@@ -241,18 +241,20 @@ impl CheckpointStore for SqliteStore {
                      status = 'running', attempts = excluded.attempts,
                      run_id = excluded.run_id, started_at = excluded.started_at,
                      finished_at = NULL",
-            )?
-            .execute(params![
-                workflow_id,
-                step.key.as_str(),
-                step.sequence,
-                step.name,
-                step.attempt,
-                step.run_id,
-                step.started_at
-            ])
-        })?;
-        Ok(())
+            )?;
+            for step in steps {
+                insert.execute(params![
+                    workflow_id,
+                    step.key.as_str(),
+                    step.sequence,
+                    step.name,
+                    step.attempt,
+                    step.run_id,
+                    step.started_at
+                ])?;
+            }
+            Ok(())
+        })
     }
 
     fn finish_step(
@@ -297,7 +299,7 @@ impl CheckpointStore for SqliteStore {
         };
         let now = now_millis();
         let updated = self.write(|tx| {
-            if let Some(key) = end.failed_step {
+            for key in end.failed_steps {
                 tx.prepare_cached(
                     "UPDATE steps SET status = 'failed', error = ?4, finished_at = ?5
                      WHERE workflow_id = ?1 AND step_key = ?2 AND run_id = ?3

@@ -1,16 +1,16 @@
 //! Employee onboarding, the showcase workflow.
 //!
-//! `create_record`, then `provision_laptop` and `provision_access`, then
-//! `send_welcome_email`. Each step calls a mock service (see [`services`]);
+//! `create_record`, then `provision_laptop` and `provision_access` in
+//! parallel, then `send_welcome_email`. Each step calls a mock service (see [`services`]);
 //! kill the host at any point and run the same workflow id again: finished
 //! steps are not repeated and the summary comes out the same.
 
 mod services;
 
-use durable_sdk::{Context, Error};
+use durable_sdk::{Branch, Context, Error};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Employee {
     id: String,
     name: String,
@@ -50,25 +50,12 @@ fn onboard(ctx: &Context, employee: Employee) -> Result<Summary, Error> {
         Ok(record_id)
     })?;
 
-    let laptop: Laptop = ctx.step("provision_laptop", || {
-        let laptop = Laptop {
-            asset_tag: format!("LT-{}", employee.id),
-            model: laptop_model(&employee.role).to_owned(),
-        };
-        services::call("it", "provision_laptop", latency, &laptop)?;
-        Ok(laptop)
-    })?;
-
-    let access_groups: Vec<String> = ctx.step("provision_access", || {
-        let groups = access_groups(&employee.role);
-        services::call(
-            "iam",
-            "provision_access",
-            latency,
-            (&employee.email, &groups),
-        )?;
-        Ok(groups)
-    })?;
+    // Two independent provisioning steps: the host runs them at the same time.
+    let (laptop, access_groups) = ctx.join(
+        Branch::new("provision_laptop", provision_laptop, &employee),
+        Branch::new("provision_access", provision_access, &employee),
+    );
+    let (laptop, access_groups) = (laptop?, access_groups?);
 
     let welcome_email_id: String = ctx.step("send_welcome_email", || {
         let message_id = format!("MAIL-{}", employee.id);
@@ -94,6 +81,31 @@ fn onboard(ctx: &Context, employee: Employee) -> Result<Summary, Error> {
         access_groups,
         welcome_email_id,
     })
+}
+
+fn provision_laptop(employee: Employee) -> Result<Laptop, Error> {
+    let laptop = Laptop {
+        asset_tag: format!("LT-{}", employee.id),
+        model: laptop_model(&employee.role).to_owned(),
+    };
+    services::call(
+        "it",
+        "provision_laptop",
+        employee.service_latency_ms,
+        &laptop,
+    )?;
+    Ok(laptop)
+}
+
+fn provision_access(employee: Employee) -> Result<Vec<String>, Error> {
+    let groups = access_groups(&employee.role);
+    services::call(
+        "iam",
+        "provision_access",
+        employee.service_latency_ms,
+        (&employee.email, &groups),
+    )?;
+    Ok(groups)
 }
 
 fn laptop_model(role: &str) -> &'static str {

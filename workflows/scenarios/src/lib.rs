@@ -6,8 +6,8 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 
-use durable_sdk::{Context, Error, current_step};
-use serde::Deserialize;
+use durable_sdk::{Branch, Context, Error, current_step};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 #[derive(Deserialize)]
@@ -17,6 +17,8 @@ struct Input {
     items: u32,
     #[serde(default)]
     sleep_ms: u64,
+    #[serde(default)]
+    burn_ms: u64,
 }
 
 fn scenarios(ctx: &Context, input: Input) -> Result<Value, Error> {
@@ -30,6 +32,10 @@ fn scenarios(ctx: &Context, input: Input) -> Result<Value, Error> {
         "invalid_json" => invalid_json(ctx),
         "slow" => slow(ctx, input.items, input.sleep_ms),
         "sandbox" => Ok(sandbox_view()),
+        "parallel" => parallel(ctx, input.items, input.sleep_ms, input.burn_ms),
+        "fast_and_slow" => fast_and_slow(ctx, input.sleep_ms),
+        "sequential_burn" => sequential_burn(ctx, input.items, input.burn_ms),
+        "branch_panic" => branch_panic(ctx),
         other => Err(durable_sdk::error!("unknown scenario `{other}`")),
     }
 }
@@ -44,7 +50,8 @@ fn effect() -> Result<(), Error> {
             .create(true)
             .append(true)
             .open("/ledger/effects.log")?;
-        writeln!(log, "{}", step.key)?;
+        // One write per line: concurrent branches append to the same file.
+        log.write_all(format!("{}\n", step.key).as_bytes())?;
     }
     Ok(())
 }
@@ -149,6 +156,128 @@ fn slow(ctx: &Context, items: u32, sleep_ms: u64) -> Result<Value, Error> {
         })?;
     }
     Ok(json!(items))
+}
+
+#[derive(Serialize, Deserialize)]
+struct Work {
+    index: u32,
+    /// Sleep a random time up to this, so branches finish in a random order.
+    max_sleep_ms: u64,
+    /// Keep a core busy this long.
+    burn_ms: u64,
+}
+
+/// A branch body: sleeps and burns as asked, records its effect.
+fn work(job: Work) -> Result<u32, Error> {
+    if job.max_sleep_ms > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(random_below(
+            job.max_sleep_ms + 1,
+        )));
+    }
+    burn(job.burn_ms);
+    effect()?;
+    Ok(job.index * job.index)
+}
+
+/// `items` branches named `work`, with random durations.
+fn parallel(ctx: &Context, items: u32, max_sleep_ms: u64, burn_ms: u64) -> Result<Value, Error> {
+    let branches = (0..items)
+        .map(|index| {
+            Branch::new(
+                "work",
+                work,
+                &Work {
+                    index,
+                    max_sleep_ms,
+                    burn_ms,
+                },
+            )
+        })
+        .collect();
+    let results = ctx
+        .parallel(branches)
+        .into_iter()
+        .collect::<Result<Vec<u32>, Error>>()?;
+    Ok(json!(results))
+}
+
+/// The same CPU work as `parallel`, one step after the other: the baseline
+/// for the parallel speed-up.
+fn sequential_burn(ctx: &Context, items: u32, burn_ms: u64) -> Result<Value, Error> {
+    let mut results = Vec::new();
+    for index in 0..items {
+        results.push(ctx.step("work", || {
+            work(Work {
+                index,
+                max_sleep_ms: 0,
+                burn_ms,
+            })
+        })?);
+    }
+    Ok(json!(results))
+}
+
+/// One branch finishes at once, the other takes `sleep_ms`.
+fn fast_and_slow(ctx: &Context, sleep_ms: u64) -> Result<Value, Error> {
+    let (fast, slow) = ctx.join(
+        Branch::new(
+            "fast",
+            work,
+            &Work {
+                index: 1,
+                max_sleep_ms: 0,
+                burn_ms: 0,
+            },
+        ),
+        Branch::new("slow", sleepy, &sleep_ms),
+    );
+    Ok(json!({ "fast": fast?, "slow": slow? }))
+}
+
+fn sleepy(sleep_ms: u64) -> Result<String, Error> {
+    std::thread::sleep(std::time::Duration::from_millis(sleep_ms));
+    effect()?;
+    Ok(format!("slept {sleep_ms} ms"))
+}
+
+/// One branch panics: it fails alone, its sibling's result stands.
+fn branch_panic(ctx: &Context) -> Result<Value, Error> {
+    let (fine, broken) = ctx.join(
+        Branch::new(
+            "fine",
+            work,
+            &Work {
+                index: 3,
+                max_sleep_ms: 0,
+                burn_ms: 0,
+            },
+        ),
+        Branch::new("broken", explode, &()),
+    );
+    Ok(json!({ "fine": fine?, "broken_error": broken.unwrap_err().message() }))
+}
+
+fn explode((): ()) -> Result<u32, Error> {
+    effect()?;
+    panic!("branch blew up")
+}
+
+fn burn(ms: u64) {
+    let start = std::time::Instant::now();
+    let mut x: u64 = 1;
+    while start.elapsed().as_millis() < u128::from(ms) {
+        for _ in 0..10_000 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+}
+
+fn random_below(bound: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from WASI's random source.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u8(0);
+    hasher.finish() % bound.max(1)
 }
 
 /// What the guest can see of the host, for the sandbox test. (Reads
