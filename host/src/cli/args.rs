@@ -1,8 +1,9 @@
 //! The command line, as clap sees it.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use durable_host::engine::CrashPoint;
 use durable_host::runtime::DirGrant;
@@ -14,15 +15,25 @@ use durable_host::runtime::DirGrant;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    /// The SQLite database holding workflows and checkpoints (created if missing).
+    #[arg(long, global = true, value_name = "PATH", default_value = "durable.db")]
+    pub db: PathBuf,
+
+    /// Print JSON for scripts instead of text for people.
+    #[arg(long, global = true)]
+    pub json: bool,
 }
 
 pub const EXIT_CODES: &str = "\
 Exit codes:
-  0  the workflow completed (now, or in an earlier run)
+  0  success (for `run`: the workflow completed, now or in an earlier run)
   1  the workflow failed: it returned an error or trapped (recorded)
   2  usage or input error: nothing ran, nothing was recorded
   3  simulated crash (--crash, --crash-after)
-  4  non-determinism: the workflow no longer matches its recorded history (left untouched)";
+  4  non-determinism: the workflow no longer matches its recorded history (left untouched)
+  5  the workflow is being run by another live process (left untouched)
+  6  the workflow was cancelled";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -34,6 +45,48 @@ pub enum Command {
     /// flight when the previous run died is executed again.
     #[command(after_help = EXIT_CODES)]
     Run(RunArgs),
+
+    /// List workflows, newest first, with their status and step counts.
+    List {
+        /// Only workflows with this status.
+        #[arg(long)]
+        status: Option<StatusFilter>,
+    },
+
+    /// Show every step of a workflow: key, status, attempts, duration, output, error.
+    History {
+        /// The workflow id.
+        workflow_id: String,
+    },
+
+    /// Resume every unfinished workflow that this component started.
+    ///
+    /// Workflows are matched by the component's sha256, so a rebuilt
+    /// component recovers nothing it did not start. Workflows that another
+    /// live process is running are skipped.
+    #[command(after_help = EXIT_CODES)]
+    Recover {
+        /// The workflow component (.wasm).
+        component: PathBuf,
+
+        #[command(flatten)]
+        execution: ExecutionArgs,
+    },
+
+    /// Cancel a workflow: it is never resumed, and a run in progress stops
+    /// at its next step boundary.
+    Cancel {
+        /// The workflow id.
+        workflow_id: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StatusFilter {
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
 }
 
 #[derive(Debug, Args)]
@@ -53,22 +106,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub input_file: Option<PathBuf>,
 
-    /// The SQLite database holding workflows and checkpoints (created if missing).
-    #[arg(long, value_name = "PATH", default_value = "durable.db")]
-    pub db: PathBuf,
-
-    /// Grant the guest a host directory, at GUEST (default: the same path).
-    /// Repeat for more. The guest sees no other part of the file system.
-    #[arg(long = "dir", value_name = "HOST[::GUEST]", value_parser = parse_dir)]
-    pub dirs: Vec<DirGrant>,
-
-    /// Set an environment variable for the guest, which sees no others.
-    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
-    pub env: Vec<(String, String)>,
-
-    /// Print one JSON document describing the run instead of progress lines.
+    /// Resume even though the workflow was started by a different component
+    /// (its recorded steps must still match; non-determinism is refused).
     #[arg(long)]
-    pub json: bool,
+    pub allow_component_change: bool,
+
+    #[command(flatten)]
+    pub execution: ExecutionArgs,
 
     /// Testing: end the process abruptly at STEP (a name, or a key such as
     /// `name#000002`), `before` its body runs or `after` its result is
@@ -79,6 +123,43 @@ pub struct RunArgs {
     /// Testing: end the process abruptly once this run has committed N checkpoints.
     #[arg(long, value_name = "N")]
     pub crash_after: Option<u32>,
+}
+
+/// How workflows execute: what the guest may see and use.
+#[derive(Debug, Clone, Args)]
+pub struct ExecutionArgs {
+    /// Grant the guest a host directory, at GUEST (default: the same path).
+    /// Repeat for more. The guest sees no other part of the file system.
+    #[arg(long = "dir", value_name = "HOST[::GUEST]", value_parser = parse_dir)]
+    pub dirs: Vec<DirGrant>,
+
+    /// Set an environment variable for the guest, which sees no others.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+
+    /// Stop the guest after this long (e.g. 30s, 500ms, 5m): the workflow is
+    /// recorded as failed with the reason.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+
+    /// Limit each guest instance's memory (e.g. 64MiB, 1GiB): a guest that
+    /// needs more is stopped and recorded as failed.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_memory: Option<usize>,
+
+    /// A run that stops renewing its lease for this long is presumed dead and
+    /// may be taken over by another process.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub stale_after: Duration,
+
+    /// Where compiled components are cached [default: $DURABLE_HOST_CACHE_DIR,
+    /// else ~/.cache/durable-host].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Compile the component every time instead of using the cache.
+    #[arg(long, conflicts_with = "cache_dir")]
+    pub no_cache: bool,
 }
 
 fn parse_dir(text: &str) -> Result<DirGrant, String> {
@@ -110,6 +191,51 @@ fn parse_crash(text: &str) -> Result<CrashPoint, String> {
         _ => Err(
             "expected STEP:before or STEP:after, e.g. --crash provision_laptop:after".to_owned(),
         ),
+    }
+}
+
+/// Split `12.5MiB` into `(12.5, "MiB")`.
+fn number_and_unit(text: &str) -> Option<(f64, &str)> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let number = text[..split].parse::<f64>().ok()?;
+    Some((number, text[split..].trim()))
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let seconds = number_and_unit(text).and_then(|(n, unit)| {
+        Some(
+            n * match unit {
+                "ms" => 0.001,
+                "s" => 1.0,
+                "m" | "min" => 60.0,
+                "h" => 3600.0,
+                _ => return None,
+            },
+        )
+    });
+    match seconds {
+        Some(s) if s > 0.0 => Ok(Duration::from_secs_f64(s)),
+        _ => Err("expected a positive duration with a unit: 500ms, 30s, 5m, 1h".to_owned()),
+    }
+}
+
+fn parse_size(text: &str) -> Result<usize, String> {
+    let bytes = number_and_unit(text).and_then(|(n, unit)| {
+        Some(
+            n * match unit.to_ascii_lowercase().as_str() {
+                "" | "b" => 1.0,
+                "k" | "kb" | "kib" => 1024.0,
+                "m" | "mb" | "mib" => 1024.0 * 1024.0,
+                "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+                _ => return None,
+            },
+        )
+    });
+    match bytes {
+        Some(b) if b >= 1.0 => Ok(b as usize),
+        _ => Err("expected a size such as 64MiB, 512KiB or 1GiB".to_owned()),
     }
 }
 
@@ -150,5 +276,17 @@ mod tests {
         );
         assert!(parse_crash("create_record").is_err());
         assert!(parse_crash(":after").is_err());
+    }
+
+    #[test]
+    fn durations_and_sizes_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("30").is_err(), "a unit is required");
+        assert!(parse_duration("0s").is_err());
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
     }
 }

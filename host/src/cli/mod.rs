@@ -3,8 +3,10 @@
 //! a hint and an exit code.
 
 pub mod args;
+pub mod inspect;
 mod report;
 pub mod run;
+mod table;
 
 use std::process::ExitCode;
 
@@ -14,11 +16,13 @@ use durable_host::store::StoreError;
 
 /// Exit codes, as documented in `--help` (see [`args::EXIT_CODES`]).
 pub mod exit {
-    pub const COMPLETED: u8 = 0;
+    pub const SUCCESS: u8 = 0;
     pub const WORKFLOW_FAILED: u8 = 1;
     pub const USER_ERROR: u8 = 2;
     pub const SIMULATED_CRASH: i32 = 3;
     pub const NON_DETERMINISM: u8 = 4;
+    pub const OWNED_ELSEWHERE: u8 = 5;
+    pub const CANCELLED: u8 = 6;
 }
 
 /// Print `error` as `error: <cause>` plus a hint where one helps, and pick
@@ -28,11 +32,10 @@ pub fn report_error(error: &anyhow::Error) -> ExitCode {
     if let Some(hint) = hint(error) {
         eprintln!("  hint: {hint}");
     }
-    let non_determinism = engine_error(error).is_some_and(EngineError::is_non_determinism);
-    ExitCode::from(if non_determinism {
-        exit::NON_DETERMINISM
-    } else {
-        exit::USER_ERROR
+    ExitCode::from(match engine_error(error) {
+        Some(e) if e.is_non_determinism() => exit::NON_DETERMINISM,
+        Some(EngineError::OwnedElsewhere { .. }) => exit::OWNED_ELSEWHERE,
+        _ => exit::USER_ERROR,
     })
 }
 
@@ -88,6 +91,16 @@ fn runtime_hint(error: &RuntimeError) -> Option<String> {
 fn engine_hint(error: &EngineError) -> Option<String> {
     match error {
         EngineError::Store(e) => store_hint(e),
+        EngineError::ComponentChanged { .. } => Some(
+            "resume it with the component that started it; if the new one makes the same steps \
+             in the same order, pass --allow-component-change"
+                .to_owned(),
+        ),
+        EngineError::OwnedElsewhere { .. } => Some(
+            "wait for that run to finish; if its process is gone, the workflow can be taken over \
+             once the lease expires (see --stale-after)"
+                .to_owned(),
+        ),
         EngineError::Diverged { .. } | EngineError::EndedEarly { .. } => Some(
             "the workflow code no longer makes the same steps in the same order as when this \
              workflow started; finish it with the component that started it, or start a new \
@@ -116,6 +129,9 @@ fn store_hint(error: &StoreError) -> Option<String> {
         }
         StoreError::WorkflowExists { .. } | StoreError::LostOwnership { .. } => {
             "another durable-host process is running this workflow; wait for it to end".to_owned()
+        }
+        StoreError::UnknownWorkflow { .. } => {
+            "`durable-host list` shows the workflows in this database (see --db)".to_owned()
         }
         StoreError::Backend(_) => return None,
     })

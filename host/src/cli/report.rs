@@ -1,24 +1,68 @@
 //! What `durable-host run` prints: live progress lines for people, or one
 //! JSON document for scripts.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use durable_host::engine::{RunObserver, RunReport, StepEvent, StepEventKind};
-use durable_host::store::{Outcome, WorkflowRecord};
+use durable_host::store::{Outcome, StepKey, WorkflowRecord};
 
-/// Prints each step as it happens (human mode) or nothing (JSON mode, where
-/// the whole story is printed at the end).
+/// Prints each step as it ends (human mode) or nothing (JSON mode, where
+/// the whole story is printed at the end). On a terminal it also keeps a
+/// status line showing the steps in flight, redrawn in place.
 pub struct Progress {
-    pub live: bool,
+    live: bool,
+    terminal: bool,
+    in_flight: Vec<StepKey>,
+    done: usize,
+}
+
+impl Progress {
+    pub fn new(live: bool) -> Self {
+        Self {
+            live,
+            terminal: live && std::io::stdout().is_terminal(),
+            in_flight: Vec::new(),
+            done: 0,
+        }
+    }
+
+    fn redraw_status(&self, stdout: &mut impl Write) {
+        if let Some(first) = self.in_flight.first() {
+            let more = match self.in_flight.len() {
+                1 => String::new(),
+                n => format!(" and {} more", n - 1),
+            };
+            let _ = write!(stdout, "  running   {first}{more}  ({} done)", self.done);
+        }
+        let _ = stdout.flush();
+    }
 }
 
 impl RunObserver for Progress {
     fn step_event(&mut self, _workflow_id: &str, event: &StepEvent) {
-        if self.live {
-            println!("{}", step_line(event));
+        if !self.live {
+            return;
+        }
+        self.in_flight.retain(|key| *key != event.key);
+        self.done += 1;
+        let mut stdout = std::io::stdout().lock();
+        // On a terminal, the status line is replaced by the finished step's.
+        let clear = if self.terminal { "\r\x1b[2K" } else { "" };
+        let _ = writeln!(stdout, "{clear}{}", step_line(event));
+        if self.terminal {
+            self.redraw_status(&mut stdout);
+        }
+    }
+
+    fn step_started(&mut self, _workflow_id: &str, key: &StepKey, _attempt: u32) {
+        if self.terminal {
+            self.in_flight.push(key.clone());
+            let mut stdout = std::io::stdout().lock();
+            let _ = write!(stdout, "\r\x1b[2K");
+            self.redraw_status(&mut stdout);
         }
     }
 }
@@ -55,7 +99,7 @@ fn step_line(event: &StepEvent) -> String {
     }
 }
 
-fn millis(duration: Duration) -> String {
+pub fn millis(duration: Duration) -> String {
     format!("{:.1} ms", duration.as_secs_f64() * 1000.0)
 }
 
@@ -78,7 +122,7 @@ pub fn print_report(report: &RunReport, elapsed: Duration, json_mode: bool) {
             "run_id": report.run_id,
             "resumed": report.resumed,
             "already_finished": false,
-            "status": status(&report.outcome),
+            "status": report.status.as_str(),
             "output": output_value(&report.outcome),
             "error": report.outcome.as_ref().err(),
             "duration_ms": elapsed.as_secs_f64() * 1000.0,
@@ -92,7 +136,7 @@ pub fn print_report(report: &RunReport, elapsed: Duration, json_mode: bool) {
     println!(
         "workflow {} {} in {}: {executed} step(s) executed, {replayed} replayed",
         report.workflow_id,
-        status(&report.outcome),
+        report.status,
         millis(elapsed)
     );
     print_outcome(&report.outcome);
@@ -100,13 +144,14 @@ pub fn print_report(report: &RunReport, elapsed: Duration, json_mode: bool) {
 
 /// A workflow that had already finished: nothing ran.
 pub fn print_finished(workflow: &WorkflowRecord, outcome: &Outcome, json_mode: bool) {
+    let status = workflow.status;
     if json_mode {
         print_json(json!({
             "workflow_id": workflow.id,
             "run_id": workflow.run_id,
             "resumed": false,
             "already_finished": true,
-            "status": status(outcome),
+            "status": status.as_str(),
             "output": output_value(outcome),
             "error": outcome.as_ref().err(),
             "duration_ms": 0.0,
@@ -115,9 +160,8 @@ pub fn print_finished(workflow: &WorkflowRecord, outcome: &Outcome, json_mode: b
         return;
     }
     println!(
-        "workflow {} already {}; nothing ran (stored result below)",
-        workflow.id,
-        status(outcome)
+        "workflow {} already {status}; nothing ran (stored result below)",
+        workflow.id
     );
     print_outcome(outcome);
 }
@@ -129,22 +173,14 @@ fn print_outcome(outcome: &Outcome) {
     }
 }
 
-fn print_json(value: Value) {
+pub fn print_json(value: Value) {
     let mut stdout = std::io::stdout().lock();
     // A closed pipe is the reader's choice; there is nothing useful to do.
     let _ = serde_json::to_writer(&mut stdout, &value);
     let _ = writeln!(stdout);
 }
 
-fn status(outcome: &Outcome) -> &'static str {
-    if outcome.is_ok() {
-        "completed"
-    } else {
-        "failed"
-    }
-}
-
-fn output_value(outcome: &Outcome) -> Value {
+pub fn output_value(outcome: &Outcome) -> Value {
     match outcome {
         // Stored outputs are validated JSON; keep a raw string should one not be.
         Ok(output) => {

@@ -1,20 +1,25 @@
-//! `durable-host run`: start, resume, or report a workflow.
+//! `durable-host run` and `durable-host recover`: execute workflows.
 //!
 //! The order of the checks is deliberate: everything a user can get wrong
 //! (input, component, directories, database) is checked before the workflow
 //! is claimed (at its first write), so a mistake never leaves a record behind.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context as _;
+use serde_json::json;
 
-use durable_host::engine::{CrashPlan, CrashPoint, Opened, RunRequest, WorkflowRun};
-use durable_host::runtime::{ComponentFile, Runtime, Sandbox};
-use durable_host::store::{Outcome, SqliteStore};
+use durable_host::engine::{
+    CrashPlan, CrashPoint, EngineError, Opened, RunReport, RunRequest, WorkflowRun,
+};
+use durable_host::runtime::{
+    ComponentCache, ComponentFile, Runtime, RuntimeConfig, Sandbox, WorkflowComponent,
+};
+use durable_host::store::{CheckpointStore, SqliteStore, WorkflowStatus};
 
-use super::args::RunArgs;
+use super::args::{ExecutionArgs, RunArgs};
 use super::exit;
 use super::report::{self, Progress};
 
@@ -48,51 +53,220 @@ impl InputError {
     }
 }
 
-pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+/// What every execution needs, checked and set up once.
+struct Executor {
+    db: PathBuf,
+    sandbox: Sandbox,
+    runtime: Runtime,
+    stale_after: std::time::Duration,
+}
+
+impl Executor {
+    fn new(db: &Path, args: &ExecutionArgs) -> anyhow::Result<Self> {
+        for dir in &args.dirs {
+            anyhow::ensure!(
+                dir.host.is_dir(),
+                "--dir {}: no such directory (create it first; the guest sees it as {})",
+                dir.host.display(),
+                dir.guest
+            );
+        }
+        let cache = match (&args.cache_dir, args.no_cache) {
+            (_, true) => None,
+            (Some(dir), false) => Some(dir.clone()),
+            (None, false) => ComponentCache::default_dir(),
+        };
+        let runtime = Runtime::new(RuntimeConfig {
+            timeout: args.timeout,
+            max_memory: args.max_memory,
+            cache: cache.map(ComponentCache::new),
+        })?;
+        Ok(Self {
+            db: db.to_owned(),
+            sandbox: Sandbox {
+                dirs: args.dirs.clone(),
+                env: args.env.clone(),
+            },
+            runtime,
+            stale_after: args.stale_after,
+        })
+    }
+
+    fn store(&self) -> anyhow::Result<Box<dyn CheckpointStore>> {
+        Ok(Box::new(SqliteStore::open(&self.db)?))
+    }
+}
+
+pub fn run(db: &Path, json_mode: bool, args: RunArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let input = read_input(&args)?;
     let component = ComponentFile::read(&args.component)?;
-    let sandbox = Sandbox {
-        dirs: args.dirs.clone(),
-        env: args.env.clone(),
-    };
-    for dir in &sandbox.dirs {
-        anyhow::ensure!(
-            dir.host.is_dir(),
-            "--dir {}: no such directory (create it first; the guest sees it as {})",
-            dir.host.display(),
-            dir.guest
-        );
-    }
-    let store = SqliteStore::open(&args.db)?;
+    let executor = Executor::new(db, &args.execution)?;
     let run_id = durable_host::new_run_id();
     let request = RunRequest {
         workflow_id: &args.workflow_id,
         component_sha256: component.sha256(),
         input: input.as_deref(),
         run_id: &run_id,
+        stale_after: executor.stale_after,
+        allow_component_change: args.allow_component_change,
     };
-    let progress = Box::new(Progress { live: !args.json });
-    let run = match WorkflowRun::open(Box::new(store), &request, crash_plan(&args), progress)? {
+    let progress = Box::new(Progress::new(!json_mode));
+    let run = match WorkflowRun::open(executor.store()?, &request, crash_plan(&args), progress)? {
         Opened::Finished(workflow) => {
             let outcome = workflow.outcome().unwrap_or_else(|| Err(String::new()));
-            report::print_finished(&workflow, &outcome, args.json);
-            return Ok(exit_code(&outcome));
+            report::print_finished(&workflow, &outcome, json_mode);
+            return Ok(exit_code(workflow.status));
         }
         Opened::Ready(run) => run,
     };
-
-    let runtime = Runtime::new()?;
-    let compiled = runtime
+    let (compiled, _) = executor
+        .runtime
         .compile(&component)
         .with_context(|| format!("workflow {} was not started", args.workflow_id))?;
-
-    if !args.json {
+    if !json_mode {
         report::print_start(&args.workflow_id, &run_id, run.recorded_steps());
     }
-    let report = runtime.run(&compiled, &sandbox, run)?;
-    report::print_report(&report, started.elapsed(), args.json);
-    Ok(exit_code(&report.outcome))
+    let report = executor.runtime.run(&compiled, &executor.sandbox, run)?;
+    report::print_report(&report, started.elapsed(), json_mode);
+    Ok(exit_code(report.status))
+}
+
+/// What became of one workflow during `recover`.
+enum Recovered {
+    Finished(RunReport),
+    Skipped(String),
+}
+
+pub fn recover(
+    db: &Path,
+    json_mode: bool,
+    component_path: &Path,
+    args: &ExecutionArgs,
+) -> anyhow::Result<ExitCode> {
+    let component = ComponentFile::read(component_path)?;
+    let executor = Executor::new(db, args)?;
+    let candidates: Vec<String> = executor
+        .store()?
+        .list_workflows(Some(WorkflowStatus::Running))?
+        .into_iter()
+        .filter(|summary| summary.workflow.component_sha256 == component.sha256())
+        .map(|summary| summary.workflow.id)
+        .collect();
+    if !json_mode {
+        println!(
+            "recovering {} unfinished workflow(s) started by {}",
+            candidates.len(),
+            component.path().display()
+        );
+    }
+    let mut compiled: Option<WorkflowComponent> = None;
+    let mut results = Vec::new();
+    for id in candidates {
+        let outcome = recover_one(&executor, &component, &mut compiled, &id, json_mode)?;
+        results.push((id, outcome));
+    }
+
+    let count = |status: WorkflowStatus| {
+        results
+            .iter()
+            .filter(|(_, r)| matches!(r, Recovered::Finished(report) if report.status == status))
+            .count()
+    };
+    let (completed, failed, cancelled) = (
+        count(WorkflowStatus::Completed),
+        count(WorkflowStatus::Failed),
+        count(WorkflowStatus::Cancelled),
+    );
+    let skipped = results.len() - completed - failed - cancelled;
+    if json_mode {
+        let workflows: Vec<_> = results
+            .iter()
+            .map(|(id, result)| match result {
+                Recovered::Finished(report) => json!({
+                    "workflow_id": id,
+                    "status": report.status.as_str(),
+                    "output": report::output_value(&report.outcome),
+                    "error": report.outcome.as_ref().err(),
+                }),
+                Recovered::Skipped(reason) => json!({
+                    "workflow_id": id, "status": "skipped", "reason": reason,
+                }),
+            })
+            .collect();
+        report::print_json(json!({
+            "resumed": results.len() - skipped,
+            "completed": completed,
+            "failed": failed,
+            "cancelled": cancelled,
+            "skipped": skipped,
+            "workflows": workflows,
+        }));
+    } else {
+        println!(
+            "recovered {}: {completed} completed, {failed} failed, {cancelled} cancelled, {skipped} skipped",
+            results.len()
+        );
+    }
+    Ok(ExitCode::from(if failed > 0 {
+        exit::WORKFLOW_FAILED
+    } else {
+        exit::SUCCESS
+    }))
+}
+
+fn recover_one(
+    executor: &Executor,
+    component: &ComponentFile,
+    compiled: &mut Option<WorkflowComponent>,
+    id: &str,
+    json_mode: bool,
+) -> anyhow::Result<Recovered> {
+    let run_id = durable_host::new_run_id();
+    let request = RunRequest {
+        workflow_id: id,
+        component_sha256: component.sha256(),
+        input: None,
+        run_id: &run_id,
+        stale_after: executor.stale_after,
+        allow_component_change: false,
+    };
+    let progress = Box::new(Progress::new(!json_mode));
+    let run = match WorkflowRun::open(executor.store()?, &request, CrashPlan::none(), progress) {
+        Ok(Opened::Ready(run)) => run,
+        // Finished (or cancelled) since it was listed: nothing to resume.
+        Ok(Opened::Finished(workflow)) => {
+            return Ok(Recovered::Skipped(format!("already {}", workflow.status)));
+        }
+        Err(error @ EngineError::OwnedElsewhere { .. }) => {
+            return Ok(Recovered::Skipped(error.to_string()));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    if !json_mode {
+        report::print_start(id, &run_id, run.recorded_steps());
+    }
+    let compiled = match compiled {
+        Some(compiled) => compiled,
+        None => compiled.insert(executor.runtime.compile(component)?.0),
+    };
+    let started = Instant::now();
+    match executor.runtime.run(compiled, &executor.sandbox, run) {
+        Ok(report) => {
+            if !json_mode {
+                report::print_report(&report, started.elapsed(), false);
+            }
+            Ok(Recovered::Finished(report))
+        }
+        // One workflow that cannot go on (say, it diverges) must not stop
+        // the recovery of the others.
+        Err(error) => {
+            if !json_mode {
+                println!("workflow {id} skipped: {error}");
+            }
+            Ok(Recovered::Skipped(error.to_string()))
+        }
+    }
 }
 
 /// The input as compact JSON (so that equal values compare equal), or `None`.
@@ -124,9 +298,10 @@ fn crash_plan(args: &RunArgs) -> CrashPlan {
     })
 }
 
-fn exit_code(outcome: &Outcome) -> ExitCode {
-    ExitCode::from(match outcome {
-        Ok(_) => exit::COMPLETED,
-        Err(_) => exit::WORKFLOW_FAILED,
+fn exit_code(status: WorkflowStatus) -> ExitCode {
+    ExitCode::from(match status {
+        WorkflowStatus::Completed => exit::SUCCESS,
+        WorkflowStatus::Failed | WorkflowStatus::Running => exit::WORKFLOW_FAILED,
+        WorkflowStatus::Cancelled => exit::CANCELLED,
     })
 }

@@ -8,21 +8,25 @@
 //! runs, and [`Runtime::run`] executes one [`WorkflowRun`] in a fresh,
 //! sandboxed instance.
 
+mod cache;
 mod guest_output;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, mpsc};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store};
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::{Workflow, WorkflowPre, durable_step};
 use crate::engine::{EngineError, RunReport, StepRun, StepStart, WorkflowRun};
 use crate::store::Outcome;
+pub use cache::{CacheUse, ComponentCache};
 use guest_output::GuestOutput;
 
 /// What went wrong loading or running a component.
@@ -124,31 +128,79 @@ pub struct DirGrant {
     pub read_only: bool,
 }
 
+/// How a runtime compiles and what it lets a guest use.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeConfig {
+    /// Wall-clock limit for a whole run, branches included.
+    pub timeout: Option<Duration>,
+    /// Limit on each instance's linear memory, in bytes.
+    pub max_memory: Option<usize>,
+    /// Where compiled components are kept; `None` compiles every time.
+    pub cache: Option<ComponentCache>,
+}
+
+/// How often the epoch advances when a timeout is set: the precision of
+/// `--timeout`, and the cost of the checks, which is small.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
 /// The wasmtime engine and a linker providing WASI 0.2 and `durable-step`.
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
+    config: RuntimeConfig,
+    /// Stops the epoch ticker thread (present with a timeout) when dropped.
+    ticker_stop: Option<Arc<AtomicBool>>,
 }
 
 impl Runtime {
-    pub fn new() -> Result<Self, RuntimeError> {
-        let engine = Engine::new(&Config::new()).map_err(|e| RuntimeError::Setup(e.to_string()))?;
+    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let setup = |e: wasmtime::Error| RuntimeError::Setup(e.to_string());
+        let mut wasmtime_config = Config::new();
+        wasmtime_config.epoch_interruption(config.timeout.is_some());
+        let engine = Engine::new(&wasmtime_config).map_err(setup)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| RuntimeError::Setup(e.to_string()))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(setup)?;
         Workflow::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
-            .map_err(|e| RuntimeError::Setup(e.to_string()))?;
-        Ok(Self { engine, linker })
+            .map_err(setup)?;
+        let ticker_stop = config.timeout.map(|_| {
+            let stop = Arc::new(AtomicBool::new(false));
+            let (engine, ticker_stop) = (engine.clone(), Arc::clone(&stop));
+            thread::spawn(move || {
+                while !ticker_stop.load(Ordering::Relaxed) {
+                    thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            });
+            stop
+        });
+        Ok(Self {
+            engine,
+            linker,
+            config,
+            ticker_stop,
+        })
     }
 
-    /// Compile `file` and check it against the `workflow` world: every import
-    /// must be one this host provides, and `run` must be exported.
-    pub fn compile(&self, file: &ComponentFile) -> Result<WorkflowComponent, RuntimeError> {
-        let component =
-            Component::new(&self.engine, &file.bytes).map_err(|e| RuntimeError::Invalid {
-                path: file.path.clone(),
-                reason: e.root_cause().to_string(),
-            })?;
+    /// Compile `file` (or load it from the cache) and check it against the
+    /// `workflow` world: every import must be one this host provides, and
+    /// `run` and `run-branch` must be exported.
+    pub fn compile(
+        &self,
+        file: &ComponentFile,
+    ) -> Result<(WorkflowComponent, CacheUse), RuntimeError> {
+        let invalid = |e: wasmtime::Error| RuntimeError::Invalid {
+            path: file.path.clone(),
+            reason: e.root_cause().to_string(),
+        };
+        let (component, cache_use) = match &self.config.cache {
+            Some(cache) => cache
+                .load_or_compile(&self.engine, &file.sha256, &file.bytes)
+                .map_err(invalid)?,
+            None => (
+                wasmtime::component::Component::new(&self.engine, &file.bytes).map_err(invalid)?,
+                CacheUse::Disabled,
+            ),
+        };
         let wrong_world = |e: wasmtime::Error| RuntimeError::WrongWorld {
             path: file.path.clone(),
             reason: e.to_string(),
@@ -158,7 +210,7 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(wrong_world)?;
         let pre = WorkflowPre::new(instance_pre).map_err(wrong_world)?;
-        Ok(WorkflowComponent { pre })
+        Ok((WorkflowComponent { pre }, cache_use))
     }
 
     /// Execute `run` in a new instance of `component`, confined to `sandbox`.
@@ -176,21 +228,20 @@ impl Runtime {
         let output = GuestOutput::default();
         let wasi = sandbox.wasi_ctx(&output)?;
         let input = run.input().to_owned();
+        let limits = Limits {
+            deadline: self.config.timeout.map(|timeout| Instant::now() + timeout),
+            config: self.config.clone(),
+        };
         let branches = BranchRunner {
             component: component.clone(),
             sandbox: sandbox.clone(),
+            limits: limits.clone(),
         };
-        let mut store = Store::new(
-            &self.engine,
-            HostState {
-                wasi,
-                table: ResourceTable::new(),
-                role: Role::Workflow {
-                    run: Box::new(run),
-                    branches,
-                },
-            },
-        );
+        let role = Role::Workflow {
+            run: Box::new(run),
+            branches,
+        };
+        let mut store = limits.store(&self.engine, wasi, role);
         let result = component
             .pre
             .instantiate(&mut store)
@@ -202,10 +253,81 @@ impl Runtime {
         match result? {
             Ok(outcome) => Ok(run.complete(outcome)?),
             Err(trap) => match trap.downcast::<EngineError>() {
+                Ok(EngineError::Cancelled { .. }) => Ok(run.cancel()?),
                 Ok(error) if keeps_history(&error) => Err(error.into()),
                 Ok(guest_misuse) => Ok(run.abort(guest_misuse.to_string())?),
-                Err(trap) => Ok(run.abort(trap_reason(&trap, &output))?),
+                Err(trap) => Ok(run.abort(limits.trap_reason(&trap, &output))?),
             },
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(stop) = &self.ticker_stop {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The limits of one run, shared by its workflow and branch instances.
+#[derive(Clone)]
+struct Limits {
+    deadline: Option<Instant>,
+    config: RuntimeConfig,
+}
+
+impl Limits {
+    /// A store for one instance, with the memory limit and what is left of
+    /// the run's time.
+    fn store(&self, engine: &Engine, wasi: WasiCtx, role: Role) -> Store<HostState> {
+        let mut limits = StoreLimitsBuilder::new().trap_on_grow_failure(true);
+        if let Some(bytes) = self.config.max_memory {
+            limits = limits.memory_size(bytes);
+        }
+        let mut store = Store::new(
+            engine,
+            HostState {
+                wasi,
+                table: ResourceTable::new(),
+                limits: limits.build(),
+                role,
+            },
+        );
+        store.limiter(|state| &mut state.limits);
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            store.set_epoch_deadline((left.as_millis() / EPOCH_TICK.as_millis()) as u64 + 1);
+        }
+        store
+    }
+
+    /// A one-line reason for a trap: a limit that was hit, the panic message
+    /// if the guest printed one, else the trap itself (its backtrace is
+    /// noise in a failure record).
+    fn trap_reason(&self, trap: &wasmtime::Error, output: &GuestOutput) -> String {
+        if let Some(exit) = trap.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            return format!(
+                "the guest exited with status {} instead of returning",
+                exit.0
+            );
+        }
+        if let (Some(Trap::Interrupt), Some(timeout)) =
+            (trap.downcast_ref::<Trap>(), self.config.timeout)
+        {
+            return format!("guest stopped: it ran past the --timeout of {timeout:?}");
+        }
+        if let Some(bytes) = self.config.max_memory
+            && format!("{trap:#}").contains("growing memory")
+        {
+            return format!(
+                "guest stopped: it needed more than the --max-memory of {} MiB",
+                bytes >> 20
+            );
+        }
+        match output.panic_message() {
+            Some(panic) => format!("guest panicked: {panic}"),
+            None => format!("guest trapped: {}", trap.root_cause()),
         }
     }
 }
@@ -218,6 +340,7 @@ const MAX_BRANCH_THREADS: usize = 64;
 struct BranchRunner {
     component: WorkflowComponent,
     sandbox: Sandbox,
+    limits: Limits,
 }
 
 /// One branch to execute.
@@ -269,14 +392,7 @@ impl BranchRunner {
         let output = GuestOutput::default();
         let wasi = self.sandbox.wasi_ctx(&output).map_err(|e| e.to_string())?;
         let pre = &self.component.pre;
-        let mut store = Store::new(
-            pre.engine(),
-            HostState {
-                wasi,
-                table: ResourceTable::new(),
-                role: Role::Branch,
-            },
-        );
+        let mut store = self.limits.store(pre.engine(), wasi, Role::Branch);
         let workflow = pre
             .instantiate(&mut store)
             .map_err(|e| format!("cannot start an instance for the branch: {e}"))?;
@@ -287,7 +403,7 @@ impl BranchRunner {
         };
         workflow
             .call_run_branch(&mut store, &job.entry, &step, &job.input)
-            .unwrap_or_else(|trap| Err(trap_reason(&trap, &output)))
+            .unwrap_or_else(|trap| Err(self.limits.trap_reason(&trap, &output)))
     }
 }
 
@@ -298,21 +414,6 @@ fn keeps_history(error: &EngineError) -> bool {
             error,
             EngineError::Store(_) | EngineError::InputMismatch { .. }
         )
-}
-
-/// A one-line reason for a trap: the panic message if the guest printed one,
-/// else the trap itself (its backtrace is noise in a failure record).
-fn trap_reason(trap: &wasmtime::Error, output: &GuestOutput) -> String {
-    if let Some(exit) = trap.downcast_ref::<wasmtime_wasi::I32Exit>() {
-        return format!(
-            "the guest exited with status {} instead of returning",
-            exit.0
-        );
-    }
-    match output.panic_message() {
-        Some(panic) => format!("guest panicked: {panic}"),
-        None => format!("guest trapped: {}", trap.root_cause()),
-    }
 }
 
 impl Sandbox {
@@ -343,6 +444,7 @@ impl Sandbox {
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
+    limits: StoreLimits,
     role: Role,
 }
 
@@ -419,6 +521,11 @@ impl durable_step::Host for HostState {
             .into_iter()
             .map(|result| result.expect("every branch was replayed or executed"))
             .collect())
+    }
+
+    fn record_attempt(&mut self, key: String, error: String) -> wasmtime::Result<u32> {
+        let (run, _) = self.run()?;
+        Ok(run.record_attempt(&key, &error)?)
     }
 
     fn finish_step(&mut self, key: String, outcome: Outcome) -> wasmtime::Result<()> {

@@ -76,6 +76,8 @@ pub enum WorkflowStatus {
     Completed,
     /// Returned an error or trapped. Final.
     Failed,
+    /// Cancelled by `durable-host cancel`. Final.
+    Cancelled,
 }
 
 macro_rules! status_text {
@@ -85,7 +87,7 @@ macro_rules! status_text {
                 match self { $(Self::$variant => $text),* }
             }
 
-            fn parse(text: &str) -> Option<Self> {
+            pub fn parse(text: &str) -> Option<Self> {
                 match text { $($text => Some(Self::$variant),)* _ => None }
             }
         }
@@ -99,7 +101,12 @@ macro_rules! status_text {
 }
 
 status_text!(StepStatus { Running => "running", Completed => "completed", Failed => "failed" });
-status_text!(WorkflowStatus { Running => "running", Completed => "completed", Failed => "failed" });
+status_text!(WorkflowStatus {
+    Running => "running",
+    Completed => "completed",
+    Failed => "failed",
+    Cancelled => "cancelled",
+});
 
 /// A workflow as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +123,12 @@ pub struct WorkflowRecord {
     pub error: Option<String>,
     /// The run that last owned the workflow.
     pub run_id: String,
+    /// The process of that run.
+    pub owner: Owner,
+    /// Until when that run's ownership holds, unless renewed.
+    pub lease_expires_at: Millis,
+    /// `durable-host cancel` asked the running owner to stop.
+    pub cancel_requested: bool,
     pub created_at: Millis,
     pub updated_at: Millis,
 }
@@ -126,9 +139,42 @@ impl WorkflowRecord {
         match self.status {
             WorkflowStatus::Running => None,
             WorkflowStatus::Completed => Some(Ok(self.output.clone().unwrap_or_default())),
-            WorkflowStatus::Failed => Some(Err(self.error.clone().unwrap_or_default())),
+            WorkflowStatus::Failed | WorkflowStatus::Cancelled => {
+                Some(Err(self.error.clone().unwrap_or_default()))
+            }
         }
     }
+}
+
+/// The process that runs (or ran) a workflow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    pub host: String,
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pid {} on {}", self.pid, self.host)
+    }
+}
+
+/// A workflow with counts of its steps, for listings.
+#[derive(Debug, Clone)]
+pub struct WorkflowSummary {
+    pub workflow: WorkflowRecord,
+    pub steps: u32,
+    pub completed_steps: u32,
+    pub failed_steps: u32,
+    pub running_steps: u32,
+}
+
+/// What the heartbeat learns when it renews a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseRenewal {
+    /// The run still owns the workflow.
+    pub owned: bool,
+    pub cancel_requested: bool,
 }
 
 /// A step as stored.
@@ -178,7 +224,15 @@ pub struct NewWorkflow<'a> {
     pub id: &'a str,
     pub component_sha256: &'a str,
     pub input: &'a str,
+    pub claim: &'a Claim<'a>,
+}
+
+/// A run taking ownership of a workflow until `lease_until`.
+#[derive(Debug, Clone)]
+pub struct Claim<'a> {
     pub run_id: &'a str,
+    pub owner: &'a Owner,
+    pub lease_until: Millis,
 }
 
 /// The end of a workflow, with the steps that were executing when it ended
@@ -187,6 +241,8 @@ pub struct NewWorkflow<'a> {
 pub struct WorkflowEnd<'a> {
     pub outcome: &'a Outcome,
     pub failed_steps: &'a [StepKey],
+    /// The run stopped because it was cancelled (the outcome is the reason).
+    pub cancelled: bool,
 }
 
 /// Why the store could not do what was asked. Each variant says what a user
@@ -209,6 +265,8 @@ pub enum StoreError {
     WorkflowExists { id: String },
     #[error("workflow {id} was taken over by run {owner}")]
     LostOwnership { id: String, owner: String },
+    #[error("workflow {id} does not exist")]
+    UnknownWorkflow { id: String },
     #[error("database error: {0}")]
     Backend(String),
 }
@@ -218,6 +276,9 @@ pub enum StoreError {
 /// Each method is one transaction: when it returns `Ok`, the change is
 /// committed; when it returns `Err`, nothing changed.
 pub trait CheckpointStore: Send {
+    /// Another handle on the same database, for another thread.
+    fn reopen(&self) -> Result<Box<dyn CheckpointStore>, StoreError>;
+
     /// The workflow `id`, if it exists.
     fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError>;
 
@@ -228,9 +289,45 @@ pub trait CheckpointStore: Send {
     /// run created it first.
     fn create_workflow(&self, workflow: &NewWorkflow<'_>) -> Result<(), StoreError>;
 
-    /// Make `run_id` the owner of running workflow `id`, provided its owner is
-    /// still `previous_run` (otherwise `LostOwnership`).
-    fn claim_workflow(&self, id: &str, previous_run: &str, run_id: &str) -> Result<(), StoreError>;
+    /// Make `claim.run_id` the owner of running workflow `id`, provided its
+    /// owner is still `previous_run` (otherwise `LostOwnership`). Also
+    /// records a component change, when a resume is allowed one.
+    fn claim_workflow(
+        &self,
+        id: &str,
+        previous_run: &str,
+        claim: &Claim<'_>,
+        component_sha256: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Extend the lease of `run_id` on workflow `id`; reports whether the run
+    /// still owns it and whether it was asked to stop.
+    fn renew_lease(
+        &self,
+        id: &str,
+        run_id: &str,
+        lease_until: Millis,
+    ) -> Result<LeaseRenewal, StoreError>;
+
+    /// Ask the owner of running workflow `id` to stop at its next step.
+    /// Returns the workflow as it is now (`UnknownWorkflow` if there is none).
+    fn request_cancel(&self, id: &str) -> Result<WorkflowRecord, StoreError>;
+
+    /// Workflows, newest first, optionally only those in `status`.
+    fn list_workflows(
+        &self,
+        status: Option<WorkflowStatus>,
+    ) -> Result<Vec<WorkflowSummary>, StoreError>;
+
+    /// Record a failed attempt of step `key`, which stays running: the error
+    /// is kept and `attempts` counts the next one.
+    fn record_attempt(
+        &self,
+        workflow_id: &str,
+        run_id: &str,
+        key: &StepKey,
+        error: &str,
+    ) -> Result<(), StoreError>;
 
     /// Mark steps running before their bodies execute (new rows, or new
     /// attempts of steps left running), in one transaction. Visible to other
@@ -247,7 +344,8 @@ pub trait CheckpointStore: Send {
         outcome: &Outcome,
     ) -> Result<(), StoreError>;
 
-    /// Record how a workflow ended. Durable on return.
+    /// Record how a workflow ended (`Cancelled` when `end.cancelled`).
+    /// Durable on return.
     fn finish_workflow(
         &self,
         id: &str,

@@ -22,8 +22,9 @@ use rusqlite::{
 };
 
 use super::{
-    CheckpointStore, Millis, NewWorkflow, Outcome, StepBegin, StepKey, StepRecord, StepStatus,
-    StoreError, WorkflowEnd, WorkflowRecord, WorkflowStatus, now_millis,
+    CheckpointStore, Claim, LeaseRenewal, Millis, NewWorkflow, Outcome, Owner, StepBegin, StepKey,
+    StepRecord, StepStatus, StoreError, WorkflowEnd, WorkflowRecord, WorkflowStatus,
+    WorkflowSummary, now_millis,
 };
 
 /// Bumped whenever the tables change; older hosts refuse newer files.
@@ -34,10 +35,15 @@ CREATE TABLE IF NOT EXISTS workflows (
     id               TEXT PRIMARY KEY NOT NULL,
     component_sha256 TEXT NOT NULL,
     input            TEXT NOT NULL,
-    status           TEXT NOT NULL CHECK (status IN ('running', 'completed', 'failed')),
+    status           TEXT NOT NULL
+                     CHECK (status IN ('running', 'completed', 'failed', 'cancelled')),
     output           TEXT,
     error            TEXT,
     run_id           TEXT NOT NULL,
+    owner_pid        INTEGER NOT NULL,
+    owner_host       TEXT NOT NULL,
+    lease_expires_at INTEGER NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
     created_at       INTEGER NOT NULL,
     updated_at       INTEGER NOT NULL
 );
@@ -59,6 +65,9 @@ CREATE TABLE IF NOT EXISTS steps (
 CREATE INDEX IF NOT EXISTS workflows_by_status ON workflows (status);
 ";
 
+const WORKFLOW_COLUMNS: &str = "id, component_sha256, input, status, output, error, run_id, \
+     owner_pid, owner_host, lease_expires_at, cancel_requested, created_at, updated_at";
+
 /// How long SQLite itself waits for a lock before reporting `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Retries on top of the busy timeout, for the busy cases SQLite does not wait on.
@@ -69,6 +78,7 @@ const BACKOFF_CAP: Duration = Duration::from_millis(250);
 /// A checkpoint store in one SQLite database file.
 pub struct SqliteStore {
     conn: Connection,
+    path: std::path::PathBuf,
 }
 
 impl SqliteStore {
@@ -87,7 +97,10 @@ impl SqliteStore {
             path: shown.clone(),
             reason: e.to_string(),
         })?;
-        let store = Self { conn };
+        let store = Self {
+            conn,
+            path: path.to_owned(),
+        };
         store.configure().map_err(|e| match e {
             StoreError::Backend(reason) if is_not_a_database(&reason) => StoreError::NotADatabase {
                 path: shown,
@@ -165,14 +178,16 @@ impl SqliteStore {
 }
 
 impl CheckpointStore for SqliteStore {
+    fn reopen(&self) -> Result<Box<dyn CheckpointStore>, StoreError> {
+        Ok(Box::new(Self::open(&self.path)?))
+    }
+
     fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError> {
         with_retry(|| {
             self.conn
-                .prepare_cached(
-                    "SELECT id, component_sha256, input, status, output, error, run_id,
-                            created_at, updated_at
-                     FROM workflows WHERE id = ?1",
-                )?
+                .prepare_cached(&format!(
+                    "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE id = ?1"
+                ))?
                 .query_row([id], workflow_from_row)
                 .optional()
         })
@@ -193,18 +208,23 @@ impl CheckpointStore for SqliteStore {
 
     fn create_workflow(&self, workflow: &NewWorkflow<'_>) -> Result<(), StoreError> {
         let now = now_millis();
+        let claim = workflow.claim;
         let inserted = self.write(|tx| {
             tx.prepare_cached(
                 "INSERT INTO workflows
-                     (id, component_sha256, input, status, run_id, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?5)
+                     (id, component_sha256, input, status, run_id, owner_pid, owner_host,
+                      lease_expires_at, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7, ?8, ?8)
                  ON CONFLICT (id) DO NOTHING",
             )?
             .execute(params![
                 workflow.id,
                 workflow.component_sha256,
                 workflow.input,
-                workflow.run_id,
+                claim.run_id,
+                claim.owner.pid,
+                claim.owner.host,
+                claim.lease_until,
                 now
             ])
         })?;
@@ -216,17 +236,121 @@ impl CheckpointStore for SqliteStore {
         Ok(())
     }
 
-    fn claim_workflow(&self, id: &str, previous_run: &str, run_id: &str) -> Result<(), StoreError> {
+    fn claim_workflow(
+        &self,
+        id: &str,
+        previous_run: &str,
+        claim: &Claim<'_>,
+        component_sha256: &str,
+    ) -> Result<(), StoreError> {
         let now = now_millis();
         let claimed = self.write(|tx| {
             tx.prepare_cached(
-                "UPDATE workflows SET run_id = ?3, updated_at = ?4
+                "UPDATE workflows SET run_id = ?3, owner_pid = ?4, owner_host = ?5,
+                     lease_expires_at = ?6, component_sha256 = ?7, updated_at = ?8
                  WHERE id = ?1 AND run_id = ?2 AND status = 'running'",
             )?
-            .execute(params![id, previous_run, run_id, now])
+            .execute(params![
+                id,
+                previous_run,
+                claim.run_id,
+                claim.owner.pid,
+                claim.owner.host,
+                claim.lease_until,
+                component_sha256,
+                now
+            ])
         })?;
         if claimed == 0 {
             return Err(self.lost_ownership(id));
+        }
+        Ok(())
+    }
+
+    fn renew_lease(
+        &self,
+        id: &str,
+        run_id: &str,
+        lease_until: Millis,
+    ) -> Result<LeaseRenewal, StoreError> {
+        self.write(|tx| {
+            let renewed = tx
+                .prepare_cached(
+                    "UPDATE workflows SET lease_expires_at = ?3
+                     WHERE id = ?1 AND run_id = ?2 AND status = 'running'",
+                )?
+                .execute(params![id, run_id, lease_until])?;
+            let cancel_requested: bool = tx
+                .prepare_cached("SELECT cancel_requested FROM workflows WHERE id = ?1")?
+                .query_row([id], |row| row.get(0))
+                .optional()?
+                .unwrap_or(false);
+            Ok(LeaseRenewal {
+                owned: renewed == 1,
+                cancel_requested,
+            })
+        })
+    }
+
+    fn request_cancel(&self, id: &str) -> Result<WorkflowRecord, StoreError> {
+        let workflow = self.write(|tx| {
+            tx.prepare_cached(
+                "UPDATE workflows SET cancel_requested = 1 WHERE id = ?1 AND status = 'running'",
+            )?
+            .execute([id])?;
+            tx.prepare_cached(&format!(
+                "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE id = ?1"
+            ))?
+            .query_row([id], workflow_from_row)
+            .optional()
+        })?;
+        workflow.ok_or_else(|| StoreError::UnknownWorkflow { id: id.to_owned() })
+    }
+
+    fn list_workflows(
+        &self,
+        status: Option<WorkflowStatus>,
+    ) -> Result<Vec<WorkflowSummary>, StoreError> {
+        with_retry(|| {
+            let mut statement = self.conn.prepare_cached(&format!(
+                "SELECT {WORKFLOW_COLUMNS},
+                        (SELECT count(*) FROM steps s WHERE s.workflow_id = w.id),
+                        (SELECT count(*) FROM steps s WHERE s.workflow_id = w.id AND s.status = 'completed'),
+                        (SELECT count(*) FROM steps s WHERE s.workflow_id = w.id AND s.status = 'failed'),
+                        (SELECT count(*) FROM steps s WHERE s.workflow_id = w.id AND s.status = 'running')
+                 FROM workflows w
+                 WHERE ?1 IS NULL OR w.status = ?1
+                 ORDER BY w.created_at DESC, w.id"
+            ))?;
+            let rows = statement.query_map([status.map(WorkflowStatus::as_str)], |row| {
+                Ok(WorkflowSummary {
+                    workflow: workflow_from_row(row)?,
+                    steps: row.get(13)?,
+                    completed_steps: row.get(14)?,
+                    failed_steps: row.get(15)?,
+                    running_steps: row.get(16)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn record_attempt(
+        &self,
+        workflow_id: &str,
+        run_id: &str,
+        key: &StepKey,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let updated = self.write(|tx| {
+            tx.prepare_cached(
+                "UPDATE steps SET attempts = attempts + 1, error = ?4
+                 WHERE workflow_id = ?1 AND step_key = ?2 AND run_id = ?3 AND status = 'running'",
+            )?
+            .execute(params![workflow_id, key.as_str(), run_id, error])
+        })?;
+        if updated == 0 {
+            return Err(self.lost_ownership(workflow_id));
         }
         Ok(())
     }
@@ -295,6 +419,7 @@ impl CheckpointStore for SqliteStore {
     ) -> Result<(), StoreError> {
         let (status, output, error) = match end.outcome {
             Ok(output) => (WorkflowStatus::Completed, Some(output.as_str()), None),
+            Err(error) if end.cancelled => (WorkflowStatus::Cancelled, None, Some(error.as_str())),
             Err(error) => (WorkflowStatus::Failed, None, Some(error.as_str())),
         };
         let now = now_millis();
@@ -350,8 +475,14 @@ fn workflow_from_row(row: &Row<'_>) -> rusqlite::Result<WorkflowRecord> {
         output: row.get(4)?,
         error: row.get(5)?,
         run_id: row.get(6)?,
-        created_at: row.get(7)?,
-        updated_at: row.get(8)?,
+        owner: Owner {
+            pid: row.get(7)?,
+            host: row.get(8)?,
+        },
+        lease_expires_at: row.get(9)?,
+        cancel_requested: row.get(10)?,
+        created_at: row.get(11)?,
+        updated_at: row.get(12)?,
     })
 }
 

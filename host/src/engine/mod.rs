@@ -9,12 +9,16 @@
 //! guest's imports, and nothing of the command line: the caller hands it a
 //! [`RunObserver`] for progress and a [`CrashPlan`] for crash simulation.
 
+mod lease;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+pub use lease::{Heartbeat, owner_alive, this_process};
+
 use crate::store::{
-    CheckpointStore, NewWorkflow, Outcome, StepBegin, StepKey, StepRecord, StoreError, WorkflowEnd,
-    WorkflowRecord, now_millis,
+    CheckpointStore, Claim, Millis, NewWorkflow, Outcome, Owner, StepBegin, StepKey, StepRecord,
+    StoreError, WorkflowEnd, WorkflowRecord, WorkflowStatus, now_millis,
 };
 
 /// Why a run cannot go on. Apart from `Store`, these are the guest's or the
@@ -46,6 +50,27 @@ pub enum EngineError {
         "workflow {workflow_id} was started with a different input; run it again without --input to resume it"
     )]
     InputMismatch { workflow_id: String },
+    #[error(
+        "workflow {workflow_id} was started by component sha256 {started_with}, not by this one \
+         ({given})"
+    )]
+    ComponentChanged {
+        workflow_id: String,
+        started_with: String,
+        given: String,
+    },
+    #[error(
+        "workflow {workflow_id} is being run by run {run_id} ({owner}); its lease runs for \
+         another {remaining_ms} ms"
+    )]
+    OwnedElsewhere {
+        workflow_id: String,
+        run_id: String,
+        owner: Owner,
+        remaining_ms: Millis,
+    },
+    #[error("workflow {workflow_id} was cancelled")]
+    Cancelled { workflow_id: String },
     #[error("the guest began a step with an empty name")]
     EmptyStepName,
     #[error("the guest began step `{requested}` while step `{executing}` is still executing")]
@@ -111,7 +136,11 @@ pub enum StepEventKind {
 
 /// Receives progress as it happens, for display.
 pub trait RunObserver: Send {
+    /// A step finished, was replayed, or was interrupted.
     fn step_event(&mut self, workflow_id: &str, event: &StepEvent);
+
+    /// A step's body is about to execute.
+    fn step_started(&mut self, _workflow_id: &str, _key: &StepKey, _attempt: u32) {}
 }
 
 /// Where a simulated crash ends the process.
@@ -189,6 +218,10 @@ pub struct RunRequest<'a> {
     /// (or start with `null`).
     pub input: Option<&'a str>,
     pub run_id: &'a str,
+    /// How long a run's ownership outlives its last heartbeat.
+    pub stale_after: Duration,
+    /// Resume even if the workflow was started by another component.
+    pub allow_component_change: bool,
 }
 
 /// The result of opening a workflow.
@@ -248,6 +281,7 @@ pub struct RunReport {
     pub run_id: String,
     /// Whether this run found the workflow already started.
     pub resumed: bool,
+    pub status: WorkflowStatus,
     pub outcome: Outcome,
     pub events: Vec<StepEvent>,
 }
@@ -266,7 +300,10 @@ pub struct WorkflowRun {
     run_id: String,
     /// The owner to take over from when resuming; `None` for a new workflow.
     previous_run: Option<String>,
-    claimed: bool,
+    owner: Owner,
+    stale_after: Duration,
+    /// Present once the run has claimed the workflow.
+    heartbeat: Option<Heartbeat>,
     cursor: ReplayCursor,
     ordinals: HashMap<String, u32>,
     position: u32,
@@ -295,11 +332,34 @@ impl WorkflowRun {
                 workflow_id: id.to_owned(),
             });
         }
+        let owner = this_process();
         let (input, previous_run, cursor) = match existing {
             Some(workflow) if workflow.outcome().is_some() => {
                 return Ok(Opened::Finished(workflow));
             }
             Some(workflow) => {
+                let now = now_millis();
+                if owner_alive(&workflow, now) {
+                    return Err(EngineError::OwnedElsewhere {
+                        workflow_id: id.to_owned(),
+                        remaining_ms: workflow.lease_expires_at - now,
+                        run_id: workflow.run_id,
+                        owner: workflow.owner,
+                    });
+                }
+                if workflow.cancel_requested {
+                    // Cancelled while its owner was dying: finish the cancel.
+                    return Ok(Opened::Finished(finish_cancel(store.as_ref(), &workflow)?));
+                }
+                if workflow.component_sha256 != request.component_sha256
+                    && !request.allow_component_change
+                {
+                    return Err(EngineError::ComponentChanged {
+                        workflow_id: id.to_owned(),
+                        started_with: workflow.component_sha256,
+                        given: request.component_sha256.to_owned(),
+                    });
+                }
                 let cursor = ReplayCursor::new(store.steps(id)?);
                 (workflow.input, Some(workflow.run_id), cursor)
             }
@@ -316,7 +376,9 @@ impl WorkflowRun {
             input,
             run_id: request.run_id.to_owned(),
             previous_run,
-            claimed: false,
+            owner,
+            stale_after: request.stale_after,
+            heartbeat: None,
             cursor,
             ordinals: HashMap::new(),
             position: 0,
@@ -334,22 +396,60 @@ impl WorkflowRun {
     }
 
     /// Become the workflow's owner before the first write: create it, or
-    /// take it over from the run that owned it when this run opened it.
+    /// take it over from the run that owned it when this run opened it; then
+    /// keep the ownership alive with a heartbeat.
     fn claim(&mut self) -> Result<(), EngineError> {
-        if self.claimed {
+        if self.heartbeat.is_some() {
             return Ok(());
         }
+        let claim = Claim {
+            run_id: &self.run_id,
+            owner: &self.owner,
+            lease_until: now_millis() + self.stale_after.as_millis() as Millis,
+        };
         let id = &self.workflow_id;
         match &self.previous_run {
-            Some(previous) => self.store.claim_workflow(id, previous, &self.run_id)?,
+            Some(previous) => {
+                self.store
+                    .claim_workflow(id, previous, &claim, &self.component_sha256)?
+            }
             None => self.store.create_workflow(&NewWorkflow {
                 id,
                 component_sha256: &self.component_sha256,
                 input: &self.input,
-                run_id: &self.run_id,
+                claim: &claim,
             })?,
         }
-        self.claimed = true;
+        self.heartbeat = Some(Heartbeat::start(
+            self.store.reopen()?,
+            self.workflow_id.clone(),
+            self.run_id.clone(),
+            self.stale_after,
+        ));
+        Ok(())
+    }
+
+    /// Stop at a step boundary if the heartbeat heard that the run must.
+    fn check_signals(&self) -> Result<(), EngineError> {
+        let Some(heartbeat) = &self.heartbeat else {
+            return Ok(());
+        };
+        if heartbeat.lost() {
+            let owner = self
+                .store
+                .workflow(&self.workflow_id)?
+                .map_or_else(|| "(unknown)".to_owned(), |w| w.run_id);
+            return Err(StoreError::LostOwnership {
+                id: self.workflow_id.clone(),
+                owner,
+            }
+            .into());
+        }
+        if heartbeat.cancel_requested() {
+            return Err(EngineError::Cancelled {
+                workflow_id: self.workflow_id.clone(),
+            });
+        }
         Ok(())
     }
 
@@ -380,6 +480,7 @@ impl WorkflowRun {
                 requested: StepKey::new(name, self.ordinals.get(name).copied().unwrap_or(0) + 1),
             });
         }
+        self.check_signals()?;
         // A failure below ends the run, so advancing as we go is harmless.
         let mut planned = Vec::with_capacity(names.len());
         for &name in names {
@@ -442,6 +543,7 @@ impl WorkflowRun {
                     starts.push(StepStart::Replayed(outcome));
                 }
                 Ok(attempt) => {
+                    self.observer.step_started(&self.workflow_id, &key, attempt);
                     self.executing.push(Executing {
                         key: key.clone(),
                         attempt,
@@ -512,16 +614,36 @@ impl WorkflowRun {
             )),
             None => outcome,
         };
-        self.end(outcome)
+        self.end(outcome, false)
     }
 
     /// The guest trapped (a panic, a fault, a limit): fail the workflow and
     /// the step it was executing, with `reason`.
     pub fn abort(self, reason: String) -> Result<RunReport, EngineError> {
-        self.end(Err(reason))
+        self.end(Err(reason), false)
     }
 
-    fn end(mut self, outcome: Outcome) -> Result<RunReport, EngineError> {
+    /// The run stopped at a step boundary because it was cancelled.
+    pub fn cancel(self) -> Result<RunReport, EngineError> {
+        self.end(Err(CANCELLED.to_owned()), true)
+    }
+
+    /// A step's attempt failed and will be retried: record it. The step
+    /// stays running, and `attempt` is what the guest should use next.
+    pub fn record_attempt(&mut self, key: &str, error: &str) -> Result<u32, EngineError> {
+        self.check_signals()?;
+        let Some(executing) = self.executing.iter_mut().find(|e| e.key.as_str() == key) else {
+            return Err(EngineError::NotExecuting {
+                key: key.to_owned(),
+            });
+        };
+        self.store
+            .record_attempt(&self.workflow_id, &self.run_id, &executing.key, error)?;
+        executing.attempt += 1;
+        Ok(executing.attempt)
+    }
+
+    fn end(mut self, outcome: Outcome, cancelled: bool) -> Result<RunReport, EngineError> {
         self.claim()?;
         let executing = std::mem::take(&mut self.executing);
         let failed_steps: Vec<StepKey> = executing.iter().map(|e| e.key.clone()).collect();
@@ -531,6 +653,7 @@ impl WorkflowRun {
             &WorkflowEnd {
                 outcome: &outcome,
                 failed_steps: &failed_steps,
+                cancelled,
             },
         )?;
         if let Err(reason) = &outcome {
@@ -549,6 +672,11 @@ impl WorkflowRun {
             workflow_id: self.workflow_id,
             run_id: self.run_id,
             resumed: self.previous_run.is_some(),
+            status: match (&outcome, cancelled) {
+                (Ok(_), _) => WorkflowStatus::Completed,
+                (Err(_), true) => WorkflowStatus::Cancelled,
+                (Err(_), false) => WorkflowStatus::Failed,
+            },
             outcome,
             events: self.events,
         })
@@ -558,6 +686,69 @@ impl WorkflowRun {
         self.observer.step_event(&self.workflow_id, &event);
         self.events.push(event);
     }
+}
+
+/// The error recorded for a cancelled workflow.
+const CANCELLED: &str = "cancelled by request";
+
+/// Finish a running workflow whose owner is gone as cancelled, failing the
+/// steps it left running.
+fn finish_cancel(
+    store: &dyn CheckpointStore,
+    workflow: &WorkflowRecord,
+) -> Result<WorkflowRecord, EngineError> {
+    let running: Vec<StepKey> = store
+        .steps(&workflow.id)?
+        .into_iter()
+        .filter(|step| step.outcome().is_none())
+        .map(|step| step.key)
+        .collect();
+    store.finish_workflow(
+        &workflow.id,
+        &workflow.run_id,
+        &WorkflowEnd {
+            outcome: &Err(CANCELLED.to_owned()),
+            failed_steps: &running,
+            cancelled: true,
+        },
+    )?;
+    Ok(store
+        .workflow(&workflow.id)?
+        .unwrap_or_else(|| workflow.clone()))
+}
+
+/// What `durable-host cancel` achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// Nobody was running it: it is cancelled now.
+    Cancelled,
+    /// Its owner is alive and will stop at its next step boundary.
+    Requested { run_id: String, owner: Owner },
+    /// It had already finished with this status; nothing changed.
+    AlreadyFinished(WorkflowStatus),
+}
+
+/// Cancel workflow `id`: a running owner stops at its next step boundary; a
+/// workflow nobody is running is cancelled at once, and is never resumed.
+pub fn cancel_workflow(
+    store: &dyn CheckpointStore,
+    id: &str,
+) -> Result<CancelOutcome, EngineError> {
+    let workflow = match store.workflow(id)? {
+        None => return Err(StoreError::UnknownWorkflow { id: id.to_owned() }.into()),
+        Some(workflow) if workflow.status != WorkflowStatus::Running => {
+            return Ok(CancelOutcome::AlreadyFinished(workflow.status));
+        }
+        Some(_) => store.request_cancel(id)?,
+    };
+    if owner_alive(&workflow, now_millis()) {
+        return Ok(CancelOutcome::Requested {
+            run_id: workflow.run_id,
+            owner: workflow.owner,
+        });
+    }
+    finish_cancel(store, &workflow)?;
+    Ok(CancelOutcome::Cancelled)
 }
 
 #[cfg(test)]
@@ -577,6 +768,8 @@ mod tests {
             component_sha256: "abc",
             input: None,
             run_id,
+            stale_after: Duration::from_secs(30),
+            allow_component_change: false,
         };
         WorkflowRun::open(store, &request, CrashPlan::none(), Box::new(Silent)).unwrap()
     }

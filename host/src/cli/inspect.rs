@@ -1,0 +1,232 @@
+//! `durable-host list`, `history` and `cancel`: look at and steer workflows
+//! without running them.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use serde_json::{Value, json};
+
+use durable_host::engine::{CancelOutcome, cancel_workflow};
+use durable_host::store::{
+    CheckpointStore, SqliteStore, StepRecord, StoreError, WorkflowRecord, WorkflowStatus,
+    WorkflowSummary,
+};
+
+use super::args::StatusFilter;
+use super::exit;
+use super::report::print_json;
+use super::table::{preview, render, timestamp};
+
+/// Characters of output shown per step in `history`'s table.
+const PREVIEW_CHARS: usize = 48;
+
+/// Open the database for reading what is there: a missing file is an
+/// error here, not a new empty database.
+fn open_existing(db: &Path) -> anyhow::Result<SqliteStore> {
+    anyhow::ensure!(
+        db.is_file(),
+        "no database at {}: nothing has run there yet (pass --db PATH to look elsewhere)",
+        db.display()
+    );
+    Ok(SqliteStore::open(db)?)
+}
+
+pub fn list(db: &Path, json_mode: bool, status: Option<StatusFilter>) -> anyhow::Result<ExitCode> {
+    let status = status.map(|s| match s {
+        StatusFilter::Running => WorkflowStatus::Running,
+        StatusFilter::Completed => WorkflowStatus::Completed,
+        StatusFilter::Failed => WorkflowStatus::Failed,
+        StatusFilter::Cancelled => WorkflowStatus::Cancelled,
+    });
+    let workflows = open_existing(db)?.list_workflows(status)?;
+    if json_mode {
+        print_json(Value::Array(workflows.iter().map(summary_json).collect()));
+        return Ok(ExitCode::from(exit::SUCCESS));
+    }
+    if workflows.is_empty() {
+        println!(
+            "no workflows{}",
+            status
+                .map(|s| format!(" with status {s}"))
+                .unwrap_or_default()
+        );
+        return Ok(ExitCode::from(exit::SUCCESS));
+    }
+    let rows: Vec<Vec<String>> = workflows
+        .iter()
+        .map(|summary| {
+            let w = &summary.workflow;
+            vec![
+                w.id.clone(),
+                w.status.to_string(),
+                format!("{}/{}", summary.completed_steps, summary.steps),
+                step_notes(summary),
+                w.component_sha256.chars().take(12).collect(),
+                timestamp(w.created_at),
+                timestamp(w.updated_at),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        render(
+            &[
+                "WORKFLOW",
+                "STATUS",
+                "STEPS DONE",
+                "NOTES",
+                "COMPONENT",
+                "STARTED (UTC)",
+                "UPDATED (UTC)"
+            ],
+            &rows
+        )
+    );
+    Ok(ExitCode::from(exit::SUCCESS))
+}
+
+fn step_notes(summary: &WorkflowSummary) -> String {
+    let mut notes = Vec::new();
+    if summary.running_steps > 0 {
+        notes.push(format!("{} in flight", summary.running_steps));
+    }
+    if summary.failed_steps > 0 {
+        notes.push(format!("{} failed", summary.failed_steps));
+    }
+    if summary.workflow.cancel_requested && summary.workflow.status == WorkflowStatus::Running {
+        notes.push("cancel requested".to_owned());
+    }
+    notes.join(", ")
+}
+
+fn summary_json(summary: &WorkflowSummary) -> Value {
+    let mut value = workflow_json(&summary.workflow);
+    value["steps"] = json!({
+        "total": summary.steps,
+        "completed": summary.completed_steps,
+        "failed": summary.failed_steps,
+        "running": summary.running_steps,
+    });
+    value
+}
+
+fn workflow_json(w: &WorkflowRecord) -> Value {
+    json!({
+        "workflow_id": w.id,
+        "status": w.status.as_str(),
+        "component_sha256": w.component_sha256,
+        "input": parse_or_string(&w.input),
+        "output": w.output.as_deref().map(parse_or_string),
+        "error": w.error,
+        "run_id": w.run_id,
+        "owner": { "pid": w.owner.pid, "host": w.owner.host },
+        "lease_expires_at_ms": w.lease_expires_at,
+        "cancel_requested": w.cancel_requested,
+        "created_at_ms": w.created_at,
+        "updated_at_ms": w.updated_at,
+    })
+}
+
+fn parse_or_string(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+}
+
+pub fn history(db: &Path, json_mode: bool, workflow_id: &str) -> anyhow::Result<ExitCode> {
+    let store = open_existing(db)?;
+    let workflow = store
+        .workflow(workflow_id)?
+        .ok_or_else(|| StoreError::UnknownWorkflow {
+            id: workflow_id.to_owned(),
+        })?;
+    let steps = store.steps(workflow_id)?;
+    if json_mode {
+        let mut value = workflow_json(&workflow);
+        value["steps"] = Value::Array(steps.iter().map(step_json).collect());
+        print_json(value);
+        return Ok(ExitCode::from(exit::SUCCESS));
+    }
+    println!(
+        "workflow {} {} (run {}, started {} UTC)",
+        workflow.id,
+        workflow.status,
+        workflow.run_id,
+        timestamp(workflow.created_at)
+    );
+    let rows: Vec<Vec<String>> = steps
+        .iter()
+        .map(|step| {
+            let result = match (&step.output_json, &step.error) {
+                (Some(output), _) => preview(output, PREVIEW_CHARS),
+                (None, Some(error)) => format!("error: {}", preview(error, PREVIEW_CHARS)),
+                (None, None) => String::new(),
+            };
+            vec![
+                step.sequence.to_string(),
+                step.key.to_string(),
+                step.status.to_string(),
+                step.attempts.to_string(),
+                duration(step),
+                result,
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        render(
+            &["#", "STEP", "STATUS", "ATTEMPTS", "DURATION", "RESULT"],
+            &rows
+        )
+    );
+    match workflow.outcome() {
+        Some(Ok(output)) => println!("output: {output}"),
+        Some(Err(error)) => println!("error: {error}"),
+        None => {}
+    }
+    Ok(ExitCode::from(exit::SUCCESS))
+}
+
+fn duration(step: &StepRecord) -> String {
+    step.finished_at
+        .map(|finished| format!("{} ms", finished - step.started_at))
+        .unwrap_or_default()
+}
+
+fn step_json(step: &StepRecord) -> Value {
+    json!({
+        "sequence": step.sequence,
+        "key": step.key.as_str(),
+        "name": step.name,
+        "status": step.status.as_str(),
+        "attempts": step.attempts,
+        "output": step.output_json.as_deref().map(parse_or_string),
+        "error": step.error,
+        "run_id": step.run_id,
+        "started_at_ms": step.started_at,
+        "finished_at_ms": step.finished_at,
+        "duration_ms": step.finished_at.map(|f| f - step.started_at),
+    })
+}
+
+pub fn cancel(db: &Path, json_mode: bool, workflow_id: &str) -> anyhow::Result<ExitCode> {
+    let store = open_existing(db)?;
+    let outcome = cancel_workflow(&store, workflow_id)?;
+    let (state, message) = match &outcome {
+        CancelOutcome::Cancelled => ("cancelled", format!("workflow {workflow_id} cancelled")),
+        CancelOutcome::Requested { run_id, owner } => (
+            "requested",
+            format!(
+                "workflow {workflow_id}: cancel requested; run {run_id} ({owner}) stops at its next step"
+            ),
+        ),
+        CancelOutcome::AlreadyFinished(status) => (
+            "already_finished",
+            format!("workflow {workflow_id} already {status}; nothing to cancel"),
+        ),
+    };
+    if json_mode {
+        print_json(json!({ "workflow_id": workflow_id, "cancel": state }));
+    } else {
+        println!("{message}");
+    }
+    Ok(ExitCode::from(exit::SUCCESS))
+}
