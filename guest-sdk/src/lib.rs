@@ -76,6 +76,7 @@ use std::cell::RefCell;
 use std::fmt;
 use std::marker::PhantomData;
 use std::panic::Location;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -107,14 +108,31 @@ use bindings::durable::workflow::durable_step as host;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
     message: String,
+    permanent: bool,
 }
 
 impl Error {
-    /// An error with the given message.
+    /// An error with the given message. A step with a [`RetryPolicy`]
+    /// retries it.
     pub fn new(message: impl fmt::Display) -> Self {
         Self {
             message: message.to_string(),
+            permanent: false,
         }
+    }
+
+    /// An error that retrying cannot fix (a bad request, a refusal): a step
+    /// fails with it at once, whatever its [`RetryPolicy`].
+    pub fn permanent(message: impl fmt::Display) -> Self {
+        Self {
+            permanent: true,
+            ..Self::new(message)
+        }
+    }
+
+    /// Whether this error skips the remaining retries.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
     }
 
     /// The message, as recorded by the host.
@@ -191,32 +209,172 @@ impl Context {
         T: Serialize + DeserializeOwned,
         F: FnOnce() -> Result<T, Error>,
     {
+        let mut body = Some(body);
+        self.step_with_retry(name, &RetryPolicy::none(), || {
+            body.take()
+                .expect("a step without retries runs its body once")()
+        })
+    }
+
+    /// Like [`Context::step`], retrying a failed attempt as `policy` says.
+    ///
+    /// Each failed attempt is recorded (the step's `attempts` and latest
+    /// error, visible in `durable-host history`) before the backoff, so the
+    /// count survives a crash. An [`Error::permanent`] error, or the error of
+    /// the last allowed attempt, becomes the step's recorded result.
+    #[track_caller]
+    pub fn step_with_retry<T, F>(
+        &self,
+        name: &str,
+        policy: &RetryPolicy,
+        mut body: F,
+    ) -> Result<T, Error>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut() -> Result<T, Error>,
+    {
         let caller = Location::caller();
         let name = if name.is_empty() {
             format!("{}:{}:{}", caller.file(), caller.line(), caller.column())
         } else {
             name.to_owned()
         };
-        match host::begin_step(&name) {
-            host::StepStart::Replayed(recorded) => decode(&name, recorded),
-            host::StepStart::Execute(run) => {
-                let key = run.key.clone();
-                let outcome = with_current_step(run, body);
-                let recorded = match &outcome {
-                    Ok(value) => serde_json::to_string(value).map_err(|e| {
-                        format!("step `{key}` returned a value that cannot be stored as JSON: {e}")
-                    }),
-                    Err(error) => Err(error.message.clone()),
-                };
-                host::finish_step(&key, &recorded);
-                // Hand back exactly what a replay will see.
-                match recorded {
-                    Ok(_) => outcome,
-                    Err(message) => Err(Error { message }),
+        let mut run = match host::begin_step(&name) {
+            host::StepStart::Replayed(recorded) => return decode(&name, recorded),
+            host::StepStart::Execute(run) => run,
+        };
+        let key = run.key.clone();
+        loop {
+            let outcome = with_current_step(run.clone(), &mut body);
+            match outcome {
+                Err(error) if !error.permanent && run.attempt < policy.max_attempts => {
+                    let backoff = policy.backoff_before(run.attempt + 1);
+                    let note = format!(
+                        "{} (attempt {} failed; retrying in {backoff:?})",
+                        error.message, run.attempt
+                    );
+                    run.attempt = host::record_attempt(&key, &note);
+                    std::thread::sleep(backoff);
+                }
+                outcome => {
+                    let recorded = match &outcome {
+                        Ok(value) => serde_json::to_string(value).map_err(|e| {
+                            format!(
+                                "step `{key}` returned a value that cannot be stored as JSON: {e}"
+                            )
+                        }),
+                        Err(error) => Err(error.message.clone()),
+                    };
+                    host::finish_step(&key, &recorded);
+                    // Hand back exactly what a replay will see.
+                    return match recorded {
+                        Ok(_) => outcome,
+                        Err(message) => Err(Error::new(message)),
+                    };
                 }
             }
         }
     }
+
+    /// Sleep durably: the wake-up time is recorded, so a workflow resumed
+    /// after a crash sleeps only what is left (or not at all).
+    pub fn sleep(&self, duration: Duration) -> Result<(), Error> {
+        let wake_at_ms: u64 = self.step("durable.sleep", || {
+            Ok(unix_millis() + duration.as_millis() as u64)
+        })?;
+        let left = wake_at_ms.saturating_sub(unix_millis());
+        if left > 0 {
+            std::thread::sleep(Duration::from_millis(left));
+        }
+        Ok(())
+    }
+
+    /// The current time, recorded: every replay sees the same instant.
+    pub fn now(&self) -> Result<SystemTime, Error> {
+        let millis: u64 = self.step("durable.now", || Ok(unix_millis()))?;
+        Ok(UNIX_EPOCH + Duration::from_millis(millis))
+    }
+
+    /// A random number, recorded: every replay sees the same value.
+    pub fn random(&self) -> Result<u64, Error> {
+        self.step("durable.random", || Ok(random_u64()))
+    }
+
+    /// A random (version 4) UUID, recorded: every replay sees the same one.
+    pub fn uuid(&self) -> Result<String, Error> {
+        self.step("durable.uuid", || {
+            let (high, low) = (random_u64(), random_u64());
+            let high = (high & !0xf000) | 0x4000; // version 4
+            let low = (low & !(0b11 << 62)) | (0b10 << 62); // RFC 4122 variant
+            Ok(format!(
+                "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+                high >> 32,
+                (high >> 16) & 0xffff,
+                high & 0xffff,
+                low >> 48,
+                low & 0xffff_ffff_ffff
+            ))
+        })
+    }
+}
+
+/// How [`Context::step_with_retry`] retries: up to `max_attempts` in all,
+/// waiting `initial_backoff`, then `multiplier` times longer each time, at
+/// most `max_backoff`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    pub multiplier: f64,
+}
+
+impl RetryPolicy {
+    /// Up to `max_attempts` attempts, backing off from 100 ms, doubling, to 30 s.
+    pub fn attempts(max_attempts: u32) -> Self {
+        Self {
+            max_attempts,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+            multiplier: 2.0,
+        }
+    }
+
+    /// One attempt: no retries.
+    pub fn none() -> Self {
+        Self::attempts(1)
+    }
+
+    /// The same policy with another backoff.
+    pub fn backoff(self, initial: Duration, max: Duration) -> Self {
+        Self {
+            initial_backoff: initial,
+            max_backoff: max,
+            ..self
+        }
+    }
+
+    /// The wait before attempt `attempt` (2 is the first retry).
+    pub fn backoff_before(&self, attempt: u32) -> Duration {
+        let retries = attempt.saturating_sub(2).min(64) as i32;
+        self.initial_backoff
+            .mul_f64(self.multiplier.max(1.0).powi(retries))
+            .min(self.max_backoff)
+    }
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState's keys come from the platform's random source (WASI's).
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(unix_millis());
+    hasher.finish()
 }
 
 /// A step to run in parallel with others: see [`Context::parallel`] and
@@ -382,7 +540,7 @@ fn decode<T: DeserializeOwned>(name: &str, recorded: Result<String, String>) -> 
             // changed since it ran. Continuing would diverge from the history.
             panic!("recorded result of step `{name}` does not match the type this workflow expects ({e}); was the workflow changed since it started?")
         })),
-        Err(message) => Err(Error { message }),
+        Err(message) => Err(Error::new(message)),
     }
 }
 

@@ -74,6 +74,7 @@ fn step_line(event: &StepEvent) -> String {
         StepEventKind::Replayed { failed: true } => format!("  replayed  {key}  (recorded error)"),
         StepEventKind::Executed {
             attempt,
+            taken_over,
             duration,
             error,
         } => {
@@ -83,10 +84,12 @@ fn step_line(event: &StepEvent) -> String {
                 "executed"
             };
             let mut line = format!("  {verb}  {key:<32} {:>9}", millis(*duration));
-            if *attempt > 1 {
+            if *taken_over {
                 line.push_str(&format!(
-                    "  (attempt {attempt}: taken over from a run that died)"
+                    "  (attempt {attempt}; taken over from a run that died)"
                 ));
+            } else if *attempt > 1 {
+                line.push_str(&format!("  (attempt {attempt})"));
             }
             if let Some(error) = error {
                 line.push_str(&format!("  error: {error}"));
@@ -198,12 +201,14 @@ fn step_json(event: &StepEvent) -> Value {
         }),
         StepEventKind::Executed {
             attempt,
+            taken_over,
             duration,
             error,
         } => json!({
             "key": key,
             "outcome": if error.is_some() { "failed" } else { "executed" },
             "attempt": attempt,
+            "taken_over": taken_over,
             "duration_ms": duration.as_secs_f64() * 1000.0,
             "error": error,
         }),

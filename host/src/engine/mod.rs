@@ -82,6 +82,15 @@ pub enum EngineError {
     NotExecuting { key: String },
     #[error("step `{key}` returned a value that is not valid JSON: {reason}")]
     InvalidStepJson { key: StepKey, reason: String },
+    #[error(
+        "step `{key}` returned {size} bytes, more than the {limit} bytes a checkpoint may hold; \
+         store large data elsewhere and return a reference to it"
+    )]
+    OutputTooLarge {
+        key: StepKey,
+        size: usize,
+        limit: usize,
+    },
 }
 
 impl EngineError {
@@ -121,7 +130,11 @@ pub enum StepEventKind {
     Replayed { failed: bool },
     /// The body ran in this run and its outcome was recorded.
     Executed {
+        /// The attempt that ended the step (more than 1 after retries or a
+        /// takeover).
         attempt: u32,
+        /// An earlier run began the step and died: this run took it over.
+        taken_over: bool,
         duration: Duration,
         /// The outcome was an error (recorded, and replayed as such).
         error: Option<String>,
@@ -271,6 +284,7 @@ impl ReplayCursor {
 struct Executing {
     key: StepKey,
     attempt: u32,
+    taken_over: bool,
     started: Instant,
 }
 
@@ -547,6 +561,7 @@ impl WorkflowRun {
                     self.executing.push(Executing {
                         key: key.clone(),
                         attempt,
+                        taken_over: attempt > 1,
                         started: Instant::now(),
                     });
                     starts.push(StepStart::Execute(StepRun {
@@ -570,10 +585,19 @@ impl WorkflowRun {
                 key: key.to_owned(),
             });
         };
+        // On a rejected outcome the step stays executing: the trap that
+        // follows fails it with the workflow.
+        let size = outcome.as_ref().map_or_else(String::len, String::len);
+        if size > MAX_STEP_OUTPUT {
+            return Err(EngineError::OutputTooLarge {
+                key: self.executing[index].key.clone(),
+                size,
+                limit: MAX_STEP_OUTPUT,
+            });
+        }
         if let Ok(json) = &outcome
             && let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(json)
         {
-            // Still executing: a trap that follows fails this step.
             return Err(EngineError::InvalidStepJson {
                 key: self.executing[index].key.clone(),
                 reason: e.to_string(),
@@ -587,6 +611,7 @@ impl WorkflowRun {
             key: executing.key.clone(),
             kind: StepEventKind::Executed {
                 attempt: executing.attempt,
+                taken_over: executing.taken_over,
                 duration: executing.started.elapsed(),
                 error: outcome.err(),
             },
@@ -687,6 +712,10 @@ impl WorkflowRun {
         self.events.push(event);
     }
 }
+
+/// The largest result (value or error) a step may record. Checkpoints are
+/// rows read back on every resume: they are for results, not for bulk data.
+pub const MAX_STEP_OUTPUT: usize = 16 << 20;
 
 /// The error recorded for a cancelled workflow.
 const CANCELLED: &str = "cancelled by request";

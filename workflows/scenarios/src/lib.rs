@@ -5,8 +5,9 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::time::Duration;
 
-use durable_sdk::{Branch, Context, Error, current_step};
+use durable_sdk::{Branch, Context, Error, RetryPolicy, current_step};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -36,6 +37,13 @@ fn scenarios(ctx: &Context, input: Input) -> Result<Value, Error> {
         "fast_and_slow" => fast_and_slow(ctx, input.sleep_ms),
         "sequential_burn" => sequential_burn(ctx, input.items, input.burn_ms),
         "branch_panic" => branch_panic(ctx),
+        "retry" => retry(ctx, input.items),
+        "retry_permanent" => retry_permanent(ctx),
+        "sleep" => durable_sleep(ctx, input.sleep_ms),
+        "clock" => clock(ctx),
+        "spin" => spin(ctx),
+        "hog" => hog(ctx),
+        "big_output" => big_output(ctx, input.items),
         other => Err(durable_sdk::error!("unknown scenario `{other}`")),
     }
 }
@@ -278,6 +286,82 @@ fn random_below(bound: u64) -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u8(0);
     hasher.finish() % bound.max(1)
+}
+
+/// A step that fails until its attempt `succeed_on`, under a retry policy
+/// of 4 attempts with short backoffs.
+fn retry(ctx: &Context, succeed_on: u32) -> Result<Value, Error> {
+    let policy =
+        RetryPolicy::attempts(4).backoff(Duration::from_millis(50), Duration::from_millis(80));
+    let result = ctx.step_with_retry("flaky", &policy, || {
+        effect()?;
+        let attempt = current_step().map_or(0, |s| s.attempt);
+        if attempt < succeed_on {
+            Err(durable_sdk::error!("attempt {attempt} failed"))
+        } else {
+            Ok(attempt)
+        }
+    });
+    let after = ctx.step("after", || Ok("ran".to_owned()))?;
+    Ok(json!({ "result": result.map_err(|e| e.message().to_owned()), "after": after }))
+}
+
+fn retry_permanent(ctx: &Context) -> Result<Value, Error> {
+    let result: Result<u32, Error> =
+        ctx.step_with_retry("refused", &RetryPolicy::attempts(5), || {
+            effect()?;
+            Err(Error::permanent("the service refused the request"))
+        });
+    Ok(json!({ "error": result.unwrap_err().message() }))
+}
+
+fn durable_sleep(ctx: &Context, sleep_ms: u64) -> Result<Value, Error> {
+    ctx.step("before_sleep", || Ok(1))?;
+    ctx.sleep(Duration::from_millis(sleep_ms))?;
+    ctx.step("after_sleep", || {
+        effect()?;
+        Ok(2)
+    })?;
+    Ok(json!("woke up"))
+}
+
+fn clock(ctx: &Context) -> Result<Value, Error> {
+    let now = ctx
+        .now()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(Error::new)?
+        .as_millis() as u64;
+    let random = ctx.random()?;
+    let uuid = ctx.uuid()?;
+    ctx.step("last", || Ok(()))?;
+    Ok(json!({ "now_ms": now, "random": random, "uuid": uuid }))
+}
+
+/// Never returns: for --timeout.
+fn spin(ctx: &Context) -> Result<Value, Error> {
+    ctx.step("spin", || {
+        let mut x = 0u64;
+        loop {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+    })
+}
+
+/// Allocates without bound: for --max-memory.
+fn hog(ctx: &Context) -> Result<Value, Error> {
+    ctx.step("hog", || {
+        let mut hoard: Vec<Vec<u8>> = Vec::new();
+        loop {
+            hoard.push(vec![1u8; 1 << 20]);
+            std::hint::black_box(&hoard);
+        }
+    })
+}
+
+/// A step returning `mib` MiB.
+fn big_output(ctx: &Context, mib: u32) -> Result<Value, Error> {
+    let big: String = ctx.step("big", || Ok("x".repeat((mib as usize) << 20)))?;
+    Ok(json!(big.len()))
 }
 
 /// What the guest can see of the host, for the sandbox test. (Reads
