@@ -13,7 +13,7 @@ wasm=target/wasm32-wasip2/release/onboarding.wasm
 demo=target/demo
 rm -rf "$demo" && mkdir -p "$demo/services"
 run() { "$host" run "$wasm" --workflow-id emp-001 --db "$demo/durable.db" --dir "$demo/services::/services" "$@"; }
-ledgers() { for f in "$demo"/services/*.jsonl; do printf '    %-10s %s call(s)\n' "$(basename "$f" .jsonl)" "$(wc -l < "$f")"; done; }
+ledgers() { for d in "$demo"/services/*/; do printf '    %-10s %s call(s)\n' "$(basename "$d")" "$(ls "$d" | grep -c '\.json$')"; done; }
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 say "1. Start onboarding for emp-001; the host crashes right after provision_laptop is checkpointed"

@@ -141,15 +141,31 @@ impl Scratch {
         command
     }
 
-    /// How many times each mock service really ran (`service -> lines`).
+    /// How many times each mock service really ran (`service -> calls`).
     pub fn service_calls(&self) -> BTreeMap<String, usize> {
         let mut calls = BTreeMap::new();
-        for entry in std::fs::read_dir(self.path().join("services")).unwrap() {
-            let path = entry.unwrap().path();
-            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-            calls.insert(name, read_lines(&path).len());
+        for (service, _) in self.service_records() {
+            *calls.entry(service).or_default() += 1;
         }
         calls
+    }
+
+    /// Every completed mock-service call: `(service, record)`.
+    pub fn service_records(&self) -> Vec<(String, Value)> {
+        let mut records = Vec::new();
+        for service in std::fs::read_dir(self.path().join("services")).unwrap() {
+            let service = service.unwrap().path();
+            let name = service.file_name().unwrap().to_string_lossy().into_owned();
+            for call in std::fs::read_dir(&service).unwrap() {
+                let call = call.unwrap().path();
+                // `.partial` files are calls a kill interrupted before they took effect.
+                if call.extension().is_some_and(|e| e == "json") {
+                    let text = std::fs::read_to_string(&call).unwrap();
+                    records.push((name.clone(), serde_json::from_str(&text).unwrap()));
+                }
+            }
+        }
+        records
     }
 
     /// The step keys the scenarios guest executed, in order.

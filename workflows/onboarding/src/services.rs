@@ -1,13 +1,14 @@
 //! File-backed stand-ins for the systems onboarding talks to.
 //!
-//! Each service is a JSON-lines ledger under the guest directory `/services`
-//! (grant it with `--dir <host dir>::/services`). Every call appends one line,
-//! so the ledgers show exactly how many times each side effect really ran;
-//! the answers are derived from the request, as an idempotent service's
-//! would be, so a repeated call gets the same answer.
+//! Each service is a directory under the guest directory `/services` (grant
+//! it with `--dir <host dir>::/services`), and every call leaves one JSON
+//! file there, published with an atomic rename: a host killed mid-call
+//! leaves either the whole record or none. So the directories show exactly
+//! how many times each side effect really ran. The answers are derived from
+//! the request, as an idempotent service's would be, so a repeated call gets
+//! the same answer.
 
-use std::fs::OpenOptions;
-use std::io::Write;
+use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
 use std::time::Duration;
 
@@ -39,13 +40,19 @@ pub fn call(
         "attempt": step.as_ref().map(|s| s.attempt),
         "request": request,
     });
-    let path = dir.join(format!("{service}.jsonl"));
-    let mut ledger = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(|e| durable_sdk::error!("cannot open {}: {e}", path.display()))?;
-    writeln!(ledger, "{line}")
-        .map_err(|e| durable_sdk::error!("cannot write {}: {e}", path.display()))?;
+    let service_dir = dir.join(service);
+    let record = service_dir.join(format!("{:016x}.json", unique()));
+    let partial = record.with_extension("partial");
+    let failed = |e: std::io::Error| durable_sdk::error!("the {service} service failed: {e}");
+    std::fs::create_dir_all(&service_dir).map_err(failed)?;
+    std::fs::write(&partial, line.to_string()).map_err(failed)?;
+    std::fs::rename(&partial, &record).map_err(failed)?;
     Ok(())
+}
+
+/// A random name for a call record (seeded from WASI's random source).
+fn unique() -> u64 {
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }

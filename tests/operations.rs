@@ -1,0 +1,418 @@
+//! Operating workflows: list, history, recover, cancel; retries, durable
+//! sleep, recorded time and randomness; the compiled-component cache.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use durable_tests::{Scratch, artifacts, run, spawn};
+use serde_json::{Value, json};
+
+fn host(scratch: &Scratch, args: &[&str]) -> Command {
+    let mut command = Command::new(&artifacts().host);
+    command
+        .current_dir(scratch.path())
+        .args(args)
+        .arg("--db")
+        .arg(scratch.db());
+    command
+}
+
+fn scenario(scratch: &Scratch, id: &str, input: Value) -> Command {
+    let mut command = scratch.run(&artifacts().scenarios, id);
+    command.args(["--input", &input.to_string()]);
+    command
+}
+
+#[test]
+fn list_shows_every_workflow_with_status_and_step_counts() {
+    let scratch = Scratch::new();
+    run(&mut scratch.onboarding("done")).expect_code(0);
+    run(scratch.onboarding("halfway").args(["--crash-after", "1"])).expect_code(3);
+    run(&mut scenario(
+        &scratch,
+        "broken",
+        json!({"scenario": "fail"}),
+    ))
+    .expect_code(1);
+
+    let listed = run(&mut host(&scratch, &["list", "--json"]))
+        .expect_code(0)
+        .json();
+    let by_id = |id: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["workflow_id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(by_id("done")["status"], "completed");
+    assert_eq!(
+        by_id("done")["steps"],
+        json!({"total": 4, "completed": 4, "failed": 0, "running": 0})
+    );
+    assert_eq!(by_id("halfway")["status"], "running");
+    assert_eq!(by_id("halfway")["steps"]["completed"], 1);
+    assert_eq!(by_id("broken")["status"], "failed");
+    assert_eq!(by_id("broken")["error"], "the workflow gave up on purpose");
+
+    let running = run(&mut host(
+        &scratch,
+        &["list", "--status", "running", "--json"],
+    ))
+    .expect_code(0)
+    .json();
+    assert_eq!(running.as_array().unwrap().len(), 1);
+
+    let table = run(&mut host(&scratch, &["list"])).expect_code(0).stdout();
+    let header = table.lines().next().unwrap();
+    assert!(
+        header.starts_with("WORKFLOW")
+            && header.contains("STATUS")
+            && header.contains("STEPS DONE"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("halfway") && l.contains("running") && l.contains("1/")),
+        "{table}"
+    );
+}
+
+#[test]
+fn history_shows_each_step_with_attempts_durations_and_results() {
+    let scratch = Scratch::new();
+    run(scratch
+        .onboarding("h")
+        .args(["--crash", "create_record:before"]))
+    .expect_code(3);
+    run(&mut scratch.onboarding("h")).expect_code(0);
+
+    let history = run(&mut host(&scratch, &["history", "h", "--json"]))
+        .expect_code(0)
+        .json();
+    assert_eq!(history["status"], "completed");
+    let steps = history["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 4);
+    assert_eq!(steps[0]["key"], "create_record#000001");
+    assert_eq!(steps[0]["attempts"], 2, "the takeover is visible");
+    assert_eq!(steps[0]["output"], "HR-h");
+    assert!(
+        steps
+            .iter()
+            .all(|s| s["status"] == "completed" && s["duration_ms"].is_i64())
+    );
+
+    let table = run(&mut host(&scratch, &["history", "h"]))
+        .expect_code(0)
+        .stdout();
+    assert!(
+        table.contains("ATTEMPTS") && table.contains("RESULT"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("create_record#000001") && l.contains("completed  2")),
+        "{table}"
+    );
+    assert!(table.contains("output: {"), "{table}");
+}
+
+#[test]
+fn recover_resumes_what_this_component_started_and_nothing_else() {
+    let scratch = Scratch::new();
+    for (id, n) in [("r1", "1"), ("r2", "2"), ("r3", "3")] {
+        run(scratch.onboarding(id).args(["--crash-after", n])).expect_code(3);
+    }
+    run(&mut scratch.onboarding("finished")).expect_code(0);
+    run(
+        scenario(&scratch, "other", json!({"scenario": "loop", "items": 2}))
+            .args(["--crash-after", "1"]),
+    )
+    .expect_code(3);
+
+    let mut command = host(&scratch, &["recover"]);
+    command.arg(&artifacts().onboarding).arg("--json");
+    command.arg("--dir").arg(format!(
+        "{}::/services",
+        scratch.path().join("services").display()
+    ));
+    let summary = run(&mut command).expect_code(0).json();
+    assert_eq!(summary["resumed"], 3);
+    assert_eq!(summary["completed"], 3);
+    assert_eq!(summary["skipped"], 0);
+    let recovered: Vec<&str> = summary["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["workflow_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(recovered.len(), 3);
+    assert!(
+        ["r1", "r2", "r3"].iter().all(|id| recovered.contains(id)),
+        "{recovered:?}"
+    );
+
+    // Four onboardings: each completed step ran once. Only r2 crashed with a
+    // parallel branch in flight, which may have run twice.
+    let calls = scratch.service_calls();
+    assert_eq!((calls["hr"], calls["mail"]), (4, 4), "{calls:?}");
+    assert!(
+        calls["it"] >= 4 && calls["iam"] >= 4 && calls["it"] + calls["iam"] <= 9,
+        "{calls:?}"
+    );
+    let other: String = scratch
+        .sql()
+        .query_row("SELECT status FROM workflows WHERE id = 'other'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(
+        other, "running",
+        "another component's workflow is left alone"
+    );
+}
+
+#[test]
+fn a_cancelled_workflow_is_never_resumed() {
+    let scratch = Scratch::new();
+    run(scratch.onboarding("c").args(["--crash-after", "1"])).expect_code(3);
+    let cancelled = run(&mut host(&scratch, &["cancel", "c"]))
+        .expect_code(0)
+        .stdout();
+    assert!(cancelled.contains("workflow c cancelled"), "{cancelled}");
+
+    let again = run(scratch.onboarding("c").arg("--json"))
+        .expect_code(6)
+        .json();
+    assert_eq!(again["status"], "cancelled");
+    assert_eq!(again["already_finished"], true);
+    assert_eq!(
+        scratch.service_calls().values().sum::<usize>(),
+        1,
+        "nothing ran after the cancel"
+    );
+    let second = run(&mut host(&scratch, &["cancel", "c"]))
+        .expect_code(0)
+        .stdout();
+    assert!(second.contains("already cancelled"), "{second}");
+}
+
+#[test]
+fn cancelling_a_running_workflow_stops_it_at_the_next_step() {
+    let scratch = Scratch::new();
+    let mut child = spawn(&mut scenario(
+        &scratch,
+        "long",
+        json!({"scenario": "slow", "items": 100, "sleep_ms": 50}),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scratch
+        .try_steps("long")
+        .unwrap_or_default()
+        .iter()
+        .filter(|s| s.1 == "completed")
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the workflow never got going");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let requested = run(&mut host(&scratch, &["cancel", "long", "--json"]))
+        .expect_code(0)
+        .json();
+    assert_eq!(requested["cancel"], "requested");
+
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let steps = scratch.steps("long");
+    assert!(steps.len() < 100, "it stopped early: {} steps", steps.len());
+    assert!(
+        steps.iter().all(|s| s.1 == "completed"),
+        "it stopped at a step boundary: {steps:?}"
+    );
+    let status: String = scratch
+        .sql()
+        .query_row("SELECT status FROM workflows", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(status, "cancelled");
+}
+
+#[test]
+fn retries_are_counted_and_recorded() {
+    let scratch = Scratch::new();
+    // Succeeds on its third attempt, after backoffs of 50 and 80 ms.
+    let result =
+        run(scenario(&scratch, "ok", json!({"scenario": "retry", "items": 3})).arg("--json"))
+            .expect_code(0)
+            .json();
+    assert_eq!(result["output"]["result"], json!({"Ok": 3}));
+    let history = run(&mut host(&scratch, &["history", "ok", "--json"]))
+        .expect_code(0)
+        .json();
+    let flaky = &history["steps"][0];
+    assert_eq!(
+        (flaky["status"].as_str(), flaky["attempts"].as_u64()),
+        (Some("completed"), Some(3))
+    );
+    assert!(
+        flaky["duration_ms"].as_i64().unwrap() >= 130,
+        "backed off 50 + 80 ms: {flaky}"
+    );
+    assert_eq!(
+        scratch
+            .effects()
+            .iter()
+            .filter(|k| *k == "flaky#000001")
+            .count(),
+        3
+    );
+
+    // Never succeeds: four attempts, then the last error is the result, and
+    // a replay hands back the same error.
+    let input = json!({"scenario": "retry", "items": 99});
+    run(scenario(&scratch, "no", input.clone()).args(["--crash-after", "1"])).expect_code(3);
+    let steps = scratch.steps("no");
+    assert_eq!(steps, vec![("flaky#000001".into(), "failed".into(), 4)]);
+    let replayed = run(scenario(&scratch, "no", input).arg("--json"))
+        .expect_code(0)
+        .json();
+    assert_eq!(
+        replayed["output"]["result"],
+        json!({"Err": "attempt 4 failed"})
+    );
+    assert_eq!(replayed["steps"][0]["outcome"], "replayed");
+
+    // A permanent error is not retried.
+    run(&mut scenario(
+        &scratch,
+        "perm",
+        json!({"scenario": "retry_permanent"}),
+    ))
+    .expect_code(0);
+    assert_eq!(
+        scratch.steps("perm"),
+        vec![("refused#000001".into(), "failed".into(), 1)]
+    );
+}
+
+#[test]
+fn a_durable_sleep_resumed_after_a_kill_sleeps_only_what_is_left() {
+    let scratch = Scratch::new();
+    let input = json!({"scenario": "sleep", "sleep_ms": 4000});
+    let mut child = spawn(&mut scenario(&scratch, "nap", input.clone()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !scratch
+        .try_steps("nap")
+        .unwrap_or_default()
+        .iter()
+        .any(|s| s.0 == "durable.sleep#000001")
+    {
+        assert!(Instant::now() < deadline, "the sleep never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let resumed_at = Instant::now();
+    run(&mut scenario(&scratch, "nap", input)).expect_code(0);
+    let resumed_for = resumed_at.elapsed();
+    let (wake_at, after_started): (String, i64) = scratch
+        .sql()
+        .query_row(
+            "SELECT s.output_json, a.started_at FROM steps s, steps a
+             WHERE s.step_key = 'durable.sleep#000001' AND a.step_key = 'after_sleep#000001'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(
+        after_started >= wake_at.parse::<i64>().unwrap(),
+        "it slept until the recorded wake-up time"
+    );
+    assert!(
+        resumed_for < Duration::from_millis(3800),
+        "it did not sleep the whole 4 s again: {resumed_for:?}"
+    );
+    assert_eq!(scratch.effects(), ["after_sleep#000001"]);
+}
+
+#[test]
+fn time_and_randomness_replay_identically() {
+    let scratch = Scratch::new();
+    let input = json!({"scenario": "clock"});
+    run(scenario(&scratch, "clock", input.clone()).args(["--crash-after", "3"])).expect_code(3);
+    let recorded: Vec<String> = [
+        "durable.now#000001",
+        "durable.random#000001",
+        "durable.uuid#000001",
+    ]
+    .iter()
+    .map(|key| {
+        scratch
+            .sql()
+            .query_row(
+                "SELECT output_json FROM steps WHERE step_key = ?1",
+                [key],
+                |r| r.get(0),
+            )
+            .unwrap()
+    })
+    .collect();
+    std::thread::sleep(Duration::from_millis(20));
+    let resumed = run(scenario(&scratch, "clock", input).arg("--json"))
+        .expect_code(0)
+        .json();
+    let output = &resumed["output"];
+    assert_eq!(output["now_ms"].to_string(), recorded[0]);
+    assert_eq!(output["random"].to_string(), recorded[1]);
+    assert_eq!(output["uuid"].to_string(), recorded[2]);
+    let uuid = output["uuid"].as_str().unwrap();
+    assert_eq!(
+        (uuid.len(), &uuid[14..15]),
+        (36, "4"),
+        "a version 4 UUID: {uuid}"
+    );
+}
+
+#[test]
+fn a_warm_start_loads_the_compiled_component_from_the_cache() {
+    let scratch = Scratch::new();
+    let cache = scratch.path().join("cache");
+    let cache_arg = cache.display().to_string();
+    run(scratch.onboarding("cold").args(["--cache-dir", &cache_arg])).expect_code(0);
+    let entries: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(entries[0].to_string_lossy().ends_with(".cwasm"));
+    let modified = std::fs::metadata(&entries[0]).unwrap().modified().unwrap();
+
+    run(scratch.onboarding("warm").args(["--cache-dir", &cache_arg])).expect_code(0);
+    assert_eq!(
+        std::fs::metadata(&entries[0]).unwrap().modified().unwrap(),
+        modified,
+        "reused, not rewritten"
+    );
+
+    // A damaged entry is recompiled, not trusted.
+    std::fs::write(&entries[0], b"garbage").unwrap();
+    run(scratch
+        .onboarding("repaired")
+        .args(["--cache-dir", &cache_arg]))
+    .expect_code(0);
+    assert!(
+        std::fs::metadata(&entries[0]).unwrap().len() > 1000,
+        "rewritten"
+    );
+}
