@@ -204,7 +204,7 @@ fn a_cancelled_workflow_is_never_resumed() {
 #[test]
 fn cancelling_a_running_workflow_stops_it_at_the_next_step() {
     let scratch = Scratch::new();
-    let mut child = spawn(&mut scenario(
+    let child = spawn(&mut scenario(
         &scratch,
         "long",
         json!({"scenario": "slow", "items": 100, "sleep_ms": 50}),

@@ -121,7 +121,7 @@ fn the_heartbeat_keeps_the_lease_ahead_of_stale_after() {
 #[test]
 fn a_frozen_owner_that_lost_its_lease_stops_at_its_next_write() {
     let scratch = Scratch::new();
-    let mut frozen = spawn(&mut slow_onboarding(&scratch, "frozen", 600));
+    let frozen = spawn(&mut slow_onboarding(&scratch, "frozen", 600));
     wait_for_step(&scratch, "frozen", "create_record", "running");
     signal(frozen.id(), "-STOP");
     // Its lease runs out (as it would after --stale-after) while it is stopped.

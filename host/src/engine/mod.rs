@@ -242,7 +242,7 @@ pub enum Opened {
     /// The workflow already finished; nothing will run.
     Finished(WorkflowRecord),
     /// The workflow can run (new, or resuming).
-    Ready(WorkflowRun),
+    Ready(Box<WorkflowRun>),
 }
 
 /// The recorded steps of a resumed workflow, walked in sequence order.
@@ -383,7 +383,7 @@ impl WorkflowRun {
                 ReplayCursor::default(),
             ),
         };
-        Ok(Opened::Ready(WorkflowRun {
+        Ok(Opened::Ready(Box::new(WorkflowRun {
             store,
             workflow_id: id.to_owned(),
             component_sha256: request.component_sha256.to_owned(),
@@ -401,7 +401,7 @@ impl WorkflowRun {
             crash,
             observer,
             events: Vec::new(),
-        }))
+        })))
     }
 
     /// Number of steps recorded by earlier runs, or `None` for a new workflow.
@@ -805,7 +805,7 @@ mod tests {
 
     fn ready(opened: Opened) -> WorkflowRun {
         match opened {
-            Opened::Ready(run) => run,
+            Opened::Ready(run) => *run,
             Opened::Finished(_) => panic!("workflow unexpectedly finished"),
         }
     }

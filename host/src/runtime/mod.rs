@@ -223,7 +223,7 @@ impl Runtime {
         &self,
         component: &WorkflowComponent,
         sandbox: &Sandbox,
-        run: WorkflowRun,
+        run: Box<WorkflowRun>,
     ) -> Result<RunReport, RuntimeError> {
         let output = GuestOutput::default();
         let wasi = sandbox.wasi_ctx(&output)?;
@@ -237,10 +237,7 @@ impl Runtime {
             sandbox: sandbox.clone(),
             limits: limits.clone(),
         };
-        let role = Role::Workflow {
-            run: Box::new(run),
-            branches,
-        };
+        let role = Role::Workflow { run, branches };
         let mut store = limits.store(&self.engine, wasi, role);
         let result = component
             .pre
