@@ -34,12 +34,6 @@ fn assert_user_error(result: &Run, cause: &str) {
     );
 }
 
-fn scenario(scratch: &Scratch, id: &str, input: serde_json::Value) -> std::process::Command {
-    let mut command = scratch.run(&artifacts().scenarios, id);
-    command.args(["--input", &input.to_string()]);
-    command
-}
-
 #[test]
 fn a_missing_component_file() {
     let scratch = Scratch::new();
@@ -153,9 +147,11 @@ fn a_missing_directory_to_grant() {
 #[test]
 fn a_guest_panic_fails_the_step_and_the_workflow_with_its_message() {
     let scratch = Scratch::new();
-    let failed = run(scenario(&scratch, "p", json!({"scenario": "panic"})).arg("--json"))
-        .expect_code(1)
-        .json();
+    let failed = run(scratch
+        .scenario("p", json!({"scenario": "panic"}))
+        .arg("--json"))
+    .expect_code(1)
+    .json();
     assert_eq!(failed["status"], "failed");
     let error = failed["error"].as_str().unwrap();
     assert!(
@@ -180,9 +176,11 @@ fn a_guest_panic_fails_the_step_and_the_workflow_with_its_message() {
     assert!(step_error.contains("boom"), "{step_error}");
 
     // A failed workflow is final: running it again runs nothing.
-    let again = run(scenario(&scratch, "p", json!({"scenario": "panic"})).arg("--json"))
-        .expect_code(1)
-        .json();
+    let again = run(scratch
+        .scenario("p", json!({"scenario": "panic"}))
+        .arg("--json"))
+    .expect_code(1)
+    .json();
     assert_eq!(again["already_finished"], true);
     assert_eq!(scratch.effects(), ["fine#000001", "explode#000001"]);
     assert!(scratch.integrity_ok());
@@ -191,7 +189,7 @@ fn a_guest_panic_fails_the_step_and_the_workflow_with_its_message() {
 #[test]
 fn a_workflow_error_is_recorded() {
     let scratch = Scratch::new();
-    let result = run(&mut scenario(&scratch, "f", json!({"scenario": "fail"}))).expect_code(1);
+    let result = run(&mut scratch.scenario("f", json!({"scenario": "fail"}))).expect_code(1);
     assert!(
         result
             .stdout()
@@ -209,9 +207,11 @@ fn a_workflow_error_is_recorded() {
 #[test]
 fn a_step_value_that_is_not_json_fails_the_workflow() {
     let scratch = Scratch::new();
-    let failed = run(scenario(&scratch, "j", json!({"scenario": "invalid_json"})).arg("--json"))
-        .expect_code(1)
-        .json();
+    let failed = run(scratch
+        .scenario("j", json!({"scenario": "invalid_json"}))
+        .arg("--json"))
+    .expect_code(1)
+    .json();
     assert!(
         failed["error"].as_str().unwrap().contains("not valid JSON"),
         "{failed}"
@@ -227,13 +227,11 @@ fn the_guest_sees_only_what_the_command_line_grants() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
     let scratch = Scratch::new();
-    let view = run(
-        scenario(&scratch, "s", json!({"scenario": "sandbox"})).args([
-            "--env",
-            &format!("PROBE_PORT={port}"),
-            "--json",
-        ]),
-    )
+    let view = run(scratch.scenario("s", json!({"scenario": "sandbox"})).args([
+        "--env",
+        &format!("PROBE_PORT={port}"),
+        "--json",
+    ]))
     .expect_code(0)
     .json();
     let output = &view["output"];

@@ -1,41 +1,19 @@
 //! Operating workflows: list, history, recover, cancel; retries, durable
 //! sleep, recorded time and randomness; the compiled-component cache.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use durable_tests::{Scratch, artifacts, run, spawn};
-use serde_json::{Value, json};
-
-fn host(scratch: &Scratch, args: &[&str]) -> Command {
-    let mut command = Command::new(&artifacts().host);
-    command
-        .current_dir(scratch.path())
-        .args(args)
-        .arg("--db")
-        .arg(scratch.db());
-    command
-}
-
-fn scenario(scratch: &Scratch, id: &str, input: Value) -> Command {
-    let mut command = scratch.run(&artifacts().scenarios, id);
-    command.args(["--input", &input.to_string()]);
-    command
-}
+use serde_json::json;
 
 #[test]
 fn list_shows_every_workflow_with_status_and_step_counts() {
     let scratch = Scratch::new();
     run(&mut scratch.onboarding("done")).expect_code(0);
     run(scratch.onboarding("halfway").args(["--crash-after", "1"])).expect_code(3);
-    run(&mut scenario(
-        &scratch,
-        "broken",
-        json!({"scenario": "fail"}),
-    ))
-    .expect_code(1);
+    run(&mut scratch.scenario("broken", json!({"scenario": "fail"}))).expect_code(1);
 
-    let listed = run(&mut host(&scratch, &["list", "--json"]))
+    let listed = run(&mut scratch.host(&["list", "--json"]))
         .expect_code(0)
         .json();
     let by_id = |id: &str| {
@@ -57,15 +35,12 @@ fn list_shows_every_workflow_with_status_and_step_counts() {
     assert_eq!(by_id("broken")["status"], "failed");
     assert_eq!(by_id("broken")["error"], "the workflow gave up on purpose");
 
-    let running = run(&mut host(
-        &scratch,
-        &["list", "--status", "running", "--json"],
-    ))
-    .expect_code(0)
-    .json();
+    let running = run(&mut scratch.host(&["list", "--status", "running", "--json"]))
+        .expect_code(0)
+        .json();
     assert_eq!(running.as_array().unwrap().len(), 1);
 
-    let table = run(&mut host(&scratch, &["list"])).expect_code(0).stdout();
+    let table = run(&mut scratch.host(&["list"])).expect_code(0).stdout();
     let header = table.lines().next().unwrap();
     assert!(
         header.starts_with("WORKFLOW")
@@ -90,7 +65,7 @@ fn history_shows_each_step_with_attempts_durations_and_results() {
     .expect_code(3);
     run(&mut scratch.onboarding("h")).expect_code(0);
 
-    let history = run(&mut host(&scratch, &["history", "h", "--json"]))
+    let history = run(&mut scratch.host(&["history", "h", "--json"]))
         .expect_code(0)
         .json();
     assert_eq!(history["status"], "completed");
@@ -105,7 +80,7 @@ fn history_shows_each_step_with_attempts_durations_and_results() {
             .all(|s| s["status"] == "completed" && s["duration_ms"].is_i64())
     );
 
-    let table = run(&mut host(&scratch, &["history", "h"]))
+    let table = run(&mut scratch.host(&["history", "h"]))
         .expect_code(0)
         .stdout();
     assert!(
@@ -128,13 +103,12 @@ fn recover_resumes_what_this_component_started_and_nothing_else() {
         run(scratch.onboarding(id).args(["--crash-after", n])).expect_code(3);
     }
     run(&mut scratch.onboarding("finished")).expect_code(0);
-    run(
-        scenario(&scratch, "other", json!({"scenario": "loop", "items": 2}))
-            .args(["--crash-after", "1"]),
-    )
+    run(scratch
+        .scenario("other", json!({"scenario": "loop", "items": 2}))
+        .args(["--crash-after", "1"]))
     .expect_code(3);
 
-    let mut command = host(&scratch, &["recover"]);
+    let mut command = scratch.host(&["recover"]);
     command.arg(&artifacts().onboarding).arg("--json");
     command.arg("--dir").arg(format!(
         "{}::/services",
@@ -180,7 +154,7 @@ fn recover_resumes_what_this_component_started_and_nothing_else() {
 fn a_cancelled_workflow_is_never_resumed() {
     let scratch = Scratch::new();
     run(scratch.onboarding("c").args(["--crash-after", "1"])).expect_code(3);
-    let cancelled = run(&mut host(&scratch, &["cancel", "c"]))
+    let cancelled = run(&mut scratch.host(&["cancel", "c"]))
         .expect_code(0)
         .stdout();
     assert!(cancelled.contains("workflow c cancelled"), "{cancelled}");
@@ -195,7 +169,7 @@ fn a_cancelled_workflow_is_never_resumed() {
         1,
         "nothing ran after the cancel"
     );
-    let second = run(&mut host(&scratch, &["cancel", "c"]))
+    let second = run(&mut scratch.host(&["cancel", "c"]))
         .expect_code(0)
         .stdout();
     assert!(second.contains("already cancelled"), "{second}");
@@ -204,8 +178,7 @@ fn a_cancelled_workflow_is_never_resumed() {
 #[test]
 fn cancelling_a_running_workflow_stops_it_at_the_next_step() {
     let scratch = Scratch::new();
-    let child = spawn(&mut scenario(
-        &scratch,
+    let child = spawn(&mut scratch.scenario(
         "long",
         json!({"scenario": "slow", "items": 100, "sleep_ms": 50}),
     ));
@@ -221,7 +194,7 @@ fn cancelling_a_running_workflow_stops_it_at_the_next_step() {
         assert!(Instant::now() < deadline, "the workflow never got going");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let requested = run(&mut host(&scratch, &["cancel", "long", "--json"]))
+    let requested = run(&mut scratch.host(&["cancel", "long", "--json"]))
         .expect_code(0)
         .json();
     assert_eq!(requested["cancel"], "requested");
@@ -250,12 +223,13 @@ fn cancelling_a_running_workflow_stops_it_at_the_next_step() {
 fn retries_are_counted_and_recorded() {
     let scratch = Scratch::new();
     // Succeeds on its third attempt, after backoffs of 50 and 80 ms.
-    let result =
-        run(scenario(&scratch, "ok", json!({"scenario": "retry", "items": 3})).arg("--json"))
-            .expect_code(0)
-            .json();
+    let result = run(scratch
+        .scenario("ok", json!({"scenario": "retry", "items": 3}))
+        .arg("--json"))
+    .expect_code(0)
+    .json();
     assert_eq!(result["output"]["result"], json!({"Ok": 3}));
-    let history = run(&mut host(&scratch, &["history", "ok", "--json"]))
+    let history = run(&mut scratch.host(&["history", "ok", "--json"]))
         .expect_code(0)
         .json();
     let flaky = &history["steps"][0];
@@ -279,10 +253,13 @@ fn retries_are_counted_and_recorded() {
     // Never succeeds: four attempts, then the last error is the result, and
     // a replay hands back the same error.
     let input = json!({"scenario": "retry", "items": 99});
-    run(scenario(&scratch, "no", input.clone()).args(["--crash-after", "1"])).expect_code(3);
+    run(scratch
+        .scenario("no", input.clone())
+        .args(["--crash-after", "1"]))
+    .expect_code(3);
     let steps = scratch.steps("no");
     assert_eq!(steps, vec![("flaky#000001".into(), "failed".into(), 4)]);
-    let replayed = run(scenario(&scratch, "no", input).arg("--json"))
+    let replayed = run(scratch.scenario("no", input).arg("--json"))
         .expect_code(0)
         .json();
     assert_eq!(
@@ -292,12 +269,7 @@ fn retries_are_counted_and_recorded() {
     assert_eq!(replayed["steps"][0]["outcome"], "replayed");
 
     // A permanent error is not retried.
-    run(&mut scenario(
-        &scratch,
-        "perm",
-        json!({"scenario": "retry_permanent"}),
-    ))
-    .expect_code(0);
+    run(&mut scratch.scenario("perm", json!({"scenario": "retry_permanent"}))).expect_code(0);
     assert_eq!(
         scratch.steps("perm"),
         vec![("refused#000001".into(), "failed".into(), 1)]
@@ -308,7 +280,7 @@ fn retries_are_counted_and_recorded() {
 fn a_durable_sleep_resumed_after_a_kill_sleeps_only_what_is_left() {
     let scratch = Scratch::new();
     let input = json!({"scenario": "sleep", "sleep_ms": 4000});
-    let mut child = spawn(&mut scenario(&scratch, "nap", input.clone()));
+    let mut child = spawn(&mut scratch.scenario("nap", input.clone()));
     let deadline = Instant::now() + Duration::from_secs(30);
     while !scratch
         .try_steps("nap")
@@ -324,7 +296,7 @@ fn a_durable_sleep_resumed_after_a_kill_sleeps_only_what_is_left() {
     child.wait().unwrap();
 
     let resumed_at = Instant::now();
-    run(&mut scenario(&scratch, "nap", input)).expect_code(0);
+    run(&mut scratch.scenario("nap", input)).expect_code(0);
     let resumed_for = resumed_at.elapsed();
     let (wake_at, after_started): (String, i64) = scratch
         .sql()
@@ -350,7 +322,10 @@ fn a_durable_sleep_resumed_after_a_kill_sleeps_only_what_is_left() {
 fn time_and_randomness_replay_identically() {
     let scratch = Scratch::new();
     let input = json!({"scenario": "clock"});
-    run(scenario(&scratch, "clock", input.clone()).args(["--crash-after", "3"])).expect_code(3);
+    run(scratch
+        .scenario("clock", input.clone())
+        .args(["--crash-after", "3"]))
+    .expect_code(3);
     let recorded: Vec<String> = [
         "durable.now#000001",
         "durable.random#000001",
@@ -369,7 +344,7 @@ fn time_and_randomness_replay_identically() {
     })
     .collect();
     std::thread::sleep(Duration::from_millis(20));
-    let resumed = run(scenario(&scratch, "clock", input).arg("--json"))
+    let resumed = run(scratch.scenario("clock", input).arg("--json"))
         .expect_code(0)
         .json();
     let output = &resumed["output"];

@@ -351,10 +351,7 @@ fn unknown_workflows_and_missing_databases() {
     let scratch = Scratch::new();
     run(&mut scratch.onboarding("known")).expect_code(0);
     for command in ["history", "cancel"] {
-        let result = run(Command::new(&artifacts().host)
-            .current_dir(scratch.path())
-            .args([command, "nobody", "--db"])
-            .arg(scratch.db()));
+        let result = run(&mut scratch.host(&[command, "nobody"]));
         assert_eq!(result.code(), Some(2), "{command}: {}", result.stderr());
         assert!(
             result.stderr().contains("workflow nobody does not exist"),

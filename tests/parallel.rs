@@ -8,12 +8,6 @@ use std::time::Instant;
 use durable_tests::{Scratch, artifacts, employee, run, spawn};
 use serde_json::{Value, json};
 
-fn scenario(scratch: &Scratch, id: &str, input: Value) -> std::process::Command {
-    let mut command = scratch.run(&artifacts().scenarios, id);
-    command.args(["--input", &input.to_string()]);
-    command
-}
-
 fn squares(n: u32) -> Value {
     json!((0..n).map(|i| i * i).collect::<Vec<_>>())
 }
@@ -27,8 +21,11 @@ fn branch_keys_follow_call_order_whatever_finishes_first() {
         let scratch = Scratch::new();
         let id = format!("keys-{attempt}");
         // Crash after a few branches, resume: keys must line up across runs.
-        run(scenario(&scratch, &id, input.clone()).args(["--crash-after", "3"])).expect_code(3);
-        let resumed = run(scenario(&scratch, &id, input.clone()).arg("--json"))
+        run(scratch
+            .scenario(&id, input.clone())
+            .args(["--crash-after", "3"]))
+        .expect_code(3);
+        let resumed = run(scratch.scenario(&id, input.clone()).arg("--json"))
             .expect_code(0)
             .json();
         assert_eq!(resumed["output"], squares(8));
@@ -54,7 +51,10 @@ fn branch_keys_follow_call_order_whatever_finishes_first() {
 fn a_crash_with_one_branch_done_reruns_only_the_unfinished_one() {
     let input = json!({"scenario": "fast_and_slow", "sleep_ms": 1500});
     let scratch = Scratch::new();
-    run(scenario(&scratch, "fs", input.clone()).args(["--crash", "fast:after"])).expect_code(3);
+    run(scratch
+        .scenario("fs", input.clone())
+        .args(["--crash", "fast:after"]))
+    .expect_code(3);
     let steps = scratch.steps("fs");
     assert_eq!(
         steps,
@@ -69,7 +69,7 @@ fn a_crash_with_one_branch_done_reruns_only_the_unfinished_one() {
         "slow was still sleeping"
     );
 
-    let resumed = run(scenario(&scratch, "fs", input).arg("--json"))
+    let resumed = run(scratch.scenario("fs", input).arg("--json"))
         .expect_code(0)
         .json();
     assert_eq!(
@@ -96,9 +96,11 @@ fn a_crash_with_one_branch_done_reruns_only_the_unfinished_one() {
 #[test]
 fn a_panicking_branch_fails_alone() {
     let scratch = Scratch::new();
-    let result = run(scenario(&scratch, "bp", json!({"scenario": "branch_panic"})).arg("--json"))
-        .expect_code(0)
-        .json();
+    let result = run(scratch
+        .scenario("bp", json!({"scenario": "branch_panic"}))
+        .arg("--json"))
+    .expect_code(0)
+    .json();
     assert_eq!(result["output"]["fine"], 9);
     let error = result["output"]["broken_error"].as_str().unwrap();
     assert!(
@@ -117,12 +119,12 @@ fn a_panicking_branch_fails_alone() {
 #[test]
 fn sixty_four_branches_at_once() {
     let scratch = Scratch::new();
-    let result = run(scenario(
-        &scratch,
-        "wide",
-        json!({"scenario": "parallel", "items": 64, "sleep_ms": 10}),
-    )
-    .arg("--json"))
+    let result = run(scratch
+        .scenario(
+            "wide",
+            json!({"scenario": "parallel", "items": 64, "sleep_ms": 10}),
+        )
+        .arg("--json"))
     .expect_code(0)
     .json();
     assert_eq!(result["output"], squares(64));
@@ -140,8 +142,7 @@ fn two_cpu_bound_branches_overlap_in_time() {
     // other's. Checked through the recorded start and finish times, not a
     // wall-clock budget, so a loaded machine cannot fail it.
     let scratch = Scratch::new();
-    run(&mut scenario(
-        &scratch,
+    run(&mut scratch.scenario(
         "cpu",
         json!({"scenario": "parallel", "items": 2, "burn_ms": 400}),
     ))

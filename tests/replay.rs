@@ -1,20 +1,14 @@
 //! Replay semantics: step keys in loops and branches, automatic ids,
 //! recorded errors, and the non-determinism guard.
 
-use durable_tests::{Scratch, artifacts, run};
+use durable_tests::{Scratch, run};
 use serde_json::json;
-
-fn scenario(scratch: &Scratch, id: &str, input: serde_json::Value) -> std::process::Command {
-    let mut command = scratch.run(&artifacts().scenarios, id);
-    command.args(["--input", &input.to_string()]);
-    command
-}
 
 #[test]
 fn a_step_name_used_in_a_loop_gets_one_key_per_call_and_replays() {
     let input = json!({"scenario": "loop", "items": 5});
     let reference = Scratch::new();
-    let expected = run(scenario(&reference, "loop", input.clone()).arg("--json"))
+    let expected = run(reference.scenario("loop", input.clone()).arg("--json"))
         .expect_code(0)
         .json();
     assert_eq!(
@@ -38,8 +32,11 @@ fn a_step_name_used_in_a_loop_gets_one_key_per_call_and_replays() {
 
     // Crash in the middle of the loop, resume: every body ran exactly once.
     let scratch = Scratch::new();
-    run(scenario(&scratch, "loop", input.clone()).args(["--crash-after", "4"])).expect_code(3);
-    let resumed = run(scenario(&scratch, "loop", input).arg("--json"))
+    run(scratch
+        .scenario("loop", input.clone())
+        .args(["--crash-after", "4"]))
+    .expect_code(3);
+    let resumed = run(scratch.scenario("loop", input).arg("--json"))
         .expect_code(0)
         .json();
     assert_eq!(resumed["output"], expected["output"]);
@@ -50,8 +47,11 @@ fn a_step_name_used_in_a_loop_gets_one_key_per_call_and_replays() {
 fn unnamed_steps_get_stable_ids_from_their_call_site() {
     let input = json!({"scenario": "auto_ids"});
     let scratch = Scratch::new();
-    run(scenario(&scratch, "auto", input.clone()).args(["--crash-after", "1"])).expect_code(3);
-    let resumed = run(scenario(&scratch, "auto", input).arg("--json"))
+    run(scratch
+        .scenario("auto", input.clone())
+        .args(["--crash-after", "1"]))
+    .expect_code(3);
+    let resumed = run(scratch.scenario("auto", input).arg("--json"))
         .expect_code(0)
         .json();
 
@@ -89,13 +89,16 @@ fn unnamed_steps_get_stable_ids_from_their_call_site() {
 fn a_step_error_is_recorded_and_replayed_as_the_same_error() {
     let input = json!({"scenario": "step_error"});
     let scratch = Scratch::new();
-    run(scenario(&scratch, "err", input.clone()).args(["--crash-after", "1"])).expect_code(3);
+    run(scratch
+        .scenario("err", input.clone())
+        .args(["--crash-after", "1"]))
+    .expect_code(3);
     assert_eq!(
         scratch.steps("err"),
         vec![("flaky_call#000001".into(), "failed".into(), 1)]
     );
 
-    let resumed = run(scenario(&scratch, "err", input).arg("--json"))
+    let resumed = run(scratch.scenario("err", input).arg("--json"))
         .expect_code(0)
         .json();
     assert_eq!(
@@ -113,17 +116,16 @@ fn a_step_error_is_recorded_and_replayed_as_the_same_error() {
 fn a_workflow_that_changes_its_step_order_is_stopped_and_nothing_is_recorded() {
     let input = json!({"scenario": "reorder"});
     let scratch = Scratch::new();
-    run(scenario(&scratch, "order", input.clone()).args([
-        "--env",
-        "ORDER=ab",
-        "--crash-after",
-        "1",
-    ]))
+    run(scratch
+        .scenario("order", input.clone())
+        .args(["--env", "ORDER=ab", "--crash-after", "1"]))
     .expect_code(3);
     let before = scratch.dump();
 
-    let diverged =
-        run(scenario(&scratch, "order", input.clone()).args(["--env", "ORDER=ba"])).expect_code(4);
+    let diverged = run(scratch
+        .scenario("order", input.clone())
+        .args(["--env", "ORDER=ba"]))
+    .expect_code(4);
     let stderr = diverged.stderr();
     assert!(stderr.contains("non-determinism"), "{stderr}");
     assert!(
@@ -135,9 +137,11 @@ fn a_workflow_that_changes_its_step_order_is_stopped_and_nothing_is_recorded() {
     assert_eq!(scratch.effects(), ["a#000001"], "no step body ran");
 
     // The original code still resumes it.
-    let resumed = run(scenario(&scratch, "order", input).args(["--env", "ORDER=ab", "--json"]))
-        .expect_code(0)
-        .json();
+    let resumed = run(scratch
+        .scenario("order", input)
+        .args(["--env", "ORDER=ab", "--json"]))
+    .expect_code(0)
+    .json();
     assert_eq!(resumed["output"], json!(["a", "b"]));
 }
 
@@ -145,16 +149,12 @@ fn a_workflow_that_changes_its_step_order_is_stopped_and_nothing_is_recorded() {
 fn a_workflow_that_stops_short_of_its_history_is_stopped_too() {
     let input = json!({"scenario": "reorder"});
     let scratch = Scratch::new();
-    run(scenario(&scratch, "short", input.clone()).args([
-        "--env",
-        "ORDER=ab",
-        "--crash-after",
-        "2",
-    ]))
+    run(scratch
+        .scenario("short", input.clone())
+        .args(["--env", "ORDER=ab", "--crash-after", "2"]))
     .expect_code(3);
     let before = scratch.dump();
-    let shortened =
-        run(scenario(&scratch, "short", input).args(["--env", "ORDER=a"])).expect_code(4);
+    let shortened = run(scratch.scenario("short", input).args(["--env", "ORDER=a"])).expect_code(4);
     assert!(
         shortened.stderr().contains("continues with `b#000001`"),
         "{}",

@@ -149,11 +149,9 @@ fn onboarding_survives_random_kills_and_concurrent_runners() {
             allowed - 1
         );
     }
-    let listed = run(std::process::Command::new(&artifacts().host)
-        .args(["list", "--json", "--db"])
-        .arg(scratch.db()))
-    .expect_code(0)
-    .json();
+    let listed = run(&mut scratch.host(&["list", "--json"]))
+        .expect_code(0)
+        .json();
     let workflows = listed.as_array().unwrap();
     assert_eq!(workflows.len() as u64, iterations);
     for workflow in workflows {

@@ -134,6 +134,24 @@ impl Scratch {
         command
     }
 
+    /// `durable-host run` of the scenarios guest, with `input`.
+    pub fn scenario(&self, workflow_id: &str, input: Value) -> Command {
+        let mut command = self.run(&artifacts().scenarios, workflow_id);
+        command.args(["--input", &input.to_string()]);
+        command
+    }
+
+    /// Any other `durable-host` command (`list`, `history`...) on the scratch database.
+    pub fn host(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&artifacts().host);
+        command
+            .current_dir(self.path())
+            .args(args)
+            .arg("--db")
+            .arg(self.db());
+        command
+    }
+
     /// Start the onboarding workflow `id` with standard input.
     pub fn onboarding(&self, id: &str) -> Command {
         let mut command = self.run(&artifacts().onboarding, id);
