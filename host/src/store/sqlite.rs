@@ -84,6 +84,13 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Open (creating if needed) the database at `path` and its tables.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let store = Self::connect(path)?;
+        store.create_schema().map_err(|e| store.explain(e))?;
+        Ok(store)
+    }
+
+    /// Open a connection to a database whose tables exist, with our pragmas.
+    fn connect(path: &Path) -> Result<Self, StoreError> {
         let shown = path.display().to_string();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
             && !parent.is_dir()
@@ -94,21 +101,26 @@ impl SqliteStore {
             });
         }
         let conn = Connection::open(path).map_err(|e| StoreError::Open {
-            path: shown.clone(),
+            path: shown,
             reason: e.to_string(),
         })?;
         let store = Self {
             conn,
             path: path.to_owned(),
         };
-        store.configure().map_err(|e| match e {
+        store.configure().map_err(|e| store.explain(e))?;
+        Ok(store)
+    }
+
+    /// Name the file when SQLite finds that it is not a database.
+    fn explain(&self, error: StoreError) -> StoreError {
+        match error {
             StoreError::Backend(reason) if is_not_a_database(&reason) => StoreError::NotADatabase {
-                path: shown,
+                path: self.path.display().to_string(),
                 reason,
             },
             other => other,
-        })?;
-        Ok(store)
+        }
     }
 
     fn configure(&self) -> Result<(), StoreError> {
@@ -128,6 +140,10 @@ impl SqliteStore {
             self.conn
                 .execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
         })?;
+        Ok(())
+    }
+
+    fn create_schema(&self) -> Result<(), StoreError> {
         self.write(|tx| {
             let found: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
             if found > SCHEMA_VERSION {
@@ -179,7 +195,7 @@ impl SqliteStore {
 
 impl CheckpointStore for SqliteStore {
     fn reopen(&self) -> Result<Box<dyn CheckpointStore>, StoreError> {
-        Ok(Box::new(Self::open(&self.path)?))
+        Ok(Box::new(Self::connect(&self.path)?))
     }
 
     fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError> {
