@@ -17,9 +17,19 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 const TAIL_BYTES: usize = 4096;
 
 /// A sink for guest output; clones share the same tail.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct GuestOutput {
     tail: Arc<Mutex<Vec<u8>>>,
+    echo: fn(&[u8]) -> io::Result<()>,
+}
+
+impl Default for GuestOutput {
+    fn default() -> Self {
+        Self {
+            tail: Arc::default(),
+            echo: |bytes| io::stderr().write_all(bytes),
+        }
+    }
 }
 
 impl GuestOutput {
@@ -29,7 +39,7 @@ impl GuestOutput {
         let excess = tail.len().saturating_sub(TAIL_BYTES);
         tail.drain(..excess);
         drop(tail);
-        io::stderr().write_all(bytes)
+        (self.echo)(bytes)
     }
 
     /// The message of the last Rust panic the guest printed, if any.
@@ -103,9 +113,16 @@ impl tokio::io::AsyncWrite for GuestOutput {
 mod tests {
     use super::*;
 
+    fn silent() -> GuestOutput {
+        GuestOutput {
+            echo: |_| Ok(()),
+            ..GuestOutput::default()
+        }
+    }
+
     #[test]
     fn panic_message_is_the_last_panic_without_the_note() {
-        let out = GuestOutput::default();
+        let out = silent();
         out.write(b"hello\nthread '<unnamed>' panicked at src/lib.rs:3:5:\nboom\nnote: run with `RUST_BACKTRACE=1`\n")
             .unwrap();
         assert_eq!(
@@ -116,7 +133,7 @@ mod tests {
 
     #[test]
     fn tail_is_bounded() {
-        let out = GuestOutput::default();
+        let out = silent();
         out.write(&vec![b'x'; TAIL_BYTES * 3]).unwrap();
         assert_eq!(out.tail.lock().unwrap().len(), TAIL_BYTES);
     }
