@@ -16,10 +16,10 @@ run() { "$host" run "$wasm" --workflow-id emp-001 --db "$demo/durable.db" --dir 
 ledgers() { for d in "$demo"/services/*/; do printf '    %-10s %s call(s)\n' "$(basename "$d")" "$(ls "$d" | grep -c '\.json$')"; done; }
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-say "1. Start onboarding for emp-001; the host crashes right after provision_laptop is checkpointed"
+say "1. Start onboarding for emp-001; the host crashes just before send_welcome_email runs"
 set +e
 run --input '{"id": "emp-001", "name": "Ada Lovelace", "email": "ada@example.com", "role": "engineer", "service_latency_ms": 150}' \
-    --crash provision_laptop:after
+    --crash send_welcome_email:before
 code=$?
 set -e
 [ "$code" -eq 3 ] || { echo "expected the simulated crash (exit 3), got exit $code" >&2; exit 1; }
@@ -33,5 +33,8 @@ say "3. And once more: the workflow is finished, nothing runs"
 run
 echo "  mock services, each called exactly once:"
 ledgers
+for d in "$demo"/services/*/; do
+    [ "$(ls "$d" | grep -c '\.json$')" -eq 1 ] || { echo "expected exactly one call of $(basename "$d")" >&2; exit 1; }
+done
 echo
 echo "Ask for the stored result as JSON: $host run $wasm --workflow-id emp-001 --db $demo/durable.db --json"

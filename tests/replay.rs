@@ -162,3 +162,21 @@ fn a_workflow_that_stops_short_of_its_history_is_stopped_too() {
     );
     assert_eq!(scratch.dump(), before);
 }
+
+#[test]
+fn a_long_run_of_replayed_steps_is_summed_up_in_one_line() {
+    let input = json!({"scenario": "loop", "items": 5});
+    let scratch = Scratch::new();
+    run(scratch
+        .scenario("summary", input.clone())
+        .args(["--crash-after", "6"]))
+    .expect_code(3);
+    let stdout = run(&mut scratch.scenario("summary", input))
+        .expect_code(0)
+        .stdout();
+    assert!(
+        stdout.contains("  replayed  charge#000001 … charge#000004  (6 steps)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("executed  charge#000005"), "{stdout}");
+}

@@ -40,7 +40,7 @@ pub fn list(db: &Path, json_mode: bool, status: Option<StatusFilter>) -> anyhow:
     });
     let workflows = open_existing(db)?.list_workflows(status)?;
     if json_mode {
-        print_json(Value::Array(workflows.iter().map(summary_json).collect()));
+        print_json(&Value::Array(workflows.iter().map(summary_json).collect()));
         return Ok(ExitCode::from(exit::SUCCESS));
     }
     if workflows.is_empty() {
@@ -142,7 +142,7 @@ pub fn history(db: &Path, json_mode: bool, workflow_id: &str) -> anyhow::Result<
     if json_mode {
         let mut value = workflow_json(&workflow);
         value["steps"] = Value::Array(steps.iter().map(step_json).collect());
-        print_json(value);
+        print_json(&value);
         return Ok(ExitCode::from(exit::SUCCESS));
     }
     println!(
@@ -224,7 +224,7 @@ pub fn cancel(db: &Path, json_mode: bool, workflow_id: &str) -> anyhow::Result<E
         ),
     };
     if json_mode {
-        print_json(json!({ "workflow_id": workflow_id, "cancel": state }));
+        print_json(&json!({ "workflow_id": workflow_id, "cancel": state }));
     } else {
         println!("{message}");
     }

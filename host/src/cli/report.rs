@@ -4,20 +4,28 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use durable_host::engine::{RunObserver, RunReport, StepEvent, StepEventKind};
 use durable_host::store::{Outcome, StepKey, WorkflowRecord};
 
 /// Prints each step as it ends (human mode) or nothing (JSON mode, where
-/// the whole story is printed at the end). On a terminal it also keeps a
-/// status line showing the steps in flight, redrawn in place.
+/// the whole story is printed at the end). A run of replayed steps is
+/// summed up in one line. On a terminal it also keeps a status line showing
+/// the steps in flight, redrawn in place.
 pub struct Progress {
     live: bool,
     terminal: bool,
     in_flight: Vec<StepKey>,
     done: usize,
+    /// Consecutive replayed steps not printed yet (the first few, and the last).
+    replayed: Vec<StepKey>,
+    replayed_count: usize,
 }
+
+/// Up to this many consecutive replayed steps get a line each.
+const REPLAYED_LINES: usize = 3;
 
 impl Progress {
     pub fn new(live: bool) -> Self {
@@ -26,6 +34,30 @@ impl Progress {
             terminal: live && std::io::stdout().is_terminal(),
             in_flight: Vec::new(),
             done: 0,
+            replayed: Vec::new(),
+            replayed_count: 0,
+        }
+    }
+
+    fn print_line(&self, stdout: &mut impl Write, line: &str) {
+        // On a terminal, the status line is replaced by the new line.
+        let clear = if self.terminal { "\r\x1b[2K" } else { "" };
+        let _ = writeln!(stdout, "{clear}{line}");
+    }
+
+    fn flush_replayed(&mut self, stdout: &mut impl Write) {
+        let keys = std::mem::take(&mut self.replayed);
+        let count = std::mem::take(&mut self.replayed_count);
+        if count > REPLAYED_LINES {
+            let (first, last) = (&keys[0], &keys[keys.len() - 1]);
+            self.print_line(
+                stdout,
+                &format!("  replayed  {first} … {last}  ({count} steps)"),
+            );
+        } else {
+            for key in &keys {
+                self.print_line(stdout, &format!("  replayed  {key}"));
+            }
         }
     }
 
@@ -46,23 +78,41 @@ impl RunObserver for Progress {
         if !self.live {
             return;
         }
-        self.in_flight.retain(|key| *key != event.key);
         self.done += 1;
+        if let StepEventKind::Replayed { failed: false } = event.kind {
+            // Keep the first few keys, then only the first and the latest.
+            if self.replayed.len() > REPLAYED_LINES {
+                self.replayed.pop();
+            }
+            self.replayed.push(event.key.clone());
+            self.replayed_count += 1;
+            return;
+        }
+        self.in_flight.retain(|key| *key != event.key);
         let mut stdout = std::io::stdout().lock();
-        // On a terminal, the status line is replaced by the finished step's.
-        let clear = if self.terminal { "\r\x1b[2K" } else { "" };
-        let _ = writeln!(stdout, "{clear}{}", step_line(event));
+        self.flush_replayed(&mut stdout);
+        self.print_line(&mut stdout, &step_line(event));
         if self.terminal {
             self.redraw_status(&mut stdout);
         }
     }
 
     fn step_started(&mut self, _workflow_id: &str, key: &StepKey, _attempt: u32) {
+        if !self.live {
+            return;
+        }
+        let mut stdout = std::io::stdout().lock();
+        self.flush_replayed(&mut stdout);
         if self.terminal {
             self.in_flight.push(key.clone());
-            let mut stdout = std::io::stdout().lock();
             let _ = write!(stdout, "\r\x1b[2K");
             self.redraw_status(&mut stdout);
+        }
+    }
+
+    fn run_ended(&mut self, _workflow_id: &str) {
+        if self.live {
+            self.flush_replayed(&mut std::io::stdout().lock());
         }
     }
 }
@@ -119,18 +169,17 @@ pub fn print_start(workflow_id: &str, run_id: &str, recorded_steps: Option<usize
 /// The end of a run that executed.
 pub fn print_report(report: &RunReport, elapsed: Duration, json_mode: bool) {
     if json_mode {
-        let steps: Vec<Value> = report.events.iter().map(step_json).collect();
-        print_json(json!({
-            "workflow_id": report.workflow_id,
-            "run_id": report.run_id,
-            "resumed": report.resumed,
-            "already_finished": false,
-            "status": report.status.as_str(),
-            "output": output_value(&report.outcome),
-            "error": report.outcome.as_ref().err(),
-            "duration_ms": elapsed.as_secs_f64() * 1000.0,
-            "steps": steps,
-        }));
+        print_json(&RunJson {
+            workflow_id: &report.workflow_id,
+            run_id: &report.run_id,
+            resumed: report.resumed,
+            already_finished: false,
+            status: report.status.as_str(),
+            output: output_value(&report.outcome),
+            error: report.outcome.as_ref().err().map(String::as_str),
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            steps: report.events.iter().map(StepJson::from).collect(),
+        });
         return;
     }
     let count = |f: fn(&StepEventKind) -> bool| report.events.iter().filter(|e| f(&e.kind)).count();
@@ -149,17 +198,17 @@ pub fn print_report(report: &RunReport, elapsed: Duration, json_mode: bool) {
 pub fn print_finished(workflow: &WorkflowRecord, outcome: &Outcome, json_mode: bool) {
     let status = workflow.status;
     if json_mode {
-        print_json(json!({
-            "workflow_id": workflow.id,
-            "run_id": workflow.run_id,
-            "resumed": false,
-            "already_finished": true,
-            "status": status.as_str(),
-            "output": output_value(outcome),
-            "error": outcome.as_ref().err(),
-            "duration_ms": 0.0,
-            "steps": [],
-        }));
+        print_json(&RunJson {
+            workflow_id: &workflow.id,
+            run_id: &workflow.run_id,
+            resumed: false,
+            already_finished: true,
+            status: status.as_str(),
+            output: output_value(outcome),
+            error: outcome.as_ref().err().map(String::as_str),
+            duration_ms: 0.0,
+            steps: Vec::new(),
+        });
         return;
     }
     println!(
@@ -176,10 +225,10 @@ fn print_outcome(outcome: &Outcome) {
     }
 }
 
-pub fn print_json(value: Value) {
-    let mut stdout = std::io::stdout().lock();
+pub fn print_json(value: &impl Serialize) {
+    let mut stdout = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     // A closed pipe is the reader's choice; there is nothing useful to do.
-    let _ = serde_json::to_writer(&mut stdout, &value);
+    let _ = serde_json::to_writer(&mut stdout, value);
     let _ = writeln!(stdout);
 }
 
@@ -193,35 +242,84 @@ pub fn output_value(outcome: &Outcome) -> Value {
     }
 }
 
-fn step_json(event: &StepEvent) -> Value {
-    let key = event.key.as_str();
-    match &event.kind {
-        StepEventKind::Replayed { failed } => json!({
-            "key": key, "outcome": "replayed", "recorded_error": failed,
-        }),
-        StepEventKind::Executed {
-            attempt,
-            taken_over,
-            duration,
-            error,
-        } => json!({
-            "key": key,
-            "outcome": if error.is_some() { "failed" } else { "executed" },
-            "attempt": attempt,
-            "taken_over": taken_over,
-            "duration_ms": duration.as_secs_f64() * 1000.0,
-            "error": error,
-        }),
-        StepEventKind::Interrupted {
-            attempt,
-            duration,
-            reason,
-        } => json!({
-            "key": key,
-            "outcome": "failed",
-            "attempt": attempt,
-            "duration_ms": duration.as_secs_f64() * 1000.0,
-            "error": reason,
-        }),
+/// The `--json` document of `run`. A struct, not a `Value`: a replay of
+/// 10,000 steps prints 10,000 of these, and building maps for them cost more
+/// than the replay itself.
+#[derive(Serialize)]
+struct RunJson<'a> {
+    workflow_id: &'a str,
+    run_id: &'a str,
+    resumed: bool,
+    already_finished: bool,
+    status: &'static str,
+    output: Value,
+    error: Option<&'a str>,
+    duration_ms: f64,
+    steps: Vec<StepJson<'a>>,
+}
+
+/// One step of [`RunJson`].
+#[derive(Serialize)]
+struct StepJson<'a> {
+    key: &'a str,
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recorded_error: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempt: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    taken_over: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
+impl<'a> From<&'a StepEvent> for StepJson<'a> {
+    fn from(event: &'a StepEvent) -> Self {
+        let step = StepJson {
+            key: event.key.as_str(),
+            outcome: "failed",
+            recorded_error: None,
+            attempt: None,
+            taken_over: None,
+            duration_ms: None,
+            error: None,
+        };
+        let ms = |d: &Duration| Some(d.as_secs_f64() * 1000.0);
+        match &event.kind {
+            StepEventKind::Replayed { failed } => StepJson {
+                outcome: "replayed",
+                recorded_error: Some(*failed),
+                ..step
+            },
+            StepEventKind::Executed {
+                attempt,
+                taken_over,
+                duration,
+                error,
+            } => StepJson {
+                outcome: if error.is_some() {
+                    "failed"
+                } else {
+                    "executed"
+                },
+                attempt: Some(*attempt),
+                taken_over: Some(*taken_over),
+                duration_ms: ms(duration),
+                error: error.as_deref(),
+                ..step
+            },
+            StepEventKind::Interrupted {
+                attempt,
+                duration,
+                reason,
+            } => StepJson {
+                attempt: Some(*attempt),
+                duration_ms: ms(duration),
+                error: Some(reason),
+                ..step
+            },
+        }
     }
 }

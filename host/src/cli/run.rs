@@ -194,7 +194,7 @@ pub fn recover(
                 }),
             })
             .collect();
-        report::print_json(json!({
+        report::print_json(&json!({
             "resumed": results.len() - skipped,
             "completed": completed,
             "failed": failed,

@@ -154,6 +154,9 @@ pub trait RunObserver: Send {
 
     /// A step's body is about to execute.
     fn step_started(&mut self, _workflow_id: &str, _key: &StepKey, _attempt: u32) {}
+
+    /// The run is over: nothing more will be reported.
+    fn run_ended(&mut self, _workflow_id: &str) {}
 }
 
 /// Where a simulated crash ends the process.
@@ -520,7 +523,12 @@ impl WorkflowRun {
                 },
                 None => Ok(1),
             };
-            self.ordinals.insert(name.to_owned(), ordinal);
+            match self.ordinals.get_mut(name) {
+                Some(count) => *count = ordinal,
+                None => {
+                    self.ordinals.insert(name.to_owned(), ordinal);
+                }
+            }
             self.position = sequence;
             planned.push((name, key, sequence, plan));
         }
@@ -693,6 +701,7 @@ impl WorkflowRun {
                 });
             }
         }
+        self.observer.run_ended(&self.workflow_id);
         Ok(RunReport {
             workflow_id: self.workflow_id,
             run_id: self.run_id,

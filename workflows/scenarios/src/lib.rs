@@ -44,6 +44,7 @@ fn scenarios(ctx: &Context, input: Input) -> Result<Value, Error> {
         "spin" => spin(ctx),
         "hog" => hog(ctx),
         "big_output" => big_output(ctx, input.items),
+        "steps" => trivial_steps(ctx, input.items),
         other => Err(durable_sdk::error!("unknown scenario `{other}`")),
     }
 }
@@ -270,13 +271,15 @@ fn explode((): ()) -> Result<u32, Error> {
     panic!("branch blew up")
 }
 
+/// Keep a core busy for about `ms` milliseconds: a fixed amount of work
+/// (not a wall-clock loop), so that branches sharing a core take longer,
+/// as real CPU-bound work would.
 fn burn(ms: u64) {
-    let start = std::time::Instant::now();
+    // About a millisecond of one core of the machine the benchmarks ran on.
+    const ROUNDS_PER_MS: u64 = 900_000;
     let mut x: u64 = 1;
-    while start.elapsed().as_millis() < u128::from(ms) {
-        for _ in 0..10_000 {
-            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-        }
+    for _ in 0..ms * ROUNDS_PER_MS {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
     }
 }
 
@@ -356,6 +359,16 @@ fn hog(ctx: &Context) -> Result<Value, Error> {
             std::hint::black_box(&hoard);
         }
     })
+}
+
+/// `items` steps that do nothing but return their number: for measuring
+/// what a step costs the host.
+fn trivial_steps(ctx: &Context, items: u32) -> Result<Value, Error> {
+    let mut sum = 0u64;
+    for i in 0..items {
+        sum += ctx.step("s", || Ok(u64::from(i)))?;
+    }
+    Ok(json!(sum))
 }
 
 /// A step returning `mib` MiB.
