@@ -91,6 +91,11 @@ fn runtime_hint(error: &RuntimeError) -> Option<String> {
 fn engine_hint(error: &EngineError) -> Option<String> {
     match error {
         EngineError::Store(e) => store_hint(e),
+        EngineError::InputMismatch { .. } => Some(
+            "leave out --input (and --input-file) to resume with the stored input, or start a new \
+             --workflow-id"
+                .to_owned(),
+        ),
         EngineError::ComponentChanged { .. } => Some(
             "resume it with the component that started it; if the new one makes the same steps \
              in the same order, pass --allow-component-change"

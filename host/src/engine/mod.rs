@@ -8,12 +8,20 @@
 //! when. It knows nothing of WebAssembly: the runtime calls it from the
 //! guest's imports, and nothing of the command line: the caller hands it a
 //! [`RunObserver`] for progress and a [`CrashPlan`] for crash simulation.
+//!
+//! Around the run: `lease` decides who owns a workflow and keeps the
+//! ownership alive, `cancel` stops workflows, `crash` simulates deaths.
 
+mod cancel;
+mod crash;
 mod lease;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use cancel::{CANCELLED, finish_cancel};
+pub use cancel::{CancelOutcome, cancel_workflow};
+pub use crash::{CrashPlan, CrashPoint};
 pub use lease::{Heartbeat, owner_alive, this_process};
 
 use crate::store::{
@@ -46,9 +54,7 @@ pub enum EngineError {
         reached: u32,
         next: StepKey,
     },
-    #[error(
-        "workflow {workflow_id} was started with a different input; run it again without --input to resume it"
-    )]
+    #[error("workflow {workflow_id} was started with a different input")]
     InputMismatch { workflow_id: String },
     #[error(
         "workflow {workflow_id} was started by component sha256 {started_with}, not by this one \
@@ -157,73 +163,6 @@ pub trait RunObserver: Send {
 
     /// The run is over: nothing more will be reported.
     fn run_ended(&mut self, _workflow_id: &str) {}
-}
-
-/// Where a simulated crash ends the process.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CrashPoint {
-    /// After the step is marked running, before its body runs.
-    Before(String),
-    /// Right after the step's result is committed.
-    After(String),
-    /// After this many checkpoints (step results) committed by this run.
-    AfterCheckpoints(u32),
-}
-
-impl CrashPoint {
-    /// `step` matches a key (`name#000002`) exactly, or a name's first call.
-    fn matches_step(step: &str, key: &StepKey) -> bool {
-        if step.contains('#') {
-            step == key.as_str()
-        } else {
-            *key == StepKey::new(step, 1)
-        }
-    }
-}
-
-/// Crash points for testing recovery, and what to do when one is reached.
-/// The action must not return: it ends the process, like `kill -9` would.
-pub struct CrashPlan {
-    points: Vec<CrashPoint>,
-    crash: Box<dyn Fn(&str) + Send>,
-}
-
-impl CrashPlan {
-    pub fn new(points: Vec<CrashPoint>, crash: impl Fn(&str) + Send + 'static) -> Self {
-        Self {
-            points,
-            crash: Box::new(crash),
-        }
-    }
-
-    /// A plan that never crashes.
-    pub fn none() -> Self {
-        Self::new(Vec::new(), |_| {})
-    }
-
-    fn before_body(&self, key: &StepKey) {
-        for point in &self.points {
-            if let CrashPoint::Before(step) = point
-                && CrashPoint::matches_step(step, key)
-            {
-                (self.crash)(&format!("before step {key} ran"));
-            }
-        }
-    }
-
-    fn after_checkpoint(&self, key: &StepKey, checkpoints: u32) {
-        for point in &self.points {
-            match point {
-                CrashPoint::After(step) if CrashPoint::matches_step(step, key) => {
-                    (self.crash)(&format!("after step {key} was checkpointed"));
-                }
-                CrashPoint::AfterCheckpoints(n) if *n == checkpoints => {
-                    (self.crash)(&format!("after {checkpoints} checkpoints (last: {key})"));
-                }
-                _ => {}
-            }
-        }
-    }
 }
 
 /// What the caller asks of a run.
@@ -725,69 +664,6 @@ impl WorkflowRun {
 /// The largest result (value or error) a step may record. Checkpoints are
 /// rows read back on every resume: they are for results, not for bulk data.
 pub const MAX_STEP_OUTPUT: usize = 16 << 20;
-
-/// The error recorded for a cancelled workflow.
-const CANCELLED: &str = "cancelled by request";
-
-/// Finish a running workflow whose owner is gone as cancelled, failing the
-/// steps it left running.
-fn finish_cancel(
-    store: &dyn CheckpointStore,
-    workflow: &WorkflowRecord,
-) -> Result<WorkflowRecord, EngineError> {
-    let running: Vec<StepKey> = store
-        .steps(&workflow.id)?
-        .into_iter()
-        .filter(|step| step.outcome().is_none())
-        .map(|step| step.key)
-        .collect();
-    store.finish_workflow(
-        &workflow.id,
-        &workflow.run_id,
-        &WorkflowEnd {
-            outcome: &Err(CANCELLED.to_owned()),
-            failed_steps: &running,
-            cancelled: true,
-        },
-    )?;
-    Ok(store
-        .workflow(&workflow.id)?
-        .unwrap_or_else(|| workflow.clone()))
-}
-
-/// What `durable-host cancel` achieved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CancelOutcome {
-    /// Nobody was running it: it is cancelled now.
-    Cancelled,
-    /// Its owner is alive and will stop at its next step boundary.
-    Requested { run_id: String, owner: Owner },
-    /// It had already finished with this status; nothing changed.
-    AlreadyFinished(WorkflowStatus),
-}
-
-/// Cancel workflow `id`: a running owner stops at its next step boundary; a
-/// workflow nobody is running is cancelled at once, and is never resumed.
-pub fn cancel_workflow(
-    store: &dyn CheckpointStore,
-    id: &str,
-) -> Result<CancelOutcome, EngineError> {
-    let workflow = match store.workflow(id)? {
-        None => return Err(StoreError::UnknownWorkflow { id: id.to_owned() }.into()),
-        Some(workflow) if workflow.status != WorkflowStatus::Running => {
-            return Ok(CancelOutcome::AlreadyFinished(workflow.status));
-        }
-        Some(_) => store.request_cancel(id)?,
-    };
-    if owner_alive(&workflow, now_millis()) {
-        return Ok(CancelOutcome::Requested {
-            run_id: workflow.run_id,
-            owner: workflow.owner,
-        });
-    }
-    finish_cancel(store, &workflow)?;
-    Ok(CancelOutcome::Cancelled)
-}
 
 #[cfg(test)]
 mod tests {

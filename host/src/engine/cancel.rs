@@ -1,0 +1,72 @@
+//! Cancelling workflows: a running owner hears of it through its heartbeat
+//! and stops at its next step boundary; a workflow nobody runs is finished
+//! as cancelled at once.
+
+use super::{EngineError, owner_alive};
+use crate::store::{
+    CheckpointStore, Owner, StepKey, StoreError, WorkflowEnd, WorkflowRecord, WorkflowStatus,
+    now_millis,
+};
+
+/// The error recorded for a cancelled workflow.
+pub(super) const CANCELLED: &str = "cancelled by request";
+
+/// Finish a running workflow whose owner is gone as cancelled, failing the
+/// steps it left running.
+pub(super) fn finish_cancel(
+    store: &dyn CheckpointStore,
+    workflow: &WorkflowRecord,
+) -> Result<WorkflowRecord, EngineError> {
+    let running: Vec<StepKey> = store
+        .steps(&workflow.id)?
+        .into_iter()
+        .filter(|step| step.outcome().is_none())
+        .map(|step| step.key)
+        .collect();
+    store.finish_workflow(
+        &workflow.id,
+        &workflow.run_id,
+        &WorkflowEnd {
+            outcome: &Err(CANCELLED.to_owned()),
+            failed_steps: &running,
+            cancelled: true,
+        },
+    )?;
+    Ok(store
+        .workflow(&workflow.id)?
+        .unwrap_or_else(|| workflow.clone()))
+}
+
+/// What `durable-host cancel` achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// Nobody was running it: it is cancelled now.
+    Cancelled,
+    /// Its owner is alive and will stop at its next step boundary.
+    Requested { run_id: String, owner: Owner },
+    /// It had already finished with this status; nothing changed.
+    AlreadyFinished(WorkflowStatus),
+}
+
+/// Cancel workflow `id`: a running owner stops at its next step boundary; a
+/// workflow nobody is running is cancelled at once, and is never resumed.
+pub fn cancel_workflow(
+    store: &dyn CheckpointStore,
+    id: &str,
+) -> Result<CancelOutcome, EngineError> {
+    let workflow = match store.workflow(id)? {
+        None => return Err(StoreError::UnknownWorkflow { id: id.to_owned() }.into()),
+        Some(workflow) if workflow.status != WorkflowStatus::Running => {
+            return Ok(CancelOutcome::AlreadyFinished(workflow.status));
+        }
+        Some(_) => store.request_cancel(id)?,
+    };
+    if owner_alive(&workflow, now_millis()) {
+        return Ok(CancelOutcome::Requested {
+            run_id: workflow.run_id,
+            owner: workflow.owner,
+        });
+    }
+    finish_cancel(store, &workflow)?;
+    Ok(CancelOutcome::Cancelled)
+}
