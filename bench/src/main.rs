@@ -102,7 +102,11 @@ fn main() {
         "step_us",
         &format!("durable step ({} trivial steps, per step)", sizes.steps),
         micros(step),
-        format!("{} of a FULL commit (mean of before and after: {})", ratio(step, full), micros(full)),
+        format!(
+            "{} of a FULL commit (mean of before and after: {})",
+            ratio(step, full),
+            micros(full)
+        ),
         json!(us(step)),
     );
 
