@@ -73,6 +73,8 @@ fn history_shows_each_step_with_attempts_durations_and_results() {
     assert_eq!(steps.len(), 4);
     assert_eq!(steps[0]["key"], "create_record#000001");
     assert_eq!(steps[0]["attempts"], 2, "the takeover is visible");
+    let interrupted = steps[0]["earlier_attempts"][0]["error"].as_str().unwrap();
+    assert!(interrupted.starts_with("interrupted"), "{interrupted}");
     assert_eq!(steps[0]["output"], "HR-h");
     assert!(
         steps
@@ -233,6 +235,20 @@ fn retries_are_counted_and_recorded() {
         .expect_code(0)
         .json();
     let flaky = &history["steps"][0];
+    let earlier: Vec<(u64, &str)> = flaky["earlier_attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["attempt"].as_u64().unwrap(), a["error"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        earlier,
+        [
+            (1, "attempt 1 failed (retrying in 50ms)"),
+            (2, "attempt 2 failed (retrying in 80ms)")
+        ],
+        "each failed attempt is recorded with its backoff"
+    );
     assert_eq!(
         (flaky["status"].as_str(), flaky["attempts"].as_u64()),
         (Some("completed"), Some(3))

@@ -328,22 +328,39 @@ fn a_database_path_that_is_a_directory() {
 
 #[test]
 fn a_read_only_database_is_reported() {
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if is_root {
-        println!("skipped: file permissions do not bind root");
-        return;
-    }
     let scratch = Scratch::new();
     run(&mut scratch.onboarding("ro1")).expect_code(0);
-    let mut permissions = std::fs::metadata(scratch.db()).unwrap().permissions();
-    permissions.set_readonly(true);
-    std::fs::set_permissions(scratch.db(), permissions).unwrap();
+    let db = scratch.db();
+    // Permissions do not bind root (as in CI); the immutable attribute does.
+    let immutable = Command::new("chattr")
+        .arg("+i")
+        .arg(&db)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !immutable {
+        let mut permissions = std::fs::metadata(&db).unwrap().permissions();
+        permissions.set_readonly(true);
+        std::fs::set_permissions(&db, permissions).unwrap();
+    }
+    let before = std::fs::read(&db).unwrap();
     let result = run(&mut scratch.onboarding("ro2"));
+    if immutable {
+        Command::new("chattr").arg("-i").arg(&db).status().unwrap();
+    }
     assert_eq!(result.code(), Some(2), "{}", result.stderr());
-    assert!(result.stderr().contains("read-only"), "{}", result.stderr());
+    assert!(
+        result
+            .stderr()
+            .starts_with("error: the database is read-only"),
+        "{}",
+        result.stderr()
+    );
+    assert!(
+        result.stderr().contains("hint: make the database file"),
+        "{}",
+        result.stderr()
+    );
+    assert_eq!(std::fs::read(&db).unwrap(), before, "nothing was written");
 }
 
 #[test]

@@ -249,10 +249,7 @@ impl Context {
             match outcome {
                 Err(error) if !error.permanent && run.attempt < policy.max_attempts => {
                     let backoff = policy.backoff_before(run.attempt + 1);
-                    let note = format!(
-                        "{} (attempt {} failed; retrying in {backoff:?})",
-                        error.message, run.attempt
-                    );
+                    let note = format!("{} (retrying in {backoff:?})", error.message);
                     run.attempt = host::record_attempt(&key, &note);
                     std::thread::sleep(backoff);
                 }

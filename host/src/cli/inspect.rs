@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 
 use durable_host::engine::{CancelOutcome, cancel_workflow};
 use durable_host::store::{
-    CheckpointStore, SqliteStore, StepRecord, StoreError, WorkflowRecord, WorkflowStatus,
-    WorkflowSummary,
+    AttemptRecord, CheckpointStore, SqliteStore, StepRecord, StoreError, WorkflowRecord,
+    WorkflowStatus, WorkflowSummary,
 };
 
 use super::args::StatusFilter;
@@ -139,9 +139,23 @@ pub fn history(db: &Path, json_mode: bool, workflow_id: &str) -> anyhow::Result<
             id: workflow_id.to_owned(),
         })?;
     let steps = store.steps(workflow_id)?;
+    let attempts = store.attempts(workflow_id)?;
     if json_mode {
         let mut value = workflow_json(&workflow);
-        value["steps"] = Value::Array(steps.iter().map(step_json).collect());
+        value["steps"] = Value::Array(
+            steps
+                .iter()
+                .map(|step| {
+                    let mut value = step_json(step);
+                    value["earlier_attempts"] = attempts
+                        .iter()
+                        .filter(|a| a.key == step.key)
+                        .map(attempt_json)
+                        .collect();
+                    value
+                })
+                .collect(),
+        );
         print_json(&value);
         return Ok(ExitCode::from(exit::SUCCESS));
     }
@@ -177,6 +191,19 @@ pub fn history(db: &Path, json_mode: bool, workflow_id: &str) -> anyhow::Result<
             &rows
         )
     );
+    if !attempts.is_empty() {
+        println!("earlier attempts:");
+        for attempt in &attempts {
+            println!(
+                "  {} attempt {} ({} UTC, run {}): {}",
+                attempt.key,
+                attempt.attempt,
+                timestamp(attempt.ended_at),
+                attempt.run_id,
+                preview(&attempt.error, 2 * PREVIEW_CHARS)
+            );
+        }
+    }
     match workflow.outcome() {
         Some(Ok(output)) => println!("output: {output}"),
         Some(Err(error)) => println!("error: {error}"),
@@ -189,6 +216,15 @@ fn duration(step: &StepRecord) -> String {
     step.finished_at
         .map(|finished| format!("{} ms", finished - step.started_at))
         .unwrap_or_default()
+}
+
+fn attempt_json(attempt: &AttemptRecord) -> Value {
+    json!({
+        "attempt": attempt.attempt,
+        "error": attempt.error,
+        "run_id": attempt.run_id,
+        "ended_at_ms": attempt.ended_at,
+    })
 }
 
 fn step_json(step: &StepRecord) -> Value {

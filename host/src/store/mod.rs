@@ -206,6 +206,17 @@ impl StepRecord {
     }
 }
 
+/// An attempt of a step that did not end it: a failure before a retry, or
+/// an execution cut short by the death of its run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub key: StepKey,
+    pub attempt: u32,
+    pub error: String,
+    pub run_id: String,
+    pub ended_at: Millis,
+}
+
 /// A step that a run is about to execute.
 #[derive(Debug, Clone)]
 pub struct StepBegin<'a> {
@@ -285,6 +296,10 @@ pub trait CheckpointStore: Send {
     /// Every step of workflow `id`, in sequence order.
     fn steps(&self, workflow_id: &str) -> Result<Vec<StepRecord>, StoreError>;
 
+    /// The attempts of workflow `id`'s steps that did not end them, by step
+    /// key and attempt.
+    fn attempts(&self, workflow_id: &str) -> Result<Vec<AttemptRecord>, StoreError>;
+
     /// Record a new running workflow. Fails with `WorkflowExists` if another
     /// run created it first.
     fn create_workflow(&self, workflow: &NewWorkflow<'_>) -> Result<(), StoreError>;
@@ -319,8 +334,8 @@ pub trait CheckpointStore: Send {
         status: Option<WorkflowStatus>,
     ) -> Result<Vec<WorkflowSummary>, StoreError>;
 
-    /// Record a failed attempt of step `key`, which stays running: the error
-    /// is kept and `attempts` counts the next one.
+    /// Record a failed attempt of step `key`, which stays running: the
+    /// attempt goes into the attempt history and `attempts` counts the next.
     fn record_attempt(
         &self,
         workflow_id: &str,

@@ -22,9 +22,9 @@ use rusqlite::{
 };
 
 use super::{
-    CheckpointStore, Claim, LeaseRenewal, Millis, NewWorkflow, Outcome, Owner, StepBegin, StepKey,
-    StepRecord, StepStatus, StoreError, WorkflowEnd, WorkflowRecord, WorkflowStatus,
-    WorkflowSummary, now_millis,
+    AttemptRecord, CheckpointStore, Claim, LeaseRenewal, Millis, NewWorkflow, Outcome, Owner,
+    StepBegin, StepKey, StepRecord, StepStatus, StoreError, WorkflowEnd, WorkflowRecord,
+    WorkflowStatus, WorkflowSummary, now_millis,
 };
 
 /// Bumped whenever the tables change; older hosts refuse newer files.
@@ -63,6 +63,17 @@ CREATE TABLE IF NOT EXISTS steps (
     started_at  INTEGER NOT NULL,
     finished_at INTEGER,
     PRIMARY KEY (workflow_id, step_key)
+) WITHOUT ROWID;
+-- Attempts of a step that did not end it: failed tries before a retry, and
+-- executions interrupted by the death of their run.
+CREATE TABLE IF NOT EXISTS step_attempts (
+    workflow_id TEXT NOT NULL,
+    step_key    TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    error       TEXT NOT NULL,
+    run_id      TEXT NOT NULL,
+    ended_at    INTEGER NOT NULL,
+    PRIMARY KEY (workflow_id, step_key, attempt)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS workflows_by_status ON workflows (status);
 ";
@@ -224,6 +235,26 @@ impl CheckpointStore for SqliteStore {
         })
     }
 
+    fn attempts(&self, workflow_id: &str) -> Result<Vec<AttemptRecord>, StoreError> {
+        with_retry(|| {
+            self.conn
+                .prepare_cached(
+                    "SELECT step_key, attempt, error, run_id, ended_at FROM step_attempts
+                     WHERE workflow_id = ?1 ORDER BY step_key, attempt",
+                )?
+                .query_map([workflow_id], |row| {
+                    Ok(AttemptRecord {
+                        key: StepKey::from_stored(row.get(0)?),
+                        attempt: row.get(1)?,
+                        error: row.get(2)?,
+                        run_id: row.get(3)?,
+                        ended_at: row.get(4)?,
+                    })
+                })?
+                .collect()
+        })
+    }
+
     fn create_workflow(&self, workflow: &NewWorkflow<'_>) -> Result<(), StoreError> {
         let now = now_millis();
         let claim = workflow.claim;
@@ -360,7 +391,14 @@ impl CheckpointStore for SqliteStore {
         key: &StepKey,
         error: &str,
     ) -> Result<(), StoreError> {
+        let now = now_millis();
         let updated = self.write(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO step_attempts (workflow_id, step_key, attempt, error, run_id, ended_at)
+                 SELECT workflow_id, step_key, attempts, ?4, run_id, ?5 FROM steps
+                 WHERE workflow_id = ?1 AND step_key = ?2 AND run_id = ?3 AND status = 'running'",
+            )?
+            .execute(params![workflow_id, key.as_str(), run_id, error, now])?;
             tx.prepare_cached(
                 "UPDATE steps SET attempts = attempts + 1, error = ?4
                  WHERE workflow_id = ?1 AND step_key = ?2 AND run_id = ?3 AND status = 'running'",
@@ -375,6 +413,15 @@ impl CheckpointStore for SqliteStore {
 
     fn begin_steps(&self, workflow_id: &str, steps: &[StepBegin<'_>]) -> Result<(), StoreError> {
         self.write_unflushed(|tx| {
+            // A step taken over from a dead run: its interrupted attempt
+            // goes into the attempt history before the row is reused.
+            let mut interrupted = tx.prepare_cached(
+                "INSERT OR IGNORE INTO step_attempts
+                     (workflow_id, step_key, attempt, error, run_id, ended_at)
+                 SELECT workflow_id, step_key, attempts,
+                        'interrupted: the run executing it died', run_id, ?3
+                 FROM steps WHERE workflow_id = ?1 AND step_key = ?2 AND status = 'running'",
+            )?;
             let mut insert = tx.prepare_cached(
                 "INSERT INTO steps (workflow_id, step_key, sequence, name, status, attempts,
                                     run_id, started_at)
@@ -385,6 +432,13 @@ impl CheckpointStore for SqliteStore {
                      finished_at = NULL",
             )?;
             for step in steps {
+                if step.attempt > 1 {
+                    interrupted.execute(params![
+                        workflow_id,
+                        step.key.as_str(),
+                        step.started_at
+                    ])?;
+                }
                 insert.execute(params![
                     workflow_id,
                     step.key.as_str(),
