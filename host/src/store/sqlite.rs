@@ -157,6 +157,14 @@ impl SqliteStore {
     }
 
     fn create_schema(&self) -> Result<(), StoreError> {
+        // Up to date (every open after the first): no write, so no flush.
+        let current = with_retry(|| {
+            self.conn
+                .query_row("PRAGMA user_version", [], |row| row.get::<_, i64>(0))
+        })?;
+        if current == SCHEMA_VERSION {
+            return Ok(());
+        }
         self.write(|tx| {
             let found: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
             if found > SCHEMA_VERSION {
