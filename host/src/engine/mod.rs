@@ -409,10 +409,6 @@ impl WorkflowRun {
         Ok(())
     }
 
-    pub fn workflow_id(&self) -> &str {
-        &self.workflow_id
-    }
-
     /// The input the workflow was started with, as JSON.
     pub fn input(&self) -> &str {
         &self.input

@@ -47,10 +47,6 @@ impl ComponentCache {
             .or_else(|| var("HOME").map(|d| d.join(".cache/durable-host")))
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Load the compiled form of the component with `sha256`, or compile
     /// `bytes` and keep the result.
     pub fn load_or_compile(
