@@ -197,11 +197,7 @@ fn a_workflow_error_is_recorded() {
         "{}",
         result.stdout()
     );
-    let status: String = scratch
-        .sql()
-        .query_row("SELECT status FROM workflows", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(status, "failed");
+    assert_eq!(scratch.workflow_status("f").as_deref(), Some("failed"));
 }
 
 #[test]

@@ -140,12 +140,7 @@ fn recover_resumes_what_this_component_started_and_nothing_else() {
         calls["it"] >= 4 && calls["iam"] >= 4 && calls["it"] + calls["iam"] <= 9,
         "{calls:?}"
     );
-    let other: String = scratch
-        .sql()
-        .query_row("SELECT status FROM workflows WHERE id = 'other'", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let other = scratch.workflow_status("other").unwrap();
     assert_eq!(
         other, "running",
         "another component's workflow is left alone"
@@ -214,11 +209,10 @@ fn cancelling_a_running_workflow_stops_it_at_the_next_step() {
         steps.iter().all(|s| s.1 == "completed"),
         "it stopped at a step boundary: {steps:?}"
     );
-    let status: String = scratch
-        .sql()
-        .query_row("SELECT status FROM workflows", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(status, "cancelled");
+    assert_eq!(
+        scratch.workflow_status("long").as_deref(),
+        Some("cancelled")
+    );
 }
 
 #[test]

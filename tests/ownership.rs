@@ -143,14 +143,7 @@ fn a_frozen_owner_that_lost_its_lease_stops_at_its_next_write() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("was taken over by run"), "{stderr}");
     // The successor's record stands.
-    let status: String = scratch
-        .sql()
-        .query_row(
-            "SELECT status FROM workflows WHERE id = 'frozen'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let status = scratch.workflow_status("frozen").unwrap();
     assert_eq!(status, "completed");
     let calls = scratch.service_calls();
     assert!(calls.values().all(|&n| (1..=2).contains(&n)), "{calls:?}");

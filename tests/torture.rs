@@ -52,15 +52,6 @@ fn completed_steps(scratch: &Scratch) -> BTreeSet<String> {
         .unwrap()
 }
 
-fn status(scratch: &Scratch, id: &str) -> Option<String> {
-    scratch
-        .sql()
-        .query_row("SELECT status FROM workflows WHERE id = ?1", [id], |r| {
-            r.get(0)
-        })
-        .ok()
-}
-
 fn start(scratch: &Scratch, id: &str, latency_ms: u64) -> Child {
     let mut command = scratch.run(&artifacts().onboarding, id);
     command.args(["--input", &employee(id, latency_ms)]);
@@ -124,7 +115,7 @@ fn onboarding_survives_random_kills_and_concurrent_runners() {
             } else {
                 assert_acceptable(start(&scratch, &id, latency), &id);
             }
-            if status(&scratch, &id).as_deref() == Some("completed") {
+            if scratch.workflow_status(&id).as_deref() == Some("completed") {
                 break;
             }
         }

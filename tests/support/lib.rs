@@ -222,6 +222,15 @@ impl Scratch {
             .collect()
     }
 
+    /// The recorded status of workflow `id`, if it exists.
+    pub fn workflow_status(&self, id: &str) -> Option<String> {
+        self.sql()
+            .query_row("SELECT status FROM workflows WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .ok()
+    }
+
     /// Every row of both tables, to prove that a refused run changed nothing.
     pub fn dump(&self) -> String {
         if !self.db().exists() {
