@@ -14,7 +14,7 @@ use durable_host::store::{
 
 use super::args::StatusFilter;
 use super::exit;
-use super::report::print_json;
+use super::report::{json_value, print_json};
 use super::table::{preview, render, timestamp};
 
 /// Characters of output shown per step in `history`'s table.
@@ -115,8 +115,8 @@ fn workflow_json(w: &WorkflowRecord) -> Value {
         "workflow_id": w.id,
         "status": w.status.as_str(),
         "component_sha256": w.component_sha256,
-        "input": parse_or_string(&w.input),
-        "output": w.output.as_deref().map(parse_or_string),
+        "input": json_value(&w.input),
+        "output": w.output.as_deref().map(json_value),
         "error": w.error,
         "run_id": w.run_id,
         "owner": { "pid": w.owner.pid, "host": w.owner.host },
@@ -125,10 +125,6 @@ fn workflow_json(w: &WorkflowRecord) -> Value {
         "created_at_ms": w.created_at,
         "updated_at_ms": w.updated_at,
     })
-}
-
-fn parse_or_string(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
 }
 
 pub fn history(db: &Path, json_mode: bool, workflow_id: &str) -> anyhow::Result<ExitCode> {
@@ -234,7 +230,7 @@ fn step_json(step: &StepRecord) -> Value {
         "name": step.name,
         "status": step.status.as_str(),
         "attempts": step.attempts,
-        "output": step.output_json.as_deref().map(parse_or_string),
+        "output": step.output_json.as_deref().map(json_value),
         "error": step.error,
         "run_id": step.run_id,
         "started_at_ms": step.started_at,

@@ -233,13 +233,13 @@ pub fn print_json(value: &impl Serialize) {
 }
 
 pub fn output_value(outcome: &Outcome) -> Value {
-    match outcome {
-        // Stored outputs are validated JSON; keep a raw string should one not be.
-        Ok(output) => {
-            serde_json::from_str(output).unwrap_or_else(|_| Value::String(output.clone()))
-        }
-        Err(_) => Value::Null,
-    }
+    outcome.as_deref().map_or(Value::Null, json_value)
+}
+
+/// Stored JSON as a value (stored values are validated JSON; should one not
+/// be, it is kept as a string rather than lost).
+pub fn json_value(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
 }
 
 /// The `--json` document of `run`. A struct, not a `Value`: a replay of

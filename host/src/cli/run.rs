@@ -120,7 +120,7 @@ pub fn run(db: &Path, json_mode: bool, args: RunArgs) -> anyhow::Result<ExitCode
         }
         Opened::Ready(run) => run,
     };
-    let (compiled, _) = executor
+    let compiled = executor
         .runtime
         .compile(&component)
         .with_context(|| format!("workflow {} was not started", args.workflow_id))?;
@@ -248,7 +248,7 @@ fn recover_one(
     }
     let compiled = match compiled {
         Some(compiled) => compiled,
-        None => compiled.insert(executor.runtime.compile(component)?.0),
+        None => compiled.insert(executor.runtime.compile(component)?),
     };
     let started = Instant::now();
     match executor.runtime.run(compiled, &executor.sandbox, run) {

@@ -18,17 +18,6 @@ pub struct ComponentCache {
     dir: PathBuf,
 }
 
-/// Whether a compile was avoided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheUse {
-    /// Loaded from the cache.
-    Hit,
-    /// Compiled (and stored, when the cache is writable).
-    Miss,
-    /// Compiled; no cache is configured.
-    Disabled,
-}
-
 impl ComponentCache {
     pub fn new(dir: PathBuf) -> Self {
         Self { dir }
@@ -54,7 +43,7 @@ impl ComponentCache {
         engine: &Engine,
         sha256: &str,
         bytes: &[u8],
-    ) -> wasmtime::Result<(Component, CacheUse)> {
+    ) -> wasmtime::Result<Component> {
         let mut engine_hash = DefaultHasher::new();
         engine
             .precompile_compatibility_hash()
@@ -68,13 +57,13 @@ impl ComponentCache {
             // hash, into the user's own cache directory. Wasmtime checks the
             // header and refuses an entry built by an incompatible engine.
             if let Ok(component) = unsafe { Component::deserialize_file(engine, &path) } {
-                return Ok((component, CacheUse::Hit));
+                return Ok(component);
             }
         }
         let component = Component::new(engine, bytes)?;
         // A cache that cannot be written costs only the next compile.
         let _ = self.store(&path, &component);
-        Ok((component, CacheUse::Miss))
+        Ok(component)
     }
 
     fn store(&self, path: &Path, component: &Component) -> std::io::Result<()> {

@@ -26,7 +26,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use crate::bindings::{Workflow, WorkflowPre, durable_step};
 use crate::engine::{EngineError, RunReport, StepRun, StepStart, WorkflowRun};
 use crate::store::Outcome;
-pub use cache::{CacheUse, ComponentCache};
+pub use cache::ComponentCache;
 use guest_output::GuestOutput;
 
 /// What went wrong loading or running a component.
@@ -184,23 +184,16 @@ impl Runtime {
     /// Compile `file` (or load it from the cache) and check it against the
     /// `workflow` world: every import must be one this host provides, and
     /// `run` and `run-branch` must be exported.
-    pub fn compile(
-        &self,
-        file: &ComponentFile,
-    ) -> Result<(WorkflowComponent, CacheUse), RuntimeError> {
+    pub fn compile(&self, file: &ComponentFile) -> Result<WorkflowComponent, RuntimeError> {
         let invalid = |e: wasmtime::Error| RuntimeError::Invalid {
             path: file.path.clone(),
             reason: e.root_cause().to_string(),
         };
-        let (component, cache_use) = match &self.config.cache {
-            Some(cache) => cache
-                .load_or_compile(&self.engine, &file.sha256, &file.bytes)
-                .map_err(invalid)?,
-            None => (
-                wasmtime::component::Component::new(&self.engine, &file.bytes).map_err(invalid)?,
-                CacheUse::Disabled,
-            ),
-        };
+        let component = match &self.config.cache {
+            Some(cache) => cache.load_or_compile(&self.engine, &file.sha256, &file.bytes),
+            None => wasmtime::component::Component::new(&self.engine, &file.bytes),
+        }
+        .map_err(invalid)?;
         let wrong_world = |e: wasmtime::Error| RuntimeError::WrongWorld {
             path: file.path.clone(),
             reason: e.to_string(),
@@ -210,7 +203,7 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(wrong_world)?;
         let pre = WorkflowPre::new(instance_pre).map_err(wrong_world)?;
-        Ok((WorkflowComponent { pre }, cache_use))
+        Ok(WorkflowComponent { pre })
     }
 
     /// Execute `run` in a new instance of `component`, confined to `sandbox`.
@@ -393,11 +386,7 @@ impl BranchRunner {
         let workflow = pre
             .instantiate(&mut store)
             .map_err(|e| format!("cannot start an instance for the branch: {e}"))?;
-        let step = durable_step::StepRun {
-            key: job.step.key.to_string(),
-            attempt: job.step.attempt,
-            idempotency_key: job.step.idempotency_key.clone(),
-        };
+        let step = durable_step::StepRun::from(&job.step);
         workflow
             .call_run_branch(&mut store, &job.entry, &step, &job.input)
             .unwrap_or_else(|trap| Err(self.limits.trap_reason(&trap, &output)))
@@ -476,16 +465,22 @@ impl WasiView for HostState {
     }
 }
 
+impl From<&StepRun> for durable_step::StepRun {
+    fn from(step: &StepRun) -> Self {
+        Self {
+            key: step.key.to_string(),
+            attempt: step.attempt,
+            idempotency_key: step.idempotency_key.clone(),
+        }
+    }
+}
+
 impl durable_step::Host for HostState {
     fn begin_step(&mut self, name: String) -> wasmtime::Result<durable_step::StepStart> {
         let (run, _) = self.run()?;
         Ok(match run.begin_step(&name)? {
             StepStart::Replayed(outcome) => durable_step::StepStart::Replayed(outcome),
-            StepStart::Execute(step) => durable_step::StepStart::Execute(durable_step::StepRun {
-                key: step.key.to_string(),
-                attempt: step.attempt,
-                idempotency_key: step.idempotency_key,
-            }),
+            StepStart::Execute(step) => durable_step::StepStart::Execute((&step).into()),
         })
     }
 
