@@ -67,7 +67,9 @@ fn a_core_module_instead_of_a_component() {
 #[test]
 fn a_component_of_another_world_records_nothing() {
     let scratch = Scratch::new();
-    let result = run(&mut scratch.run(&artifacts().not_a_workflow, "x"));
+    let result = run(scratch
+        .run(&artifacts().not_a_workflow, "x")
+        .args(["--input", "null"]));
     assert_user_error(&result, "is a component, but not a durable workflow");
     assert_eq!(
         scratch.dump(),
@@ -138,48 +140,50 @@ fn a_missing_directory_to_grant() {
     let result = run(&mut command);
     assert_eq!(result.code(), Some(2));
     assert!(
-        result.stderr().contains("--dir missing: no such directory"),
+        result.stderr().contains("missing: no such directory"),
         "{}",
         result.stderr()
     );
 }
 
 #[test]
-fn a_guest_panic_fails_the_step_and_the_workflow_with_its_message() {
+fn a_guest_panic_suspends_the_workflow_with_its_message() {
     let scratch = Scratch::new();
-    let failed = run(scratch
+    let suspended = run(scratch
         .scenario("p", json!({"scenario": "panic"}))
         .arg("--json"))
-    .expect_code(1)
+    .expect_code(7)
     .json();
-    assert_eq!(failed["status"], "failed");
-    let error = failed["error"].as_str().unwrap();
+    assert_eq!(suspended["status"], "suspended");
+    let error = suspended["error"].as_str().unwrap();
     assert!(
         error.starts_with("guest panicked: ") && error.contains("boom: the step blew up"),
         "{error}"
     );
+    // A panic is a bug, not the step's answer: the step is left unfinished,
+    // its attempt recorded as interrupted with the panic, for fixed code.
     assert_eq!(
         scratch.steps("p"),
         vec![
             ("fine#000001".into(), "completed".into(), 1),
-            ("explode#000001".into(), "failed".into(), 1)
+            ("explode#000001".into(), "running".into(), 1)
         ]
     );
-    let step_error: String = scratch
+    let interrupted: String = scratch
         .sql()
         .query_row(
-            "SELECT error FROM steps WHERE step_key = 'explode#000001'",
+            "SELECT error FROM step_attempts WHERE step_key = 'explode#000001' AND interrupted = 1",
             [],
             |r| r.get(0),
         )
         .unwrap();
-    assert!(step_error.contains("boom"), "{step_error}");
+    assert!(interrupted.contains("boom"), "{interrupted}");
 
-    // A failed workflow is final: running it again runs nothing.
+    // Running it again runs nothing: a suspended workflow waits for `resume`.
     let again = run(scratch
         .scenario("p", json!({"scenario": "panic"}))
         .arg("--json"))
-    .expect_code(1)
+    .expect_code(7)
     .json();
     assert_eq!(again["already_finished"], true);
     assert_eq!(scratch.effects(), ["fine#000001", "explode#000001"]);
@@ -201,20 +205,23 @@ fn a_workflow_error_is_recorded() {
 }
 
 #[test]
-fn a_step_value_that_is_not_json_fails_the_workflow() {
+fn a_step_value_that_is_not_json_suspends_the_workflow() {
     let scratch = Scratch::new();
-    let failed = run(scratch
+    let suspended = run(scratch
         .scenario("j", json!({"scenario": "invalid_json"}))
         .arg("--json"))
-    .expect_code(1)
+    .expect_code(7)
     .json();
     assert!(
-        failed["error"].as_str().unwrap().contains("not valid JSON"),
-        "{failed}"
+        suspended["error"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON"),
+        "{suspended}"
     );
     assert_eq!(
         scratch.steps("j"),
-        vec![("raw#000001".into(), "failed".into(), 1)]
+        vec![("raw#000001".into(), "running".into(), 1)]
     );
 }
 

@@ -140,7 +140,7 @@ fn a_frozen_owner_that_lost_its_lease_stops_at_its_next_write() {
     signal(frozen.id(), "-CONT");
     let output = frozen.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(output.status.code(), Some(8), "{stderr}");
     assert!(stderr.contains("was taken over by run"), "{stderr}");
     // The successor's record stands.
     let status = scratch.workflow_status("frozen").unwrap();
@@ -225,9 +225,12 @@ fn a_guest_that_runs_forever_is_stopped_by_the_timeout() {
     .json();
     let error = result["error"].as_str().unwrap();
     assert!(error.contains("ran past the --timeout of 500ms"), "{error}");
+    // The workflow failed; its step did not end, so a `resume` with more
+    // time executes it again.
+    assert_eq!(scratch.workflow_status("spin").as_deref(), Some("failed"));
     assert_eq!(
         scratch.steps("spin"),
-        vec![("spin#000001".into(), "failed".into(), 1)]
+        vec![("spin#000001".into(), "running".into(), 1)]
     );
     // The host and the database are fine: the next workflow runs.
     run(&mut scratch.onboarding("after-spin")).expect_code(0);
@@ -255,14 +258,15 @@ fn a_guest_that_allocates_without_bound_is_stopped_by_the_memory_limit() {
 }
 
 #[test]
-fn an_oversized_step_result_is_refused_clearly() {
+fn an_oversized_step_result_suspends_the_workflow_clearly() {
     let scratch = Scratch::new();
     let input = json!({"scenario": "big_output", "items": 20}).to_string();
     let result = run(scratch
         .run(&artifacts().scenarios, "big")
         .args(["--input", &input, "--json"]))
-    .expect_code(1)
+    .expect_code(7)
     .json();
+    assert_eq!(result["status"], "suspended");
     let error = result["error"].as_str().unwrap();
     assert!(
         error.contains("more than the 16777216 bytes a checkpoint may hold"),

@@ -116,16 +116,15 @@ fn a_step_error_is_recorded_and_replayed_as_the_same_error() {
 fn a_workflow_that_changes_its_step_order_is_stopped_and_nothing_is_recorded() {
     let input = json!({"scenario": "reorder"});
     let scratch = Scratch::new();
+    scratch.set_step_order("ab");
     run(scratch
         .scenario("order", input.clone())
-        .args(["--env", "ORDER=ab", "--crash-after", "1"]))
+        .args(["--crash-after", "1"]))
     .expect_code(3);
     let before = scratch.dump();
 
-    let diverged = run(scratch
-        .scenario("order", input.clone())
-        .args(["--env", "ORDER=ba"]))
-    .expect_code(4);
+    scratch.set_step_order("ba");
+    let diverged = run(&mut scratch.scenario("order", input.clone())).expect_code(4);
     let stderr = diverged.stderr();
     assert!(stderr.contains("non-determinism"), "{stderr}");
     assert!(
@@ -137,11 +136,10 @@ fn a_workflow_that_changes_its_step_order_is_stopped_and_nothing_is_recorded() {
     assert_eq!(scratch.effects(), ["a#000001"], "no step body ran");
 
     // The original code still resumes it.
-    let resumed = run(scratch
-        .scenario("order", input)
-        .args(["--env", "ORDER=ab", "--json"]))
-    .expect_code(0)
-    .json();
+    scratch.set_step_order("ab");
+    let resumed = run(scratch.scenario("order", input).arg("--json"))
+        .expect_code(0)
+        .json();
     assert_eq!(resumed["output"], json!(["a", "b"]));
 }
 
@@ -149,12 +147,14 @@ fn a_workflow_that_changes_its_step_order_is_stopped_and_nothing_is_recorded() {
 fn a_workflow_that_stops_short_of_its_history_is_stopped_too() {
     let input = json!({"scenario": "reorder"});
     let scratch = Scratch::new();
+    scratch.set_step_order("ab");
     run(scratch
         .scenario("short", input.clone())
-        .args(["--env", "ORDER=ab", "--crash-after", "2"]))
+        .args(["--crash-after", "2"]))
     .expect_code(3);
     let before = scratch.dump();
-    let shortened = run(scratch.scenario("short", input).args(["--env", "ORDER=a"])).expect_code(4);
+    scratch.set_step_order("a");
+    let shortened = run(&mut scratch.scenario("short", input)).expect_code(4);
     assert!(
         shortened.stderr().contains("continues with `b#000001`"),
         "{}",

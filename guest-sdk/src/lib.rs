@@ -85,7 +85,7 @@ use serde::de::DeserializeOwned;
 #[allow(clippy::too_many_arguments)] // generated code
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "workflow",
         pub_export_macro: true,
         default_bindings_module: "durable_sdk::bindings",
@@ -168,9 +168,14 @@ macro_rules! error {
 pub struct StepRun {
     /// `name#NNNNNN`.
     pub key: String,
-    /// 1 on the first execution; more when an earlier run died mid-step.
+    /// 1 on the first execution; one more for each execution since: retries,
+    /// and executions again after an earlier run died mid-step.
     pub attempt: u32,
-    /// `<workflow id>/<step key>`: hand it to external services so that a
+    /// Failed attempts so far: what a [`RetryPolicy`] counts (an execution
+    /// cut short by a crash is not a failure).
+    pub failures: u32,
+    /// `<workflow id>/<step key>`, with `%` and `/` in the workflow id
+    /// written `%25` and `%2F`: hand it to external services so that a
     /// repeated attempt is recognised as a duplicate.
     pub idempotency_key: String,
 }
@@ -183,6 +188,15 @@ thread_local! {
 /// is replayed, as its body does not run).
 pub fn current_step() -> Option<StepRun> {
     CURRENT_STEP.with(|current| current.borrow().clone())
+}
+
+/// Write a formatted line to the workflow's log: `durable_sdk::log!(ctx, "charged {n}")`.
+/// See [`Context::log`].
+#[macro_export]
+macro_rules! log {
+    ($ctx:expr, $($arg:tt)*) => {
+        $ctx.log(::std::format_args!($($arg)*))
+    };
 }
 
 /// The workflow's handle on the host: every durable operation goes through it.
@@ -247,11 +261,11 @@ impl Context {
         loop {
             let outcome = with_current_step(run.clone(), &mut body);
             match outcome {
-                Err(error) if !error.permanent && run.attempt < policy.max_attempts => {
-                    let backoff = policy.backoff_before(run.attempt + 1);
-                    let note = format!("{} (retrying in {backoff:?})", error.message);
-                    run.attempt = host::record_attempt(&key, &note);
-                    std::thread::sleep(backoff);
+                Err(error) if !error.permanent && run.failures + 1 < policy.max_attempts => {
+                    // The host records the error as raised, waits out the
+                    // backoff durably and counts the next attempt.
+                    let backoff = policy.backoff_before(run.failures + 2);
+                    run = host::record_attempt(&key, &error.message, backoff.as_millis() as u64);
                 }
                 outcome => {
                     let recorded = match &outcome {
@@ -273,17 +287,25 @@ impl Context {
         }
     }
 
-    /// Sleep durably: the wake-up time is recorded, so a workflow resumed
-    /// after a crash sleeps only what is left (or not at all).
+    /// Sleep durably: the host records the wake-up time (as the step
+    /// `durable.sleep`) and waits, so a workflow resumed after a crash sleeps
+    /// only what is left, or not at all. The wait does not count against the
+    /// run's `--timeout`.
     pub fn sleep(&self, duration: Duration) -> Result<(), Error> {
-        let wake_at_ms: u64 = self.step("durable.sleep", || {
-            Ok(unix_millis() + duration.as_millis() as u64)
-        })?;
-        let left = wake_at_ms.saturating_sub(unix_millis());
-        if left > 0 {
-            std::thread::sleep(Duration::from_millis(left));
-        }
+        host::sleep(duration.as_millis().min(u128::from(u64::MAX)) as u64);
         Ok(())
+    }
+
+    /// The id of the workflow being run.
+    pub fn workflow_id(&self) -> String {
+        host::workflow_id()
+    }
+
+    /// Write a line to the workflow's log (the host's standard error, with
+    /// the workflow id). Silent while the workflow replays recorded steps, so
+    /// a line is written once, not again on every resume.
+    pub fn log(&self, message: impl fmt::Display) {
+        host::log(&message.to_string());
     }
 
     /// The current time, recorded: every replay sees the same instant.
@@ -407,10 +429,30 @@ impl<T: Serialize + DeserializeOwned> Branch<T> {
                 name: name.to_owned(),
                 entry: branch_entry(body),
                 input,
+                retry: None,
             },
             input_error,
             _output: PhantomData,
         }
+    }
+
+    /// Retry the branch as `policy` says when it returns an error (not an
+    /// [`Error::permanent`] one: see below). The host runs each attempt in a
+    /// fresh instance and records each failed attempt, as
+    /// [`Context::step_with_retry`] does.
+    ///
+    /// A branch runs in another instance, so the host cannot tell a
+    /// permanent error from its message: a branch that must not be retried
+    /// on some errors should not be given a policy, or should return `Ok`
+    /// with a value that says it failed.
+    pub fn retry(mut self, policy: &RetryPolicy) -> Self {
+        self.spec.retry = Some(host::RetryPolicy {
+            max_attempts: policy.max_attempts,
+            initial_backoff_ms: policy.initial_backoff.as_millis() as u64,
+            max_backoff_ms: policy.max_backoff.as_millis() as u64,
+            multiplier: policy.multiplier,
+        });
+        self
     }
 }
 
@@ -522,6 +564,7 @@ fn with_current_step<T>(run: host::StepRun, body: impl FnOnce() -> T) -> T {
     let step = StepRun {
         key: run.key,
         attempt: run.attempt,
+        failures: run.failures,
         idempotency_key: run.idempotency_key,
     };
     CURRENT_STEP.with(|current| *current.borrow_mut() = Some(step));
@@ -552,8 +595,16 @@ where
     I: DeserializeOwned,
     O: Serialize,
 {
-    let input: I = serde_json::from_str(&input)
-        .map_err(|e| format!("the workflow input does not have the expected shape: {e}"))?;
+    let input: I = match serde_json::from_str(&input) {
+        Ok(input) => input,
+        Err(e) => {
+            // Not the workflow's answer: the host refuses the run and
+            // records nothing, so the id is not spent on a typo.
+            let reason = format!("it does not have the shape the workflow expects: {e}");
+            host::reject_input(&reason);
+            return Err(reason);
+        }
+    };
     let output = workflow(&Context::__new(), input).map_err(|e| e.message)?;
     serde_json::to_string(&output)
         .map_err(|e| format!("the workflow output cannot be encoded as JSON: {e}"))

@@ -7,7 +7,7 @@
 //! history.
 
 wasmtime::component::bindgen!({
-    path: "../wit",
+    path: "../guest-sdk/wit",
     world: "workflow",
     imports: { default: trappable },
 });

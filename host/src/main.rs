@@ -9,7 +9,10 @@ use clap::Parser;
 use cli::args::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(&error),
+    };
     let (db, json) = (cli.db.as_path(), cli.json);
     let result = match cli.command {
         Command::Run(args) => cli::run::run(db, json, args),
@@ -19,7 +22,37 @@ fn main() -> ExitCode {
             component,
             execution,
         } => cli::run::recover(db, json, &component, &execution),
+        Command::Resume {
+            workflow_id,
+            component,
+            execution,
+        } => cli::run::resume(db, json, &workflow_id, &component, &execution),
         Command::Cancel { workflow_id } => cli::inspect::cancel(db, json, &workflow_id),
     };
-    result.unwrap_or_else(|error| cli::report_error(&error))
+    result.unwrap_or_else(|error| cli::report_error(&error, json))
+}
+
+/// A command line clap refused (or `--help`, `--version`). With `--json`
+/// anywhere on it, a refusal is also printed as the JSON error document.
+fn usage_error(error: &clap::Error) -> ExitCode {
+    let wants_json = std::env::args_os()
+        .skip(1)
+        .take_while(|arg| arg != "--")
+        .any(|arg| arg == "--json");
+    if !wants_json || error.exit_code() == 0 {
+        error.exit();
+    }
+    let _ = error.print();
+    // The cause is the first paragraph, before the usage.
+    let text = error.render().to_string();
+    let cause: Vec<&str> = text
+        .lines()
+        .take_while(|line| !line.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let cause = cause.join(" ");
+    let message = cause.strip_prefix("error: ").unwrap_or(&cause);
+    let code = cli::exit::USER_ERROR;
+    cli::print_json_error(message, Some("see `durable-host --help`"), code);
+    ExitCode::from(code)
 }

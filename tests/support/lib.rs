@@ -261,6 +261,12 @@ impl Scratch {
         dump
     }
 
+    /// The step order the scenarios' `reorder` workflow reads between steps,
+    /// to play a code change between runs.
+    pub fn set_step_order(&self, order: &str) {
+        std::fs::write(self.path().join("ledger/order"), order).unwrap();
+    }
+
     pub fn integrity_ok(&self) -> bool {
         let result: String = self
             .sql()

@@ -33,7 +33,10 @@ Exit codes:
   3  simulated crash (--crash, --crash-after)
   4  non-determinism: the workflow no longer matches its recorded history (left untouched)
   5  the workflow is being run by another live process (left untouched)
-  6  the workflow was cancelled";
+  6  the workflow was cancelled
+  7  suspended: the workflow's code trapped or panicked; recorded as suspended, resumable
+  8  this run lost ownership of the workflow to another run mid-way and stopped (what it committed stands)
+  9  storage failure (disk full, I/O error, database replaced): steps may have run; what was committed stands; run again once fixed";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -73,6 +76,26 @@ pub enum Command {
         execution: ExecutionArgs,
     },
 
+    /// Continue a failed or suspended workflow from its history.
+    ///
+    /// A workflow is suspended when its code traps or panics (a bug, not its
+    /// answer) or when its runs keep dying; it fails when it returns an
+    /// error or a limit stops it. Resuming replays its recorded steps on
+    /// COMPONENT (usually the fixed build: the switch is recorded in its
+    /// history) and executes the rest. The recorded grants are used unless
+    /// --dir/--env/--timeout/--max-memory are given, which replace them.
+    #[command(after_help = EXIT_CODES)]
+    Resume {
+        /// The workflow id.
+        workflow_id: String,
+
+        /// The workflow component (.wasm) to continue it with.
+        component: PathBuf,
+
+        #[command(flatten)]
+        execution: ExecutionArgs,
+    },
+
     /// Cancel a workflow: it is never resumed, and a run in progress stops
     /// at its next step boundary.
     Cancel {
@@ -87,6 +110,7 @@ pub enum StatusFilter {
     Completed,
     Failed,
     Cancelled,
+    Suspended,
 }
 
 #[derive(Debug, Args)]
@@ -98,7 +122,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "ID")]
     pub workflow_id: String,
 
-    /// The workflow's input, as JSON. Only needed on the first run.
+    /// The workflow's input, as JSON. Needed to start a workflow (`--input
+    /// null` for none); leave it out to resume one.
     #[arg(long, value_name = "JSON", conflicts_with = "input_file")]
     pub input: Option<String>,
 

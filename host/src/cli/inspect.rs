@@ -8,17 +8,30 @@ use serde_json::{Value, json};
 
 use durable_host::engine::{CancelOutcome, cancel_workflow};
 use durable_host::store::{
-    AttemptRecord, CheckpointStore, SqliteStore, StepRecord, StoreError, WorkflowRecord,
-    WorkflowStatus, WorkflowSummary,
+    AttemptRecord, CheckpointStore, Millis, SqliteStore, StepRecord, StepStatus, StoreError,
+    WorkflowEvent, WorkflowRecord, WorkflowStatus, WorkflowSummary, now_millis,
 };
 
 use super::args::StatusFilter;
 use super::exit;
 use super::report::{json_value, print_json};
-use super::table::{preview, render, timestamp};
+use super::table::{MAX_CELL_CHARS, preview, render, rfc3339, timestamp};
 
 /// Characters of output shown per step in `history`'s table.
 const PREVIEW_CHARS: usize = 48;
+
+/// The name of the step `ctx.sleep` records its wake-up time in (epoch
+/// milliseconds).
+const SLEEP_STEP: &str = "durable.sleep";
+
+/// The wake-up time a completed `durable.sleep` step recorded.
+fn sleep_until(step: &StepRecord) -> Option<Millis> {
+    if step.name != SLEEP_STEP || step.status != StepStatus::Completed {
+        return None;
+    }
+    let millis: u64 = serde_json::from_str(step.output_json.as_deref()?).ok()?;
+    Millis::try_from(millis).ok()
+}
 
 /// Open the database for reading what is there: a missing file is an
 /// error here, not a new empty database.
@@ -37,8 +50,10 @@ pub fn list(db: &Path, json_mode: bool, status: Option<StatusFilter>) -> anyhow:
         StatusFilter::Completed => WorkflowStatus::Completed,
         StatusFilter::Failed => WorkflowStatus::Failed,
         StatusFilter::Cancelled => WorkflowStatus::Cancelled,
+        StatusFilter::Suspended => WorkflowStatus::Suspended,
     });
-    let workflows = open_existing(db)?.list_workflows(status)?;
+    let store = open_existing(db)?;
+    let workflows = store.list_workflows(status)?;
     if json_mode {
         print_json(&Value::Array(workflows.iter().map(summary_json).collect()));
         return Ok(ExitCode::from(exit::SUCCESS));
@@ -56,17 +71,26 @@ pub fn list(db: &Path, json_mode: bool, status: Option<StatusFilter>) -> anyhow:
         .iter()
         .map(|summary| {
             let w = &summary.workflow;
-            vec![
+            let mut notes = step_notes(summary);
+            if w.status == WorkflowStatus::Running
+                && let Some(until) = sleeping_until(&store, &w.id)?
+            {
+                if !notes.is_empty() {
+                    notes.push_str(", ");
+                }
+                notes.push_str(&format!("sleeping until {} UTC", timestamp(until)));
+            }
+            Ok(vec![
                 w.id.clone(),
                 w.status.to_string(),
                 format!("{}/{}", summary.completed_steps, summary.steps),
-                step_notes(summary),
+                notes,
                 w.component_sha256.chars().take(12).collect(),
                 timestamp(w.created_at),
                 timestamp(w.updated_at),
-            ]
+            ])
         })
-        .collect();
+        .collect::<Result<_, StoreError>>()?;
     print!(
         "{}",
         render(
@@ -83,6 +107,16 @@ pub fn list(db: &Path, json_mode: bool, status: Option<StatusFilter>) -> anyhow:
         )
     );
     Ok(ExitCode::from(exit::SUCCESS))
+}
+
+/// When a running workflow whose last recorded step is a completed
+/// `durable.sleep` wakes up, if that is still ahead.
+fn sleeping_until(store: &SqliteStore, id: &str) -> Result<Option<Millis>, StoreError> {
+    let steps = store.steps(id)?;
+    let last = steps.iter().max_by_key(|step| step.sequence);
+    Ok(last
+        .and_then(sleep_until)
+        .filter(|&until| until > now_millis()))
 }
 
 fn step_notes(summary: &WorkflowSummary) -> String {
@@ -136,8 +170,10 @@ pub fn history(db: &Path, json_mode: bool, workflow_id: &str) -> anyhow::Result<
         })?;
     let steps = store.steps(workflow_id)?;
     let attempts = store.attempts(workflow_id)?;
+    let events = store.events(workflow_id)?;
     if json_mode {
         let mut value = workflow_json(&workflow);
+        value["events"] = events.iter().map(event_json).collect();
         value["steps"] = Value::Array(
             steps
                 .iter()
@@ -157,7 +193,7 @@ pub fn history(db: &Path, json_mode: bool, workflow_id: &str) -> anyhow::Result<
     }
     println!(
         "workflow {} {} (run {}, started {} UTC)",
-        workflow.id,
+        preview(&workflow.id, MAX_CELL_CHARS),
         workflow.status,
         workflow.run_id,
         timestamp(workflow.created_at)
@@ -165,10 +201,11 @@ pub fn history(db: &Path, json_mode: bool, workflow_id: &str) -> anyhow::Result<
     let rows: Vec<Vec<String>> = steps
         .iter()
         .map(|step| {
-            let result = match (&step.output_json, &step.error) {
-                (Some(output), _) => preview(output, PREVIEW_CHARS),
-                (None, Some(error)) => format!("error: {}", preview(error, PREVIEW_CHARS)),
-                (None, None) => String::new(),
+            let result = match (sleep_until(step), &step.output_json, &step.error) {
+                (Some(until), _, _) => format!("until {} UTC", timestamp(until)),
+                (None, Some(output), _) => preview(output, PREVIEW_CHARS),
+                (None, None, Some(error)) => format!("error: {}", preview(error, PREVIEW_CHARS)),
+                (None, None, None) => String::new(),
             };
             vec![
                 step.sequence.to_string(),
@@ -190,13 +227,29 @@ pub fn history(db: &Path, json_mode: bool, workflow_id: &str) -> anyhow::Result<
     if !attempts.is_empty() {
         println!("earlier attempts:");
         for attempt in &attempts {
+            let how = match (attempt.interrupted, attempt.backoff_ms) {
+                (true, _) => "interrupted".to_owned(),
+                (false, Some(ms)) => format!("failed, retried after {ms} ms"),
+                (false, None) => "failed".to_owned(),
+            };
             println!(
-                "  {} attempt {} ({} UTC, run {}): {}",
-                attempt.key,
+                "  {} attempt {} {how} ({} UTC, run {}): {}",
+                preview(attempt.key.as_str(), MAX_CELL_CHARS),
                 attempt.attempt,
                 timestamp(attempt.ended_at),
                 attempt.run_id,
                 preview(&attempt.error, 2 * PREVIEW_CHARS)
+            );
+        }
+    }
+    if !events.is_empty() {
+        println!("events:");
+        for event in &events {
+            println!(
+                "  {} UTC  {}  {}",
+                timestamp(event.at),
+                event.kind,
+                preview(&event.detail, 2 * PREVIEW_CHARS)
             );
         }
     }
@@ -218,25 +271,41 @@ fn attempt_json(attempt: &AttemptRecord) -> Value {
     json!({
         "attempt": attempt.attempt,
         "error": attempt.error,
+        "interrupted": attempt.interrupted,
+        "backoff_ms": attempt.backoff_ms,
         "run_id": attempt.run_id,
         "ended_at_ms": attempt.ended_at,
     })
 }
 
-fn step_json(step: &StepRecord) -> Value {
+fn event_json(event: &WorkflowEvent) -> Value {
     json!({
+        "at_ms": event.at,
+        "kind": event.kind,
+        "detail": event.detail,
+        "run_id": event.run_id,
+    })
+}
+
+fn step_json(step: &StepRecord) -> Value {
+    let mut value = json!({
         "sequence": step.sequence,
         "key": step.key.as_str(),
         "name": step.name,
         "status": step.status.as_str(),
         "attempts": step.attempts,
+        "failures": step.failures,
         "output": step.output_json.as_deref().map(json_value),
         "error": step.error,
         "run_id": step.run_id,
         "started_at_ms": step.started_at,
         "finished_at_ms": step.finished_at,
         "duration_ms": step.finished_at.map(|f| f - step.started_at),
-    })
+    });
+    if let Some(until) = sleep_until(step) {
+        value["sleep_until"] = Value::String(rfc3339(until));
+    }
+    value
 }
 
 pub fn cancel(db: &Path, json_mode: bool, workflow_id: &str) -> anyhow::Result<ExitCode> {

@@ -23,20 +23,58 @@ pub mod exit {
     pub const NON_DETERMINISM: u8 = 4;
     pub const OWNED_ELSEWHERE: u8 = 5;
     pub const CANCELLED: u8 = 6;
+    pub const SUSPENDED: u8 = 7;
+    pub const OWNERSHIP_LOST: u8 = 8;
+    pub const STORAGE_FAILURE: u8 = 9;
 }
 
 /// Print `error` as `error: <cause>` plus a hint where one helps, and pick
-/// the exit code.
-pub fn report_error(error: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {error:#}");
-    if let Some(hint) = hint(error) {
+/// the exit code. With `--json` the same goes to stdout as one document,
+/// `{"error": {"message", "hint", "exit_code"}}`, for scripts.
+pub fn report_error(error: &anyhow::Error, json_mode: bool) -> ExitCode {
+    let message = format!("{error:#}");
+    let hint = hint(error);
+    let code = exit_code(error);
+    eprintln!("error: {message}");
+    if let Some(hint) = &hint {
         eprintln!("  hint: {hint}");
     }
-    ExitCode::from(match engine_error(error) {
+    if json_mode {
+        print_json_error(&message, hint.as_deref(), code);
+    }
+    ExitCode::from(code)
+}
+
+/// Print an error as the `--json` error document on stdout.
+pub fn print_json_error(message: &str, hint: Option<&str>, exit_code: u8) {
+    report::print_json(&error_json(message, hint, exit_code));
+}
+
+/// The `--json` form of an error.
+fn error_json(message: &str, hint: Option<&str>, exit_code: u8) -> serde_json::Value {
+    serde_json::json!({
+        "error": { "message": message, "hint": hint, "exit_code": exit_code },
+    })
+}
+
+/// The documented exit code for `error` (see [`args::EXIT_CODES`]).
+fn exit_code(error: &anyhow::Error) -> u8 {
+    if let Some(e) = store_error(error) {
+        match e {
+            StoreError::LostOwnership { .. } => return exit::OWNERSHIP_LOST,
+            // Lost the race to create the workflow: another run has it.
+            StoreError::WorkflowExists { .. } => return exit::OWNED_ELSEWHERE,
+            StoreError::DiskFull { .. } | StoreError::Io { .. } | StoreError::Replaced { .. } => {
+                return exit::STORAGE_FAILURE;
+            }
+            _ => {}
+        }
+    }
+    match engine_error(error) {
         Some(e) if e.is_non_determinism() => exit::NON_DETERMINISM,
         Some(EngineError::OwnedElsewhere { .. }) => exit::OWNED_ELSEWHERE,
         _ => exit::USER_ERROR,
-    })
+    }
 }
 
 fn find<T: std::error::Error + Send + Sync + 'static>(error: &anyhow::Error) -> Option<&T> {
@@ -47,6 +85,15 @@ fn find<T: std::error::Error + Send + Sync + 'static>(error: &anyhow::Error) -> 
 fn engine_error(error: &anyhow::Error) -> Option<&EngineError> {
     find::<EngineError>(error).or_else(|| match find::<RuntimeError>(error)? {
         RuntimeError::Engine(engine) => Some(engine),
+        _ => None,
+    })
+}
+
+/// The store error behind `error`, also when the engine or the runtime
+/// passed it on (they wrap it transparently, so it is not in the chain).
+fn store_error(error: &anyhow::Error) -> Option<&StoreError> {
+    find::<StoreError>(error).or_else(|| match engine_error(error)? {
+        EngineError::Store(store) => Some(store),
         _ => None,
     })
 }
@@ -84,6 +131,10 @@ fn runtime_hint(error: &RuntimeError) -> Option<String> {
             world in wit/); in Rust, write it with the durable-sdk crate and `durable_sdk::workflow!`"
             .to_owned(),
         RuntimeError::Dir { .. } => "each --dir must name an existing host directory".to_owned(),
+        RuntimeError::Grants(_) => "run it with the grants it started with (or with none: the \
+            recorded ones are used); to change them, `durable-host resume` a failed or \
+            suspended workflow with the new ones"
+            .to_owned(),
         RuntimeError::Engine(_) | RuntimeError::Instantiate(_) | RuntimeError::Setup(_) => return None,
     })
 }
@@ -94,6 +145,21 @@ fn engine_hint(error: &EngineError) -> Option<String> {
         EngineError::InputMismatch { .. } => Some(
             "leave out --input (and --input-file) to resume with the stored input, or start a new \
              --workflow-id"
+                .to_owned(),
+        ),
+        EngineError::InputRequired { .. } => Some(
+            "pass --input JSON (or --input null) to start it; to resume a workflow, check its \
+             id with `durable-host list`"
+                .to_owned(),
+        ),
+        EngineError::InputRejected { .. } => Some(
+            "pass an input of the shape the workflow expects; nothing was recorded, so the same \
+             --workflow-id can be used again"
+                .to_owned(),
+        ),
+        EngineError::NotResumable { .. } => Some(
+            "`durable-host run` continues a running workflow; `durable-host history ID` shows \
+             how it ended"
                 .to_owned(),
         ),
         EngineError::ComponentChanged { .. } => Some(
@@ -118,9 +184,13 @@ fn engine_hint(error: &EngineError) -> Option<String> {
 
 fn store_hint(error: &StoreError) -> Option<String> {
     Some(match error {
-        StoreError::Open { .. } => {
+        StoreError::Open { reason, .. } if missing_directory(reason) => {
             "create the directory first, or pass another --db PATH".to_owned()
         }
+        StoreError::Open { .. } => "--db must name a database file, or a new file in a \
+            directory this user can write to; check the path and its permissions, or pass \
+            another --db PATH"
+            .to_owned(),
         StoreError::NotADatabase { .. } => {
             "--db must name a durable-host database or a new file; this file was left untouched"
                 .to_owned()
@@ -132,12 +202,131 @@ fn store_hint(error: &StoreError) -> Option<String> {
         StoreError::Busy { .. } => {
             "other processes kept the database locked; run again once they are done".to_owned()
         }
-        StoreError::WorkflowExists { .. } | StoreError::LostOwnership { .. } => {
-            "another durable-host process is running this workflow; wait for it to end".to_owned()
-        }
+        StoreError::WorkflowExists { .. } => "another durable-host process started this \
+            workflow at the same moment and is running it; wait for it to end"
+            .to_owned(),
+        StoreError::LostOwnership { id, .. } => format!(
+            "another run took this workflow over (its lease expired while this process was \
+             paused or cut off); this run stopped and wrote nothing more: see `durable-host \
+             history {id}`"
+        ),
         StoreError::UnknownWorkflow { .. } => {
             "`durable-host list` shows the workflows in this database (see --db)".to_owned()
         }
+        StoreError::DiskFull { path } => format!(
+            "free space on the disk holding {path} and run the same command again; nothing \
+             committed is lost"
+        ),
+        StoreError::Io { path, .. } => format!(
+            "check {path} and its disk (the system log may name the device); what was committed \
+             stands: run the same command again once the disk is sound"
+        ),
+        StoreError::Replaced { path } => format!(
+            "{path} was deleted or replaced while this run used it; its last checkpoints may be \
+             in the unlinked file: restore the file and run the same command again"
+        ),
+        StoreError::TooManyFiles { .. } => {
+            "raise the open-file limit (ulimit -n) and run the same command again".to_owned()
+        }
         StoreError::Backend(_) => return None,
     })
+}
+
+/// Whether an `Open` error's reason says the directory is missing.
+fn missing_directory(reason: &str) -> bool {
+    reason.contains("does not exist") || reason.contains("No such file or directory")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lost() -> StoreError {
+        StoreError::LostOwnership {
+            id: "wf-1".into(),
+            owner: "run-2".into(),
+        }
+    }
+
+    #[test]
+    fn lost_ownership_is_its_own_exit_code_wherever_it_is_wrapped() {
+        let errors = [
+            anyhow::Error::from(lost()),
+            EngineError::Store(lost()).into(),
+            RuntimeError::Engine(EngineError::Store(lost())).into(),
+            anyhow::Error::from(RuntimeError::Engine(EngineError::Store(lost())))
+                .context("workflow wf-1 stopped"),
+        ];
+        for error in &errors {
+            assert_eq!(exit_code(error), exit::OWNERSHIP_LOST, "{error:#}");
+            let hint = hint(error).unwrap();
+            assert!(
+                hint.contains("another run took this workflow over"),
+                "{hint}"
+            );
+            assert!(hint.contains("durable-host history wf-1"), "{hint}");
+        }
+    }
+
+    #[test]
+    fn storage_failures_exit_9_with_a_hint_naming_the_file() {
+        let path = || "/data/durable.db".to_owned();
+        for (error, says) in [
+            (StoreError::DiskFull { path: path() }, "free space"),
+            (
+                StoreError::Io {
+                    path: path(),
+                    reason: "disk I/O error".into(),
+                },
+                "its disk",
+            ),
+            (StoreError::Replaced { path: path() }, "restore the file"),
+        ] {
+            let error = anyhow::Error::from(RuntimeError::Engine(EngineError::Store(error)));
+            assert_eq!(exit_code(&error), exit::STORAGE_FAILURE, "{error:#}");
+            let hint = hint(&error).unwrap();
+            assert!(
+                hint.contains(says) && hint.contains("/data/durable.db"),
+                "{hint}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_store_errors_keep_their_codes() {
+        let exists = anyhow::Error::from(EngineError::Store(StoreError::WorkflowExists {
+            id: "wf-1".into(),
+        }));
+        assert_eq!(exit_code(&exists), exit::OWNED_ELSEWHERE);
+        let files = anyhow::Error::from(StoreError::TooManyFiles {
+            path: "durable.db".into(),
+        });
+        assert_eq!(exit_code(&files), exit::USER_ERROR);
+        assert!(hint(&files).unwrap().contains("ulimit -n"));
+    }
+
+    #[test]
+    fn only_a_missing_directory_is_told_to_be_created() {
+        let open = |reason: &str| {
+            anyhow::Error::from(StoreError::Open {
+                path: "x/durable.db".into(),
+                reason: reason.into(),
+            })
+        };
+        let missing = hint(&open("the directory x does not exist")).unwrap();
+        assert!(missing.contains("create the directory"), "{missing}");
+        let denied = hint(&open("unable to open database file: permission denied")).unwrap();
+        assert!(!denied.contains("create the directory"), "{denied}");
+        assert!(denied.contains("permissions"), "{denied}");
+        assert_eq!(exit_code(&open("anything")), exit::USER_ERROR);
+    }
+
+    #[test]
+    fn json_errors_have_message_hint_and_code() {
+        let value = error_json("workflow x does not exist", None, 2);
+        assert_eq!(
+            value.to_string(),
+            r#"{"error":{"exit_code":2,"hint":null,"message":"workflow x does not exist"}}"#
+        );
+    }
 }

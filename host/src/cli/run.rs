@@ -15,7 +15,8 @@ use durable_host::engine::{
     CrashPlan, CrashPoint, EngineError, Opened, RunReport, RunRequest, WorkflowRun,
 };
 use durable_host::runtime::{
-    ComponentCache, ComponentFile, Runtime, RuntimeConfig, Sandbox, WorkflowComponent,
+    ComponentCache, ComponentFile, Grants, Runtime, RuntimeConfig, RuntimeError, Sandbox,
+    WorkflowComponent,
 };
 use durable_host::store::{CheckpointStore, SqliteStore, WorkflowStatus};
 
@@ -53,40 +54,32 @@ impl InputError {
     }
 }
 
-/// What every execution needs, checked and set up once.
+/// What every execution with one set of grants needs, checked and set up once.
 struct Executor {
     db: PathBuf,
+    grants: Grants,
     sandbox: Sandbox,
     runtime: Runtime,
     stale_after: std::time::Duration,
 }
 
 impl Executor {
-    fn new(db: &Path, args: &ExecutionArgs) -> anyhow::Result<Self> {
-        for dir in &args.dirs {
-            anyhow::ensure!(
-                dir.host.is_dir(),
-                "--dir {}: no such directory (create it first; the guest sees it as {})",
-                dir.host.display(),
-                dir.guest
-            );
-        }
+    fn new(db: &Path, grants: Grants, args: &ExecutionArgs) -> anyhow::Result<Self> {
+        check_grants(db, &grants)?;
         let cache = match (&args.cache_dir, args.no_cache) {
             (_, true) => None,
             (Some(dir), false) => Some(dir.clone()),
             (None, false) => ComponentCache::default_dir(),
         };
         let runtime = Runtime::new(RuntimeConfig {
-            timeout: args.timeout,
-            max_memory: args.max_memory,
+            timeout: grants.timeout(),
+            max_memory: grants.max_memory,
             cache: cache.map(ComponentCache::new),
         })?;
         Ok(Self {
             db: db.to_owned(),
-            sandbox: Sandbox {
-                dirs: args.dirs.clone(),
-                env: args.env.clone(),
-            },
+            sandbox: grants.sandbox(),
+            grants,
             runtime,
             stale_after: args.stale_after,
         })
@@ -97,11 +90,67 @@ impl Executor {
     }
 }
 
+/// What the command line grants.
+fn given_grants(args: &ExecutionArgs) -> Grants {
+    let sandbox = Sandbox {
+        dirs: args.dirs.clone(),
+        env: args.env.clone(),
+    };
+    Grants::new(&sandbox, args.timeout, args.max_memory)
+}
+
+/// What workflow `id` was granted when it started, if it exists and the
+/// grants were recorded.
+fn recorded_grants(db: &Path, id: &str) -> anyhow::Result<Option<Grants>> {
+    if !db.exists() {
+        return Ok(None);
+    }
+    let workflow = SqliteStore::open(db)?.workflow(id)?;
+    Ok(workflow
+        .and_then(|w| w.grants)
+        .and_then(|json| Grants::from_json(&json)))
+}
+
+/// Every granted directory must exist, and none may hold the database: a
+/// guest that can write there can overwrite every workflow's checkpoints.
+fn check_grants(db: &Path, grants: &Grants) -> anyhow::Result<()> {
+    let db_dir = std::path::absolute(db)
+        .ok()
+        .and_then(|db| db.parent().and_then(|dir| dir.canonicalize().ok()));
+    for dir in &grants.dirs {
+        anyhow::ensure!(
+            dir.host.is_dir(),
+            "--dir {}: no such directory (create it first; the guest sees it as {})",
+            dir.host.display(),
+            dir.guest
+        );
+        if let (Some(db_dir), Ok(granted)) = (&db_dir, dir.host.canonicalize()) {
+            anyhow::ensure!(
+                !db_dir.starts_with(&granted),
+                "--dir {} would let the guest write the database {}, and with it every \
+                 workflow's checkpoints; keep the database outside the directories you grant \
+                 (pass --db PATH, or grant a subdirectory)",
+                dir.host.display(),
+                db.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 pub fn run(db: &Path, json_mode: bool, args: RunArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let input = read_input(&args)?;
     let component = ComponentFile::read(&args.component)?;
-    let executor = Executor::new(db, &args.execution)?;
+    let recorded = recorded_grants(db, &args.workflow_id)?;
+    let grants = Grants::for_resume(
+        &args.workflow_id,
+        recorded.as_ref(),
+        given_grants(&args.execution),
+    )
+    .map_err(RuntimeError::from)?;
+    let executor = Executor::new(db, grants, &args.execution)?;
+    let grants_json = executor.grants.to_json();
     let run_id = durable_host::new_run_id();
     let request = RunRequest {
         workflow_id: &args.workflow_id,
@@ -110,9 +159,13 @@ pub fn run(db: &Path, json_mode: bool, args: RunArgs) -> anyhow::Result<ExitCode
         run_id: &run_id,
         stale_after: executor.stale_after,
         allow_component_change: args.allow_component_change,
+        reopen: false,
+        grants: Some(&grants_json),
     };
     let progress = Box::new(Progress::new(!json_mode));
-    let run = match WorkflowRun::open(executor.store()?, &request, crash_plan(&args), progress)? {
+    let crash = crash_plan(&args);
+    let crash_points = crash.tracker();
+    let run = match WorkflowRun::open(executor.store()?, &request, crash, progress)? {
         Opened::Finished(workflow) => {
             let outcome = workflow.outcome().unwrap_or_else(|| Err(String::new()));
             report::print_finished(&workflow, &outcome, json_mode);
@@ -129,6 +182,28 @@ pub fn run(db: &Path, json_mode: bool, args: RunArgs) -> anyhow::Result<ExitCode
     }
     let report = executor.runtime.run(&compiled, &executor.sandbox, run)?;
     report::print_report(&report, started.elapsed(), json_mode);
+    // A crash that was asked for and did not happen is a mistake (a typo in
+    // a step name, say) that must not pass for a run that survived it.
+    let unreached = crash_points.unreached();
+    for point in &unreached {
+        let why = match point {
+            CrashPoint::AfterCheckpoints(_) => "this run committed fewer checkpoints",
+            CrashPoint::Before(_) | CrashPoint::After(_) => "no such step ran in this run",
+        };
+        eprintln!("warning: {point} was never reached ({why})");
+    }
+    if !unreached.is_empty() {
+        eprintln!(
+            "  hint: `durable-host history {}` lists the steps by key; a crash point names a \
+             step (its first call) or a key like `name#000002`; built-in steps are named \
+             `durable.now`, `durable.sleep`, `durable.random` and `durable.uuid`; a step \
+             replayed from an earlier run does not run again",
+            args.workflow_id
+        );
+        if report.status == WorkflowStatus::Completed {
+            return Ok(ExitCode::from(exit::USER_ERROR));
+        }
+    }
     Ok(exit_code(report.status))
 }
 
@@ -145,13 +220,12 @@ pub fn recover(
     args: &ExecutionArgs,
 ) -> anyhow::Result<ExitCode> {
     let component = ComponentFile::read(component_path)?;
-    let executor = Executor::new(db, args)?;
-    let candidates: Vec<String> = executor
-        .store()?
+    let given = given_grants(args);
+    let candidates: Vec<(String, Option<String>)> = SqliteStore::open(db)?
         .list_workflows(Some(WorkflowStatus::Running))?
         .into_iter()
         .filter(|summary| summary.workflow.component_sha256 == component.sha256())
-        .map(|summary| summary.workflow.id)
+        .map(|summary| (summary.workflow.id, summary.workflow.grants))
         .collect();
     if !json_mode {
         println!(
@@ -160,10 +234,31 @@ pub fn recover(
             component.path().display()
         );
     }
-    let mut compiled: Option<WorkflowComponent> = None;
+    // Workflows may have been started with different grants: one executor
+    // (and one compiled component) per set of grants.
+    let mut executors: Vec<(Executor, Option<WorkflowComponent>)> = Vec::new();
     let mut results = Vec::new();
-    for id in candidates {
-        let outcome = recover_one(&executor, &component, &mut compiled, &id, json_mode)?;
+    for (id, recorded) in candidates {
+        let recorded = recorded.as_deref().and_then(Grants::from_json);
+        let grants = match Grants::for_resume(&id, recorded.as_ref(), given.clone()) {
+            Ok(grants) => grants,
+            Err(refused) => {
+                if !json_mode {
+                    println!("workflow {id} skipped: {refused}");
+                }
+                results.push((id, Recovered::Skipped(refused.to_string())));
+                continue;
+            }
+        };
+        let slot = match executors.iter().position(|(e, _)| e.grants == grants) {
+            Some(slot) => slot,
+            None => {
+                executors.push((Executor::new(db, grants, args)?, None));
+                executors.len() - 1
+            }
+        };
+        let (executor, compiled) = &mut executors[slot];
+        let outcome = recover_one(executor, &component, compiled, &id, json_mode)?;
         results.push((id, outcome));
     }
 
@@ -173,12 +268,13 @@ pub fn recover(
             .filter(|(_, r)| matches!(r, Recovered::Finished(report) if report.status == status))
             .count()
     };
-    let (completed, failed, cancelled) = (
+    let (completed, failed, cancelled, suspended) = (
         count(WorkflowStatus::Completed),
         count(WorkflowStatus::Failed),
         count(WorkflowStatus::Cancelled),
+        count(WorkflowStatus::Suspended),
     );
-    let skipped = results.len() - completed - failed - cancelled;
+    let skipped = results.len() - completed - failed - cancelled - suspended;
     if json_mode {
         let workflows: Vec<_> = results
             .iter()
@@ -199,16 +295,18 @@ pub fn recover(
             "completed": completed,
             "failed": failed,
             "cancelled": cancelled,
+            "suspended": suspended,
             "skipped": skipped,
             "workflows": workflows,
         }));
     } else {
         println!(
-            "recovered {}: {completed} completed, {failed} failed, {cancelled} cancelled, {skipped} skipped",
+            "recovered {}: {completed} completed, {failed} failed, {cancelled} cancelled, \
+             {suspended} suspended, {skipped} skipped",
             results.len()
         );
     }
-    Ok(ExitCode::from(if failed > 0 {
+    Ok(ExitCode::from(if failed + suspended > 0 {
         exit::WORKFLOW_FAILED
     } else {
         exit::SUCCESS
@@ -230,6 +328,8 @@ fn recover_one(
         run_id: &run_id,
         stale_after: executor.stale_after,
         allow_component_change: false,
+        reopen: false,
+        grants: None,
     };
     let progress = Box::new(Progress::new(!json_mode));
     let run = match WorkflowRun::open(executor.store()?, &request, CrashPlan::none(), progress) {
@@ -269,6 +369,62 @@ fn recover_one(
     }
 }
 
+/// `durable-host resume`: continue a failed or suspended workflow from its
+/// history, on `component` (fixed code is the usual reason), with the
+/// recorded grants or, when the command line names some, with those.
+pub fn resume(
+    db: &Path,
+    json_mode: bool,
+    workflow_id: &str,
+    component_path: &Path,
+    args: &ExecutionArgs,
+) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let component = ComponentFile::read(component_path)?;
+    anyhow::ensure!(
+        db.is_file(),
+        "no database at {}: nothing has run there yet (pass --db PATH to look elsewhere)",
+        db.display()
+    );
+    let given = given_grants(args);
+    let grants = match recorded_grants(db, workflow_id)? {
+        Some(recorded) if given.is_empty() => recorded,
+        _ => given,
+    };
+    let executor = Executor::new(db, grants, args)?;
+    let grants_json = executor.grants.to_json();
+    let run_id = durable_host::new_run_id();
+    let request = RunRequest {
+        workflow_id,
+        component_sha256: component.sha256(),
+        input: None,
+        run_id: &run_id,
+        stale_after: executor.stale_after,
+        allow_component_change: true,
+        reopen: true,
+        grants: Some(&grants_json),
+    };
+    let progress = Box::new(Progress::new(!json_mode));
+    let run = match WorkflowRun::open(executor.store()?, &request, CrashPlan::none(), progress)? {
+        Opened::Finished(workflow) => {
+            let outcome = workflow.outcome().unwrap_or_else(|| Err(String::new()));
+            report::print_finished(&workflow, &outcome, json_mode);
+            return Ok(exit_code(workflow.status));
+        }
+        Opened::Ready(run) => run,
+    };
+    let compiled = executor
+        .runtime
+        .compile(&component)
+        .with_context(|| format!("workflow {workflow_id} was not resumed"))?;
+    if !json_mode {
+        report::print_start(workflow_id, &run_id, run.recorded_steps());
+    }
+    let report = executor.runtime.run(&compiled, &executor.sandbox, run)?;
+    report::print_report(&report, started.elapsed(), json_mode);
+    Ok(exit_code(report.status))
+}
+
 /// The input as compact JSON (so that equal values compare equal), or `None`.
 fn read_input(args: &RunArgs) -> Result<Option<String>, InputError> {
     let value: serde_json::Value = match (&args.input, &args.input_file) {
@@ -303,5 +459,6 @@ fn exit_code(status: WorkflowStatus) -> ExitCode {
         WorkflowStatus::Completed => exit::SUCCESS,
         WorkflowStatus::Failed | WorkflowStatus::Running => exit::WORKFLOW_FAILED,
         WorkflowStatus::Cancelled => exit::CANCELLED,
+        WorkflowStatus::Suspended => exit::SUSPENDED,
     })
 }

@@ -11,8 +11,8 @@ use crate::store::{
 /// The error recorded for a cancelled workflow.
 pub(super) const CANCELLED: &str = "cancelled by request";
 
-/// Finish a running workflow whose owner is gone as cancelled, failing the
-/// steps it left running.
+/// Finish a running workflow whose owner is gone as cancelled; the steps it
+/// left running are recorded as interrupted.
 pub(super) fn finish_cancel(
     store: &dyn CheckpointStore,
     workflow: &WorkflowRecord,
@@ -27,9 +27,9 @@ pub(super) fn finish_cancel(
         &workflow.id,
         &workflow.run_id,
         &WorkflowEnd {
+            status: WorkflowStatus::Cancelled,
             outcome: &Err(CANCELLED.to_owned()),
-            failed_steps: &running,
-            cancelled: true,
+            interrupted_steps: &running,
         },
     )?;
     Ok(store

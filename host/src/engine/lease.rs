@@ -3,13 +3,17 @@
 //! The run that claims a workflow records its process and a lease deadline,
 //! and a [`Heartbeat`] thread pushes the deadline forward while the run is
 //! alive. Another run may take the workflow over only when the lease has
-//! expired, or when the owner is provably dead: a process on this same host
-//! whose pid no longer exists. Every write of a run is conditional on its
-//! ownership, so a run that lost it (it was frozen past its lease, say)
-//! stops at its next write instead of overwriting its successor's work.
+//! expired, or when the owner is provably dead: a process of this same boot
+//! of this machine, in this same pid namespace, whose pid is gone or now
+//! names a process that started at another time. A pid seen from another
+//! namespace (a container, `unshare --pid`) proves nothing, so there only
+//! the lease speaks. Every write of a run is fenced by its ownership in the
+//! store, so a run that lost it (it was frozen past its lease, say) stops at
+//! its next write instead of overwriting its successor's work.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
@@ -19,46 +23,102 @@ use crate::store::{CheckpointStore, Millis, Owner, WorkflowRecord, now_millis};
 
 /// This process, as recorded in the workflows it owns.
 pub fn this_process() -> Owner {
-    Owner {
-        pid: std::process::id(),
-        host: host_name(),
-    }
+    static ME: OnceLock<Owner> = OnceLock::new();
+    ME.get_or_init(|| {
+        let pid = std::process::id();
+        Owner {
+            pid,
+            host: host_name(),
+            boot_id: read_trimmed("/proc/sys/kernel/random/boot_id"),
+            pid_ns: std::fs::read_link("/proc/self/ns/pid")
+                .ok()
+                .map(|link| link.to_string_lossy().into_owned()),
+            started: process_start(pid),
+        }
+    })
+    .clone()
+}
+
+fn read_trimmed(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|text| text.trim().to_owned())
+        .filter(|text| !text.is_empty())
 }
 
 fn host_name() -> String {
-    ["/proc/sys/kernel/hostname", "/etc/hostname"]
-        .iter()
-        .find_map(|path| std::fs::read_to_string(path).ok())
-        .map(|name| name.trim().to_owned())
-        .filter(|name| !name.is_empty())
+    read_trimmed("/proc/sys/kernel/hostname")
+        .or_else(|| read_trimmed("/etc/hostname"))
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// Whether the run that owns `workflow` may still be executing it.
 pub fn owner_alive(workflow: &WorkflowRecord, now: Millis) -> bool {
-    if workflow.lease_expires_at <= now {
-        return false;
-    }
-    let me = this_process();
-    if workflow.owner.host != me.host {
-        // Another machine: only its lease speaks for it.
-        return true;
-    }
-    workflow.owner.pid != me.pid && process_running(workflow.owner.pid)
+    workflow.lease_expires_at > now && !provably_dead(&workflow.owner, &this_process())
 }
 
-/// Whether `pid` is a live (not exited, not zombie) process. Where that
-/// cannot be known, assume it is, and let the lease decide.
-fn process_running(pid: u32) -> bool {
+/// Whether `owner` is a process that `me` can see has ended: one of the same
+/// machine boot and pid namespace whose pid is gone, a zombie, or reused by
+/// a process that started at another time.
+fn provably_dead(owner: &Owner, me: &Owner) -> bool {
+    let comparable = |a: &Option<String>, b: &Option<String>| a.is_some() && a == b;
+    if owner.host != me.host
+        || !comparable(&owner.boot_id, &me.boot_id)
+        || !comparable(&owner.pid_ns, &me.pid_ns)
+    {
+        return false;
+    }
+    if owner.pid == me.pid {
+        // This very process: a run of it that ended (a `recover` that moved
+        // on), unless the pid was reused since.
+        return true;
+    }
+    match (process_state(owner.pid), owner.started) {
+        (ProcessState::Gone, _) => true,
+        (ProcessState::Running { started }, Some(recorded)) => started != recorded,
+        (ProcessState::Running { .. }, None) => false,
+        (ProcessState::Unknown, _) => false,
+    }
+}
+
+enum ProcessState {
+    Gone,
+    Running { started: i64 },
+    Unknown,
+}
+
+/// The state of `pid` in this pid namespace, from /proc. Zombies count as
+/// gone: they run nothing.
+fn process_state(pid: u32) -> ProcessState {
     let stat = Path::new("/proc").join(pid.to_string()).join("stat");
     match std::fs::read_to_string(&stat) {
-        // The state follows the command name, which ends with the last ')'.
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
-        Err(_) if Path::new("/proc/self/stat").exists() => false,
-        Err(_) => true,
+        Ok(stat) => match parse_stat(&stat) {
+            Some((state, _)) if state == 'Z' || state == 'X' => ProcessState::Gone,
+            Some((_, started)) => ProcessState::Running { started },
+            None => ProcessState::Unknown,
+        },
+        Err(_) if Path::new("/proc/self/stat").exists() => ProcessState::Gone,
+        Err(_) => ProcessState::Unknown,
     }
+}
+
+fn process_start(pid: u32) -> Option<i64> {
+    match process_state(pid) {
+        ProcessState::Running { started } => Some(started),
+        _ => None,
+    }
+}
+
+/// The state letter and start time (field 22, in clock ticks since boot) of
+/// a `/proc/PID/stat` line. The command name in field 2 may hold spaces
+/// and parentheses, so fields are counted from its last `)`.
+fn parse_stat(stat: &str) -> Option<(char, i64)> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // After the state (field 3), the start time is the 19th field.
+    let started = fields.nth(18)?.parse().ok()?;
+    Some((state, started))
 }
 
 /// Renews a run's lease in the background, and passes on what it hears:
@@ -141,11 +201,64 @@ mod tests {
     use super::*;
 
     #[test]
-    fn this_process_is_running_and_a_reaped_child_is_not() {
-        assert!(process_running(std::process::id()));
+    fn this_process_is_running_and_a_reaped_child_is_gone() {
+        let me = this_process();
+        assert!(matches!(
+            process_state(me.pid),
+            ProcessState::Running { .. }
+        ));
+        assert!(me.boot_id.is_some() && me.pid_ns.is_some() && me.started.is_some());
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         child.wait().unwrap();
-        assert!(!process_running(pid));
+        assert!(matches!(process_state(pid), ProcessState::Gone));
+    }
+
+    #[test]
+    fn only_a_comparable_owner_is_provably_dead() {
+        let me = this_process();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = Owner {
+            pid: child.id(),
+            started: None,
+            ..me.clone()
+        };
+        child.wait().unwrap();
+        assert!(provably_dead(&dead, &me));
+        // The same pid seen from another pid namespace, or another boot,
+        // proves nothing.
+        let other_ns = Owner {
+            pid_ns: Some("pid:[1]".into()),
+            ..dead.clone()
+        };
+        assert!(!provably_dead(&other_ns, &me));
+        let other_boot = Owner {
+            boot_id: Some("another boot".into()),
+            ..dead.clone()
+        };
+        assert!(!provably_dead(&other_boot, &me));
+        let unknown = Owner {
+            pid_ns: None,
+            ..dead
+        };
+        assert!(!provably_dead(&unknown, &me));
+        // A live pid that started at another time is a reused pid.
+        let parent = Owner {
+            pid: std::os::unix::process::parent_id(),
+            started: Some(1),
+            ..me.clone()
+        };
+        assert!(provably_dead(&parent, &me));
+        let parent_now = Owner {
+            started: process_start(parent.pid),
+            ..parent
+        };
+        assert!(!provably_dead(&parent_now, &me));
+    }
+
+    #[test]
+    fn stat_lines_with_odd_command_names_parse() {
+        let line = "42 (a (weird) name) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 777 19 20";
+        assert_eq!(parse_stat(line), Some(('S', 777)));
     }
 }

@@ -25,8 +25,8 @@ pub use crash::{CrashPlan, CrashPoint};
 pub use lease::{Heartbeat, owner_alive, this_process};
 
 use crate::store::{
-    CheckpointStore, Claim, Millis, NewWorkflow, Outcome, Owner, StepBegin, StepKey, StepRecord,
-    StoreError, WorkflowEnd, WorkflowRecord, WorkflowStatus, now_millis,
+    CheckpointStore, Claim, Millis, NewWorkflow, Outcome, Owner, Reopen, StepBegin, StepKey,
+    StepRecord, StoreError, Takeover, WorkflowEnd, WorkflowRecord, WorkflowStatus, now_millis,
 };
 
 /// Why a run cannot go on. Apart from `Store`, these are the guest's or the
@@ -56,6 +56,18 @@ pub enum EngineError {
     },
     #[error("workflow {workflow_id} was started with a different input")]
     InputMismatch { workflow_id: String },
+    #[error("workflow {workflow_id} does not exist, and no --input was given to start it")]
+    InputRequired { workflow_id: String },
+    #[error("the workflow refused its input: {reason}")]
+    InputRejected { reason: String },
+    #[error("{what} is {size} bytes, more than the {limit} bytes allowed")]
+    TooLarge {
+        what: String,
+        size: usize,
+        limit: usize,
+    },
+    #[error("{what} is not valid: {reason}")]
+    InvalidName { what: String, reason: String },
     #[error(
         "workflow {workflow_id} was started by component sha256 {started_with}, not by this one \
          ({given})"
@@ -72,7 +84,7 @@ pub enum EngineError {
     OwnedElsewhere {
         workflow_id: String,
         run_id: String,
-        owner: Owner,
+        owner: Box<Owner>,
         remaining_ms: Millis,
     },
     #[error("workflow {workflow_id} was cancelled")]
@@ -84,10 +96,19 @@ pub enum EngineError {
         executing: StepKey,
         requested: StepKey,
     },
-    #[error("the guest finished step `{key}`, which is not the step being executed")]
-    NotExecuting { key: String },
+    #[error("the guest called {call} for step `{key}`, which is not a step being executed")]
+    NotExecuting { key: String, call: &'static str },
     #[error("step `{key}` returned a value that is not valid JSON: {reason}")]
     InvalidStepJson { key: StepKey, reason: String },
+    #[error("the workflow returned an output that is not valid JSON: {reason}")]
+    InvalidOutputJson { reason: String },
+    #[error(
+        "workflow {workflow_id} is {status}, not failed or suspended: there is nothing to resume"
+    )]
+    NotResumable {
+        workflow_id: String,
+        status: WorkflowStatus,
+    },
     #[error(
         "step `{key}` returned {size} bytes, more than the {limit} bytes a checkpoint may hold; \
          store large data elsewhere and return a reference to it"
@@ -119,7 +140,10 @@ pub enum StepStart {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepRun {
     pub key: StepKey,
+    /// Executions begun, those cut short by a dead run included.
     pub attempt: u32,
+    /// Failed attempts recorded before retries: what a retry policy counts.
+    pub failures: u32,
     pub idempotency_key: String,
 }
 
@@ -161,6 +185,9 @@ pub trait RunObserver: Send {
     /// A step's body is about to execute.
     fn step_started(&mut self, _workflow_id: &str, _key: &StepKey, _attempt: u32) {}
 
+    /// The workflow logged a line (not while replaying).
+    fn log(&mut self, workflow_id: &str, message: &str);
+
     /// The run is over: nothing more will be reported.
     fn run_ended(&mut self, _workflow_id: &str) {}
 }
@@ -177,12 +204,16 @@ pub struct RunRequest<'a> {
     pub stale_after: Duration,
     /// Resume even if the workflow was started by another component.
     pub allow_component_change: bool,
+    /// Continue a failed or suspended workflow from its history (`resume`).
+    pub reopen: bool,
+    /// What the workflow is granted, recorded when this run starts it.
+    pub grants: Option<&'a str>,
 }
 
 /// The result of opening a workflow.
 pub enum Opened {
     /// The workflow already finished; nothing will run.
-    Finished(WorkflowRecord),
+    Finished(Box<WorkflowRecord>),
     /// The workflow can run (new, or resuming).
     Ready(Box<WorkflowRun>),
 }
@@ -218,14 +249,55 @@ impl ReplayCursor {
         self.recorded.len()
     }
 
+    /// How many recorded steps have finished (completed or failed).
+    fn finished_steps(&self) -> u32 {
+        self.recorded
+            .iter()
+            .filter(|step| step.outcome().is_some())
+            .count() as u32
+    }
+
     pub fn is_empty(&self) -> bool {
         self.recorded.is_empty()
     }
 }
 
+/// How a run becomes its workflow's owner.
+enum ClaimKind {
+    /// Start a new workflow.
+    Create,
+    /// Take over a running workflow from its previous run, which did not finish it.
+    TakeOver {
+        previous_run: String,
+        takeovers: u32,
+        progress_mark: u32,
+        events: Vec<(&'static str, String)>,
+    },
+    /// Put a failed or suspended workflow back to running (`resume`).
+    Reopen {
+        previous_run: String,
+        detail: String,
+    },
+    /// Claimed: the run owns the workflow.
+    Done { resumed: bool },
+}
+
+/// Runs that may die in a row, none of them recording a step, before the
+/// workflow is suspended instead of taken over again: a workflow that kills
+/// its host (memory, a crash in the host) must not do so forever.
+pub const MAX_TAKEOVERS: u32 = 8;
+
+/// The longest workflow id and step name, in bytes.
+pub const MAX_NAME: usize = 1024;
+/// The largest workflow input, in bytes.
+pub const MAX_INPUT: usize = 16 << 20;
+/// Longer errors (of attempts, steps, workflows) are cut to this many bytes.
+pub const MAX_ERROR: usize = 64 << 10;
+
 struct Executing {
     key: StepKey,
     attempt: u32,
+    failures: u32,
     taken_over: bool,
     started: Instant,
 }
@@ -254,9 +326,10 @@ pub struct WorkflowRun {
     component_sha256: String,
     input: String,
     run_id: String,
-    /// The owner to take over from when resuming; `None` for a new workflow.
-    previous_run: Option<String>,
+    /// How this run becomes the owner at its first write.
+    claim: ClaimKind,
     owner: Owner,
+    grants: Option<String>,
     stale_after: Duration,
     /// Present once the run has claimed the workflow.
     heartbeat: Option<Heartbeat>,
@@ -280,6 +353,7 @@ impl WorkflowRun {
         observer: Box<dyn RunObserver>,
     ) -> Result<Opened, EngineError> {
         let id = request.workflow_id;
+        check_name("the workflow id", id)?;
         let existing = store.workflow(id)?;
         if let (Some(existing), Some(input)) = (&existing, request.input)
             && existing.input != input
@@ -289,53 +363,18 @@ impl WorkflowRun {
             });
         }
         let owner = this_process();
-        let (input, previous_run, cursor) = match existing {
-            Some(workflow) if workflow.outcome().is_some() => {
-                return Ok(Opened::Finished(workflow));
-            }
-            Some(workflow) => {
-                let now = now_millis();
-                if owner_alive(&workflow, now) {
-                    return Err(EngineError::OwnedElsewhere {
-                        workflow_id: id.to_owned(),
-                        remaining_ms: workflow.lease_expires_at - now,
-                        run_id: workflow.run_id,
-                        owner: workflow.owner,
-                    });
-                }
-                if workflow.cancel_requested {
-                    // Cancelled while its owner was dying: finish the cancel.
-                    return Ok(Opened::Finished(finish_cancel(store.as_ref(), &workflow)?));
-                }
-                if workflow.component_sha256 != request.component_sha256
-                    && !request.allow_component_change
-                {
-                    return Err(EngineError::ComponentChanged {
-                        workflow_id: id.to_owned(),
-                        started_with: workflow.component_sha256,
-                        given: request.component_sha256.to_owned(),
-                    });
-                }
-                let cursor = ReplayCursor::new(store.steps(id)?);
-                (workflow.input, Some(workflow.run_id), cursor)
-            }
-            None => (
-                request.input.unwrap_or("null").to_owned(),
-                None,
-                ReplayCursor::default(),
-            ),
-        };
-        Ok(Opened::Ready(Box::new(WorkflowRun {
+        let mut run = WorkflowRun {
             store,
             workflow_id: id.to_owned(),
             component_sha256: request.component_sha256.to_owned(),
-            input,
+            input: String::new(),
             run_id: request.run_id.to_owned(),
-            previous_run,
+            claim: ClaimKind::Create,
             owner,
+            grants: request.grants.map(str::to_owned),
             stale_after: request.stale_after,
             heartbeat: None,
-            cursor,
+            cursor: ReplayCursor::default(),
             ordinals: HashMap::new(),
             position: 0,
             executing: Vec::new(),
@@ -343,41 +382,220 @@ impl WorkflowRun {
             crash,
             observer,
             events: Vec::new(),
-        })))
+        };
+        let Some(workflow) = existing else {
+            if request.reopen {
+                return Err(StoreError::UnknownWorkflow { id: id.to_owned() }.into());
+            }
+            let input = request.input.ok_or_else(|| EngineError::InputRequired {
+                workflow_id: id.to_owned(),
+            })?;
+            if input.len() > MAX_INPUT {
+                return Err(EngineError::TooLarge {
+                    what: "the input".to_owned(),
+                    size: input.len(),
+                    limit: MAX_INPUT,
+                });
+            }
+            run.input = input.to_owned();
+            return Ok(Opened::Ready(Box::new(run)));
+        };
+        let reopening = request.reopen
+            && matches!(
+                workflow.status,
+                WorkflowStatus::Failed | WorkflowStatus::Suspended
+            );
+        if request.reopen && !reopening && workflow.status != WorkflowStatus::Running {
+            return Err(EngineError::NotResumable {
+                workflow_id: id.to_owned(),
+                status: workflow.status,
+            });
+        }
+        if workflow.outcome().is_some() && !reopening {
+            return Ok(Opened::Finished(Box::new(workflow)));
+        }
+        let now = now_millis();
+        if !reopening && owner_alive(&workflow, now) {
+            return Err(EngineError::OwnedElsewhere {
+                workflow_id: id.to_owned(),
+                remaining_ms: workflow.lease_expires_at - now,
+                run_id: workflow.run_id,
+                owner: Box::new(workflow.owner),
+            });
+        }
+        if workflow.cancel_requested && !reopening {
+            // Cancelled while its owner was dying: finish the cancel.
+            let cancelled = finish_cancel(run.store.as_ref(), &workflow)?;
+            return Ok(Opened::Finished(Box::new(cancelled)));
+        }
+        let changed = workflow.component_sha256 != request.component_sha256;
+        if changed && !request.allow_component_change {
+            return Err(EngineError::ComponentChanged {
+                workflow_id: id.to_owned(),
+                started_with: workflow.component_sha256,
+                given: request.component_sha256.to_owned(),
+            });
+        }
+        run.cursor = ReplayCursor::new(run.store.steps(id)?);
+        run.input = workflow.input.clone();
+        let mut events = Vec::new();
+        if changed {
+            events.push((
+                "component_changed",
+                format!(
+                    "from sha256 {} to {} (--allow-component-change)",
+                    workflow.component_sha256, request.component_sha256
+                ),
+            ));
+        }
+        if reopening {
+            let mut detail = format!(
+                "from {}: {}",
+                workflow.status,
+                workflow.error.unwrap_or_default()
+            );
+            for (_, change) in &events {
+                detail.push_str("; component changed ");
+                detail.push_str(change);
+            }
+            run.claim = ClaimKind::Reopen {
+                previous_run: workflow.run_id,
+                detail,
+            };
+            return Ok(Opened::Ready(Box::new(run)));
+        }
+        // The previous run ended without finishing the workflow: it died,
+        // or lost its lease. Count the runs that died in a row without
+        // recording a step.
+        let finished = run.cursor.finished_steps();
+        let takeovers = if finished == workflow.progress_mark {
+            workflow.takeovers + 1
+        } else {
+            1
+        };
+        let in_flight = run
+            .cursor
+            .recorded
+            .iter()
+            .find(|step| step.outcome().is_none())
+            .map(|step| format!(" in step {}", step.key))
+            .unwrap_or_default();
+        events.push((
+            "takeover",
+            format!(
+                "from run {} ({}), which ended without finishing{in_flight}",
+                workflow.run_id, workflow.owner
+            ),
+        ));
+        run.claim = ClaimKind::TakeOver {
+            previous_run: workflow.run_id,
+            takeovers,
+            progress_mark: finished,
+            events,
+        };
+        if takeovers > MAX_TAKEOVERS {
+            let reason = format!(
+                "suspended: {MAX_TAKEOVERS} runs in a row died without recording a step{in_flight} \
+                 (a host killed by memory, a crash or a kill each time); fix the cause, then \
+                 `durable-host resume {id}`"
+            );
+            let reader = run.store.reopen()?;
+            run.claim()?;
+            run.end(Err(reason), WorkflowStatus::Suspended)?;
+            let stored = reader
+                .workflow(id)?
+                .ok_or_else(|| StoreError::UnknownWorkflow { id: id.to_owned() })?;
+            return Ok(Opened::Finished(Box::new(stored)));
+        }
+        Ok(Opened::Ready(Box::new(run)))
     }
 
     /// Number of steps recorded by earlier runs, or `None` for a new workflow.
     pub fn recorded_steps(&self) -> Option<usize> {
-        self.previous_run.as_ref().map(|_| self.cursor.len())
+        match self.claim {
+            ClaimKind::Create | ClaimKind::Done { resumed: false } => None,
+            _ => Some(self.cursor.len()),
+        }
     }
 
-    /// Become the workflow's owner before the first write: create it, or
-    /// take it over from the run that owned it when this run opened it; then
-    /// keep the ownership alive with a heartbeat.
+    fn resumed(&self) -> bool {
+        !matches!(
+            self.claim,
+            ClaimKind::Create | ClaimKind::Done { resumed: false }
+        )
+    }
+
+    /// Become the workflow's owner before the first write: create it, take
+    /// it over from the run that owned it when this run opened it, or reopen
+    /// it; then keep the ownership alive with a heartbeat.
     fn claim(&mut self) -> Result<(), EngineError> {
-        if self.heartbeat.is_some() {
+        if let ClaimKind::Done { .. } = self.claim {
             return Ok(());
         }
+        // The heartbeat's connection first: a process out of file
+        // descriptors must fail before it writes, not leave a claim behind.
+        let heartbeat_store = self.store.reopen()?;
         let claim = Claim {
             run_id: &self.run_id,
             owner: &self.owner,
             lease_until: now_millis() + self.stale_after.as_millis() as Millis,
         };
         let id = &self.workflow_id;
-        match &self.previous_run {
-            Some(previous) => {
-                self.store
-                    .claim_workflow(id, previous, &claim, &self.component_sha256)?
-            }
-            None => self.store.create_workflow(&NewWorkflow {
+        let claimed = match &self.claim {
+            ClaimKind::Create => self.store.create_workflow(&NewWorkflow {
                 id,
                 component_sha256: &self.component_sha256,
                 input: &self.input,
                 claim: &claim,
-            })?,
+                grants: self.grants.as_deref(),
+            }),
+            ClaimKind::TakeOver {
+                previous_run,
+                takeovers,
+                progress_mark,
+                events,
+            } => {
+                let events: Vec<(&str, String)> =
+                    events.iter().map(|(k, d)| (*k, d.clone())).collect();
+                self.store.claim_workflow(
+                    id,
+                    &Takeover {
+                        previous_run,
+                        claim: &claim,
+                        component_sha256: &self.component_sha256,
+                        takeovers: *takeovers,
+                        progress_mark: *progress_mark,
+                        events: &events,
+                    },
+                )
+            }
+            ClaimKind::Reopen {
+                previous_run,
+                detail,
+            } => self.store.reopen_workflow(
+                id,
+                &Reopen {
+                    expected_run: previous_run,
+                    claim: &claim,
+                    component_sha256: &self.component_sha256,
+                    grants: self.grants.as_deref(),
+                    detail,
+                },
+            ),
+            ClaimKind::Done { .. } => unreachable!("checked above"),
+        };
+        match claimed {
+            // Another run claimed it since this one looked: nothing has run
+            // here yet, so this is the refusal of a live owner, not a loss.
+            Err(StoreError::WorkflowExists { .. } | StoreError::LostOwnership { .. }) => {
+                return Err(self.owned_elsewhere()?);
+            }
+            claimed => claimed?,
         }
+        let resumed = !matches!(self.claim, ClaimKind::Create);
+        self.claim = ClaimKind::Done { resumed };
         self.heartbeat = Some(Heartbeat::start(
-            self.store.reopen()?,
+            heartbeat_store,
             self.workflow_id.clone(),
             self.run_id.clone(),
             self.stale_after,
@@ -385,8 +603,24 @@ impl WorkflowRun {
         Ok(())
     }
 
-    /// Stop at a step boundary if the heartbeat heard that the run must.
-    fn check_signals(&self) -> Result<(), EngineError> {
+    /// The refusal for a workflow another run claimed first.
+    fn owned_elsewhere(&self) -> Result<EngineError, EngineError> {
+        let workflow = self.store.workflow(&self.workflow_id)?.ok_or_else(|| {
+            StoreError::UnknownWorkflow {
+                id: self.workflow_id.clone(),
+            }
+        })?;
+        Ok(EngineError::OwnedElsewhere {
+            workflow_id: self.workflow_id.clone(),
+            remaining_ms: (workflow.lease_expires_at - now_millis()).max(0),
+            run_id: workflow.run_id,
+            owner: Box::new(workflow.owner),
+        })
+    }
+
+    /// Stop at a step boundary (or during a durable wait) if the heartbeat
+    /// heard that the run must.
+    pub fn check_signals(&self) -> Result<(), EngineError> {
         let Some(heartbeat) = &self.heartbeat else {
             return Ok(());
         };
@@ -414,6 +648,24 @@ impl WorkflowRun {
         &self.input
     }
 
+    pub fn workflow_id(&self) -> &str {
+        &self.workflow_id
+    }
+
+    /// Whether the guest is still walking recorded history: the code it
+    /// runs now ran before, in an earlier run.
+    pub fn is_replaying(&self) -> bool {
+        self.cursor.after(self.position).is_some()
+    }
+
+    /// A line of the workflow's log: passed on unless replaying, so that
+    /// each line is told once, by the run that first got there.
+    pub fn log(&mut self, message: &str) {
+        if !self.is_replaying() {
+            self.observer.log(&self.workflow_id, message);
+        }
+    }
+
     /// The guest begins its next step, called `name`.
     pub fn begin_step(&mut self, name: &str) -> Result<StepStart, EngineError> {
         let mut starts = self.begin_steps(&[name])?;
@@ -439,6 +691,7 @@ impl WorkflowRun {
             if name.is_empty() {
                 return Err(EngineError::EmptyStepName);
             }
+            check_name("a step name", name)?;
             let ordinal = self.ordinals.get(name).copied().unwrap_or(0) + 1;
             let key = StepKey::new(name, ordinal);
             let sequence = self.position + 1;
@@ -454,9 +707,9 @@ impl WorkflowRun {
                 Some(recorded) => match recorded.outcome() {
                     Some(outcome) => Err(outcome),
                     // Left running by a run that died: take it over.
-                    None => Ok(recorded.attempts + 1),
+                    None => Ok((recorded.attempts + 1, recorded.failures)),
                 },
-                None => Ok(1),
+                None => Ok((1, 0)),
             };
             match self.ordinals.get_mut(name) {
                 Some(count) => *count = ordinal,
@@ -478,7 +731,7 @@ impl WorkflowRun {
                         key,
                         sequence: *sequence,
                         name,
-                        attempt: *plan.as_ref().ok()?,
+                        attempt: plan.as_ref().ok()?.0,
                         run_id: &self.run_id,
                         started_at,
                     })
@@ -499,18 +752,20 @@ impl WorkflowRun {
                     });
                     starts.push(StepStart::Replayed(outcome));
                 }
-                Ok(attempt) => {
+                Ok((attempt, failures)) => {
                     self.observer.step_started(&self.workflow_id, &key, attempt);
                     self.executing.push(Executing {
                         key: key.clone(),
                         attempt,
+                        failures,
                         taken_over: attempt > 1,
                         started: Instant::now(),
                     });
                     starts.push(StepStart::Execute(StepRun {
-                        idempotency_key: format!("{}/{}", self.workflow_id, key),
+                        idempotency_key: idempotency_key(&self.workflow_id, &key),
                         key,
                         attempt,
+                        failures,
                     }));
                 }
             }
@@ -526,8 +781,10 @@ impl WorkflowRun {
         let Some(index) = self.executing.iter().position(|e| e.key.as_str() == key) else {
             return Err(EngineError::NotExecuting {
                 key: key.to_owned(),
+                call: "finish-step",
             });
         };
+        let outcome = outcome.map_err(bounded_error);
         // On a rejected outcome the step stays executing: the trap that
         // follows fails it with the workflow.
         let size = outcome.as_ref().map_or_else(String::len, String::len);
@@ -574,54 +831,112 @@ impl WorkflowRun {
             });
         }
         // The SDK always finishes what it begins; a guest that returns
-        // mid-step has abandoned it, which fails the step with the workflow.
-        let outcome = match self.executing.first() {
-            Some(executing) => Err(format!(
+        // mid-step has abandoned it, which fails the workflow.
+        let outcome = match (self.executing.first(), outcome) {
+            (Some(executing), _) => Err(format!(
                 "the workflow returned while step `{}` was still executing",
                 executing.key
             )),
-            None => outcome,
+            (None, Ok(output)) if output.len() > MAX_STEP_OUTPUT => Err(format!(
+                "the workflow's output is {} bytes, more than the {MAX_STEP_OUTPUT} bytes a \
+                 checkpoint may hold; store large data elsewhere and return a reference to it",
+                output.len()
+            )),
+            (None, Ok(output)) => match serde_json::from_str::<serde::de::IgnoredAny>(&output) {
+                Ok(_) => Ok(output),
+                Err(e) => Err(EngineError::InvalidOutputJson {
+                    reason: e.to_string(),
+                }
+                .to_string()),
+            },
+            (None, Err(error)) => Err(bounded_error(error)),
         };
-        self.end(outcome, false)
+        self.end(outcome, WorkflowStatus::Completed)
     }
 
-    /// The guest trapped (a panic, a fault, a limit): fail the workflow and
-    /// the step it was executing, with `reason`.
-    pub fn abort(self, reason: String) -> Result<RunReport, EngineError> {
-        self.end(Err(reason), false)
+    /// A limit stopped the guest (time, memory): fail the workflow with
+    /// `reason`. Steps it was executing stay unfinished, so that a
+    /// `durable-host resume` with other limits executes them again.
+    pub fn fail(self, reason: String) -> Result<RunReport, EngineError> {
+        self.end(Err(reason), WorkflowStatus::Failed)
+    }
+
+    /// The guest trapped (a panic, a fault): a bug in the code rather than
+    /// the workflow's answer. Suspend the workflow with `reason`, keeping its
+    /// history, so that fixed code can continue it (`durable-host resume`).
+    pub fn suspend(self, reason: String) -> Result<RunReport, EngineError> {
+        self.end(Err(reason), WorkflowStatus::Suspended)
     }
 
     /// The run stopped at a step boundary because it was cancelled.
     pub fn cancel(self) -> Result<RunReport, EngineError> {
-        self.end(Err(CANCELLED.to_owned()), true)
+        self.end(Err(CANCELLED.to_owned()), WorkflowStatus::Cancelled)
     }
 
-    /// A step's attempt failed and will be retried: record it. The step
-    /// stays running, and `attempt` is what the guest should use next.
-    pub fn record_attempt(&mut self, key: &str, error: &str) -> Result<u32, EngineError> {
+    /// A step's attempt failed with `error` and will be retried after
+    /// `backoff`: record it. The step stays running; call
+    /// [`Self::begin_retry`] when the backoff is over.
+    pub fn record_attempt(
+        &mut self,
+        key: &str,
+        error: &str,
+        backoff: Duration,
+    ) -> Result<(), EngineError> {
+        self.check_signals()?;
+        let Some(executing) = self.executing.iter().find(|e| e.key.as_str() == key) else {
+            return Err(EngineError::NotExecuting {
+                key: key.to_owned(),
+                call: "record-attempt",
+            });
+        };
+        let error = bounded_error(error.to_owned());
+        self.store.record_attempt(
+            &self.workflow_id,
+            &self.run_id,
+            &executing.key,
+            &error,
+            backoff.as_millis() as i64,
+        )?;
+        Ok(())
+    }
+
+    /// Begin the next attempt of the executing step `key`, after a failed
+    /// one's backoff.
+    pub fn begin_retry(&mut self, key: &str) -> Result<StepRun, EngineError> {
         self.check_signals()?;
         let Some(executing) = self.executing.iter_mut().find(|e| e.key.as_str() == key) else {
             return Err(EngineError::NotExecuting {
                 key: key.to_owned(),
+                call: "record-attempt",
             });
         };
         self.store
-            .record_attempt(&self.workflow_id, &self.run_id, &executing.key, error)?;
+            .begin_retry(&self.workflow_id, &self.run_id, &executing.key)?;
         executing.attempt += 1;
-        Ok(executing.attempt)
+        executing.failures += 1;
+        Ok(StepRun {
+            key: executing.key.clone(),
+            attempt: executing.attempt,
+            failures: executing.failures,
+            idempotency_key: idempotency_key(&self.workflow_id, &executing.key),
+        })
     }
 
-    fn end(mut self, outcome: Outcome, cancelled: bool) -> Result<RunReport, EngineError> {
+    fn end(mut self, outcome: Outcome, status: WorkflowStatus) -> Result<RunReport, EngineError> {
         self.claim()?;
         let executing = std::mem::take(&mut self.executing);
-        let failed_steps: Vec<StepKey> = executing.iter().map(|e| e.key.clone()).collect();
+        let interrupted: Vec<StepKey> = executing.iter().map(|e| e.key.clone()).collect();
+        let status = match (&outcome, status) {
+            (Err(_), WorkflowStatus::Completed) => WorkflowStatus::Failed,
+            (_, status) => status,
+        };
         self.store.finish_workflow(
             &self.workflow_id,
             &self.run_id,
             &WorkflowEnd {
+                status,
                 outcome: &outcome,
-                failed_steps: &failed_steps,
-                cancelled,
+                interrupted_steps: &interrupted,
             },
         )?;
         if let Err(reason) = &outcome {
@@ -638,14 +953,10 @@ impl WorkflowRun {
         }
         self.observer.run_ended(&self.workflow_id);
         Ok(RunReport {
+            resumed: self.resumed(),
             workflow_id: self.workflow_id,
             run_id: self.run_id,
-            resumed: self.previous_run.is_some(),
-            status: match (&outcome, cancelled) {
-                (Ok(_), _) => WorkflowStatus::Completed,
-                (Err(_), true) => WorkflowStatus::Cancelled,
-                (Err(_), false) => WorkflowStatus::Failed,
-            },
+            status,
             outcome,
             events: self.events,
         })
@@ -655,6 +966,61 @@ impl WorkflowRun {
         self.observer.step_event(&self.workflow_id, &event);
         self.events.push(event);
     }
+}
+
+/// `<workflow id>/<step key>`, with `%` and `/` in the workflow id escaped
+/// as `%25` and `%2F`, so that the first `/` always ends the id: workflow
+/// `pay/x` step `charge` and workflow `pay` step `x/charge` get different
+/// keys.
+pub fn idempotency_key(workflow_id: &str, key: &StepKey) -> String {
+    let mut encoded = String::with_capacity(workflow_id.len() + key.as_str().len() + 1);
+    for c in workflow_id.chars() {
+        match c {
+            '%' => encoded.push_str("%25"),
+            '/' => encoded.push_str("%2F"),
+            c => encoded.push(c),
+        }
+    }
+    encoded.push('/');
+    encoded.push_str(key.as_str());
+    encoded
+}
+
+/// Refuse an empty, oversized or control-character name at the edge, before
+/// it reaches the database and every table that shows it.
+fn check_name(what: &str, name: &str) -> Result<(), EngineError> {
+    let invalid = |reason: String| EngineError::InvalidName {
+        what: what.to_owned(),
+        reason,
+    };
+    if name.is_empty() {
+        return Err(invalid("it is empty".to_owned()));
+    }
+    if name.len() > MAX_NAME {
+        return Err(invalid(format!(
+            "it is {} bytes long, more than {MAX_NAME}",
+            name.len()
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(invalid("it contains control characters".to_owned()));
+    }
+    Ok(())
+}
+
+/// An error message cut to [`MAX_ERROR`] bytes (on a character boundary),
+/// saying so.
+fn bounded_error(mut error: String) -> String {
+    if error.len() > MAX_ERROR {
+        let mut cut = MAX_ERROR;
+        while !error.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let total = error.len();
+        error.truncate(cut);
+        error.push_str(&format!("… (cut from {total} bytes)"));
+    }
+    error
 }
 
 /// The largest result (value or error) a step may record. Checkpoints are
@@ -669,6 +1035,7 @@ mod tests {
     struct Silent;
     impl RunObserver for Silent {
         fn step_event(&mut self, _: &str, _: &StepEvent) {}
+        fn log(&mut self, _: &str, _: &str) {}
     }
 
     fn open(db: &std::path::Path, run_id: &str) -> Opened {
@@ -676,10 +1043,12 @@ mod tests {
         let request = RunRequest {
             workflow_id: "wf",
             component_sha256: "abc",
-            input: None,
+            input: Some("null"),
             run_id,
             stale_after: Duration::from_secs(30),
             allow_component_change: false,
+            reopen: false,
+            grants: None,
         };
         WorkflowRun::open(store, &request, CrashPlan::none(), Box::new(Silent)).unwrap()
     }
@@ -710,6 +1079,7 @@ mod tests {
             };
             assert_eq!(step.key.as_str(), expected);
             assert_eq!(step.idempotency_key, format!("wf/{expected}"));
+            assert_eq!(step.failures, 0);
             run.finish_step(expected, Ok("1".into())).unwrap();
         }
     }
@@ -758,6 +1128,80 @@ mod tests {
         assert!(err.is_non_determinism(), "{err}");
         assert!(err.to_string().contains("`a#000001`") && err.to_string().contains("`b#000001`"));
         assert_eq!(SqliteStore::open(&db).unwrap().steps("wf").unwrap(), before);
+    }
+
+    #[test]
+    fn a_run_that_lost_its_workflow_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        let mut first = ready(open(&db, "r1"));
+        execute(&mut first, "a", "1");
+        let StepStart::Execute(b) = first.begin_step("b").unwrap() else {
+            panic!("b must execute")
+        };
+        // A successor takes over (this process's own dead run) and
+        // completes the workflow.
+        let mut second = ready(open(&db, "r2"));
+        assert!(matches!(
+            second.begin_step("a").unwrap(),
+            StepStart::Replayed(_)
+        ));
+        let StepStart::Execute(_) = second.begin_step("b").unwrap() else {
+            panic!("b must be taken over")
+        };
+        second
+            .finish_step("b#000001", Ok("\"by r2\"".into()))
+            .unwrap();
+        second.complete(Ok("\"done\"".into())).unwrap();
+        let before = SqliteStore::open(&db).unwrap().steps("wf").unwrap();
+
+        // The first run wakes up: every write it tries is refused, and no
+        // completed step is reopened or overwritten.
+        let lost =
+            |e: EngineError| matches!(e, EngineError::Store(StoreError::LostOwnership { .. }));
+        assert!(lost(
+            first
+                .finish_step(b.key.as_str(), Ok("\"by r1\"".into()))
+                .unwrap_err()
+        ));
+        assert!(lost(first.begin_step("c").unwrap_err()));
+        assert_eq!(SqliteStore::open(&db).unwrap().steps("wf").unwrap(), before);
+        assert!(matches!(
+            open(&db, "r3"),
+            Opened::Finished(w) if w.output.as_deref() == Some("\"done\"")
+        ));
+    }
+
+    #[test]
+    fn idempotency_keys_do_not_collide() {
+        let charge = StepKey::new("charge", 1);
+        let x_charge = StepKey::new("x/charge", 1);
+        assert_ne!(
+            idempotency_key("pay/x", &charge),
+            idempotency_key("pay", &x_charge)
+        );
+        assert_eq!(idempotency_key("pay/x", &charge), "pay%2Fx/charge#000001");
+        assert_eq!(idempotency_key("a%2Fb", &charge), "a%252Fb/charge#000001");
+        assert_eq!(idempotency_key("pay", &x_charge), "pay/x/charge#000001");
+    }
+
+    #[test]
+    fn names_are_bounded_at_the_edge() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut run = ready(open(&dir.path().join("db"), "r1"));
+        let long = "n".repeat(MAX_NAME + 1);
+        assert!(matches!(
+            run.begin_step(&long).unwrap_err(),
+            EngineError::InvalidName { .. }
+        ));
+        assert!(check_name("id", "line\nbreak").is_err());
+        assert!(check_name("id", "pay/x").is_ok());
+        let cut = bounded_error("é".repeat(MAX_ERROR));
+        assert!(
+            cut.len() < MAX_ERROR + 64 && cut.ends_with("bytes)"),
+            "{}",
+            cut.len()
+        );
     }
 
     #[test]

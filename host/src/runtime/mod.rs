@@ -7,27 +7,41 @@
 //! [`Runtime::compile`] checks that a component is a workflow before anything
 //! runs, and [`Runtime::run`] executes one [`WorkflowRun`] in a fresh,
 //! sandboxed instance.
+//!
+//! Around it: `host` is what an instance holds and the `durable-step`
+//! implementation, `branches` runs parallel branches, `limits` the run's
+//! time and memory, `grants` what a workflow was granted, `cache` compiled
+//! components.
 
+mod branches;
 mod cache;
+mod grants;
 mod guest_output;
+mod host;
+mod limits;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime::{Config, Engine, Store, Trap};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
-use crate::bindings::{Workflow, WorkflowPre, durable_step};
-use crate::engine::{EngineError, RunReport, StepRun, StepStart, WorkflowRun};
-use crate::store::Outcome;
+use crate::bindings::{Workflow, WorkflowPre};
+use crate::engine::{EngineError, RunReport, WorkflowRun};
+use branches::BranchRunner;
 pub use cache::ComponentCache;
+pub use grants::{Grants, GrantsError};
 use guest_output::GuestOutput;
+pub use host::HostState;
+use host::Role;
+pub use limits::LimitExceeded;
+use limits::{Deadline, EPOCH_TICK, InstanceLimiter, MemoryBudget};
 
 /// What went wrong loading or running a component.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +64,8 @@ pub enum RuntimeError {
     Engine(#[from] EngineError),
     #[error("cannot set up the WebAssembly engine: {0}")]
     Setup(String),
+    #[error(transparent)]
+    Grants(#[from] GrantsError),
 }
 
 /// A component file, read and fingerprinted but not compiled.
@@ -112,7 +128,7 @@ pub struct WorkflowComponent {
 }
 
 /// What the guest may see of the host. Nothing else is granted.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sandbox {
     /// Host directories, each visible to the guest at its guest path.
     pub dirs: Vec<DirGrant>,
@@ -131,17 +147,14 @@ pub struct DirGrant {
 /// How a runtime compiles and what it lets a guest use.
 #[derive(Debug, Clone, Default)]
 pub struct RuntimeConfig {
-    /// Wall-clock limit for a whole run, branches included.
+    /// Wall-clock limit for a whole run, branches included, durable waits
+    /// excluded.
     pub timeout: Option<Duration>,
-    /// Limit on each instance's linear memory, in bytes.
+    /// Limit on the linear memory of a whole run: all its instances together.
     pub max_memory: Option<usize>,
     /// Where compiled components are kept; `None` compiles every time.
     pub cache: Option<ComponentCache>,
 }
-
-/// How often the epoch advances when a timeout is set: the precision of
-/// `--timeout`, and the cost of the checks, which is small.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// The wasmtime engine and a linker providing WASI 0.2 and `durable-step`.
 pub struct Runtime {
@@ -160,6 +173,7 @@ impl Runtime {
         let engine = Engine::new(&wasmtime_config).map_err(setup)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(setup)?;
+        limits::enforce_deadline_in_poll(&mut linker).map_err(setup)?;
         Workflow::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
             .map_err(setup)?;
         let ticker_stop = config.timeout.map(|_| {
@@ -208,10 +222,10 @@ impl Runtime {
 
     /// Execute `run` in a new instance of `component`, confined to `sandbox`.
     ///
-    /// A trap (panic, fault) fails the workflow and its executing step and is
-    /// reported as the run's outcome. An engine error that must leave the
-    /// history untouched (non-determinism, storage failure) is returned as
-    /// an error instead.
+    /// A limit (time, memory) fails the workflow; a trap (panic, fault)
+    /// suspends it, keeping its history for fixed code. An engine error that
+    /// must leave the history untouched (non-determinism, storage failure,
+    /// a refused input) is returned as an error instead.
     pub fn run(
         &self,
         component: &WorkflowComponent,
@@ -221,32 +235,34 @@ impl Runtime {
         let output = GuestOutput::default();
         let wasi = sandbox.wasi_ctx(&output)?;
         let input = run.input().to_owned();
-        let limits = Limits {
-            deadline: self.config.timeout.map(|timeout| Instant::now() + timeout),
-            config: self.config.clone(),
+        let limits = RunLimits {
+            deadline: self.config.timeout.map(Deadline::start),
+            memory: self.config.max_memory.map(MemoryBudget::new),
         };
-        let branches = BranchRunner {
-            component: component.clone(),
-            sandbox: sandbox.clone(),
-            limits: limits.clone(),
-        };
+        let branches = BranchRunner::new(component.clone(), sandbox.clone(), limits.clone());
         let role = Role::Workflow { run, branches };
         let mut store = limits.store(&self.engine, wasi, role);
         let result = component
             .pre
             .instantiate(&mut store)
-            .map_err(|e| RuntimeError::Instantiate(e.to_string()))
             .map(|workflow| workflow.call_run(&mut store, &input));
         let Role::Workflow { run, .. } = store.into_data().role else {
             unreachable!("the workflow instance keeps its role")
         };
-        match result? {
-            Ok(outcome) => Ok(run.complete(outcome)?),
-            Err(trap) => match trap.downcast::<EngineError>() {
-                Ok(EngineError::Cancelled { .. }) => Ok(run.cancel()?),
-                Ok(error) if keeps_history(&error) => Err(error.into()),
-                Ok(guest_misuse) => Ok(run.abort(guest_misuse.to_string())?),
-                Err(trap) => Ok(run.abort(limits.trap_reason(&trap, &output))?),
+        let trap = match result {
+            Ok(Ok(outcome)) => return Ok(run.complete(outcome)?),
+            // An instance that cannot even start (its memory over the budget,
+            // say) is handled like a trap in it.
+            Ok(Err(trap)) | Err(trap) => trap,
+        };
+        match trap.downcast::<EngineError>() {
+            Ok(EngineError::Cancelled { .. }) => Ok(run.cancel()?),
+            Ok(error) if keeps_history(&error) => Err(error.into()),
+            // The guest broke the protocol: a bug in its code.
+            Ok(guest_misuse) => Ok(run.suspend(guest_misuse.to_string())?),
+            Err(trap) => match limit_exceeded(&trap) {
+                Some(limit) => Ok(run.fail(limit.to_string())?),
+                None => Ok(run.suspend(trap_reason(&trap, &output))?),
             },
         }
     }
@@ -262,134 +278,55 @@ impl Drop for Runtime {
 
 /// The limits of one run, shared by its workflow and branch instances.
 #[derive(Clone)]
-struct Limits {
-    deadline: Option<Instant>,
-    config: RuntimeConfig,
+struct RunLimits {
+    deadline: Option<Deadline>,
+    memory: Option<Arc<MemoryBudget>>,
 }
 
-impl Limits {
-    /// A store for one instance, with the memory limit and what is left of
-    /// the run's time.
+impl RunLimits {
+    /// A store for one instance, drawing on the run's memory budget and
+    /// stopping at the run's deadline.
     fn store(&self, engine: &Engine, wasi: WasiCtx, role: Role) -> Store<HostState> {
-        let mut limits = StoreLimitsBuilder::new().trap_on_grow_failure(true);
-        if let Some(bytes) = self.config.max_memory {
-            limits = limits.memory_size(bytes);
-        }
         let mut store = Store::new(
             engine,
             HostState {
                 wasi,
                 table: ResourceTable::new(),
-                limits: limits.build(),
+                limiter: InstanceLimiter::new(self.memory.clone()),
+                deadline: self.deadline.clone(),
                 role,
             },
         );
-        store.limiter(|state| &mut state.limits);
-        if let Some(deadline) = self.deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            store.set_epoch_deadline((left.as_millis() / EPOCH_TICK.as_millis()) as u64 + 1);
+        store.limiter(|state| &mut state.limiter);
+        if let Some(deadline) = &self.deadline {
+            limits::arm_deadline(&mut store, deadline);
         }
         store
     }
+}
 
-    /// A one-line reason for a trap: a limit that was hit, the panic message
-    /// if the guest printed one, else the trap itself (its backtrace is
-    /// noise in a failure record).
-    fn trap_reason(&self, trap: &wasmtime::Error, output: &GuestOutput) -> String {
-        if let Some(exit) = trap.downcast_ref::<wasmtime_wasi::I32Exit>() {
-            return format!(
-                "the guest exited with status {} instead of returning",
-                exit.0
-            );
-        }
-        if let (Some(Trap::Interrupt), Some(timeout)) =
-            (trap.downcast_ref::<Trap>(), self.config.timeout)
-        {
-            return format!("guest stopped: it ran past the --timeout of {timeout:?}");
-        }
-        if let Some(bytes) = self.config.max_memory
-            && format!("{trap:#}").contains("growing memory")
-        {
-            return format!(
-                "guest stopped: it needed more than the --max-memory of {} MiB",
-                bytes >> 20
-            );
-        }
-        match output.panic_message() {
-            Some(panic) => format!("guest panicked: {panic}"),
-            None => format!("guest trapped: {}", trap.root_cause()),
-        }
+/// The limit behind a trap, if one stopped the guest.
+fn limit_exceeded(trap: &wasmtime::Error) -> Option<LimitExceeded> {
+    trap.chain()
+        .find_map(|cause| cause.downcast_ref::<LimitExceeded>())
+        .cloned()
+}
+
+/// A one-line reason for a trap: the panic message if the guest printed
+/// one, else the trap itself (its backtrace is noise in a record).
+fn trap_reason(trap: &wasmtime::Error, output: &GuestOutput) -> String {
+    if let Some(exit) = trap.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return format!(
+            "the guest exited with status {} instead of returning",
+            exit.0
+        );
     }
-}
-
-/// At most this many branch instances run at once; more branches wait.
-const MAX_BRANCH_THREADS: usize = 64;
-
-/// Runs the branches of a parallel call, each in a fresh instance of the
-/// workflow's component on a thread of its own.
-struct BranchRunner {
-    component: WorkflowComponent,
-    sandbox: Sandbox,
-    limits: Limits,
-}
-
-/// One branch to execute.
-struct BranchJob {
-    index: usize,
-    step: StepRun,
-    entry: String,
-    input: String,
-}
-
-impl BranchRunner {
-    /// Execute `jobs` concurrently, handing each outcome to `record` on this
-    /// thread as soon as it is known, so that every branch is checkpointed on
-    /// its own by the one thread that writes.
-    fn run_all(
-        &self,
-        jobs: Vec<BranchJob>,
-        mut record: impl FnMut(usize, &str, Outcome) -> Result<(), EngineError>,
-    ) -> Result<(), EngineError> {
-        let workers = jobs.len().min(MAX_BRANCH_THREADS);
-        let queue = Mutex::new(jobs.into_iter());
-        let (done, finished) = mpsc::channel();
-        thread::scope(|scope| {
-            for _ in 0..workers {
-                let done = done.clone();
-                let queue = &queue;
-                scope.spawn(move || {
-                    loop {
-                        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
-                        let Some(job) = next else { break };
-                        let outcome = self.run_one(&job);
-                        // A closed channel means the run is failing: stop.
-                        if done.send((job.index, job.step.key, outcome)).is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-            drop(done);
-            for (index, key, outcome) in finished {
-                record(index, key.as_str(), outcome)?;
-            }
-            Ok(())
-        })
+    if let Some(Trap::Interrupt) = trap.downcast_ref::<Trap>() {
+        return "guest interrupted".to_owned();
     }
-
-    /// Run one branch to its outcome; a trap fails this branch only.
-    fn run_one(&self, job: &BranchJob) -> Outcome {
-        let output = GuestOutput::default();
-        let wasi = self.sandbox.wasi_ctx(&output).map_err(|e| e.to_string())?;
-        let pre = &self.component.pre;
-        let mut store = self.limits.store(pre.engine(), wasi, Role::Branch);
-        let workflow = pre
-            .instantiate(&mut store)
-            .map_err(|e| format!("cannot start an instance for the branch: {e}"))?;
-        let step = durable_step::StepRun::from(&job.step);
-        workflow
-            .call_run_branch(&mut store, &job.entry, &step, &job.input)
-            .unwrap_or_else(|trap| Err(self.limits.trap_reason(&trap, &output)))
+    match output.panic_message() {
+        Some(panic) => format!("guest panicked: {panic}"),
+        None => format!("guest trapped: {}", trap.root_cause()),
     }
 }
 
@@ -398,7 +335,9 @@ fn keeps_history(error: &EngineError) -> bool {
     error.is_non_determinism()
         || matches!(
             error,
-            EngineError::Store(_) | EngineError::InputMismatch { .. }
+            EngineError::Store(_)
+                | EngineError::InputMismatch { .. }
+                | EngineError::InputRejected { .. }
         )
 }
 
@@ -423,105 +362,5 @@ impl Sandbox {
                 })?;
         }
         Ok(builder.build())
-    }
-}
-
-/// Everything one guest instance can reach.
-pub struct HostState {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    limits: StoreLimits,
-    role: Role,
-}
-
-/// What an instance is for.
-enum Role {
-    /// Runs the workflow's `run`, and owns the run's history.
-    Workflow {
-        run: Box<WorkflowRun>,
-        branches: BranchRunner,
-    },
-    /// Runs one parallel branch; it cannot begin steps of its own.
-    Branch,
-}
-
-impl HostState {
-    fn run(&mut self) -> wasmtime::Result<(&mut WorkflowRun, &BranchRunner)> {
-        match &mut self.role {
-            Role::Workflow { run, branches } => Ok((run, branches)),
-            Role::Branch => Err(wasmtime::Error::msg(
-                "steps cannot be begun inside a parallel branch; return a value and begin them in the workflow",
-            )),
-        }
-    }
-}
-
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl From<&StepRun> for durable_step::StepRun {
-    fn from(step: &StepRun) -> Self {
-        Self {
-            key: step.key.to_string(),
-            attempt: step.attempt,
-            idempotency_key: step.idempotency_key.clone(),
-        }
-    }
-}
-
-impl durable_step::Host for HostState {
-    fn begin_step(&mut self, name: String) -> wasmtime::Result<durable_step::StepStart> {
-        let (run, _) = self.run()?;
-        Ok(match run.begin_step(&name)? {
-            StepStart::Replayed(outcome) => durable_step::StepStart::Replayed(outcome),
-            StepStart::Execute(step) => durable_step::StepStart::Execute((&step).into()),
-        })
-    }
-
-    fn run_parallel(
-        &mut self,
-        branches: Vec<durable_step::Branch>,
-    ) -> wasmtime::Result<Vec<Outcome>> {
-        let (run, runner) = self.run()?;
-        let names: Vec<&str> = branches.iter().map(|b| b.name.as_str()).collect();
-        let starts = run.begin_steps(&names)?;
-        let mut results: Vec<Option<Outcome>> = vec![None; branches.len()];
-        let mut jobs = Vec::new();
-        for (index, (start, branch)) in starts.into_iter().zip(branches).enumerate() {
-            match start {
-                StepStart::Replayed(outcome) => results[index] = Some(outcome),
-                StepStart::Execute(step) => jobs.push(BranchJob {
-                    index,
-                    step,
-                    entry: branch.entry,
-                    input: branch.input,
-                }),
-            }
-        }
-        runner.run_all(jobs, |index, key, outcome| {
-            run.finish_step(key, outcome.clone())?;
-            results[index] = Some(outcome);
-            Ok(())
-        })?;
-        Ok(results
-            .into_iter()
-            .map(|result| result.expect("every branch was replayed or executed"))
-            .collect())
-    }
-
-    fn record_attempt(&mut self, key: String, error: String) -> wasmtime::Result<u32> {
-        let (run, _) = self.run()?;
-        Ok(run.record_attempt(&key, &error)?)
-    }
-
-    fn finish_step(&mut self, key: String, outcome: Outcome) -> wasmtime::Result<()> {
-        let (run, _) = self.run()?;
-        Ok(run.finish_step(&key, outcome)?)
     }
 }

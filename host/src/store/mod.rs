@@ -78,6 +78,10 @@ pub enum WorkflowStatus {
     Failed,
     /// Cancelled by `durable-host cancel`. Final.
     Cancelled,
+    /// Stopped by a bug rather than by its own answer (a trap, a panic, runs
+    /// that kept dying): its history is kept and `durable-host resume`
+    /// continues it, with fixed code or limits.
+    Suspended,
 }
 
 macro_rules! status_text {
@@ -106,6 +110,7 @@ status_text!(WorkflowStatus {
     Completed => "completed",
     Failed => "failed",
     Cancelled => "cancelled",
+    Suspended => "suspended",
 });
 
 /// A workflow as stored.
@@ -131,6 +136,12 @@ pub struct WorkflowRecord {
     pub cancel_requested: bool,
     pub created_at: Millis,
     pub updated_at: Millis,
+    /// Runs that died in a row without recording a step.
+    pub takeovers: u32,
+    /// Steps recorded when the last of those runs took over.
+    pub progress_mark: u32,
+    /// What the workflow was granted when it started (opaque to the store).
+    pub grants: Option<String>,
 }
 
 impl WorkflowRecord {
@@ -139,7 +150,7 @@ impl WorkflowRecord {
         match self.status {
             WorkflowStatus::Running => None,
             WorkflowStatus::Completed => Some(Ok(self.output.clone().unwrap_or_default())),
-            WorkflowStatus::Failed | WorkflowStatus::Cancelled => {
+            WorkflowStatus::Failed | WorkflowStatus::Cancelled | WorkflowStatus::Suspended => {
                 Some(Err(self.error.clone().unwrap_or_default()))
             }
         }
@@ -147,10 +158,20 @@ impl WorkflowRecord {
 }
 
 /// The process that runs (or ran) a workflow.
+///
+/// A pid names a process only within one pid namespace and one boot of one
+/// machine, so the record keeps those too, and the process's start time,
+/// which tells a reused pid apart. Any of them may be unknown (`None`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
     pub pid: u32,
     pub host: String,
+    /// The kernel's boot id.
+    pub boot_id: Option<String>,
+    /// The pid namespace, as `/proc/self/ns/pid` names it.
+    pub pid_ns: Option<String>,
+    /// When the process started, in clock ticks since boot.
+    pub started: Option<i64>,
 }
 
 impl fmt::Display for Owner {
@@ -189,6 +210,9 @@ pub struct StepRecord {
     pub error: Option<String>,
     /// How many times a run has begun executing the step.
     pub attempts: u32,
+    /// How many of those attempts failed and were retried (attempts cut
+    /// short by the death of their run are not counted).
+    pub failures: u32,
     /// The run that last executed the step.
     pub run_id: String,
     pub started_at: Millis,
@@ -215,6 +239,20 @@ pub struct AttemptRecord {
     pub error: String,
     pub run_id: String,
     pub ended_at: Millis,
+    /// Cut short by the death (or the stop) of its run, rather than failed.
+    pub interrupted: bool,
+    /// The wait before the next attempt, for a failed attempt.
+    pub backoff_ms: Option<i64>,
+}
+
+/// Something that happened to a workflow besides its steps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkflowEvent {
+    pub at: Millis,
+    /// `takeover`, `component_changed`, `suspended`, `resumed`, `cancel_requested`...
+    pub kind: String,
+    pub detail: String,
+    pub run_id: String,
 }
 
 /// A step that a run is about to execute.
@@ -236,6 +274,23 @@ pub struct NewWorkflow<'a> {
     pub component_sha256: &'a str,
     pub input: &'a str,
     pub claim: &'a Claim<'a>,
+    /// What the workflow is granted, recorded for its resumes.
+    pub grants: Option<&'a str>,
+}
+
+/// A run taking over a running workflow from `previous_run`, which did not
+/// finish it.
+#[derive(Debug, Clone)]
+pub struct Takeover<'a> {
+    pub previous_run: &'a str,
+    pub claim: &'a Claim<'a>,
+    /// The component the workflow continues on (a change is recorded as an event).
+    pub component_sha256: &'a str,
+    /// The new [`WorkflowRecord::takeovers`] and [`WorkflowRecord::progress_mark`].
+    pub takeovers: u32,
+    pub progress_mark: u32,
+    /// Recorded with the takeover, in the same transaction.
+    pub events: &'a [(&'a str, String)],
 }
 
 /// A run taking ownership of a workflow until `lease_until`.
@@ -246,14 +301,27 @@ pub struct Claim<'a> {
     pub lease_until: Millis,
 }
 
-/// The end of a workflow, with the steps that were executing when it ended
-/// abnormally (a trap fails them too).
+/// A run putting a failed or suspended workflow back to running.
+#[derive(Debug, Clone)]
+pub struct Reopen<'a> {
+    pub expected_run: &'a str,
+    pub claim: &'a Claim<'a>,
+    pub component_sha256: &'a str,
+    /// Replaces the recorded grants when given.
+    pub grants: Option<&'a str>,
+    pub detail: &'a str,
+}
+
+/// The end of a run that ends its workflow (or suspends it), with the steps
+/// it left executing.
 #[derive(Debug, Clone)]
 pub struct WorkflowEnd<'a> {
+    /// `Completed`, `Failed`, `Cancelled` or `Suspended`.
+    pub status: WorkflowStatus,
     pub outcome: &'a Outcome,
-    pub failed_steps: &'a [StepKey],
-    /// The run stopped because it was cancelled (the outcome is the reason).
-    pub cancelled: bool,
+    /// Steps whose bodies were cut short: they stay `running`, with an
+    /// interrupted attempt recorded, so that a resume executes them again.
+    pub interrupted_steps: &'a [StepKey],
 }
 
 /// Why the store could not do what was asked. Each variant says what a user
@@ -278,6 +346,14 @@ pub enum StoreError {
     LostOwnership { id: String, owner: String },
     #[error("workflow {id} does not exist")]
     UnknownWorkflow { id: String },
+    #[error("the disk holding the database {path} is full")]
+    DiskFull { path: String },
+    #[error("I/O error on the database {path}: {reason}")]
+    Io { path: String, reason: String },
+    #[error("the database file {path} was deleted or replaced while this process was using it")]
+    Replaced { path: String },
+    #[error("too many open files: cannot open the database {path}")]
+    TooManyFiles { path: String },
     #[error("database error: {0}")]
     Backend(String),
 }
@@ -304,16 +380,19 @@ pub trait CheckpointStore: Send {
     /// run created it first.
     fn create_workflow(&self, workflow: &NewWorkflow<'_>) -> Result<(), StoreError>;
 
-    /// Make `claim.run_id` the owner of running workflow `id`, provided its
-    /// owner is still `previous_run` (otherwise `LostOwnership`). Also
-    /// records a component change, when a resume is allowed one.
-    fn claim_workflow(
-        &self,
-        id: &str,
-        previous_run: &str,
-        claim: &Claim<'_>,
-        component_sha256: &str,
-    ) -> Result<(), StoreError>;
+    /// Make `takeover.claim.run_id` the owner of running workflow `id`,
+    /// provided its owner is still `takeover.previous_run` (otherwise
+    /// `LostOwnership`), with the takeover's counters and events.
+    fn claim_workflow(&self, id: &str, takeover: &Takeover<'_>) -> Result<(), StoreError>;
+
+    /// Put a failed or suspended workflow back to `running` for `claim`'s
+    /// run, with a `resumed` event saying `detail`, on `component_sha256`
+    /// and, when given, new `grants`. `LostOwnership` if its status or
+    /// owner changed since `expected_run` was read.
+    fn reopen_workflow(&self, id: &str, reopen: &Reopen<'_>) -> Result<(), StoreError>;
+
+    /// The events of workflow `id`, oldest first.
+    fn events(&self, workflow_id: &str) -> Result<Vec<WorkflowEvent>, StoreError>;
 
     /// Extend the lease of `run_id` on workflow `id`; reports whether the run
     /// still owns it and whether it was asked to stop.
@@ -334,15 +413,22 @@ pub trait CheckpointStore: Send {
         status: Option<WorkflowStatus>,
     ) -> Result<Vec<WorkflowSummary>, StoreError>;
 
-    /// Record a failed attempt of step `key`, which stays running: the
-    /// attempt goes into the attempt history and `attempts` counts the next.
+    /// Record a failed attempt of step `key`, which stays running and will
+    /// be retried after `backoff_ms`: the attempt goes into the attempt
+    /// history and `failures` counts it. The next attempt is begun with
+    /// [`CheckpointStore::begin_retry`].
     fn record_attempt(
         &self,
         workflow_id: &str,
         run_id: &str,
         key: &StepKey,
         error: &str,
+        backoff_ms: i64,
     ) -> Result<(), StoreError>;
+
+    /// Count the next execution of step `key` (after a failed attempt's backoff).
+    fn begin_retry(&self, workflow_id: &str, run_id: &str, key: &StepKey)
+    -> Result<(), StoreError>;
 
     /// Mark steps running before their bodies execute (new rows, or new
     /// attempts of steps left running), in one transaction. Visible to other
@@ -359,8 +445,7 @@ pub trait CheckpointStore: Send {
         outcome: &Outcome,
     ) -> Result<(), StoreError>;
 
-    /// Record how a workflow ended (`Cancelled` when `end.cancelled`).
-    /// Durable on return.
+    /// Record how a workflow ended (or that it is suspended). Durable on return.
     fn finish_workflow(
         &self,
         id: &str,

@@ -22,21 +22,22 @@ use rusqlite::{
 };
 
 use super::{
-    AttemptRecord, CheckpointStore, Claim, LeaseRenewal, Millis, NewWorkflow, Outcome, Owner,
-    StepBegin, StepKey, StepRecord, StepStatus, StoreError, WorkflowEnd, WorkflowRecord,
-    WorkflowStatus, WorkflowSummary, now_millis,
+    AttemptRecord, CheckpointStore, LeaseRenewal, Millis, NewWorkflow, Outcome, Owner, Reopen,
+    StepBegin, StepKey, StepRecord, StepStatus, StoreError, Takeover, WorkflowEnd, WorkflowEvent,
+    WorkflowRecord, WorkflowStatus, WorkflowSummary, now_millis,
 };
 
 /// Bumped whenever the tables change; older hosts refuse newer files.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
+/// The tables as this version creates them in a new database.
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS workflows (
+CREATE TABLE workflows (
     id               TEXT PRIMARY KEY NOT NULL,
     component_sha256 TEXT NOT NULL,
     input            TEXT NOT NULL,
     status           TEXT NOT NULL
-                     CHECK (status IN ('running', 'completed', 'failed', 'cancelled')),
+                     CHECK (status IN ('running', 'completed', 'failed', 'cancelled', 'suspended')),
     output           TEXT,
     error            TEXT,
     run_id           TEXT NOT NULL,
@@ -45,12 +46,22 @@ CREATE TABLE IF NOT EXISTS workflows (
     lease_expires_at INTEGER NOT NULL,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     created_at       INTEGER NOT NULL,
-    updated_at       INTEGER NOT NULL
+    updated_at       INTEGER NOT NULL,
+    -- Which process the owning run is, beyond its pid: see engine::lease.
+    owner_boot       TEXT,
+    owner_pid_ns     TEXT,
+    owner_started    INTEGER,
+    -- Runs that died in a row without recording a step, and how many
+    -- steps were recorded when the last of them took over.
+    takeovers        INTEGER NOT NULL DEFAULT 0,
+    progress_mark    INTEGER NOT NULL DEFAULT 0,
+    -- What the workflow was granted when it started (runtime::Grants, JSON).
+    grants           TEXT
 );
 -- Clustered on its key and without a second index: every page a step
 -- touches is one more page its commit writes and syncs. (Sequences are
 -- unique per workflow by construction: one owner assigns them in order.)
-CREATE TABLE IF NOT EXISTS steps (
+CREATE TABLE steps (
     workflow_id TEXT NOT NULL REFERENCES workflows (id),
     step_key    TEXT NOT NULL,
     sequence    INTEGER NOT NULL,
@@ -62,24 +73,96 @@ CREATE TABLE IF NOT EXISTS steps (
     run_id      TEXT NOT NULL,
     started_at  INTEGER NOT NULL,
     finished_at INTEGER,
+    -- Failed attempts recorded before a retry (interrupted ones excluded).
+    failures    INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (workflow_id, step_key)
 ) WITHOUT ROWID;
 -- Attempts of a step that did not end it: failed tries before a retry, and
 -- executions interrupted by the death of their run.
-CREATE TABLE IF NOT EXISTS step_attempts (
+CREATE TABLE step_attempts (
     workflow_id TEXT NOT NULL,
     step_key    TEXT NOT NULL,
     attempt     INTEGER NOT NULL,
     error       TEXT NOT NULL,
     run_id      TEXT NOT NULL,
     ended_at    INTEGER NOT NULL,
+    -- 1 when the attempt was cut short by the death of its run.
+    interrupted INTEGER NOT NULL DEFAULT 0,
+    -- The wait before the next attempt, for failed ones.
+    backoff_ms  INTEGER,
     PRIMARY KEY (workflow_id, step_key, attempt)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS workflows_by_status ON workflows (status);
+-- What happened to a workflow besides its steps: takeovers, code
+-- changes, suspensions, resumes, cancel requests.
+CREATE TABLE workflow_events (
+    workflow_id TEXT NOT NULL,
+    at          INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    detail      TEXT NOT NULL,
+    run_id      TEXT NOT NULL
+);
+CREATE INDEX workflows_by_status ON workflows (status);
+CREATE INDEX workflow_events_by_workflow ON workflow_events (workflow_id, at);
 ";
 
+/// Upgrades of an existing database, by the version they lead to. Each runs
+/// in the one transaction that also sets `user_version`.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    2,
+    "
+    -- A workflow may now be `suspended`: SQLite cannot alter a CHECK, so the
+    -- table is rebuilt (foreign keys are checked at commit, by name).
+    CREATE TABLE workflows_v2 (
+        id               TEXT PRIMARY KEY NOT NULL,
+        component_sha256 TEXT NOT NULL,
+        input            TEXT NOT NULL,
+        status           TEXT NOT NULL
+                         CHECK (status IN ('running', 'completed', 'failed', 'cancelled', 'suspended')),
+        output           TEXT,
+        error            TEXT,
+        run_id           TEXT NOT NULL,
+        owner_pid        INTEGER NOT NULL,
+        owner_host       TEXT NOT NULL,
+        lease_expires_at INTEGER NOT NULL,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        created_at       INTEGER NOT NULL,
+        updated_at       INTEGER NOT NULL,
+        owner_boot       TEXT,
+        owner_pid_ns     TEXT,
+        owner_started    INTEGER,
+        takeovers        INTEGER NOT NULL DEFAULT 0,
+        progress_mark    INTEGER NOT NULL DEFAULT 0,
+        grants           TEXT
+    );
+    INSERT INTO workflows_v2 (id, component_sha256, input, status, output, error, run_id,
+        owner_pid, owner_host, lease_expires_at, cancel_requested, created_at, updated_at)
+    SELECT id, component_sha256, input, status, output, error, run_id,
+        owner_pid, owner_host, lease_expires_at, cancel_requested, created_at, updated_at
+    FROM workflows;
+    DROP TABLE workflows;
+    ALTER TABLE workflows_v2 RENAME TO workflows;
+    CREATE INDEX workflows_by_status ON workflows (status);
+    ALTER TABLE steps ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE step_attempts ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE step_attempts ADD COLUMN backoff_ms INTEGER;
+    UPDATE step_attempts SET interrupted = 1 WHERE error LIKE 'interrupted:%';
+    CREATE TABLE workflow_events (
+        workflow_id TEXT NOT NULL,
+        at          INTEGER NOT NULL,
+        kind        TEXT NOT NULL,
+        detail      TEXT NOT NULL,
+        run_id      TEXT NOT NULL
+    );
+    CREATE INDEX workflow_events_by_workflow ON workflow_events (workflow_id, at);
+    ",
+)];
+
 const WORKFLOW_COLUMNS: &str = "id, component_sha256, input, status, output, error, run_id, \
-     owner_pid, owner_host, lease_expires_at, cancel_requested, created_at, updated_at";
+     owner_pid, owner_host, lease_expires_at, cancel_requested, created_at, updated_at, \
+     owner_boot, owner_pid_ns, owner_started, takeovers, progress_mark, grants";
+
+/// How many columns [`WORKFLOW_COLUMNS`] selects.
+const WORKFLOW_COLUMN_COUNT: usize = 19;
 
 /// How long SQLite itself waits for a lock before reporting `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -92,6 +175,28 @@ const BACKOFF_CAP: Duration = Duration::from_millis(250);
 pub struct SqliteStore {
     conn: Connection,
     path: std::path::PathBuf,
+    /// The file this connection opened, checked before every commit: a
+    /// database deleted or replaced under a run would otherwise take its
+    /// checkpoints into an unlinked file without a word.
+    identity: FileIdentity,
+}
+
+/// Device and inode of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileIdentity {
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
 }
 
 impl SqliteStore {
@@ -113,32 +218,41 @@ impl SqliteStore {
                 reason: format!("the directory {} does not exist", parent.display()),
             });
         }
-        let conn = Connection::open(path).map_err(|e| StoreError::Open {
+        let conn = Connection::open(path).map_err(|e| open_error(path, e))?;
+        let identity = FileIdentity::of(path).ok_or_else(|| StoreError::Open {
             path: shown,
-            reason: e.to_string(),
+            reason: "the file vanished as it was opened".to_owned(),
         })?;
         let store = Self {
             conn,
             path: path.to_owned(),
+            identity,
         };
         store.configure().map_err(|e| store.explain(e))?;
         Ok(store)
     }
 
-    /// Name the file when SQLite finds that it is not a database.
+    /// Name the file in errors about it.
     fn explain(&self, error: StoreError) -> StoreError {
+        let path = self.path.display().to_string();
         match error {
-            StoreError::Backend(reason) if is_not_a_database(&reason) => StoreError::NotADatabase {
-                path: self.path.display().to_string(),
-                reason,
-            },
+            StoreError::Backend(reason) if is_not_a_database(&reason) => {
+                StoreError::NotADatabase { path, reason }
+            }
+            StoreError::DiskFull { .. } => StoreError::DiskFull { path },
+            StoreError::Io { reason, .. } => StoreError::Io { path, reason },
             other => other,
         }
     }
 
+    /// Run a read, retrying while the database is busy.
+    fn read<T>(&self, op: impl FnMut() -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        with_retry(op).map_err(|e| self.explain(e))
+    }
+
     fn configure(&self) -> Result<(), StoreError> {
         self.conn.busy_timeout(BUSY_TIMEOUT).map_err(store_error)?;
-        with_retry(|| {
+        self.read(|| {
             // journal_mode returns the mode it ended up in: a read-only file
             // cannot switch to WAL, and anything else would break our promises.
             let mode: String = self
@@ -156,16 +270,31 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Create the tables in a new database, or bring an older one up to
+    /// [`SCHEMA_VERSION`] with [`MIGRATIONS`]; refuse a newer one.
     fn create_schema(&self) -> Result<(), StoreError> {
         // Up to date (every open after the first): no write, so no flush.
-        let current = with_retry(|| {
+        let current = self.read(|| {
             self.conn
                 .query_row("PRAGMA user_version", [], |row| row.get::<_, i64>(0))
         })?;
         if current == SCHEMA_VERSION {
             return Ok(());
         }
-        self.write(|tx| {
+        if current > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                found: current,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        // A migration rebuilds tables that others reference; SQLite only
+        // allows that with foreign keys off, which cannot change inside a
+        // transaction. They are checked before the commit instead.
+        self.conn
+            .execute_batch("PRAGMA foreign_keys = OFF")
+            .map_err(store_error)?;
+        let result = self.write(|tx| {
+            // Another process may have upgraded it while we waited for the lock.
             let found: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
             if found > SCHEMA_VERSION {
                 return Ok(Err(StoreError::NewerSchema {
@@ -173,31 +302,60 @@ impl SqliteStore {
                     supported: SCHEMA_VERSION,
                 }));
             }
-            tx.execute_batch(SCHEMA)?;
+            if found == 0 {
+                tx.execute_batch(SCHEMA)?;
+            } else {
+                for (_, migration) in MIGRATIONS.iter().filter(|(to, _)| *to > found) {
+                    tx.execute_batch(migration)?;
+                }
+                let broken: Option<String> = tx
+                    .query_row("PRAGMA foreign_key_check", [], |row| row.get(0))
+                    .optional()?;
+                if let Some(table) = broken {
+                    return Ok(Err(StoreError::Backend(format!(
+                        "upgrading the database found rows of `{table}` without their workflow"
+                    ))));
+                }
+            }
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             Ok(Ok(()))
-        })?
+        });
+        self.conn
+            .execute_batch("PRAGMA foreign_keys = ON")
+            .map_err(store_error)?;
+        result
     }
 
     /// Run `body` in a `BEGIN IMMEDIATE` transaction and commit, retrying the
-    /// whole transaction while the database is busy.
+    /// whole transaction while the database is busy. A body that answers
+    /// `Err(StoreError)` (a conflict it found) rolls back and returns it.
     fn write<T>(
         &self,
-        mut body: impl FnMut(&Transaction<'_>) -> rusqlite::Result<T>,
+        mut body: impl FnMut(&Transaction<'_>) -> rusqlite::Result<Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        with_retry(|| {
+        if FileIdentity::of(&self.path) != Some(self.identity) {
+            return Err(StoreError::Replaced {
+                path: self.path.display().to_string(),
+            });
+        }
+        self.read(|| {
             // The store never nests transactions, so the `&self` form is safe.
             let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-            let value = body(&tx)?;
-            tx.commit()?;
-            Ok(value)
-        })
+            match body(&tx)? {
+                Ok(value) => {
+                    tx.commit()?;
+                    Ok(Ok(value))
+                }
+                // Dropping the transaction rolls it back.
+                Err(conflict) => Ok(Err(conflict)),
+            }
+        })?
     }
 
     /// Like [`Self::write`], with `synchronous=NORMAL` for this commit only.
     fn write_unflushed<T>(
         &self,
-        body: impl FnMut(&Transaction<'_>) -> rusqlite::Result<T>,
+        body: impl FnMut(&Transaction<'_>) -> rusqlite::Result<Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         self.set_synchronous("NORMAL")?;
         let result = self.write(body);
@@ -210,8 +368,53 @@ impl SqliteStore {
     fn set_synchronous(&self, level: &str) -> Result<(), StoreError> {
         self.conn
             .pragma_update(None, "synchronous", level)
-            .map_err(store_error)
+            .map_err(|e| self.explain(store_error(e)))
     }
+
+    /// Inside a write: `Ok(())` while `run_id` owns running workflow `id`,
+    /// else the conflict to roll back with. This is the fence every write
+    /// of a run passes, in the write's own transaction.
+    fn check_owner(
+        tx: &Transaction<'_>,
+        id: &str,
+        run_id: &str,
+    ) -> rusqlite::Result<Result<(), StoreError>> {
+        let row: Option<(String, String)> = tx
+            .prepare_cached("SELECT run_id, status FROM workflows WHERE id = ?1")?
+            .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        Ok(match row {
+            Some((owner, status)) if owner == run_id && status == "running" => Ok(()),
+            Some((owner, status)) => Err(StoreError::LostOwnership {
+                id: id.to_owned(),
+                owner: if owner == run_id {
+                    format!("nobody: it is {status} now")
+                } else {
+                    owner
+                },
+            }),
+            None => Err(StoreError::LostOwnership {
+                id: id.to_owned(),
+                owner: "(none: the workflow is gone)".to_owned(),
+            }),
+        })
+    }
+}
+
+fn insert_event(
+    tx: &Transaction<'_>,
+    workflow_id: &str,
+    run_id: &str,
+    kind: &str,
+    detail: &str,
+    at: Millis,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO workflow_events (workflow_id, at, kind, detail, run_id)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![workflow_id, at, kind, detail, run_id])?;
+    Ok(())
 }
 
 impl CheckpointStore for SqliteStore {
@@ -220,7 +423,7 @@ impl CheckpointStore for SqliteStore {
     }
 
     fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError> {
-        with_retry(|| {
+        self.read(|| {
             self.conn
                 .prepare_cached(&format!(
                     "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE id = ?1"
@@ -231,11 +434,11 @@ impl CheckpointStore for SqliteStore {
     }
 
     fn steps(&self, workflow_id: &str) -> Result<Vec<StepRecord>, StoreError> {
-        with_retry(|| {
+        self.read(|| {
             self.conn
                 .prepare_cached(
                     "SELECT step_key, sequence, name, status, output_json, error, attempts,
-                            run_id, started_at, finished_at
+                            run_id, started_at, finished_at, failures
                      FROM steps WHERE workflow_id = ?1 ORDER BY sequence",
                 )?
                 .query_map([workflow_id], step_from_row)?
@@ -244,11 +447,11 @@ impl CheckpointStore for SqliteStore {
     }
 
     fn attempts(&self, workflow_id: &str) -> Result<Vec<AttemptRecord>, StoreError> {
-        with_retry(|| {
+        self.read(|| {
             self.conn
                 .prepare_cached(
-                    "SELECT step_key, attempt, error, run_id, ended_at FROM step_attempts
-                     WHERE workflow_id = ?1 ORDER BY step_key, attempt",
+                    "SELECT step_key, attempt, error, run_id, ended_at, interrupted, backoff_ms
+                     FROM step_attempts WHERE workflow_id = ?1 ORDER BY step_key, attempt",
                 )?
                 .query_map([workflow_id], |row| {
                     Ok(AttemptRecord {
@@ -257,6 +460,27 @@ impl CheckpointStore for SqliteStore {
                         error: row.get(2)?,
                         run_id: row.get(3)?,
                         ended_at: row.get(4)?,
+                        interrupted: row.get(5)?,
+                        backoff_ms: row.get(6)?,
+                    })
+                })?
+                .collect()
+        })
+    }
+
+    fn events(&self, workflow_id: &str) -> Result<Vec<WorkflowEvent>, StoreError> {
+        self.read(|| {
+            self.conn
+                .prepare_cached(
+                    "SELECT at, kind, detail, run_id FROM workflow_events
+                     WHERE workflow_id = ?1 ORDER BY at, rowid",
+                )?
+                .query_map([workflow_id], |row| {
+                    Ok(WorkflowEvent {
+                        at: row.get(0)?,
+                        kind: row.get(1)?,
+                        detail: row.get(2)?,
+                        run_id: row.get(3)?,
                     })
                 })?
                 .collect()
@@ -266,62 +490,113 @@ impl CheckpointStore for SqliteStore {
     fn create_workflow(&self, workflow: &NewWorkflow<'_>) -> Result<(), StoreError> {
         let now = now_millis();
         let claim = workflow.claim;
-        let inserted = self.write(|tx| {
-            tx.prepare_cached(
-                "INSERT INTO workflows
-                     (id, component_sha256, input, status, run_id, owner_pid, owner_host,
-                      lease_expires_at, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7, ?8, ?8)
-                 ON CONFLICT (id) DO NOTHING",
-            )?
-            .execute(params![
-                workflow.id,
-                workflow.component_sha256,
-                workflow.input,
-                claim.run_id,
-                claim.owner.pid,
-                claim.owner.host,
-                claim.lease_until,
-                now
-            ])
-        })?;
-        if inserted == 0 {
-            return Err(StoreError::WorkflowExists {
-                id: workflow.id.to_owned(),
-            });
-        }
-        Ok(())
+        let owner = claim.owner;
+        self.write(|tx| {
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO workflows
+                         (id, component_sha256, input, status, run_id, owner_pid, owner_host,
+                          lease_expires_at, created_at, updated_at, owner_boot, owner_pid_ns,
+                          owner_started, grants)
+                     VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10, ?11, ?12)
+                     ON CONFLICT (id) DO NOTHING",
+                )?
+                .execute(params![
+                    workflow.id,
+                    workflow.component_sha256,
+                    workflow.input,
+                    claim.run_id,
+                    owner.pid,
+                    owner.host,
+                    claim.lease_until,
+                    now,
+                    owner.boot_id,
+                    owner.pid_ns,
+                    owner.started,
+                    workflow.grants,
+                ])?;
+            Ok(if inserted == 0 {
+                Err(StoreError::WorkflowExists {
+                    id: workflow.id.to_owned(),
+                })
+            } else {
+                Ok(())
+            })
+        })
     }
 
-    fn claim_workflow(
-        &self,
-        id: &str,
-        previous_run: &str,
-        claim: &Claim<'_>,
-        component_sha256: &str,
-    ) -> Result<(), StoreError> {
+    fn claim_workflow(&self, id: &str, takeover: &Takeover<'_>) -> Result<(), StoreError> {
         let now = now_millis();
-        let claimed = self.write(|tx| {
-            tx.prepare_cached(
-                "UPDATE workflows SET run_id = ?3, owner_pid = ?4, owner_host = ?5,
-                     lease_expires_at = ?6, component_sha256 = ?7, updated_at = ?8
-                 WHERE id = ?1 AND run_id = ?2 AND status = 'running'",
-            )?
-            .execute(params![
-                id,
-                previous_run,
-                claim.run_id,
-                claim.owner.pid,
-                claim.owner.host,
-                claim.lease_until,
-                component_sha256,
-                now
-            ])
-        })?;
-        if claimed == 0 {
-            return Err(self.lost_ownership(id));
-        }
-        Ok(())
+        let claim = takeover.claim;
+        let owner = claim.owner;
+        self.write(|tx| {
+            let claimed = tx
+                .prepare_cached(
+                    "UPDATE workflows SET run_id = ?3, owner_pid = ?4, owner_host = ?5,
+                         lease_expires_at = ?6, component_sha256 = ?7, updated_at = ?8,
+                         owner_boot = ?9, owner_pid_ns = ?10, owner_started = ?11,
+                         takeovers = ?12, progress_mark = ?13
+                     WHERE id = ?1 AND run_id = ?2 AND status = 'running'",
+                )?
+                .execute(params![
+                    id,
+                    takeover.previous_run,
+                    claim.run_id,
+                    owner.pid,
+                    owner.host,
+                    claim.lease_until,
+                    takeover.component_sha256,
+                    now,
+                    owner.boot_id,
+                    owner.pid_ns,
+                    owner.started,
+                    takeover.takeovers,
+                    takeover.progress_mark,
+                ])?;
+            if claimed == 0 {
+                return Ok(Err(lost_ownership(tx, id)?));
+            }
+            for (kind, detail) in takeover.events {
+                insert_event(tx, id, claim.run_id, kind, detail, now)?;
+            }
+            Ok(Ok(()))
+        })
+    }
+
+    fn reopen_workflow(&self, id: &str, reopen: &Reopen<'_>) -> Result<(), StoreError> {
+        let now = now_millis();
+        let claim = reopen.claim;
+        let owner = claim.owner;
+        self.write(|tx| {
+            let reopened = tx
+                .prepare_cached(
+                    "UPDATE workflows SET status = 'running', output = NULL, error = NULL,
+                         run_id = ?3, owner_pid = ?4, owner_host = ?5, lease_expires_at = ?6,
+                         updated_at = ?7, owner_boot = ?8, owner_pid_ns = ?9, owner_started = ?10,
+                         takeovers = 0, cancel_requested = 0, component_sha256 = ?11,
+                         grants = coalesce(?12, grants)
+                     WHERE id = ?1 AND run_id = ?2 AND status IN ('failed', 'suspended')",
+                )?
+                .execute(params![
+                    id,
+                    reopen.expected_run,
+                    claim.run_id,
+                    owner.pid,
+                    owner.host,
+                    claim.lease_until,
+                    now,
+                    owner.boot_id,
+                    owner.pid_ns,
+                    owner.started,
+                    reopen.component_sha256,
+                    reopen.grants,
+                ])?;
+            if reopened == 0 {
+                return Ok(Err(lost_ownership(tx, id)?));
+            }
+            insert_event(tx, id, claim.run_id, "resumed", reopen.detail, now)?;
+            Ok(Ok(()))
+        })
     }
 
     fn renew_lease(
@@ -342,24 +617,31 @@ impl CheckpointStore for SqliteStore {
                 .query_row([id], |row| row.get(0))
                 .optional()?
                 .unwrap_or(false);
-            Ok(LeaseRenewal {
+            Ok(Ok(LeaseRenewal {
                 owned: renewed == 1,
                 cancel_requested,
-            })
+            }))
         })
     }
 
     fn request_cancel(&self, id: &str) -> Result<WorkflowRecord, StoreError> {
+        let now = now_millis();
         let workflow = self.write(|tx| {
-            tx.prepare_cached(
-                "UPDATE workflows SET cancel_requested = 1 WHERE id = ?1 AND status = 'running'",
-            )?
-            .execute([id])?;
-            tx.prepare_cached(&format!(
-                "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE id = ?1"
-            ))?
-            .query_row([id], workflow_from_row)
-            .optional()
+            let requested = tx
+                .prepare_cached(
+                    "UPDATE workflows SET cancel_requested = 1
+                     WHERE id = ?1 AND status = 'running' AND cancel_requested = 0",
+                )?
+                .execute([id])?;
+            if requested == 1 {
+                insert_event(tx, id, "", "cancel_requested", "durable-host cancel", now)?;
+            }
+            Ok(Ok(tx
+                .prepare_cached(&format!(
+                    "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE id = ?1"
+                ))?
+                .query_row([id], workflow_from_row)
+                .optional()?))
         })?;
         workflow.ok_or_else(|| StoreError::UnknownWorkflow { id: id.to_owned() })
     }
@@ -368,7 +650,7 @@ impl CheckpointStore for SqliteStore {
         &self,
         status: Option<WorkflowStatus>,
     ) -> Result<Vec<WorkflowSummary>, StoreError> {
-        with_retry(|| {
+        self.read(|| {
             let mut statement = self.conn.prepare_cached(&format!(
                 "SELECT {WORKFLOW_COLUMNS},
                         (SELECT count(*) FROM steps s WHERE s.workflow_id = w.id),
@@ -382,10 +664,10 @@ impl CheckpointStore for SqliteStore {
             let rows = statement.query_map([status.map(WorkflowStatus::as_str)], |row| {
                 Ok(WorkflowSummary {
                     workflow: workflow_from_row(row)?,
-                    steps: row.get(13)?,
-                    completed_steps: row.get(14)?,
-                    failed_steps: row.get(15)?,
-                    running_steps: row.get(16)?,
+                    steps: row.get(WORKFLOW_COLUMN_COUNT)?,
+                    completed_steps: row.get(WORKFLOW_COLUMN_COUNT + 1)?,
+                    failed_steps: row.get(WORKFLOW_COLUMN_COUNT + 2)?,
+                    running_steps: row.get(WORKFLOW_COLUMN_COUNT + 3)?,
                 })
             })?;
             rows.collect()
@@ -398,46 +680,91 @@ impl CheckpointStore for SqliteStore {
         run_id: &str,
         key: &StepKey,
         error: &str,
+        backoff_ms: i64,
     ) -> Result<(), StoreError> {
         let now = now_millis();
-        let updated = self.write(|tx| {
+        self.write(|tx| {
+            if let Err(lost) = Self::check_owner(tx, workflow_id, run_id)? {
+                return Ok(Err(lost));
+            }
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO step_attempts
+                         (workflow_id, step_key, attempt, error, run_id, ended_at, backoff_ms)
+                     SELECT workflow_id, step_key, attempts, ?4, run_id, ?5, ?6 FROM steps
+                     WHERE workflow_id = ?1 AND step_key = ?2 AND run_id = ?3
+                       AND status = 'running' AND attempts > failures",
+                )?
+                .execute(params![
+                    workflow_id,
+                    key.as_str(),
+                    run_id,
+                    error,
+                    now,
+                    backoff_ms
+                ])?;
+            if inserted == 0 {
+                return Ok(Err(StoreError::Backend(format!(
+                    "step {key} of workflow {workflow_id} has no attempt in progress to record"
+                ))));
+            }
             tx.prepare_cached(
-                "INSERT INTO step_attempts (workflow_id, step_key, attempt, error, run_id, ended_at)
-                 SELECT workflow_id, step_key, attempts, ?4, run_id, ?5 FROM steps
+                "UPDATE steps SET failures = failures + 1, error = ?3
+                 WHERE workflow_id = ?1 AND step_key = ?2",
+            )?
+            .execute(params![workflow_id, key.as_str(), error])?;
+            Ok(Ok(()))
+        })
+    }
+
+    fn begin_retry(
+        &self,
+        workflow_id: &str,
+        run_id: &str,
+        key: &StepKey,
+    ) -> Result<(), StoreError> {
+        self.write_unflushed(|tx| {
+            if let Err(lost) = Self::check_owner(tx, workflow_id, run_id)? {
+                return Ok(Err(lost));
+            }
+            tx.prepare_cached(
+                "UPDATE steps SET attempts = attempts + 1
                  WHERE workflow_id = ?1 AND step_key = ?2 AND run_id = ?3 AND status = 'running'",
             )?
-            .execute(params![workflow_id, key.as_str(), run_id, error, now])?;
-            tx.prepare_cached(
-                "UPDATE steps SET attempts = attempts + 1, error = ?4
-                 WHERE workflow_id = ?1 AND step_key = ?2 AND run_id = ?3 AND status = 'running'",
-            )?
-            .execute(params![workflow_id, key.as_str(), run_id, error])
-        })?;
-        if updated == 0 {
-            return Err(self.lost_ownership(workflow_id));
-        }
-        Ok(())
+            .execute(params![workflow_id, key.as_str(), run_id])?;
+            Ok(Ok(()))
+        })
     }
 
     fn begin_steps(&self, workflow_id: &str, steps: &[StepBegin<'_>]) -> Result<(), StoreError> {
+        let Some(run_id) = steps.first().map(|step| step.run_id) else {
+            return Ok(());
+        };
         self.write_unflushed(|tx| {
-            // A step taken over from a dead run: its interrupted attempt
-            // goes into the attempt history before the row is reused.
+            if let Err(lost) = Self::check_owner(tx, workflow_id, run_id)? {
+                return Ok(Err(lost));
+            }
+            // A step taken over from a dead run whose last attempt had begun
+            // (not one waiting out a retry's backoff): that attempt goes into
+            // the attempt history as interrupted before the row is reused.
             let mut interrupted = tx.prepare_cached(
                 "INSERT OR IGNORE INTO step_attempts
-                     (workflow_id, step_key, attempt, error, run_id, ended_at)
+                     (workflow_id, step_key, attempt, error, run_id, ended_at, interrupted)
                  SELECT workflow_id, step_key, attempts,
-                        'interrupted: the run executing it died', run_id, ?3
-                 FROM steps WHERE workflow_id = ?1 AND step_key = ?2 AND status = 'running'",
+                        'interrupted: the run executing it died', run_id, ?3, 1
+                 FROM steps WHERE workflow_id = ?1 AND step_key = ?2 AND status = 'running'
+                   AND attempts > failures",
             )?;
-            let mut insert = tx.prepare_cached(
+            // A finished step is never reopened: the upsert only touches a
+            // row that is still running.
+            let mut upsert = tx.prepare_cached(
                 "INSERT INTO steps (workflow_id, step_key, sequence, name, status, attempts,
                                     run_id, started_at)
                  VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7)
                  ON CONFLICT (workflow_id, step_key) DO UPDATE SET
-                     status = 'running', attempts = excluded.attempts,
-                     run_id = excluded.run_id, started_at = excluded.started_at,
-                     finished_at = NULL",
+                     attempts = excluded.attempts, run_id = excluded.run_id,
+                     started_at = excluded.started_at
+                 WHERE steps.status = 'running'",
             )?;
             for step in steps {
                 if step.attempt > 1 {
@@ -447,7 +774,7 @@ impl CheckpointStore for SqliteStore {
                         step.started_at
                     ])?;
                 }
-                insert.execute(params![
+                let written = upsert.execute(params![
                     workflow_id,
                     step.key.as_str(),
                     step.sequence,
@@ -456,8 +783,15 @@ impl CheckpointStore for SqliteStore {
                     step.run_id,
                     step.started_at
                 ])?;
+                if written == 0 {
+                    return Ok(Err(StoreError::Backend(format!(
+                        "step {} of workflow {workflow_id} is already recorded as finished; \
+                         this run's view of the history is out of date",
+                        step.key
+                    ))));
+                }
             }
-            Ok(())
+            Ok(Ok(()))
         })
     }
 
@@ -470,25 +804,33 @@ impl CheckpointStore for SqliteStore {
     ) -> Result<(), StoreError> {
         let (status, output, error) = split_step_outcome(outcome);
         let now = now_millis();
-        let updated = self.write(|tx| {
-            tx.prepare_cached(
-                "UPDATE steps SET status = ?4, output_json = ?5, error = ?6, finished_at = ?7
-                 WHERE workflow_id = ?1 AND step_key = ?2 AND run_id = ?3 AND status = 'running'",
-            )?
-            .execute(params![
-                workflow_id,
-                key.as_str(),
-                run_id,
-                status.as_str(),
-                output,
-                error,
-                now
-            ])
-        })?;
-        if updated == 0 {
-            return Err(self.lost_ownership(workflow_id));
-        }
-        Ok(())
+        self.write(|tx| {
+            if let Err(lost) = Self::check_owner(tx, workflow_id, run_id)? {
+                return Ok(Err(lost));
+            }
+            let updated = tx
+                .prepare_cached(
+                    "UPDATE steps SET status = ?4, output_json = ?5, error = ?6, finished_at = ?7
+                     WHERE workflow_id = ?1 AND step_key = ?2 AND run_id = ?3
+                       AND status = 'running'",
+                )?
+                .execute(params![
+                    workflow_id,
+                    key.as_str(),
+                    run_id,
+                    status.as_str(),
+                    output,
+                    error,
+                    now
+                ])?;
+            Ok(if updated == 0 {
+                Err(StoreError::Backend(format!(
+                    "step {key} of workflow {workflow_id} is not running in run {run_id}"
+                )))
+            } else {
+                Ok(())
+            })
+        })
     }
 
     fn finish_workflow(
@@ -497,46 +839,53 @@ impl CheckpointStore for SqliteStore {
         run_id: &str,
         end: &WorkflowEnd<'_>,
     ) -> Result<(), StoreError> {
-        let (status, output, error) = match end.outcome {
-            Ok(output) => (WorkflowStatus::Completed, Some(output.as_str()), None),
-            Err(error) if end.cancelled => (WorkflowStatus::Cancelled, None, Some(error.as_str())),
-            Err(error) => (WorkflowStatus::Failed, None, Some(error.as_str())),
+        let (output, error) = match end.outcome {
+            Ok(output) => (Some(output.as_str()), None),
+            Err(error) => (None, Some(error.as_str())),
         };
         let now = now_millis();
-        let updated = self.write(|tx| {
-            for key in end.failed_steps {
+        self.write(|tx| {
+            if let Err(lost) = Self::check_owner(tx, id, run_id)? {
+                return Ok(Err(lost));
+            }
+            let reason = error.unwrap_or("the workflow ended");
+            for key in end.interrupted_steps {
                 tx.prepare_cached(
-                    "UPDATE steps SET status = 'failed', error = ?4, finished_at = ?5
-                     WHERE workflow_id = ?1 AND step_key = ?2 AND run_id = ?3
-                       AND status = 'running'",
+                    "INSERT OR IGNORE INTO step_attempts
+                         (workflow_id, step_key, attempt, error, run_id, ended_at, interrupted)
+                     SELECT workflow_id, step_key, attempts, ?3, run_id, ?4, 1 FROM steps
+                     WHERE workflow_id = ?1 AND step_key = ?2 AND status = 'running'
+                       AND attempts > failures",
                 )?
-                .execute(params![id, key.as_str(), run_id, error, now])?;
+                .execute(params![id, key.as_str(), reason, now])?;
+            }
+            if end.status == WorkflowStatus::Suspended {
+                insert_event(tx, id, run_id, "suspended", reason, now)?;
             }
             tx.prepare_cached(
                 "UPDATE workflows SET status = ?3, output = ?4, error = ?5, updated_at = ?6
-                 WHERE id = ?1 AND run_id = ?2 AND status = 'running'",
+                 WHERE id = ?1 AND run_id = ?2",
             )?
-            .execute(params![id, run_id, status.as_str(), output, error, now])
-        })?;
-        if updated == 0 {
-            return Err(self.lost_ownership(id));
-        }
-        Ok(())
+            .execute(params![id, run_id, end.status.as_str(), output, error, now])?;
+            Ok(Ok(()))
+        })
     }
 }
 
-impl SqliteStore {
-    fn lost_ownership(&self, id: &str) -> StoreError {
-        let owner = self
-            .workflow(id)
-            .ok()
-            .flatten()
-            .map_or_else(|| "(none: the workflow is gone)".to_owned(), |w| w.run_id);
-        StoreError::LostOwnership {
-            id: id.to_owned(),
-            owner,
-        }
-    }
+/// The conflict for a write that found workflow `id` owned by another run.
+fn lost_ownership(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<StoreError> {
+    let owner: Option<(String, String)> = tx
+        .prepare_cached("SELECT run_id, status FROM workflows WHERE id = ?1")?
+        .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    Ok(StoreError::LostOwnership {
+        id: id.to_owned(),
+        owner: match owner {
+            Some((run, status)) if status == "running" => run,
+            Some((run, status)) => format!("{run} (now {status})"),
+            None => "(none: the workflow is gone)".to_owned(),
+        },
+    })
 }
 
 fn split_step_outcome(outcome: &Outcome) -> (StepStatus, Option<&str>, Option<&str>) {
@@ -558,11 +907,17 @@ fn workflow_from_row(row: &Row<'_>) -> rusqlite::Result<WorkflowRecord> {
         owner: Owner {
             pid: row.get(7)?,
             host: row.get(8)?,
+            boot_id: row.get(13)?,
+            pid_ns: row.get(14)?,
+            started: row.get(15)?,
         },
         lease_expires_at: row.get(9)?,
         cancel_requested: row.get(10)?,
         created_at: row.get(11)?,
         updated_at: row.get(12)?,
+        takeovers: row.get(16)?,
+        progress_mark: row.get(17)?,
+        grants: row.get(18)?,
     })
 }
 
@@ -578,6 +933,7 @@ fn step_from_row(row: &Row<'_>) -> rusqlite::Result<StepRecord> {
         run_id: row.get(7)?,
         started_at: row.get(8)?,
         finished_at: row.get::<_, Option<Millis>>(9)?,
+        failures: row.get(10)?,
     })
 }
 
@@ -624,12 +980,42 @@ fn is_not_a_database(reason: &str) -> bool {
     reason.contains("not a database") || reason.contains("malformed")
 }
 
+/// The store's error for a SQLite error; [`SqliteStore::explain`] adds the
+/// path where the variant has one.
 fn store_error(error: rusqlite::Error) -> StoreError {
     match error.sqlite_error_code() {
         Some(ErrorCode::ReadOnly) => StoreError::ReadOnly(error.to_string()),
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
             StoreError::Busy { attempts: 1 }
         }
+        Some(ErrorCode::DiskFull) => StoreError::DiskFull {
+            path: String::new(),
+        },
+        Some(ErrorCode::SystemIoFailure) => StoreError::Io {
+            path: String::new(),
+            reason: error.to_string(),
+        },
         _ => StoreError::Backend(error.to_string()),
+    }
+}
+
+/// Why `path` could not be opened, telling a missing directory and an
+/// exhausted file table apart from the rest (SQLite says "unable to open"
+/// for all of them).
+fn open_error(path: &Path, error: rusqlite::Error) -> StoreError {
+    let shown = path.display().to_string();
+    const EMFILE: i32 = 24;
+    const ENFILE: i32 = 23;
+    // The kernel finds a free descriptor before it looks at the path, so a
+    // plain open reports EMFILE whether or not the file exists.
+    match std::fs::File::open(path)
+        .err()
+        .and_then(|e| e.raw_os_error())
+    {
+        Some(EMFILE | ENFILE) => StoreError::TooManyFiles { path: shown },
+        _ => StoreError::Open {
+            path: shown,
+            reason: error.to_string(),
+        },
     }
 }

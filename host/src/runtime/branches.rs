@@ -1,0 +1,213 @@
+//! Parallel branches: each runs in a fresh instance of the workflow's
+//! component on a thread of its own, while the workflow's thread, the only
+//! one that writes, records what they report: each branch's result as soon
+//! as it is known, and each failed attempt of a branch that retries.
+
+use std::sync::Mutex;
+use std::sync::mpsc::{self, Sender};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::guest_output::GuestOutput;
+use super::host::Role;
+use super::{RunLimits, Sandbox, WorkflowComponent, limit_exceeded, trap_reason};
+use crate::bindings::durable_step::{self, RetryPolicy};
+use crate::engine::{EngineError, StepRun, WorkflowRun};
+use crate::store::Outcome;
+
+/// At most this many branch instances run at once; more branches wait for a
+/// free thread. Memory is bounded by the run's budget, threads by this.
+const MAX_BRANCH_THREADS: usize = 16;
+
+/// Runs the branches of a parallel call.
+pub struct BranchRunner {
+    component: WorkflowComponent,
+    sandbox: Sandbox,
+    limits: RunLimits,
+}
+
+/// One branch to execute.
+pub struct BranchJob {
+    pub index: usize,
+    pub step: StepRun,
+    pub entry: String,
+    pub input: String,
+    pub retry: Option<RetryPolicy>,
+}
+
+/// What a branch thread asks of the workflow's thread.
+enum Report {
+    /// The branch ended with this outcome.
+    Finished {
+        index: usize,
+        step: StepRun,
+        outcome: Outcome,
+    },
+    /// An attempt failed: record it; the answer says whether to go on.
+    Failed {
+        step: StepRun,
+        error: String,
+        backoff: Duration,
+        reply: Sender<Result<(), String>>,
+    },
+    /// The backoff is over: begin the next attempt.
+    Retrying {
+        step: StepRun,
+        reply: Sender<Result<StepRun, String>>,
+    },
+}
+
+impl BranchRunner {
+    pub(super) fn new(component: WorkflowComponent, sandbox: Sandbox, limits: RunLimits) -> Self {
+        Self {
+            component,
+            sandbox,
+            limits,
+        }
+    }
+
+    /// Execute `jobs` concurrently. Every write goes through `run` on this
+    /// thread; `done` hears each branch's outcome once it is recorded.
+    pub fn run_all(
+        &self,
+        jobs: Vec<BranchJob>,
+        run: &mut WorkflowRun,
+        mut done: impl FnMut(usize, Outcome),
+    ) -> Result<(), EngineError> {
+        let workers = jobs.len().min(MAX_BRANCH_THREADS);
+        let queue = Mutex::new(jobs.into_iter());
+        let (reports, received) = mpsc::channel();
+        thread::scope(|scope| {
+            for _ in 0..workers {
+                let reports = reports.clone();
+                let queue = &queue;
+                scope.spawn(move || {
+                    loop {
+                        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                        let Some(job) = next else { break };
+                        let Some((step, outcome)) =
+                            self.run_with_retries(job.step.clone(), &job, &reports)
+                        else {
+                            break;
+                        };
+                        // A closed channel means the run is failing: stop.
+                        let finished = Report::Finished {
+                            index: job.index,
+                            step,
+                            outcome,
+                        };
+                        if reports.send(finished).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(reports);
+            for report in received {
+                match report {
+                    Report::Finished {
+                        index,
+                        step,
+                        outcome,
+                    } => {
+                        run.finish_step(step.key.as_str(), outcome.clone())?;
+                        done(index, outcome);
+                    }
+                    Report::Failed {
+                        step,
+                        error,
+                        backoff,
+                        reply,
+                    } => {
+                        let recorded = run.record_attempt(step.key.as_str(), &error, backoff);
+                        let _ =
+                            reply.send(recorded.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                        recorded?;
+                    }
+                    Report::Retrying { step, reply } => {
+                        let next = run.begin_retry(step.key.as_str());
+                        let _ =
+                            reply.send(next.as_ref().map(Clone::clone).map_err(|e| e.to_string()));
+                        next?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Run one branch, retrying a returned error as its policy says.
+    /// `None` when the workflow's thread stopped listening (the run is
+    /// ending).
+    fn run_with_retries(
+        &self,
+        mut step: StepRun,
+        job: &BranchJob,
+        reports: &Sender<Report>,
+    ) -> Option<(StepRun, Outcome)> {
+        loop {
+            let outcome = self.run_one(&step, job);
+            let retry = match (&outcome, &job.retry) {
+                (Err(_), Some(policy)) if step.failures + 1 < policy.max_attempts => policy,
+                _ => return Some((step, outcome)),
+            };
+            let error = outcome.err().unwrap_or_default();
+            let backoff = backoff_before(retry, step.failures + 2);
+            let (reply, answer) = mpsc::channel();
+            let failed = Report::Failed {
+                step: step.clone(),
+                error: error.clone(),
+                backoff,
+                reply,
+            };
+            reports.send(failed).ok()?;
+            answer.recv().ok()?.ok()?;
+            let waited = Instant::now();
+            thread::sleep(backoff);
+            if let Some(deadline) = &self.limits.deadline {
+                deadline.extend(waited.elapsed());
+            }
+            let (reply, answer) = mpsc::channel();
+            reports
+                .send(Report::Retrying {
+                    step: step.clone(),
+                    reply,
+                })
+                .ok()?;
+            step = answer.recv().ok()?.ok()?;
+        }
+    }
+
+    /// Run one attempt of a branch to its outcome; a trap fails this branch
+    /// only.
+    fn run_one(&self, step: &StepRun, job: &BranchJob) -> Outcome {
+        let output = GuestOutput::default();
+        let wasi = self.sandbox.wasi_ctx(&output).map_err(|e| e.to_string())?;
+        let pre = &self.component.pre;
+        let mut store = self.limits.store(pre.engine(), wasi, Role::Branch);
+        let workflow = pre
+            .instantiate(&mut store)
+            .map_err(|e| match limit_exceeded(&e) {
+                Some(limit) => limit.to_string(),
+                None => format!("cannot start an instance for the branch: {e}"),
+            })?;
+        let run = durable_step::StepRun::from(step);
+        workflow
+            .call_run_branch(&mut store, &job.entry, &run, &job.input)
+            .unwrap_or_else(|trap| {
+                Err(match limit_exceeded(&trap) {
+                    Some(limit) => limit.to_string(),
+                    None => trap_reason(&trap, &output),
+                })
+            })
+    }
+}
+
+/// The wait before attempt `attempt` (2 is the first retry) under `policy`.
+fn backoff_before(policy: &RetryPolicy, attempt: u32) -> Duration {
+    let retries = attempt.saturating_sub(2).min(64) as i32;
+    let initial = Duration::from_millis(policy.initial_backoff_ms);
+    initial
+        .mul_f64(policy.multiplier.max(1.0).powi(retries))
+        .min(Duration::from_millis(policy.max_backoff_ms))
+}

@@ -1,0 +1,479 @@
+//! The command line's own promises, on the real binary: tables that never
+//! panic whatever the database holds, documented exit codes and hints for
+//! lost ownership and storage failures, `--json` errors, crash points that
+//! were never reached, and durable sleeps shown as times.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use durable_tests::{Run, Scratch, artifacts, employee, run, spawn};
+use serde_json::{Value, json};
+
+/// No panic, no backtrace: what a user must never see.
+fn assert_no_panic(result: &Run) {
+    let stderr = result.stderr();
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+}
+
+/// The `error:` line and the hint of a failed command.
+fn error_and_hint(result: &Run) -> (String, String) {
+    let stderr = result.stderr();
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line in:\n{stderr}"))
+        .to_owned();
+    let hint = stderr
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("hint: "))
+        .unwrap_or_else(|| panic!("no hint in:\n{stderr}"))
+        .to_owned();
+    (error, hint)
+}
+
+/// Wait until `workflow_id` has a step in `status` whose key starts with `prefix`.
+fn wait_for_step(scratch: &Scratch, workflow_id: &str, prefix: &str, status: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let steps = scratch.try_steps(workflow_id).unwrap_or_default();
+        if steps
+            .iter()
+            .any(|s| s.0.starts_with(prefix) && s.1 == status)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {status} {prefix} step: {steps:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// `command` run by `sh` after `limits` (shell commands such as `ulimit -n 3`).
+fn with_limits(command: &Command, limits: &str) -> Command {
+    let mut shell = Command::new("sh");
+    shell
+        .arg("-c")
+        .arg(format!("{limits}; exec \"$0\" \"$@\""))
+        .arg(command.get_program())
+        .args(command.get_args());
+    if let Some(dir) = command.get_current_dir() {
+        shell.current_dir(dir);
+    }
+    shell
+}
+
+/// Copy workflow `from` (its row and its steps) under the id `to`, giving
+/// its first step the name `step_name`: rows no run would write today, as
+/// an older database or another tool could hold them.
+fn copy_workflow(scratch: &Scratch, from: &str, to: &str, step_name: &str) {
+    let conn = scratch.sql();
+    conn.execute(
+        "CREATE TEMP TABLE w AS SELECT * FROM workflows WHERE id = ?1",
+        [from],
+    )
+    .unwrap();
+    conn.execute("UPDATE temp.w SET id = ?1", [to]).unwrap();
+    conn.execute("INSERT INTO workflows SELECT * FROM temp.w", [])
+        .unwrap();
+    conn.execute(
+        "CREATE TEMP TABLE s AS SELECT * FROM steps WHERE workflow_id = ?1",
+        [from],
+    )
+    .unwrap();
+    conn.execute("UPDATE temp.s SET workflow_id = ?1", [to])
+        .unwrap();
+    let renamed = conn
+        .execute(
+            "UPDATE temp.s SET name = ?1, step_key = ?1 || '#000001'
+             WHERE sequence = (SELECT MIN(sequence) FROM temp.s)",
+            [step_name],
+        )
+        .unwrap();
+    assert_eq!(renamed, 1);
+    conn.execute("INSERT INTO steps SELECT * FROM temp.s", [])
+        .unwrap();
+    conn.execute(
+        "INSERT INTO step_attempts (workflow_id, step_key, attempt, error, run_id, ended_at)
+         VALUES (?1, ?2 || '#000001', 1, 'interrupted: the run died', 'run-0', 0)",
+        [to, step_name],
+    )
+    .unwrap();
+}
+
+// 1. Tables never panic.
+
+#[test]
+fn list_and_history_cut_huge_ids_and_step_names_instead_of_panicking() {
+    let scratch = Scratch::new();
+    run(&mut scratch.scenario("seed", json!({"scenario": "loop", "items": 1}))).expect_code(0);
+    // Past the 65,535 a format width may be.
+    let id = "w".repeat(70_000);
+    let name = "s".repeat(70_000);
+    copy_workflow(&scratch, "seed", &id, &name);
+    let cut_id = format!("{}…", "w".repeat(79));
+    let cut_name = format!("{}…", "s".repeat(79));
+    // Seven columns of at most 80 characters, two spaces apart.
+    let bounded = |stdout: &str| {
+        for line in stdout.lines() {
+            assert!(
+                line.chars().count() <= 7 * 82,
+                "a line of {} characters",
+                line.chars().count()
+            );
+        }
+    };
+
+    let list = run(&mut scratch.host(&["list"])).expect_code(0);
+    assert_no_panic(&list);
+    let stdout = list.stdout();
+    bounded(&stdout);
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with(&cut_id))
+        .unwrap_or_else(|| panic!("no row for the long id in:\n{stdout}"));
+    assert!(row.contains("completed"), "{row}");
+    assert!(stdout.lines().any(|l| l.starts_with("seed ")), "{stdout}");
+
+    let history = run(&mut scratch.host(&["history", &id])).expect_code(0);
+    assert_no_panic(&history);
+    let stdout = history.stdout();
+    bounded(&stdout);
+    assert!(stdout.contains(&cut_name), "{stdout}");
+    assert!(stdout.contains("charge#000001") || stdout.contains("audit#000001"));
+    assert!(stdout.contains("earlier attempts:"), "{stdout}");
+
+    // --json keeps every value whole.
+    let listed = run(&mut scratch.host(&["list", "--json"]))
+        .expect_code(0)
+        .json();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["workflow_id"] == id.as_str()),
+        "the full id in list --json"
+    );
+    let steps = run(&mut scratch.host(&["history", "--json", &id]))
+        .expect_code(0)
+        .json()["steps"]
+        .clone();
+    assert_eq!(steps[0]["name"], name.as_str());
+    assert_eq!(steps[0]["key"], format!("{name}#000001"));
+}
+
+// 2. Exit codes and hints.
+
+#[test]
+fn a_run_that_lost_its_workflow_to_another_exits_8_and_says_what_happened() {
+    let scratch = Scratch::new();
+    let mut command = scratch.run(&artifacts().onboarding, "frozen");
+    command.args(["--input", &employee("frozen", 600), "--json"]);
+    let frozen = spawn(&mut command);
+    wait_for_step(&scratch, "frozen", "create_record", "running");
+    signal(frozen.id(), "-STOP");
+    // Its lease runs out while it is stopped, and another run takes over.
+    scratch
+        .sql()
+        .execute(
+            "UPDATE workflows SET lease_expires_at = 1, owner_host = 'elsewhere'",
+            [],
+        )
+        .unwrap();
+    run(&mut scratch.run(&artifacts().onboarding, "frozen")).expect_code(0);
+
+    signal(frozen.id(), "-CONT");
+    let frozen = Run {
+        output: frozen.wait_with_output().unwrap(),
+    };
+    assert_no_panic(&frozen);
+    let frozen = frozen.expect_code(8);
+    let (error, hint) = error_and_hint(&frozen);
+    assert!(error.contains("frozen"), "{error}");
+    assert!(
+        hint.contains("another run took this workflow over")
+            && hint.contains("durable-host history frozen"),
+        "{hint}"
+    );
+    let json = frozen.json();
+    assert_eq!(json["error"]["exit_code"], 8);
+    assert_eq!(json["error"]["hint"], hint.as_str());
+    // The successor's record stands.
+    assert_eq!(scratch.workflow_status("frozen").unwrap(), "completed");
+}
+
+#[test]
+fn a_database_deleted_under_a_run_is_a_storage_failure() {
+    let scratch = Scratch::new();
+    let input = json!({"scenario": "slow", "items": 4, "sleep_ms": 300});
+    let child = spawn(&mut scratch.scenario("doomed", input));
+    wait_for_step(&scratch, "doomed", "tick#000001", "completed");
+    std::fs::remove_file(scratch.db()).unwrap();
+    let result = Run {
+        output: child.wait_with_output().unwrap(),
+    };
+    assert_no_panic(&result);
+    let result = result.expect_code(9);
+    let (error, hint) = error_and_hint(&result);
+    assert!(error.contains("durable.db"), "{error}");
+    assert!(hint.contains("restore the file"), "{hint}");
+}
+
+#[test]
+fn a_full_disk_is_a_storage_failure() {
+    let scratch = Scratch::new();
+    // A file-size limit stands in for a full disk: the database may grow to
+    // 1 MiB, and the step's result alone is 2 MiB. (SIGXFSZ is ignored so
+    // that the write fails instead of killing the process.)
+    let mut command = scratch.scenario("big", json!({"scenario": "big_output", "items": 2}));
+    command.args(["--no-cache", "--json"]);
+    let result = run(&mut with_limits(&command, "trap '' XFSZ; ulimit -f 2048"));
+    assert_no_panic(&result);
+    let result = result.expect_code(9);
+    let (error, hint) = error_and_hint(&result);
+    assert!(error.contains("durable.db"), "{error}");
+    assert!(
+        hint.contains("free space") || hint.contains("its disk"),
+        "{hint}"
+    );
+    let json = result.json();
+    assert_eq!(json["error"]["exit_code"], 9);
+}
+
+#[test]
+fn too_many_open_files_is_a_user_error_with_the_limit_to_raise() {
+    let scratch = Scratch::new();
+    run(&mut scratch.scenario("seed", json!({"scenario": "loop", "items": 1}))).expect_code(0);
+    // stdin (closed for the dynamic loader, reopened on /dev/null by Rust's
+    // start-up), stdout and stderr take the three descriptors allowed: none
+    // is left for the database.
+    let result = run(&mut with_limits(
+        &scratch.host(&["history", "seed"]),
+        "exec 0<&-; ulimit -n 3",
+    ));
+    assert_no_panic(&result);
+    let result = result.expect_code(2);
+    let (_, hint) = error_and_hint(&result);
+    assert!(hint.contains("ulimit -n"), "{hint}");
+}
+
+#[test]
+fn only_a_missing_directory_is_told_to_be_created() {
+    let scratch = Scratch::new();
+    let run_with_db = |db: &str| {
+        let mut command = Command::new(&artifacts().host);
+        command
+            .current_dir(scratch.path())
+            .arg("run")
+            .arg(&artifacts().scenarios)
+            .args(["--workflow-id", "x", "--db", db]);
+        run(&mut command)
+    };
+    let missing = run_with_db("no-such-dir/durable.db").expect_code(2);
+    let (_, hint) = error_and_hint(&missing);
+    assert!(hint.contains("create the directory"), "{hint}");
+
+    // A directory where the database should be: creating one would not help.
+    let directory = run_with_db("services").expect_code(2);
+    let (error, hint) = error_and_hint(&directory);
+    assert!(error.contains("services"), "{error}");
+    assert!(!hint.contains("create the directory"), "{hint}");
+}
+
+// 3. `--json` errors.
+
+#[test]
+fn json_errors_are_one_document_on_stdout() {
+    let scratch = Scratch::new();
+    run(&mut scratch.scenario("seed", json!({"scenario": "loop", "items": 1}))).expect_code(0);
+
+    let result = run(&mut scratch.host(&["--json", "history", "no-such-id"])).expect_code(2);
+    let error = &result.json()["error"];
+    assert_eq!(error["exit_code"], 2);
+    assert!(
+        error["message"].as_str().unwrap().contains("no-such-id"),
+        "{error}"
+    );
+    assert!(error["hint"].is_string(), "{error}");
+    // People still get the text on stderr.
+    assert!(
+        result.stderr().starts_with("error: "),
+        "{}",
+        result.stderr()
+    );
+
+    // A run refused before it starts, and a command line clap refuses.
+    let refused = run(scratch.run(Path::new("nope.wasm"), "x").arg("--json")).expect_code(2);
+    let error = &refused.json()["error"];
+    assert!(error["message"].as_str().unwrap().contains("nope.wasm"));
+    assert_eq!(error["exit_code"], 2);
+    let usage = run(&mut scratch.host(&["--json", "history"])).expect_code(2);
+    let error = &usage.json()["error"];
+    assert_eq!(error["exit_code"], 2);
+    assert!(
+        error["message"].as_str().unwrap().contains("<WORKFLOW_ID>"),
+        "{error}"
+    );
+
+    // Without --json, stdout stays empty.
+    let plain = run(&mut scratch.host(&["history", "no-such-id"])).expect_code(2);
+    assert_eq!(plain.stdout(), "");
+}
+
+// 4. Crash points that were never reached.
+
+#[test]
+fn a_crash_point_no_step_reached_is_a_warning_and_exit_2() {
+    let scratch = Scratch::new();
+    let input = json!({"scenario": "loop", "items": 2});
+    let typo = run(scratch.scenario("typo", input.clone()).args([
+        "--crash",
+        "chrage:before",
+        "--crash",
+        "total:after",
+    ]))
+    .expect_code(3);
+    // The reachable point crashed the run: no warning about the other.
+    assert!(
+        !typo.stderr().contains("never reached"),
+        "{}",
+        typo.stderr()
+    );
+
+    let result = run(scratch.scenario("typo", input).args([
+        "--crash",
+        "chrage:before",
+        "--crash-after",
+        "99",
+        "--json",
+    ]))
+    .expect_code(2);
+    let stderr = result.stderr();
+    assert!(
+        stderr.contains("warning: --crash chrage:before was never reached"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("warning: --crash-after 99 was never reached"),
+        "{stderr}"
+    );
+    for builtin in [
+        "durable.now",
+        "durable.sleep",
+        "durable.random",
+        "durable.uuid",
+    ] {
+        assert!(stderr.contains(builtin), "{builtin} in:\n{stderr}");
+    }
+    assert!(stderr.contains("#000002"), "{stderr}");
+    // The run itself went through and was recorded as usual.
+    assert_eq!(result.json()["status"], "completed");
+    assert_eq!(scratch.workflow_status("typo").unwrap(), "completed");
+
+    // Points that are reached still crash.
+    let scratch = Scratch::new();
+    run(scratch
+        .scenario("ok", json!({"scenario": "loop", "items": 2}))
+        .args(["--crash", "charge#000002:before"]))
+    .expect_code(3);
+}
+
+// 5. Durable sleeps.
+
+/// `2026-12-02 10:00:00` for epoch milliseconds, by GNU date.
+fn utc(millis: i64) -> String {
+    let output = Command::new("date")
+        .args([
+            "-u",
+            "-d",
+            &format!("@{}", millis / 1000),
+            "+%Y-%m-%d %H:%M:%S",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn sleeps_show_their_wake_up_time() {
+    let scratch = Scratch::new();
+    // Crash right after the wake-up time (an hour from now) is recorded.
+    run(scratch
+        .scenario(
+            "napping",
+            json!({"scenario": "sleep", "sleep_ms": 3_600_000}),
+        )
+        .args(["--crash", "durable.sleep:after"]))
+    .expect_code(3);
+    run(&mut scratch.scenario("done", json!({"scenario": "sleep", "sleep_ms": 1}))).expect_code(0);
+
+    let history = run(&mut scratch.host(&["history", "--json", "napping"]))
+        .expect_code(0)
+        .json();
+    let sleep = history["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "durable.sleep")
+        .cloned()
+        .unwrap();
+    // JSON keeps the raw value.
+    let wake_ms = sleep["output"].as_i64().unwrap();
+    let wake = utc(wake_ms);
+    assert_eq!(sleep["sleep_until"], format!("{}Z", wake.replace(' ', "T")));
+
+    let table = run(&mut scratch.host(&["history", "napping"]))
+        .expect_code(0)
+        .stdout();
+    let row = table
+        .lines()
+        .find(|l| l.contains("durable.sleep#000001"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains(&format!("until {wake} UTC")), "{row}");
+    assert!(!row.contains(&wake_ms.to_string()), "{row}");
+
+    let list = run(&mut scratch.host(&["list"])).expect_code(0).stdout();
+    let napping = list.lines().find(|l| l.starts_with("napping")).unwrap();
+    assert!(
+        napping.contains(&format!("sleeping until {wake} UTC")),
+        "{list}"
+    );
+    // A finished workflow is not sleeping, whatever its last step was.
+    let done = list.lines().find(|l| l.starts_with("done")).unwrap();
+    assert!(!done.contains("sleeping"), "{list}");
+}
+
+#[test]
+fn a_sleep_that_is_over_is_not_shown_as_sleeping() {
+    let scratch = Scratch::new();
+    run(scratch
+        .scenario("woken", json!({"scenario": "sleep", "sleep_ms": 1}))
+        .args(["--crash", "durable.sleep:after"]))
+    .expect_code(3);
+    std::thread::sleep(Duration::from_millis(20));
+    let list = run(&mut scratch.host(&["list"])).expect_code(0).stdout();
+    let row = list.lines().find(|l| l.starts_with("woken")).unwrap();
+    assert!(
+        row.contains("running") && !row.contains("sleeping"),
+        "{list}"
+    );
+    let history: Value = run(&mut scratch.host(&["history", "--json", "woken"]))
+        .expect_code(0)
+        .json();
+    assert!(history["steps"][1]["sleep_until"].is_string(), "{history}");
+}
