@@ -605,11 +605,12 @@ impl WorkflowRun {
 
     /// The refusal for a workflow another run claimed first.
     fn owned_elsewhere(&self) -> Result<EngineError, EngineError> {
-        let workflow = self.store.workflow(&self.workflow_id)?.ok_or_else(|| {
-            StoreError::UnknownWorkflow {
-                id: self.workflow_id.clone(),
-            }
-        })?;
+        let workflow =
+            self.store
+                .workflow(&self.workflow_id)?
+                .ok_or_else(|| StoreError::UnknownWorkflow {
+                    id: self.workflow_id.clone(),
+                })?;
         Ok(EngineError::OwnedElsewhere {
             workflow_id: self.workflow_id.clone(),
             remaining_ms: (workflow.lease_expires_at - now_millis()).max(0),
