@@ -170,6 +170,99 @@ fn a_cancelled_workflow_is_never_resumed() {
     assert!(second.contains("already cancelled"), "{second}");
 }
 
+/// Start the `compensate` scenario as `id` (reserve, a long durable sleep,
+/// release when cancelled) and cancel it once it sleeps.
+fn cancel_while_sleeping(scratch: &Scratch, id: &str, extra: &[&str]) -> std::process::Output {
+    let child = spawn(
+        scratch
+            .scenario(id, json!({"scenario": "compensate", "sleep_ms": 60_000}))
+            .args(extra),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !scratch
+        .try_steps(id)
+        .unwrap_or_default()
+        .iter()
+        .any(|s| s.0 == "durable.sleep#000001")
+    {
+        assert!(Instant::now() < deadline, "the workflow never slept");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let requested = run(&mut scratch.host(&["cancel", id, "--json"]))
+        .expect_code(0)
+        .json();
+    assert_eq!(requested["cancel"], "requested");
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_cancelled_workflow_runs_its_compensation_and_ends_cancelled() {
+    let scratch = Scratch::new();
+    let started = Instant::now();
+    let output = cancel_while_sleeping(&scratch, "trip", &[]);
+    assert_eq!(
+        output.status.code(),
+        Some(6),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The sleep ended early (within the heartbeat's few seconds, not 60 s),
+    // the cancellation is in the history where it was handed over, and the
+    // compensation step ran.
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let keys: Vec<(String, String)> = scratch
+        .steps("trip")
+        .into_iter()
+        .map(|(key, status, _)| (key, status))
+        .collect();
+    let completed = |k: &str| (k.to_owned(), "completed".to_owned());
+    assert_eq!(
+        keys,
+        [
+            completed("reserve#000001"),
+            completed("durable.sleep#000001"),
+            completed("durable.cancel#000001"),
+            completed("release#000001"),
+        ]
+    );
+    assert_eq!(scratch.effects(), ["reserve#000001", "release#000001"]);
+    assert_eq!(
+        scratch.workflow_status("trip").as_deref(),
+        Some("cancelled")
+    );
+}
+
+#[test]
+fn a_crash_during_compensation_replays_the_cancellation_where_it_was() {
+    let scratch = Scratch::new();
+    let output = cancel_while_sleeping(&scratch, "trip", &["--crash", "release:after"]);
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "simulated crash after release"
+    );
+    // The resumed run replays the sleep, is handed the cancellation at the
+    // same point (without sleeping out the minute), replays the release and
+    // ends cancelled; no step runs twice.
+    let started = Instant::now();
+    let resumed = run(&mut scratch.scenario(
+        "trip",
+        json!({"scenario": "compensate", "sleep_ms": 60_000}),
+    ))
+    .expect_code(6);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{}",
+        resumed.stdout()
+    );
+    assert_eq!(scratch.effects(), ["reserve#000001", "release#000001"]);
+    assert_eq!(
+        scratch.workflow_status("trip").as_deref(),
+        Some("cancelled")
+    );
+}
+
 #[test]
 fn cancelling_a_running_workflow_stops_it_at_the_next_step() {
     let scratch = Scratch::new();

@@ -109,6 +109,7 @@ use bindings::durable::workflow::durable_step as host;
 pub struct Error {
     message: String,
     permanent: bool,
+    cancelled: bool,
 }
 
 impl Error {
@@ -118,7 +119,25 @@ impl Error {
         Self {
             message: message.to_string(),
             permanent: false,
+            cancelled: false,
         }
+    }
+
+    fn cancelled(reason: String) -> Self {
+        Self {
+            cancelled: true,
+            permanent: true,
+            ..Self::new(reason)
+        }
+    }
+
+    /// The workflow was cancelled (`durable-host cancel`): the step, sleep
+    /// or parallel call that returned this did not run. The workflow may
+    /// still run steps that undo its work (compensation) within the host's
+    /// grace period, then should return; it ends `cancelled` whatever it
+    /// returns.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled
     }
 
     /// An error that retrying cannot fix (a bad request, a refusal): a step
@@ -256,6 +275,7 @@ impl Context {
         let mut run = match host::begin_step(&name) {
             host::StepStart::Replayed(recorded) => return decode(&name, recorded),
             host::StepStart::Execute(run) => run,
+            host::StepStart::Cancelled(reason) => return Err(Error::cancelled(reason)),
         };
         let key = run.key.clone();
         loop {
@@ -291,9 +311,11 @@ impl Context {
     /// `durable.sleep`) and waits, so a workflow resumed after a crash sleeps
     /// only what is left, or not at all. The wait does not count against the
     /// run's `--timeout`.
+    ///
+    /// A cancellation ends the sleep early with an error for which
+    /// [`Error::is_cancelled`] is true.
     pub fn sleep(&self, duration: Duration) -> Result<(), Error> {
-        host::sleep(duration.as_millis().min(u128::from(u64::MAX)) as u64);
-        Ok(())
+        host::sleep(duration.as_millis().min(u128::from(u64::MAX)) as u64).map_err(Error::cancelled)
     }
 
     /// The id of the workflow being run.
@@ -475,7 +497,7 @@ impl Context {
         run_branches(specs)
             .into_iter()
             .zip(&branches)
-            .map(|(outcome, branch)| decode(&branch.spec.name, outcome))
+            .map(|(outcome, branch)| decode_branch(&branch.spec.name, outcome))
             .collect()
     }
 
@@ -492,27 +514,50 @@ impl Context {
         let outcome_b = outcomes.pop().expect("one result per branch");
         let outcome_a = outcomes.pop().expect("one result per branch");
         (
-            decode(&a.spec.name, outcome_a),
-            decode(&b.spec.name, outcome_b),
+            decode_branch(&a.spec.name, outcome_a),
+            decode_branch(&b.spec.name, outcome_b),
         )
     }
 }
 
+/// How one branch ended, before decoding.
+enum BranchOutcome {
+    Recorded(Result<String, String>),
+    Cancelled(String),
+}
+
 /// Run the branches whose input could be encoded; the others fail at once.
-fn run_branches(specs: Vec<(host::Branch, Option<String>)>) -> Vec<Result<String, String>> {
+fn run_branches(specs: Vec<(host::Branch, Option<String>)>) -> Vec<BranchOutcome> {
     let runnable: Vec<host::Branch> = specs
         .iter()
         .filter(|(_, e)| e.is_none())
         .map(|(s, _)| s.clone())
         .collect();
-    let mut results = host::run_parallel(&runnable).into_iter();
+    let mut results = match host::run_parallel(&runnable) {
+        Ok(results) => results.into_iter(),
+        Err(reason) => {
+            return specs
+                .iter()
+                .map(|_| BranchOutcome::Cancelled(reason.clone()))
+                .collect();
+        }
+    };
     specs
         .into_iter()
-        .map(|(_, input_error)| match input_error {
-            Some(message) => Err(message),
-            None => results.next().expect("one result per branch"),
+        .map(|(_, input_error)| {
+            BranchOutcome::Recorded(match input_error {
+                Some(message) => Err(message),
+                None => results.next().expect("one result per branch"),
+            })
         })
         .collect()
+}
+
+fn decode_branch<T: DeserializeOwned>(name: &str, outcome: BranchOutcome) -> Result<T, Error> {
+    match outcome {
+        BranchOutcome::Recorded(recorded) => decode(name, recorded),
+        BranchOutcome::Cancelled(reason) => Err(Error::cancelled(reason)),
+    }
 }
 
 /// A branch function and its monomorphic adapter, as function-table indices.

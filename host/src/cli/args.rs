@@ -177,6 +177,11 @@ pub struct ExecutionArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub stale_after: Duration,
 
+    /// After `durable-host cancel`, how long the workflow may run steps that
+    /// undo its work (compensation) before it is stopped.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub cancel_grace: Duration,
+
     /// Where compiled components are cached [default: $DURABLE_HOST_CACHE_DIR,
     /// else ~/.cache/durable-host].
     #[arg(long, value_name = "DIR")]

@@ -61,6 +61,7 @@ struct Executor {
     sandbox: Sandbox,
     runtime: Runtime,
     stale_after: std::time::Duration,
+    cancel_grace: std::time::Duration,
 }
 
 impl Executor {
@@ -82,6 +83,7 @@ impl Executor {
             grants,
             runtime,
             stale_after: args.stale_after,
+            cancel_grace: args.cancel_grace,
         })
     }
 
@@ -160,6 +162,7 @@ pub fn run(db: &Path, json_mode: bool, args: RunArgs) -> anyhow::Result<ExitCode
         stale_after: executor.stale_after,
         allow_component_change: args.allow_component_change,
         reopen: false,
+        cancel_grace: args.execution.cancel_grace,
         grants: Some(&grants_json),
     };
     let progress = Box::new(Progress::new(!json_mode));
@@ -329,6 +332,7 @@ fn recover_one(
         stale_after: executor.stale_after,
         allow_component_change: false,
         reopen: false,
+        cancel_grace: executor.cancel_grace,
         grants: None,
     };
     let progress = Box::new(Progress::new(!json_mode));
@@ -402,6 +406,7 @@ pub fn resume(
         stale_after: executor.stale_after,
         allow_component_change: true,
         reopen: true,
+        cancel_grace: args.cancel_grace,
         grants: Some(&grants_json),
     };
     let progress = Box::new(Progress::new(!json_mode));

@@ -1,6 +1,8 @@
 //! Cancelling workflows: a running owner hears of it through its heartbeat
-//! and stops at its next step boundary; a workflow nobody runs is finished
-//! as cancelled at once.
+//! and hands it to the workflow at its next step boundary or durable wait,
+//! as an error the workflow can answer with compensation steps (for a grace
+//! period, then it is stopped); a workflow nobody runs is finished as
+//! cancelled at once.
 
 use super::{EngineError, owner_alive};
 use crate::store::{
@@ -42,7 +44,8 @@ pub(super) fn finish_cancel(
 pub enum CancelOutcome {
     /// Nobody was running it: it is cancelled now.
     Cancelled,
-    /// Its owner is alive and will stop at its next step boundary.
+    /// Its owner is alive and hands the cancellation to the workflow at its
+    /// next step boundary.
     Requested { run_id: String, owner: Owner },
     /// It had already finished with this status; nothing changed.
     AlreadyFinished(WorkflowStatus),

@@ -19,7 +19,7 @@ mod lease;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use cancel::{CANCELLED, finish_cancel};
+use cancel::CANCELLED;
 pub use cancel::{CancelOutcome, cancel_workflow};
 pub use crash::{CrashPlan, CrashPoint};
 pub use lease::{Heartbeat, owner_alive, this_process};
@@ -134,6 +134,10 @@ pub enum StepStart {
     Replayed(Outcome),
     /// Execute the body now.
     Execute(StepRun),
+    /// The workflow is cancelled, with this reason: the step does not run.
+    /// Steps begun after this (compensation) run normally, within the grace
+    /// period.
+    Cancelled(String),
 }
 
 /// A step the guest must execute now.
@@ -206,6 +210,9 @@ pub struct RunRequest<'a> {
     pub allow_component_change: bool,
     /// Continue a failed or suspended workflow from its history (`resume`).
     pub reopen: bool,
+    /// How long a cancelled workflow may go on running compensation steps
+    /// after the cancellation is handed to it.
+    pub cancel_grace: Duration,
     /// What the workflow is granted, recorded when this run starts it.
     pub grants: Option<&'a str>,
 }
@@ -342,7 +349,29 @@ pub struct WorkflowRun {
     crash: CrashPlan,
     observer: Box<dyn RunObserver>,
     events: Vec<StepEvent>,
+    /// The workflow was already asked to cancel when this run opened it.
+    cancel_requested_at_open: bool,
+    /// When the cancellation was handed to the workflow (this run or an
+    /// earlier one), which starts its grace period.
+    cancel_delivered_at: Option<Millis>,
+    cancel_grace: Duration,
 }
+
+/// The step that records where a cancellation was handed to the workflow.
+pub const CANCEL_STEP: &str = "durable.cancel";
+
+/// The value of a [`CANCEL_STEP`]: the reason, and whether it ended a
+/// durable sleep (rather than being handed over as a step began), so that
+/// a replay hands it over the same way.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CancelDelivery {
+    reason: String,
+    #[serde(default)]
+    in_sleep: bool,
+}
+
+/// How long a cancelled workflow may run compensation steps, by default.
+pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(30);
 
 impl WorkflowRun {
     /// Look up workflow `request.workflow_id` to start or resume it.
@@ -382,6 +411,9 @@ impl WorkflowRun {
             crash,
             observer,
             events: Vec::new(),
+            cancel_requested_at_open: false,
+            cancel_delivered_at: None,
+            cancel_grace: request.cancel_grace,
         };
         let Some(workflow) = existing else {
             if request.reopen {
@@ -423,11 +455,9 @@ impl WorkflowRun {
                 owner: Box::new(workflow.owner),
             });
         }
-        if workflow.cancel_requested && !reopening {
-            // Cancelled while its owner was dying: finish the cancel.
-            let cancelled = finish_cancel(run.store.as_ref(), &workflow)?;
-            return Ok(Opened::Finished(Box::new(cancelled)));
-        }
+        // Cancelled while its owner was dying: this run hands the
+        // cancellation over once it is past the recorded history.
+        run.cancel_requested_at_open = workflow.cancel_requested && !reopening;
         let changed = workflow.component_sha256 != request.component_sha256;
         if changed && !request.allow_component_change {
             return Err(EngineError::ComponentChanged {
@@ -636,12 +666,100 @@ impl WorkflowRun {
             }
             .into());
         }
-        if heartbeat.cancel_requested() {
+        if let Some(delivered) = self.cancel_delivered_at
+            && now_millis() >= delivered + self.cancel_grace.as_millis() as Millis
+        {
+            // The grace period for compensation is over: stop for good.
             return Err(EngineError::Cancelled {
                 workflow_id: self.workflow_id.clone(),
             });
         }
         Ok(())
+    }
+
+    /// Whether a cancellation was asked for and not yet handed to the
+    /// workflow.
+    pub fn cancel_pending(&self) -> bool {
+        let requested = self.cancel_requested_at_open
+            || self
+                .heartbeat
+                .as_ref()
+                .is_some_and(Heartbeat::cancel_requested);
+        requested && self.cancel_delivered_at.is_none()
+    }
+
+    /// At a step boundary, or in a durable sleep (`in_sleep`): the
+    /// cancellation to hand the workflow here, if any. Replaying, it is the
+    /// one recorded at this position, if it was handed over the same way;
+    /// running new code, a pending request is recorded here as the step
+    /// `durable.cancel`, so that every replay hands it over at the same point.
+    fn take_cancellation(&mut self, in_sleep: bool) -> Result<Option<String>, EngineError> {
+        let next = self.position + 1;
+        if let Some(recorded) = self.cursor.at(next) {
+            let delivery = recorded
+                .output_json
+                .as_deref()
+                .and_then(|json| serde_json::from_str::<CancelDelivery>(json).ok());
+            let reason = match delivery {
+                Some(delivery) if recorded.name == CANCEL_STEP && delivery.in_sleep == in_sleep => {
+                    delivery.reason
+                }
+                _ => return Ok(None),
+            };
+            self.cancel_delivered_at = Some(recorded.finished_at.unwrap_or(recorded.started_at));
+            self.position = next;
+            self.ordinals.insert(CANCEL_STEP.to_owned(), 1);
+            self.emit(StepEvent {
+                key: recorded.key.clone(),
+                kind: StepEventKind::Replayed { failed: false },
+            });
+            return Ok(Some(reason));
+        }
+        if !self.cancel_pending() {
+            return Ok(None);
+        }
+        self.claim()?;
+        let key = StepKey::new(CANCEL_STEP, 1);
+        let now = now_millis();
+        self.store.begin_steps(
+            &self.workflow_id,
+            &[StepBegin {
+                key: &key,
+                sequence: next,
+                name: CANCEL_STEP,
+                attempt: 1,
+                run_id: &self.run_id,
+                started_at: now,
+            }],
+        )?;
+        let reason = CANCELLED.to_owned();
+        let delivery = CancelDelivery {
+            reason: reason.clone(),
+            in_sleep,
+        };
+        let value = serde_json::to_string(&delivery).expect("plain data");
+        self.store
+            .finish_step(&self.workflow_id, &self.run_id, &key, &Ok(value))?;
+        self.cancel_delivered_at = Some(now);
+        self.position = next;
+        self.ordinals.insert(CANCEL_STEP.to_owned(), 1);
+        self.emit(StepEvent {
+            key,
+            kind: StepEventKind::Executed {
+                attempt: 1,
+                taken_over: false,
+                duration: Duration::ZERO,
+                error: None,
+            },
+        });
+        Ok(Some(reason))
+    }
+
+    /// A durable wait wants to end early to hand over a cancellation: record
+    /// it at this boundary, as [`Self::begin_step`] would.
+    pub fn deliver_cancellation(&mut self) -> Result<Option<String>, EngineError> {
+        self.check_signals()?;
+        self.take_cancellation(true)
     }
 
     /// The input the workflow was started with, as JSON.
@@ -686,6 +804,9 @@ impl WorkflowRun {
             });
         }
         self.check_signals()?;
+        if let Some(reason) = self.take_cancellation(false)? {
+            return Ok(vec![StepStart::Cancelled(reason); names.len()]);
+        }
         // A failure below ends the run, so advancing as we go is harmless.
         let mut planned = Vec::with_capacity(names.len());
         for &name in names {
@@ -852,6 +973,14 @@ impl WorkflowRun {
             },
             (None, Err(error)) => Err(bounded_error(error)),
         };
+        if self.cancel_delivered_at.is_some() {
+            // Whatever it answers after its compensation, it was cancelled.
+            let reason = match &outcome {
+                Ok(_) => format!("{CANCELLED} (compensation done; the workflow then returned)"),
+                Err(error) => format!("{CANCELLED}; the workflow then returned: {error}"),
+            };
+            return self.end(Err(reason), WorkflowStatus::Cancelled);
+        }
         self.end(outcome, WorkflowStatus::Completed)
     }
 
@@ -1049,6 +1178,7 @@ mod tests {
             stale_after: Duration::from_secs(30),
             allow_component_change: false,
             reopen: false,
+            cancel_grace: DEFAULT_CANCEL_GRACE,
             grants: None,
         };
         WorkflowRun::open(store, &request, CrashPlan::none(), Box::new(Silent)).unwrap()

@@ -44,16 +44,22 @@ impl HostState {
     }
 
     /// Wait until `until` without counting it against the run's deadline,
-    /// stopping early when the run must stop (cancelled, taken over).
-    fn durable_wait(&mut self, until: Instant) -> wasmtime::Result<()> {
+    /// stopping early when the run must stop (taken over, out of grace) or,
+    /// when `cancellable`, when a cancellation is waiting to be handed over
+    /// (`Ok(false)`).
+    fn durable_wait(&mut self, until: Instant, cancellable: bool) -> wasmtime::Result<bool> {
         let started = Instant::now();
         let result = loop {
-            if let Err(stop) = self.run()?.0.check_signals() {
+            let run = self.run()?.0;
+            if let Err(stop) = run.check_signals() {
                 break Err(stop.into());
+            }
+            if cancellable && run.cancel_pending() {
+                break Ok(false);
             }
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                break Ok(());
+                break Ok(true);
             }
             // Signals reach the run through its heartbeat, every few
             // hundred milliseconds at most: no need to look more often.
@@ -95,21 +101,26 @@ impl durable_step::Host for HostState {
         Ok(match run.begin_step(&name)? {
             StepStart::Replayed(outcome) => durable_step::StepStart::Replayed(outcome),
             StepStart::Execute(step) => durable_step::StepStart::Execute((&step).into()),
+            StepStart::Cancelled(reason) => durable_step::StepStart::Cancelled(reason),
         })
     }
 
     fn run_parallel(
         &mut self,
         branches: Vec<durable_step::Branch>,
-    ) -> wasmtime::Result<Vec<Outcome>> {
+    ) -> wasmtime::Result<Result<Vec<Outcome>, String>> {
         let (run, runner) = self.run()?;
         let names: Vec<&str> = branches.iter().map(|b| b.name.as_str()).collect();
         let starts = run.begin_steps(&names)?;
+        if let Some(StepStart::Cancelled(reason)) = starts.first() {
+            return Ok(Err(reason.clone()));
+        }
         let mut results: Vec<Option<Outcome>> = vec![None; branches.len()];
         let mut jobs = Vec::new();
         for (index, (start, branch)) in starts.into_iter().zip(branches).enumerate() {
             match start {
                 StepStart::Replayed(outcome) => results[index] = Some(outcome),
+                StepStart::Cancelled(_) => unreachable!("a cancellation applies to every branch"),
                 StepStart::Execute(step) => jobs.push(BranchJob {
                     index,
                     step,
@@ -120,10 +131,10 @@ impl durable_step::Host for HostState {
             }
         }
         runner.run_all(jobs, run, |index, outcome| results[index] = Some(outcome))?;
-        Ok(results
+        Ok(Ok(results
             .into_iter()
             .map(|result| result.expect("every branch was replayed or executed"))
-            .collect())
+            .collect()))
     }
 
     fn record_attempt(
@@ -134,7 +145,8 @@ impl durable_step::Host for HostState {
     ) -> wasmtime::Result<durable_step::StepRun> {
         let backoff = Duration::from_millis(backoff_ms);
         self.run()?.0.record_attempt(&key, &error, backoff)?;
-        self.durable_wait(Instant::now() + backoff)?;
+        // A step is executing: a cancellation waits for its end.
+        self.durable_wait(Instant::now() + backoff, false)?;
         let next = self.run()?.0.begin_retry(&key)?;
         Ok((&next).into())
     }
@@ -144,24 +156,36 @@ impl durable_step::Host for HostState {
         Ok(run.finish_step(&key, outcome)?)
     }
 
-    fn sleep(&mut self, duration_ms: u64) -> wasmtime::Result<()> {
+    fn sleep(&mut self, duration_ms: u64) -> wasmtime::Result<Result<(), String>> {
         let (run, _) = self.run()?;
         let wake_at_ms = match run.begin_step(SLEEP_STEP)? {
             StepStart::Replayed(Ok(json)) => {
                 serde_json::from_str::<i64>(&json).map_err(|e| EngineError::InvalidStepJson {
-                    key: crate::store::StepKey::from_stored(SLEEP_STEP.to_owned()),
+                    key: crate::store::StepKey::new(SLEEP_STEP, 1),
                     reason: format!("a recorded wake-up time must be a number: {e}"),
                 })?
             }
             StepStart::Replayed(Err(error)) => return Err(wasmtime::Error::msg(error)),
+            StepStart::Cancelled(reason) => return Ok(Err(reason)),
             StepStart::Execute(step) => {
                 let wake_at = crate::store::now_millis() + duration_ms as i64;
                 run.finish_step(step.key.as_str(), Ok(wake_at.to_string()))?;
                 wake_at
             }
         };
+        // A cancellation recorded right after this sleep (replaying), or
+        // already pending, ends it at once.
+        if let Some(reason) = run.deliver_cancellation()? {
+            return Ok(Err(reason));
+        }
         let left = wake_at_ms.saturating_sub(crate::store::now_millis()).max(0) as u64;
-        self.durable_wait(Instant::now() + Duration::from_millis(left))
+        if self.durable_wait(Instant::now() + Duration::from_millis(left), true)? {
+            return Ok(Ok(()));
+        }
+        match self.run()?.0.deliver_cancellation()? {
+            Some(reason) => Ok(Err(reason)),
+            None => Ok(Ok(())),
+        }
     }
 
     fn workflow_id(&mut self) -> wasmtime::Result<String> {
