@@ -1196,7 +1196,7 @@ mod tests {
             StepStart::Execute(step) => run
                 .finish_step(step.key.as_str(), Ok(value.to_owned()))
                 .unwrap(),
-            StepStart::Replayed(_) => panic!("{name} replayed, expected execution"),
+            other => panic!("{name}: {other:?}, expected execution"),
         }
     }
 

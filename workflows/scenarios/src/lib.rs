@@ -20,6 +20,25 @@ struct Input {
     sleep_ms: u64,
     #[serde(default)]
     burn_ms: u64,
+    /// A step name, for scenarios that take one.
+    #[serde(default)]
+    name: String,
+    /// MiB each parallel branch allocates (`mem_branches`).
+    #[serde(default)]
+    mib: u32,
+    /// How long a branch holds its memory before returning.
+    #[serde(default)]
+    hold_ms: u64,
+    /// KiB each step returns (`big_steps`).
+    #[serde(default)]
+    kib: u32,
+    /// What each execution of a planned step does, in order: `fail`, `ok`
+    /// or `sleep:<ms>` (then ok); the last entry repeats.
+    #[serde(default)]
+    plan: Vec<String>,
+    /// Backoff between the attempts of a planned step.
+    #[serde(default)]
+    backoff_ms: u64,
 }
 
 fn scenarios(ctx: &Context, input: Input) -> Result<Value, Error> {
@@ -45,7 +64,43 @@ fn scenarios(ctx: &Context, input: Input) -> Result<Value, Error> {
         "hog" => hog(ctx),
         "big_output" => big_output(ctx, input.items),
         "steps" => trivial_steps(ctx, input.items),
+        "compensate" => compensate(ctx, input.sleep_ms),
+        "burn_between" => burn_between(ctx, input.items, input.burn_ms),
+        "mem_branches" => mem_branches(ctx, input.items, input.mib, input.hold_ms),
+        "hold" => hold(ctx, input.items, input.sleep_ms),
+        "idempotency" => idempotency(ctx, &input.name),
+        "boom" => boom_between_steps(ctx),
+        "grants" => recorded_grants(ctx),
+        "plan_step" => plan_step(ctx, input.items, input.backoff_ms, input.plan),
+        "plan_branch" => plan_branch(ctx, input.items, input.backoff_ms, input.plan),
+        "logs" => logs(ctx),
+        "big_steps" => big_steps(ctx, input.items, input.kib),
         other => Err(durable_sdk::error!("unknown scenario `{other}`")),
+    }
+}
+
+/// Reserves, waits, and releases what it reserved when it is cancelled.
+fn compensate(ctx: &Context, sleep_ms: u64) -> Result<Value, Error> {
+    let reservation: String = ctx.step("reserve", || {
+        effect()?;
+        Ok("R-1".to_owned())
+    })?;
+    match ctx.sleep(Duration::from_millis(sleep_ms)) {
+        Err(cancelled) if cancelled.is_cancelled() => {
+            ctx.step("release", || {
+                effect()?;
+                Ok(format!("released {reservation}"))
+            })?;
+            Err(cancelled)
+        }
+        other => {
+            other?;
+            ctx.step("confirm", || {
+                effect()?;
+                Ok(reservation.clone())
+            })?;
+            Ok(json!({ "confirmed": reservation }))
+        }
     }
 }
 
@@ -394,3 +449,214 @@ fn sandbox_view() -> Value {
 }
 
 durable_sdk::workflow!(scenarios);
+
+/// `items` steps with `burn_ms` of CPU-busy (wall-clock) time after each:
+/// a run spends nearly all its time between steps.
+fn burn_between(ctx: &Context, items: u32, burn_ms: u64) -> Result<Value, Error> {
+    let mut sum = 0u64;
+    for i in 0..items {
+        sum += ctx.step("step", || {
+            effect()?;
+            Ok(u64::from(i))
+        })?;
+        busy_for(Duration::from_millis(burn_ms));
+    }
+    Ok(json!(sum))
+}
+
+/// Keep a core busy until `time` has passed on the (monotonic) clock.
+fn busy_for(time: Duration) {
+    let started = std::time::Instant::now();
+    let mut x: u64 = 1;
+    while started.elapsed() < time {
+        for _ in 0..10_000 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct MemJob {
+    mib: u32,
+    hold_ms: u64,
+}
+
+/// `items` branches, each allocating and touching `mib` MiB and holding it
+/// for `hold_ms`: the result of each, `{"ok": mib}` or `{"err": message}`.
+fn mem_branches(ctx: &Context, items: u32, mib: u32, hold_ms: u64) -> Result<Value, Error> {
+    let branches = (0..items)
+        .map(|_| Branch::new("mem", touch_memory, &MemJob { mib, hold_ms }))
+        .collect();
+    let results: Vec<Value> = ctx
+        .parallel(branches)
+        .into_iter()
+        .map(|result| match result {
+            Ok(mib) => json!({ "ok": mib }),
+            Err(e) => json!({ "err": e.message() }),
+        })
+        .collect();
+    Ok(json!(results))
+}
+
+fn touch_memory(job: MemJob) -> Result<u32, Error> {
+    let mut block = vec![0u8; (job.mib as usize) << 20];
+    for i in (0..block.len()).step_by(4096) {
+        block[i] = 1;
+    }
+    std::hint::black_box(&block);
+    std::thread::sleep(Duration::from_millis(job.hold_ms));
+    effect()?;
+    Ok(job.mib)
+}
+
+/// `items` (at least one) steps `hold` that record their effect first,
+/// then sleep `sleep_ms` inside the body.
+fn hold(ctx: &Context, items: u32, sleep_ms: u64) -> Result<Value, Error> {
+    let items = items.max(1);
+    for i in 0..items {
+        ctx.step("hold", || {
+            effect()?;
+            std::thread::sleep(Duration::from_millis(sleep_ms));
+            Ok(i)
+        })?;
+    }
+    Ok(json!(items))
+}
+
+/// The idempotency key the host hands a step called `name`.
+fn idempotency(ctx: &Context, name: &str) -> Result<Value, Error> {
+    let key: String = ctx.step(name, || {
+        effect()?;
+        Ok(current_step().expect("inside a step").idempotency_key)
+    })?;
+    Ok(json!(key))
+}
+
+/// Panics between its two steps when `BOOM=1` (a bug in workflow code,
+/// outside any step).
+fn boom_between_steps(ctx: &Context) -> Result<Value, Error> {
+    ctx.step("first", || {
+        effect()?;
+        Ok(1)
+    })?;
+    if std::env::var("BOOM").as_deref() == Ok("1") {
+        panic!("BOOM between the steps");
+    }
+    ctx.step("second", || {
+        effect()?;
+        Ok(2)
+    })?;
+    Ok(json!("survived"))
+}
+
+/// Two steps that need what the workflow was granted: `/ledger` (they
+/// fail without it) and the variable `X`.
+fn recorded_grants(ctx: &Context) -> Result<Value, Error> {
+    ctx.step("a", required_effect)?;
+    let x: Option<String> = ctx.step("b", || {
+        required_effect()?;
+        Ok(std::env::var("X").ok())
+    })?;
+    Ok(json!({ "x": x }))
+}
+
+/// Like [`effect`], but an error when `/ledger` is not granted.
+fn required_effect() -> Result<(), Error> {
+    if !std::path::Path::new("/ledger").is_dir() {
+        return Err(durable_sdk::error!("/ledger is not granted"));
+    }
+    effect()
+}
+
+/// One step `planned` retried under `attempts` attempts with a fixed
+/// backoff, each execution following `plan`.
+fn plan_step(
+    ctx: &Context,
+    attempts: u32,
+    backoff_ms: u64,
+    plan: Vec<String>,
+) -> Result<Value, Error> {
+    let backoff = Duration::from_millis(backoff_ms);
+    let policy = RetryPolicy::attempts(attempts).backoff(backoff, backoff);
+    let result = ctx.step_with_retry("planned", &policy, || follow_plan(&plan));
+    Ok(json!({ "result": result.map_err(|e| e.message().to_owned()) }))
+}
+
+/// The same as a parallel branch with a retry policy.
+fn plan_branch(
+    ctx: &Context,
+    attempts: u32,
+    backoff_ms: u64,
+    plan: Vec<String>,
+) -> Result<Value, Error> {
+    let backoff = Duration::from_millis(backoff_ms);
+    let policy = RetryPolicy::attempts(attempts).backoff(backoff, backoff);
+    let mut results = ctx.parallel(vec![
+        Branch::new("planned", follow_plan_owned, &plan).retry(&policy),
+    ]);
+    let result = results.pop().expect("one result per branch");
+    Ok(json!({ "result": result.map_err(|e| e.message().to_owned()) }))
+}
+
+fn follow_plan_owned(plan: Vec<String>) -> Result<Value, Error> {
+    follow_plan(&plan)
+}
+
+/// One execution of a planned step: counts executions (across runs and
+/// instances) in `/ledger/<key>.executions`, one line each with what the
+/// host announced, and does what the plan says for this execution.
+fn follow_plan(plan: &[String]) -> Result<Value, Error> {
+    let step = current_step().ok_or_else(|| durable_sdk::error!("not in a step"))?;
+    effect()?;
+    let path = format!("/ledger/{}.executions", step.key);
+    let before = std::fs::read_to_string(&path).unwrap_or_default();
+    let execution = before.lines().count() + 1;
+    let mut log = OpenOptions::new().create(true).append(true).open(&path)?;
+    log.write_all(
+        format!(
+            "execution={execution} attempt={} failures={}\n",
+            step.attempt, step.failures
+        )
+        .as_bytes(),
+    )?;
+    drop(log);
+    let action = plan
+        .get(execution - 1)
+        .or(plan.last())
+        .map_or("ok", String::as_str);
+    if let Some(ms) = action.strip_prefix("sleep:") {
+        std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+    } else if action == "fail" {
+        return Err(durable_sdk::error!("execution {execution} failed"));
+    }
+    Ok(json!({ "execution": execution, "attempt": step.attempt, "failures": step.failures }))
+}
+
+/// Logs around its steps, and returns the workflow id the context knows.
+fn logs(ctx: &Context) -> Result<Value, Error> {
+    ctx.log("before the first step");
+    ctx.step("s", || {
+        effect()?;
+        Ok(1)
+    })?;
+    ctx.log("after the first step");
+    ctx.step("t", || {
+        effect()?;
+        Ok(2)
+    })?;
+    ctx.log(format!("done as {}", ctx.workflow_id()));
+    Ok(json!(ctx.workflow_id()))
+}
+
+/// `items` steps `big`, each returning about `kib` KiB.
+fn big_steps(ctx: &Context, items: u32, kib: u32) -> Result<Value, Error> {
+    let mut total = 0usize;
+    for i in 0..items {
+        let value: String = ctx.step("big", || {
+            effect()?;
+            Ok(format!("{i}:{}", "x".repeat((kib as usize) << 10)))
+        })?;
+        total += value.len();
+    }
+    Ok(json!(total))
+}
