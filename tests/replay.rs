@@ -180,3 +180,26 @@ fn a_long_run_of_replayed_steps_is_summed_up_in_one_line() {
     );
     assert!(stdout.contains("executed  charge#000005"), "{stdout}");
 }
+
+#[test]
+fn error_codes_are_recorded_and_replayed() {
+    let input = json!({"scenario": "error_codes"});
+    let scratch = Scratch::new();
+    run(scratch
+        .scenario("codes", input.clone())
+        .args(["--crash", "invoice:after"]))
+    .expect_code(3);
+    // The replayed `charge` error carries its code, so the workflow takes
+    // the same branch, and its own error's code is recorded.
+    let failed = run(scratch.scenario("codes", input).arg("--json"))
+        .expect_code(1)
+        .json();
+    assert_eq!(failed["error"], "paid by invoice sent");
+    assert_eq!(failed["error_code"], "needs_follow_up");
+    assert_eq!(scratch.effects(), ["charge#000001", "invoice#000001"]);
+    let history = run(&mut scratch.host(&["history", "codes", "--json"]))
+        .expect_code(0)
+        .json();
+    assert_eq!(history["steps"][0]["error_code"], "card_declined");
+    assert_eq!(history["error_code"], "needs_follow_up");
+}

@@ -108,6 +108,7 @@ use bindings::durable::workflow::durable_step as host;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
     message: String,
+    code: Option<String>,
     permanent: bool,
     cancelled: bool,
 }
@@ -118,16 +119,46 @@ impl Error {
     pub fn new(message: impl fmt::Display) -> Self {
         Self {
             message: message.to_string(),
+            code: None,
             permanent: false,
             cancelled: false,
         }
+    }
+
+    /// The same error with a short, stable `code` a caller can match on
+    /// (`card_declined`, `out_of_stock`): recorded with the message and
+    /// handed back by replays, so `match err.code()` gives the same answer
+    /// on every run.
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+
+    /// The code given with [`Error::with_code`], if any. A cancellation has
+    /// the code [`CANCELLED`].
+    pub fn code(&self) -> Option<&str> {
+        self.code.as_deref()
     }
 
     fn cancelled(reason: String) -> Self {
         Self {
             cancelled: true,
             permanent: true,
-            ..Self::new(reason)
+            ..Self::new(reason).with_code(CANCELLED)
+        }
+    }
+
+    fn from_host(error: host::StepError) -> Self {
+        Self {
+            code: error.code,
+            ..Self::new(error.message)
+        }
+    }
+
+    fn to_host(&self) -> host::StepError {
+        host::StepError {
+            message: self.message.clone(),
+            code: self.code.clone(),
         }
     }
 
@@ -173,6 +204,9 @@ impl<E: std::error::Error> From<E> for Error {
         Self::new(error)
     }
 }
+
+/// The code of an [`Error`] that tells of a cancellation.
+pub const CANCELLED: &str = "cancelled";
 
 /// Build an [`Error`] from a format string: `Err(durable_sdk::error!("no seat {n}"))`.
 #[macro_export]
@@ -285,22 +319,23 @@ impl Context {
                     // The host records the error as raised, waits out the
                     // backoff durably and counts the next attempt.
                     let backoff = policy.backoff_before(run.failures + 2);
-                    run = host::record_attempt(&key, &error.message, backoff.as_millis() as u64);
+                    run = host::record_attempt(&key, &error.to_host(), backoff.as_millis() as u64);
                 }
                 outcome => {
                     let recorded = match &outcome {
                         Ok(value) => serde_json::to_string(value).map_err(|e| {
-                            format!(
+                            Error::new(format!(
                                 "step `{key}` returned a value that cannot be stored as JSON: {e}"
-                            )
+                            ))
+                            .to_host()
                         }),
-                        Err(error) => Err(error.message.clone()),
+                        Err(error) => Err(error.to_host()),
                     };
                     host::finish_step(&key, &recorded);
                     // Hand back exactly what a replay will see.
                     return match recorded {
                         Ok(_) => outcome,
-                        Err(message) => Err(Error::new(message)),
+                        Err(error) => Err(Error::from_host(error)),
                     };
                 }
             }
@@ -522,7 +557,7 @@ impl Context {
 
 /// How one branch ended, before decoding.
 enum BranchOutcome {
-    Recorded(Result<String, String>),
+    Recorded(Result<String, host::StepError>),
     Cancelled(String),
 }
 
@@ -546,7 +581,7 @@ fn run_branches(specs: Vec<(host::Branch, Option<String>)>) -> Vec<BranchOutcome
         .into_iter()
         .map(|(_, input_error)| {
             BranchOutcome::Recorded(match input_error {
-                Some(message) => Err(message),
+                Some(message) => Err(Error::new(message).to_host()),
                 None => results.next().expect("one result per branch"),
             })
         })
@@ -569,38 +604,43 @@ where
     I: DeserializeOwned,
     T: Serialize,
 {
-    let adapter: fn(usize, String) -> Result<String, String> = run_branch_body::<I, T>;
+    let adapter: fn(usize, String) -> Result<String, host::StepError> = run_branch_body::<I, T>;
     format!("{}:{}", adapter as usize, body as usize)
 }
 
 fn run_branch_body<I: DeserializeOwned, T: Serialize>(
     body: usize,
     input: String,
-) -> Result<String, String> {
+) -> Result<String, host::StepError> {
     // SAFETY: `body` was made from a `fn(I) -> Result<T, Error>` by
     // `branch_entry::<I, T>`, which also chose this adapter, in an instance
     // of this same component (the host only calls `run-branch` that way).
     let body: fn(I) -> Result<T, Error> =
         unsafe { std::mem::transmute::<usize, fn(I) -> Result<T, Error>>(body) };
     let input: I = serde_json::from_str(&input)
-        .map_err(|e| format!("the branch input does not have the expected shape: {e}"))?;
-    let value = body(input).map_err(|e| e.message)?;
-    serde_json::to_string(&value)
-        .map_err(|e| format!("the branch returned a value that cannot be stored as JSON: {e}"))
+        .map_err(|e| error!("the branch input does not have the expected shape: {e}").to_host())?;
+    let value = body(input).map_err(|e| e.to_host())?;
+    serde_json::to_string(&value).map_err(|e| {
+        error!("the branch returned a value that cannot be stored as JSON: {e}").to_host()
+    })
 }
 
 /// Run one branch in this instance. Used by [`workflow!`]; not public API.
 #[doc(hidden)]
-pub fn __run_branch(entry: String, step: host::StepRun, input: String) -> Result<String, String> {
+pub fn __run_branch(
+    entry: String,
+    step: host::StepRun,
+    input: String,
+) -> Result<String, host::StepError> {
     let parse = |index: Option<&str>| index.and_then(|i| i.parse::<usize>().ok());
     let mut parts = entry.split(':');
     let (Some(adapter), Some(body)) = (parse(parts.next()), parse(parts.next())) else {
-        return Err(format!("`{entry}` is not a branch entry of this SDK"));
+        return Err(error!("`{entry}` is not a branch entry of this SDK").to_host());
     };
     // SAFETY: as in `run_branch_body`: `adapter` came from `branch_entry` in
     // an instance of this same component.
-    let adapter: fn(usize, String) -> Result<String, String> = unsafe {
-        std::mem::transmute::<usize, fn(usize, String) -> Result<String, String>>(adapter)
+    let adapter: fn(usize, String) -> Result<String, host::StepError> = unsafe {
+        std::mem::transmute::<usize, fn(usize, String) -> Result<String, host::StepError>>(adapter)
     };
     with_current_step(step, || adapter(body, input))
 }
@@ -618,14 +658,17 @@ fn with_current_step<T>(run: host::StepRun, body: impl FnOnce() -> T) -> T {
     result
 }
 
-fn decode<T: DeserializeOwned>(name: &str, recorded: Result<String, String>) -> Result<T, Error> {
+fn decode<T: DeserializeOwned>(
+    name: &str,
+    recorded: Result<String, host::StepError>,
+) -> Result<T, Error> {
     match recorded {
         Ok(json) => Ok(serde_json::from_str(&json).unwrap_or_else(|e| {
             // The history holds a value this code cannot read: the step's type
             // changed since it ran. Continuing would diverge from the history.
             panic!("recorded result of step `{name}` does not match the type this workflow expects ({e}); was the workflow changed since it started?")
         })),
-        Err(message) => Err(Error::new(message)),
+        Err(error) => Err(Error::from_host(error)),
     }
 }
 
@@ -635,7 +678,7 @@ fn decode<T: DeserializeOwned>(name: &str, recorded: Result<String, String>) -> 
 pub fn __run<I, O>(
     input: String,
     workflow: fn(&Context, I) -> Result<O, Error>,
-) -> Result<String, String>
+) -> Result<String, host::StepError>
 where
     I: DeserializeOwned,
     O: Serialize,
@@ -647,12 +690,12 @@ where
             // records nothing, so the id is not spent on a typo.
             let reason = format!("it does not have the shape the workflow expects: {e}");
             host::reject_input(&reason);
-            return Err(reason);
+            return Err(Error::new(reason).to_host());
         }
     };
-    let output = workflow(&Context::__new(), input).map_err(|e| e.message)?;
+    let output = workflow(&Context::__new(), input).map_err(|e| e.to_host())?;
     serde_json::to_string(&output)
-        .map_err(|e| format!("the workflow output cannot be encoded as JSON: {e}"))
+        .map_err(|e| error!("the workflow output cannot be encoded as JSON: {e}").to_host())
 }
 
 /// Export a function `fn(&Context, Input) -> Result<Output, Error>` as this
@@ -666,7 +709,12 @@ macro_rules! workflow {
         struct __DurableWorkflow;
 
         impl $crate::bindings::Guest for __DurableWorkflow {
-            fn run(input: ::std::string::String) -> ::std::result::Result<::std::string::String, ::std::string::String> {
+            fn run(
+                input: ::std::string::String,
+            ) -> ::std::result::Result<
+                ::std::string::String,
+                $crate::bindings::durable::workflow::durable_step::StepError,
+            > {
                 $crate::__run(input, $function)
             }
 
@@ -674,7 +722,10 @@ macro_rules! workflow {
                 entry: ::std::string::String,
                 step: $crate::bindings::durable::workflow::durable_step::StepRun,
                 input: ::std::string::String,
-            ) -> ::std::result::Result<::std::string::String, ::std::string::String> {
+            ) -> ::std::result::Result<
+                ::std::string::String,
+                $crate::bindings::durable::workflow::durable_step::StepError,
+            > {
                 $crate::__run_branch(entry, step, input)
             }
         }

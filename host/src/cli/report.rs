@@ -182,7 +182,8 @@ pub fn print_report(report: &RunReport, elapsed: Duration, json_mode: bool) {
             already_finished: false,
             status: report.status.as_str(),
             output: output_value(&report.outcome),
-            error: report.outcome.as_ref().err().map(String::as_str),
+            error: error_message(&report.outcome),
+            error_code: error_code(&report.outcome),
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             steps: report.events.iter().map(StepJson::from).collect(),
         });
@@ -211,7 +212,8 @@ pub fn print_finished(workflow: &WorkflowRecord, outcome: &Outcome, json_mode: b
             already_finished: true,
             status: status.as_str(),
             output: output_value(outcome),
-            error: outcome.as_ref().err().map(String::as_str),
+            error: error_message(outcome),
+            error_code: error_code(outcome),
             duration_ms: 0.0,
             steps: Vec::new(),
         });
@@ -238,6 +240,14 @@ pub fn print_json(value: &impl Serialize) {
     let _ = writeln!(stdout);
 }
 
+pub fn error_message(outcome: &Outcome) -> Option<&str> {
+    outcome.as_ref().err().map(|f| f.message.as_str())
+}
+
+pub fn error_code(outcome: &Outcome) -> Option<&str> {
+    outcome.as_ref().err().and_then(|f| f.code.as_deref())
+}
+
 pub fn output_value(outcome: &Outcome) -> Value {
     outcome.as_deref().map_or(Value::Null, json_value)
 }
@@ -260,6 +270,8 @@ struct RunJson<'a> {
     status: &'static str,
     output: Value,
     error: Option<&'a str>,
+    /// The error's code, when the workflow gave one.
+    error_code: Option<&'a str>,
     duration_ms: f64,
     steps: Vec<StepJson<'a>>,
 }

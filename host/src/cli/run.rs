@@ -18,7 +18,7 @@ use durable_host::runtime::{
     ComponentCache, ComponentFile, Grants, Runtime, RuntimeConfig, RuntimeError, Sandbox,
     WorkflowComponent,
 };
-use durable_host::store::{CheckpointStore, SqliteStore, WorkflowStatus};
+use durable_host::store::{CheckpointStore, Failure, SqliteStore, WorkflowStatus};
 
 use super::args::{ExecutionArgs, RunArgs};
 use super::exit;
@@ -170,7 +170,9 @@ pub fn run(db: &Path, json_mode: bool, args: RunArgs) -> anyhow::Result<ExitCode
     let crash_points = crash.tracker();
     let run = match WorkflowRun::open(executor.store()?, &request, crash, progress)? {
         Opened::Finished(workflow) => {
-            let outcome = workflow.outcome().unwrap_or_else(|| Err(String::new()));
+            let outcome = workflow
+                .outcome()
+                .unwrap_or_else(|| Err(Failure::new(String::new())));
             report::print_finished(&workflow, &outcome, json_mode);
             return Ok(exit_code(workflow.status));
         }
@@ -286,7 +288,8 @@ pub fn recover(
                     "workflow_id": id,
                     "status": report.status.as_str(),
                     "output": report::output_value(&report.outcome),
-                    "error": report.outcome.as_ref().err(),
+                    "error": report::error_message(&report.outcome),
+                    "error_code": report::error_code(&report.outcome),
                 }),
                 Recovered::Skipped(reason) => json!({
                     "workflow_id": id, "status": "skipped", "reason": reason,
@@ -412,7 +415,9 @@ pub fn resume(
     let progress = Box::new(Progress::new(!json_mode));
     let run = match WorkflowRun::open(executor.store()?, &request, CrashPlan::none(), progress)? {
         Opened::Finished(workflow) => {
-            let outcome = workflow.outcome().unwrap_or_else(|| Err(String::new()));
+            let outcome = workflow
+                .outcome()
+                .unwrap_or_else(|| Err(Failure::new(String::new())));
             report::print_finished(&workflow, &outcome, json_mode);
             return Ok(exit_code(workflow.status));
         }

@@ -6,8 +6,8 @@
 
 use super::{EngineError, owner_alive};
 use crate::store::{
-    CheckpointStore, Owner, StepKey, StoreError, WorkflowEnd, WorkflowRecord, WorkflowStatus,
-    now_millis,
+    CheckpointStore, Failure, Owner, StepKey, StoreError, WorkflowEnd, WorkflowRecord,
+    WorkflowStatus, now_millis,
 };
 
 /// The error recorded for a cancelled workflow.
@@ -30,7 +30,7 @@ pub(super) fn finish_cancel(
         &workflow.run_id,
         &WorkflowEnd {
             status: WorkflowStatus::Cancelled,
-            outcome: &Err(CANCELLED.to_owned()),
+            outcome: &Err(Failure::new(CANCELLED)),
             interrupted_steps: &running,
         },
     )?;

@@ -25,8 +25,9 @@ pub use crash::{CrashPlan, CrashPoint};
 pub use lease::{Heartbeat, owner_alive, this_process};
 
 use crate::store::{
-    CheckpointStore, Claim, Millis, NewWorkflow, Outcome, Owner, Reopen, StepBegin, StepKey,
-    StepRecord, StoreError, Takeover, WorkflowEnd, WorkflowRecord, WorkflowStatus, now_millis,
+    CheckpointStore, Claim, Failure, Millis, NewWorkflow, Outcome, Owner, Reopen, StepBegin,
+    StepKey, StepRecord, StoreError, Takeover, WorkflowEnd, WorkflowRecord, WorkflowStatus,
+    now_millis,
 };
 
 /// Why a run cannot go on. Apart from `Store`, these are the guest's or the
@@ -531,7 +532,7 @@ impl WorkflowRun {
             );
             let reader = run.store.reopen()?;
             run.claim()?;
-            run.end(Err(reason), WorkflowStatus::Suspended)?;
+            run.end(Err(Failure::new(reason)), WorkflowStatus::Suspended)?;
             let stored = reader
                 .workflow(id)?
                 .ok_or_else(|| StoreError::UnknownWorkflow { id: id.to_owned() })?;
@@ -906,10 +907,12 @@ impl WorkflowRun {
                 call: "finish-step",
             });
         };
-        let outcome = outcome.map_err(bounded_error);
+        let outcome = outcome.map_err(bounded_failure);
         // On a rejected outcome the step stays executing: the trap that
         // follows fails it with the workflow.
-        let size = outcome.as_ref().map_or_else(String::len, String::len);
+        let size = outcome
+            .as_ref()
+            .map_or_else(|f| f.message.len(), String::len);
         if size > MAX_STEP_OUTPUT {
             return Err(EngineError::OutputTooLarge {
                 key: self.executing[index].key.clone(),
@@ -935,7 +938,7 @@ impl WorkflowRun {
                 attempt: executing.attempt,
                 taken_over: executing.taken_over,
                 duration: executing.started.elapsed(),
-                error: outcome.err(),
+                error: outcome.err().map(|failure| failure.to_string()),
             },
         });
         self.crash
@@ -955,23 +958,25 @@ impl WorkflowRun {
         // The SDK always finishes what it begins; a guest that returns
         // mid-step has abandoned it, which fails the workflow.
         let outcome = match (self.executing.first(), outcome) {
-            (Some(executing), _) => Err(format!(
+            (Some(executing), _) => Err(Failure::new(format!(
                 "the workflow returned while step `{}` was still executing",
                 executing.key
-            )),
-            (None, Ok(output)) if output.len() > MAX_STEP_OUTPUT => Err(format!(
+            ))),
+            (None, Ok(output)) if output.len() > MAX_STEP_OUTPUT => Err(Failure::new(format!(
                 "the workflow's output is {} bytes, more than the {MAX_STEP_OUTPUT} bytes a \
                  checkpoint may hold; store large data elsewhere and return a reference to it",
                 output.len()
-            )),
+            ))),
             (None, Ok(output)) => match serde_json::from_str::<serde::de::IgnoredAny>(&output) {
                 Ok(_) => Ok(output),
-                Err(e) => Err(EngineError::InvalidOutputJson {
-                    reason: e.to_string(),
-                }
-                .to_string()),
+                Err(e) => Err(Failure::new(
+                    EngineError::InvalidOutputJson {
+                        reason: e.to_string(),
+                    }
+                    .to_string(),
+                )),
             },
-            (None, Err(error)) => Err(bounded_error(error)),
+            (None, Err(error)) => Err(bounded_failure(error)),
         };
         if self.cancel_delivered_at.is_some() {
             // Whatever it answers after its compensation, it was cancelled.
@@ -979,7 +984,7 @@ impl WorkflowRun {
                 Ok(_) => format!("{CANCELLED} (compensation done; the workflow then returned)"),
                 Err(error) => format!("{CANCELLED}; the workflow then returned: {error}"),
             };
-            return self.end(Err(reason), WorkflowStatus::Cancelled);
+            return self.end(Err(Failure::new(reason)), WorkflowStatus::Cancelled);
         }
         self.end(outcome, WorkflowStatus::Completed)
     }
@@ -988,19 +993,19 @@ impl WorkflowRun {
     /// `reason`. Steps it was executing stay unfinished, so that a
     /// `durable-host resume` with other limits executes them again.
     pub fn fail(self, reason: String) -> Result<RunReport, EngineError> {
-        self.end(Err(reason), WorkflowStatus::Failed)
+        self.end(Err(Failure::new(reason)), WorkflowStatus::Failed)
     }
 
     /// The guest trapped (a panic, a fault): a bug in the code rather than
     /// the workflow's answer. Suspend the workflow with `reason`, keeping its
     /// history, so that fixed code can continue it (`durable-host resume`).
     pub fn suspend(self, reason: String) -> Result<RunReport, EngineError> {
-        self.end(Err(reason), WorkflowStatus::Suspended)
+        self.end(Err(Failure::new(reason)), WorkflowStatus::Suspended)
     }
 
     /// The run stopped at a step boundary because it was cancelled.
     pub fn cancel(self) -> Result<RunReport, EngineError> {
-        self.end(Err(CANCELLED.to_owned()), WorkflowStatus::Cancelled)
+        self.end(Err(Failure::new(CANCELLED)), WorkflowStatus::Cancelled)
     }
 
     /// A step's attempt failed with `error` and will be retried after
@@ -1076,7 +1081,7 @@ impl WorkflowRun {
                     kind: StepEventKind::Interrupted {
                         attempt: executing.attempt,
                         duration: executing.started.elapsed(),
-                        reason: reason.clone(),
+                        reason: reason.to_string(),
                     },
                 });
             }
@@ -1136,6 +1141,14 @@ fn check_name(what: &str, name: &str) -> Result<(), EngineError> {
         return Err(invalid("it contains control characters".to_owned()));
     }
     Ok(())
+}
+
+/// A failure whose message is cut to [`MAX_ERROR`] bytes.
+fn bounded_failure(failure: Failure) -> Failure {
+    Failure {
+        message: bounded_error(failure.message),
+        code: failure.code.map(|code| bounded_error(code)),
+    }
 }
 
 /// An error message cut to [`MAX_ERROR`] bytes (on a character boundary),

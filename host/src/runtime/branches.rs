@@ -13,7 +13,7 @@ use super::host::Role;
 use super::{RunLimits, Sandbox, WorkflowComponent, limit_exceeded, trap_reason};
 use crate::bindings::durable_step::{self, RetryPolicy};
 use crate::engine::{EngineError, StepRun, WorkflowRun};
-use crate::store::Outcome;
+use crate::store::{Failure, Outcome};
 
 /// At most this many branch instances run at once; more branches wait for a
 /// free thread. Memory is bounded by the run's budget, threads by this.
@@ -151,7 +151,7 @@ impl BranchRunner {
                 (Err(_), Some(policy)) if step.failures + 1 < policy.max_attempts => policy,
                 _ => return Some((step, outcome)),
             };
-            let error = outcome.err().unwrap_or_default();
+            let error = outcome.err().map(|f| f.to_string()).unwrap_or_default();
             let backoff = backoff_before(retry, step.failures + 2);
             let (reply, answer) = mpsc::channel();
             let failed = Report::Failed {
@@ -182,24 +182,26 @@ impl BranchRunner {
     /// only.
     fn run_one(&self, step: &StepRun, job: &BranchJob) -> Outcome {
         let output = GuestOutput::default();
-        let wasi = self.sandbox.wasi_ctx(&output).map_err(|e| e.to_string())?;
+        let wasi = self
+            .sandbox
+            .wasi_ctx(&output)
+            .map_err(|e| Failure::new(e.to_string()))?;
         let pre = &self.component.pre;
         let mut store = self.limits.store(pre.engine(), wasi, Role::Branch);
         let workflow = pre
             .instantiate(&mut store)
             .map_err(|e| match limit_exceeded(&e) {
-                Some(limit) => limit.to_string(),
-                None => format!("cannot start an instance for the branch: {e}"),
+                Some(limit) => Failure::new(limit.to_string()),
+                None => Failure::new(format!("cannot start an instance for the branch: {e}")),
             })?;
         let run = durable_step::StepRun::from(step);
-        workflow
-            .call_run_branch(&mut store, &job.entry, &run, &job.input)
-            .unwrap_or_else(|trap| {
-                Err(match limit_exceeded(&trap) {
-                    Some(limit) => limit.to_string(),
-                    None => trap_reason(&trap, &output),
-                })
-            })
+        match workflow.call_run_branch(&mut store, &job.entry, &run, &job.input) {
+            Ok(outcome) => outcome.map_err(Failure::from),
+            Err(trap) => Err(Failure::new(match limit_exceeded(&trap) {
+                Some(limit) => limit.to_string(),
+                None => trap_reason(&trap, &output),
+            })),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use super::branches::{BranchJob, BranchRunner};
 use super::limits::{Deadline, InstanceLimiter};
 use crate::bindings::durable_step;
 use crate::engine::{EngineError, StepRun, StepStart, WorkflowRun};
-use crate::store::Outcome;
+use crate::store::{Failure, Outcome};
 
 /// Everything one guest instance can reach.
 pub struct HostState {
@@ -92,6 +92,27 @@ impl From<&StepRun> for durable_step::StepRun {
     }
 }
 
+impl From<durable_step::StepError> for Failure {
+    fn from(error: durable_step::StepError) -> Self {
+        Self {
+            message: error.message,
+            code: error.code,
+        }
+    }
+}
+
+impl From<Failure> for durable_step::StepError {
+    fn from(failure: Failure) -> Self {
+        Self {
+            message: failure.message,
+            code: failure.code,
+        }
+    }
+}
+
+/// An outcome as the guest hands it over.
+type GuestOutcome = Result<String, durable_step::StepError>;
+
 /// The name under which durable sleeps are recorded.
 pub const SLEEP_STEP: &str = "durable.sleep";
 
@@ -99,7 +120,9 @@ impl durable_step::Host for HostState {
     fn begin_step(&mut self, name: String) -> wasmtime::Result<durable_step::StepStart> {
         let (run, _) = self.run()?;
         Ok(match run.begin_step(&name)? {
-            StepStart::Replayed(outcome) => durable_step::StepStart::Replayed(outcome),
+            StepStart::Replayed(outcome) => {
+                durable_step::StepStart::Replayed(outcome.map_err(Into::into))
+            }
             StepStart::Execute(step) => durable_step::StepStart::Execute((&step).into()),
             StepStart::Cancelled(reason) => durable_step::StepStart::Cancelled(reason),
         })
@@ -108,7 +131,7 @@ impl durable_step::Host for HostState {
     fn run_parallel(
         &mut self,
         branches: Vec<durable_step::Branch>,
-    ) -> wasmtime::Result<Result<Vec<Outcome>, String>> {
+    ) -> wasmtime::Result<Result<Vec<GuestOutcome>, String>> {
         let (run, runner) = self.run()?;
         let names: Vec<&str> = branches.iter().map(|b| b.name.as_str()).collect();
         let starts = run.begin_steps(&names)?;
@@ -133,17 +156,22 @@ impl durable_step::Host for HostState {
         runner.run_all(jobs, run, |index, outcome| results[index] = Some(outcome))?;
         Ok(Ok(results
             .into_iter()
-            .map(|result| result.expect("every branch was replayed or executed"))
+            .map(|result| {
+                result
+                    .expect("every branch was replayed or executed")
+                    .map_err(Into::into)
+            })
             .collect()))
     }
 
     fn record_attempt(
         &mut self,
         key: String,
-        error: String,
+        error: durable_step::StepError,
         backoff_ms: u64,
     ) -> wasmtime::Result<durable_step::StepRun> {
         let backoff = Duration::from_millis(backoff_ms);
+        let error = Failure::from(error).to_string();
         self.run()?.0.record_attempt(&key, &error, backoff)?;
         // A step is executing: a cancellation waits for its end.
         self.durable_wait(Instant::now() + backoff, false)?;
@@ -151,9 +179,9 @@ impl durable_step::Host for HostState {
         Ok((&next).into())
     }
 
-    fn finish_step(&mut self, key: String, outcome: Outcome) -> wasmtime::Result<()> {
+    fn finish_step(&mut self, key: String, outcome: GuestOutcome) -> wasmtime::Result<()> {
         let (run, _) = self.run()?;
-        Ok(run.finish_step(&key, outcome)?)
+        Ok(run.finish_step(&key, outcome.map_err(Failure::from))?)
     }
 
     fn sleep(&mut self, duration_ms: u64) -> wasmtime::Result<Result<(), String>> {
@@ -165,7 +193,7 @@ impl durable_step::Host for HostState {
                     reason: format!("a recorded wake-up time must be a number: {e}"),
                 })?
             }
-            StepStart::Replayed(Err(error)) => return Err(wasmtime::Error::msg(error)),
+            StepStart::Replayed(Err(error)) => return Err(wasmtime::Error::msg(error.to_string())),
             StepStart::Cancelled(reason) => return Ok(Err(reason)),
             StepStart::Execute(step) => {
                 let wake_at = crate::store::now_millis() + duration_ms as i64;

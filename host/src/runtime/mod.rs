@@ -250,7 +250,7 @@ impl Runtime {
             unreachable!("the workflow instance keeps its role")
         };
         let trap = match result {
-            Ok(Ok(outcome)) => return Ok(run.complete(outcome)?),
+            Ok(Ok(outcome)) => return Ok(run.complete(outcome.map_err(Into::into))?),
             // An instance that cannot even start (its memory over the budget,
             // say) is handled like a trap in it.
             Ok(Err(trap)) | Err(trap) => trap,

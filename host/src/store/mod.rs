@@ -13,8 +13,41 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use sqlite::SqliteStore;
 
-/// How a step or workflow ended: its JSON value, or its error message.
-pub type Outcome = Result<String, String>;
+/// How a step or workflow ended: its JSON value, or its error.
+pub type Outcome = Result<String, Failure>;
+
+/// The error a step or workflow ended with: a message for people, and a
+/// code a program can match on (`card_declined`) when the workflow gave one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub message: String,
+    pub code: Option<String>,
+}
+
+impl Failure {
+    /// An error without a code.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: None,
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Self::new(message)
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.code {
+            Some(code) => write!(f, "[{code}] {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
@@ -124,8 +157,10 @@ pub struct WorkflowRecord {
     pub status: WorkflowStatus,
     /// The output as JSON, once completed.
     pub output: Option<String>,
-    /// The error message, once failed.
+    /// The error message, once failed (or cancelled, or suspended).
     pub error: Option<String>,
+    /// The error's code, if the workflow gave one.
+    pub error_code: Option<String>,
     /// The run that last owned the workflow.
     pub run_id: String,
     /// The process of that run.
@@ -151,7 +186,10 @@ impl WorkflowRecord {
             WorkflowStatus::Running => None,
             WorkflowStatus::Completed => Some(Ok(self.output.clone().unwrap_or_default())),
             WorkflowStatus::Failed | WorkflowStatus::Cancelled | WorkflowStatus::Suspended => {
-                Some(Err(self.error.clone().unwrap_or_default()))
+                Some(Err(Failure {
+                    message: self.error.clone().unwrap_or_default(),
+                    code: self.error_code.clone(),
+                }))
             }
         }
     }
@@ -208,6 +246,7 @@ pub struct StepRecord {
     pub status: StepStatus,
     pub output_json: Option<String>,
     pub error: Option<String>,
+    pub error_code: Option<String>,
     /// How many times a run has begun executing the step.
     pub attempts: u32,
     /// How many of those attempts failed and were retried (attempts cut
@@ -225,7 +264,10 @@ impl StepRecord {
         match self.status {
             StepStatus::Running => None,
             StepStatus::Completed => Some(Ok(self.output_json.clone().unwrap_or_default())),
-            StepStatus::Failed => Some(Err(self.error.clone().unwrap_or_default())),
+            StepStatus::Failed => Some(Err(Failure {
+                message: self.error.clone().unwrap_or_default(),
+                code: self.error_code.clone(),
+            })),
         }
     }
 }

@@ -56,7 +56,8 @@ CREATE TABLE workflows (
     takeovers        INTEGER NOT NULL DEFAULT 0,
     progress_mark    INTEGER NOT NULL DEFAULT 0,
     -- What the workflow was granted when it started (runtime::Grants, JSON).
-    grants           TEXT
+    grants           TEXT,
+    error_code       TEXT
 );
 -- Clustered on its key and without a second index: every page a step
 -- touches is one more page its commit writes and syncs. (Sequences are
@@ -75,6 +76,7 @@ CREATE TABLE steps (
     finished_at INTEGER,
     -- Failed attempts recorded before a retry (interrupted ones excluded).
     failures    INTEGER NOT NULL DEFAULT 0,
+    error_code  TEXT,
     PRIMARY KEY (workflow_id, step_key)
 ) WITHOUT ROWID;
 -- Attempts of a step that did not end it: failed tries before a retry, and
@@ -132,7 +134,8 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         owner_started    INTEGER,
         takeovers        INTEGER NOT NULL DEFAULT 0,
         progress_mark    INTEGER NOT NULL DEFAULT 0,
-        grants           TEXT
+        grants           TEXT,
+        error_code       TEXT
     );
     INSERT INTO workflows_v2 (id, component_sha256, input, status, output, error, run_id,
         owner_pid, owner_host, lease_expires_at, cancel_requested, created_at, updated_at)
@@ -143,6 +146,7 @@ const MIGRATIONS: &[(i64, &str)] = &[(
     ALTER TABLE workflows_v2 RENAME TO workflows;
     CREATE INDEX workflows_by_status ON workflows (status);
     ALTER TABLE steps ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE steps ADD COLUMN error_code TEXT;
     ALTER TABLE step_attempts ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE step_attempts ADD COLUMN backoff_ms INTEGER;
     UPDATE step_attempts SET interrupted = 1 WHERE error LIKE 'interrupted:%';
@@ -159,10 +163,10 @@ const MIGRATIONS: &[(i64, &str)] = &[(
 
 const WORKFLOW_COLUMNS: &str = "id, component_sha256, input, status, output, error, run_id, \
      owner_pid, owner_host, lease_expires_at, cancel_requested, created_at, updated_at, \
-     owner_boot, owner_pid_ns, owner_started, takeovers, progress_mark, grants";
+     owner_boot, owner_pid_ns, owner_started, takeovers, progress_mark, grants, error_code";
 
 /// How many columns [`WORKFLOW_COLUMNS`] selects.
-const WORKFLOW_COLUMN_COUNT: usize = 19;
+const WORKFLOW_COLUMN_COUNT: usize = 20;
 
 /// How long SQLite itself waits for a lock before reporting `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -438,7 +442,7 @@ impl CheckpointStore for SqliteStore {
             self.conn
                 .prepare_cached(
                     "SELECT step_key, sequence, name, status, output_json, error, attempts,
-                            run_id, started_at, finished_at, failures
+                            run_id, started_at, finished_at, failures, error_code
                      FROM steps WHERE workflow_id = ?1 ORDER BY sequence",
                 )?
                 .query_map([workflow_id], step_from_row)?
@@ -571,6 +575,7 @@ impl CheckpointStore for SqliteStore {
             let reopened = tx
                 .prepare_cached(
                     "UPDATE workflows SET status = 'running', output = NULL, error = NULL,
+                         error_code = NULL,
                          run_id = ?3, owner_pid = ?4, owner_host = ?5, lease_expires_at = ?6,
                          updated_at = ?7, owner_boot = ?8, owner_pid_ns = ?9, owner_started = ?10,
                          takeovers = 0, cancel_requested = 0, component_sha256 = ?11,
@@ -802,7 +807,7 @@ impl CheckpointStore for SqliteStore {
         key: &StepKey,
         outcome: &Outcome,
     ) -> Result<(), StoreError> {
-        let (status, output, error) = split_step_outcome(outcome);
+        let (status, output, error, code) = split_step_outcome(outcome);
         let now = now_millis();
         self.write(|tx| {
             if let Err(lost) = Self::check_owner(tx, workflow_id, run_id)? {
@@ -810,7 +815,8 @@ impl CheckpointStore for SqliteStore {
             }
             let updated = tx
                 .prepare_cached(
-                    "UPDATE steps SET status = ?4, output_json = ?5, error = ?6, finished_at = ?7
+                    "UPDATE steps SET status = ?4, output_json = ?5, error = ?6, finished_at = ?7,
+                         error_code = ?8
                      WHERE workflow_id = ?1 AND step_key = ?2 AND run_id = ?3
                        AND status = 'running'",
                 )?
@@ -821,7 +827,8 @@ impl CheckpointStore for SqliteStore {
                     status.as_str(),
                     output,
                     error,
-                    now
+                    now,
+                    code
                 ])?;
             Ok(if updated == 0 {
                 Err(StoreError::Backend(format!(
@@ -839,10 +846,7 @@ impl CheckpointStore for SqliteStore {
         run_id: &str,
         end: &WorkflowEnd<'_>,
     ) -> Result<(), StoreError> {
-        let (output, error) = match end.outcome {
-            Ok(output) => (Some(output.as_str()), None),
-            Err(error) => (None, Some(error.as_str())),
-        };
+        let (_, output, error, code) = split_step_outcome(end.outcome);
         let now = now_millis();
         self.write(|tx| {
             if let Err(lost) = Self::check_owner(tx, id, run_id)? {
@@ -863,10 +867,19 @@ impl CheckpointStore for SqliteStore {
                 insert_event(tx, id, run_id, "suspended", reason, now)?;
             }
             tx.prepare_cached(
-                "UPDATE workflows SET status = ?3, output = ?4, error = ?5, updated_at = ?6
+                "UPDATE workflows SET status = ?3, output = ?4, error = ?5, updated_at = ?6,
+                     error_code = ?7
                  WHERE id = ?1 AND run_id = ?2",
             )?
-            .execute(params![id, run_id, end.status.as_str(), output, error, now])?;
+            .execute(params![
+                id,
+                run_id,
+                end.status.as_str(),
+                output,
+                error,
+                now,
+                code
+            ])?;
             Ok(Ok(()))
         })
     }
@@ -888,10 +901,16 @@ fn lost_ownership(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<StoreError
     })
 }
 
-fn split_step_outcome(outcome: &Outcome) -> (StepStatus, Option<&str>, Option<&str>) {
+/// A step's status, output, error message and error code for `outcome`.
+fn split_step_outcome(outcome: &Outcome) -> (StepStatus, Option<&str>, Option<&str>, Option<&str>) {
     match outcome {
-        Ok(output) => (StepStatus::Completed, Some(output.as_str()), None),
-        Err(error) => (StepStatus::Failed, None, Some(error.as_str())),
+        Ok(output) => (StepStatus::Completed, Some(output.as_str()), None, None),
+        Err(failure) => (
+            StepStatus::Failed,
+            None,
+            Some(failure.message.as_str()),
+            failure.code.as_deref(),
+        ),
     }
 }
 
@@ -918,6 +937,7 @@ fn workflow_from_row(row: &Row<'_>) -> rusqlite::Result<WorkflowRecord> {
         takeovers: row.get(16)?,
         progress_mark: row.get(17)?,
         grants: row.get(18)?,
+        error_code: row.get(19)?,
     })
 }
 
@@ -934,6 +954,7 @@ fn step_from_row(row: &Row<'_>) -> rusqlite::Result<StepRecord> {
         started_at: row.get(8)?,
         finished_at: row.get::<_, Option<Millis>>(9)?,
         failures: row.get(10)?,
+        error_code: row.get(11)?,
     })
 }
 

@@ -65,6 +65,7 @@ fn scenarios(ctx: &Context, input: Input) -> Result<Value, Error> {
         "big_output" => big_output(ctx, input.items),
         "steps" => trivial_steps(ctx, input.items),
         "compensate" => compensate(ctx, input.sleep_ms),
+        "error_codes" => error_codes(ctx),
         "burn_between" => burn_between(ctx, input.items, input.burn_ms),
         "mem_branches" => mem_branches(ctx, input.items, input.mib, input.hold_ms),
         "hold" => hold(ctx, input.items, input.sleep_ms),
@@ -77,6 +78,23 @@ fn scenarios(ctx: &Context, input: Input) -> Result<Value, Error> {
         "big_steps" => big_steps(ctx, input.items, input.kib),
         other => Err(durable_sdk::error!("unknown scenario `{other}`")),
     }
+}
+
+/// A step fails with a coded error; the workflow matches on the code (the
+/// same on replay) and fails with a code of its own.
+fn error_codes(ctx: &Context) -> Result<Value, Error> {
+    let charged: Result<String, Error> = ctx.step("charge", || {
+        effect()?;
+        Err(Error::new("the card was declined").with_code("card_declined"))
+    });
+    let fallback = match charged {
+        Err(e) if e.code() == Some("card_declined") => ctx.step("invoice", || {
+            effect()?;
+            Ok("invoice sent".to_owned())
+        })?,
+        other => other?,
+    };
+    Err(Error::new(format!("paid by {fallback}")).with_code("needs_follow_up"))
 }
 
 /// Reserves, waits, and releases what it reserved when it is cancelled.
