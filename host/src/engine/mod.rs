@@ -1147,7 +1147,7 @@ fn check_name(what: &str, name: &str) -> Result<(), EngineError> {
 fn bounded_failure(failure: Failure) -> Failure {
     Failure {
         message: bounded_error(failure.message),
-        code: failure.code.map(|code| bounded_error(code)),
+        code: failure.code.map(bounded_error),
     }
 }
 
