@@ -16,7 +16,12 @@ fn main() -> ExitCode {
     let (db, json) = (cli.db.as_path(), cli.json);
     let result = match cli.command {
         Command::Run(args) => cli::run::run(db, json, args),
-        Command::List { status } => cli::inspect::list(db, json, status),
+        Command::List {
+            status,
+            limit,
+            after,
+            all,
+        } => cli::inspect::list(db, json, status, (!all).then_some(limit), after),
         Command::History { workflow_id } => cli::inspect::history(db, json, &workflow_id),
         Command::Recover {
             component,

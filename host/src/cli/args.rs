@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 use durable_host::engine::CrashPoint;
 use durable_host::runtime::DirGrant;
+use durable_host::store::WorkflowStatus;
 
 /// Run WebAssembly workflows durably: every step is checkpointed in SQLite,
 /// and a workflow that dies resumes where it stopped when run again.
@@ -50,10 +51,26 @@ pub enum Command {
     Run(RunArgs),
 
     /// List workflows, newest first, with their status and step counts.
+    ///
+    /// Shows a page at a time: `--after` the last id shown gives the next.
     List {
-        /// Only workflows with this status.
-        #[arg(long)]
-        status: Option<StatusFilter>,
+        /// Only workflows with this status: queued, running, sleeping,
+        /// completed, failed, cancelled or suspended.
+        #[arg(long, value_parser = parse_status)]
+        status: Option<WorkflowStatus>,
+
+        /// At most this many workflows.
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        limit: u32,
+
+        /// Only workflows after this one in the listing (the last id of the
+        /// previous page).
+        #[arg(long, value_name = "ID")]
+        after: Option<String>,
+
+        /// Every workflow, however many (streamed, in pages).
+        #[arg(long, conflicts_with = "limit")]
+        all: bool,
     },
 
     /// Show every step of a workflow: key, status, attempts, duration, output, error.
@@ -102,15 +119,6 @@ pub enum Command {
         /// The workflow id.
         workflow_id: String,
     },
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum StatusFilter {
-    Running,
-    Completed,
-    Failed,
-    Cancelled,
-    Suspended,
 }
 
 #[derive(Debug, Args)]
@@ -190,6 +198,12 @@ pub struct ExecutionArgs {
     /// Compile the component every time instead of using the cache.
     #[arg(long, conflicts_with = "cache_dir")]
     pub no_cache: bool,
+}
+
+fn parse_status(text: &str) -> Result<WorkflowStatus, String> {
+    WorkflowStatus::parse(text).ok_or_else(|| {
+        "expected queued, running, sleeping, completed, failed, cancelled or suspended".to_owned()
+    })
 }
 
 fn parse_dir(text: &str) -> Result<DirGrant, String> {

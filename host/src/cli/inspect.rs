@@ -7,12 +7,13 @@ use std::process::ExitCode;
 use serde_json::{Value, json};
 
 use durable_host::engine::{CancelOutcome, cancel_workflow};
+use std::io::Write as _;
+
 use durable_host::store::{
-    AttemptRecord, CheckpointStore, Millis, SqliteStore, StepRecord, StepStatus, StoreError,
-    WorkflowEvent, WorkflowRecord, WorkflowStatus, WorkflowSummary, now_millis,
+    AttemptRecord, CheckpointStore, ListQuery, Millis, SqliteStore, StepRecord, StepStatus,
+    StoreError, WorkflowEvent, WorkflowRecord, WorkflowStatus, WorkflowSummary, now_millis,
 };
 
-use super::args::StatusFilter;
 use super::exit;
 use super::report::{json_value, print_json};
 use super::table::{MAX_CELL_CHARS, preview, render, rfc3339, timestamp};
@@ -44,69 +45,123 @@ fn open_existing(db: &Path) -> anyhow::Result<SqliteStore> {
     Ok(SqliteStore::open(db)?)
 }
 
-pub fn list(db: &Path, json_mode: bool, status: Option<StatusFilter>) -> anyhow::Result<ExitCode> {
-    let status = status.map(|s| match s {
-        StatusFilter::Running => WorkflowStatus::Running,
-        StatusFilter::Completed => WorkflowStatus::Completed,
-        StatusFilter::Failed => WorkflowStatus::Failed,
-        StatusFilter::Cancelled => WorkflowStatus::Cancelled,
-        StatusFilter::Suspended => WorkflowStatus::Suspended,
-    });
+/// Rows fetched per query when listing everything.
+const LIST_PAGE: u32 = 1000;
+
+pub fn list(
+    db: &Path,
+    json_mode: bool,
+    status: Option<WorkflowStatus>,
+    limit: Option<u32>,
+    after: Option<String>,
+) -> anyhow::Result<ExitCode> {
     let store = open_existing(db)?;
-    let workflows = store.list_workflows(status)?;
+    let mut query = ListQuery {
+        status,
+        limit: Some(limit.map_or(LIST_PAGE, |l| l.min(LIST_PAGE))),
+        after,
+    };
+    let mut left = limit;
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut shown = 0usize;
+    let mut last_id = None;
     if json_mode {
-        print_json(&Value::Array(workflows.iter().map(summary_json).collect()));
+        write!(stdout, "[")?;
+    }
+    // Page through the database, printing as we go: a listing of every
+    // workflow costs one page of memory, not the whole table.
+    loop {
+        let page = store.list_workflows(&query)?;
+        let full = page.len() as u32 == query.limit.unwrap_or(0);
+        if json_mode {
+            for summary in &page {
+                if shown > 0 {
+                    write!(stdout, ",")?;
+                }
+                serde_json::to_writer(&mut stdout, &summary_json(summary))?;
+                shown += 1;
+            }
+        } else if !page.is_empty() {
+            let rows = page
+                .iter()
+                .map(|summary| list_row(&store, summary))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            let table = render(LIST_HEADER, &rows);
+            // Each page is aligned on its own; the header comes once.
+            let body = if shown == 0 {
+                table.as_str()
+            } else {
+                table.split_once('\n').map_or("", |(_, body)| body)
+            };
+            write!(stdout, "{body}")?;
+            shown += page.len();
+        }
+        last_id = page.last().map(|s| s.workflow.id.clone()).or(last_id);
+        if let Some(left) = &mut left {
+            *left = left.saturating_sub(page.len() as u32);
+        }
+        if !full || left == Some(0) {
+            break;
+        }
+        query.after = last_id.clone();
+        query.limit = Some(left.map_or(LIST_PAGE, |l| l.min(LIST_PAGE)));
+    }
+    if json_mode {
+        writeln!(stdout, "]")?;
         return Ok(ExitCode::from(exit::SUCCESS));
     }
-    if workflows.is_empty() {
-        println!(
+    if shown == 0 {
+        writeln!(
+            stdout,
             "no workflows{}",
             status
                 .map(|s| format!(" with status {s}"))
                 .unwrap_or_default()
-        );
-        return Ok(ExitCode::from(exit::SUCCESS));
+        )?;
+    } else if let (Some(limit), Some(last)) = (limit, &last_id)
+        && shown as u32 == limit
+    {
+        writeln!(
+            stdout,
+            "(first {shown}; the next page: --after {last}, or --all for every workflow)"
+        )?;
     }
-    let rows: Vec<Vec<String>> = workflows
-        .iter()
-        .map(|summary| {
-            let w = &summary.workflow;
-            let mut notes = step_notes(summary);
-            if w.status == WorkflowStatus::Running
-                && let Some(until) = sleeping_until(&store, &w.id)?
-            {
-                if !notes.is_empty() {
-                    notes.push_str(", ");
-                }
-                notes.push_str(&format!("sleeping until {} UTC", timestamp(until)));
-            }
-            Ok(vec![
-                w.id.clone(),
-                w.status.to_string(),
-                format!("{}/{}", summary.completed_steps, summary.steps),
-                notes,
-                w.component_sha256.chars().take(12).collect(),
-                timestamp(w.created_at),
-                timestamp(w.updated_at),
-            ])
-        })
-        .collect::<Result<_, StoreError>>()?;
-    print!(
-        "{}",
-        render(
-            &[
-                "WORKFLOW",
-                "STATUS",
-                "STEPS DONE",
-                "NOTES",
-                "COMPONENT",
-                "STARTED (UTC)",
-                "UPDATED (UTC)"
-            ],
-            &rows
-        )
-    );
     Ok(ExitCode::from(exit::SUCCESS))
+}
+
+const LIST_HEADER: &[&str] = &[
+    "WORKFLOW",
+    "STATUS",
+    "STEPS DONE",
+    "NOTES",
+    "COMPONENT",
+    "STARTED (UTC)",
+    "UPDATED (UTC)",
+];
+
+fn list_row(store: &SqliteStore, summary: &WorkflowSummary) -> Result<Vec<String>, StoreError> {
+    let w = &summary.workflow;
+    let mut notes = step_notes(summary);
+    let until = match w.status {
+        WorkflowStatus::Sleeping => w.wake_at,
+        WorkflowStatus::Running => sleeping_until(store, &w.id)?,
+        _ => None,
+    };
+    if let Some(until) = until {
+        if !notes.is_empty() {
+            notes.push_str(", ");
+        }
+        notes.push_str(&format!("sleeping until {} UTC", timestamp(until)));
+    }
+    Ok(vec![
+        w.id.clone(),
+        w.status.to_string(),
+        format!("{}/{}", summary.completed_steps, summary.steps),
+        notes,
+        w.component_sha256.chars().take(12).collect(),
+        timestamp(w.created_at),
+        timestamp(w.updated_at),
+    ])
 }
 
 /// When a running workflow whose last recorded step is a completed

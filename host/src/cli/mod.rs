@@ -26,6 +26,7 @@ pub mod exit {
     pub const SUSPENDED: u8 = 7;
     pub const OWNERSHIP_LOST: u8 = 8;
     pub const STORAGE_FAILURE: u8 = 9;
+    pub const SLEEPING: u8 = 10;
 }
 
 /// Print `error` as `error: <cause>` plus a hint where one helps, and pick

@@ -18,7 +18,7 @@ use durable_host::runtime::{
     ComponentCache, ComponentFile, Grants, Runtime, RuntimeConfig, RuntimeError, Sandbox,
     WorkflowComponent,
 };
-use durable_host::store::{CheckpointStore, Failure, SqliteStore, WorkflowStatus};
+use durable_host::store::{CheckpointStore, Failure, ListQuery, SqliteStore, WorkflowStatus};
 
 use super::args::{ExecutionArgs, RunArgs};
 use super::exit;
@@ -227,7 +227,10 @@ pub fn recover(
     let component = ComponentFile::read(component_path)?;
     let given = given_grants(args);
     let candidates: Vec<(String, Option<String>)> = SqliteStore::open(db)?
-        .list_workflows(Some(WorkflowStatus::Running))?
+        .list_workflows(&ListQuery {
+            status: Some(WorkflowStatus::Running),
+            ..ListQuery::default()
+        })?
         .into_iter()
         .filter(|summary| summary.workflow.component_sha256 == component.sha256())
         .map(|summary| (summary.workflow.id, summary.workflow.grants))
@@ -467,7 +470,10 @@ fn crash_plan(args: &RunArgs) -> CrashPlan {
 fn exit_code(status: WorkflowStatus) -> ExitCode {
     ExitCode::from(match status {
         WorkflowStatus::Completed => exit::SUCCESS,
-        WorkflowStatus::Failed | WorkflowStatus::Running => exit::WORKFLOW_FAILED,
+        WorkflowStatus::Failed | WorkflowStatus::Running | WorkflowStatus::Queued => {
+            exit::WORKFLOW_FAILED
+        }
+        WorkflowStatus::Sleeping => exit::SLEEPING,
         WorkflowStatus::Cancelled => exit::CANCELLED,
         WorkflowStatus::Suspended => exit::SUSPENDED,
     })

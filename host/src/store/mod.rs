@@ -103,8 +103,13 @@ pub enum StepStatus {
 /// Where a workflow stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkflowStatus {
+    /// Submitted with `start`, waiting in its queue for a `serve` to run it.
+    Queued,
     /// Started and not finished: it resumes when run again.
     Running,
+    /// Unloaded during a long durable sleep: no process holds it until
+    /// [`WorkflowRecord::wake_at`], when it is resumed by replay.
+    Sleeping,
     /// Returned its output. Final.
     Completed,
     /// Returned an error or trapped. Final.
@@ -139,7 +144,9 @@ macro_rules! status_text {
 
 status_text!(StepStatus { Running => "running", Completed => "completed", Failed => "failed" });
 status_text!(WorkflowStatus {
+    Queued => "queued",
     Running => "running",
+    Sleeping => "sleeping",
     Completed => "completed",
     Failed => "failed",
     Cancelled => "cancelled",
@@ -177,13 +184,19 @@ pub struct WorkflowRecord {
     pub progress_mark: u32,
     /// What the workflow was granted when it started (opaque to the store).
     pub grants: Option<String>,
+    /// The queue it waits in (`default` unless started with another).
+    pub queue: String,
+    /// The deployment it was started from, if started by name.
+    pub deployment: Option<String>,
+    /// When a sleeping workflow is due.
+    pub wake_at: Option<Millis>,
 }
 
 impl WorkflowRecord {
     /// The final outcome, or `None` while the workflow is running.
     pub fn outcome(&self) -> Option<Outcome> {
         match self.status {
-            WorkflowStatus::Running => None,
+            WorkflowStatus::Queued | WorkflowStatus::Running | WorkflowStatus::Sleeping => None,
             WorkflowStatus::Completed => Some(Ok(self.output.clone().unwrap_or_default())),
             WorkflowStatus::Failed | WorkflowStatus::Cancelled | WorkflowStatus::Suspended => {
                 Some(Err(Failure {
@@ -343,6 +356,48 @@ pub struct Claim<'a> {
     pub lease_until: Millis,
 }
 
+/// A workflow submitted to a queue (`start`), for a `serve` to run.
+#[derive(Debug, Clone)]
+pub struct QueuedWorkflow<'a> {
+    pub id: &'a str,
+    pub deployment: &'a str,
+    pub component_sha256: &'a str,
+    pub input: &'a str,
+    pub grants: &'a str,
+    pub queue: &'a str,
+}
+
+/// What became of a submission.
+#[derive(Debug, Clone)]
+pub enum Enqueued {
+    /// A new workflow, queued.
+    Created(Box<WorkflowRecord>),
+    /// A workflow with this id and the same input existed: this is it.
+    Existing(Box<WorkflowRecord>),
+}
+
+/// A named version of a component, with what its workflows are granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployment {
+    pub name: String,
+    /// 1 for the first deployment of a name, then counting up.
+    pub version: u32,
+    pub sha256: String,
+    /// The grants of its workflows (`runtime::Grants` as JSON).
+    pub grants: String,
+    pub created_at: Millis,
+}
+
+/// Which workflows a listing shows, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub status: Option<WorkflowStatus>,
+    /// At most this many (all when `None`).
+    pub limit: Option<u32>,
+    /// Only those after this one in the listing's order (its id), for paging.
+    pub after: Option<String>,
+}
+
 /// A run putting a failed or suspended workflow back to running.
 #[derive(Debug, Clone)]
 pub struct Reopen<'a> {
@@ -449,11 +504,58 @@ pub trait CheckpointStore: Send {
     /// Returns the workflow as it is now (`UnknownWorkflow` if there is none).
     fn request_cancel(&self, id: &str) -> Result<WorkflowRecord, StoreError>;
 
-    /// Workflows, newest first, optionally only those in `status`.
-    fn list_workflows(
+    /// Workflows, newest first, as `query` selects them.
+    fn list_workflows(&self, query: &ListQuery) -> Result<Vec<WorkflowSummary>, StoreError>;
+
+    /// Keep a component's bytes under their sha256 (a no-op if kept).
+    fn put_component(&self, sha256: &str, bytes: &[u8]) -> Result<(), StoreError>;
+
+    /// The bytes of the component with `sha256`, if kept.
+    fn component(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Record a new version of deployment `name`: the component `sha256`
+    /// (kept already) and its grants. Returns it.
+    fn deploy(&self, name: &str, sha256: &str, grants: &str) -> Result<Deployment, StoreError>;
+
+    /// Every deployment (of `name`, when given), newest version first.
+    fn deployments(&self, name: Option<&str>) -> Result<Vec<Deployment>, StoreError>;
+
+    /// Queue a workflow, unless one with its id exists: then answer with
+    /// that one (the caller compares inputs).
+    fn enqueue_workflow(&self, workflow: &QueuedWorkflow<'_>) -> Result<Enqueued, StoreError>;
+
+    /// Workflows of `queue` a `serve` may take now, oldest first, at most
+    /// `limit`: queued ones, sleeping ones that are due, and running ones
+    /// whose lease expired at `now`.
+    fn ready_workflows(
         &self,
-        status: Option<WorkflowStatus>,
-    ) -> Result<Vec<WorkflowSummary>, StoreError>;
+        queue: &str,
+        now: Millis,
+        limit: u32,
+    ) -> Result<Vec<WorkflowRecord>, StoreError>;
+
+    /// The earliest time a sleeping workflow of `queue` is due, if any.
+    fn next_wake(&self, queue: &str) -> Result<Option<Millis>, StoreError>;
+
+    /// Unload running workflow `id` of `run_id` until `wake_at`: it becomes
+    /// `sleeping`, owned by nobody.
+    fn sleep_workflow(&self, id: &str, run_id: &str, wake_at: Millis) -> Result<(), StoreError>;
+
+    /// Give up `run_id`'s lease on running workflow `id` (a graceful
+    /// shutdown): another process may take it over at once.
+    fn release_workflow(&self, id: &str, run_id: &str) -> Result<(), StoreError>;
+
+    /// Extend the leases of many runs at once, as [`CheckpointStore::renew_lease`]
+    /// does for one; answers in the same order.
+    fn renew_leases(
+        &self,
+        runs: &[(String, String)],
+        lease_until: Millis,
+    ) -> Result<Vec<LeaseRenewal>, StoreError> {
+        runs.iter()
+            .map(|(id, run_id)| self.renew_lease(id, run_id, lease_until))
+            .collect()
+    }
 
     /// Record a failed attempt of step `key`, which stays running and will
     /// be retried after `backoff_ms`: the attempt goes into the attempt

@@ -22,151 +22,23 @@ use rusqlite::{
 };
 
 use super::{
-    AttemptRecord, CheckpointStore, LeaseRenewal, Millis, NewWorkflow, Outcome, Owner, Reopen,
-    StepBegin, StepKey, StepRecord, StepStatus, StoreError, Takeover, WorkflowEnd, WorkflowEvent,
-    WorkflowRecord, WorkflowStatus, WorkflowSummary, now_millis,
+    AttemptRecord, CheckpointStore, Deployment, Enqueued, LeaseRenewal, ListQuery, Millis,
+    NewWorkflow, Outcome, Owner, QueuedWorkflow, Reopen, StepBegin, StepKey, StepRecord,
+    StepStatus, StoreError, Takeover, WorkflowEnd, WorkflowEvent, WorkflowRecord, WorkflowStatus,
+    WorkflowSummary, now_millis,
 };
 
-/// Bumped whenever the tables change; older hosts refuse newer files.
-const SCHEMA_VERSION: i64 = 2;
+mod schema;
 
-/// The tables as this version creates them in a new database.
-const SCHEMA: &str = "
-CREATE TABLE workflows (
-    id               TEXT PRIMARY KEY NOT NULL,
-    component_sha256 TEXT NOT NULL,
-    input            TEXT NOT NULL,
-    status           TEXT NOT NULL
-                     CHECK (status IN ('running', 'completed', 'failed', 'cancelled', 'suspended')),
-    output           TEXT,
-    error            TEXT,
-    run_id           TEXT NOT NULL,
-    owner_pid        INTEGER NOT NULL,
-    owner_host       TEXT NOT NULL,
-    lease_expires_at INTEGER NOT NULL,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    created_at       INTEGER NOT NULL,
-    updated_at       INTEGER NOT NULL,
-    -- Which process the owning run is, beyond its pid: see engine::lease.
-    owner_boot       TEXT,
-    owner_pid_ns     TEXT,
-    owner_started    INTEGER,
-    -- Runs that died in a row without recording a step, and how many
-    -- steps were recorded when the last of them took over.
-    takeovers        INTEGER NOT NULL DEFAULT 0,
-    progress_mark    INTEGER NOT NULL DEFAULT 0,
-    -- What the workflow was granted when it started (runtime::Grants, JSON).
-    grants           TEXT,
-    error_code       TEXT
-);
--- Clustered on its key and without a second index: every page a step
--- touches is one more page its commit writes and syncs. (Sequences are
--- unique per workflow by construction: one owner assigns them in order.)
-CREATE TABLE steps (
-    workflow_id TEXT NOT NULL REFERENCES workflows (id),
-    step_key    TEXT NOT NULL,
-    sequence    INTEGER NOT NULL,
-    name        TEXT NOT NULL,
-    status      TEXT NOT NULL CHECK (status IN ('running', 'completed', 'failed')),
-    output_json TEXT,
-    error       TEXT,
-    attempts    INTEGER NOT NULL,
-    run_id      TEXT NOT NULL,
-    started_at  INTEGER NOT NULL,
-    finished_at INTEGER,
-    -- Failed attempts recorded before a retry (interrupted ones excluded).
-    failures    INTEGER NOT NULL DEFAULT 0,
-    error_code  TEXT,
-    PRIMARY KEY (workflow_id, step_key)
-) WITHOUT ROWID;
--- Attempts of a step that did not end it: failed tries before a retry, and
--- executions interrupted by the death of their run.
-CREATE TABLE step_attempts (
-    workflow_id TEXT NOT NULL,
-    step_key    TEXT NOT NULL,
-    attempt     INTEGER NOT NULL,
-    error       TEXT NOT NULL,
-    run_id      TEXT NOT NULL,
-    ended_at    INTEGER NOT NULL,
-    -- 1 when the attempt was cut short by the death of its run.
-    interrupted INTEGER NOT NULL DEFAULT 0,
-    -- The wait before the next attempt, for failed ones.
-    backoff_ms  INTEGER,
-    PRIMARY KEY (workflow_id, step_key, attempt)
-) WITHOUT ROWID;
--- What happened to a workflow besides its steps: takeovers, code
--- changes, suspensions, resumes, cancel requests.
-CREATE TABLE workflow_events (
-    workflow_id TEXT NOT NULL,
-    at          INTEGER NOT NULL,
-    kind        TEXT NOT NULL,
-    detail      TEXT NOT NULL,
-    run_id      TEXT NOT NULL
-);
-CREATE INDEX workflows_by_status ON workflows (status);
-CREATE INDEX workflow_events_by_workflow ON workflow_events (workflow_id, at);
-";
-
-/// Upgrades of an existing database, by the version they lead to. Each runs
-/// in the one transaction that also sets `user_version`.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    2,
-    "
-    -- A workflow may now be `suspended`: SQLite cannot alter a CHECK, so the
-    -- table is rebuilt (foreign keys are checked at commit, by name).
-    CREATE TABLE workflows_v2 (
-        id               TEXT PRIMARY KEY NOT NULL,
-        component_sha256 TEXT NOT NULL,
-        input            TEXT NOT NULL,
-        status           TEXT NOT NULL
-                         CHECK (status IN ('running', 'completed', 'failed', 'cancelled', 'suspended')),
-        output           TEXT,
-        error            TEXT,
-        run_id           TEXT NOT NULL,
-        owner_pid        INTEGER NOT NULL,
-        owner_host       TEXT NOT NULL,
-        lease_expires_at INTEGER NOT NULL,
-        cancel_requested INTEGER NOT NULL DEFAULT 0,
-        created_at       INTEGER NOT NULL,
-        updated_at       INTEGER NOT NULL,
-        owner_boot       TEXT,
-        owner_pid_ns     TEXT,
-        owner_started    INTEGER,
-        takeovers        INTEGER NOT NULL DEFAULT 0,
-        progress_mark    INTEGER NOT NULL DEFAULT 0,
-        grants           TEXT,
-        error_code       TEXT
-    );
-    INSERT INTO workflows_v2 (id, component_sha256, input, status, output, error, run_id,
-        owner_pid, owner_host, lease_expires_at, cancel_requested, created_at, updated_at)
-    SELECT id, component_sha256, input, status, output, error, run_id,
-        owner_pid, owner_host, lease_expires_at, cancel_requested, created_at, updated_at
-    FROM workflows;
-    DROP TABLE workflows;
-    ALTER TABLE workflows_v2 RENAME TO workflows;
-    CREATE INDEX workflows_by_status ON workflows (status);
-    ALTER TABLE steps ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE steps ADD COLUMN error_code TEXT;
-    ALTER TABLE step_attempts ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE step_attempts ADD COLUMN backoff_ms INTEGER;
-    UPDATE step_attempts SET interrupted = 1 WHERE error LIKE 'interrupted:%';
-    CREATE TABLE workflow_events (
-        workflow_id TEXT NOT NULL,
-        at          INTEGER NOT NULL,
-        kind        TEXT NOT NULL,
-        detail      TEXT NOT NULL,
-        run_id      TEXT NOT NULL
-    );
-    CREATE INDEX workflow_events_by_workflow ON workflow_events (workflow_id, at);
-    ",
-)];
+use schema::{MIGRATIONS, SCHEMA, SCHEMA_VERSION};
 
 const WORKFLOW_COLUMNS: &str = "id, component_sha256, input, status, output, error, run_id, \
      owner_pid, owner_host, lease_expires_at, cancel_requested, created_at, updated_at, \
-     owner_boot, owner_pid_ns, owner_started, takeovers, progress_mark, grants, error_code";
+     owner_boot, owner_pid_ns, owner_started, takeovers, progress_mark, grants, error_code, \
+     queue, deployment, wake_at";
 
 /// How many columns [`WORKFLOW_COLUMNS`] selects.
-const WORKFLOW_COLUMN_COUNT: usize = 20;
+const WORKFLOW_COLUMN_COUNT: usize = 23;
 
 /// How long SQLite itself waits for a lock before reporting `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -539,8 +411,9 @@ impl CheckpointStore for SqliteStore {
                     "UPDATE workflows SET run_id = ?3, owner_pid = ?4, owner_host = ?5,
                          lease_expires_at = ?6, component_sha256 = ?7, updated_at = ?8,
                          owner_boot = ?9, owner_pid_ns = ?10, owner_started = ?11,
-                         takeovers = ?12, progress_mark = ?13
-                     WHERE id = ?1 AND run_id = ?2 AND status = 'running'",
+                         takeovers = ?12, progress_mark = ?13, status = 'running', wake_at = NULL
+                     WHERE id = ?1 AND run_id = ?2
+                       AND status IN ('running', 'queued', 'sleeping')",
                 )?
                 .execute(params![
                     id,
@@ -651,10 +524,7 @@ impl CheckpointStore for SqliteStore {
         workflow.ok_or_else(|| StoreError::UnknownWorkflow { id: id.to_owned() })
     }
 
-    fn list_workflows(
-        &self,
-        status: Option<WorkflowStatus>,
-    ) -> Result<Vec<WorkflowSummary>, StoreError> {
+    fn list_workflows(&self, query: &ListQuery) -> Result<Vec<WorkflowSummary>, StoreError> {
         self.read(|| {
             let mut statement = self.conn.prepare_cached(&format!(
                 "SELECT {WORKFLOW_COLUMNS},
@@ -663,19 +533,219 @@ impl CheckpointStore for SqliteStore {
                         (SELECT count(*) FROM steps s WHERE s.workflow_id = w.id AND s.status = 'failed'),
                         (SELECT count(*) FROM steps s WHERE s.workflow_id = w.id AND s.status = 'running')
                  FROM workflows w
-                 WHERE ?1 IS NULL OR w.status = ?1
-                 ORDER BY w.created_at DESC, w.id"
+                 WHERE (?1 IS NULL OR w.status = ?1)
+                   AND (?2 IS NULL OR EXISTS (
+                        SELECT 1 FROM workflows a WHERE a.id = ?2
+                            AND (w.created_at < a.created_at
+                                 OR (w.created_at = a.created_at AND w.id > a.id))))
+                 ORDER BY w.created_at DESC, w.id
+                 LIMIT ?3"
             ))?;
-            let rows = statement.query_map([status.map(WorkflowStatus::as_str)], |row| {
-                Ok(WorkflowSummary {
-                    workflow: workflow_from_row(row)?,
-                    steps: row.get(WORKFLOW_COLUMN_COUNT)?,
-                    completed_steps: row.get(WORKFLOW_COLUMN_COUNT + 1)?,
-                    failed_steps: row.get(WORKFLOW_COLUMN_COUNT + 2)?,
-                    running_steps: row.get(WORKFLOW_COLUMN_COUNT + 3)?,
-                })
-            })?;
+            let limit = query.limit.map_or(-1, i64::from);
+            let rows = statement.query_map(
+                params![query.status.map(WorkflowStatus::as_str), query.after, limit],
+                |row| {
+                    Ok(WorkflowSummary {
+                        workflow: workflow_from_row(row)?,
+                        steps: row.get(WORKFLOW_COLUMN_COUNT)?,
+                        completed_steps: row.get(WORKFLOW_COLUMN_COUNT + 1)?,
+                        failed_steps: row.get(WORKFLOW_COLUMN_COUNT + 2)?,
+                        running_steps: row.get(WORKFLOW_COLUMN_COUNT + 3)?,
+                    })
+                },
+            )?;
             rows.collect()
+        })
+    }
+
+    fn put_component(&self, sha256: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let now = now_millis();
+        self.write(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO components (sha256, bytes, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (sha256) DO NOTHING",
+            )?
+            .execute(params![sha256, bytes, now])?;
+            Ok(Ok(()))
+        })
+    }
+
+    fn component(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(|| {
+            self.conn
+                .prepare_cached("SELECT bytes FROM components WHERE sha256 = ?1")?
+                .query_row([sha256], |row| row.get(0))
+                .optional()
+        })
+    }
+
+    fn deploy(&self, name: &str, sha256: &str, grants: &str) -> Result<Deployment, StoreError> {
+        let now = now_millis();
+        self.write(|tx| {
+            let version: u32 = tx
+                .prepare_cached(
+                    "SELECT coalesce(max(version), 0) + 1 FROM deployments WHERE name = ?1",
+                )?
+                .query_row([name], |row| row.get(0))?;
+            tx.prepare_cached(
+                "INSERT INTO deployments (name, version, sha256, grants, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![name, version, sha256, grants, now])?;
+            Ok(Ok(Deployment {
+                name: name.to_owned(),
+                version,
+                sha256: sha256.to_owned(),
+                grants: grants.to_owned(),
+                created_at: now,
+            }))
+        })
+    }
+
+    fn deployments(&self, name: Option<&str>) -> Result<Vec<Deployment>, StoreError> {
+        self.read(|| {
+            self.conn
+                .prepare_cached(
+                    "SELECT name, version, sha256, grants, created_at FROM deployments
+                     WHERE ?1 IS NULL OR name = ?1 ORDER BY name, version DESC",
+                )?
+                .query_map([name], |row| {
+                    Ok(Deployment {
+                        name: row.get(0)?,
+                        version: row.get(1)?,
+                        sha256: row.get(2)?,
+                        grants: row.get(3)?,
+                        created_at: row.get(4)?,
+                    })
+                })?
+                .collect()
+        })
+    }
+
+    fn enqueue_workflow(&self, workflow: &QueuedWorkflow<'_>) -> Result<Enqueued, StoreError> {
+        let now = now_millis();
+        self.write(|tx| {
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO workflows
+                         (id, component_sha256, input, status, run_id, owner_pid, owner_host,
+                          lease_expires_at, created_at, updated_at, grants, queue, deployment)
+                     VALUES (?1, ?2, ?3, 'queued', '', 0, '', 0, ?4, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (id) DO NOTHING",
+                )?
+                .execute(params![
+                    workflow.id,
+                    workflow.component_sha256,
+                    workflow.input,
+                    now,
+                    workflow.grants,
+                    workflow.queue,
+                    workflow.deployment,
+                ])?;
+            let record = tx
+                .prepare_cached(&format!(
+                    "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE id = ?1"
+                ))?
+                .query_row([workflow.id], workflow_from_row)?;
+            Ok(Ok(if inserted == 1 {
+                Enqueued::Created(Box::new(record))
+            } else {
+                Enqueued::Existing(Box::new(record))
+            }))
+        })
+    }
+
+    fn ready_workflows(
+        &self,
+        queue: &str,
+        now: Millis,
+        limit: u32,
+    ) -> Result<Vec<WorkflowRecord>, StoreError> {
+        self.read(|| {
+            // Three index scans (see the partial indexes in `schema`), oldest
+            // first within each: taken-over and due ones before new ones, so
+            // that work already begun finishes first.
+            self.conn
+                .prepare_cached(&format!(
+                    "SELECT {WORKFLOW_COLUMNS} FROM (
+                         SELECT * FROM workflows WHERE status = 'running'
+                             AND lease_expires_at < ?2 AND queue = ?1
+                         UNION ALL
+                         SELECT * FROM workflows WHERE status = 'sleeping'
+                             AND wake_at <= ?2 AND queue = ?1
+                         UNION ALL
+                         SELECT * FROM (SELECT * FROM workflows
+                             WHERE status = 'queued' AND queue = ?1
+                             ORDER BY created_at LIMIT ?3)
+                     ) LIMIT ?3"
+                ))?
+                .query_map(params![queue, now, limit], workflow_from_row)?
+                .collect()
+        })
+    }
+
+    fn next_wake(&self, queue: &str) -> Result<Option<Millis>, StoreError> {
+        self.read(|| {
+            self.conn
+                .prepare_cached(
+                    "SELECT min(wake_at) FROM workflows WHERE status = 'sleeping' AND queue = ?1",
+                )?
+                .query_row([queue], |row| row.get(0))
+        })
+    }
+
+    fn sleep_workflow(&self, id: &str, run_id: &str, wake_at: Millis) -> Result<(), StoreError> {
+        let now = now_millis();
+        self.write(|tx| {
+            if let Err(lost) = Self::check_owner(tx, id, run_id)? {
+                return Ok(Err(lost));
+            }
+            tx.prepare_cached(
+                "UPDATE workflows SET status = 'sleeping', wake_at = ?2, lease_expires_at = 0,
+                     updated_at = ?3, takeovers = 0
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, wake_at, now])?;
+            Ok(Ok(()))
+        })
+    }
+
+    fn release_workflow(&self, id: &str, run_id: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.prepare_cached(
+                "UPDATE workflows SET lease_expires_at = 0
+                 WHERE id = ?1 AND run_id = ?2 AND status = 'running'",
+            )?
+            .execute(params![id, run_id])?;
+            Ok(Ok(()))
+        })
+    }
+
+    fn renew_leases(
+        &self,
+        runs: &[(String, String)],
+        lease_until: Millis,
+    ) -> Result<Vec<LeaseRenewal>, StoreError> {
+        self.write(|tx| {
+            let mut renew = tx.prepare_cached(
+                "UPDATE workflows SET lease_expires_at = ?3
+                 WHERE id = ?1 AND run_id = ?2 AND status = 'running'",
+            )?;
+            let mut cancel =
+                tx.prepare_cached("SELECT cancel_requested FROM workflows WHERE id = ?1")?;
+            let mut renewals = Vec::with_capacity(runs.len());
+            for (id, run_id) in runs {
+                let owned = renew.execute(params![id, run_id, lease_until])? == 1;
+                let cancel_requested = cancel
+                    .query_row([id], |row| row.get(0))
+                    .optional()?
+                    .unwrap_or(false);
+                renewals.push(LeaseRenewal {
+                    owned,
+                    cancel_requested,
+                });
+            }
+            Ok(Ok(renewals))
         })
     }
 
@@ -938,6 +1008,9 @@ fn workflow_from_row(row: &Row<'_>) -> rusqlite::Result<WorkflowRecord> {
         progress_mark: row.get(17)?,
         grants: row.get(18)?,
         error_code: row.get(19)?,
+        queue: row.get(20)?,
+        deployment: row.get(21)?,
+        wake_at: row.get(22)?,
     })
 }
 

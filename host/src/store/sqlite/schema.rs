@@ -1,0 +1,187 @@
+//! The tables, and how an older database is brought up to date.
+//!
+//! A new database gets [`SCHEMA`]; one made by an older build is upgraded by
+//! the [`MIGRATIONS`] after its version, in one transaction. Every table
+//! change bumps [`SCHEMA_VERSION`], and a build refuses a database newer
+//! than it knows.
+
+/// Bumped whenever the tables change; older hosts refuse newer files.
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// The tables as this version creates them in a new database.
+pub const SCHEMA: &str = "
+CREATE TABLE workflows (
+    id               TEXT PRIMARY KEY NOT NULL,
+    component_sha256 TEXT NOT NULL,
+    input            TEXT NOT NULL,
+    status           TEXT NOT NULL
+                     CHECK (status IN ('queued', 'running', 'sleeping', 'completed', 'failed',
+                                       'cancelled', 'suspended')),
+    output           TEXT,
+    error            TEXT,
+    run_id           TEXT NOT NULL,
+    owner_pid        INTEGER NOT NULL,
+    owner_host       TEXT NOT NULL,
+    lease_expires_at INTEGER NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    created_at       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL,
+    -- Which process the owning run is, beyond its pid: see engine::lease.
+    owner_boot       TEXT,
+    owner_pid_ns     TEXT,
+    owner_started    INTEGER,
+    -- Runs that died in a row without recording a step, and how many
+    -- steps were recorded when the last of them took over.
+    takeovers        INTEGER NOT NULL DEFAULT 0,
+    progress_mark    INTEGER NOT NULL DEFAULT 0,
+    -- What the workflow was granted when it started (runtime::Grants, JSON).
+    grants           TEXT,
+    error_code       TEXT,
+    -- The queue it waits in, and the deployment it was started from.
+    queue            TEXT NOT NULL DEFAULT 'default',
+    deployment       TEXT,
+    -- When a sleeping workflow is due to be resumed.
+    wake_at          INTEGER
+);
+-- Clustered on its key and without a second index: every page a step
+-- touches is one more page its commit writes and syncs. (Sequences are
+-- unique per workflow by construction: one owner assigns them in order.)
+CREATE TABLE steps (
+    workflow_id TEXT NOT NULL REFERENCES workflows (id),
+    step_key    TEXT NOT NULL,
+    sequence    INTEGER NOT NULL,
+    name        TEXT NOT NULL,
+    status      TEXT NOT NULL CHECK (status IN ('running', 'completed', 'failed')),
+    output_json TEXT,
+    error       TEXT,
+    attempts    INTEGER NOT NULL,
+    run_id      TEXT NOT NULL,
+    started_at  INTEGER NOT NULL,
+    finished_at INTEGER,
+    -- Failed attempts recorded before a retry (interrupted ones excluded).
+    failures    INTEGER NOT NULL DEFAULT 0,
+    error_code  TEXT,
+    PRIMARY KEY (workflow_id, step_key)
+) WITHOUT ROWID;
+-- Attempts of a step that did not end it: failed tries before a retry, and
+-- executions interrupted by the death of their run.
+CREATE TABLE step_attempts (
+    workflow_id TEXT NOT NULL,
+    step_key    TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    error       TEXT NOT NULL,
+    run_id      TEXT NOT NULL,
+    ended_at    INTEGER NOT NULL,
+    -- 1 when the attempt was cut short by the death of its run.
+    interrupted INTEGER NOT NULL DEFAULT 0,
+    -- The wait before the next attempt, for failed ones.
+    backoff_ms  INTEGER,
+    PRIMARY KEY (workflow_id, step_key, attempt)
+) WITHOUT ROWID;
+-- What happened to a workflow besides its steps: takeovers, code
+-- changes, suspensions, resumes, cancel requests.
+CREATE TABLE workflow_events (
+    workflow_id TEXT NOT NULL,
+    at          INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    detail      TEXT NOT NULL,
+    run_id      TEXT NOT NULL
+);
+-- Component files by content: a workflow resumes on the exact bytes that
+-- started it, whatever happens to the file.
+CREATE TABLE components (
+    sha256     TEXT PRIMARY KEY NOT NULL,
+    bytes      BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+-- Named versions of components, with what their workflows are granted.
+CREATE TABLE deployments (
+    name       TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    sha256     TEXT NOT NULL REFERENCES components (sha256),
+    grants     TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE INDEX workflows_by_status ON workflows (status);
+CREATE INDEX workflows_by_age ON workflows (created_at DESC, id);
+CREATE INDEX workflows_queued ON workflows (queue, created_at) WHERE status = 'queued';
+CREATE INDEX workflows_waking ON workflows (wake_at) WHERE status = 'sleeping';
+CREATE INDEX workflows_leases ON workflows (lease_expires_at) WHERE status = 'running';
+CREATE INDEX workflow_events_by_workflow ON workflow_events (workflow_id, at);
+";
+
+/// Upgrades of an existing database, by the version they lead to. Each runs
+/// in the one transaction that also sets `user_version`.
+pub const MIGRATIONS: &[(i64, &str)] = &[(
+    2,
+    "
+    -- New statuses: SQLite cannot alter a CHECK, so the table is rebuilt
+    -- (with foreign keys off; they are checked before the commit).
+    CREATE TABLE workflows_v2 (
+        id               TEXT PRIMARY KEY NOT NULL,
+        component_sha256 TEXT NOT NULL,
+        input            TEXT NOT NULL,
+        status           TEXT NOT NULL
+                         CHECK (status IN ('queued', 'running', 'sleeping', 'completed', 'failed',
+                                           'cancelled', 'suspended')),
+        output           TEXT,
+        error            TEXT,
+        run_id           TEXT NOT NULL,
+        owner_pid        INTEGER NOT NULL,
+        owner_host       TEXT NOT NULL,
+        lease_expires_at INTEGER NOT NULL,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        created_at       INTEGER NOT NULL,
+        updated_at       INTEGER NOT NULL,
+        owner_boot       TEXT,
+        owner_pid_ns     TEXT,
+        owner_started    INTEGER,
+        takeovers        INTEGER NOT NULL DEFAULT 0,
+        progress_mark    INTEGER NOT NULL DEFAULT 0,
+        grants           TEXT,
+        error_code       TEXT,
+        queue            TEXT NOT NULL DEFAULT 'default',
+        deployment       TEXT,
+        wake_at          INTEGER
+    );
+    INSERT INTO workflows_v2 (id, component_sha256, input, status, output, error, run_id,
+        owner_pid, owner_host, lease_expires_at, cancel_requested, created_at, updated_at)
+    SELECT id, component_sha256, input, status, output, error, run_id,
+        owner_pid, owner_host, lease_expires_at, cancel_requested, created_at, updated_at
+    FROM workflows;
+    DROP TABLE workflows;
+    ALTER TABLE workflows_v2 RENAME TO workflows;
+    CREATE INDEX workflows_by_status ON workflows (status);
+    CREATE INDEX workflows_by_age ON workflows (created_at DESC, id);
+    CREATE INDEX workflows_queued ON workflows (queue, created_at) WHERE status = 'queued';
+    CREATE INDEX workflows_waking ON workflows (wake_at) WHERE status = 'sleeping';
+    CREATE INDEX workflows_leases ON workflows (lease_expires_at) WHERE status = 'running';
+    ALTER TABLE steps ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE steps ADD COLUMN error_code TEXT;
+    ALTER TABLE step_attempts ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE step_attempts ADD COLUMN backoff_ms INTEGER;
+    UPDATE step_attempts SET interrupted = 1 WHERE error LIKE 'interrupted:%';
+    CREATE TABLE workflow_events (
+        workflow_id TEXT NOT NULL,
+        at          INTEGER NOT NULL,
+        kind        TEXT NOT NULL,
+        detail      TEXT NOT NULL,
+        run_id      TEXT NOT NULL
+    );
+    CREATE INDEX workflow_events_by_workflow ON workflow_events (workflow_id, at);
+    CREATE TABLE components (
+        sha256     TEXT PRIMARY KEY NOT NULL,
+        bytes      BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE deployments (
+        name       TEXT NOT NULL,
+        version    INTEGER NOT NULL,
+        sha256     TEXT NOT NULL REFERENCES components (sha256),
+        grants     TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (name, version)
+    );
+    ",
+)];
