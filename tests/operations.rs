@@ -176,6 +176,7 @@ fn cancel_while_sleeping(scratch: &Scratch, id: &str, extra: &[&str]) -> std::pr
     let child = spawn(
         scratch
             .scenario(id, json!({"scenario": "compensate", "sleep_ms": 60_000}))
+            .arg("--wait")
             .args(extra),
     );
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -495,4 +496,52 @@ fn a_warm_start_loads_the_compiled_component_from_the_cache() {
         std::fs::metadata(&entries[0]).unwrap().len() > 1000,
         "rewritten"
     );
+}
+
+#[test]
+fn a_long_durable_sleep_ends_the_run_and_a_later_run_continues_it() {
+    let scratch = Scratch::new();
+    let input = json!({"scenario": "sleep", "sleep_ms": 6_000});
+    let started = Instant::now();
+    // No process waits out the sleep: the run ends with the workflow
+    // `sleeping` and says until when.
+    let slept = run(scratch.scenario("nap", input.clone()).arg("--json"))
+        .expect_code(10)
+        .json();
+    assert_eq!(slept["status"], "sleeping");
+    let wake_at = slept["wake_at_ms"].as_i64().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "it did not wait"
+    );
+    assert_eq!(scratch.workflow_status("nap").as_deref(), Some("sleeping"));
+
+    // Run again too early: it replays, finds the sleep not over, sleeps on.
+    run(&mut scratch.scenario("nap", input.clone())).expect_code(10);
+
+    // Once it is due, a run finishes it without sleeping again.
+    let left = wake_at - durable_host_now();
+    if left > 0 {
+        std::thread::sleep(Duration::from_millis(left as u64 + 50));
+    }
+    let done = run(scratch.scenario("nap", input).arg("--json"))
+        .expect_code(0)
+        .json();
+    assert_eq!(done["status"], "completed");
+    assert_eq!(
+        scratch
+            .steps("nap")
+            .iter()
+            .filter(|s| s.0.starts_with("durable.sleep"))
+            .count(),
+        1,
+        "one recorded sleep"
+    );
+}
+
+fn durable_host_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }

@@ -29,7 +29,7 @@ pub struct Cli {
 pub const EXIT_CODES: &str = "\
 Exit codes:
   0  success (for `run`: the workflow completed, now or in an earlier run)
-  1  the workflow failed: it returned an error or trapped (recorded)
+  1  the workflow failed: it returned an error or a limit stopped it (recorded)
   2  usage or input error: nothing ran, nothing was recorded
   3  simulated crash (--crash, --crash-after)
   4  non-determinism: the workflow no longer matches its recorded history (left untouched)
@@ -37,7 +37,8 @@ Exit codes:
   6  the workflow was cancelled
   7  suspended: the workflow's code trapped or panicked; recorded as suspended, resumable
   8  this run lost ownership of the workflow to another run mid-way and stopped (what it committed stands)
-  9  storage failure (disk full, I/O error, database replaced): steps may have run; what was committed stands; run again once fixed";
+  9  storage failure (disk full, I/O error, database replaced): steps may have run; what was committed stands; run again once fixed
+ 10  the workflow is sleeping (a long durable sleep) until the time printed: run it again then, or let `serve` continue it";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -143,6 +144,13 @@ pub struct RunArgs {
     /// (its recorded steps must still match; non-determinism is refused).
     #[arg(long)]
     pub allow_component_change: bool,
+
+    /// Wait through a long durable sleep in this process. Without it, a
+    /// sleep of more than a few seconds ends the run with the workflow
+    /// `sleeping` (exit 10) until a time it prints; run it again then, or
+    /// let `durable-host serve` continue it.
+    #[arg(long)]
+    pub wait: bool,
 
     #[command(flatten)]
     pub execution: ExecutionArgs,

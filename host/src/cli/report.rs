@@ -8,7 +8,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use durable_host::engine::{RunObserver, RunReport, StepEvent, StepEventKind};
-use durable_host::store::{Outcome, StepKey, WorkflowRecord};
+use durable_host::store::{Millis, Outcome, StepKey, WorkflowRecord, WorkflowStatus};
+
+use super::table::timestamp;
 
 /// Prints each step as it ends (human mode) or nothing (JSON mode, where
 /// the whole story is printed at the end). A run of replayed steps is
@@ -181,9 +183,13 @@ pub fn print_report(report: &RunReport, elapsed: Duration, json_mode: bool) {
             resumed: report.resumed,
             already_finished: false,
             status: report.status.as_str(),
-            output: output_value(&report.outcome),
+            output: match report.wake_at {
+                Some(_) => Value::Null,
+                None => output_value(&report.outcome),
+            },
             error: error_message(&report.outcome),
             error_code: error_code(&report.outcome),
+            wake_at_ms: report.wake_at,
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             steps: report.events.iter().map(StepJson::from).collect(),
         });
@@ -198,7 +204,10 @@ pub fn print_report(report: &RunReport, elapsed: Duration, json_mode: bool) {
         report.status,
         millis(elapsed)
     );
-    print_outcome(&report.outcome);
+    match report.wake_at {
+        Some(wake_at) => print_sleeping(wake_at),
+        None => print_outcome(&report.outcome),
+    }
 }
 
 /// A workflow that had already finished: nothing ran.
@@ -214,16 +223,32 @@ pub fn print_finished(workflow: &WorkflowRecord, outcome: &Outcome, json_mode: b
             output: output_value(outcome),
             error: error_message(outcome),
             error_code: error_code(outcome),
+            wake_at_ms: workflow.wake_at,
             duration_ms: 0.0,
             steps: Vec::new(),
         });
         return;
     }
-    println!(
-        "workflow {} already {status}; nothing ran (stored result below)",
-        workflow.id
-    );
+    match status {
+        WorkflowStatus::Suspended => println!(
+            "workflow {id} is suspended; nothing ran (`durable-host resume {id} COMPONENT` \
+             continues it once the cause is fixed)",
+            id = workflow.id
+        ),
+        _ => println!(
+            "workflow {} already {status}; nothing ran (stored result below)",
+            workflow.id
+        ),
+    }
     print_outcome(outcome);
+}
+
+fn print_sleeping(wake_at: Millis) {
+    println!(
+        "sleeping until {} UTC: run it again then (or now: it sleeps on), or let \
+         `durable-host serve` continue it",
+        timestamp(wake_at)
+    );
 }
 
 fn print_outcome(outcome: &Outcome) {
@@ -272,6 +297,9 @@ struct RunJson<'a> {
     error: Option<&'a str>,
     /// The error's code, when the workflow gave one.
     error_code: Option<&'a str>,
+    /// For a sleeping workflow: when it is due.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wake_at_ms: Option<Millis>,
     duration_ms: f64,
     steps: Vec<StepJson<'a>>,
 }

@@ -6,13 +6,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
 use serde_json::json;
 
 use durable_host::engine::{
-    CrashPlan, CrashPoint, EngineError, Opened, RunReport, RunRequest, WorkflowRun,
+    CrashPlan, CrashPoint, EngineError, Opened, OwnHeartbeat, RunReport, RunRequest, WorkflowRun,
 };
 use durable_host::runtime::{
     ComponentCache, ComponentFile, Grants, Runtime, RuntimeConfig, RuntimeError, Sandbox,
@@ -159,7 +160,10 @@ pub fn run(db: &Path, json_mode: bool, args: RunArgs) -> anyhow::Result<ExitCode
         component_sha256: component.sha256(),
         input: input.as_deref(),
         run_id: &run_id,
-        stale_after: executor.stale_after,
+        leases: Arc::new(OwnHeartbeat {
+            stale_after: executor.stale_after,
+        }),
+        unload_sleeps: !args.wait,
         allow_component_change: args.allow_component_change,
         reopen: false,
         cancel_grace: args.execution.cancel_grace,
@@ -335,7 +339,10 @@ fn recover_one(
         component_sha256: component.sha256(),
         input: None,
         run_id: &run_id,
-        stale_after: executor.stale_after,
+        leases: Arc::new(OwnHeartbeat {
+            stale_after: executor.stale_after,
+        }),
+        unload_sleeps: true,
         allow_component_change: false,
         reopen: false,
         cancel_grace: executor.cancel_grace,
@@ -409,7 +416,10 @@ pub fn resume(
         component_sha256: component.sha256(),
         input: None,
         run_id: &run_id,
-        stale_after: executor.stale_after,
+        leases: Arc::new(OwnHeartbeat {
+            stale_after: executor.stale_after,
+        }),
+        unload_sleeps: true,
         allow_component_change: true,
         reopen: true,
         cancel_grace: args.cancel_grace,

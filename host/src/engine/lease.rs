@@ -19,7 +19,9 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use crate::store::{CheckpointStore, Millis, Owner, WorkflowRecord, now_millis};
+use crate::store::{
+    CheckpointStore, LeaseRenewal, Millis, Owner, StoreError, WorkflowRecord, now_millis,
+};
 
 /// This process, as recorded in the workflows it owns.
 pub fn this_process() -> Owner {
@@ -121,46 +123,147 @@ fn parse_stat(stat: &str) -> Option<(char, i64)> {
     Some((state, started))
 }
 
-/// Renews a run's lease in the background, and passes on what it hears:
-/// the run lost its ownership, or was asked to cancel.
-pub struct Heartbeat {
-    signals: Arc<Signals>,
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-#[derive(Default)]
-struct Signals {
+/// What a run hears about its workflow while it runs: it lost its
+/// ownership, or was asked to cancel. Set by whoever renews the lease.
+#[derive(Debug, Default)]
+pub struct LeaseSignals {
+    /// Renewals begin once the run has claimed the workflow.
+    armed: AtomicBool,
     lost: AtomicBool,
     cancel: AtomicBool,
 }
 
+impl LeaseSignals {
+    /// Another run took the workflow over.
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// `durable-host cancel` asked this run to stop.
+    pub fn cancel_requested(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// Whether the lease is to be renewed (the workflow is claimed).
+    pub fn armed(&self) -> bool {
+        self.armed.load(Ordering::Relaxed)
+    }
+
+    /// Take in what a renewal answered.
+    pub fn update(&self, renewal: LeaseRenewal) {
+        self.lost.store(!renewal.owned, Ordering::Relaxed);
+        self.cancel
+            .store(renewal.cancel_requested, Ordering::Relaxed);
+    }
+}
+
+/// Keeps the leases of runs alive: a thread per run for a one-shot `run`, one
+/// thread for all of a server's runs.
+pub trait LeaseKeeper: Send + Sync {
+    /// Get ready to renew `run_id`'s lease on `workflow_id` (opening what
+    /// that needs, so that a failure comes before the run's first write).
+    /// Renewals begin when the guard is armed and stop when it is dropped.
+    fn keep(
+        &self,
+        store: &dyn CheckpointStore,
+        workflow_id: &str,
+        run_id: &str,
+    ) -> Result<LeaseGuard, StoreError>;
+
+    /// How long a lease lasts without renewal.
+    fn stale_after(&self) -> Duration;
+}
+
+/// A run's hold on its lease; renewals stop when it is dropped.
+pub struct LeaseGuard {
+    signals: Arc<LeaseSignals>,
+    _renewer: Box<dyn Send>,
+}
+
+impl LeaseGuard {
+    pub fn new(signals: Arc<LeaseSignals>, renewer: Box<dyn Send>) -> Self {
+        Self {
+            signals,
+            _renewer: renewer,
+        }
+    }
+
+    /// The run has claimed the workflow: renew from now on.
+    pub fn arm(&self) {
+        self.signals.armed.store(true, Ordering::Relaxed);
+    }
+
+    pub fn signals(&self) -> &LeaseSignals {
+        &self.signals
+    }
+}
+
+/// The one-shot `run`'s keeper: a heartbeat thread per run, on a connection
+/// of its own.
+pub struct OwnHeartbeat {
+    pub stale_after: Duration,
+}
+
+impl LeaseKeeper for OwnHeartbeat {
+    fn keep(
+        &self,
+        store: &dyn CheckpointStore,
+        workflow_id: &str,
+        run_id: &str,
+    ) -> Result<LeaseGuard, StoreError> {
+        let heartbeat = Heartbeat::start(
+            store.reopen()?,
+            workflow_id.to_owned(),
+            run_id.to_owned(),
+            self.stale_after,
+        );
+        Ok(LeaseGuard::new(
+            Arc::clone(&heartbeat.signals),
+            Box::new(heartbeat),
+        ))
+    }
+
+    fn stale_after(&self) -> Duration {
+        self.stale_after
+    }
+}
+
+/// How often a lease of `stale_after` is renewed: a few times per lease.
+pub fn renewal_interval(stale_after: Duration) -> Duration {
+    (stale_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(2))
+}
+
+/// Renews one run's lease in the background until dropped.
+struct Heartbeat {
+    signals: Arc<LeaseSignals>,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
 impl Heartbeat {
-    /// Renew the lease of `run_id` on `workflow_id` to `stale_after` from
-    /// now, a few times per `stale_after`, until dropped.
-    pub fn start(
+    fn start(
         store: Box<dyn CheckpointStore>,
         workflow_id: String,
         run_id: String,
         stale_after: Duration,
     ) -> Self {
-        let signals = Arc::new(Signals::default());
+        let signals = Arc::new(LeaseSignals::default());
         let (stop, stopped) = mpsc::channel::<()>();
-        let interval = (stale_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(2));
+        let interval = renewal_interval(stale_after);
         let thread = thread::Builder::new()
             .name(format!("heartbeat {workflow_id}"))
             .spawn({
                 let signals = Arc::clone(&signals);
                 move || {
                     while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                        if !signals.armed() {
+                            continue;
+                        }
                         let until = now_millis() + stale_after.as_millis() as Millis;
                         // A failed renewal is retried on the next beat; the
                         // lease is long enough to absorb a few.
                         if let Ok(renewal) = store.renew_lease(&workflow_id, &run_id, until) {
-                            signals.lost.store(!renewal.owned, Ordering::Relaxed);
-                            signals
-                                .cancel
-                                .store(renewal.cancel_requested, Ordering::Relaxed);
+                            signals.update(renewal);
                             if !renewal.owned {
                                 break;
                             }
@@ -174,16 +277,6 @@ impl Heartbeat {
             stop: Some(stop),
             thread: Some(thread),
         }
-    }
-
-    /// Another run took the workflow over.
-    pub fn lost(&self) -> bool {
-        self.signals.lost.load(Ordering::Relaxed)
-    }
-
-    /// `durable-host cancel` asked this run to stop.
-    pub fn cancel_requested(&self) -> bool {
-        self.signals.cancel.load(Ordering::Relaxed)
     }
 }
 

@@ -17,12 +17,16 @@ mod crash;
 mod lease;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cancel::CANCELLED;
 pub use cancel::{CancelOutcome, cancel_workflow};
 pub use crash::{CrashPlan, CrashPoint};
-pub use lease::{Heartbeat, owner_alive, this_process};
+pub use lease::{
+    LeaseGuard, LeaseKeeper, LeaseSignals, OwnHeartbeat, owner_alive, renewal_interval,
+    this_process,
+};
 
 use crate::store::{
     CheckpointStore, Claim, Failure, Millis, NewWorkflow, Outcome, Owner, Reopen, StepBegin,
@@ -90,6 +94,10 @@ pub enum EngineError {
     },
     #[error("workflow {workflow_id} was cancelled")]
     Cancelled { workflow_id: String },
+    /// Not a failure: the guest is stopped so that the workflow can sleep
+    /// without an instance until `wake_at`.
+    #[error("the workflow is unloaded to sleep until {wake_at}")]
+    Unloading { wake_at: Millis },
     #[error("the guest began a step with an empty name")]
     EmptyStepName,
     #[error("the guest began step `{requested}` while step `{executing}` is still executing")]
@@ -205,8 +213,12 @@ pub struct RunRequest<'a> {
     /// (or start with `null`).
     pub input: Option<&'a str>,
     pub run_id: &'a str,
-    /// How long a run's ownership outlives its last heartbeat.
-    pub stale_after: Duration,
+    /// Keeps the run's lease alive once it claims the workflow, and says
+    /// how long a lease lasts.
+    pub leases: Arc<dyn LeaseKeeper>,
+    /// Unload the workflow during a long durable sleep (it becomes
+    /// `sleeping`, and the run ends) instead of waiting in the process.
+    pub unload_sleeps: bool,
     /// Resume even if the workflow was started by another component.
     pub allow_component_change: bool,
     /// Continue a failed or suspended workflow from its history (`resume`).
@@ -319,6 +331,8 @@ pub struct RunReport {
     pub resumed: bool,
     pub status: WorkflowStatus,
     pub outcome: Outcome,
+    /// For a workflow unloaded to sleep: when it is due.
+    pub wake_at: Option<Millis>,
     pub events: Vec<StepEvent>,
 }
 
@@ -338,9 +352,10 @@ pub struct WorkflowRun {
     claim: ClaimKind,
     owner: Owner,
     grants: Option<String>,
-    stale_after: Duration,
+    leases: Arc<dyn LeaseKeeper>,
+    unload_sleeps: bool,
     /// Present once the run has claimed the workflow.
-    heartbeat: Option<Heartbeat>,
+    lease: Option<LeaseGuard>,
     cursor: ReplayCursor,
     ordinals: HashMap<String, u32>,
     position: u32,
@@ -402,8 +417,9 @@ impl WorkflowRun {
             claim: ClaimKind::Create,
             owner,
             grants: request.grants.map(str::to_owned),
-            stale_after: request.stale_after,
-            heartbeat: None,
+            leases: Arc::clone(&request.leases),
+            unload_sleeps: request.unload_sleeps,
+            lease: None,
             cursor: ReplayCursor::default(),
             ordinals: HashMap::new(),
             position: 0,
@@ -438,7 +454,7 @@ impl WorkflowRun {
                 workflow.status,
                 WorkflowStatus::Failed | WorkflowStatus::Suspended
             );
-        if request.reopen && !reopening && workflow.status != WorkflowStatus::Running {
+        if request.reopen && !reopening && workflow.outcome().is_some() {
             return Err(EngineError::NotResumable {
                 workflow_id: id.to_owned(),
                 status: workflow.status,
@@ -448,7 +464,9 @@ impl WorkflowRun {
             return Ok(Opened::Finished(Box::new(workflow)));
         }
         let now = now_millis();
-        if !reopening && owner_alive(&workflow, now) {
+        // Queued and sleeping workflows have no owner to wait for.
+        let owned = workflow.status == WorkflowStatus::Running;
+        if !reopening && owned && owner_alive(&workflow, now) {
             return Err(EngineError::OwnedElsewhere {
                 workflow_id: id.to_owned(),
                 remaining_ms: workflow.lease_expires_at - now,
@@ -492,6 +510,16 @@ impl WorkflowRun {
             run.claim = ClaimKind::Reopen {
                 previous_run: workflow.run_id,
                 detail,
+            };
+            return Ok(Opened::Ready(Box::new(run)));
+        }
+        if !owned {
+            // Picked from its queue, or woken from a sleep: nobody died.
+            run.claim = ClaimKind::TakeOver {
+                previous_run: workflow.run_id,
+                takeovers: 0,
+                progress_mark: run.cursor.finished_steps(),
+                events,
             };
             return Ok(Opened::Ready(Box::new(run)));
         }
@@ -563,13 +591,15 @@ impl WorkflowRun {
         if let ClaimKind::Done { .. } = self.claim {
             return Ok(());
         }
-        // The heartbeat's connection first: a process out of file
-        // descriptors must fail before it writes, not leave a claim behind.
-        let heartbeat_store = self.store.reopen()?;
+        // The lease keeper first: a process out of file descriptors must
+        // fail before it writes, not leave a claim behind.
+        let lease = self
+            .leases
+            .keep(self.store.as_ref(), &self.workflow_id, &self.run_id)?;
         let claim = Claim {
             run_id: &self.run_id,
             owner: &self.owner,
-            lease_until: now_millis() + self.stale_after.as_millis() as Millis,
+            lease_until: now_millis() + self.leases.stale_after().as_millis() as Millis,
         };
         let id = &self.workflow_id;
         let claimed = match &self.claim {
@@ -625,12 +655,8 @@ impl WorkflowRun {
         }
         let resumed = !matches!(self.claim, ClaimKind::Create);
         self.claim = ClaimKind::Done { resumed };
-        self.heartbeat = Some(Heartbeat::start(
-            heartbeat_store,
-            self.workflow_id.clone(),
-            self.run_id.clone(),
-            self.stale_after,
-        ));
+        lease.arm();
+        self.lease = Some(lease);
         Ok(())
     }
 
@@ -653,10 +679,10 @@ impl WorkflowRun {
     /// Stop at a step boundary (or during a durable wait) if the heartbeat
     /// heard that the run must.
     pub fn check_signals(&self) -> Result<(), EngineError> {
-        let Some(heartbeat) = &self.heartbeat else {
+        let Some(lease) = &self.lease else {
             return Ok(());
         };
-        if heartbeat.lost() {
+        if lease.signals().lost() {
             let owner = self
                 .store
                 .workflow(&self.workflow_id)?
@@ -683,9 +709,9 @@ impl WorkflowRun {
     pub fn cancel_pending(&self) -> bool {
         let requested = self.cancel_requested_at_open
             || self
-                .heartbeat
+                .lease
                 .as_ref()
-                .is_some_and(Heartbeat::cancel_requested);
+                .is_some_and(|lease| lease.signals().cancel_requested());
         requested && self.cancel_delivered_at.is_none()
     }
 
@@ -1003,6 +1029,29 @@ impl WorkflowRun {
         self.end(Err(Failure::new(reason)), WorkflowStatus::Suspended)
     }
 
+    /// Whether long durable sleeps unload the workflow (see [`Self::unload`]).
+    pub fn unloads_sleeps(&self) -> bool {
+        self.unload_sleeps
+    }
+
+    /// The workflow sleeps until `wake_at`: record it `sleeping`, owned by
+    /// nobody, and end this run. It is resumed by replay when it is due.
+    pub fn unload(mut self, wake_at: Millis) -> Result<RunReport, EngineError> {
+        self.claim()?;
+        self.store
+            .sleep_workflow(&self.workflow_id, &self.run_id, wake_at)?;
+        self.observer.run_ended(&self.workflow_id);
+        Ok(RunReport {
+            resumed: self.resumed(),
+            workflow_id: self.workflow_id,
+            run_id: self.run_id,
+            status: WorkflowStatus::Sleeping,
+            outcome: Ok(String::new()),
+            wake_at: Some(wake_at),
+            events: self.events,
+        })
+    }
+
     /// The run stopped at a step boundary because it was cancelled.
     pub fn cancel(self) -> Result<RunReport, EngineError> {
         self.end(Err(Failure::new(CANCELLED)), WorkflowStatus::Cancelled)
@@ -1093,6 +1142,7 @@ impl WorkflowRun {
             run_id: self.run_id,
             status,
             outcome,
+            wake_at: None,
             events: self.events,
         })
     }
@@ -1188,7 +1238,10 @@ mod tests {
             component_sha256: "abc",
             input: Some("null"),
             run_id,
-            stale_after: Duration::from_secs(30),
+            leases: Arc::new(OwnHeartbeat {
+                stale_after: Duration::from_secs(30),
+            }),
+            unload_sleeps: false,
             allow_component_change: false,
             reopen: false,
             cancel_grace: DEFAULT_CANCEL_GRACE,

@@ -113,6 +113,10 @@ impl From<Failure> for durable_step::StepError {
 /// An outcome as the guest hands it over.
 type GuestOutcome = Result<String, durable_step::StepError>;
 
+/// Durable sleeps longer than this unload the workflow (where the run
+/// allows it); shorter ones wait in the process.
+pub const UNLOAD_SLEEPS_OVER: Duration = Duration::from_secs(5);
+
 /// The name under which durable sleeps are recorded.
 pub const SLEEP_STEP: &str = "durable.sleep";
 
@@ -207,6 +211,14 @@ impl durable_step::Host for HostState {
             return Ok(Err(reason));
         }
         let left = wake_at_ms.saturating_sub(crate::store::now_millis()).max(0) as u64;
+        if run.unloads_sleeps() && Duration::from_millis(left) > UNLOAD_SLEEPS_OVER {
+            // No instance, no thread, no stack while it sleeps: the run ends
+            // here and the workflow is resumed by replay when it is due.
+            return Err(EngineError::Unloading {
+                wake_at: wake_at_ms,
+            }
+            .into());
+        }
         if self.durable_wait(Instant::now() + Duration::from_millis(left), true)? {
             return Ok(Ok(()));
         }

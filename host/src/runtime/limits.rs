@@ -212,7 +212,9 @@ fn within<F: Future>(deadline: Option<&Deadline>, future: F) -> wasmtime::Result
         None => Ok(in_tokio(future)),
         Some(deadline) => {
             let at = tokio::time::Instant::from_std(deadline.at());
-            in_tokio(tokio::time::timeout_at(at, future)).map_err(|_| deadline.exceeded().into())
+            // The timer must be made inside the runtime, which owns its clock.
+            in_tokio(async move { tokio::time::timeout_at(at, future).await })
+                .map_err(|_| deadline.exceeded().into())
         }
     }
 }

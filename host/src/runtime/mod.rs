@@ -38,8 +38,8 @@ use branches::BranchRunner;
 pub use cache::ComponentCache;
 pub use grants::{Grants, GrantsError};
 use guest_output::GuestOutput;
-pub use host::HostState;
 use host::Role;
+pub use host::{HostState, UNLOAD_SLEEPS_OVER};
 pub use limits::LimitExceeded;
 use limits::{Deadline, EPOCH_TICK, InstanceLimiter, MemoryBudget};
 
@@ -257,6 +257,7 @@ impl Runtime {
         };
         match trap.downcast::<EngineError>() {
             Ok(EngineError::Cancelled { .. }) => Ok(run.cancel()?),
+            Ok(EngineError::Unloading { wake_at }) => Ok(run.unload(wake_at)?),
             Ok(error) if keeps_history(&error) => Err(error.into()),
             // The guest broke the protocol: a bug in its code.
             Ok(guest_misuse) => Ok(run.suspend(guest_misuse.to_string())?),
