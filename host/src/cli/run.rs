@@ -59,7 +59,6 @@ impl InputError {
 struct Executor {
     db: PathBuf,
     grants: Grants,
-    sandbox: Sandbox,
     runtime: Runtime,
     stale_after: std::time::Duration,
     cancel_grace: std::time::Duration,
@@ -74,13 +73,11 @@ impl Executor {
             (None, false) => ComponentCache::default_dir(),
         };
         let runtime = Runtime::new(RuntimeConfig {
-            timeout: grants.timeout(),
-            max_memory: grants.max_memory,
+            interruptible: grants.timeout().is_some(),
             cache: cache.map(ComponentCache::new),
         })?;
         Ok(Self {
             db: db.to_owned(),
-            sandbox: grants.sandbox(),
             grants,
             runtime,
             stale_after: args.stale_after,
@@ -189,7 +186,7 @@ pub fn run(db: &Path, json_mode: bool, args: RunArgs) -> anyhow::Result<ExitCode
     if !json_mode {
         report::print_start(&args.workflow_id, &run_id, run.recorded_steps());
     }
-    let report = executor.runtime.run(&compiled, &executor.sandbox, run)?;
+    let report = executor.runtime.run(&compiled, &executor.grants, run)?;
     report::print_report(&report, started.elapsed(), json_mode);
     // A crash that was asked for and did not happen is a mistake (a typo in
     // a step name, say) that must not pass for a run that survived it.
@@ -368,7 +365,7 @@ fn recover_one(
         None => compiled.insert(executor.runtime.compile(component)?),
     };
     let started = Instant::now();
-    match executor.runtime.run(compiled, &executor.sandbox, run) {
+    match executor.runtime.run(compiled, &executor.grants, run) {
         Ok(report) => {
             if !json_mode {
                 report::print_report(&report, started.elapsed(), false);
@@ -443,7 +440,7 @@ pub fn resume(
     if !json_mode {
         report::print_start(workflow_id, &run_id, run.recorded_steps());
     }
-    let report = executor.runtime.run(&compiled, &executor.sandbox, run)?;
+    let report = executor.runtime.run(&compiled, &executor.grants, run)?;
     report::print_report(&report, started.elapsed(), json_mode);
     Ok(exit_code(report.status))
 }

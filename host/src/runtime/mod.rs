@@ -25,7 +25,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
@@ -144,14 +143,12 @@ pub struct DirGrant {
     pub read_only: bool,
 }
 
-/// How a runtime compiles and what it lets a guest use.
+/// How a runtime compiles.
 #[derive(Debug, Clone, Default)]
 pub struct RuntimeConfig {
-    /// Wall-clock limit for a whole run, branches included, durable waits
-    /// excluded.
-    pub timeout: Option<Duration>,
-    /// Limit on the linear memory of a whole run: all its instances together.
-    pub max_memory: Option<usize>,
+    /// Compile with epoch checks, so that runs can have a `--timeout`
+    /// (a small cost in every loop and call of the guest).
+    pub interruptible: bool,
     /// Where compiled components are kept; `None` compiles every time.
     pub cache: Option<ComponentCache>,
 }
@@ -169,14 +166,14 @@ impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
         let setup = |e: wasmtime::Error| RuntimeError::Setup(e.to_string());
         let mut wasmtime_config = Config::new();
-        wasmtime_config.epoch_interruption(config.timeout.is_some());
+        wasmtime_config.epoch_interruption(config.interruptible);
         let engine = Engine::new(&wasmtime_config).map_err(setup)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(setup)?;
         limits::enforce_deadline_in_poll(&mut linker).map_err(setup)?;
         Workflow::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
             .map_err(setup)?;
-        let ticker_stop = config.timeout.map(|_| {
+        let ticker_stop = config.interruptible.then(|| {
             let stop = Arc::new(AtomicBool::new(false));
             let (engine, ticker_stop) = (engine.clone(), Arc::clone(&stop));
             thread::spawn(move || {
@@ -220,7 +217,9 @@ impl Runtime {
         Ok(WorkflowComponent { pre })
     }
 
-    /// Execute `run` in a new instance of `component`, confined to `sandbox`.
+    /// Execute `run` in a new instance of `component`, with what `grants`
+    /// allows: its sandbox and its limits (a timeout needs a runtime made
+    /// `interruptible`).
     ///
     /// A limit (time, memory) fails the workflow; a trap (panic, fault)
     /// suspends it, keeping its history for fixed code. An engine error that
@@ -229,17 +228,21 @@ impl Runtime {
     pub fn run(
         &self,
         component: &WorkflowComponent,
-        sandbox: &Sandbox,
+        grants: &Grants,
         run: Box<WorkflowRun>,
     ) -> Result<RunReport, RuntimeError> {
+        let sandbox = grants.sandbox();
         let output = GuestOutput::default();
         let wasi = sandbox.wasi_ctx(&output)?;
         let input = run.input().to_owned();
         let limits = RunLimits {
-            deadline: self.config.timeout.map(Deadline::start),
-            memory: self.config.max_memory.map(MemoryBudget::new),
+            deadline: grants
+                .timeout()
+                .filter(|_| self.config.interruptible)
+                .map(Deadline::start),
+            memory: grants.max_memory.map(MemoryBudget::new),
         };
-        let branches = BranchRunner::new(component.clone(), sandbox.clone(), limits.clone());
+        let branches = BranchRunner::new(component.clone(), sandbox, limits.clone());
         let role = Role::Workflow { run, branches };
         let mut store = limits.store(&self.engine, wasi, role);
         let result = component

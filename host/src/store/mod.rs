@@ -6,11 +6,13 @@
 //! what it is told, one transaction per state change, and reports conflicts
 //! instead of overwriting another run's work.
 
+pub mod group_commit;
 pub mod sqlite;
 
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use group_commit::GroupCommitStore;
 pub use sqlite::SqliteStore;
 
 /// How a step or workflow ended: its JSON value, or its error.
@@ -423,7 +425,7 @@ pub struct WorkflowEnd<'a> {
 
 /// Why the store could not do what was asked. Each variant says what a user
 /// can act on; `Backend` carries the database's own error.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the database {path}: {reason}")]
     Open { path: String, reason: String },

@@ -55,6 +55,8 @@ pub struct SqliteStore {
     /// database deleted or replaced under a run would otherwise take its
     /// checkpoints into an unlinked file without a word.
     identity: FileIdentity,
+    /// Writes are savepoints of a batch: see [`SqliteStore::begin_batch`].
+    in_batch: std::cell::Cell<bool>,
 }
 
 /// Device and inode of a file.
@@ -83,6 +85,11 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// Another connection to a database whose tables are up to date.
+    pub(crate) fn connect_existing(path: &Path) -> Result<Self, StoreError> {
+        Self::connect(path)
+    }
+
     /// Open a connection to a database whose tables exist, with our pragmas.
     fn connect(path: &Path) -> Result<Self, StoreError> {
         let shown = path.display().to_string();
@@ -103,6 +110,7 @@ impl SqliteStore {
             conn,
             path: path.to_owned(),
             identity,
+            in_batch: std::cell::Cell::new(false),
         };
         store.configure().map_err(|e| store.explain(e))?;
         Ok(store)
@@ -207,13 +215,12 @@ impl SqliteStore {
     /// `Err(StoreError)` (a conflict it found) rolls back and returns it.
     fn write<T>(
         &self,
-        mut body: impl FnMut(&Transaction<'_>) -> rusqlite::Result<Result<T, StoreError>>,
+        mut body: impl FnMut(&Connection) -> rusqlite::Result<Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        if FileIdentity::of(&self.path) != Some(self.identity) {
-            return Err(StoreError::Replaced {
-                path: self.path.display().to_string(),
-            });
+        if self.in_batch.get() {
+            return self.write_in_batch(body);
         }
+        self.check_identity()?;
         self.read(|| {
             // The store never nests transactions, so the `&self` form is safe.
             let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
@@ -228,11 +235,63 @@ impl SqliteStore {
         })?
     }
 
+    fn check_identity(&self) -> Result<(), StoreError> {
+        if FileIdentity::of(&self.path) != Some(self.identity) {
+            return Err(StoreError::Replaced {
+                path: self.path.display().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// One write of a batch (see [`Self::begin_batch`]): a savepoint, so
+    /// that a conflict or an error undoes this write alone.
+    fn write_in_batch<T>(
+        &self,
+        mut body: impl FnMut(&Connection) -> rusqlite::Result<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let fail = |e| self.explain(store_error(e));
+        self.conn.execute_batch("SAVEPOINT write").map_err(fail)?;
+        let result = body(&self.conn);
+        let end = match &result {
+            Ok(Ok(_)) => "RELEASE write",
+            _ => "ROLLBACK TO write; RELEASE write",
+        };
+        self.conn.execute_batch(end).map_err(fail)?;
+        result.map_err(fail)?
+    }
+
+    /// Open a transaction in which the following writes are savepoints, so
+    /// that [`Self::commit_batch`] commits them all with one flush (group
+    /// commit). A batch that needs no flush commits with
+    /// `synchronous=NORMAL`.
+    pub(crate) fn begin_batch(&self, flush: bool) -> Result<(), StoreError> {
+        self.check_identity()?;
+        self.set_synchronous(if flush { "FULL" } else { "NORMAL" })?;
+        self.read(|| self.conn.execute_batch("BEGIN IMMEDIATE"))?;
+        self.in_batch.set(true);
+        Ok(())
+    }
+
+    /// Commit the batch [`Self::begin_batch`] opened (or roll it back when
+    /// the commit fails).
+    pub(crate) fn commit_batch(&self) -> Result<(), StoreError> {
+        self.in_batch.set(false);
+        let committed = self.read(|| self.conn.execute_batch("COMMIT"));
+        if committed.is_err() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        committed
+    }
+
     /// Like [`Self::write`], with `synchronous=NORMAL` for this commit only.
     fn write_unflushed<T>(
         &self,
-        body: impl FnMut(&Transaction<'_>) -> rusqlite::Result<Result<T, StoreError>>,
+        body: impl FnMut(&Connection) -> rusqlite::Result<Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        if self.in_batch.get() {
+            return self.write_in_batch(body);
+        }
         self.set_synchronous("NORMAL")?;
         let result = self.write(body);
         let restored = self.set_synchronous("FULL");
@@ -251,7 +310,7 @@ impl SqliteStore {
     /// else the conflict to roll back with. This is the fence every write
     /// of a run passes, in the write's own transaction.
     fn check_owner(
-        tx: &Transaction<'_>,
+        tx: &Connection,
         id: &str,
         run_id: &str,
     ) -> rusqlite::Result<Result<(), StoreError>> {
@@ -278,7 +337,7 @@ impl SqliteStore {
 }
 
 fn insert_event(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     workflow_id: &str,
     run_id: &str,
     kind: &str,
@@ -956,7 +1015,7 @@ impl CheckpointStore for SqliteStore {
 }
 
 /// The conflict for a write that found workflow `id` owned by another run.
-fn lost_ownership(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<StoreError> {
+fn lost_ownership(tx: &Connection, id: &str) -> rusqlite::Result<StoreError> {
     let owner: Option<(String, String)> = tx
         .prepare_cached("SELECT run_id, status FROM workflows WHERE id = ?1")?
         .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
