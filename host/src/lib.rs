@@ -12,12 +12,17 @@
 //! - [`runtime`]: wasmtime set-up, component checks, the sandbox, and the
 //!   glue from the guest's imports to the engine.
 //! - [`bindings`]: code generated from the WIT contract.
+//! - [`control`]: what clients do without running workflows (deploy,
+//!   submit, wait, cancel); the CLI and the HTTP API both use it.
+//! - [`scheduler`]: `serve`'s queues, claiming, timers and recovery.
 //!
 //! The `durable-host` binary adds the command line on top.
 
 pub mod bindings;
+pub mod control;
 pub mod engine;
 pub mod runtime;
+pub mod scheduler;
 pub mod store;
 
 /// A fresh identifier for one run of a workflow by one process.

@@ -33,6 +33,64 @@ fn main() -> ExitCode {
             execution,
         } => cli::run::resume(db, json, &workflow_id, &component, &execution),
         Command::Cancel { workflow_id } => cli::inspect::cancel(db, json, &workflow_id),
+        Command::Deploy { list: true, .. } => cli::serve::list_deployments(db, json),
+        Command::Deploy {
+            name,
+            component,
+            grants,
+            cache,
+            ..
+        } => cli::serve::deploy(
+            db,
+            json,
+            name.as_deref().unwrap_or_default(),
+            component.as_deref().unwrap_or(std::path::Path::new("")),
+            &grants,
+            &cache,
+        ),
+        Command::Start {
+            name,
+            workflow_id,
+            input,
+            input_file,
+            queue,
+            wait,
+            wait_timeout,
+        } => cli::serve::start(
+            db,
+            json,
+            &cli::serve::StartArgs {
+                name: &name,
+                workflow_id: workflow_id.as_deref(),
+                input: input.as_deref(),
+                input_file: input_file.as_deref(),
+                queue: &queue,
+                wait,
+                wait_timeout,
+            },
+        ),
+        Command::Serve {
+            concurrency,
+            queues,
+            stale_after,
+            shutdown_grace,
+            cancel_grace,
+            poll_interval,
+            log_format,
+            cache,
+        } => cli::serve::serve(
+            db,
+            cli::serve::ServeArgs {
+                concurrency,
+                queues,
+                stale_after,
+                shutdown_grace,
+                cancel_grace,
+                poll_interval,
+                json_logs: log_format == "json",
+                cache,
+            },
+        ),
     };
     result.unwrap_or_else(|error| cli::report_error(&error, json))
 }

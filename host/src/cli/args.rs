@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use durable_host::engine::CrashPoint;
-use durable_host::runtime::DirGrant;
+use durable_host::runtime::{ComponentCache, DirGrant, Grants, Sandbox};
 use durable_host::store::WorkflowStatus;
 
 /// Run WebAssembly workflows durably: every step is checkpointed in SQLite,
@@ -38,7 +38,8 @@ Exit codes:
   7  suspended: the workflow's code trapped or panicked; recorded as suspended, resumable
   8  this run lost ownership of the workflow to another run mid-way and stopped (what it committed stands)
   9  storage failure (disk full, I/O error, database replaced): steps may have run; what was committed stands; run again once fixed
- 10  the workflow is sleeping (a long durable sleep) until the time printed: run it again then, or let `serve` continue it";
+ 10  the workflow is sleeping (a long durable sleep) until the time printed: run it again then, or let `serve` continue it
+ 11  `start --wait`: the workflow had not finished when --wait-timeout ran out (it goes on)";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -114,6 +115,113 @@ pub enum Command {
         execution: ExecutionArgs,
     },
 
+    /// Keep a component in the database as the newest version of a named
+    /// deployment, with what its workflows are granted.
+    ///
+    /// `durable-host start NAME` runs new workflows on the newest version;
+    /// every version is kept, and a workflow always resumes on the exact
+    /// component that started it.
+    Deploy {
+        /// The deployment's name.
+        #[arg(required_unless_present = "list")]
+        name: Option<String>,
+
+        /// The workflow component (.wasm), checked before it is kept.
+        #[arg(required_unless_present = "list")]
+        component: Option<PathBuf>,
+
+        /// List the deployments instead (every version, newest first).
+        #[arg(long, conflicts_with_all = ["name", "component"])]
+        list: bool,
+
+        #[command(flatten)]
+        grants: GrantArgs,
+
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+
+    /// Queue a workflow of a deployment for `durable-host serve` to run, and
+    /// print its id (or, with --wait, its result).
+    ///
+    /// Idempotent on the id: the same id with the same input answers with
+    /// the existing workflow; another input is refused.
+    #[command(after_help = EXIT_CODES)]
+    Start {
+        /// The deployment (see `durable-host deploy`).
+        name: String,
+
+        /// The workflow's id [default: a new one].
+        #[arg(long, value_name = "ID")]
+        workflow_id: Option<String>,
+
+        /// The workflow's input, as JSON (`null` for none).
+        #[arg(long, value_name = "JSON", required_unless_present = "input_file")]
+        input: Option<String>,
+
+        /// Read the input JSON from a file.
+        #[arg(long, value_name = "FILE", conflicts_with = "input")]
+        input_file: Option<PathBuf>,
+
+        /// The queue to wait in (see `serve --queue`).
+        #[arg(long, value_name = "NAME", default_value = "default")]
+        queue: String,
+
+        /// Wait for the workflow to finish and print its result, as `run`
+        /// does (exit codes included).
+        #[arg(long)]
+        wait: bool,
+
+        /// With --wait, give up waiting after this long (exit 11; the
+        /// workflow goes on).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "wait")]
+        wait_timeout: Option<Duration>,
+    },
+
+    /// Run workflows from the database's queues until SIGTERM or SIGINT.
+    ///
+    /// Takes queued workflows oldest first up to each queue's concurrency,
+    /// resumes sleeping workflows when they are due and takes over those
+    /// whose owner died, here or in another `serve` on the same database.
+    /// Checkpoints of all runs share commits (group commit). On SIGTERM it
+    /// stops taking work, lets runs reach their next step boundary within
+    /// --shutdown-grace and releases their leases; a second signal exits at
+    /// once. Logs go to stderr (RUST_LOG filters them).
+    Serve {
+        /// How many workflows of the `default` queue run at once.
+        #[arg(long, value_name = "N", default_value_t = 64)]
+        concurrency: usize,
+
+        /// Also serve queue NAME with N workflows at once. Repeatable.
+        #[arg(long = "queue", value_name = "NAME=N", value_parser = parse_queue)]
+        queues: Vec<(String, usize)>,
+
+        /// A run that stops renewing its lease for this long is presumed
+        /// dead and may be taken over.
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+        stale_after: Duration,
+
+        /// On SIGTERM, how long runs may take to reach a step boundary.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+        shutdown_grace: Duration,
+
+        /// After `durable-host cancel`, how long a workflow may run its
+        /// compensation steps.
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+        cancel_grace: Duration,
+
+        /// How often to look for work submitted by other processes.
+        #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = parse_duration)]
+        poll_interval: Duration,
+
+        /// Log lines as JSON objects instead of text.
+        #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
+
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+
     /// Cancel a workflow: it is never resumed, and a run in progress stops
     /// at its next step boundary.
     Cancel {
@@ -166,27 +274,12 @@ pub struct RunArgs {
     pub crash_after: Option<u32>,
 }
 
-/// How workflows execute: what the guest may see and use.
+/// How workflows execute: what the guest may see and use, and how runs
+/// hold their workflows.
 #[derive(Debug, Clone, Args)]
 pub struct ExecutionArgs {
-    /// Grant the guest a host directory, at GUEST (default: the same path).
-    /// Repeat for more. The guest sees no other part of the file system.
-    #[arg(long = "dir", value_name = "HOST[::GUEST]", value_parser = parse_dir)]
-    pub dirs: Vec<DirGrant>,
-
-    /// Set an environment variable for the guest, which sees no others.
-    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
-    pub env: Vec<(String, String)>,
-
-    /// Stop the guest after this long (e.g. 30s, 500ms, 5m): the workflow is
-    /// recorded as failed with the reason.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub timeout: Option<Duration>,
-
-    /// Limit each guest instance's memory (e.g. 64MiB, 1GiB): a guest that
-    /// needs more is stopped and recorded as failed.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    pub max_memory: Option<usize>,
+    #[command(flatten)]
+    pub grants: GrantArgs,
 
     /// A run that stops renewing its lease for this long is presumed dead and
     /// may be taken over by another process.
@@ -198,6 +291,13 @@ pub struct ExecutionArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub cancel_grace: Duration,
 
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+/// Where compiled components are kept.
+#[derive(Debug, Clone, Args)]
+pub struct CacheArgs {
     /// Where compiled components are cached [default: $DURABLE_HOST_CACHE_DIR,
     /// else ~/.cache/durable-host].
     #[arg(long, value_name = "DIR")]
@@ -206,6 +306,61 @@ pub struct ExecutionArgs {
     /// Compile the component every time instead of using the cache.
     #[arg(long, conflicts_with = "cache_dir")]
     pub no_cache: bool,
+}
+
+impl CacheArgs {
+    pub fn cache(&self) -> Option<ComponentCache> {
+        match (&self.cache_dir, self.no_cache) {
+            (_, true) => None,
+            (Some(dir), false) => Some(ComponentCache::new(dir.clone())),
+            (None, false) => ComponentCache::default_dir().map(ComponentCache::new),
+        }
+    }
+}
+
+/// What a workflow is granted: directories, environment, limits. Recorded
+/// with the workflow (or the deployment) and used on every resume.
+#[derive(Debug, Clone, Args)]
+pub struct GrantArgs {
+    /// Grant the guest a host directory, at GUEST (default: the same path).
+    /// Repeat for more. The guest sees no other part of the file system.
+    #[arg(long = "dir", value_name = "HOST[::GUEST]", value_parser = parse_dir)]
+    pub dirs: Vec<DirGrant>,
+
+    /// Set an environment variable for the guest, which sees no others.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+
+    /// Stop a run after this long (e.g. 30s, 500ms, 5m), also while the
+    /// guest waits in a host call; durable sleeps and retry backoffs do not
+    /// count. The workflow is recorded as failed with the reason.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+
+    /// Limit the memory of a whole run, its parallel branches included
+    /// (e.g. 64MiB, 1GiB): what needs more is stopped and recorded as failed.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_memory: Option<usize>,
+}
+
+impl GrantArgs {
+    pub fn to_grants(&self) -> Grants {
+        let sandbox = Sandbox {
+            dirs: self.dirs.clone(),
+            env: self.env.clone(),
+        };
+        Grants::new(&sandbox, self.timeout, self.max_memory)
+    }
+}
+
+fn parse_queue(text: &str) -> Result<(String, usize), String> {
+    match text.split_once('=') {
+        Some((name, n)) if !name.is_empty() => match n.parse::<usize>() {
+            Ok(n) if n > 0 => Ok((name.to_owned(), n)),
+            _ => Err("N must be a positive number, e.g. --queue payments=4".to_owned()),
+        },
+        _ => Err("expected NAME=N, e.g. --queue payments=4".to_owned()),
+    }
 }
 
 fn parse_status(text: &str) -> Result<WorkflowStatus, String> {

@@ -6,10 +6,12 @@ pub mod args;
 pub mod inspect;
 mod report;
 pub mod run;
+pub mod serve;
 mod table;
 
 use std::process::ExitCode;
 
+use durable_host::control::ControlError;
 use durable_host::engine::EngineError;
 use durable_host::runtime::RuntimeError;
 use durable_host::store::StoreError;
@@ -27,6 +29,7 @@ pub mod exit {
     pub const OWNERSHIP_LOST: u8 = 8;
     pub const STORAGE_FAILURE: u8 = 9;
     pub const SLEEPING: u8 = 10;
+    pub const STILL_RUNNING: u8 = 11;
 }
 
 /// Print `error` as `error: <cause>` plus a hint where one helps, and pick
@@ -82,34 +85,77 @@ fn find<T: std::error::Error + Send + Sync + 'static>(error: &anyhow::Error) -> 
     error.chain().find_map(|cause| cause.downcast_ref::<T>())
 }
 
-/// The engine error behind `error`, also when the runtime passed it on.
-fn engine_error(error: &anyhow::Error) -> Option<&EngineError> {
-    find::<EngineError>(error).or_else(|| match find::<RuntimeError>(error)? {
-        RuntimeError::Engine(engine) => Some(engine),
+/// The runtime error behind `error`, also when the control layer passed it on.
+fn runtime_error(error: &anyhow::Error) -> Option<&RuntimeError> {
+    find::<RuntimeError>(error).or_else(|| match find::<ControlError>(error)? {
+        ControlError::Runtime(runtime) => Some(runtime),
         _ => None,
     })
+}
+
+/// The engine error behind `error`, also when the runtime or the control
+/// layer passed it on.
+fn engine_error(error: &anyhow::Error) -> Option<&EngineError> {
+    find::<EngineError>(error)
+        .or_else(|| match runtime_error(error)? {
+            RuntimeError::Engine(engine) => Some(engine),
+            _ => None,
+        })
+        .or_else(|| match find::<ControlError>(error)? {
+            ControlError::Engine(engine) => Some(engine),
+            _ => None,
+        })
 }
 
 /// The store error behind `error`, also when the engine or the runtime
 /// passed it on (they wrap it transparently, so it is not in the chain).
 fn store_error(error: &anyhow::Error) -> Option<&StoreError> {
-    find::<StoreError>(error).or_else(|| match engine_error(error)? {
-        EngineError::Store(store) => Some(store),
-        _ => None,
-    })
+    find::<StoreError>(error)
+        .or_else(|| match engine_error(error)? {
+            EngineError::Store(store) => Some(store),
+            _ => None,
+        })
+        .or_else(|| match find::<ControlError>(error)? {
+            ControlError::Store(store) => Some(store),
+            _ => None,
+        })
 }
 
 fn hint(error: &anyhow::Error) -> Option<String> {
     if let Some(e) = engine_error(error) {
         return engine_hint(e);
     }
-    if let Some(e) = find::<RuntimeError>(error) {
+    if let Some(e) = runtime_error(error) {
         return runtime_hint(e);
     }
-    if let Some(e) = find::<StoreError>(error) {
+    if let Some(e) = store_error(error) {
         return store_hint(e);
     }
+    if let Some(e) = find::<ControlError>(error) {
+        return control_hint(e);
+    }
     find::<run::InputError>(error).map(|e| e.hint().to_owned())
+}
+
+fn control_hint(error: &ControlError) -> Option<String> {
+    Some(match error {
+        ControlError::UnknownDeployment { .. } => "`durable-host deploy NAME FILE.wasm` makes \
+            one; `durable-host deploy --list` shows those there are"
+            .to_owned(),
+        ControlError::InputConflict { .. } => "an id names one workflow: start it with the input \
+            it has (`durable-host history ID`), or pick another --workflow-id"
+            .to_owned(),
+        ControlError::InvalidInput { .. } => {
+            "pass JSON and quote it for the shell, e.g. --input '{\"id\": 1}'".to_owned()
+        }
+        ControlError::TooLarge { .. } => {
+            "keep large data elsewhere and pass a reference to it".to_owned()
+        }
+        ControlError::InvalidName { .. } => {
+            "use a printable name of at most 1,024 bytes".to_owned()
+        }
+        ControlError::Runtime(_) | ControlError::Store(_) | ControlError::Engine(_) => return None,
+    })
 }
 
 fn runtime_hint(error: &RuntimeError) -> Option<String> {

@@ -212,13 +212,19 @@ pub fn print_report(report: &RunReport, elapsed: Duration, json_mode: bool) {
 
 /// A workflow that had already finished: nothing ran.
 pub fn print_finished(workflow: &WorkflowRecord, outcome: &Outcome, json_mode: bool) {
+    print_stored(workflow, outcome, json_mode, true);
+}
+
+/// A workflow's stored result; `already` when this command ran nothing
+/// (as opposed to waiting for another process to finish it).
+pub fn print_stored(workflow: &WorkflowRecord, outcome: &Outcome, json_mode: bool, already: bool) {
     let status = workflow.status;
     if json_mode {
         print_json(&RunJson {
             workflow_id: &workflow.id,
             run_id: &workflow.run_id,
             resumed: false,
-            already_finished: true,
+            already_finished: already,
             status: status.as_str(),
             output: output_value(outcome),
             error: error_message(outcome),
@@ -235,10 +241,11 @@ pub fn print_finished(workflow: &WorkflowRecord, outcome: &Outcome, json_mode: b
              continues it once the cause is fixed)",
             id = workflow.id
         ),
-        _ => println!(
+        _ if already => println!(
             "workflow {} already {status}; nothing ran (stored result below)",
             workflow.id
         ),
+        _ => println!("workflow {} {status}", workflow.id),
     }
     print_outcome(outcome);
 }

@@ -16,8 +16,7 @@ use durable_host::engine::{
     CrashPlan, CrashPoint, EngineError, Opened, OwnHeartbeat, RunReport, RunRequest, WorkflowRun,
 };
 use durable_host::runtime::{
-    ComponentCache, ComponentFile, Grants, Runtime, RuntimeConfig, RuntimeError, Sandbox,
-    WorkflowComponent,
+    ComponentFile, Grants, Runtime, RuntimeConfig, RuntimeError, WorkflowComponent,
 };
 use durable_host::store::{CheckpointStore, Failure, ListQuery, SqliteStore, WorkflowStatus};
 
@@ -67,14 +66,9 @@ struct Executor {
 impl Executor {
     fn new(db: &Path, grants: Grants, args: &ExecutionArgs) -> anyhow::Result<Self> {
         check_grants(db, &grants)?;
-        let cache = match (&args.cache_dir, args.no_cache) {
-            (_, true) => None,
-            (Some(dir), false) => Some(dir.clone()),
-            (None, false) => ComponentCache::default_dir(),
-        };
         let runtime = Runtime::new(RuntimeConfig {
             interruptible: grants.timeout().is_some(),
-            cache: cache.map(ComponentCache::new),
+            cache: args.cache.cache(),
         })?;
         Ok(Self {
             db: db.to_owned(),
@@ -91,12 +85,8 @@ impl Executor {
 }
 
 /// What the command line grants.
-fn given_grants(args: &ExecutionArgs) -> Grants {
-    let sandbox = Sandbox {
-        dirs: args.dirs.clone(),
-        env: args.env.clone(),
-    };
-    Grants::new(&sandbox, args.timeout, args.max_memory)
+pub(super) fn given_grants(args: &ExecutionArgs) -> Grants {
+    args.grants.to_grants()
 }
 
 /// What workflow `id` was granted when it started, if it exists and the
@@ -113,7 +103,7 @@ fn recorded_grants(db: &Path, id: &str) -> anyhow::Result<Option<Grants>> {
 
 /// Every granted directory must exist, and none may hold the database: a
 /// guest that can write there can overwrite every workflow's checkpoints.
-fn check_grants(db: &Path, grants: &Grants) -> anyhow::Result<()> {
+pub(super) fn check_grants(db: &Path, grants: &Grants) -> anyhow::Result<()> {
     let db_dir = std::path::absolute(db)
         .ok()
         .and_then(|db| db.parent().and_then(|dir| dir.canonicalize().ok()));
@@ -165,6 +155,7 @@ pub fn run(db: &Path, json_mode: bool, args: RunArgs) -> anyhow::Result<ExitCode
         reopen: false,
         cancel_grace: args.execution.cancel_grace,
         grants: Some(&grants_json),
+        component: Some(Arc::clone(component.bytes())),
     };
     let progress = Box::new(Progress::new(!json_mode));
     let crash = crash_plan(&args);
@@ -344,6 +335,7 @@ fn recover_one(
         reopen: false,
         cancel_grace: executor.cancel_grace,
         grants: None,
+        component: None,
     };
     let progress = Box::new(Progress::new(!json_mode));
     let run = match WorkflowRun::open(executor.store()?, &request, CrashPlan::none(), progress) {
@@ -421,6 +413,7 @@ pub fn resume(
         reopen: true,
         cancel_grace: args.cancel_grace,
         grants: Some(&grants_json),
+        component: None,
     };
     let progress = Box::new(Progress::new(!json_mode));
     let run = match WorkflowRun::open(executor.store()?, &request, CrashPlan::none(), progress)? {
@@ -447,15 +440,23 @@ pub fn resume(
 
 /// The input as compact JSON (so that equal values compare equal), or `None`.
 fn read_input(args: &RunArgs) -> Result<Option<String>, InputError> {
-    let value: serde_json::Value = match (&args.input, &args.input_file) {
+    input_json(args.input.as_deref(), args.input_file.as_deref())
+}
+
+/// `--input` or `--input-file` as compact JSON, or `None` when neither.
+pub(super) fn input_json(
+    input: Option<&str>,
+    input_file: Option<&Path>,
+) -> Result<Option<String>, InputError> {
+    let value: serde_json::Value = match (input, input_file) {
         (Some(text), _) => serde_json::from_str(text).map_err(InputError::InvalidJson)?,
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path).map_err(|source| InputError::Unreadable {
-                path: path.clone(),
+                path: path.to_owned(),
                 source,
             })?;
             serde_json::from_str(&text).map_err(|source| InputError::InvalidJsonFile {
-                path: path.clone(),
+                path: path.to_owned(),
                 source,
             })?
         }
@@ -474,7 +475,7 @@ fn crash_plan(args: &RunArgs) -> CrashPlan {
     })
 }
 
-fn exit_code(status: WorkflowStatus) -> ExitCode {
+pub(super) fn exit_code(status: WorkflowStatus) -> ExitCode {
     ExitCode::from(match status {
         WorkflowStatus::Completed => exit::SUCCESS,
         WorkflowStatus::Failed | WorkflowStatus::Running | WorkflowStatus::Queued => {

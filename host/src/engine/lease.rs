@@ -131,6 +131,8 @@ pub struct LeaseSignals {
     armed: AtomicBool,
     lost: AtomicBool,
     cancel: AtomicBool,
+    /// The host is shutting down: stop at the next step boundary.
+    stop: AtomicBool,
 }
 
 impl LeaseSignals {
@@ -142,6 +144,16 @@ impl LeaseSignals {
     /// `durable-host cancel` asked this run to stop.
     pub fn cancel_requested(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// The host asks the run to stop at its next step boundary, leaving the
+    /// workflow for another process (a graceful shutdown).
+    pub fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 
     /// Whether the lease is to be renewed (the workflow is claimed).

@@ -94,6 +94,8 @@ pub enum EngineError {
     },
     #[error("workflow {workflow_id} was cancelled")]
     Cancelled { workflow_id: String },
+    #[error("the host is shutting down; workflow {workflow_id} stopped at a step boundary")]
+    Stopping { workflow_id: String },
     /// Not a failure: the guest is stopped so that the workflow can sleep
     /// without an instance until `wake_at`.
     #[error("the workflow is unloaded to sleep until {wake_at}")]
@@ -228,6 +230,8 @@ pub struct RunRequest<'a> {
     pub cancel_grace: Duration,
     /// What the workflow is granted, recorded when this run starts it.
     pub grants: Option<&'a str>,
+    /// The component's bytes, kept with a workflow this run starts.
+    pub component: Option<Arc<[u8]>>,
 }
 
 /// The result of opening a workflow.
@@ -352,6 +356,7 @@ pub struct WorkflowRun {
     claim: ClaimKind,
     owner: Owner,
     grants: Option<String>,
+    component: Option<Arc<[u8]>>,
     leases: Arc<dyn LeaseKeeper>,
     unload_sleeps: bool,
     /// Present once the run has claimed the workflow.
@@ -417,6 +422,7 @@ impl WorkflowRun {
             claim: ClaimKind::Create,
             owner,
             grants: request.grants.map(str::to_owned),
+            component: request.component.clone(),
             leases: Arc::clone(&request.leases),
             unload_sleeps: request.unload_sleeps,
             lease: None,
@@ -609,6 +615,7 @@ impl WorkflowRun {
                 input: &self.input,
                 claim: &claim,
                 grants: self.grants.as_deref(),
+                component: self.component.as_deref(),
             }),
             ClaimKind::TakeOver {
                 previous_run,
@@ -692,6 +699,11 @@ impl WorkflowRun {
                 owner,
             }
             .into());
+        }
+        if lease.signals().stop_requested() {
+            return Err(EngineError::Stopping {
+                workflow_id: self.workflow_id.clone(),
+            });
         }
         if let Some(delivered) = self.cancel_delivered_at
             && now_millis() >= delivered + self.cancel_grace.as_millis() as Millis
@@ -1246,6 +1258,7 @@ mod tests {
             reopen: false,
             cancel_grace: DEFAULT_CANCEL_GRACE,
             grants: None,
+            component: None,
         };
         WorkflowRun::open(store, &request, CrashPlan::none(), Box::new(Silent)).unwrap()
     }

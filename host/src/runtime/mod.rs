@@ -70,7 +70,7 @@ pub enum RuntimeError {
 /// A component file, read and fingerprinted but not compiled.
 pub struct ComponentFile {
     path: PathBuf,
-    bytes: Vec<u8>,
+    bytes: Arc<[u8]>,
     sha256: String,
 }
 
@@ -81,20 +81,20 @@ impl ComponentFile {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
+        Self::from_bytes(path.to_owned(), bytes)
+    }
+
+    /// Check that `bytes` (known to people as `path`: a file, or a
+    /// component kept in the database) hold a WebAssembly component.
+    pub fn from_bytes(path: PathBuf, bytes: Vec<u8>) -> Result<Self, RuntimeError> {
         const MAGIC: &[u8] = b"\0asm";
         const CORE_VERSION: &[u8] = &[1, 0, 0, 0];
         match bytes.get(..8) {
             Some(header) if header.starts_with(MAGIC) && &header[4..] == CORE_VERSION => {
-                return Err(RuntimeError::CoreModule {
-                    path: path.to_owned(),
-                });
+                return Err(RuntimeError::CoreModule { path });
             }
             Some(header) if header.starts_with(MAGIC) => {}
-            _ => {
-                return Err(RuntimeError::NotWasm {
-                    path: path.to_owned(),
-                });
-            }
+            _ => return Err(RuntimeError::NotWasm { path }),
         }
         let digest = Sha256::digest(&bytes);
         let sha256 = digest
@@ -104,10 +104,15 @@ impl ComponentFile {
                 hex
             });
         Ok(Self {
-            path: path.to_owned(),
-            bytes,
+            path,
+            bytes: bytes.into(),
             sha256,
         })
+    }
+
+    /// The component's bytes, to keep in the database.
+    pub fn bytes(&self) -> &Arc<[u8]> {
+        &self.bytes
     }
 
     /// Hex sha256 of the file: the identity a workflow is pinned to.
@@ -302,8 +307,11 @@ impl RunLimits {
             },
         );
         store.limiter(|state| &mut state.limiter);
-        if let Some(deadline) = &self.deadline {
-            limits::arm_deadline(&mut store, deadline);
+        match &self.deadline {
+            Some(deadline) => limits::arm_deadline(&mut store, deadline),
+            // An interruptible engine interrupts at once without a deadline.
+            // (Relative to the current epoch: no overflow.)
+            None => store.set_epoch_deadline(u64::MAX / 2),
         }
         store
     }
@@ -342,6 +350,7 @@ fn keeps_history(error: &EngineError) -> bool {
             EngineError::Store(_)
                 | EngineError::InputMismatch { .. }
                 | EngineError::InputRejected { .. }
+                | EngineError::Stopping { .. }
         )
 }
 

@@ -196,11 +196,12 @@ impl CheckpointStore for GroupCommitStore {
     }
 
     fn create_workflow(&self, workflow: &NewWorkflow<'_>) -> Result<(), StoreError> {
-        let (id, sha, input, grants) = (
+        let (id, sha, input, grants, component) = (
             workflow.id.to_owned(),
             workflow.component_sha256.to_owned(),
             workflow.input.to_owned(),
             workflow.grants.map(str::to_owned),
+            workflow.component.map(<[u8]>::to_vec),
         );
         let claim = OwnedClaim::of(workflow.claim);
         self.submit(true, move |store| {
@@ -210,6 +211,7 @@ impl CheckpointStore for GroupCommitStore {
                 input: &input,
                 claim: &claim.borrow(),
                 grants: grants.as_deref(),
+                component: component.as_deref(),
             })
         })
     }
@@ -533,6 +535,7 @@ mod tests {
                             input: "null",
                             claim: &claim,
                             grants: None,
+                            component: None,
                         })
                         .unwrap();
                     // A second create of the same id conflicts, alone.
@@ -542,6 +545,7 @@ mod tests {
                         input: "null",
                         claim: &claim,
                         grants: None,
+                        component: None,
                     });
                     assert!(matches!(again, Err(StoreError::WorkflowExists { .. })));
                     let key = StepKey::new("s", 1);

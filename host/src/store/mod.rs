@@ -333,6 +333,9 @@ pub struct NewWorkflow<'a> {
     pub claim: &'a Claim<'a>,
     /// What the workflow is granted, recorded for its resumes.
     pub grants: Option<&'a str>,
+    /// The component's bytes, kept (if not already) in the same
+    /// transaction, so that any process can resume the workflow.
+    pub component: Option<&'a [u8]>,
 }
 
 /// A run taking over a running workflow from `previous_run`, which did not

@@ -450,6 +450,13 @@ impl CheckpointStore for SqliteStore {
                     owner.started,
                     workflow.grants,
                 ])?;
+            if let (1, Some(bytes)) = (inserted, workflow.component) {
+                tx.prepare_cached(
+                    "INSERT INTO components (sha256, bytes, created_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (sha256) DO NOTHING",
+                )?
+                .execute(params![workflow.component_sha256, bytes, now])?;
+            }
             Ok(if inserted == 0 {
                 Err(StoreError::WorkflowExists {
                     id: workflow.id.to_owned(),

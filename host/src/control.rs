@@ -1,0 +1,258 @@
+//! What clients do to workflows without running them: deploy components,
+//! submit workflows to queues, look them up, wait for results, cancel.
+//!
+//! The command line and the HTTP API are both thin clients of this module,
+//! so the two agree on every rule (idempotent submissions, size limits,
+//! error kinds). It knows the store and the runtime's checks, but nothing of
+//! clap, HTTP, or how `serve` schedules what it queues.
+
+use std::time::{Duration, Instant};
+
+use crate::engine::{MAX_INPUT, MAX_NAME, cancel_workflow};
+use crate::runtime::{ComponentFile, Grants, Runtime, RuntimeError};
+use crate::store::{
+    CheckpointStore, Deployment, Enqueued, QueuedWorkflow, StoreError, WorkflowRecord,
+};
+
+pub use crate::engine::CancelOutcome;
+
+/// The queue workflows wait in unless they name another.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// Why a client's request was refused. Each says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("no deployment named `{name}`")]
+    UnknownDeployment { name: String },
+    #[error("workflow {id} exists with another input")]
+    InputConflict { id: String },
+    #[error("the input is not valid JSON: {reason}")]
+    InvalidInput { reason: String },
+    #[error("{what} is {size} bytes, more than the {limit} bytes allowed")]
+    TooLarge {
+        what: &'static str,
+        size: usize,
+        limit: usize,
+    },
+    #[error("{what} `{value}` is not valid: {reason}")]
+    InvalidName {
+        what: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+}
+
+/// Check a deployment name, queue name or workflow id: printable, no `/`
+/// trouble for URLs is needed, but no control characters and a bound.
+fn check_name(what: &'static str, value: &str) -> Result<(), ControlError> {
+    let invalid = |reason| ControlError::InvalidName {
+        what,
+        value: value.chars().take(80).collect(),
+        reason,
+    };
+    if value.is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    if value.len() > MAX_NAME {
+        return Err(invalid("it is longer than 1,024 bytes"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(invalid("it contains control characters"));
+    }
+    Ok(())
+}
+
+/// Keep `component` in the database and record it as the newest version of
+/// deployment `name`, after checking that it is a workflow this host can
+/// run. Every version is kept: workflows resume on the exact bytes that
+/// started them.
+pub fn deploy(
+    store: &dyn CheckpointStore,
+    runtime: &Runtime,
+    name: &str,
+    component: &ComponentFile,
+    grants: &Grants,
+) -> Result<Deployment, ControlError> {
+    check_name("the deployment name", name)?;
+    runtime.compile(component)?;
+    store.put_component(component.sha256(), component.bytes())?;
+    Ok(store.deploy(name, component.sha256(), &grants.to_json())?)
+}
+
+/// A workflow to queue.
+#[derive(Debug, Clone)]
+pub struct Submission<'a> {
+    /// The deployment whose newest version runs it.
+    pub deployment: &'a str,
+    /// Its id; one is made up when `None`.
+    pub workflow_id: Option<&'a str>,
+    /// Its input, as JSON text.
+    pub input: &'a str,
+    pub queue: &'a str,
+}
+
+/// A queued workflow, new or found.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub workflow: WorkflowRecord,
+    /// `false` when a workflow with this id and input already existed.
+    pub created: bool,
+}
+
+/// Queue a workflow of the newest version of `submission.deployment`.
+/// Idempotent on the id: the same id and input answer with the existing
+/// workflow; another input is refused.
+pub fn submit(
+    store: &dyn CheckpointStore,
+    submission: &Submission<'_>,
+) -> Result<Submitted, ControlError> {
+    check_name("the deployment name", submission.deployment)?;
+    check_name("the queue name", submission.queue)?;
+    if submission.input.len() > MAX_INPUT {
+        return Err(ControlError::TooLarge {
+            what: "the input",
+            size: submission.input.len(),
+            limit: MAX_INPUT,
+        });
+    }
+    // Stored compact, so that equal values compare equal.
+    let input = serde_json::from_str::<serde_json::Value>(submission.input)
+        .map_err(|e| ControlError::InvalidInput {
+            reason: e.to_string(),
+        })?
+        .to_string();
+    let id = match submission.workflow_id {
+        Some(id) => {
+            check_name("the workflow id", id)?;
+            id.to_owned()
+        }
+        None => new_workflow_id(),
+    };
+    let deployment = store
+        .deployments(Some(submission.deployment))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ControlError::UnknownDeployment {
+            name: submission.deployment.to_owned(),
+        })?;
+    let enqueued = store.enqueue_workflow(&QueuedWorkflow {
+        id: &id,
+        deployment: &deployment.name,
+        component_sha256: &deployment.sha256,
+        input: &input,
+        grants: &deployment.grants,
+        queue: submission.queue,
+    })?;
+    match enqueued {
+        Enqueued::Created(workflow) => Ok(Submitted {
+            workflow: *workflow,
+            created: true,
+        }),
+        Enqueued::Existing(workflow) if workflow.input == input => Ok(Submitted {
+            workflow: *workflow,
+            created: false,
+        }),
+        Enqueued::Existing(_) => Err(ControlError::InputConflict { id }),
+    }
+}
+
+/// The workflow `id`, or `UnknownWorkflow`.
+pub fn workflow(store: &dyn CheckpointStore, id: &str) -> Result<WorkflowRecord, ControlError> {
+    store
+        .workflow(id)?
+        .ok_or_else(|| StoreError::UnknownWorkflow { id: id.to_owned() }.into())
+}
+
+/// How often [`wait_for_end`] looks.
+const RESULT_POLL: Duration = Duration::from_millis(20);
+
+/// Wait up to `timeout` for workflow `id` to finish (complete, fail, be
+/// cancelled or suspended); the record as it is then.
+pub fn wait_for_end(
+    store: &dyn CheckpointStore,
+    id: &str,
+    timeout: Duration,
+) -> Result<WorkflowRecord, ControlError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let record = workflow(store, id)?;
+        if record.outcome().is_some() || Instant::now() >= deadline {
+            return Ok(record);
+        }
+        std::thread::sleep(RESULT_POLL.min(deadline.saturating_duration_since(Instant::now())));
+    }
+}
+
+/// Cancel workflow `id` (see [`cancel_workflow`]).
+pub fn cancel(store: &dyn CheckpointStore, id: &str) -> Result<CancelOutcome, ControlError> {
+    Ok(cancel_workflow(store, id)?)
+}
+
+/// A fresh workflow id, `wf-` and 16 hex digits.
+pub fn new_workflow_id() -> String {
+    format!("wf-{}", crate::new_run_id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+
+    fn store_with_deployment() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).unwrap();
+        store.put_component("abc", b"\0asm").unwrap();
+        store.deploy("greet", "abc", "{}").unwrap();
+        (dir, store)
+    }
+
+    fn submission<'a>(id: Option<&'a str>, input: &'a str) -> Submission<'a> {
+        Submission {
+            deployment: "greet",
+            workflow_id: id,
+            input,
+            queue: DEFAULT_QUEUE,
+        }
+    }
+
+    #[test]
+    fn submissions_are_idempotent_on_the_id() {
+        let (_dir, store) = store_with_deployment();
+        let first = submit(&store, &submission(Some("a"), r#"{"x": 1}"#)).unwrap();
+        assert!(first.created);
+        assert_eq!(first.workflow.input, r#"{"x":1}"#);
+        let again = submit(&store, &submission(Some("a"), r#"{ "x" : 1 }"#)).unwrap();
+        assert!(!again.created, "the same input (however spaced) finds it");
+        let other = submit(&store, &submission(Some("a"), r#"{"x": 2}"#)).unwrap_err();
+        assert!(
+            matches!(other, ControlError::InputConflict { .. }),
+            "{other}"
+        );
+    }
+
+    #[test]
+    fn bad_submissions_are_refused() {
+        let (_dir, store) = store_with_deployment();
+        let unknown = submit(
+            &store,
+            &Submission {
+                deployment: "nope",
+                ..submission(None, "1")
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(unknown, ControlError::UnknownDeployment { .. }));
+        assert!(matches!(
+            submit(&store, &submission(None, "{oops")).unwrap_err(),
+            ControlError::InvalidInput { .. }
+        ));
+        let made_up = submit(&store, &submission(None, "1")).unwrap();
+        assert!(made_up.workflow.id.starts_with("wf-"));
+    }
+}

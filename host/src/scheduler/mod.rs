@@ -1,0 +1,378 @@
+//! `serve`: one process runs many workflows from the database's queues,
+//! resumes sleeping ones when they are due and takes over those whose owner
+//! died, until it is asked to stop.
+//!
+//! The scheduler owns what to run when: per queue, it takes ready
+//! workflows (oldest first) up to the queue's concurrency, each on a thread
+//! of its own, and wakes when a run ends, when the next sleeper is due, or
+//! every poll interval (for submissions from other processes). It does not
+//! know how a run replays or checkpoints (the engine), how a component is
+//! instantiated (the runtime), or how writes are batched (the store's group
+//! commit). Leases of all runs are kept by one thread ([`leases`]).
+//!
+//! Runs happen on threads rather than async tasks: a workflow blocks in its
+//! steps (files, CPU) and in SQLite; a long sleep unloads it entirely, so a
+//! thread is only held while a workflow is actually running.
+
+pub mod leases;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::engine::{
+    CrashPlan, EngineError, Opened, RunObserver, RunReport, RunRequest, StepEvent, WorkflowRun,
+};
+use crate::runtime::{
+    ComponentCache, ComponentFile, Grants, Runtime, RuntimeConfig, RuntimeError, WorkflowComponent,
+};
+use crate::store::{
+    CheckpointStore, GroupCommitStore, StoreError, WorkflowRecord, WorkflowStatus, now_millis,
+};
+use leases::SharedLeases;
+
+/// How a server runs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Each queue served, with how many of its workflows run at once.
+    pub queues: Vec<(String, usize)>,
+    /// How long a run's lease lasts without renewal.
+    pub stale_after: Duration,
+    /// On shutdown, how long runs may take to reach a step boundary.
+    pub shutdown_grace: Duration,
+    /// How long a cancelled workflow may run compensation steps.
+    pub cancel_grace: Duration,
+    /// How often the database is checked for work from other processes.
+    pub poll_interval: Duration,
+    pub cache: Option<ComponentCache>,
+}
+
+/// What a server did, for its last log line.
+#[derive(Debug, Default, Clone)]
+pub struct ServeSummary {
+    pub started: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub suspended: u64,
+    pub cancelled: u64,
+    pub slept: u64,
+    /// Runs still at work when the shutdown grace ran out.
+    pub abandoned: usize,
+}
+
+/// Why a server could not start or go on.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// Set by a signal handler (or a test): stop taking work and shut down.
+pub type ShutdownFlag = Arc<AtomicBool>;
+
+/// Run workflows from `store`'s queues until `shutdown` is set, then drain:
+/// runs stop at their next step boundary (within `shutdown_grace`) and
+/// release their leases, so another process resumes them at once.
+pub fn serve(
+    store: GroupCommitStore,
+    config: &ServeConfig,
+    shutdown: ShutdownFlag,
+) -> Result<ServeSummary, ServeError> {
+    let runtime = Runtime::new(RuntimeConfig {
+        interruptible: true,
+        cache: config.cache.clone(),
+    })?;
+    let leases = SharedLeases::new(config.stale_after);
+    let renewals_done = Arc::new(AtomicBool::new(false));
+    let renewer = leases.start_renewing(Box::new(store.clone()), Arc::clone(&renewals_done));
+    let shared = Arc::new(Shared {
+        store,
+        runtime,
+        leases,
+        components: Mutex::new(HashMap::new()),
+        cancel_grace: config.cancel_grace,
+    });
+    let mut dispatcher = Dispatcher {
+        shared: Arc::clone(&shared),
+        running: HashMap::new(),
+        in_flight: HashSet::new(),
+        summary: ServeSummary::default(),
+    };
+    let (done_tx, done_rx) = mpsc::channel::<Finished>();
+    tracing::info!(queues = ?config.queues, "serving");
+    while !shutdown.load(Ordering::Relaxed) {
+        dispatcher.dispatch(config, &done_tx)?;
+        let wait = dispatcher.wait_time(config)?;
+        match done_rx.recv_timeout(wait) {
+            Ok(finished) => {
+                dispatcher.finished(finished);
+                while let Ok(finished) = done_rx.try_recv() {
+                    dispatcher.finished(finished);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => unreachable!("the dispatcher holds a sender"),
+        }
+    }
+
+    // Drain: runs stop at their next step boundary and release their leases.
+    let draining = dispatcher.in_flight.len();
+    tracing::info!(
+        runs = draining,
+        "shutting down: stopping runs at their next step"
+    );
+    shared.leases.stop_all();
+    let deadline = Instant::now() + config.shutdown_grace;
+    while !dispatcher.in_flight.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        if let Ok(finished) = done_rx.recv_timeout(left) {
+            dispatcher.finished(finished);
+        }
+    }
+    dispatcher.summary.abandoned = dispatcher.in_flight.len();
+    if dispatcher.summary.abandoned > 0 {
+        tracing::warn!(
+            runs = dispatcher.summary.abandoned,
+            "shutdown grace over: runs still in a step are left to their leases"
+        );
+    }
+    renewals_done.store(true, Ordering::Relaxed);
+    let _ = renewer.join();
+    if dispatcher.summary.abandoned == 0 {
+        shared.store.close();
+    }
+    Ok(dispatcher.summary)
+}
+
+/// What every run of the server shares.
+struct Shared {
+    store: GroupCommitStore,
+    runtime: Runtime,
+    leases: Arc<SharedLeases>,
+    /// Compiled components by sha256: compiled once per server.
+    components: Mutex<HashMap<String, WorkflowComponent>>,
+    cancel_grace: Duration,
+}
+
+/// A run that ended, for the dispatcher.
+struct Finished {
+    queue: String,
+    workflow_id: String,
+    status: Option<WorkflowStatus>,
+}
+
+struct Dispatcher {
+    shared: Arc<Shared>,
+    /// Runs in progress per queue.
+    running: HashMap<String, usize>,
+    /// Workflows dispatched and not finished: not to be taken again.
+    in_flight: HashSet<String>,
+    summary: ServeSummary,
+}
+
+impl Dispatcher {
+    /// Start as many ready workflows as the queues have room for.
+    fn dispatch(
+        &mut self,
+        config: &ServeConfig,
+        done: &Sender<Finished>,
+    ) -> Result<(), ServeError> {
+        let now = now_millis();
+        for (queue, concurrency) in &config.queues {
+            let busy = self.running.get(queue).copied().unwrap_or(0);
+            let free = concurrency.saturating_sub(busy);
+            if free == 0 {
+                continue;
+            }
+            // Ask for more than the room: some may be in flight already.
+            let limit = (free + busy) as u32;
+            let ready = self.shared.store.ready_workflows(queue, now, limit)?;
+            let fresh: Vec<WorkflowRecord> = ready
+                .into_iter()
+                .filter(|w| !self.in_flight.contains(&w.id))
+                .take(free)
+                .collect();
+            for workflow in fresh {
+                self.start(workflow, done.clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, workflow: WorkflowRecord, done: Sender<Finished>) {
+        *self.running.entry(workflow.queue.clone()).or_default() += 1;
+        self.in_flight.insert(workflow.id.clone());
+        self.summary.started += 1;
+        let shared = Arc::clone(&self.shared);
+        let spawned = thread::Builder::new()
+            .name(format!("workflow {}", workflow.id))
+            .spawn(move || {
+                let finished = Finished {
+                    queue: workflow.queue.clone(),
+                    workflow_id: workflow.id.clone(),
+                    status: execute(&shared, &workflow),
+                };
+                let _ = done.send(finished);
+            });
+        if let Err(error) = spawned {
+            tracing::error!(%error, "cannot start a thread for a workflow");
+        }
+    }
+
+    fn finished(&mut self, finished: Finished) {
+        if let Some(count) = self.running.get_mut(&finished.queue) {
+            *count = count.saturating_sub(1);
+        }
+        self.in_flight.remove(&finished.workflow_id);
+        match finished.status {
+            Some(WorkflowStatus::Completed) => self.summary.completed += 1,
+            Some(WorkflowStatus::Failed) => self.summary.failed += 1,
+            Some(WorkflowStatus::Suspended) => self.summary.suspended += 1,
+            Some(WorkflowStatus::Cancelled) => self.summary.cancelled += 1,
+            Some(WorkflowStatus::Sleeping) => self.summary.slept += 1,
+            _ => {}
+        }
+    }
+
+    /// How long to wait for a run to end before looking again: until the
+    /// next sleeper is due, at most the poll interval.
+    fn wait_time(&self, config: &ServeConfig) -> Result<Duration, ServeError> {
+        let now = now_millis();
+        let mut wait = config.poll_interval;
+        for (queue, _) in &config.queues {
+            if let Some(wake_at) = self.shared.store.next_wake(queue)? {
+                let until = Duration::from_millis(wake_at.saturating_sub(now).max(0) as u64);
+                wait = wait.min(until);
+            }
+        }
+        Ok(wait)
+    }
+}
+
+/// Run `workflow` until it ends, sleeps or stops; its status then (`None`
+/// when it was not run: taken by another process, or an error).
+fn execute(shared: &Shared, workflow: &WorkflowRecord) -> Option<WorkflowStatus> {
+    let id = workflow.id.as_str();
+    let component = match compiled(shared, &workflow.component_sha256) {
+        Ok(component) => component,
+        Err(error) => {
+            tracing::error!(workflow_id = id, %error, "cannot load the workflow's component");
+            return None;
+        }
+    };
+    let grants = workflow
+        .grants
+        .as_deref()
+        .and_then(Grants::from_json)
+        .unwrap_or_default();
+    let run_id = crate::new_run_id();
+    let request = RunRequest {
+        workflow_id: id,
+        component_sha256: &workflow.component_sha256,
+        input: None,
+        run_id: &run_id,
+        leases: Arc::new(Arc::clone(&shared.leases)),
+        unload_sleeps: true,
+        allow_component_change: false,
+        reopen: false,
+        cancel_grace: shared.cancel_grace,
+        grants: None,
+        component: None,
+    };
+    let observer = Box::new(LogObserver);
+    let run = match WorkflowRun::open(
+        Box::new(shared.store.clone()),
+        &request,
+        CrashPlan::none(),
+        observer,
+    ) {
+        Ok(Opened::Ready(run)) => run,
+        Ok(Opened::Finished(record)) => return Some(record.status),
+        // Another process claimed it first: its run, not ours.
+        Err(EngineError::OwnedElsewhere { .. }) => return None,
+        Err(error) => {
+            tracing::error!(workflow_id = id, %error, "cannot open the workflow");
+            return None;
+        }
+    };
+    match workflow.status {
+        WorkflowStatus::Queued => tracing::info!(workflow_id = id, run_id, "started"),
+        WorkflowStatus::Sleeping => tracing::info!(workflow_id = id, run_id, "woke up"),
+        _ => tracing::info!(workflow_id = id, run_id, "taking over"),
+    }
+    match shared.runtime.run(&component, &grants, run) {
+        Ok(report) => {
+            log_report(&report);
+            Some(report.status)
+        }
+        Err(RuntimeError::Engine(EngineError::Stopping { .. })) => {
+            // Shutting down: hand the workflow to whoever comes next.
+            if let Err(error) = shared.store.release_workflow(id, &run_id) {
+                tracing::warn!(workflow_id = id, %error, "cannot release the workflow's lease");
+            }
+            tracing::info!(workflow_id = id, "stopped for shutdown; lease released");
+            None
+        }
+        Err(RuntimeError::Engine(EngineError::OwnedElsewhere { .. })) => None,
+        Err(error) => {
+            tracing::error!(workflow_id = id, %error, "run stopped");
+            None
+        }
+    }
+}
+
+/// The compiled component with `sha256`, compiled from the database's
+/// copy once per server.
+fn compiled(shared: &Shared, sha256: &str) -> Result<WorkflowComponent, ServeError> {
+    if let Some(component) = lock(&shared.components).get(sha256) {
+        return Ok(component.clone());
+    }
+    let bytes = shared.store.component(sha256)?.ok_or_else(|| {
+        StoreError::Backend(format!(
+            "the component with sha256 {sha256} is not in the database; deploy it again"
+        ))
+    })?;
+    let file = ComponentFile::from_bytes(PathBuf::from(format!("component {sha256}")), bytes)?;
+    let component = shared.runtime.compile(&file)?;
+    lock(&shared.components).insert(sha256.to_owned(), component.clone());
+    Ok(component)
+}
+
+fn log_report(report: &RunReport) {
+    let id = report.workflow_id.as_str();
+    match (&report.outcome, report.status) {
+        (_, WorkflowStatus::Sleeping) => {
+            tracing::info!(workflow_id = id, wake_at = report.wake_at, "sleeping")
+        }
+        (Ok(_), status) => tracing::info!(workflow_id = id, %status, "finished"),
+        (Err(error), status) => {
+            tracing::warn!(workflow_id = id, %status, error = %error, "finished")
+        }
+    }
+}
+
+/// Step events as debug logs; takeovers of steps at info.
+struct LogObserver;
+
+impl RunObserver for LogObserver {
+    fn step_event(&mut self, workflow_id: &str, event: &StepEvent) {
+        tracing::debug!(workflow_id, step = %event.key, event = ?event.kind, "step");
+    }
+
+    fn log(&mut self, workflow_id: &str, message: &str) {
+        tracing::info!(workflow_id, message, "workflow log");
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
