@@ -198,7 +198,7 @@ pub enum Command {
 
         /// A run that stops renewing its lease for this long is presumed
         /// dead and may be taken over.
-        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_lease)]
         stale_after: Duration,
 
         /// On SIGTERM, how long runs may take to reach a step boundary.
@@ -217,6 +217,18 @@ pub enum Command {
         /// Log lines as JSON objects instead of text.
         #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
+
+        /// Also serve the HTTP API (JSON; see docs/api.md) on ADDR, e.g.
+        /// 127.0.0.1:8080 (port 0 picks a free port; the log says which).
+        /// Without it there is no API.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+
+        /// Require the token in FILE (its contents, trimmed) on every API
+        /// request, as `Authorization: Bearer TOKEN`. Required when --listen
+        /// is not a loopback address.
+        #[arg(long, value_name = "FILE", requires = "listen")]
+        token_file: Option<PathBuf>,
 
         #[command(flatten)]
         cache: CacheArgs,
@@ -283,7 +295,7 @@ pub struct ExecutionArgs {
 
     /// A run that stops renewing its lease for this long is presumed dead and
     /// may be taken over by another process.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_lease)]
     pub stale_after: Duration,
 
     /// After `durable-host cancel`, how long the workflow may run steps that
@@ -418,14 +430,28 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
                 "s" => 1.0,
                 "m" | "min" => 60.0,
                 "h" => 3600.0,
+                "d" => 86400.0,
                 _ => return None,
             },
         )
     });
+    // Ten years is more than any lease, timeout or grace needs, and keeps
+    // every sum of durations and times far from overflowing.
+    const LONGEST: f64 = 10.0 * 365.0 * 24.0 * 3600.0;
     match seconds {
-        Some(s) if s > 0.0 => Ok(Duration::from_secs_f64(s)),
+        Some(s) if s > 0.0 && s <= LONGEST => Ok(Duration::from_secs_f64(s)),
+        Some(s) if s > LONGEST => Err("too long: at most ten years".to_owned()),
         _ => Err("expected a positive duration with a unit: 500ms, 30s, 5m, 1h".to_owned()),
     }
+}
+
+/// A lease: long enough to be renewed a few times (at least a second).
+fn parse_lease(text: &str) -> Result<Duration, String> {
+    let lease = parse_duration(text)?;
+    if lease < Duration::from_secs(1) {
+        return Err("a lease of less than 1s cannot be renewed in time; use 1s or more".to_owned());
+    }
+    Ok(lease)
 }
 
 fn parse_size(text: &str) -> Result<usize, String> {

@@ -173,6 +173,13 @@ fn runtime_hint(error: &RuntimeError) -> Option<String> {
         RuntimeError::Invalid { .. } => "the file may be truncated or built by an incompatible \
             tool; rebuild it"
             .to_owned(),
+        RuntimeError::WrongWorld { reason, .. } if reason.contains("durable-step@0.1.0") => {
+            "this component was built with durable-sdk 0.1 (contract durable:workflow@0.1.0); \
+             rebuild it with this version's SDK. A workflow it started can be continued by the \
+             rebuilt component with --allow-component-change if its steps are unchanged, or \
+             finished with the durable-host version that started it"
+                .to_owned()
+        }
         RuntimeError::WrongWorld { .. } => "a workflow imports `durable:workflow/durable-step` \
             and exports `run: func(input: string) -> result<string, string>` (the `workflow` \
             world in wit/); in Rust, write it with the durable-sdk crate and `durable_sdk::workflow!`"

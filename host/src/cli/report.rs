@@ -156,7 +156,7 @@ fn step_line(event: &StepEvent) -> String {
         }
         StepEventKind::Interrupted {
             duration, reason, ..
-        } => format!("  failed    {key:<32} {:>9}  {reason}", millis(*duration)),
+        } => format!("  interrupted {key:<30} {:>9}  {reason}", millis(*duration)),
     }
 }
 
@@ -368,6 +368,7 @@ impl<'a> From<&'a StepEvent> for StepJson<'a> {
                 duration,
                 reason,
             } => StepJson {
+                outcome: "interrupted",
                 attempt: Some(*attempt),
                 duration_ms: ms(duration),
                 error: Some(reason),

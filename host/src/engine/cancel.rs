@@ -59,6 +59,19 @@ pub fn cancel_workflow(
 ) -> Result<CancelOutcome, EngineError> {
     let workflow = match store.workflow(id)? {
         None => return Err(StoreError::UnknownWorkflow { id: id.to_owned() }.into()),
+        // Nobody holds a queued, sleeping or suspended workflow: cancel it
+        // here, unless it changed since it was read.
+        Some(workflow)
+            if matches!(
+                workflow.status,
+                WorkflowStatus::Queued | WorkflowStatus::Sleeping | WorkflowStatus::Suspended
+            ) =>
+        {
+            if store.cancel_idle_workflow(id, workflow.status, CANCELLED)? {
+                return Ok(CancelOutcome::Cancelled);
+            }
+            return cancel_workflow(store, id);
+        }
         Some(workflow) if workflow.status != WorkflowStatus::Running => {
             return Ok(CancelOutcome::AlreadyFinished(workflow.status));
         }

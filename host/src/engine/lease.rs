@@ -28,17 +28,32 @@ pub fn this_process() -> Owner {
     static ME: OnceLock<Owner> = OnceLock::new();
     ME.get_or_init(|| {
         let pid = std::process::id();
+        // A /proc mounted for another pid namespace (`unshare --pid`
+        // without `--mount-proc`) shows other processes under our pids:
+        // then nothing it says about pids can prove a death.
+        let own_proc = proc_is_ours();
         Owner {
             pid,
             host: host_name(),
             boot_id: read_trimmed("/proc/sys/kernel/random/boot_id"),
             pid_ns: std::fs::read_link("/proc/self/ns/pid")
                 .ok()
+                .filter(|_| own_proc)
                 .map(|link| link.to_string_lossy().into_owned()),
-            started: process_start(pid),
+            started: own_proc
+                .then(|| std::fs::read_to_string("/proc/self/stat").ok())
+                .flatten()
+                .and_then(|stat| parse_stat(&stat))
+                .map(|(_, started)| started),
         }
     })
     .clone()
+}
+
+/// Whether /proc belongs to our pid namespace: `/proc/self` names our pid.
+fn proc_is_ours() -> bool {
+    std::fs::read_link("/proc/self")
+        .is_ok_and(|link| link.to_string_lossy() == std::process::id().to_string())
 }
 
 fn read_trimmed(path: &str) -> Option<String> {
@@ -71,9 +86,9 @@ fn provably_dead(owner: &Owner, me: &Owner) -> bool {
         return false;
     }
     if owner.pid == me.pid {
-        // This very process: a run of it that ended (a `recover` that moved
-        // on), unless the pid was reused since.
-        return true;
+        // This very process, unless the pid was reused since: its runs may
+        // still be alive (a server runs many), so only the lease speaks.
+        return owner.started.is_some() && me.started.is_some() && owner.started != me.started;
     }
     match (process_state(owner.pid), owner.started) {
         (ProcessState::Gone, _) => true,
@@ -99,15 +114,10 @@ fn process_state(pid: u32) -> ProcessState {
             Some((_, started)) => ProcessState::Running { started },
             None => ProcessState::Unknown,
         },
-        Err(_) if Path::new("/proc/self/stat").exists() => ProcessState::Gone,
+        // Only a missing entry proves the process gone; a read refused
+        // (permissions, no descriptors left) proves nothing.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && proc_is_ours() => ProcessState::Gone,
         Err(_) => ProcessState::Unknown,
-    }
-}
-
-fn process_start(pid: u32) -> Option<i64> {
-    match process_state(pid) {
-        ProcessState::Running { started } => Some(started),
-        _ => None,
     }
 }
 
@@ -304,6 +314,13 @@ impl Drop for Heartbeat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn process_start(pid: u32) -> Option<i64> {
+        match process_state(pid) {
+            ProcessState::Running { started } => Some(started),
+            _ => None,
+        }
+    }
 
     #[test]
     fn this_process_is_running_and_a_reaped_child_is_gone() {

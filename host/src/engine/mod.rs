@@ -293,6 +293,8 @@ enum ClaimKind {
     /// Take over a running workflow from its previous run, which did not finish it.
     TakeOver {
         previous_run: String,
+        /// The lease as read: the claim fails if the owner renewed it since.
+        observed_lease: Millis,
         takeovers: u32,
         progress_mark: u32,
         events: Vec<(&'static str, String)>,
@@ -482,7 +484,7 @@ impl WorkflowRun {
         }
         // Cancelled while its owner was dying: this run hands the
         // cancellation over once it is past the recorded history.
-        run.cancel_requested_at_open = workflow.cancel_requested && !reopening;
+        run.cancel_requested_at_open = workflow.cancel_requested;
         let changed = workflow.component_sha256 != request.component_sha256;
         if changed && !request.allow_component_change {
             return Err(EngineError::ComponentChanged {
@@ -523,6 +525,7 @@ impl WorkflowRun {
             // Picked from its queue, or woken from a sleep: nobody died.
             run.claim = ClaimKind::TakeOver {
                 previous_run: workflow.run_id,
+                observed_lease: workflow.lease_expires_at,
                 takeovers: 0,
                 progress_mark: run.cursor.finished_steps(),
                 events,
@@ -554,6 +557,7 @@ impl WorkflowRun {
         ));
         run.claim = ClaimKind::TakeOver {
             previous_run: workflow.run_id,
+            observed_lease: workflow.lease_expires_at,
             takeovers,
             progress_mark: finished,
             events,
@@ -619,6 +623,7 @@ impl WorkflowRun {
             }),
             ClaimKind::TakeOver {
                 previous_run,
+                observed_lease,
                 takeovers,
                 progress_mark,
                 events,
@@ -629,6 +634,7 @@ impl WorkflowRun {
                     id,
                     &Takeover {
                         previous_run,
+                        observed_lease: *observed_lease,
                         claim: &claim,
                         component_sha256: &self.component_sha256,
                         takeovers: *takeovers,
@@ -686,6 +692,16 @@ impl WorkflowRun {
     /// Stop at a step boundary (or during a durable wait) if the heartbeat
     /// heard that the run must.
     pub fn check_signals(&self) -> Result<(), EngineError> {
+        // The grace period for compensation is over: stop for good (but
+        // replay what an earlier run recorded in time).
+        if let Some(delivered) = self.cancel_delivered_at
+            && !self.is_replaying()
+            && now_millis() >= delivered + self.cancel_grace.as_millis() as Millis
+        {
+            return Err(EngineError::Cancelled {
+                workflow_id: self.workflow_id.clone(),
+            });
+        }
         let Some(lease) = &self.lease else {
             return Ok(());
         };
@@ -702,14 +718,6 @@ impl WorkflowRun {
         }
         if lease.signals().stop_requested() {
             return Err(EngineError::Stopping {
-                workflow_id: self.workflow_id.clone(),
-            });
-        }
-        if let Some(delivered) = self.cancel_delivered_at
-            && now_millis() >= delivered + self.cancel_grace.as_millis() as Millis
-        {
-            // The grace period for compensation is over: stop for good.
-            return Err(EngineError::Cancelled {
                 workflow_id: self.workflow_id.clone(),
             });
         }
@@ -1263,6 +1271,16 @@ mod tests {
         WorkflowRun::open(store, &request, CrashPlan::none(), Box::new(Silent)).unwrap()
     }
 
+    /// Let every lease run out, as if the owners had stopped renewing
+    /// them (died, or froze): a run of this same process is never provably
+    /// dead, so only its lease can end its ownership.
+    fn expire_leases(db: &std::path::Path) {
+        rusqlite::Connection::open(db)
+            .unwrap()
+            .execute("UPDATE workflows SET lease_expires_at = 0", [])
+            .unwrap();
+    }
+
     fn ready(opened: Opened) -> WorkflowRun {
         match opened {
             Opened::Ready(run) => *run,
@@ -1305,6 +1323,7 @@ mod tests {
             StepStart::Execute(_)
         ));
         drop(first); // dies with `b` running
+        expire_leases(&db);
 
         let mut second = ready(open(&db, "r2"));
         assert_eq!(
@@ -1331,6 +1350,7 @@ mod tests {
         let mut first = ready(open(&db, "r1"));
         execute(&mut first, "a", "1");
         drop(first);
+        expire_leases(&db);
         let before = SqliteStore::open(&db).unwrap().steps("wf").unwrap();
 
         let mut second = ready(open(&db, "r2"));
@@ -1349,8 +1369,9 @@ mod tests {
         let StepStart::Execute(b) = first.begin_step("b").unwrap() else {
             panic!("b must execute")
         };
-        // A successor takes over (this process's own dead run) and
-        // completes the workflow.
+        // The first run's lease runs out (it froze); a successor takes over
+        // and completes the workflow.
+        expire_leases(&db);
         let mut second = ready(open(&db, "r2"));
         assert!(matches!(
             second.begin_step("a").unwrap(),

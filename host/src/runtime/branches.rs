@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use super::guest_output::GuestOutput;
 use super::host::Role;
+use super::limits::LimitExceeded;
 use super::{RunLimits, Sandbox, WorkflowComponent, limit_exceeded, trap_reason};
 use crate::bindings::durable_step::{self, RetryPolicy};
-use crate::engine::{EngineError, StepRun, WorkflowRun};
+use crate::engine::{StepRun, WorkflowRun};
 use crate::store::{Failure, Outcome};
 
 /// At most this many branch instances run at once; more branches wait for a
@@ -37,11 +38,12 @@ pub struct BranchJob {
 
 /// What a branch thread asks of the workflow's thread.
 enum Report {
-    /// The branch ended with this outcome.
+    /// The branch ended with this outcome, or was stopped by a limit of
+    /// the run (which is not the branch's answer: it is not recorded).
     Finished {
         index: usize,
         step: StepRun,
-        outcome: Outcome,
+        outcome: Result<Outcome, LimitExceeded>,
     },
     /// An attempt failed: record it; the answer says whether to go on.
     Failed {
@@ -67,13 +69,16 @@ impl BranchRunner {
     }
 
     /// Execute `jobs` concurrently. Every write goes through `run` on this
-    /// thread; `done` hears each branch's outcome once it is recorded.
+    /// thread; `done` hears each branch's outcome once it is recorded. A
+    /// branch stopped by a limit (time, memory) is left unfinished, and the
+    /// run ends with that limit once the other branches are recorded, so
+    /// that a resume with other limits executes it again.
     pub fn run_all(
         &self,
         jobs: Vec<BranchJob>,
         run: &mut WorkflowRun,
         mut done: impl FnMut(usize, Outcome),
-    ) -> Result<(), EngineError> {
+    ) -> wasmtime::Result<()> {
         let workers = jobs.len().min(MAX_BRANCH_THREADS);
         let queue = Mutex::new(jobs.into_iter());
         let (reports, received) = mpsc::channel();
@@ -103,15 +108,22 @@ impl BranchRunner {
                 });
             }
             drop(reports);
+            let mut limit = None;
             for report in received {
                 match report {
                     Report::Finished {
                         index,
                         step,
-                        outcome,
+                        outcome: Ok(outcome),
                     } => {
                         run.finish_step(step.key.as_str(), outcome.clone())?;
                         done(index, outcome);
+                    }
+                    Report::Finished {
+                        outcome: Err(exceeded),
+                        ..
+                    } => {
+                        limit.get_or_insert(exceeded);
                     }
                     Report::Failed {
                         step,
@@ -132,7 +144,10 @@ impl BranchRunner {
                     }
                 }
             }
-            Ok(())
+            match limit {
+                Some(exceeded) => Err(exceeded.into()),
+                None => Ok(()),
+            }
         })
     }
 
@@ -144,12 +159,15 @@ impl BranchRunner {
         mut step: StepRun,
         job: &BranchJob,
         reports: &Sender<Report>,
-    ) -> Option<(StepRun, Outcome)> {
+    ) -> Option<(StepRun, Result<Outcome, LimitExceeded>)> {
         loop {
-            let outcome = self.run_one(&step, job);
+            let outcome = match self.run_one(&step, job) {
+                Ok(outcome) => outcome,
+                Err(limit) => return Some((step, Err(limit))),
+            };
             let retry = match (&outcome, &job.retry) {
                 (Err(_), Some(policy)) if step.failures + 1 < policy.max_attempts => policy,
-                _ => return Some((step, outcome)),
+                _ => return Some((step, Ok(outcome))),
             };
             let error = outcome.err().map(|f| f.to_string()).unwrap_or_default();
             let backoff = backoff_before(retry, step.failures + 2);
@@ -178,29 +196,33 @@ impl BranchRunner {
         }
     }
 
-    /// Run one attempt of a branch to its outcome; a trap fails this branch
-    /// only.
-    fn run_one(&self, step: &StepRun, job: &BranchJob) -> Outcome {
+    /// Run one attempt of a branch to its outcome (a trap fails this
+    /// branch only), or to the limit of the run that stopped it.
+    fn run_one(&self, step: &StepRun, job: &BranchJob) -> Result<Outcome, LimitExceeded> {
         let output = GuestOutput::default();
-        let wasi = self
-            .sandbox
-            .wasi_ctx(&output)
-            .map_err(|e| Failure::new(e.to_string()))?;
+        let wasi = match self.sandbox.wasi_ctx(&output) {
+            Ok(wasi) => wasi,
+            Err(e) => return Ok(Err(Failure::new(e.to_string()))),
+        };
         let pre = &self.component.pre;
         let mut store = self.limits.store(pre.engine(), wasi, Role::Branch);
-        let workflow = pre
-            .instantiate(&mut store)
-            .map_err(|e| match limit_exceeded(&e) {
-                Some(limit) => Failure::new(limit.to_string()),
-                None => Failure::new(format!("cannot start an instance for the branch: {e}")),
-            })?;
+        let workflow = match pre.instantiate(&mut store) {
+            Ok(workflow) => workflow,
+            Err(e) => match limit_exceeded(&e) {
+                Some(limit) => return Err(limit),
+                None => {
+                    let reason = format!("cannot start an instance for the branch: {e}");
+                    return Ok(Err(Failure::new(reason)));
+                }
+            },
+        };
         let run = durable_step::StepRun::from(step);
         match workflow.call_run_branch(&mut store, &job.entry, &run, &job.input) {
-            Ok(outcome) => outcome.map_err(Failure::from),
-            Err(trap) => Err(Failure::new(match limit_exceeded(&trap) {
-                Some(limit) => limit.to_string(),
-                None => trap_reason(&trap, &output),
-            })),
+            Ok(outcome) => Ok(outcome.map_err(Failure::from)),
+            Err(trap) => match limit_exceeded(&trap) {
+                Some(limit) => Err(limit),
+                None => Ok(Err(Failure::new(trap_reason(&trap, &output)))),
+            },
         }
     }
 }

@@ -59,6 +59,22 @@ impl Grants {
             timeout_ms: timeout.map(|t| t.as_millis() as u64),
             max_memory,
         }
+        .normalized()
+    }
+
+    /// The same grants in a canonical form: directories and variables in
+    /// order, paths without `.` or trailing `/`, so that equal grants
+    /// compare equal however they were written.
+    fn normalized(mut self) -> Self {
+        for dir in &mut self.dirs {
+            dir.host = dir.host.components().collect();
+        }
+        self.dirs
+            .sort_by(|a, b| (&a.guest, &a.host).cmp(&(&b.guest, &b.host)));
+        self.dirs.dedup();
+        self.env.sort();
+        self.env.dedup();
+        self
     }
 
     /// Nothing granted and no limits: what a command line that names no
@@ -93,7 +109,9 @@ impl Grants {
     /// The recorded grants, or `None` for a workflow recorded before grants
     /// were (or with grants this build cannot read).
     pub fn from_json(json: &str) -> Option<Self> {
-        serde_json::from_str(json).ok()
+        serde_json::from_str::<Self>(json)
+            .ok()
+            .map(Self::normalized)
     }
 
     /// Check `given` (from a command line) against what `workflow_id` was
@@ -103,9 +121,10 @@ impl Grants {
         recorded: Option<&Self>,
         given: Self,
     ) -> Result<Self, GrantsError> {
-        match recorded {
+        let given = given.normalized();
+        match recorded.map(|r| r.clone().normalized()) {
             None => Ok(given),
-            Some(recorded) if given.is_empty() || given == *recorded => Ok(recorded.clone()),
+            Some(recorded) if given.is_empty() || given == recorded => Ok(recorded),
             Some(recorded) => Err(GrantsError {
                 workflow_id: workflow_id.to_owned(),
                 differences: recorded.differences(&given),
@@ -226,6 +245,38 @@ mod tests {
             !text.contains("eu") && !text.contains("us\""),
             "values stay out of messages: {text}"
         );
+    }
+
+    #[test]
+    fn the_order_and_spelling_of_grants_do_not_matter() {
+        let recorded = Grants::new(
+            &Sandbox {
+                dirs: vec![dir("/d1", "/a"), dir("/d2/", "/b")],
+                env: vec![("B".into(), "2".into()), ("A".into(), "1".into())],
+            },
+            None,
+            None,
+        );
+        let given = Grants::new(
+            &Sandbox {
+                dirs: vec![dir("/d2", "/b"), dir("/./d1", "/a")],
+                env: vec![("A".into(), "1".into()), ("B".into(), "2".into())],
+            },
+            None,
+            None,
+        );
+        assert_eq!(
+            Grants::for_resume("wf", Some(&recorded), given).unwrap(),
+            recorded
+        );
+    }
+
+    fn dir(host: &str, guest: &str) -> DirGrant {
+        DirGrant {
+            host: PathBuf::from(host),
+            guest: guest.to_owned(),
+            read_only: false,
+        }
     }
 
     #[test]

@@ -219,6 +219,7 @@ impl CheckpointStore for GroupCommitStore {
     fn claim_workflow(&self, id: &str, takeover: &Takeover<'_>) -> Result<(), StoreError> {
         owned!(id);
         let previous = takeover.previous_run.to_owned();
+        let observed_lease = takeover.observed_lease;
         let claim = OwnedClaim::of(takeover.claim);
         let sha = takeover.component_sha256.to_owned();
         let (takeovers, progress_mark) = (takeover.takeovers, takeover.progress_mark);
@@ -236,6 +237,7 @@ impl CheckpointStore for GroupCommitStore {
                 &id,
                 &Takeover {
                     previous_run: &previous,
+                    observed_lease,
                     claim: &claim.borrow(),
                     component_sha256: &sha,
                     takeovers,
@@ -353,6 +355,18 @@ impl CheckpointStore for GroupCommitStore {
         owned!(id, run_id);
         self.submit(true, move |store| {
             store.sleep_workflow(&id, &run_id, wake_at)
+        })
+    }
+
+    fn cancel_idle_workflow(
+        &self,
+        id: &str,
+        status: WorkflowStatus,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        owned!(id, reason);
+        self.submit(true, move |store| {
+            store.cancel_idle_workflow(&id, status, &reason)
         })
     }
 

@@ -343,6 +343,9 @@ pub struct NewWorkflow<'a> {
 #[derive(Debug, Clone)]
 pub struct Takeover<'a> {
     pub previous_run: &'a str,
+    /// The lease as the run read it: the claim fails if it changed since
+    /// (the owner was alive after all and renewed it).
+    pub observed_lease: Millis,
     pub claim: &'a Claim<'a>,
     /// The component the workflow continues on (a change is recorded as an event).
     pub component_sha256: &'a str,
@@ -545,6 +548,15 @@ pub trait CheckpointStore: Send {
     /// Unload running workflow `id` of `run_id` until `wake_at`: it becomes
     /// `sleeping`, owned by nobody.
     fn sleep_workflow(&self, id: &str, run_id: &str, wake_at: Millis) -> Result<(), StoreError>;
+
+    /// Cancel workflow `id`, which nobody holds, provided it is still in
+    /// `status` (queued, sleeping or suspended); `false` if it changed.
+    fn cancel_idle_workflow(
+        &self,
+        id: &str,
+        status: WorkflowStatus,
+        reason: &str,
+    ) -> Result<bool, StoreError>;
 
     /// Give up `run_id`'s lease on running workflow `id` (a graceful
     /// shutdown): another process may take it over at once.

@@ -251,6 +251,14 @@ impl SqliteStore {
         mut body: impl FnMut(&Connection) -> rusqlite::Result<Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let fail = |e| self.explain(store_error(e));
+        // A failed write (disk full, I/O) may make SQLite roll the whole
+        // batch back; then a savepoint would open a transaction of its own
+        // that commits at once, while its caller hears the batch failed.
+        if self.conn.is_autocommit() {
+            return Err(StoreError::Backend(
+                "the batch this write belonged to was rolled back by an earlier failure".to_owned(),
+            ));
+        }
         self.conn.execute_batch("SAVEPOINT write").map_err(fail)?;
         let result = body(&self.conn);
         let end = match &result {
@@ -478,7 +486,7 @@ impl CheckpointStore for SqliteStore {
                          lease_expires_at = ?6, component_sha256 = ?7, updated_at = ?8,
                          owner_boot = ?9, owner_pid_ns = ?10, owner_started = ?11,
                          takeovers = ?12, progress_mark = ?13, status = 'running', wake_at = NULL
-                     WHERE id = ?1 AND run_id = ?2
+                     WHERE id = ?1 AND run_id = ?2 AND lease_expires_at = ?14
                        AND status IN ('running', 'queued', 'sleeping')",
                 )?
                 .execute(params![
@@ -495,6 +503,7 @@ impl CheckpointStore for SqliteStore {
                     owner.started,
                     takeover.takeovers,
                     takeover.progress_mark,
+                    takeover.observed_lease,
                 ])?;
             if claimed == 0 {
                 return Ok(Err(lost_ownership(tx, id)?));
@@ -517,7 +526,7 @@ impl CheckpointStore for SqliteStore {
                          error_code = NULL,
                          run_id = ?3, owner_pid = ?4, owner_host = ?5, lease_expires_at = ?6,
                          updated_at = ?7, owner_boot = ?8, owner_pid_ns = ?9, owner_started = ?10,
-                         takeovers = 0, cancel_requested = 0, component_sha256 = ?11,
+                         takeovers = 0, component_sha256 = ?11,
                          grants = coalesce(?12, grants)
                      WHERE id = ?1 AND run_id = ?2 AND status IN ('failed', 'suspended')",
                 )?
@@ -776,6 +785,28 @@ impl CheckpointStore for SqliteStore {
         })
     }
 
+    fn cancel_idle_workflow(
+        &self,
+        id: &str,
+        status: WorkflowStatus,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let now = now_millis();
+        self.write(|tx| {
+            let cancelled = tx
+                .prepare_cached(
+                    "UPDATE workflows SET status = 'cancelled', error = ?3, error_code = NULL,
+                         output = NULL, wake_at = NULL, cancel_requested = 1, updated_at = ?4
+                     WHERE id = ?1 AND status = ?2 AND status IN ('queued', 'sleeping', 'suspended')",
+                )?
+                .execute(params![id, status.as_str(), reason, now])?;
+            if cancelled == 1 {
+                insert_event(tx, id, "", "cancelled", &format!("while {status}"), now)?;
+            }
+            Ok(Ok(cancelled == 1))
+        })
+    }
+
     fn release_workflow(&self, id: &str, run_id: &str) -> Result<(), StoreError> {
         self.write(|tx| {
             tx.prepare_cached(
@@ -905,7 +936,7 @@ impl CheckpointStore for SqliteStore {
                  ON CONFLICT (workflow_id, step_key) DO UPDATE SET
                      attempts = excluded.attempts, run_id = excluded.run_id,
                      started_at = excluded.started_at
-                 WHERE steps.status = 'running'",
+                 WHERE steps.status = 'running' AND excluded.attempts > steps.attempts",
             )?;
             for step in steps {
                 if step.attempt > 1 {
@@ -926,8 +957,8 @@ impl CheckpointStore for SqliteStore {
                 ])?;
                 if written == 0 {
                     return Ok(Err(StoreError::Backend(format!(
-                        "step {} of workflow {workflow_id} is already recorded as finished; \
-                         this run's view of the history is out of date",
+                        "step {} of workflow {workflow_id} was recorded by another run since this \
+                         one read the history (finished, or begun again)",
                         step.key
                     ))));
                 }

@@ -159,9 +159,38 @@ pub const MIGRATIONS: &[(i64, &str)] = &[(
     CREATE INDEX workflows_leases ON workflows (lease_expires_at) WHERE status = 'running';
     ALTER TABLE steps ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE steps ADD COLUMN error_code TEXT;
+    -- (Databases from the first version 1 builds had no step_attempts.)
+    CREATE TABLE IF NOT EXISTS step_attempts (
+        workflow_id TEXT NOT NULL,
+        step_key    TEXT NOT NULL,
+        attempt     INTEGER NOT NULL,
+        error       TEXT NOT NULL,
+        run_id      TEXT NOT NULL,
+        ended_at    INTEGER NOT NULL,
+        PRIMARY KEY (workflow_id, step_key, attempt)
+    ) WITHOUT ROWID;
     ALTER TABLE step_attempts ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE step_attempts ADD COLUMN backoff_ms INTEGER;
     UPDATE step_attempts SET interrupted = 1 WHERE error LIKE 'interrupted:%';
+    -- Version 1 failed a workflow and the step it was in when the guest
+    -- trapped or hit a limit; now the step stays unfinished (so `resume`
+    -- executes it again) and a trap suspends the workflow.
+    INSERT OR IGNORE INTO step_attempts
+        (workflow_id, step_key, attempt, error, run_id, ended_at, interrupted)
+    SELECT s.workflow_id, s.step_key, s.attempts, s.error, s.run_id,
+           coalesce(s.finished_at, s.started_at), 1
+    FROM steps s JOIN workflows w ON w.id = s.workflow_id
+    WHERE w.status = 'failed' AND s.status = 'failed' AND s.error = w.error
+      AND (w.error LIKE 'guest panicked%' OR w.error LIKE 'guest trapped%'
+           OR w.error LIKE 'guest stopped%');
+    UPDATE steps SET status = 'running', error = NULL, finished_at = NULL
+    WHERE status = 'failed' AND EXISTS (
+        SELECT 1 FROM workflows w WHERE w.id = steps.workflow_id AND w.status = 'failed'
+            AND w.error = steps.error
+            AND (w.error LIKE 'guest panicked%' OR w.error LIKE 'guest trapped%'
+                 OR w.error LIKE 'guest stopped%'));
+    UPDATE workflows SET status = 'suspended'
+    WHERE status = 'failed' AND (error LIKE 'guest panicked%' OR error LIKE 'guest trapped%');
     CREATE TABLE workflow_events (
         workflow_id TEXT NOT NULL,
         at          INTEGER NOT NULL,
