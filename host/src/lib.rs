@@ -15,9 +15,11 @@
 //! - [`control`]: what clients do without running workflows (deploy,
 //!   submit, wait, cancel); the CLI and the HTTP API both use it.
 //! - [`scheduler`]: `serve`'s queues, claiming, timers and recovery.
+//! - [`api`]: `serve`'s HTTP API (axum, OpenAPI), a client of [`control`].
 //!
 //! The `durable-host` binary adds the command line on top.
 
+pub mod api;
 pub mod bindings;
 pub mod control;
 pub mod engine;

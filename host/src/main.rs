@@ -77,6 +77,8 @@ fn main() -> ExitCode {
             cancel_grace,
             poll_interval,
             log_format,
+            listen,
+            token_file,
             cache,
         } => cli::serve::serve(
             db,
@@ -88,6 +90,8 @@ fn main() -> ExitCode {
                 cancel_grace,
                 poll_interval,
                 json_logs: log_format == "json",
+                listen,
+                token_file,
                 cache,
             },
         ),

@@ -3,7 +3,7 @@
 //! rules live in `durable_host::control` and `durable_host::scheduler`.
 
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use durable_host::api::{self, ApiConfig};
 use durable_host::control::{self, DEFAULT_QUEUE, Submission};
 use durable_host::runtime::{ComponentFile, Runtime, RuntimeConfig};
 use durable_host::scheduler::{self, ServeConfig};
@@ -170,6 +171,10 @@ pub struct ServeArgs {
     pub cancel_grace: Duration,
     pub poll_interval: Duration,
     pub json_logs: bool,
+    /// Serve the HTTP API on this address.
+    pub listen: Option<String>,
+    /// The API's bearer token is in this file.
+    pub token_file: Option<PathBuf>,
     pub cache: CacheArgs,
 }
 
@@ -188,8 +193,21 @@ pub fn serve(db: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
             None => queues.push((name, concurrency)),
         }
     }
+    // Checked before the database is opened: a refusal leaves nothing behind.
+    let api_config = match &args.listen {
+        Some(listen) => Some(ApiConfig::new(
+            listen,
+            args.token_file.as_deref(),
+            args.cache.cache(),
+        )?),
+        None => None,
+    };
     let store = GroupCommitStore::open(db)?;
-    let summary = scheduler::serve(
+    let api = match api_config {
+        Some(config) => Some(api::start(store.clone(), config, Arc::clone(&shutdown))?),
+        None => None,
+    };
+    let served = scheduler::serve(
         store,
         &ServeConfig {
             queues,
@@ -200,7 +218,11 @@ pub fn serve(db: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
             cache: args.cache.cache(),
         },
         shutdown,
-    )?;
+    );
+    if let Some(api) = api {
+        api.shutdown();
+    }
+    let summary = served?;
     tracing::info!(
         started = summary.started,
         completed = summary.completed,

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -34,19 +35,19 @@ impl SharedLeases {
         })
     }
 
-    /// Renew every armed lease a few times per lease, until `done`.
+    /// Renew every armed lease a few times per lease, until `stop` is
+    /// dropped (or sent to).
     pub fn start_renewing(
         self: &Arc<Self>,
         store: Box<dyn CheckpointStore>,
-        done: Arc<AtomicBool>,
+        stop: Receiver<()>,
     ) -> JoinHandle<()> {
         let leases = Arc::clone(self);
         thread::Builder::new()
             .name("leases".to_owned())
             .spawn(move || {
                 let interval = renewal_interval(leases.stale_after);
-                while !done.load(Ordering::Relaxed) {
-                    thread::sleep(interval);
+                while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(interval) {
                     if let Err(error) = leases.renew(store.as_ref()) {
                         // The next round tries again; a lease outlives a few.
                         tracing::warn!(%error, "renewing leases failed");

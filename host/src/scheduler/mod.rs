@@ -18,7 +18,7 @@ pub mod leases;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -26,12 +26,14 @@ use std::time::{Duration, Instant};
 
 use crate::engine::{
     CrashPlan, EngineError, Opened, RunObserver, RunReport, RunRequest, StepEvent, WorkflowRun,
+    owner_alive, this_process,
 };
 use crate::runtime::{
     ComponentCache, ComponentFile, Grants, Runtime, RuntimeConfig, RuntimeError, WorkflowComponent,
 };
 use crate::store::{
-    CheckpointStore, GroupCommitStore, StoreError, WorkflowRecord, WorkflowStatus, now_millis,
+    CheckpointStore, GroupCommitStore, Millis, StoreError, WorkflowRecord, WorkflowStatus,
+    now_millis,
 };
 use leases::SharedLeases;
 
@@ -89,8 +91,8 @@ pub fn serve(
         cache: config.cache.clone(),
     })?;
     let leases = SharedLeases::new(config.stale_after);
-    let renewals_done = Arc::new(AtomicBool::new(false));
-    let renewer = leases.start_renewing(Box::new(store.clone()), Arc::clone(&renewals_done));
+    let (stop_renewing, renewals_stopped) = mpsc::channel::<()>();
+    let renewer = leases.start_renewing(Box::new(store.clone()), renewals_stopped);
     let shared = Arc::new(Shared {
         store,
         runtime,
@@ -102,6 +104,9 @@ pub fn serve(
         shared: Arc::clone(&shared),
         running: HashMap::new(),
         in_flight: HashSet::new(),
+        // At start: scan at once.
+        last_orphan_scan: Instant::now() - ORPHAN_SCAN,
+        workers: Workers::new(),
         summary: ServeSummary::default(),
     };
     let (done_tx, done_rx) = mpsc::channel::<Finished>();
@@ -145,7 +150,7 @@ pub fn serve(
             "shutdown grace over: runs still in a step are left to their leases"
         );
     }
-    renewals_done.store(true, Ordering::Relaxed);
+    drop(stop_renewing);
     let _ = renewer.join();
     if dispatcher.summary.abandoned == 0 {
         shared.store.close();
@@ -176,8 +181,14 @@ struct Dispatcher {
     running: HashMap<String, usize>,
     /// Workflows dispatched and not finished: not to be taken again.
     in_flight: HashSet<String>,
+    /// When workflows of dead owners of this host were last looked for.
+    last_orphan_scan: Instant,
+    workers: Workers,
     summary: ServeSummary,
 }
+
+/// How often to look for workflows whose owner died on this host.
+const ORPHAN_SCAN: Duration = Duration::from_secs(1);
 
 impl Dispatcher {
     /// Start as many ready workflows as the queues have room for.
@@ -195,7 +206,10 @@ impl Dispatcher {
             }
             // Ask for more than the room: some may be in flight already.
             let limit = (free + busy) as u32;
-            let ready = self.shared.store.ready_workflows(queue, now, limit)?;
+            let mut ready = self.shared.store.ready_workflows(queue, now, limit)?;
+            if self.last_orphan_scan.elapsed() >= ORPHAN_SCAN {
+                ready.extend(self.orphans(queue, now, limit)?);
+            }
             let fresh: Vec<WorkflowRecord> = ready
                 .into_iter()
                 .filter(|w| !self.in_flight.contains(&w.id))
@@ -205,7 +219,33 @@ impl Dispatcher {
                 self.start(workflow, done.clone());
             }
         }
+        if self.last_orphan_scan.elapsed() >= ORPHAN_SCAN {
+            self.last_orphan_scan = Instant::now();
+        }
         Ok(())
+    }
+
+    /// Running workflows of `queue` whose lease still runs but whose owner
+    /// is a process of this host that is provably dead (a server killed
+    /// here): taken over at once rather than after their lease.
+    fn orphans(
+        &self,
+        queue: &str,
+        now: Millis,
+        limit: u32,
+    ) -> Result<Vec<WorkflowRecord>, ServeError> {
+        let me = this_process();
+        let Some(boot_id) = &me.boot_id else {
+            return Ok(Vec::new());
+        };
+        let running = self
+            .shared
+            .store
+            .running_on_host(queue, &me.host, boot_id, now, limit)?;
+        Ok(running
+            .into_iter()
+            .filter(|w| !self.in_flight.contains(&w.id) && !owner_alive(w, now))
+            .collect())
     }
 
     fn start(&mut self, workflow: WorkflowRecord, done: Sender<Finished>) {
@@ -213,19 +253,14 @@ impl Dispatcher {
         self.in_flight.insert(workflow.id.clone());
         self.summary.started += 1;
         let shared = Arc::clone(&self.shared);
-        let spawned = thread::Builder::new()
-            .name(format!("workflow {}", workflow.id))
-            .spawn(move || {
-                let finished = Finished {
-                    queue: workflow.queue.clone(),
-                    workflow_id: workflow.id.clone(),
-                    status: execute(&shared, &workflow),
-                };
-                let _ = done.send(finished);
-            });
-        if let Err(error) = spawned {
-            tracing::error!(%error, "cannot start a thread for a workflow");
-        }
+        self.workers.run(Box::new(move || {
+            let finished = Finished {
+                queue: workflow.queue.clone(),
+                workflow_id: workflow.id.clone(),
+                status: execute(&shared, &workflow),
+            };
+            let _ = done.send(finished);
+        }));
     }
 
     fn finished(&mut self, finished: Finished) {
@@ -255,6 +290,59 @@ impl Dispatcher {
             }
         }
         Ok(wait)
+    }
+}
+
+/// Threads that run workflows: started when all are busy, kept for the
+/// next workflow (a thread per workflow would map and unmap a stack each
+/// time, which costs every core a TLB flush). There are never more than the
+/// workflows in flight, which the queues' concurrency bounds.
+struct Workers {
+    jobs: Sender<Job>,
+    next: Arc<Mutex<mpsc::Receiver<Job>>>,
+    idle: Arc<AtomicUsize>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+impl Workers {
+    fn new() -> Self {
+        let (jobs, next) = mpsc::channel();
+        Self {
+            jobs,
+            next: Arc::new(Mutex::new(next)),
+            idle: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn run(&self, job: Job) {
+        // Claim an idle worker, or start one.
+        let claimed = self
+            .idle
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |idle| {
+                idle.checked_sub(1)
+            })
+            .is_ok();
+        if !claimed {
+            let (next, idle) = (Arc::clone(&self.next), Arc::clone(&self.idle));
+            let spawned = thread::Builder::new()
+                .name("workflow".to_owned())
+                .spawn(move || {
+                    loop {
+                        let job = lock(&next).recv();
+                        match job {
+                            Ok(job) => job(),
+                            // The server is done with its workers.
+                            Err(_) => break,
+                        }
+                        idle.fetch_add(1, Ordering::AcqRel);
+                    }
+                });
+            if let Err(error) = spawned {
+                tracing::error!(%error, "cannot start a thread to run workflows");
+            }
+        }
+        let _ = self.jobs.send(job);
     }
 }
 

@@ -347,6 +347,17 @@ impl CheckpointStore for GroupCommitStore {
         self.read(|store| store.ready_workflows(queue, now, limit))
     }
 
+    fn running_on_host(
+        &self,
+        queue: &str,
+        host: &str,
+        boot_id: &str,
+        now: Millis,
+        limit: u32,
+    ) -> Result<Vec<WorkflowRecord>, StoreError> {
+        self.read(|store| store.running_on_host(queue, host, boot_id, now, limit))
+    }
+
     fn next_wake(&self, queue: &str) -> Result<Option<Millis>, StoreError> {
         self.read(|store| store.next_wake(queue))
     }

@@ -542,6 +542,18 @@ pub trait CheckpointStore: Send {
         limit: u32,
     ) -> Result<Vec<WorkflowRecord>, StoreError>;
 
+    /// Running workflows of `queue` whose lease still runs, owned by
+    /// processes of `host` in boot `boot_id`: those whose owner this host can
+    /// prove dead are taken over without waiting for their lease.
+    fn running_on_host(
+        &self,
+        queue: &str,
+        host: &str,
+        boot_id: &str,
+        now: Millis,
+        limit: u32,
+    ) -> Result<Vec<WorkflowRecord>, StoreError>;
+
     /// The earliest time a sleeping workflow of `queue` is due, if any.
     fn next_wake(&self, queue: &str) -> Result<Option<Millis>, StoreError>;
 

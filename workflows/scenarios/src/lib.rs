@@ -76,6 +76,8 @@ fn scenarios(ctx: &Context, input: Input) -> Result<Value, Error> {
         "plan_branch" => plan_branch(ctx, input.items, input.backoff_ms, input.plan),
         "logs" => logs(ctx),
         "big_steps" => big_steps(ctx, input.items, input.kib),
+        "keyed" => keyed_steps(ctx, input.items, input.sleep_ms),
+        "keyed_sleep" => keyed_sleep(ctx, input.sleep_ms),
         other => Err(durable_sdk::error!("unknown scenario `{other}`")),
     }
 }
@@ -677,4 +679,50 @@ fn big_steps(ctx: &Context, items: u32, kib: u32) -> Result<Value, Error> {
         total += value.len();
     }
     Ok(json!(total))
+}
+
+/// Appends the current step's idempotency key (`<workflow id>/<step key>`)
+/// to `/ledger/keyed.log`, in one write: many workflows (of one `serve` or
+/// several) can share the ledger and still be told apart.
+fn keyed_effect() -> Result<(), Error> {
+    let Some(step) = current_step() else {
+        return Err(durable_sdk::error!("keyed_effect() called outside a step"));
+    };
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open("/ledger/keyed.log")?;
+    log.write_all(format!("{}\n", step.idempotency_key).as_bytes())?;
+    Ok(())
+}
+
+/// `items` steps `k`, each sleeping `sleep_ms` in its body before it
+/// records its keyed effect (so a kill in the body leaves no effect).
+fn keyed_steps(ctx: &Context, items: u32, sleep_ms: u64) -> Result<Value, Error> {
+    let mut sum = 0u64;
+    for i in 0..items {
+        sum += ctx.step("k", || {
+            if sleep_ms > 0 {
+                std::thread::sleep(Duration::from_millis(sleep_ms));
+            }
+            keyed_effect()?;
+            Ok(u64::from(i))
+        })?;
+    }
+    Ok(json!({ "workflow_id": ctx.workflow_id(), "sum": sum }))
+}
+
+/// A keyed step `before`, a durable sleep of `sleep_ms`, a keyed step
+/// `after`: long sleeps unload the workflow under `serve`.
+fn keyed_sleep(ctx: &Context, sleep_ms: u64) -> Result<Value, Error> {
+    ctx.step("before", || {
+        keyed_effect()?;
+        Ok(1)
+    })?;
+    ctx.sleep(Duration::from_millis(sleep_ms))?;
+    ctx.step("after", || {
+        keyed_effect()?;
+        Ok(2)
+    })?;
+    Ok(json!({ "workflow_id": ctx.workflow_id(), "slept_ms": sleep_ms }))
 }

@@ -40,6 +40,9 @@ const WORKFLOW_COLUMNS: &str = "id, component_sha256, input, status, output, err
 /// How many columns [`WORKFLOW_COLUMNS`] selects.
 const WORKFLOW_COLUMN_COUNT: usize = 23;
 
+/// Prepared statements kept per connection.
+const STATEMENT_CACHE: usize = 96;
+
 /// How long SQLite itself waits for a lock before reporting `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Retries on top of the busy timeout, for the busy cases SQLite does not wait on.
@@ -57,6 +60,8 @@ pub struct SqliteStore {
     identity: FileIdentity,
     /// Writes are savepoints of a batch: see [`SqliteStore::begin_batch`].
     in_batch: std::cell::Cell<bool>,
+    /// The connection's `synchronous` level, to set it only when it changes.
+    synchronous: std::cell::Cell<&'static str>,
 }
 
 /// Device and inode of a file.
@@ -111,6 +116,7 @@ impl SqliteStore {
             path: path.to_owned(),
             identity,
             in_batch: std::cell::Cell::new(false),
+            synchronous: std::cell::Cell::new("FULL"),
         };
         store.configure().map_err(|e| store.explain(e))?;
         Ok(store)
@@ -136,6 +142,10 @@ impl SqliteStore {
 
     fn configure(&self) -> Result<(), StoreError> {
         self.conn.busy_timeout(BUSY_TIMEOUT).map_err(store_error)?;
+        // Room for every statement the store uses: a statement pushed out
+        // of the cache is parsed again on its next use.
+        self.conn
+            .set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         self.read(|| {
             // journal_mode returns the mode it ended up in: a read-only file
             // cannot switch to WAL, and anything else would break our promises.
@@ -259,13 +269,12 @@ impl SqliteStore {
                 "the batch this write belonged to was rolled back by an earlier failure".to_owned(),
             ));
         }
-        self.conn.execute_batch("SAVEPOINT write").map_err(fail)?;
+        self.execute_cached("SAVEPOINT write").map_err(fail)?;
         let result = body(&self.conn);
-        let end = match &result {
-            Ok(Ok(_)) => "RELEASE write",
-            _ => "ROLLBACK TO write; RELEASE write",
-        };
-        self.conn.execute_batch(end).map_err(fail)?;
+        if !matches!(result, Ok(Ok(_))) {
+            self.execute_cached("ROLLBACK TO write").map_err(fail)?;
+        }
+        self.execute_cached("RELEASE write").map_err(fail)?;
         result.map_err(fail)?
     }
 
@@ -276,7 +285,7 @@ impl SqliteStore {
     pub(crate) fn begin_batch(&self, flush: bool) -> Result<(), StoreError> {
         self.check_identity()?;
         self.set_synchronous(if flush { "FULL" } else { "NORMAL" })?;
-        self.read(|| self.conn.execute_batch("BEGIN IMMEDIATE"))?;
+        self.read(|| self.execute_cached("BEGIN IMMEDIATE"))?;
         self.in_batch.set(true);
         Ok(())
     }
@@ -285,7 +294,7 @@ impl SqliteStore {
     /// the commit fails).
     pub(crate) fn commit_batch(&self) -> Result<(), StoreError> {
         self.in_batch.set(false);
-        let committed = self.read(|| self.conn.execute_batch("COMMIT"));
+        let committed = self.read(|| self.execute_cached("COMMIT"));
         if committed.is_err() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
@@ -308,10 +317,22 @@ impl SqliteStore {
         Ok(value)
     }
 
-    fn set_synchronous(&self, level: &str) -> Result<(), StoreError> {
+    fn set_synchronous(&self, level: &'static str) -> Result<(), StoreError> {
+        if self.synchronous.get() == level {
+            return Ok(());
+        }
         self.conn
             .pragma_update(None, "synchronous", level)
-            .map_err(|e| self.explain(store_error(e)))
+            .map_err(|e| self.explain(store_error(e)))?;
+        self.synchronous.set(level);
+        Ok(())
+    }
+
+    /// Run a statement without parameters from the statement cache (no
+    /// parsing after the first time).
+    fn execute_cached(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn.prepare_cached(sql)?.execute([])?;
+        Ok(())
     }
 
     /// Inside a write: `Ok(())` while `run_id` owns running workflow `id`,
@@ -755,6 +776,27 @@ impl CheckpointStore for SqliteStore {
                      ) LIMIT ?3"
                 ))?
                 .query_map(params![queue, now, limit], workflow_from_row)?
+                .collect()
+        })
+    }
+
+    fn running_on_host(
+        &self,
+        queue: &str,
+        host: &str,
+        boot_id: &str,
+        now: Millis,
+        limit: u32,
+    ) -> Result<Vec<WorkflowRecord>, StoreError> {
+        self.read(|| {
+            self.conn
+                .prepare_cached(&format!(
+                    "SELECT {WORKFLOW_COLUMNS} FROM workflows
+                     WHERE status = 'running' AND lease_expires_at >= ?4 AND queue = ?1
+                       AND owner_host = ?2 AND owner_boot = ?3
+                     ORDER BY lease_expires_at LIMIT ?5"
+                ))?
+                .query_map(params![queue, host, boot_id, now, limit], workflow_from_row)?
                 .collect()
         })
     }

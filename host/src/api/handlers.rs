@@ -1,0 +1,597 @@
+//! The endpoints. Each reads its request, hands the work to the
+//! synchronous library layer ([`crate::control`], the store) on tokio's
+//! blocking pool, and turns the answer into JSON. The rules about
+//! workflows are the library's, shared with the command line; only the
+//! wire's own live here (pages, waits, body limits, content types).
+
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use super::model::{
+    CancelState, Cancelled, ComponentBytes, DeployParams, DeploymentList, DeploymentView,
+    DeploymentsParams, ErrorBody, EventView, Health, ListParams, ResultParams, StepView,
+    SubmitRequest, Submitted, WorkflowHistory, WorkflowListItem, WorkflowPage, WorkflowView,
+};
+use super::{ApiState, DEPLOY_BODY_LIMIT, SUBMIT_BODY_LIMIT};
+use crate::control::{self, DEFAULT_QUEUE, Submission};
+use crate::runtime::{ComponentFile, Grants};
+use crate::store::{CheckpointStore, GroupCommitStore, ListQuery, WorkflowStatus};
+
+/// Workflows a listing shows unless asked for another number.
+pub const DEFAULT_PAGE: u32 = 50;
+/// The most workflows one page shows.
+pub const MAX_PAGE: u32 = 1000;
+/// The longest a result request waits.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// A long poll looks at its workflow after this long, then less and less
+/// often, down to once every [`LAST_LOOK`].
+const FIRST_LOOK: Duration = Duration::from_millis(10);
+const LAST_LOOK: Duration = Duration::from_millis(200);
+
+/// Run `work` on the blocking pool with a handle on the store: SQLite and
+/// the control layer block, and must not hold up the async workers.
+async fn blocking<T: Send + 'static>(
+    state: &ApiState,
+    work: impl FnOnce(&GroupCommitStore) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || work(&store))
+        .await
+        .map_err(|e| ApiError::internal(format!("the request's work stopped: {e}")))?
+}
+
+/// A JSON request body, read whatever its `Content-Type`, refused as our
+/// JSON error (400, or 413 past the route's body limit).
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        check_length(&request, SUBMIT_BODY_LIMIT)?;
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| body_error(rejection.status(), &rejection.body_text()))?;
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
+            let message = if e.is_data() {
+                format!("the request is not valid: {e}")
+            } else {
+                format!("the body is not valid JSON: {e}")
+            };
+            ApiError::bad_request(
+                message,
+                r#"send a JSON object such as {"deployment": "NAME", "input": {...}} (workflow_id and queue are optional)"#,
+            )
+        })
+    }
+}
+
+/// The raw body, up to the route's limit.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        check_length(&request, DEPLOY_BODY_LIMIT)?;
+        Bytes::from_request(request, state)
+            .await
+            .map(RawBody)
+            .map_err(|rejection| body_error(rejection.status(), &rejection.body_text()))
+    }
+}
+
+/// Refuse a body whose announced length is over `limit` before reading
+/// any of it: a client that sent `Expect: 100-continue` (curl does, for
+/// large bodies) gets the 413 without uploading. A body without a length
+/// is cut at the limit as it is read (the route's `DefaultBodyLimit`).
+fn check_length(request: &Request, limit: usize) -> Result<(), ApiError> {
+    let length = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match length {
+        Some(length) if length > limit as u64 => Err(body_error(StatusCode::PAYLOAD_TOO_LARGE, "")),
+        _ => Ok(()),
+    }
+}
+
+fn body_error(status: StatusCode, text: &str) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            status,
+            format!(
+                "the body is too large: at most {} MiB for a deployment, {} MiB for a submission",
+                DEPLOY_BODY_LIMIT >> 20,
+                SUBMIT_BODY_LIMIT >> 20
+            ),
+            Some("keep large data elsewhere and pass a reference to it"),
+        )
+    } else {
+        ApiError::new(status, format!("cannot read the body: {text}"), None)
+    }
+}
+
+/// A query string, refused as our JSON error (400).
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        parse_query(&parts.uri).map(ApiQuery)
+    }
+}
+
+fn parse_query<T: DeserializeOwned>(uri: &Uri) -> Result<T, ApiError> {
+    axum::extract::Query::<T>::try_from_uri(uri)
+        .map(|query| query.0)
+        .map_err(|rejection| {
+            ApiError::bad_request(
+                format!("the query is not valid: {}", rejection.body_text()),
+                "see GET /v1/openapi.json for each endpoint's parameters",
+            )
+        })
+}
+
+/// Queue a workflow of a deployment's newest version.
+///
+/// Idempotent on `workflow_id`: the same id with the same input answers
+/// 200 with the existing workflow; another input is refused with 409.
+#[utoipa::path(
+    post,
+    path = "/v1/workflows",
+    tag = "workflows",
+    request_body = SubmitRequest,
+    responses(
+        (status = 202, description = "Queued: `serve` runs it", body = Submitted),
+        (status = 200, description = "A workflow with this id and this input already existed: this is it", body = Submitted),
+        (status = 400, description = "Not JSON, a missing or unknown field, a bad id, queue or deployment name", body = ErrorBody),
+        (status = 404, description = "No deployment of that name", body = ErrorBody),
+        (status = 409, description = "A workflow with this id exists with another input", body = ErrorBody),
+        (status = 413, description = "The body (17 MiB) or the input (16 MiB) is too large", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
+pub async fn submit_workflow(
+    State(state): State<ApiState>,
+    JsonBody(request): JsonBody<SubmitRequest>,
+) -> Result<(StatusCode, Json<Submitted>), ApiError> {
+    state.accepting_writes()?;
+    let submitted = blocking(&state, move |store| {
+        let input = request.input.to_string();
+        let submission = Submission {
+            deployment: &request.deployment,
+            workflow_id: request.workflow_id.as_deref(),
+            input: &input,
+            queue: request.queue.as_deref().unwrap_or(DEFAULT_QUEUE),
+        };
+        Ok(control::submit(store, &submission)?)
+    })
+    .await?;
+    let status = if submitted.created {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    let workflow = submitted.workflow;
+    Ok((
+        status,
+        Json(Submitted {
+            workflow_id: workflow.id,
+            created: submitted.created,
+            status: workflow.status.into(),
+            queue: workflow.queue,
+        }),
+    ))
+}
+
+/// List workflows, newest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/workflows",
+    tag = "workflows",
+    params(ListParams),
+    responses(
+        (status = 200, description = "One page; `next_after` gives the next", body = WorkflowPage),
+        (status = 400, description = "A bad status, limit or `after` id", body = ErrorBody),
+    )
+)]
+pub async fn list_workflows(
+    State(state): State<ApiState>,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<WorkflowPage>, ApiError> {
+    let status = params
+        .status
+        .as_deref()
+        .map(|text| {
+            WorkflowStatus::parse(text).ok_or_else(|| {
+                ApiError::bad_request(
+                    format!("`{text}` is not a workflow status"),
+                    "status is one of queued, running, sleeping, completed, failed, cancelled, suspended",
+                )
+            })
+        })
+        .transpose()?;
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            format!("limit {limit} is out of range"),
+            "limit is from 1 to 1000 (default 50); page with `after`",
+        ));
+    }
+    let page = blocking(&state, move |store| {
+        if let Some(after) = &params.after
+            && store.workflow(after)?.is_none()
+        {
+            return Err(ApiError::bad_request(
+                format!("`after` names no workflow: {after}"),
+                "pass the `next_after` of the previous page, or leave `after` out for the first page",
+            ));
+        }
+        // One more than asked tells whether there is a next page.
+        let mut rows = store.list_workflows(&ListQuery {
+            status,
+            limit: Some(limit + 1),
+            after: params.after,
+        })?;
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let next_after = more
+            .then(|| rows.last().map(|s| s.workflow.id.clone()))
+            .flatten();
+        Ok(WorkflowPage {
+            workflows: rows.iter().map(WorkflowListItem::from).collect(),
+            next_after,
+        })
+    })
+    .await?;
+    Ok(Json(page))
+}
+
+/// One workflow as stored.
+#[utoipa::path(
+    get,
+    path = "/v1/workflows/{id}",
+    tag = "workflows",
+    params(("id" = String, Path, description = "The workflow id (`/` written %2F)")),
+    responses(
+        (status = 200, description = "The workflow", body = WorkflowView),
+        (status = 404, description = "No such workflow", body = ErrorBody),
+    )
+)]
+pub async fn get_workflow(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<WorkflowView>, ApiError> {
+    let record = blocking(&state, move |store| Ok(control::workflow(store, &id)?)).await?;
+    Ok(Json(WorkflowView::from(&record)))
+}
+
+/// A workflow with its steps and events.
+///
+/// Each step carries its earlier attempts; the document is the one
+/// `durable-host history --json` prints.
+#[utoipa::path(
+    get,
+    path = "/v1/workflows/{id}/steps",
+    tag = "workflows",
+    params(("id" = String, Path, description = "The workflow id (`/` written %2F)")),
+    responses(
+        (status = 200, description = "The workflow, its events and its steps", body = WorkflowHistory),
+        (status = 404, description = "No such workflow", body = ErrorBody),
+    )
+)]
+pub async fn workflow_steps(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<WorkflowHistory>, ApiError> {
+    let history = blocking(&state, move |store| {
+        let workflow = control::workflow(store, &id)?;
+        let steps = store.steps(&id)?;
+        let attempts = store.attempts(&id)?;
+        let events = store.events(&id)?;
+        Ok(WorkflowHistory {
+            workflow: WorkflowView::from(&workflow),
+            events: events.iter().map(EventView::from).collect(),
+            steps: steps
+                .iter()
+                .map(|step| StepView::new(step, &attempts))
+                .collect(),
+        })
+    })
+    .await?;
+    Ok(Json(history))
+}
+
+/// A workflow's result, waiting for it up to `wait`.
+///
+/// Answers 200 once the workflow finished (completed, failed, cancelled
+/// or suspended), 202 with the record as it is when the wait ran out.
+#[utoipa::path(
+    get,
+    path = "/v1/workflows/{id}/result",
+    tag = "workflows",
+    params(
+        ("id" = String, Path, description = "The workflow id (`/` written %2F)"),
+        ResultParams,
+    ),
+    responses(
+        (status = 200, description = "Finished: the record with its output or error", body = WorkflowView),
+        (status = 202, description = "Not finished when the wait ran out: the record as it is", body = WorkflowView),
+        (status = 400, description = "A bad `wait`", body = ErrorBody),
+        (status = 404, description = "No such workflow", body = ErrorBody),
+    )
+)]
+pub async fn workflow_result(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<ResultParams>,
+) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
+    let wait = match params.wait.as_deref() {
+        Some(text) => parse_wait(text)?,
+        None => Duration::ZERO,
+    };
+    let deadline = Instant::now() + wait;
+    // Waiting happens here, between short looks on the blocking pool, not
+    // in `control::wait_for_end` on it: a thousand long polls must not
+    // hold a thousand threads, nor queue submissions behind them.
+    let mut pause = FIRST_LOOK;
+    let record = loop {
+        let look = id.clone();
+        let record = blocking(&state, move |store| Ok(control::workflow(store, &look)?)).await?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if record.outcome().is_some() || left.is_zero() || state.winding_down() {
+            break record;
+        }
+        tokio::time::sleep(pause.min(left)).await;
+        pause = (pause * 3 / 2).min(LAST_LOOK);
+    };
+    let status = if record.outcome().is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(WorkflowView::from(&record))))
+}
+
+/// `30s`, `500ms`, `1m`, `2.5s` or a bare number of seconds; at most
+/// [`MAX_WAIT`].
+fn parse_wait(text: &str) -> Result<Duration, ApiError> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let seconds = text[..split].parse::<f64>().ok().and_then(|n| {
+        let scale = match &text[split..] {
+            "ms" => 0.001,
+            "" | "s" => 1.0,
+            "m" => 60.0,
+            _ => return None,
+        };
+        Some(n * scale).filter(|s| s.is_finite())
+    });
+    match seconds {
+        Some(seconds) => Ok(Duration::from_secs_f64(seconds.min(MAX_WAIT.as_secs_f64()))),
+        None => Err(ApiError::bad_request(
+            format!("wait `{text}` is not a duration"),
+            "wait is a duration such as 500ms, 30s or 1m (at most 60s), or a number of seconds",
+        )),
+    }
+}
+
+/// Cancel a workflow.
+///
+/// One nobody runs is cancelled at once (200); a running
+/// one is handed the cancellation at its next step boundary (202) and may
+/// run its compensation steps for `serve --cancel-grace`.
+#[utoipa::path(
+    post,
+    path = "/v1/workflows/{id}/cancel",
+    tag = "workflows",
+    params(("id" = String, Path, description = "The workflow id (`/` written %2F)")),
+    responses(
+        (status = 200, description = "`cancelled`, or `already_finished` (nothing changed)", body = Cancelled),
+        (status = 202, description = "`requested`: its run stops at its next step", body = Cancelled),
+        (status = 404, description = "No such workflow", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
+pub async fn cancel_workflow(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Cancelled>), ApiError> {
+    state.accepting_writes()?;
+    let (id, outcome) = blocking(&state, move |store| {
+        let outcome = control::cancel(store, &id)?;
+        Ok((id, outcome))
+    })
+    .await?;
+    let cancel = CancelState::from(&outcome);
+    let status = match cancel {
+        CancelState::Requested => StatusCode::ACCEPTED,
+        CancelState::Cancelled | CancelState::AlreadyFinished => StatusCode::OK,
+    };
+    Ok((
+        status,
+        Json(Cancelled {
+            workflow_id: id,
+            cancel,
+        }),
+    ))
+}
+
+/// Deploy a component as the newest version of deployment `name`.
+///
+/// The component is checked (it must be a workflow) before it is kept.
+/// Its workflows are granted nothing (no directory, no environment, no
+/// limits): `durable-host deploy NAME FILE --dir ... --env ...` on the
+/// command line deploys with grants.
+#[utoipa::path(
+    post,
+    path = "/v1/deployments",
+    tag = "deployments",
+    params(DeployParams),
+    request_body(
+        content = ComponentBytes,
+        content_type = "application/wasm",
+        description = "The component's bytes (a .wasm built for wasm32-wasip2), at most 64 MiB",
+    ),
+    responses(
+        (status = 201, description = "Deployed: the new version", body = DeploymentView),
+        (status = 400, description = "Not a workflow component, or a bad name", body = ErrorBody),
+        (status = 413, description = "Larger than 64 MiB", body = ErrorBody),
+        (status = 415, description = "Not sent as application/wasm", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
+pub async fn deploy(
+    State(state): State<ApiState>,
+    uri: Uri,
+    headers: HeaderMap,
+    RawBody(bytes): RawBody,
+) -> Result<(StatusCode, Json<DeploymentView>), ApiError> {
+    // The body is read before anything is refused: a client still sending
+    // it would otherwise see the connection reset instead of the answer.
+    let params: DeployParams = parse_query(&uri)?;
+    state.accepting_writes()?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/wasm")
+        && !essence.eq_ignore_ascii_case("application/octet-stream")
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "a component is sent as application/wasm, not `{}`",
+                if content_type.is_empty() {
+                    "(no Content-Type)"
+                } else {
+                    content_type
+                }
+            ),
+            Some("curl: --data-binary @FILE.wasm -H 'Content-Type: application/wasm'"),
+        ));
+    }
+    let runtime = state.runtime.clone();
+    let deployment = blocking(&state, move |store| {
+        let file = ComponentFile::from_bytes("the uploaded component".into(), bytes.to_vec())?;
+        Ok(control::deploy(
+            store,
+            &runtime,
+            &params.name,
+            &file,
+            &Grants::default(),
+        )?)
+    })
+    .await?;
+    tracing::info!(
+        deployment = deployment.name,
+        version = deployment.version,
+        sha256 = deployment.sha256,
+        "deployed over HTTP"
+    );
+    Ok((StatusCode::CREATED, Json(DeploymentView::from(&deployment))))
+}
+
+/// Every deployment version, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/deployments",
+    tag = "deployments",
+    params(DeploymentsParams),
+    responses(
+        (status = 200, description = "Every version, newest first", body = DeploymentList),
+        (status = 400, description = "An unknown parameter", body = ErrorBody),
+    )
+)]
+pub async fn list_deployments(
+    State(state): State<ApiState>,
+    ApiQuery(params): ApiQuery<DeploymentsParams>,
+) -> Result<Json<DeploymentList>, ApiError> {
+    let deployments = blocking(&state, move |store| {
+        Ok(store.deployments(params.name.as_deref())?)
+    })
+    .await?;
+    Ok(Json(DeploymentList {
+        deployments: deployments.iter().map(DeploymentView::from).collect(),
+    }))
+}
+
+/// Whether the server answers and takes work.
+#[utoipa::path(
+    get,
+    path = "/v1/health",
+    tag = "server",
+    responses(
+        (status = 200, description = "`ok`: the server answers and takes work", body = Health),
+        (status = 503, description = "`stopping`: the server is shutting down", body = Health),
+    )
+)]
+pub async fn health(State(state): State<ApiState>) -> (StatusCode, Json<Health>) {
+    let (status, text) = if state.winding_down() {
+        (StatusCode::SERVICE_UNAVAILABLE, "stopping")
+    } else {
+        (StatusCode::OK, "ok")
+    };
+    (
+        status,
+        Json(Health {
+            status: text.to_owned(),
+        }),
+    )
+}
+
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "server",
+    responses((status = 200, description = "The OpenAPI 3 document of this API", content_type = "application/json"))
+)]
+pub async fn openapi(State(state): State<ApiState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.openapi.clone(),
+    )
+        .into_response()
+}
+
+/// Any path the API does not have.
+pub async fn not_found(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no endpoint {} {}", request.method(), request.uri().path()),
+        Some("the endpoints are listed by GET /v1/openapi.json"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_parse_and_are_capped() {
+        assert_eq!(parse_wait("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_wait("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_wait("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_wait("1m").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_wait("10m").unwrap(), MAX_WAIT);
+        assert_eq!(parse_wait("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_wait("99999999999999999999999").unwrap(), MAX_WAIT);
+        for bad in ["", "s", "-1s", "soon", "1h", "1e400", "."] {
+            assert!(parse_wait(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,557 @@
+//! The HTTP API of `durable-host serve --listen ADDR`: JSON over HTTP/1.1
+//! for submitting workflows, following them, cancelling them and deploying
+//! components, beside the scheduler in the same process.
+//!
+//! This module owns the wire: routes, request and answer shapes
+//! ([`model`]), status codes and JSON errors ([`ApiError`]), the bearer
+//! token, body limits, and the OpenAPI document. Every rule about workflows
+//! lives in [`crate::control`] and the store, which the command line uses
+//! too; handlers call them on tokio's blocking pool, each with a clone of
+//! the server's [`GroupCommitStore`], so the API's writes share the
+//! scheduler's group commits.
+//!
+//! The server runs on a tokio runtime of its own (two worker threads, named
+//! `api`), started before the scheduler and shut down after it. When the
+//! scheduler starts to drain (SIGTERM), writes are refused with 503 and long
+//! polls answer with what there is; reads go on until the scheduler has
+//! stopped. Then the API stops accepting and lets requests in flight finish
+//! for up to [`SHUTDOWN_GRACE`].
+//!
+//! Why axum: it is the HTTP framework of the tokio project (already in our
+//! tree through wasmtime-wasi), built on hyper, the most used and most
+//! carefully maintained HTTP implementation in Rust, and it keeps handlers
+//! plain async functions over typed extractors, which utoipa reads to
+//! generate the OpenAPI document. utoipa-axum registers each handler in the
+//! router and in the document in one go, so neither can list a path the
+//! other lacks.
+
+mod error;
+mod handlers;
+pub mod model;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{RefOr, ResponseBuilder};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
+
+pub use error::ApiError;
+
+use crate::engine::MAX_INPUT;
+use crate::runtime::{ComponentCache, Runtime, RuntimeConfig, RuntimeError};
+use crate::scheduler::ShutdownFlag;
+use crate::store::GroupCommitStore;
+
+/// The largest component `POST /v1/deployments` takes.
+pub const DEPLOY_BODY_LIMIT: usize = 64 << 20;
+/// The largest `POST /v1/workflows` body: the largest input, written
+/// compactly, and room for the other fields and the body's own spacing.
+pub const SUBMIT_BODY_LIMIT: usize = MAX_INPUT + (1 << 20);
+/// After the scheduler stopped, how long requests in flight may take.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What handlers share.
+#[derive(Clone)]
+pub(crate) struct ApiState {
+    store: GroupCommitStore,
+    /// Checks deployed components (not interruptible: it never runs one).
+    runtime: Arc<Runtime>,
+    /// Set on SIGTERM/SIGINT, as the scheduler starts to drain.
+    draining: ShutdownFlag,
+    /// Set when the API itself stops.
+    stopping: Arc<AtomicBool>,
+    /// The OpenAPI document, as served.
+    openapi: Bytes,
+}
+
+impl ApiState {
+    /// The server is shutting down: long polls answer with what there is,
+    /// and writes are refused.
+    fn winding_down(&self) -> bool {
+        self.draining.load(Ordering::Relaxed) || self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Refuse a write once the server is shutting down: its scheduler no
+    /// longer runs what is queued, and its database writer stops with it.
+    fn accepting_writes(&self) -> Result<(), ApiError> {
+        if self.winding_down() {
+            Err(ApiError::shutting_down())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// How the API listens.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub addr: SocketAddr,
+    /// Required as `Authorization: Bearer <token>` on every request.
+    pub token: Option<String>,
+    /// Where compiled components are kept when checking deployments.
+    pub cache: Option<ComponentCache>,
+}
+
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiStartError {
+    #[error("--listen {listen}: {reason} (expected HOST:PORT, e.g. 127.0.0.1:8080)")]
+    Address { listen: String, reason: String },
+    #[error(
+        "refusing to listen on {addr} without a token: it is not a loopback address, so anyone \
+         who can reach it could run and cancel workflows; pass --token-file FILE (clients then \
+         send `Authorization: Bearer <the file's contents>`), or listen on a loopback address \
+         such as 127.0.0.1:{port}",
+        port = addr.port()
+    )]
+    TokenRequired { addr: SocketAddr },
+    #[error("cannot read the token file {path}: {reason}")]
+    TokenFile { path: PathBuf, reason: String },
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: String },
+    #[error("cannot start the HTTP API: {0}")]
+    Threads(String),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+impl ApiConfig {
+    /// What `serve --listen LISTEN [--token-file FILE]` asks for, checked:
+    /// an address that resolves, a token file with a token in it, and a
+    /// token whenever the address is not a loopback one.
+    pub fn new(
+        listen: &str,
+        token_file: Option<&Path>,
+        cache: Option<ComponentCache>,
+    ) -> Result<Self, ApiStartError> {
+        let address_error = |reason: String| ApiStartError::Address {
+            listen: listen.to_owned(),
+            reason,
+        };
+        let addr = listen
+            .to_socket_addrs()
+            .map_err(|e| address_error(e.to_string()))?
+            .next()
+            .ok_or_else(|| address_error("it names no address".to_owned()))?;
+        let token = token_file.map(read_token).transpose()?;
+        if token.is_none() && !addr.ip().is_loopback() {
+            return Err(ApiStartError::TokenRequired { addr });
+        }
+        Ok(Self { addr, token, cache })
+    }
+}
+
+/// The token in `path`: its contents without surrounding white space.
+pub fn read_token(path: &Path) -> Result<String, ApiStartError> {
+    let failed = |reason: String| ApiStartError::TokenFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(failed("it is empty".to_owned()));
+    }
+    if token.chars().any(|c| !c.is_ascii_graphic()) {
+        return Err(failed(
+            "a token is printable ASCII without spaces (it is sent in an HTTP header)".to_owned(),
+        ));
+    }
+    Ok(token.to_owned())
+}
+
+/// The API, serving until [`ApiServer::shutdown`].
+pub struct ApiServer {
+    addr: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stopping: Arc<AtomicBool>,
+}
+
+/// Bind `config.addr` and serve the API on `store`, on threads of its own.
+/// Logs `listening addr=HOST:PORT` (the port the system picked, for `:0`).
+/// Once `shutdown` is set (the scheduler's flag), writes are refused with
+/// 503 and long polls answer at once; reads go on until
+/// [`ApiServer::shutdown`].
+pub fn start(
+    store: GroupCommitStore,
+    config: ApiConfig,
+    shutdown: ShutdownFlag,
+) -> Result<ApiServer, ApiStartError> {
+    let runtime = Runtime::new(RuntimeConfig {
+        interruptible: false,
+        cache: config.cache,
+    })?;
+    let bind_error = |e: std::io::Error| ApiStartError::Bind {
+        addr: config.addr,
+        reason: e.to_string(),
+    };
+    let listener = std::net::TcpListener::bind(config.addr).map_err(bind_error)?;
+    listener.set_nonblocking(true).map_err(bind_error)?;
+    let addr = listener.local_addr().map_err(bind_error)?;
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("api")
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| ApiStartError::Threads(e.to_string()))?;
+    let stopping = Arc::new(AtomicBool::new(false));
+    let (router, document) = routes();
+    let openapi = document
+        .to_json()
+        .map_err(|e| ApiStartError::Threads(format!("cannot write the OpenAPI document: {e}")))?;
+    let state = ApiState {
+        store,
+        runtime: Arc::new(runtime),
+        draining: shutdown,
+        stopping: Arc::clone(&stopping),
+        openapi: Bytes::from(openapi),
+    };
+    let token = config.token.map(Arc::<str>::from);
+    let app = router
+        .fallback(handlers::not_found)
+        .layer(middleware::from_fn_with_state(token.clone(), require_token))
+        .layer(middleware::from_fn(json_errors))
+        .with_state(state);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = {
+        let _entered = tokio.enter();
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(bind_error)?
+            .tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+        tokio.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    };
+    tracing::info!(%addr, token_required = token.is_some(), "listening");
+    Ok(ApiServer {
+        addr,
+        runtime: Some(tokio),
+        server: Some(server),
+        stop: Some(stop),
+        stopping,
+    })
+}
+
+impl ApiServer {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stop accepting, let requests in flight finish (long polls answer at
+    /// once) for up to [`SHUTDOWN_GRACE`], then stop the threads.
+    pub fn shutdown(mut self) {
+        self.stop_serving();
+    }
+
+    fn stop_serving(&mut self) {
+        let Some(runtime) = self.runtime.take() else {
+            return;
+        };
+        self.stopping.store(true, Ordering::Relaxed);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            match runtime.block_on(async { tokio::time::timeout(SHUTDOWN_GRACE, server).await }) {
+                Ok(Ok(Ok(()))) => tracing::info!("HTTP API stopped"),
+                Ok(Ok(Err(error))) => tracing::warn!(%error, "HTTP API stopped with an error"),
+                Ok(Err(error)) => tracing::warn!(%error, "HTTP API stopped with an error"),
+                Err(_) => tracing::warn!(
+                    grace = ?SHUTDOWN_GRACE,
+                    "HTTP API: requests still in flight after the grace are dropped"
+                ),
+            }
+        }
+        runtime.shutdown_timeout(Duration::from_secs(1));
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.stop_serving();
+    }
+}
+
+/// The API's routes (state still to be given) and its OpenAPI document,
+/// made from the same list of handlers.
+fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
+    let (router, mut document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(
+            routes!(handlers::submit_workflow, handlers::list_workflows)
+                .layer(DefaultBodyLimit::max(SUBMIT_BODY_LIMIT)),
+        )
+        .routes(routes!(handlers::get_workflow))
+        .routes(routes!(handlers::workflow_steps))
+        .routes(routes!(handlers::workflow_result))
+        .routes(routes!(handlers::cancel_workflow))
+        .routes(
+            routes!(handlers::deploy, handlers::list_deployments)
+                .layer(DefaultBodyLimit::max(DEPLOY_BODY_LIMIT)),
+        )
+        .routes(routes!(handlers::health))
+        .routes(routes!(handlers::openapi))
+        .split_for_parts();
+    add_common_responses(&mut document);
+    (router, document)
+}
+
+/// The OpenAPI 3 document of the API, as `GET /v1/openapi.json` serves it.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    routes().1
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "durable-host",
+        description = "Submit, follow and cancel durable workflows, and deploy workflow \
+            components, on a `durable-host serve --listen ADDR`. Every error is \
+            `{\"error\": {\"message\": ..., \"hint\": ...}}`. When the server was started with \
+            `--token-file`, every request needs `Authorization: Bearer <token>`."
+    ),
+    tags(
+        (name = "workflows", description = "Submit workflows and follow them"),
+        (name = "deployments", description = "Components kept in the database under a name"),
+        (name = "server", description = "The server itself"),
+    )
+)]
+struct ApiDoc;
+
+/// The bearer scheme, and the answers every operation may give besides its
+/// own: 401 without the token, 500 when storage fails.
+fn add_common_responses(document: &mut utoipa::openapi::OpenApi) {
+    let components = document.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(
+                    "The contents of the server's --token-file; needed only when it was given",
+                ))
+                .build(),
+        ),
+    );
+    document.security = Some(vec![
+        SecurityRequirement::new("bearer", Vec::<String>::new()),
+        SecurityRequirement::default(),
+    ]);
+    let error = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    utoipa::openapi::ContentBuilder::new()
+                        .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                            "ErrorBody",
+                        ))))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    for item in document.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let responses = &mut operation.responses.responses;
+            responses.entry("401".to_owned()).or_insert_with(|| {
+                error("The server needs a bearer token, and none or another was sent")
+            });
+            responses
+                .entry("500".to_owned())
+                .or_insert_with(|| error("Storage failed; the message says how"));
+        }
+    }
+}
+
+/// Refuse a request without the server's bearer token, when it has one.
+async fn require_token(
+    State(token): State<Option<Arc<str>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(token) = token {
+        let sent = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| {
+                let (scheme, credentials) = value.trim().split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| credentials.trim())
+            });
+        match sent {
+            None => {
+                return ApiError::unauthorized(
+                    "this server needs a bearer token: send `Authorization: Bearer TOKEN`",
+                )
+                .into_response();
+            }
+            Some(sent) if !same_secret(sent.as_bytes(), token.as_bytes()) => {
+                return ApiError::unauthorized("the bearer token is not this server's")
+                    .into_response();
+            }
+            Some(_) => {}
+        }
+    }
+    next.run(request).await
+}
+
+/// Compare without stopping at the first difference, so that the time
+/// taken tells nothing of how much of a guess was right.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+/// Turn an error answer that is not ours (the router's 405, an extractor's
+/// refusal) into our JSON error, keeping its status; log each request at
+/// debug level.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status();
+    tracing::debug!(
+        %method,
+        path,
+        status = status.as_u16(),
+        ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let allow = parts.headers.get(header::ALLOW).cloned();
+    let text = axum::body::to_bytes(body, 64 << 10)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .unwrap_or_default();
+    let error = if status == StatusCode::METHOD_NOT_ALLOWED {
+        // The router adds the `Allow` header after this layer.
+        ApiError {
+            status,
+            message: format!("{method} is not allowed on {path}"),
+            hint: Some(
+                "the Allow header lists the methods it takes; GET /v1/openapi.json documents \
+                 every endpoint"
+                    .to_owned(),
+            ),
+        }
+    } else {
+        let message = if text.is_empty() {
+            status.canonical_reason().unwrap_or("error").to_owned()
+        } else {
+            text
+        };
+        ApiError {
+            status,
+            message,
+            hint: None,
+        }
+    };
+    let mut answer = error.into_response();
+    if let Some(allow) = allow {
+        answer.headers_mut().insert(header::ALLOW, allow);
+    }
+    answer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+    }
+
+    #[test]
+    fn a_token_is_required_off_loopback() {
+        assert!(ApiConfig::new("127.0.0.1:0", None, None).is_ok());
+        assert!(ApiConfig::new("[::1]:0", None, None).is_ok());
+        assert!(ApiConfig::new("localhost:0", None, None).is_ok());
+        let refused = ApiConfig::new("0.0.0.0:8080", None, None).unwrap_err();
+        assert!(
+            matches!(refused, ApiStartError::TokenRequired { .. }),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("--token-file"), "{refused}");
+        assert!(matches!(
+            ApiConfig::new("8080", None, None).unwrap_err(),
+            ApiStartError::Address { .. }
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "  s3cret\n").unwrap();
+        let config = ApiConfig::new("0.0.0.0:8080", Some(&file), None).unwrap();
+        assert_eq!(config.token.as_deref(), Some("s3cret"));
+        std::fs::write(&file, "\n").unwrap();
+        assert!(matches!(
+            ApiConfig::new("127.0.0.1:0", Some(&file), None).unwrap_err(),
+            ApiStartError::TokenFile { .. }
+        ));
+    }
+
+    #[test]
+    fn the_document_lists_every_endpoint() {
+        let document = openapi_document();
+        let mut paths: Vec<&str> = document.paths.paths.keys().map(String::as_str).collect();
+        paths.sort_unstable();
+        assert_eq!(
+            paths,
+            [
+                "/v1/deployments",
+                "/v1/health",
+                "/v1/openapi.json",
+                "/v1/workflows",
+                "/v1/workflows/{id}",
+                "/v1/workflows/{id}/cancel",
+                "/v1/workflows/{id}/result",
+                "/v1/workflows/{id}/steps",
+            ]
+        );
+        let json = document.to_json().unwrap();
+        assert!(json.contains("\"openapi\":\"3."), "{json}");
+        assert!(json.contains("ErrorBody"));
+    }
+}

@@ -1,0 +1,501 @@
+//! What the API's requests and answers look like on the wire: plain serde
+//! types, each described for the OpenAPI document by `utoipa::ToSchema`.
+//!
+//! Field names are those of the command line's `--json` output (`list`,
+//! `history`, `start`, `cancel`, `deploy --list`), so a script can move
+//! between the two without renaming anything.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::engine::CancelOutcome;
+use crate::store::{
+    AttemptRecord, Deployment, Millis, StepRecord, StepStatus, WorkflowEvent, WorkflowRecord,
+    WorkflowStatus, WorkflowSummary,
+};
+
+/// The name of the step in which `ctx.sleep` records its wake-up time.
+const SLEEP_STEP: &str = "durable.sleep";
+
+/// Where a workflow stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Waiting in its queue for `serve` to run it.
+    Queued,
+    /// Started and not finished.
+    Running,
+    /// Unloaded during a long durable sleep until `wake_at_ms`.
+    Sleeping,
+    /// Returned its output. Final.
+    Completed,
+    /// Returned an error, or a limit stopped it. Final.
+    Failed,
+    /// Cancelled. Final.
+    Cancelled,
+    /// Stopped by a bug (a trap, a panic): `durable-host resume` continues it.
+    Suspended,
+}
+
+impl From<WorkflowStatus> for Status {
+    fn from(status: WorkflowStatus) -> Self {
+        match status {
+            WorkflowStatus::Queued => Self::Queued,
+            WorkflowStatus::Running => Self::Running,
+            WorkflowStatus::Sleeping => Self::Sleeping,
+            WorkflowStatus::Completed => Self::Completed,
+            WorkflowStatus::Failed => Self::Failed,
+            WorkflowStatus::Cancelled => Self::Cancelled,
+            WorkflowStatus::Suspended => Self::Suspended,
+        }
+    }
+}
+
+/// Where a step stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StepState {
+    /// Begun and not recorded yet (its run is at work, or died).
+    Running,
+    /// Ended with a value.
+    Completed,
+    /// Ended with an error.
+    Failed,
+}
+
+impl From<StepStatus> for StepState {
+    fn from(status: StepStatus) -> Self {
+        match status {
+            StepStatus::Running => Self::Running,
+            StepStatus::Completed => Self::Completed,
+            StepStatus::Failed => Self::Failed,
+        }
+    }
+}
+
+/// `POST /v1/workflows`: a workflow to queue.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"deployment": "onboarding", "workflow_id": "emp-001",
+    "input": {"id": "emp-001", "name": "Ada Lovelace", "email": "ada@example.com", "role": "engineer"}}))]
+pub struct SubmitRequest {
+    /// The deployment whose newest version runs the workflow.
+    pub deployment: String,
+    /// The workflow's id; a new one (`wf-` and 16 hex digits) when left out.
+    /// Submitting an id again with the same input finds the same workflow.
+    #[serde(default)]
+    pub workflow_id: Option<String>,
+    /// The workflow's input: any JSON value (`null` for none). At most
+    /// 16 MiB once written compactly.
+    pub input: Value,
+    /// The queue it waits in (`default` when left out; see `serve --queue`).
+    #[serde(default)]
+    pub queue: Option<String>,
+}
+
+/// A queued workflow, new or found (the `start --json` document).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Submitted {
+    pub workflow_id: String,
+    /// `false` when a workflow with this id and this input already existed.
+    pub created: bool,
+    pub status: Status,
+    pub queue: String,
+}
+
+/// The process that runs (or last ran) a workflow.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OwnerView {
+    pub pid: u32,
+    pub host: String,
+}
+
+/// A workflow as stored (the fields of `list --json` and `history --json`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WorkflowView {
+    pub workflow_id: String,
+    pub status: Status,
+    /// Hex sha256 of the component that runs it.
+    pub component_sha256: String,
+    /// Its input.
+    pub input: Value,
+    /// Its output, once completed.
+    pub output: Option<Value>,
+    /// The error message, once failed, cancelled or suspended.
+    pub error: Option<String>,
+    /// The error's code, when the workflow gave one.
+    pub error_code: Option<String>,
+    /// The run that last owned it.
+    pub run_id: String,
+    pub owner: OwnerView,
+    pub lease_expires_at_ms: Millis,
+    /// A cancellation was handed to its running owner.
+    pub cancel_requested: bool,
+    pub created_at_ms: Millis,
+    pub updated_at_ms: Millis,
+    /// The queue it waits (or waited) in.
+    pub queue: String,
+    /// The deployment it was started from, if submitted by name.
+    pub deployment: Option<String>,
+    /// When a sleeping workflow is due.
+    pub wake_at_ms: Option<Millis>,
+}
+
+impl From<&WorkflowRecord> for WorkflowView {
+    fn from(w: &WorkflowRecord) -> Self {
+        Self {
+            workflow_id: w.id.clone(),
+            status: w.status.into(),
+            component_sha256: w.component_sha256.clone(),
+            input: json_value(&w.input),
+            output: w.output.as_deref().map(json_value),
+            error: w.error.clone(),
+            error_code: w.error_code.clone(),
+            run_id: w.run_id.clone(),
+            owner: OwnerView {
+                pid: w.owner.pid,
+                host: w.owner.host.clone(),
+            },
+            lease_expires_at_ms: w.lease_expires_at,
+            cancel_requested: w.cancel_requested,
+            created_at_ms: w.created_at,
+            updated_at_ms: w.updated_at,
+            queue: w.queue.clone(),
+            deployment: w.deployment.clone(),
+            wake_at_ms: w.wake_at,
+        }
+    }
+}
+
+/// How many steps a workflow has recorded, by status.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StepCounts {
+    pub total: u32,
+    pub completed: u32,
+    pub failed: u32,
+    pub running: u32,
+}
+
+/// A workflow in a listing: the workflow and its step counts.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WorkflowListItem {
+    #[serde(flatten)]
+    pub workflow: WorkflowView,
+    pub steps: StepCounts,
+}
+
+impl From<&WorkflowSummary> for WorkflowListItem {
+    fn from(summary: &WorkflowSummary) -> Self {
+        Self {
+            workflow: (&summary.workflow).into(),
+            steps: StepCounts {
+                total: summary.steps,
+                completed: summary.completed_steps,
+                failed: summary.failed_steps,
+                running: summary.running_steps,
+            },
+        }
+    }
+}
+
+/// `GET /v1/workflows`: one page of workflows, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WorkflowPage {
+    pub workflows: Vec<WorkflowListItem>,
+    /// Pass it as `after` for the next page; `null` on the last page.
+    pub next_after: Option<String>,
+}
+
+/// `GET /v1/workflows` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Only workflows with this status.
+    #[param(value_type = Option<Status>)]
+    pub status: Option<String>,
+    /// At most this many (1 to 1000, default 50).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// Only workflows after this one in the listing: the previous page's
+    /// `next_after`.
+    pub after: Option<String>,
+}
+
+/// `GET /v1/workflows/{id}/result` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ResultParams {
+    /// How long to wait for the workflow to finish: `500ms`, `30s`, `1m`,
+    /// or a number of seconds; at most 60 s (longer is cut to 60 s).
+    /// Answers at once when left out.
+    #[param(example = "30s")]
+    pub wait: Option<String>,
+}
+
+/// An attempt of a step that did not end it: failed before a retry, or cut
+/// short by the death of its run.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AttemptView {
+    pub attempt: u32,
+    pub error: String,
+    /// Cut short by the death (or stop) of its run, rather than failed.
+    pub interrupted: bool,
+    /// The wait before the next attempt, for a failed attempt.
+    pub backoff_ms: Option<i64>,
+    pub run_id: String,
+    pub ended_at_ms: Millis,
+}
+
+impl From<&AttemptRecord> for AttemptView {
+    fn from(a: &AttemptRecord) -> Self {
+        Self {
+            attempt: a.attempt,
+            error: a.error.clone(),
+            interrupted: a.interrupted,
+            backoff_ms: a.backoff_ms,
+            run_id: a.run_id.clone(),
+            ended_at_ms: a.ended_at,
+        }
+    }
+}
+
+/// A recorded step (the `steps` of `history --json`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StepView {
+    /// Position in the workflow's history, from 1.
+    pub sequence: u32,
+    /// `name#NNNNNN`.
+    pub key: String,
+    pub name: String,
+    pub status: StepState,
+    /// How many times a run began executing it.
+    pub attempts: u32,
+    /// How many of those attempts failed and were retried.
+    pub failures: u32,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub error_code: Option<String>,
+    pub run_id: String,
+    pub started_at_ms: Millis,
+    pub finished_at_ms: Option<Millis>,
+    pub duration_ms: Option<Millis>,
+    /// For a `durable.sleep` step: when it wakes up (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleep_until: Option<String>,
+    /// Its attempts that did not end it.
+    pub earlier_attempts: Vec<AttemptView>,
+}
+
+impl StepView {
+    pub fn new(step: &StepRecord, attempts: &[AttemptRecord]) -> Self {
+        Self {
+            sequence: step.sequence,
+            key: step.key.as_str().to_owned(),
+            name: step.name.clone(),
+            status: step.status.into(),
+            attempts: step.attempts,
+            failures: step.failures,
+            output: step.output_json.as_deref().map(json_value),
+            error: step.error.clone(),
+            error_code: step.error_code.clone(),
+            run_id: step.run_id.clone(),
+            started_at_ms: step.started_at,
+            finished_at_ms: step.finished_at,
+            duration_ms: step.finished_at.map(|f| f - step.started_at),
+            sleep_until: sleep_until(step).map(rfc3339),
+            earlier_attempts: attempts
+                .iter()
+                .filter(|a| a.key == step.key)
+                .map(AttemptView::from)
+                .collect(),
+        }
+    }
+}
+
+/// Something that happened to a workflow besides its steps.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EventView {
+    pub at_ms: Millis,
+    /// `takeover`, `component_changed`, `suspended`, `resumed`,
+    /// `cancel_requested`...
+    pub kind: String,
+    pub detail: String,
+    pub run_id: String,
+}
+
+impl From<&WorkflowEvent> for EventView {
+    fn from(e: &WorkflowEvent) -> Self {
+        Self {
+            at_ms: e.at,
+            kind: e.kind.clone(),
+            detail: e.detail.clone(),
+            run_id: e.run_id.clone(),
+        }
+    }
+}
+
+/// `GET /v1/workflows/{id}/steps`: the workflow with its events and steps
+/// (the `history --json` document).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WorkflowHistory {
+    #[serde(flatten)]
+    pub workflow: WorkflowView,
+    pub events: Vec<EventView>,
+    pub steps: Vec<StepView>,
+}
+
+/// What a cancellation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelState {
+    /// Nobody was running it: it is cancelled now.
+    Cancelled,
+    /// Its run hands the cancellation to it at its next step boundary.
+    Requested,
+    /// It had already finished; nothing changed.
+    AlreadyFinished,
+}
+
+/// `POST /v1/workflows/{id}/cancel` (the `cancel --json` document).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Cancelled {
+    pub workflow_id: String,
+    pub cancel: CancelState,
+}
+
+impl From<&CancelOutcome> for CancelState {
+    fn from(outcome: &CancelOutcome) -> Self {
+        match outcome {
+            CancelOutcome::Cancelled => Self::Cancelled,
+            CancelOutcome::Requested { .. } => Self::Requested,
+            CancelOutcome::AlreadyFinished(_) => Self::AlreadyFinished,
+        }
+    }
+}
+
+/// The bytes of a WebAssembly component (`POST /v1/deployments`).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct ComponentBytes(#[allow(dead_code)] Vec<u8>);
+
+/// A version of a deployment (the `deploy --list --json` fields).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeploymentView {
+    pub name: String,
+    /// 1 for the first deployment of a name, then counting up.
+    pub version: u32,
+    pub component_sha256: String,
+    /// What its workflows are granted (directories, environment, limits).
+    pub grants: Value,
+    pub created_at_ms: Millis,
+}
+
+impl From<&Deployment> for DeploymentView {
+    fn from(d: &Deployment) -> Self {
+        Self {
+            name: d.name.clone(),
+            version: d.version,
+            component_sha256: d.sha256.clone(),
+            grants: serde_json::from_str(&d.grants).unwrap_or_default(),
+            created_at_ms: d.created_at,
+        }
+    }
+}
+
+/// `GET /v1/deployments`: every version, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeploymentList {
+    pub deployments: Vec<DeploymentView>,
+}
+
+/// `POST /v1/deployments` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeployParams {
+    /// The deployment's name.
+    pub name: String,
+}
+
+/// `GET /v1/deployments` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeploymentsParams {
+    /// Only the versions of this deployment.
+    pub name: Option<String>,
+}
+
+/// `GET /v1/health`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`, or `stopping` while the server shuts down.
+    #[schema(example = "ok")]
+    pub status: String,
+}
+
+/// Every error: what went wrong and what to do about it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"error": {"message": "no deployment named `onboardng`",
+    "hint": "GET /v1/deployments lists the deployments there are"}}))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    pub message: String,
+    /// What to change, when something helps.
+    pub hint: Option<String>,
+}
+
+/// Stored JSON text as a value (text that is not JSON as a string).
+fn json_value(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+}
+
+/// The wake-up time a completed `durable.sleep` step recorded.
+fn sleep_until(step: &StepRecord) -> Option<Millis> {
+    if step.name != SLEEP_STEP || step.status != StepStatus::Completed {
+        return None;
+    }
+    let millis: u64 = serde_json::from_str(step.output_json.as_deref()?).ok()?;
+    Millis::try_from(millis).ok()
+}
+
+/// `2026-11-24T09:30:05Z` (RFC 3339, UTC).
+fn rfc3339(millis: Millis) -> String {
+    let seconds = millis.div_euclid(1000);
+    let (days, second_of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    // Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        second_of_day / 3600,
+        second_of_day % 3600 / 60,
+        second_of_day % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_512_605_000), "2026-11-24T09:30:05Z");
+    }
+}

@@ -1,0 +1,1230 @@
+//! `durable-host serve`, `deploy` and `start`, driven as users drive them:
+//! real processes on a real database. Components are deployed, workflows
+//! queued with `start` (one process each), and one or more `serve`
+//! processes run them; the tests SIGKILL, SIGTERM and SIGINT the servers
+//! and check, from the scenarios guest's effects ledger
+//! (`/ledger/keyed.log`: one `<workflow id>/<step key>` line per executed
+//! step body) and from the database, that nothing ran twice that must not
+//! and that nothing was lost.
+//!
+//! Sizes can be raised through the environment:
+//! `DURABLE_SERVE_WORKFLOWS` (500: the many-workflows test),
+//! `DURABLE_SERVE_KILL_WORKFLOWS` (200: kill -9 in the middle),
+//! `DURABLE_SERVE_SHARED_WORKFLOWS` (200: two servers, one database),
+//! `DURABLE_SERVE_SLEEPERS` (2,000: workflows sleeping at once),
+//! `DURABLE_SERVE_NAPPERS` (50: short sleepers woken on time).
+//!
+//! Run with `--test-threads 1`: each test keeps the two cores busy.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use durable_tests::{Run, Scratch, artifacts, employee, run};
+use serde_json::{Value, json};
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+/// The deployment name the scenarios guest is deployed under.
+const SCENARIOS: &str = "scenarios";
+
+/// How long a wait for the servers may take before the test fails: long,
+/// because the first `serve` on a machine compiles the component (a cold
+/// compile takes ~15 s on two cores).
+const PATIENCE: Duration = Duration::from_secs(180);
+
+fn env_size(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Poll `done` every 20 ms until it holds, failing after `timeout`.
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A `durable-host serve` process on the scratch database, its stderr (the
+/// log) in a file. Killed (SIGKILL) when dropped, so that a failing test
+/// leaves no server behind.
+struct Server {
+    child: Child,
+    log: PathBuf,
+    started: Instant,
+}
+
+impl Server {
+    /// `durable-host serve --db <scratch db> <args>`, logging to `<name>.log`
+    /// in the scratch directory.
+    fn start(scratch: &Scratch, name: &str, args: &[&str]) -> Self {
+        let log = scratch.path().join(format!("{name}.log"));
+        let child = scratch
+            .host(&["serve"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(File::create(scratch.path().join(format!("{name}.out"))).unwrap())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .expect("start durable-host serve");
+        Self {
+            child,
+            log,
+            started: Instant::now(),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send `signal` (`-TERM`, `-INT`) with `kill`.
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} {}", self.pid());
+    }
+
+    /// SIGKILL, and reap.
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        self.child.wait().unwrap();
+    }
+
+    /// The exit status, waiting at most `timeout` (`None`: still running).
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A `kB` or count field of `/proc/PID/status` (`VmRSS`, `Threads`).
+    fn proc_status(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/PID/status of the server");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{field}:")))
+            .and_then(|value| value.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc/PID/status"))
+    }
+
+    /// Workflow ids named by log lines containing `message`.
+    fn logged_ids(&self, message: &str) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|line| line.contains(message))
+            .filter_map(|line| {
+                let (_, rest) = line.split_once("workflow_id=\"")?;
+                Some(rest.split('"').next()?.to_owned())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The scratch ledger granted as `/ledger`.
+fn ledger_grant(scratch: &Scratch) -> String {
+    format!("{}::/ledger", scratch.path().join("ledger").display())
+}
+
+/// `durable-host deploy <name> <component> <args> --json`: the deployment.
+fn deploy(scratch: &Scratch, name: &str, component: &Path, args: &[&str]) -> Value {
+    let mut command = scratch.host(&["deploy", name]);
+    command.arg(component).args(args).arg("--json");
+    run(&mut command).expect_code(0).json()
+}
+
+/// Deploy the scenarios guest as `scenarios`, with the ledger granted.
+fn deploy_scenarios(scratch: &Scratch) -> Value {
+    let grant = ledger_grant(scratch);
+    deploy(
+        scratch,
+        SCENARIOS,
+        &artifacts().scenarios,
+        &["--dir", &grant],
+    )
+}
+
+/// `durable-host start <name> --workflow-id <id> --input <input> <extra>`.
+fn start(scratch: &Scratch, name: &str, id: &str, input: &Value, extra: &[&str]) -> Run {
+    let input = input.to_string();
+    let mut command = scratch.host(&["start", name, "--workflow-id", id, "--input", &input]);
+    command.args(extra).stdin(Stdio::null());
+    run(&mut command)
+}
+
+/// Queue every `(id, input)` with `start` (four processes at a time), each
+/// expected to print its id; the time it took.
+fn submit_all(scratch: &Scratch, workflows: &[(String, Value)], extra: &[&str]) -> Duration {
+    let began = Instant::now();
+    let chunk = workflows.len().div_ceil(4).max(1);
+    std::thread::scope(|scope| {
+        for part in workflows.chunks(chunk) {
+            scope.spawn(move || {
+                for (id, input) in part {
+                    let started = start(scratch, SCENARIOS, id, input, extra).expect_code(0);
+                    assert_eq!(started.stdout().trim(), id, "start prints the id");
+                }
+            });
+        }
+    });
+    began.elapsed()
+}
+
+/// `(id, keyed input)` for `count` workflows `<prefix><n>`.
+fn keyed(prefix: &str, count: usize, items: u32, sleep_ms: u64) -> Vec<(String, Value)> {
+    (0..count)
+        .map(|n| {
+            (
+                format!("{prefix}{n:04}"),
+                json!({ "scenario": "keyed", "items": items, "sleep_ms": sleep_ms }),
+            )
+        })
+        .collect()
+}
+
+/// The idempotency keys of `items` steps `k` of each workflow.
+fn expected_keys(workflows: &[(String, Value)], items: u32) -> BTreeSet<String> {
+    workflows
+        .iter()
+        .flat_map(|(id, _)| (1..=items).map(move |n| format!("{id}/k#{n:06}")))
+        .collect()
+}
+
+/// How many times each step body ran, by idempotency key, from the ledger.
+fn executions(scratch: &Scratch) -> BTreeMap<String, usize> {
+    let log = scratch.path().join("ledger/keyed.log");
+    let mut counts = BTreeMap::new();
+    if let Ok(text) = std::fs::read_to_string(log) {
+        for line in text.lines() {
+            *counts.entry(line.to_owned()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Steps recorded as completed, by idempotency key.
+fn completed_keys(scratch: &Scratch) -> BTreeSet<String> {
+    strings(
+        scratch,
+        "SELECT workflow_id || '/' || step_key FROM steps WHERE status = 'completed'",
+    )
+}
+
+/// The first column of every row of `sql`.
+fn strings(scratch: &Scratch, sql: &str) -> BTreeSet<String> {
+    let conn = scratch.sql();
+    let mut statement = conn.prepare(sql).unwrap();
+    statement
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// One integer from `sql`.
+fn number(scratch: &Scratch, sql: &str) -> i64 {
+    scratch
+        .sql()
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// How many workflows have `status` (0 while the database is missing).
+fn count_status(scratch: &Scratch, status: &str) -> usize {
+    let Ok(conn) = rusqlite::Connection::open_with_flags(
+        scratch.db(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    ) else {
+        return 0;
+    };
+    conn.query_row(
+        "SELECT count(*) FROM workflows WHERE status = ?1",
+        [status],
+        |r| r.get::<_, i64>(0),
+    )
+    .map_or(0, |n| n as usize)
+}
+
+fn status_counts(scratch: &Scratch) -> BTreeMap<String, i64> {
+    let conn = scratch.sql();
+    let mut statement = conn
+        .prepare("SELECT status, count(*) FROM workflows GROUP BY status")
+        .unwrap();
+    statement
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Wait until `count` workflows are completed, failing early (with the
+/// counts) if any failed or was suspended.
+fn wait_completed(scratch: &Scratch, count: usize, servers: &[&Server]) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if count_status(scratch, "completed") >= count {
+            return;
+        }
+        let stuck = count_status(scratch, "failed") + count_status(scratch, "suspended");
+        if stuck > 0 || Instant::now() > deadline {
+            let logs: Vec<String> = servers.iter().map(|s| s.log()).collect();
+            panic!(
+                "not all {count} workflows completed: {:?}\n--- server logs (tail)\n{}",
+                status_counts(scratch),
+                logs.iter()
+                    .map(|l| tail(l, 30))
+                    .collect::<Vec<_>>()
+                    .join("\n---\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// `PRAGMA integrity_check` answers `ok`.
+fn assert_integrity(scratch: &Scratch) {
+    assert!(scratch.integrity_ok(), "PRAGMA integrity_check failed");
+}
+
+/// Every expected step ran exactly once, and nothing else ran.
+fn assert_exactly_once(scratch: &Scratch, expected: &BTreeSet<String>) {
+    let executions = executions(scratch);
+    let twice: Vec<_> = executions.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "steps executed more than once: {twice:?}");
+    let ran: BTreeSet<String> = executions.into_keys().collect();
+    let missing: Vec<_> = expected.difference(&ran).take(10).collect();
+    let extra: Vec<_> = ran.difference(expected).take(10).collect();
+    assert!(missing.is_empty(), "steps that never ran: {missing:?}");
+    assert!(extra.is_empty(), "unexpected effects: {extra:?}");
+}
+
+/// Every workflow in `workflows` is completed with `items` completed steps
+/// and its output.
+fn assert_all_completed(scratch: &Scratch, workflows: &[(String, Value)], items: u32) {
+    let conn = scratch.sql();
+    let mut statement = conn
+        .prepare(
+            "SELECT status, output,
+                    (SELECT count(*) FROM steps s
+                     WHERE s.workflow_id = w.id AND s.status = 'completed')
+             FROM workflows w WHERE id = ?1",
+        )
+        .unwrap();
+    let sum: u64 = (0..u64::from(items)).sum();
+    for (id, _) in workflows {
+        let (status, output, steps): (String, Option<String>, i64) = statement
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap_or_else(|e| panic!("workflow {id}: {e}"));
+        assert_eq!(status, "completed", "{id}");
+        assert_eq!(steps, i64::from(items), "{id}: completed steps");
+        let output: Value = serde_json::from_str(output.as_deref().unwrap_or("null")).unwrap();
+        assert_eq!(output, json!({ "workflow_id": id, "sum": sum }), "{id}");
+    }
+}
+
+/// The largest number of intervals `[start, end)` open at one instant.
+fn max_overlap(intervals: &[(i64, i64)]) -> usize {
+    let mut edges: Vec<(i64, i32)> = intervals
+        .iter()
+        .flat_map(|&(start, end)| [(start, 1), (end, -1)])
+        .collect();
+    // At equal times, ends before starts: half-open intervals.
+    edges.sort();
+    let (mut open, mut max) = (0i32, 0i32);
+    for (_, delta) in edges {
+        open += delta;
+        max = max.max(open);
+    }
+    max as usize
+}
+
+/// `(first step start, last step end)` of each workflow of `queue`.
+fn step_spans(scratch: &Scratch, queue: &str) -> Vec<(i64, i64)> {
+    let conn = scratch.sql();
+    let mut statement = conn
+        .prepare(
+            "SELECT min(s.started_at), max(s.finished_at) FROM steps s
+             JOIN workflows w ON w.id = s.workflow_id
+             WHERE w.queue = ?1 GROUP BY s.workflow_id",
+        )
+        .unwrap();
+    statement
+        .query_map([queue], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The sha256 of `path`, from `sha256sum`.
+fn sha256_of(path: &Path) -> String {
+    let output = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(output.status.success(), "sha256sum {}", path.display());
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+
+/// 500 workflows queued with `start` (while the server runs) to one `serve
+/// --concurrency 32`: all complete, every step body ran exactly once.
+#[test]
+fn many_workflows_complete_exactly_once() {
+    let count = env_size("DURABLE_SERVE_WORKFLOWS", 500);
+    let items = 3;
+    let scratch = Scratch::new();
+    deploy_scenarios(&scratch);
+    let server = Server::start(&scratch, "serve", &["--concurrency", "32"]);
+    let workflows = keyed("w", count, items, 0);
+    let submitting = submit_all(&scratch, &workflows, &[]);
+    wait_completed(&scratch, count, &[&server]);
+    let elapsed = server.started.elapsed();
+
+    assert_all_completed(&scratch, &workflows, items);
+    assert_exactly_once(&scratch, &expected_keys(&workflows, items));
+    assert_eq!(
+        number(&scratch, "SELECT count(*) FROM steps WHERE attempts <> 1"),
+        0,
+        "no step needed a second attempt"
+    );
+    assert_integrity(&scratch);
+    let (first, last) = (
+        number(&scratch, "SELECT min(started_at) FROM steps"),
+        number(&scratch, "SELECT max(finished_at) FROM steps"),
+    );
+    let busy_ms = (last - first).max(1);
+    println!(
+        "serve: {count} workflows of {items} steps: submitted with `start` in {:.2} s \
+         ({:.0}/s, 4 processes at a time); all completed {:.2} s after serve started; \
+         first step to last step {busy_ms} ms ({:.0} workflows/s); serve threads {}, RSS {} MB",
+        submitting.as_secs_f64(),
+        count as f64 / submitting.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        count as f64 * 1000.0 / busy_ms as f64,
+        server.proc_status("Threads"),
+        server.proc_status("VmRSS") / 1024,
+    );
+}
+
+/// SIGKILL of `serve` in the middle, then a new `serve`: every workflow
+/// completes; no step completed at the kill ran again; steps in flight ran
+/// at most once more.
+#[test]
+fn kill_9_in_the_middle_then_restart_completes_everything() {
+    let count = env_size("DURABLE_SERVE_KILL_WORKFLOWS", 200);
+    let items = 5;
+    let scratch = Scratch::new();
+    deploy_scenarios(&scratch);
+    let workflows = keyed("k", count, items, 30);
+    submit_all(&scratch, &workflows, &[]);
+
+    let args = ["--concurrency", "32", "--stale-after", "2s"];
+    let mut first = Server::start(&scratch, "serve-1", &args);
+    wait_until("a quarter of the workflows to complete", PATIENCE, || {
+        count_status(&scratch, "completed") >= count / 4
+    });
+    first.kill9();
+
+    let completed_at_kill = completed_keys(&scratch);
+    let executions_at_kill = executions(&scratch);
+    let statuses_at_kill = status_counts(&scratch);
+    let steps_in_flight = number(
+        &scratch,
+        "SELECT count(*) FROM steps WHERE status = 'running'",
+    );
+    let done_at_kill = count_status(&scratch, "completed");
+    assert!(
+        done_at_kill > 0 && done_at_kill < count,
+        "the kill must land in the middle: {statuses_at_kill:?}"
+    );
+
+    let restarted = Instant::now();
+    let second = Server::start(&scratch, "serve-2", &args);
+    wait_completed(&scratch, count, &[&second]);
+    let recovery = restarted.elapsed();
+
+    let executions = executions(&scratch);
+    for key in &completed_at_kill {
+        assert_eq!(
+            executions.get(key),
+            executions_at_kill.get(key),
+            "{key} was completed at the kill, yet ran again afterwards"
+        );
+    }
+    let expected = expected_keys(&workflows, items);
+    for key in &expected {
+        let ran = executions.get(key).copied().unwrap_or(0);
+        assert!(
+            (1..=2).contains(&ran),
+            "{key} ran {ran} times (one kill allows at most 2)"
+        );
+    }
+    let extra: Vec<_> = executions
+        .keys()
+        .filter(|k| !expected.contains(*k))
+        .collect();
+    assert!(extra.is_empty(), "unexpected effects: {extra:?}");
+    assert_all_completed(&scratch, &workflows, items);
+    assert_integrity(&scratch);
+
+    let re_executed: usize = executions.values().map(|n| n - 1).sum();
+    let takeovers = number(&scratch, "SELECT coalesce(sum(attempts - 1), 0) FROM steps");
+    println!(
+        "serve kill -9: at the kill {statuses_at_kill:?}, {steps_in_flight} steps in flight; \
+         after restart all {count} completed in {:.2} s; {takeovers} steps taken over, \
+         {re_executed} side effects repeated (in flight at the kill); \
+         second server took over {} workflows",
+        recovery.as_secs_f64(),
+        second.logged_ids("taking over").len(),
+    );
+}
+
+/// After a kill -9, a new `serve` on the same machine takes over the dead
+/// server's workflows at once: their owner is provably dead (same boot,
+/// same pid namespace, pid gone), as `run` already knows; nobody should
+/// wait out a 30 s lease (README guarantee 7; issue 11: "at start and
+/// continuously, serve resumes every workflow whose owner is dead or whose
+/// lease expired").
+#[test]
+fn restart_after_kill_9_takes_over_dead_owners_without_waiting_for_leases() {
+    let (count, items) = (8, 10);
+    let scratch = Scratch::new();
+    deploy_scenarios(&scratch);
+    let workflows = keyed("dead", count, items, 200);
+    submit_all(&scratch, &workflows, &[]);
+    let args = ["--concurrency", "16", "--stale-after", "30s"];
+    let mut first = Server::start(&scratch, "serve-1", &args);
+    wait_until("every workflow to complete a step", PATIENCE, || {
+        number(
+            &scratch,
+            "SELECT count(DISTINCT workflow_id) FROM steps WHERE status = 'completed'",
+        ) == count as i64
+    });
+    first.kill9();
+    assert_eq!(count_status(&scratch, "running"), count);
+
+    let restarted = Instant::now();
+    let second = Server::start(&scratch, "serve-2", &args);
+    let deadline = restarted + Duration::from_secs(15);
+    while count_status(&scratch, "completed") < count && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let waited = restarted.elapsed();
+    let taken_over = second.logged_ids("taking over").len();
+    assert_eq!(
+        count_status(&scratch, "completed"),
+        count,
+        "{waited:?} after a restart, the dead server's workflows are still not done \
+         ({taken_over} taken over): `serve` waits for their leases (--stale-after 30s) \
+         although their owner is provably dead; {:?}",
+        status_counts(&scratch)
+    );
+    assert_all_completed(&scratch, &workflows, items);
+    assert_integrity(&scratch);
+    println!(
+        "serve: after kill -9, a new server finished the dead one's {count} workflows in {:.2} s",
+        waited.as_secs_f64()
+    );
+}
+
+/// SIGTERM drains: runs stop at their next step boundary, the server exits
+/// 0 within its grace, leases are released, and a new server resumes the
+/// workflows at once (long before `--stale-after` 30 s) without running a
+/// step twice.
+#[test]
+fn sigterm_drains_at_step_boundaries_and_releases_leases() {
+    let (count, items) = (6, 20);
+    let scratch = Scratch::new();
+    deploy_scenarios(&scratch);
+    let workflows = keyed("d", count, items, 300);
+    submit_all(&scratch, &workflows, &[]);
+    let args = [
+        "--concurrency",
+        "8",
+        "--stale-after",
+        "30s",
+        "--shutdown-grace",
+        "5s",
+    ];
+    let mut first = Server::start(&scratch, "serve-1", &args);
+    wait_until("every workflow to complete a step", PATIENCE, || {
+        number(
+            &scratch,
+            "SELECT count(DISTINCT workflow_id) FROM steps WHERE status = 'completed'",
+        ) == count as i64
+    });
+
+    let signalled = Instant::now();
+    first.signal("-TERM");
+    let status = first
+        .wait_exit(Duration::from_secs(30))
+        .expect("serve did not exit within 30 s of SIGTERM");
+    let drain = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "serve's exit after SIGTERM");
+    assert!(
+        drain < Duration::from_secs(5),
+        "serve took {drain:?} to drain steps of 300 ms (grace 5 s)"
+    );
+
+    assert_eq!(
+        number(
+            &scratch,
+            "SELECT count(*) FROM steps WHERE status = 'running'"
+        ),
+        0,
+        "a drained run leaves no step running"
+    );
+    assert_eq!(
+        count_status(&scratch, "running"),
+        count,
+        "the workflows were stopped mid-way: {:?}",
+        status_counts(&scratch)
+    );
+    assert_eq!(
+        number(
+            &scratch,
+            "SELECT count(*) FROM workflows WHERE status = 'running' AND lease_expires_at <> 0"
+        ),
+        0,
+        "drained workflows have their leases released"
+    );
+    // Stopped at a boundary: every step that ran is recorded, none more.
+    let ran: BTreeSet<String> = executions(&scratch).into_keys().collect();
+    assert_eq!(ran, completed_keys(&scratch));
+    let log = first.log();
+    assert_eq!(first.logged_ids("lease released").len(), count, "{log}");
+    assert!(log.contains("abandoned=0"), "{log}");
+    let steps_before = completed_keys(&scratch).len();
+    let first_runs = strings(&scratch, "SELECT DISTINCT run_id FROM steps");
+
+    let restarted = Instant::now();
+    let second = Server::start(&scratch, "serve-2", &args);
+    wait_until(
+        "the new server to resume every workflow (leases released: no wait for --stale-after)",
+        Duration::from_secs(20),
+        || {
+            let conn = scratch.sql();
+            let mut statement = conn
+                .prepare(
+                    "SELECT DISTINCT workflow_id, run_id FROM steps WHERE status = 'completed'",
+                )
+                .unwrap();
+            let resumed: BTreeSet<String> = statement
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .unwrap()
+                .filter_map(Result::ok)
+                .filter(|(_, run)| !first_runs.contains(run))
+                .map(|(id, _)| id)
+                .collect();
+            resumed.len() == count
+        },
+    );
+    let resumed = restarted.elapsed();
+    wait_completed(&scratch, count, &[&second]);
+    let finished = restarted.elapsed();
+    assert_all_completed(&scratch, &workflows, items);
+    assert_exactly_once(&scratch, &expected_keys(&workflows, items));
+    assert_integrity(&scratch);
+    println!(
+        "serve SIGTERM: drained {count} runs and exited in {:.2} s ({steps_before} of {} steps done); \
+         a new server resumed all of them within {:.2} s and finished in {:.2} s \
+         (--stale-after 30s)",
+        drain.as_secs_f64(),
+        count * items as usize,
+        resumed.as_secs_f64(),
+        finished.as_secs_f64(),
+    );
+}
+
+/// A second signal during a long drain exits at once (130), leaving the
+/// step in flight to the next server.
+#[test]
+fn second_signal_during_a_drain_exits_at_once() {
+    let scratch = Scratch::new();
+    deploy_scenarios(&scratch);
+    let input = json!({ "scenario": "keyed", "items": 1, "sleep_ms": 3000 });
+    start(&scratch, SCENARIOS, "long", &input, &[]).expect_code(0);
+    let args = ["--stale-after", "2s", "--shutdown-grace", "60s"];
+    let mut first = Server::start(&scratch, "serve-1", &args);
+    wait_until("the long step to begin", PATIENCE, || {
+        scratch
+            .try_steps("long")
+            .unwrap_or_default()
+            .iter()
+            .any(|s| s.1 == "running")
+    });
+    first.signal("-TERM");
+    wait_until("serve to begin its drain", Duration::from_secs(5), || {
+        first.log().contains("shutting down")
+    });
+    assert!(
+        first.wait_exit(Duration::from_millis(200)).is_none(),
+        "serve must wait for the step in flight (grace 60 s)"
+    );
+    let signalled = Instant::now();
+    first.signal("-INT");
+    let status = first
+        .wait_exit(Duration::from_secs(10))
+        .expect("serve did not exit after a second signal");
+    let exit = signalled.elapsed();
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "exit status after a second signal"
+    );
+    assert!(
+        exit < Duration::from_secs(2),
+        "a second signal must end serve at once, not after {exit:?}"
+    );
+    // It did not wait for the step: the step is still unfinished.
+    assert_eq!(
+        scratch.steps("long"),
+        vec![("k#000001".to_owned(), "running".to_owned(), 1)]
+    );
+    assert!(
+        executions(&scratch).is_empty(),
+        "the step body never finished"
+    );
+
+    // The next server takes it over once the lease runs out.
+    let second = Server::start(&scratch, "serve-2", &args);
+    wait_completed(&scratch, 1, &[&second]);
+    assert_eq!(
+        scratch.steps("long"),
+        vec![("k#000001".to_owned(), "completed".to_owned(), 2)]
+    );
+    assert_exactly_once(&scratch, &BTreeSet::from(["long/k#000001".to_owned()]));
+    assert_integrity(&scratch);
+    println!("serve: second signal ended the drain in {exit:?} (exit 130)");
+}
+
+/// Two servers on one database share the work: every step runs exactly
+/// once, each workflow is run by one server, and both servers work.
+#[test]
+fn two_servers_on_one_database_run_disjoint_work() {
+    let count = env_size("DURABLE_SERVE_SHARED_WORKFLOWS", 200);
+    let items = 3;
+    let scratch = Scratch::new();
+    deploy_scenarios(&scratch);
+    let args = ["--concurrency", "16", "--stale-after", "5s"];
+    let a = Server::start(&scratch, "serve-a", &args);
+    let b = Server::start(&scratch, "serve-b", &args);
+    let workflows = keyed("s", count, items, 20);
+    submit_all(&scratch, &workflows, &[]);
+    wait_completed(&scratch, count, &[&a, &b]);
+
+    assert_all_completed(&scratch, &workflows, items);
+    assert_exactly_once(&scratch, &expected_keys(&workflows, items));
+    assert_eq!(
+        number(
+            &scratch,
+            "SELECT count(*) FROM (SELECT workflow_id FROM steps
+             GROUP BY workflow_id HAVING count(DISTINCT run_id) > 1)"
+        ),
+        0,
+        "each workflow's steps were all run by one run"
+    );
+    let by_a: BTreeSet<String> = a.logged_ids("finished").into_iter().collect();
+    let by_b: BTreeSet<String> = b.logged_ids("finished").into_iter().collect();
+    let both: Vec<_> = by_a.intersection(&by_b).collect();
+    assert!(
+        both.is_empty(),
+        "workflows finished by both servers: {both:?}"
+    );
+    assert_eq!(
+        by_a.len() + by_b.len(),
+        count,
+        "every workflow finished once"
+    );
+    assert!(
+        !by_a.is_empty() && !by_b.is_empty(),
+        "both servers should work: {} and {}",
+        by_a.len(),
+        by_b.len()
+    );
+    for server in [&a, &b] {
+        let log = server.log();
+        let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+        assert!(errors.is_empty(), "a server logged errors: {errors:#?}");
+    }
+    assert_integrity(&scratch);
+    println!(
+        "serve: two servers ran {} and {} of {count} workflows",
+        by_a.len(),
+        by_b.len()
+    );
+}
+
+/// Thousands of workflows sleeping at once are rows, not threads or memory;
+/// `list --status sleeping` counts them; short sleepers are woken after
+/// their due time (never before) and complete.
+#[test]
+fn sleeping_workflows_are_unloaded_and_woken_when_due() {
+    let sleepers = env_size("DURABLE_SERVE_SLEEPERS", 2000);
+    let nappers = env_size("DURABLE_SERVE_NAPPERS", 50);
+    let scratch = Scratch::new();
+    deploy_scenarios(&scratch);
+    const CONCURRENCY: u64 = 16;
+    let server = Server::start(
+        &scratch,
+        "serve",
+        &["--concurrency", &CONCURRENCY.to_string()],
+    );
+    wait_until("serve to start", Duration::from_secs(30), || {
+        server.log().contains("serving")
+    });
+    let (idle_threads, idle_rss) = (server.proc_status("Threads"), server.proc_status("VmRSS"));
+
+    let long: Vec<(String, Value)> = (0..sleepers)
+        .map(|n| {
+            (
+                format!("sleeper{n:05}"),
+                json!({ "scenario": "keyed_sleep", "sleep_ms": 600_000 }),
+            )
+        })
+        .collect();
+    let submitting = submit_all(&scratch, &long, &[]);
+    wait_until("every workflow to sleep", PATIENCE, || {
+        count_status(&scratch, "sleeping") == sleepers
+    });
+    // Let the runs' threads end.
+    std::thread::sleep(Duration::from_secs(1));
+    let threads = server.proc_status("Threads");
+    let rss_mib = server.proc_status("VmRSS") / 1024;
+    let peak_mib = server.proc_status("VmHWM") / 1024;
+    println!(
+        "serve: {sleepers} workflows sleeping (submitted in {:.1} s): {threads} threads, \
+         RSS {rss_mib} MiB (peak {peak_mib} MiB); idle before: {idle_threads} threads, \
+         RSS {} MiB",
+        submitting.as_secs_f64(),
+        idle_rss / 1024
+    );
+    // Worker threads stay for the next workflows (at most one per slot of
+    // --concurrency), and WASI keeps a few threads for file operations a
+    // while; a sleeping workflow holds none: far fewer than the sleepers.
+    assert!(
+        threads <= idle_threads + 2 * CONCURRENCY + 16,
+        "{threads} threads for {sleepers} sleeping workflows"
+    );
+    assert!(rss_mib < 300, "RSS {rss_mib} MiB for sleeping workflows");
+    assert_eq!(
+        number(
+            &scratch,
+            "SELECT count(*) FROM workflows WHERE status = 'sleeping' AND lease_expires_at = 0
+             AND wake_at > 0"
+        ),
+        sleepers as i64,
+        "sleepers hold no lease and have a wake time"
+    );
+    let listed = run(&mut scratch.host(&["list", "--status", "sleeping", "--all", "--json"]))
+        .expect_code(0)
+        .json();
+    assert_eq!(listed.as_array().unwrap().len(), sleepers);
+    let executed = executions(&scratch);
+    assert_eq!(executed.len(), sleepers, "one `before` each");
+    assert!(executed.keys().all(|k| k.ends_with("/before#000001")));
+
+    // Short sleeps on the same server, among the long ones.
+    let short: Vec<(String, Value)> = (0..nappers)
+        .map(|n| {
+            (
+                format!("nap{n:03}"),
+                json!({ "scenario": "keyed_sleep", "sleep_ms": 6000 }),
+            )
+        })
+        .collect();
+    submit_all(&scratch, &short, &[]);
+    wait_completed(&scratch, nappers, &[&server]);
+
+    let conn = scratch.sql();
+    let mut statement = conn
+        .prepare(
+            "SELECT w.id, CAST(z.output_json AS INTEGER), a.started_at, w.updated_at
+             FROM workflows w
+             JOIN steps z ON z.workflow_id = w.id AND z.step_key = 'durable.sleep#000001'
+             JOIN steps a ON a.workflow_id = w.id AND a.step_key = 'after#000001'
+             WHERE w.id LIKE 'nap%'",
+        )
+        .unwrap();
+    let rows: Vec<(String, i64, i64, i64)> = statement
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.len(), nappers);
+    let woken: BTreeSet<String> = server.logged_ids("woke up").into_iter().collect();
+    let mut lateness = Vec::new();
+    for (id, wake_at, after_started, completed_at) in &rows {
+        assert!(
+            after_started >= wake_at,
+            "{id} resumed {} ms before its wake time",
+            wake_at - after_started
+        );
+        assert!(woken.contains(id), "{id} was not unloaded and woken");
+        lateness.push(completed_at - wake_at);
+    }
+    lateness.sort();
+    let executed = executions(&scratch);
+    for (id, _) in &short {
+        for step in ["before", "after"] {
+            assert_eq!(
+                executed.get(&format!("{id}/{step}#000001")),
+                Some(&1),
+                "{id}"
+            );
+        }
+    }
+    assert_eq!(count_status(&scratch, "sleeping"), sleepers);
+    assert_integrity(&scratch);
+    println!(
+        "serve: {nappers} sleeps of 6 s, completion - wake time: p50 {} ms, p99 {} ms, max {} ms",
+        percentile(&lateness, 0.5),
+        percentile(&lateness, 0.99),
+        lateness.last().unwrap_or(&0)
+    );
+}
+
+/// `start`: idempotent on id and input, refuses another input and unknown
+/// deployments without changing anything; `--wait` prints the result with
+/// `run`'s exit codes, `--wait-timeout` exits 11.
+#[test]
+fn start_is_idempotent_and_waits_with_run_exit_codes() {
+    let scratch = Scratch::new();
+    deploy_scenarios(&scratch);
+    let input = json!({ "scenario": "keyed", "items": 2 });
+
+    let first = start(&scratch, SCENARIOS, "same", &input, &[]).expect_code(0);
+    assert_eq!(first.stdout(), "same\n");
+    let spaced = r#"{ "scenario" : "keyed",  "items" : 2 }"#;
+    let again = run(scratch
+        .host(&[
+            "start",
+            SCENARIOS,
+            "--workflow-id",
+            "same",
+            "--input",
+            spaced,
+        ])
+        .stdin(Stdio::null()))
+    .expect_code(0);
+    assert_eq!(again.stdout(), "same\n", "the same id again");
+    assert!(
+        again.stderr().contains("already exists"),
+        "{}",
+        again.stderr()
+    );
+    let json_again = start(&scratch, SCENARIOS, "same", &input, &["--json"])
+        .expect_code(0)
+        .json();
+    assert_eq!(json_again["workflow_id"], "same");
+    assert_eq!(json_again["created"], false);
+    assert_eq!(json_again["status"], "queued");
+    assert_eq!(number(&scratch, "SELECT count(*) FROM workflows"), 1);
+
+    let before = scratch.dump();
+    let other = json!({ "scenario": "keyed", "items": 3 });
+    let conflict = start(&scratch, SCENARIOS, "same", &other, &[]).expect_code(2);
+    assert!(
+        conflict.stderr().contains("exists with another input"),
+        "{}",
+        conflict.stderr()
+    );
+    assert_eq!(scratch.dump(), before, "a refused start changes nothing");
+
+    let unknown = start(&scratch, "no-such-app", "x", &input, &[]).expect_code(2);
+    assert!(
+        unknown
+            .stderr()
+            .contains("no deployment named `no-such-app`")
+            && unknown.stderr().contains("durable-host deploy"),
+        "{}",
+        unknown.stderr()
+    );
+    let bad_json = run(scratch
+        .host(&["start", SCENARIOS, "--workflow-id", "y", "--input", "{oops"])
+        .stdin(Stdio::null()))
+    .expect_code(2);
+    assert!(!bad_json.stderr().is_empty());
+    assert_eq!(scratch.dump(), before, "refused starts change nothing");
+
+    // No id: one is made up, printed, and queued.
+    let made_up = run(scratch
+        .host(&["start", SCENARIOS, "--input", &input.to_string()])
+        .stdin(Stdio::null()))
+    .expect_code(0)
+    .stdout();
+    let made_up = made_up.trim();
+    assert!(made_up.starts_with("wf-"), "{made_up}");
+    assert_eq!(scratch.workflow_status(made_up).as_deref(), Some("queued"));
+
+    // Nothing serves: --wait-timeout gives up with 11, the workflow stays.
+    let waited = Instant::now();
+    let timed_out = start(
+        &scratch,
+        SCENARIOS,
+        "later",
+        &input,
+        &["--wait", "--wait-timeout", "300ms"],
+    )
+    .expect_code(11);
+    assert!(waited.elapsed() < Duration::from_secs(10));
+    assert!(
+        timed_out.stdout().contains("still queued"),
+        "{}",
+        timed_out.stdout()
+    );
+    assert_eq!(scratch.workflow_status("later").as_deref(), Some("queued"));
+
+    let server = Server::start(&scratch, "serve", &[]);
+    let done = start(&scratch, SCENARIOS, "waited", &input, &["--wait"]).expect_code(0);
+    assert!(
+        done.stdout().contains("completed") && done.stdout().contains(r#""sum":1"#),
+        "{}",
+        done.stdout()
+    );
+    let done_json = start(
+        &scratch,
+        SCENARIOS,
+        "waited-json",
+        &input,
+        &["--wait", "--json"],
+    )
+    .expect_code(0)
+    .json();
+    assert_eq!(done_json["status"], "completed");
+    assert_eq!(
+        done_json["output"],
+        json!({ "workflow_id": "waited-json", "sum": 1 })
+    );
+    let failed = start(
+        &scratch,
+        SCENARIOS,
+        "gives-up",
+        &json!({ "scenario": "fail" }),
+        &["--wait"],
+    )
+    .expect_code(1);
+    assert!(
+        format!("{}{}", failed.stdout(), failed.stderr()).contains("gave up on purpose"),
+        "{}{}",
+        failed.stdout(),
+        failed.stderr()
+    );
+    // The one that timed out went on; waiting again (same id and input)
+    // answers with its result.
+    let later = start(&scratch, SCENARIOS, "later", &input, &["--wait"]).expect_code(0);
+    assert!(later.stdout().contains("completed"), "{}", later.stdout());
+    // Idempotent after the end too: the same input answers, nothing reruns.
+    start(&scratch, SCENARIOS, "same", &input, &["--wait"]).expect_code(0);
+    wait_until("every workflow to end", PATIENCE, || {
+        ["queued", "running", "sleeping"]
+            .iter()
+            .all(|status| count_status(&scratch, status) == 0)
+    });
+    assert_eq!(
+        status_counts(&scratch),
+        BTreeMap::from([("completed".to_owned(), 5), ("failed".to_owned(), 1)]),
+        "{}",
+        server.log()
+    );
+    assert_eq!(
+        executions(&scratch).values().filter(|n| **n != 1).count(),
+        0,
+        "every step ran once"
+    );
+    assert_integrity(&scratch);
+}
+
+/// Named queues: `--queue fast=4` runs up to 4 of its workflows at once
+/// while the default queue (`--concurrency 1`) runs one at a time; a queue
+/// no server serves keeps its workflows queued.
+#[test]
+fn named_queues_have_their_own_concurrency() {
+    let scratch = Scratch::new();
+    deploy_scenarios(&scratch);
+    let (fast_count, default_count, items) = (8, 4, 3);
+    let fast = keyed("fast", fast_count, items, 150);
+    let default = keyed("default", default_count, items, 150);
+    submit_all(&scratch, &fast, &["--queue", "fast"]);
+    submit_all(&scratch, &default, &[]);
+    let unserved = json!({ "scenario": "keyed", "items": 1 });
+    start(
+        &scratch,
+        SCENARIOS,
+        "elsewhere",
+        &unserved,
+        &["--queue", "other"],
+    )
+    .expect_code(0);
+
+    let server = Server::start(
+        &scratch,
+        "serve",
+        &["--concurrency", "1", "--queue", "fast=4"],
+    );
+    wait_completed(&scratch, fast_count + default_count, &[&server]);
+    assert_all_completed(&scratch, &fast, items);
+    assert_all_completed(&scratch, &default, items);
+
+    let fast_spans = step_spans(&scratch, "fast");
+    let default_spans = step_spans(&scratch, "default");
+    let all: Vec<(i64, i64)> = fast_spans.iter().chain(&default_spans).copied().collect();
+    let (fast_overlap, default_overlap, total_overlap) = (
+        max_overlap(&fast_spans),
+        max_overlap(&default_spans),
+        max_overlap(&all),
+    );
+    println!(
+        "serve queues: at most {fast_overlap} `fast` workflows at once (limit 4), \
+         {default_overlap} `default` (limit 1), {total_overlap} in all"
+    );
+    assert!(
+        (2..=4).contains(&fast_overlap),
+        "fast=4 ran {fast_overlap} at once"
+    );
+    assert_eq!(default_overlap, 1, "--concurrency 1 ran several at once");
+    assert!(total_overlap <= 5, "{total_overlap} workflows at once");
+
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        scratch.workflow_status("elsewhere").as_deref(),
+        Some("queued"),
+        "a queue nobody serves is not run"
+    );
+    assert_integrity(&scratch);
+}
+
+/// Every deployed version is kept; a workflow runs on the version it was
+/// started on, whatever was deployed after.
+#[test]
+fn deploy_keeps_every_version_and_workflows_keep_theirs() {
+    let scratch = Scratch::new();
+    let services = format!("{}::/services", scratch.path().join("services").display());
+    let onboarding_sha = sha256_of(&artifacts().onboarding);
+    let scenarios_sha = sha256_of(&artifacts().scenarios);
+
+    let v1 = deploy(
+        &scratch,
+        "app",
+        &artifacts().onboarding,
+        &["--dir", &services],
+    );
+    assert_eq!(v1["version"], 1);
+    assert_eq!(v1["component_sha256"], onboarding_sha.as_str());
+    let employee: Value = serde_json::from_str(&employee("emp-1", 0)).unwrap();
+    start(&scratch, "app", "on-v1", &employee, &[]).expect_code(0);
+
+    let grant = ledger_grant(&scratch);
+    let v2 = deploy(&scratch, "app", &artifacts().scenarios, &["--dir", &grant]);
+    assert_eq!(v2["version"], 2);
+    assert_eq!(v2["component_sha256"], scenarios_sha.as_str());
+    let v3 = deploy(&scratch, "app", &artifacts().scenarios, &["--dir", &grant]);
+    assert_eq!(
+        v3["version"], 3,
+        "the same file deployed again is a new version"
+    );
+    assert_eq!(v3["component_sha256"], scenarios_sha.as_str());
+
+    let listed = run(&mut scratch.host(&["deploy", "--list", "--json"]))
+        .expect_code(0)
+        .json();
+    let versions: Vec<(i64, String)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["name"] == "app")
+        .map(|d| {
+            (
+                d["version"].as_i64().unwrap(),
+                d["component_sha256"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        versions,
+        vec![
+            (3, scenarios_sha.clone()),
+            (2, scenarios_sha.clone()),
+            (1, onboarding_sha.clone())
+        ]
+    );
+
+    let keyed_input = json!({ "scenario": "keyed", "items": 1 });
+    start(&scratch, "app", "on-v3", &keyed_input, &[]).expect_code(0);
+    // Idempotent start of the old one does not move it to the new version.
+    start(&scratch, "app", "on-v1", &employee, &[]).expect_code(0);
+    let sha_of = |id: &str| -> String {
+        scratch
+            .sql()
+            .query_row(
+                "SELECT component_sha256 FROM workflows WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(sha_of("on-v1"), onboarding_sha);
+    assert_eq!(sha_of("on-v3"), scenarios_sha);
+
+    let server = Server::start(&scratch, "serve", &[]);
+    wait_completed(&scratch, 2, &[&server]);
+    assert_eq!(
+        sha_of("on-v1"),
+        onboarding_sha,
+        "still its version after running"
+    );
+    assert_eq!(scratch.steps("on-v1").len(), 4, "the onboarding steps ran");
+    let calls = scratch.service_calls();
+    assert_eq!(
+        calls.values().sum::<usize>(),
+        4,
+        "one call per service: {calls:?}"
+    );
+    assert_exactly_once(&scratch, &BTreeSet::from(["on-v3/k#000001".to_owned()]));
+    assert_integrity(&scratch);
+}
