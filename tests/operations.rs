@@ -545,3 +545,62 @@ fn durable_host_now() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+#[test]
+fn a_compiled_entry_swapped_for_another_components_is_not_run() {
+    let scratch = Scratch::new();
+    let cache = scratch.path().join("cache");
+    let cache_arg = cache.display().to_string();
+    // Fill the cache with both components' compiled code.
+    run(scratch
+        .onboarding("first")
+        .args(["--cache-dir", &cache_arg]))
+    .expect_code(0);
+    run(scratch
+        .scenario("other", json!({"scenario": "loop", "items": 1}))
+        .args(["--cache-dir", &cache_arg]))
+    .expect_code(0);
+    let entries: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "cwasm"))
+        .collect();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let onboarding_sha = sha256_of(&artifacts().onboarding);
+    let (onboarding, other): (Vec<_>, Vec<_>) = entries
+        .iter()
+        .partition(|path| path.to_string_lossy().contains(&onboarding_sha));
+    // Someone copies the other component's native code over onboarding's.
+    std::fs::copy(other[0], onboarding[0]).unwrap();
+
+    // The host notices (the manifest names another hash), compiles the
+    // real onboarding again and runs it: its mock services are called.
+    let before = scratch.service_calls().values().sum::<usize>();
+    run(scratch
+        .onboarding("second")
+        .args(["--cache-dir", &cache_arg]))
+    .expect_code(0);
+    assert_eq!(scratch.service_calls().values().sum::<usize>(), before + 4);
+    let status: String = scratch
+        .sql()
+        .query_row(
+            "SELECT component_sha256 FROM workflows WHERE id = 'second'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(status, onboarding_sha);
+}
+
+/// Hex sha256 of a file, with the system's `sha256sum`.
+fn sha256_of(path: &std::path::Path) -> String {
+    let output = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("run sha256sum");
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}

@@ -231,6 +231,9 @@ pub fn serve(db: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
         cancelled = summary.cancelled,
         slept = summary.slept,
         abandoned = summary.abandoned,
+        writes = summary.writes,
+        commits = summary.commits,
+        flushed_commits = summary.flushed_commits,
         "stopped"
     );
     Ok(ExitCode::from(exit::SUCCESS))

@@ -1436,6 +1436,25 @@ mod tests {
     }
 
     #[test]
+    fn a_workflow_output_that_is_not_json_fails_the_workflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        let mut run = ready(open(&db, "r1"));
+        execute(&mut run, "a", "1");
+        let report = run.complete(Ok("{not json".into())).unwrap();
+        assert_eq!(report.status, WorkflowStatus::Failed);
+        let error = report.outcome.unwrap_err().message;
+        assert!(error.contains("output that is not valid JSON"), "{error}");
+        let stored = SqliteStore::open(&db)
+            .unwrap()
+            .workflow("wf")
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.status, WorkflowStatus::Failed);
+        assert_eq!(stored.output, None);
+    }
+
+    #[test]
     fn invalid_json_from_a_step_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let mut run = ready(open(&dir.path().join("db"), "r1"));

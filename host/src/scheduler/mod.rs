@@ -64,6 +64,11 @@ pub struct ServeSummary {
     pub slept: u64,
     /// Runs still at work when the shutdown grace ran out.
     pub abandoned: usize,
+    /// Writes of all runs, the commits they shared, and how many of those
+    /// were flushed to disk (group commit).
+    pub writes: u64,
+    pub commits: u64,
+    pub flushed_commits: u64,
 }
 
 /// Why a server could not start or go on.
@@ -152,6 +157,10 @@ pub fn serve(
     }
     drop(stop_renewing);
     let _ = renewer.join();
+    let stats = shared.store.stats();
+    dispatcher.summary.writes = stats.writes.load(Ordering::Relaxed);
+    dispatcher.summary.commits = stats.commits.load(Ordering::Relaxed);
+    dispatcher.summary.flushed_commits = stats.flushed_commits.load(Ordering::Relaxed);
     if dispatcher.summary.abandoned == 0 {
         shared.store.close();
     }

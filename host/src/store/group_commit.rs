@@ -13,6 +13,7 @@
 //! The engine sees an ordinary store; batching is this module's business.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -36,9 +37,19 @@ pub struct GroupCommitStore {
 
 struct Shared {
     path: std::path::PathBuf,
+    stats: Arc<CommitStats>,
     readers: Mutex<Vec<SqliteStore>>,
     writer: Mutex<Option<Sender<Job>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What the writer has done: how many writes, in how many commits, of
+/// which how many were flushed.
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    pub writes: AtomicU64,
+    pub commits: AtomicU64,
+    pub flushed_commits: AtomicU64,
 }
 
 /// One write waiting for the writer.
@@ -61,18 +72,26 @@ impl GroupCommitStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let writer_store = SqliteStore::open(path)?;
         let (jobs, received) = mpsc::channel();
+        let stats = Arc::new(CommitStats::default());
+        let writer_stats = Arc::clone(&stats);
         let thread = thread::Builder::new()
             .name("group-commit".to_owned())
-            .spawn(move || write_batches(&writer_store, &received))
+            .spawn(move || write_batches(&writer_store, &received, &writer_stats))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             shared: Arc::new(Shared {
                 path: path.to_owned(),
+                stats,
                 readers: Mutex::new(Vec::new()),
                 writer: Mutex::new(Some(jobs)),
                 thread: Mutex::new(Some(thread)),
             }),
         })
+    }
+
+    /// What the writer has done so far.
+    pub fn stats(&self) -> &CommitStats {
+        &self.shared.stats
     }
 
     /// Wait for the writes in flight, then stop the writer. Writes after
@@ -145,7 +164,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The writer: commit whatever is waiting, in batches, until every handle
 /// is gone.
-fn write_batches(store: &SqliteStore, jobs: &Receiver<Job>) {
+fn write_batches(store: &SqliteStore, jobs: &Receiver<Job>, stats: &CommitStats) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -161,8 +180,15 @@ fn write_batches(store: &SqliteStore, jobs: &Receiver<Job>) {
             }
             continue;
         }
+        stats
+            .writes
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let completions: Vec<Completion> = batch.into_iter().map(|job| (job.work)(store)).collect();
         let committed = store.commit_batch();
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        if flush {
+            stats.flushed_commits.fetch_add(1, Ordering::Relaxed);
+        }
         for complete in completions {
             complete(committed.as_ref().err());
         }
