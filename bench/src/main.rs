@@ -16,10 +16,15 @@
 //! - speed-up of K CPU-bound parallel branches over the same work in
 //!   sequence;
 //! - workflows per second with 1, 2 and 4 processes at a time on one
-//!   database, and the cost per durable commit that implies.
+//!   database, and the cost per durable commit that implies;
+//! - through one `durable-host serve` (see [`serve`]): single-step and
+//!   ten-step workflows per second and the flushed commits per workflow,
+//!   submissions per second over HTTP, a lone long workflow's per-step cost,
+//!   the memory of many sleeping workflows and how late timers fire, and
+//!   the time to recover from `kill -9` with many workflows in flight.
 //!
 //! ```text
-//! cargo run --release -p durable-bench [-- --quick] [--json] [--steps N]
+//! cargo run --release -p durable-bench [-- --quick] [--json] [--steps N] [--serve-only]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -29,7 +34,9 @@ use std::time::{Duration, Instant};
 use durable_tests::{Scratch, artifacts};
 use serde_json::{Value, json};
 
-const USAGE: &str = "usage: durable-bench [--quick] [--json] [--steps N]";
+mod serve;
+
+const USAGE: &str = "usage: durable-bench [--quick] [--json] [--steps N] [--serve-only]";
 
 /// Steps of each workflow in the many-workflows measurement.
 const WORKFLOW_STEPS: u32 = 10;
@@ -48,12 +55,21 @@ struct Sizes {
     replay: u32,
     workflows: u32,
     repeats: u32,
+    /// Single-step and ten-step workflows queued for one `serve`.
+    serve_single: usize,
+    serve_ten: usize,
+    /// Workflows sleeping 10 minutes, and short sleepers among them.
+    sleepers: usize,
+    nappers: usize,
+    /// Workflows in flight when `serve` is killed.
+    in_flight: usize,
 }
 
 struct Options {
     quick: bool,
     json: bool,
     steps: Option<u32>,
+    serve_only: bool,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -61,11 +77,13 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
         quick: false,
         json: false,
         steps: None,
+        serve_only: false,
     };
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => options.quick = true,
             "--json" => options.json = true,
+            "--serve-only" => options.serve_only = true,
             "--steps" => {
                 let n = args.next().ok_or("--steps needs a number")?;
                 match n.parse() {
@@ -105,6 +123,11 @@ fn main() {
             replay: 2_000,
             workflows: 100,
             repeats: 2,
+            serve_single: 1_000,
+            serve_ten: 300,
+            sleepers: 1_000,
+            nappers: 50,
+            in_flight: 200,
         }
     } else {
         Sizes {
@@ -113,6 +136,11 @@ fn main() {
             replay: 10_000,
             workflows: 1_000,
             repeats: 3,
+            serve_single: 5_000,
+            serve_ten: 2_000,
+            sleepers: 10_000,
+            nappers: 200,
+            in_flight: 1_000,
         }
     };
     if let Some(steps) = options.steps {
@@ -149,6 +177,45 @@ fn main() {
         json!({"us": us(normal), "ratio_to_full": ratio(normal, full_before)}),
     );
 
+    let full = if options.serve_only {
+        full_before
+    } else {
+        one_shot(&bench, &mut report, full_before, &machine)
+    };
+    serve_measurements(&bench, &mut report, full);
+
+    let temp = std::env::temp_dir();
+    if options.json {
+        let document = json!({
+            "machine": {"cores": machine.cores, "cpu": machine.cpu, "temp_dir": temp},
+            "quick": options.quick,
+            "results": report.results,
+        });
+        println!("{document}");
+    } else {
+        println!(
+            "Machine: {} cores, {}; every database (baseline included) in a temp dir under {}.\n",
+            machine.cores,
+            machine.cpu,
+            temp.display()
+        );
+        println!("| measurement | result | compared |\n|---|---|---|");
+        for (label, value, comparison) in &report.rows {
+            println!("| {label} | {value} | {comparison} |");
+        }
+    }
+}
+
+/// The measurements of one-shot processes (`durable-host run`); the FULL
+/// commit baseline to compare them with (the mean of the one taken before
+/// and one taken again after the steps).
+fn one_shot(
+    bench: &Bench,
+    report: &mut Report,
+    full_before: Duration,
+    machine: &Machine,
+) -> Duration {
+    let sizes = &bench.sizes;
     let (steps_run, empty) = bench.steps();
     let step = steps_run.saturating_sub(empty) / sizes.steps;
     // fsync latency drifts on virtual disks: take the baseline again right
@@ -267,26 +334,243 @@ fn main() {
         );
     }
 
-    let temp = std::env::temp_dir();
-    if options.json {
-        let document = json!({
-            "machine": {"cores": machine.cores, "cpu": machine.cpu, "temp_dir": temp},
-            "quick": options.quick,
-            "results": report.results,
-        });
-        println!("{document}");
-    } else {
-        println!(
-            "Machine: {} cores, {}; every database (baseline included) in a temp dir under {}.\n",
-            machine.cores,
-            machine.cpu,
-            temp.display()
-        );
-        println!("| measurement | result | compared |\n|---|---|---|");
-        for (label, value, comparison) in &report.rows {
-            println!("| {label} | {value} | {comparison} |");
+    full
+}
+
+/// The measurements of `durable-host serve` (see [`serve`]), compared with
+/// the FULL commit baseline `full` (and, for the lone workflow's steps, with
+/// the baseline taken again around them).
+fn serve_measurements(bench: &Bench, report: &mut Report, full: Duration) {
+    let sizes = &bench.sizes;
+    let cache = bench.cache.path();
+    serve::warm_up(cache);
+
+    let before = raw_commit(sizes.commits, "FULL");
+    let (step, cpu, stopped) = serve::lone_workflow(cache, sizes.steps, sizes.repeats);
+    let around = (before + raw_commit(sizes.commits, "FULL")) / 2;
+    report.add(
+        "serve_lone_step",
+        &format!(
+            "serve: a lone workflow of {} trivial steps, per step",
+            sizes.steps
+        ),
+        micros(step),
+        format!(
+            "{:.2}x of a FULL commit (taken before and after: {}); {} flushed commits per step",
+            ratio(step, around),
+            micros(around),
+            stopped
+                .per(
+                    "flushed_commits",
+                    sizes.steps as usize * sizes.repeats as usize
+                )
+                .map_or("?".into(), |n| format!("{n:.2}"))
+        ),
+        json!({
+            "steps": sizes.steps,
+            "workflows": sizes.repeats,
+            "us": us(step),
+            "baseline_full_us": us(around),
+            "ratio_to_full": ratio(step, around),
+            "server": stopped.json(),
+            "server_cpu": cpu.json(),
+        }),
+    );
+
+    let mut submissions = None;
+    for (items, count) in [(1, sizes.serve_single), (10, sizes.serve_ten)] {
+        for concurrency in [16, 64] {
+            let run = serve::throughput(cache, items, count, concurrency);
+            let per_workflow = Duration::from_secs_f64(1.0 / run.rate());
+            let flushed = run.stopped.per("flushed_commits", count);
+            let commits = run.stopped.per("commits", count);
+            let kind = if items == 1 { "single" } else { "ten" };
+            report.add(
+                &format!("serve_{kind}_step_c{concurrency}"),
+                &format!(
+                    "serve: {count} workflows of {items} step(s), --concurrency {concurrency}"
+                ),
+                format!("{:.0} workflows/s", run.rate()),
+                format!(
+                    "{} per workflow, {:.2}x a FULL commit; {} flushed commits per workflow \
+                     ({} commits); {:.0}/s after start-up ({}); {:.2} cores busy, \
+                     writer thread {:.0}%",
+                    micros(per_workflow),
+                    ratio(per_workflow, full),
+                    flushed.map_or("?".into(), |n| format!("{n:.3}")),
+                    commits.map_or("?".into(), |n| format!("{n:.2}")),
+                    run.running_rate(),
+                    millis(run.startup),
+                    run.cpu.total / run.wall.as_secs_f64(),
+                    100.0 * run.cpu.of("group-commit") / run.wall.as_secs_f64(),
+                ),
+                json!({
+                    "workflows": count,
+                    "steps": items,
+                    "concurrency": concurrency,
+                    "workflows_per_s": run.rate(),
+                    "workflows_per_s_after_startup": run.running_rate(),
+                    "wall_ms": ms(run.wall),
+                    "startup_ms": ms(run.startup),
+                    "us_per_workflow": us(per_workflow),
+                    "ratio_to_full": ratio(per_workflow, full),
+                    "flushed_commits_per_workflow": flushed,
+                    "commits_per_workflow": commits,
+                    "server": run.stopped.json(),
+                    "server_cpu": run.cpu.json(),
+                    "cores_busy": run.cpu.total / run.wall.as_secs_f64(),
+                    "us_cpu_per_workflow": run.cpu.total * 1e6 / count as f64,
+                }),
+            );
+            if submissions.is_none() {
+                submissions = Some(run);
+            }
         }
     }
+    let run = submissions.expect("a throughput run");
+    let per_submission = run.submit / run.workflows as u32;
+    let flushed = run.submit_stopped.per("flushed_commits", run.workflows);
+    report.add(
+        "serve_http_submissions",
+        &format!(
+            "serve: {} submissions over HTTP ({} client threads, keep-alive), nothing running",
+            run.workflows,
+            serve::CLIENT_THREADS
+        ),
+        format!("{:.0} submissions/s", run.submit_rate()),
+        format!(
+            "{} each, {:.2}x a FULL commit; {} flushed commits per submission",
+            micros(per_submission),
+            ratio(per_submission, full),
+            flushed.map_or("?".into(), |n| format!("{n:.3}"))
+        ),
+        json!({
+            "submissions": run.workflows,
+            "client_threads": serve::CLIENT_THREADS,
+            "submissions_per_s": run.submit_rate(),
+            "us_per_submission": us(per_submission),
+            "ratio_to_full": ratio(per_submission, full),
+            "flushed_commits_per_submission": flushed,
+            "server": run.submit_stopped.json(),
+        }),
+    );
+
+    let nap_ms = 6_000;
+    let sleep = serve::sleepers(cache, sizes.sleepers, sizes.nappers, nap_ms);
+    let submit_rate = sleep.sleepers as f64 / sleep.submit.as_secs_f64();
+    report.add(
+        "serve_http_submissions_running",
+        &format!(
+            "serve: {} submissions over HTTP while running them (each sleeps after a step)",
+            sleep.sleepers
+        ),
+        format!("{submit_rate:.0} submissions/s"),
+        format!("{} each", micros(sleep.submit / sleep.sleepers as u32)),
+        json!({
+            "submissions": sleep.sleepers,
+            "client_threads": serve::CLIENT_THREADS,
+            "submissions_per_s": submit_rate,
+        }),
+    );
+    let (control_rss_kb, control_hwm_kb) = serve::completed_rss(cache, sizes.sleepers);
+    let mib = |kb: u64| kb as f64 / 1024.0;
+    report.add(
+        "serve_sleeping_memory",
+        &format!("serve: RSS with {} workflows sleeping", sleep.sleepers),
+        format!("{:.1} MiB", mib(sleep.rss_kb)),
+        format!(
+            "idle before: {:.1} MiB; peak {:.1} MiB; {} threads (idle: {}); \
+             {} database connections; as many run to completion instead: {:.1} MiB \
+             (peak {:.1} MiB)",
+            mib(sleep.idle_rss_kb),
+            mib(sleep.hwm_kb),
+            sleep.threads,
+            sleep.idle_threads,
+            sleep.connections,
+            mib(control_rss_kb),
+            mib(control_hwm_kb)
+        ),
+        json!({
+            "sleepers": sleep.sleepers,
+            "rss_mib": mib(sleep.rss_kb),
+            "peak_rss_mib": mib(sleep.hwm_kb),
+            "idle_rss_mib": mib(sleep.idle_rss_kb),
+            "threads": sleep.threads,
+            "idle_threads": sleep.idle_threads,
+            "database_connections": sleep.connections,
+            "completed_instead_rss_mib": mib(control_rss_kb),
+            "completed_instead_peak_rss_mib": mib(control_hwm_kb),
+        }),
+    );
+    let late = &sleep.lateness_ms;
+    let resume = &sleep.resume_ms;
+    report.add(
+        "serve_timer_lateness",
+        &format!(
+            "serve: {} sleeps of {} s among them, next step's end - wake time",
+            sleep.nappers,
+            nap_ms / 1000
+        ),
+        format!(
+            "p50 {} ms, p99 {} ms",
+            serve::percentile(late, 0.5),
+            serve::percentile(late, 0.99)
+        ),
+        format!(
+            "max {} ms; next step's start - wake time: p50 {} ms, p99 {} ms",
+            late.last().copied().unwrap_or(0),
+            serve::percentile(resume, 0.5),
+            serve::percentile(resume, 0.99)
+        ),
+        json!({
+            "workflows": sleep.nappers,
+            "sleep_ms": nap_ms,
+            "among_sleepers": sleep.sleepers,
+            "lateness_p50_ms": serve::percentile(late, 0.5),
+            "lateness_p99_ms": serve::percentile(late, 0.99),
+            "lateness_max_ms": late.last().copied().unwrap_or(0),
+            "resume_p50_ms": serve::percentile(resume, 0.5),
+            "resume_p99_ms": serve::percentile(resume, 0.99),
+            "server": sleep.stopped.json(),
+        }),
+    );
+
+    let (steps, step_ms) = (5, 100);
+    let recovery = serve::recovery(cache, sizes.in_flight, steps, step_ms);
+    report.add(
+        "serve_kill9_recovery",
+        &format!(
+            "serve: kill -9 with {} workflows in flight ({steps} steps of {step_ms} ms), restart at once",
+            recovery.workflows
+        ),
+        format!(
+            "{} to all completed",
+            millis(recovery.completed)
+        ),
+        format!(
+            "all taken over after {}; {} running at the kill, {} steps of {} done; \
+             least possible {}",
+            millis(recovery.resumed),
+            recovery.running_at_kill,
+            recovery.steps_done_at_kill,
+            recovery.workflows * steps as usize,
+            millis(recovery.ideal)
+        ),
+        json!({
+            "workflows": recovery.workflows,
+            "steps": steps,
+            "step_ms": step_ms,
+            "running_at_kill": recovery.running_at_kill,
+            "completed_at_kill": recovery.completed_at_kill,
+            "steps_done_at_kill": recovery.steps_done_at_kill,
+            "restart_delay_ms": ms(recovery.restart_delay),
+            "resumed_ms": ms(recovery.resumed),
+            "completed_ms": ms(recovery.completed),
+            "least_possible_ms": ms(recovery.ideal),
+            "taken_over": recovery.taken_over,
+            "server": recovery.stopped.json(),
+        }),
+    );
 }
 
 struct Machine {
@@ -419,7 +703,23 @@ impl Bench {
                     std::fs::copy(&from, with_suffix(&copy.db(), suffix)).unwrap();
                 }
             }
-            let (elapsed, code) = self.run_steps(&copy, "history", n, &[]);
+            // Without grants: the copy's scratch directories are not the
+            // ones the workflow was started with, and a run that names
+            // other grants is refused; the recorded ones are used.
+            let input = json!({"scenario": "steps", "items": n});
+            let (elapsed, code) = time(
+                Command::new(&artifacts().host)
+                    .current_dir(copy.path())
+                    .arg("run")
+                    .arg(&artifacts().scenarios)
+                    .args(["--workflow-id", "history", "--input", &input.to_string()])
+                    .arg("--db")
+                    .arg(copy.db())
+                    .arg("--cache-dir")
+                    .arg(self.cache.path())
+                    .arg("--json")
+                    .stdin(std::process::Stdio::null()),
+            );
             assert_eq!(code, Some(0), "the resumed run should complete");
             elapsed
         });

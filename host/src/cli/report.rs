@@ -167,7 +167,7 @@ pub fn millis(duration: Duration) -> String {
 /// The header printed before a run's steps.
 pub fn print_start(workflow_id: &str, run_id: &str, recorded_steps: Option<usize>) {
     match recorded_steps {
-        None => println!("workflow {workflow_id}: started (run {run_id})"),
+        None => println!("workflow {workflow_id}: starting (run {run_id})"),
         Some(n) => {
             println!("workflow {workflow_id}: resuming with {n} recorded step(s) (run {run_id})")
         }

@@ -34,8 +34,10 @@ pub fn deploy(
     let file = ComponentFile::read(component)?;
     let grants = grants.to_grants();
     check_grants(db, &grants)?;
+    // Compiled as `serve` compiles (interruptible), so that this check
+    // also fills the cache entry the server loads.
     let runtime = Runtime::new(RuntimeConfig {
-        interruptible: false,
+        interruptible: true,
         cache: cache.cache(),
     })?;
     let store = SqliteStore::open(db)?;

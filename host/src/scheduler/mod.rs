@@ -430,7 +430,10 @@ fn execute(shared: &Shared, workflow: &WorkflowRecord) -> Option<WorkflowStatus>
 /// The compiled component with `sha256`, compiled from the database's
 /// copy once per server.
 fn compiled(shared: &Shared, sha256: &str) -> Result<WorkflowComponent, ServeError> {
-    if let Some(component) = lock(&shared.components).get(sha256) {
+    // Held while compiling: the runs that need the same component wait for
+    // this compilation instead of each doing their own.
+    let mut components = lock(&shared.components);
+    if let Some(component) = components.get(sha256) {
         return Ok(component.clone());
     }
     let bytes = shared.store.component(sha256)?.ok_or_else(|| {
@@ -440,7 +443,7 @@ fn compiled(shared: &Shared, sha256: &str) -> Result<WorkflowComponent, ServeErr
     })?;
     let file = ComponentFile::from_bytes(PathBuf::from(format!("component {sha256}")), bytes)?;
     let component = shared.runtime.compile(&file)?;
-    lock(&shared.components).insert(sha256.to_owned(), component.clone());
+    components.insert(sha256.to_owned(), component.clone());
     Ok(component)
 }
 

@@ -146,6 +146,14 @@ impl SqliteStore {
         // of the cache is parsed again on its next use.
         self.conn
             .set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        // SQLite's statistics (STAT4) would otherwise re-plan, so re-parse, a
+        // cached statement whenever a bound value changes: keep one plan.
+        self.conn
+            .set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+                true,
+            )
+            .map_err(store_error)?;
         self.read(|| {
             // journal_mode returns the mode it ended up in: a read-only file
             // cannot switch to WAL, and anything else would break our promises.
@@ -758,17 +766,18 @@ impl CheckpointStore for SqliteStore {
         limit: u32,
     ) -> Result<Vec<WorkflowRecord>, StoreError> {
         self.read(|| {
-            // Three index scans (see the partial indexes in `schema`), oldest
+            // Three index scans (the partial indexes in `schema`, named:
+            // the planner would rather take the one on status), oldest
             // first within each: taken-over and due ones before new ones, so
             // that work already begun finishes first.
             self.conn
                 .prepare_cached(&format!(
                     "SELECT {WORKFLOW_COLUMNS} FROM (
-                         SELECT * FROM workflows WHERE status = 'running'
-                             AND lease_expires_at < ?2 AND queue = ?1
+                         SELECT * FROM workflows INDEXED BY workflows_leases
+                             WHERE status = 'running' AND lease_expires_at < ?2 AND queue = ?1
                          UNION ALL
-                         SELECT * FROM workflows WHERE status = 'sleeping'
-                             AND wake_at <= ?2 AND queue = ?1
+                         SELECT * FROM workflows INDEXED BY workflows_waking
+                             WHERE status = 'sleeping' AND wake_at <= ?2 AND queue = ?1
                          UNION ALL
                          SELECT * FROM (SELECT * FROM workflows
                              WHERE status = 'queued' AND queue = ?1
@@ -791,7 +800,7 @@ impl CheckpointStore for SqliteStore {
         self.read(|| {
             self.conn
                 .prepare_cached(&format!(
-                    "SELECT {WORKFLOW_COLUMNS} FROM workflows
+                    "SELECT {WORKFLOW_COLUMNS} FROM workflows INDEXED BY workflows_leases
                      WHERE status = 'running' AND lease_expires_at >= ?4 AND queue = ?1
                        AND owner_host = ?2 AND owner_boot = ?3
                      ORDER BY lease_expires_at LIMIT ?5"
@@ -805,7 +814,8 @@ impl CheckpointStore for SqliteStore {
         self.read(|| {
             self.conn
                 .prepare_cached(
-                    "SELECT min(wake_at) FROM workflows WHERE status = 'sleeping' AND queue = ?1",
+                    "SELECT min(wake_at) FROM workflows INDEXED BY workflows_waking
+                     WHERE status = 'sleeping' AND queue = ?1",
                 )?
                 .query_row([queue], |row| row.get(0))
         })
