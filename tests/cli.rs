@@ -5,9 +5,9 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use durable_tests::{Run, Scratch, artifacts, employee, run, spawn};
+use durable_tests::{Run, Scratch, artifacts, employee, run, signal, spawn};
 use serde_json::{Value, json};
 
 /// No panic, no backtrace: what a user must never see.
@@ -33,33 +33,6 @@ fn error_and_hint(result: &Run) -> (String, String) {
         .unwrap_or_else(|| panic!("no hint in:\n{stderr}"))
         .to_owned();
     (error, hint)
-}
-
-/// Wait until `workflow_id` has a step in `status` whose key starts with `prefix`.
-fn wait_for_step(scratch: &Scratch, workflow_id: &str, prefix: &str, status: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let steps = scratch.try_steps(workflow_id).unwrap_or_default();
-        if steps
-            .iter()
-            .any(|s| s.0.starts_with(prefix) && s.1 == status)
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {status} {prefix} step: {steps:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {signal} {pid}");
 }
 
 /// `command` run by `sh` after `limits` (shell commands such as `ulimit -n 3`).
@@ -184,7 +157,7 @@ fn a_run_that_lost_its_workflow_to_another_exits_8_and_says_what_happened() {
     let mut command = scratch.run(&artifacts().onboarding, "frozen");
     command.args(["--input", &employee("frozen", 600), "--json"]);
     let frozen = spawn(&mut command);
-    wait_for_step(&scratch, "frozen", "create_record", "running");
+    scratch.wait_for_step("frozen", "create_record", "running");
     signal(frozen.id(), "-STOP");
     // Its lease runs out while it is stopped, and another run takes over.
     scratch
@@ -221,7 +194,7 @@ fn a_database_deleted_under_a_run_is_a_storage_failure() {
     let scratch = Scratch::new();
     let input = json!({"scenario": "slow", "items": 4, "sleep_ms": 300});
     let child = spawn(&mut scratch.scenario("doomed", input));
-    wait_for_step(&scratch, "doomed", "tick#000001", "completed");
+    scratch.wait_for_step("doomed", "tick#000001", "completed");
     std::fs::remove_file(scratch.db()).unwrap();
     let result = Run {
         output: child.wait_with_output().unwrap(),

@@ -13,28 +13,11 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use durable_tests::{Scratch, artifacts, run, spawn};
+use durable_tests::{Scratch, artifacts, run, signal, spawn, wait_until};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------
 // Helpers
-
-/// Poll `done` every 10 ms until it holds, failing after `timeout`.
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {signal} {pid}");
-}
 
 /// Every thread of `pid` is stopped.
 fn all_threads_stopped(pid: u32) -> bool {

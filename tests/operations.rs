@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use durable_tests::{Scratch, artifacts, run, spawn};
+use durable_tests::{Scratch, artifacts, run, sha256_of, spawn};
 use serde_json::json;
 
 #[test]
@@ -590,17 +590,4 @@ fn a_compiled_entry_swapped_for_another_components_is_not_run() {
         )
         .unwrap();
     assert_eq!(status, onboarding_sha);
-}
-
-/// Hex sha256 of a file, with the system's `sha256sum`.
-fn sha256_of(path: &std::path::Path) -> String {
-    let output = std::process::Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("run sha256sum");
-    String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
 }

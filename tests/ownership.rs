@@ -5,27 +5,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use durable_tests::{Scratch, artifacts, employee, run, spawn};
+use durable_tests::{Scratch, artifacts, employee, run, signal, spawn};
 use serde_json::json;
-
-/// Wait until `workflow_id` has a step in `status` whose key starts with `prefix`.
-fn wait_for_step(scratch: &Scratch, workflow_id: &str, prefix: &str, status: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let steps = scratch.try_steps(workflow_id).unwrap_or_default();
-        if steps
-            .iter()
-            .any(|s| s.0.starts_with(prefix) && s.1 == status)
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {status} {prefix} step: {steps:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 fn slow_onboarding(scratch: &Scratch, id: &str, latency_ms: u64) -> Command {
     let mut command = scratch.run(&artifacts().onboarding, id);
@@ -33,19 +14,11 @@ fn slow_onboarding(scratch: &Scratch, id: &str, latency_ms: u64) -> Command {
     command
 }
 
-fn signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {signal} {pid}");
-}
-
 #[test]
 fn a_live_owner_is_named_and_a_dead_one_is_taken_over_at_once() {
     let scratch = Scratch::new();
     let mut owner = spawn(&mut slow_onboarding(&scratch, "busy", 1500));
-    wait_for_step(&scratch, "busy", "create_record", "running");
+    scratch.wait_for_step("busy", "create_record", "running");
 
     let refused = run(&mut scratch.run(&artifacts().onboarding, "busy")).expect_code(5);
     let stderr = refused.stderr();
@@ -96,7 +69,7 @@ fn the_heartbeat_keeps_the_lease_ahead_of_stale_after() {
     let mut command = slow_onboarding(&scratch, "beat", 1200);
     command.args(["--stale-after", "1s"]);
     let mut child = spawn(&mut command);
-    wait_for_step(&scratch, "beat", "create_record", "running");
+    scratch.wait_for_step("beat", "create_record", "running");
     let lease = || -> i64 {
         scratch
             .sql()
@@ -122,7 +95,7 @@ fn the_heartbeat_keeps_the_lease_ahead_of_stale_after() {
 fn a_frozen_owner_that_lost_its_lease_stops_at_its_next_write() {
     let scratch = Scratch::new();
     let frozen = spawn(&mut slow_onboarding(&scratch, "frozen", 600));
-    wait_for_step(&scratch, "frozen", "create_record", "running");
+    scratch.wait_for_step("frozen", "create_record", "running");
     signal(frozen.id(), "-STOP");
     // Its lease runs out (as it would after --stale-after) while it is stopped.
     scratch

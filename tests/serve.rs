@@ -19,10 +19,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use durable_tests::{Run, Scratch, artifacts, employee, run};
+use durable_tests::{Run, Scratch, artifacts, employee, run, sha256_of, wait_until};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------
@@ -41,15 +41,6 @@ fn env_size(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// Poll `done` every 20 ms until it holds, failing after `timeout`.
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A `durable-host serve` process on the scratch database, its stderr (the
@@ -87,11 +78,7 @@ impl Server {
 
     /// Send `signal` (`-TERM`, `-INT`) with `kill`.
     fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill {signal} {}", self.pid());
+        durable_tests::signal(self.pid(), signal);
     }
 
     /// SIGKILL, and reap.
@@ -395,17 +382,6 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
         return 0;
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-/// The sha256 of `path`, from `sha256sum`.
-fn sha256_of(path: &Path) -> String {
-    let output = Command::new("sha256sum").arg(path).output().unwrap();
-    assert!(output.status.success(), "sha256sum {}", path.display());
-    String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
 }
 
 // ---------------------------------------------------------------------------

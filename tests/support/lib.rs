@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -222,6 +223,25 @@ impl Scratch {
             .collect()
     }
 
+    /// Wait until `workflow_id` has a step in `status` whose key starts with `prefix`.
+    pub fn wait_for_step(&self, workflow_id: &str, prefix: &str, status: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let steps = self.try_steps(workflow_id).unwrap_or_default();
+            if steps
+                .iter()
+                .any(|s| s.0.starts_with(prefix) && s.1 == status)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {status} {prefix} step: {steps:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The recorded status of workflow `id`, if it exists.
     pub fn workflow_status(&self, id: &str) -> Option<String> {
         self.sql()
@@ -347,4 +367,33 @@ pub fn spawn(command: &mut Command) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start durable-host")
+}
+
+/// Wait until `done` holds, failing the test after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Send `signal` (`-STOP`, `-CONT`, `-TERM`...) to process `pid` with `kill`.
+pub fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// Hex sha256 of the file at `path`, from `sha256sum`.
+pub fn sha256_of(path: &Path) -> String {
+    let output = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(output.status.success(), "sha256sum {}", path.display());
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
 }
