@@ -1012,6 +1012,7 @@ fn the_openapi_document_is_true() {
         (("post", "/v1/workflows"), 202),
         (("get", "/v1/workflows/{id}"), 200),
         (("get", "/v1/workflows/{id}/steps"), 200),
+        (("get", "/v1/workflows/{id}/logs"), 200),
         (("get", "/v1/workflows/{id}/result"), 200),
         (("post", "/v1/workflows/{id}/cancel"), 200),
     ]
@@ -1145,4 +1146,96 @@ fn the_api_drains_with_the_server() {
     assert_eq!(scratch.workflow_status("late"), None);
     assert_eq!(scratch.workflow_status("busy").as_deref(), Some("running"));
     assert!(scratch.integrity_ok());
+}
+
+#[test]
+fn a_workflows_output_is_read_and_followed_over_http_and_with_logs() {
+    let scratch = Scratch::new();
+    deploy_with_cli(&scratch, "scenarios", &artifacts().scenarios);
+    let server = Server::start(&scratch, &[]);
+    server.submit(
+        "scenarios",
+        "talker",
+        json!({"scenario": "output", "sleep_ms": 2000}),
+        None,
+    );
+    // Followed from the start: it prints lines as their checkpoints land
+    // and ends by itself when the workflow does.
+    let follower = scratch
+        .host(&["logs", "talker", "--follow", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // While the workflow holds in its last step, the lines kept with the
+    // checkpoints before it are there; the rest is not yet.
+    scratch.wait_for_step("talker", "hold#", "running");
+    let early = server.get("/v1/workflows/talker/logs").expect(200).json;
+    assert_eq!(early["status"], "running", "{early}");
+    let early_texts: Vec<&str> = early["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|line| line["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(early_texts.last(), Some(&"branch says hello"), "{early}");
+
+    server.result("talker");
+    let page = server.get("/v1/workflows/talker/logs").expect(200).json;
+    assert_eq!(page["status"], "completed");
+    let lines = page["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 8, "{page}");
+    assert_eq!(lines[2]["stream"], "stderr");
+    assert_eq!(lines[2]["step"], "print#000001");
+    assert_eq!(lines[4]["stream"], "log");
+    assert_eq!(lines[7]["text"], "the end, without a newline");
+    assert!(
+        lines
+            .windows(2)
+            .all(|w| w[0]["seq"].as_i64() < w[1]["seq"].as_i64())
+    );
+    // Paging: from `next_after` on there is nothing; `limit` cuts.
+    let next = page["next_after"].as_i64().unwrap();
+    let rest = server
+        .get(&format!("/v1/workflows/talker/logs?after={next}"))
+        .expect(200)
+        .json;
+    assert_eq!(rest["lines"], json!([]));
+    assert_eq!(rest["next_after"], next);
+    let two = server
+        .get("/v1/workflows/talker/logs?limit=2")
+        .expect(200)
+        .json;
+    assert_eq!(two["lines"].as_array().unwrap().len(), 2);
+    assert_eq!(two["next_after"], lines[1]["seq"]);
+
+    // The follower saw the same lines and stopped on its own.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut follower = follower;
+    while follower.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "logs --follow did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let followed = follower.wait_with_output().unwrap();
+    assert!(followed.status.success());
+    let followed: Vec<Value> = String::from_utf8(followed.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(&followed, lines);
+
+    // Bad requests change nothing and say why.
+    let bad = server.get("/v1/workflows/talker/logs?limit=0").expect(400);
+    assert!(bad.error_message().contains("limit"));
+    let bad = server.get("/v1/workflows/talker/logs?after=x").expect(400);
+    bad.error_message();
+    let unknown = server.get("/v1/workflows/nobody/logs").expect(404);
+    assert!(unknown.error_message().contains("nobody"));
+
+    // Guest output goes to the workflow's log, not into serve's own.
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(!log.contains("inside print"), "{log}");
+    assert_eq!(server.stop(), Some(0));
 }

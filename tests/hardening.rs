@@ -1182,3 +1182,71 @@ fn the_log_is_written_once_not_again_while_replaying() {
     assert_eq!(resumed.json()["output"], "chatty", "ctx.workflow_id()");
     assert_eq!(scratch.effects(), ["s#000001", "t#000001"]);
 }
+
+/// `(stream, step, text)` of each line `durable-host logs --json` prints.
+fn log_lines(scratch: &Scratch, workflow_id: &str) -> Vec<(String, String, String)> {
+    let logs = run(&mut scratch.host(&["logs", workflow_id, "--json"])).expect_code(0);
+    logs.stdout()
+        .lines()
+        .map(|line| {
+            let line: Value = serde_json::from_str(line).expect("one JSON object per line");
+            let text = |field: &str| line[field].as_str().unwrap_or("-").to_owned();
+            (text("stream"), text("step"), text("text"))
+        })
+        .collect()
+}
+
+#[test]
+fn guest_output_is_kept_per_workflow_once_across_a_crash() {
+    let scratch = Scratch::new();
+    let input = json!({"scenario": "output"});
+    let crashed = run(scratch
+        .scenario("talker", input.clone())
+        .args(["--crash", "hold:before"]))
+    .expect_code(3);
+    // `run` still shows the guest's output as it happens.
+    assert!(
+        crashed.stderr().contains("inside print"),
+        "{}",
+        crashed.stderr()
+    );
+    run(&mut scratch.scenario("talker", input)).expect_code(0);
+
+    let lines = |rows: &[(&str, &str, &str)]| -> Vec<(String, String, String)> {
+        rows.iter()
+            .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+            .collect()
+    };
+    // Each line once: what the first run kept is not kept again when the
+    // second replays the same code; what it printed after its last
+    // checkpoint ("before the hold") died with it and is kept from the
+    // second run.
+    assert_eq!(
+        log_lines(&scratch, "talker"),
+        lines(&[
+            ("stdout", "-", "workflow code before any step"),
+            ("stdout", "print#000001", "inside print"),
+            ("stderr", "print#000001", "a warning from print"),
+            ("stdout", "-", "an unfinished line between steps"),
+            ("log", "-", "logged between steps"),
+            ("stdout", "shout#000001", "branch says hello"),
+            ("stdout", "-", "before the hold"),
+            ("stdout", "-", "the end, without a newline"),
+        ])
+    );
+
+    // People get one line each, with its time, stream and step; --tail cuts.
+    let text = run(&mut scratch.host(&["logs", "talker", "--tail", "2"])).expect_code(0);
+    let text = text.stdout();
+    let shown: Vec<&str> = text.lines().collect();
+    assert_eq!(shown.len(), 2, "{shown:?}");
+    assert!(
+        shown[0].ends_with(" stdout -  before the hold"),
+        "{shown:?}"
+    );
+    assert!(shown[0].starts_with("20"), "a date first: {shown:?}");
+
+    // An unknown workflow is an error, not an empty log.
+    let unknown = run(&mut scratch.host(&["logs", "nobody"])).expect_code(2);
+    assert!(unknown.stderr().contains("nobody"), "{}", unknown.stderr());
+}

@@ -80,6 +80,52 @@ fn human_output_shows_each_step_and_the_result() {
     assert!(stdout.contains("\"record_id\":\"HR-emp-h\""), "{stdout}");
 }
 
+/// The first and last column of the bar in the `history --timeline` row of
+/// step `key`.
+fn bar_extent(chart: &str, key: &str) -> (usize, usize) {
+    let row = chart
+        .lines()
+        .find(|line| line.starts_with(key))
+        .unwrap_or_else(|| panic!("no row for {key}:\n{chart}"));
+    let bars: Vec<char> = row.split('|').nth(1).unwrap().chars().collect();
+    let first = bars.iter().position(|&c| c == '█').unwrap();
+    let last = bars.iter().rposition(|&c| c == '█').unwrap();
+    (first, last)
+}
+
+#[test]
+fn the_timeline_shows_the_provisioning_branches_overlapping() {
+    let scratch = Scratch::new();
+    let slow = scratch
+        .run(&durable_tests::artifacts().onboarding, "emp-t")
+        .args(["--input", &employee("emp-t", 300)])
+        .output()
+        .unwrap();
+    assert!(slow.status.success(), "{slow:?}");
+    let chart = run(scratch
+        .host(&["history", "emp-t", "--timeline"])
+        .env("COLUMNS", "120"))
+    .expect_code(0)
+    .stdout();
+    assert!(
+        chart.lines().all(|line| line.chars().count() <= 120),
+        "{chart}"
+    );
+    assert!(
+        !chart.contains('\x1b'),
+        "no colour off a terminal:\n{chart}"
+    );
+    let record = bar_extent(&chart, "create_record#");
+    let laptop = bar_extent(&chart, "provision_laptop#");
+    let access = bar_extent(&chart, "provision_access#");
+    let email = bar_extent(&chart, "send_welcome_email#");
+    // Each service call takes 300 ms: the branches run side by side, after
+    // the record and before the email.
+    assert!(record.1 <= laptop.0 && record.1 <= access.0, "{chart}");
+    assert!(laptop.0.max(access.0) < laptop.1.min(access.1), "{chart}");
+    assert!(laptop.1.max(access.1) <= email.0, "{chart}");
+}
+
 /// Resume after a crash and check the promises against what the crash left:
 /// every step completed at the crash ran exactly once in all, every step in
 /// flight at most twice, every other step once, and the output is unchanged.

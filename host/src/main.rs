@@ -22,7 +22,15 @@ fn main() -> ExitCode {
             after,
             all,
         } => cli::inspect::list(db, json, status, (!all).then_some(limit), after),
-        Command::History { workflow_id } => cli::inspect::history(db, json, &workflow_id),
+        Command::History {
+            workflow_id,
+            timeline,
+        } => cli::inspect::history(db, json, &workflow_id, timeline),
+        Command::Logs {
+            workflow_id,
+            tail,
+            follow,
+        } => cli::inspect::logs(db, json, &workflow_id, tail, follow),
         Command::Recover {
             component,
             execution,

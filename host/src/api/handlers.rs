@@ -17,8 +17,9 @@ use serde::de::DeserializeOwned;
 use super::error::ApiError;
 use super::model::{
     CancelState, Cancelled, ComponentBytes, DeployParams, DeploymentList, DeploymentView,
-    DeploymentsParams, ErrorBody, EventView, Health, ListParams, ResultParams, StepView,
-    SubmitRequest, Submitted, WorkflowHistory, WorkflowListItem, WorkflowPage, WorkflowView,
+    DeploymentsParams, ErrorBody, EventView, Health, ListParams, LogLineView, LogPage, LogParams,
+    ResultParams, StepView, SubmitRequest, Submitted, WorkflowHistory, WorkflowListItem,
+    WorkflowPage, WorkflowView,
 };
 use super::{ApiState, DEPLOY_BODY_LIMIT, SUBMIT_BODY_LIMIT};
 use crate::control::{self, DEFAULT_QUEUE, Submission};
@@ -195,6 +196,18 @@ pub async fn submit_workflow(
     ))
 }
 
+/// The `limit` asked for a page, or `default`; from 1 to [`MAX_PAGE`].
+fn page_limit(asked: Option<u32>, default: u32) -> Result<u32, ApiError> {
+    let limit = asked.unwrap_or(default);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            format!("limit {limit} is out of range"),
+            &format!("limit is from 1 to {MAX_PAGE} (default {default}); page with `after`"),
+        ));
+    }
+    Ok(limit)
+}
+
 /// List workflows, newest first, a page at a time.
 #[utoipa::path(
     get,
@@ -222,13 +235,7 @@ pub async fn list_workflows(
             })
         })
         .transpose()?;
-    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_request(
-            format!("limit {limit} is out of range"),
-            "limit is from 1 to 1000 (default 50); page with `after`",
-        ));
-    }
+    let limit = page_limit(params.limit, DEFAULT_PAGE)?;
     let page = blocking(&state, move |store| {
         if let Some(after) = &params.after
             && store.workflow(after)?.is_none()
@@ -311,6 +318,44 @@ pub async fn workflow_steps(
     })
     .await?;
     Ok(Json(history))
+}
+
+/// A page of what a workflow printed (stdout, stderr) and logged.
+///
+/// Lines are stored with the checkpoint that follows them; poll with
+/// `after` set to the previous page's `next_after` to follow a running
+/// workflow.
+#[utoipa::path(
+    get,
+    path = "/v1/workflows/{id}/logs",
+    tag = "workflows",
+    params(("id" = String, Path, description = "The workflow id (`/` written %2F)"), LogParams),
+    responses(
+        (status = 200, description = "Lines after `after`, oldest first", body = LogPage),
+        (status = 400, description = "A bad `after` or limit", body = ErrorBody),
+        (status = 404, description = "No such workflow", body = ErrorBody),
+    )
+)]
+pub async fn workflow_logs(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<LogParams>,
+) -> Result<Json<LogPage>, ApiError> {
+    let limit = page_limit(params.limit, MAX_PAGE)?;
+    let after = params.after.unwrap_or(0);
+    let page = blocking(&state, move |store| {
+        // The status first: lines written before a final status are then
+        // all in this page or the next.
+        let workflow = control::workflow(store, &id)?;
+        let lines = store.logs(&id, after, limit)?;
+        Ok(LogPage {
+            next_after: lines.last().map_or(after, |record| record.seq),
+            lines: lines.iter().map(LogLineView::from).collect(),
+            status: workflow.status.into(),
+        })
+    })
+    .await?;
+    Ok(Json(page))
 }
 
 /// A workflow's result, waiting for it up to `wait`.

@@ -195,6 +195,7 @@ pub fn start(
     let runtime = Runtime::new(RuntimeConfig {
         interruptible: false,
         cache: config.cache,
+        echo_output: false,
     })?;
     let bind_error = |e: std::io::Error| ApiStartError::Bind {
         addr: config.addr,
@@ -305,6 +306,7 @@ fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         )
         .routes(routes!(handlers::get_workflow))
         .routes(routes!(handlers::workflow_steps))
+        .routes(routes!(handlers::workflow_logs))
         .routes(routes!(handlers::workflow_result))
         .routes(routes!(handlers::cancel_workflow))
         .routes(
@@ -546,6 +548,7 @@ mod tests {
                 "/v1/workflows",
                 "/v1/workflows/{id}",
                 "/v1/workflows/{id}/cancel",
+                "/v1/workflows/{id}/logs",
                 "/v1/workflows/{id}/result",
                 "/v1/workflows/{id}/steps",
             ]

@@ -5,18 +5,18 @@
 //! `history`, `start`, `cancel`, `deploy --list`), so a script can move
 //! between the two without renaming anything.
 
+use std::time::{Duration, UNIX_EPOCH};
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::engine::CancelOutcome;
+use crate::runtime::SLEEP_STEP;
 use crate::store::{
-    AttemptRecord, Deployment, Millis, StepRecord, StepStatus, WorkflowEvent, WorkflowRecord,
-    WorkflowStatus, WorkflowSummary,
+    AttemptRecord, Deployment, LogRecord, LogStream, Millis, StepRecord, StepStatus, WorkflowEvent,
+    WorkflowRecord, WorkflowStatus, WorkflowSummary,
 };
-
-/// The name of the step in which `ctx.sleep` records its wake-up time.
-const SLEEP_STEP: &str = "durable.sleep";
 
 /// Where a workflow stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -223,6 +223,18 @@ pub struct ListParams {
     pub after: Option<String>,
 }
 
+/// `GET /v1/workflows/{id}/logs` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LogParams {
+    /// Only lines after this one: the previous page's `next_after`.
+    pub after: Option<i64>,
+    /// At most this many lines (1 to 1000, default 1000).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
 /// `GET /v1/workflows/{id}/result` query.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -347,6 +359,64 @@ pub struct WorkflowHistory {
     pub steps: Vec<StepView>,
 }
 
+/// Where a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    /// The guest's standard output.
+    Stdout,
+    /// The guest's standard error.
+    Stderr,
+    /// A line the workflow logged with `ctx.log`.
+    Log,
+}
+
+impl From<LogStream> for Stream {
+    fn from(stream: LogStream) -> Self {
+        match stream {
+            LogStream::Stdout => Self::Stdout,
+            LogStream::Stderr => Self::Stderr,
+            LogStream::Log => Self::Log,
+        }
+    }
+}
+
+/// One line of a workflow's log (a line of `durable-host logs --json`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LogLineView {
+    /// Increasing within the workflow: pass the last one as `after` to read on.
+    pub seq: i64,
+    pub at_ms: Millis,
+    pub stream: Stream,
+    /// The step executing when it was written, if one was.
+    pub step: Option<String>,
+    pub text: String,
+}
+
+impl From<&LogRecord> for LogLineView {
+    fn from(record: &LogRecord) -> Self {
+        Self {
+            seq: record.seq,
+            at_ms: record.line.at,
+            stream: record.line.stream.into(),
+            step: record.line.step.as_ref().map(|key| key.as_str().to_owned()),
+            text: record.line.text.clone(),
+        }
+    }
+}
+
+/// `GET /v1/workflows/{id}/logs`: a page of the workflow's log, oldest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LogPage {
+    pub lines: Vec<LogLineView>,
+    /// The `after` that reads on: the last line's `seq` (or the `after`
+    /// asked, when there were no new lines).
+    pub next_after: i64,
+    /// The workflow's status when the page was read: a final one means no
+    /// more lines will come.
+    pub status: Status,
+}
+
 /// What a cancellation did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -453,12 +523,12 @@ pub struct ErrorDetail {
 }
 
 /// Stored JSON text as a value (text that is not JSON as a string).
-fn json_value(text: &str) -> Value {
+pub fn json_value(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
 }
 
 /// The wake-up time a completed `durable.sleep` step recorded.
-fn sleep_until(step: &StepRecord) -> Option<Millis> {
+pub fn sleep_until(step: &StepRecord) -> Option<Millis> {
     if step.name != SLEEP_STEP || step.status != StepStatus::Completed {
         return None;
     }
@@ -466,27 +536,10 @@ fn sleep_until(step: &StepRecord) -> Option<Millis> {
     Millis::try_from(millis).ok()
 }
 
-/// `2026-11-24T09:30:05Z` (RFC 3339, UTC).
-fn rfc3339(millis: Millis) -> String {
-    let seconds = millis.div_euclid(1000);
-    let (days, second_of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-    // Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        second_of_day / 3600,
-        second_of_day % 3600 / 60,
-        second_of_day % 60
-    )
+/// `2026-11-24T09:30:05Z` (RFC 3339, UTC, to the second).
+pub fn rfc3339(millis: Millis) -> String {
+    let time = UNIX_EPOCH + Duration::from_millis(millis.max(0) as u64);
+    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 #[cfg(test)]

@@ -79,6 +79,34 @@ pub enum Command {
     History {
         /// The workflow id.
         workflow_id: String,
+
+        /// Draw the steps as a timeline instead: one bar per step from its
+        /// start to its end, so parallel branches overlap; failed and
+        /// interrupted attempts are marked, sleeps dotted (colour on a
+        /// terminal only; NO_COLOR turns it off).
+        #[arg(long)]
+        timeline: bool,
+    },
+
+    /// Show what a workflow printed (stdout, stderr) and logged (`ctx.log`),
+    /// oldest first: time, stream, the step it came from, the line.
+    ///
+    /// Lines are stored with the checkpoint that follows them, so a crash
+    /// loses at most what was printed since the last step; code replayed
+    /// after a crash does not log its lines twice. A workflow keeps its
+    /// last 10,000 lines. With --json, one JSON object per line.
+    Logs {
+        /// The workflow id.
+        workflow_id: String,
+
+        /// Only the last N lines.
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+
+        /// Keep printing new lines until the workflow completes, fails, is
+        /// cancelled or suspended (Ctrl-C stops following).
+        #[arg(long, short)]
+        follow: bool,
     },
 
     /// Resume every unfinished workflow that this component started.

@@ -1,38 +1,29 @@
-//! `durable-host list`, `history` and `cancel`: look at and steer workflows
-//! without running them.
+//! `durable-host list`, `history`, `logs` and `cancel`: look at and steer
+//! workflows without running them.
 
 use std::path::Path;
 use std::process::ExitCode;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use durable_host::engine::{CancelOutcome, cancel_workflow};
 use std::io::Write as _;
+use std::time::Duration;
 
+use durable_host::api::model::{
+    EventView, LogLineView, StepView, WorkflowHistory, WorkflowListItem, WorkflowView, sleep_until,
+};
+use durable_host::engine::{CancelOutcome, cancel_workflow};
 use durable_host::store::{
-    AttemptRecord, CheckpointStore, ListQuery, Millis, SqliteStore, StepRecord, StepStatus,
-    StoreError, WorkflowEvent, WorkflowRecord, WorkflowStatus, WorkflowSummary, now_millis,
+    CheckpointStore, ListQuery, LogRecord, Millis, SqliteStore, StepRecord, StoreError,
+    WorkflowStatus, WorkflowSummary, now_millis,
 };
 
-use super::exit;
-use super::report::{json_value, print_json};
-use super::table::{MAX_CELL_CHARS, preview, render, rfc3339, timestamp};
+use super::report::print_json;
+use super::table::{MAX_CELL_CHARS, preview, render, timestamp};
+use super::{exit, timeline};
 
 /// Characters of output shown per step in `history`'s table.
 const PREVIEW_CHARS: usize = 48;
-
-/// The name of the step `ctx.sleep` records its wake-up time in (epoch
-/// milliseconds).
-const SLEEP_STEP: &str = "durable.sleep";
-
-/// The wake-up time a completed `durable.sleep` step recorded.
-fn sleep_until(step: &StepRecord) -> Option<Millis> {
-    if step.name != SLEEP_STEP || step.status != StepStatus::Completed {
-        return None;
-    }
-    let millis: u64 = serde_json::from_str(step.output_json.as_deref()?).ok()?;
-    Millis::try_from(millis).ok()
-}
 
 /// Open the database for reading what is there: a missing file is an
 /// error here, not a new empty database.
@@ -78,7 +69,7 @@ pub fn list(
                 if shown > 0 {
                     write!(stdout, ",")?;
                 }
-                serde_json::to_writer(&mut stdout, &summary_json(summary))?;
+                serde_json::to_writer(&mut stdout, &WorkflowListItem::from(summary))?;
                 shown += 1;
             }
         } else if !page.is_empty() {
@@ -188,36 +179,17 @@ fn step_notes(summary: &WorkflowSummary) -> String {
     notes.join(", ")
 }
 
-fn summary_json(summary: &WorkflowSummary) -> Value {
-    let mut value = workflow_json(&summary.workflow);
-    value["steps"] = json!({
-        "total": summary.steps,
-        "completed": summary.completed_steps,
-        "failed": summary.failed_steps,
-        "running": summary.running_steps,
-    });
-    value
-}
-
-fn workflow_json(w: &WorkflowRecord) -> Value {
-    json!({
-        "workflow_id": w.id,
-        "status": w.status.as_str(),
-        "component_sha256": w.component_sha256,
-        "input": json_value(&w.input),
-        "output": w.output.as_deref().map(json_value),
-        "error": w.error,
-        "error_code": w.error_code,
-        "run_id": w.run_id,
-        "owner": { "pid": w.owner.pid, "host": w.owner.host },
-        "lease_expires_at_ms": w.lease_expires_at,
-        "cancel_requested": w.cancel_requested,
-        "created_at_ms": w.created_at,
-        "updated_at_ms": w.updated_at,
-    })
-}
-
-pub fn history(db: &Path, json_mode: bool, workflow_id: &str) -> anyhow::Result<ExitCode> {
+pub fn history(
+    db: &Path,
+    json_mode: bool,
+    workflow_id: &str,
+    timeline: bool,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        !(timeline && json_mode),
+        "--timeline draws for people and --json prints for scripts: pick one \
+         (--json has every step's start and end)"
+    );
     let store = open_existing(db)?;
     let workflow = store
         .workflow(workflow_id)?
@@ -227,24 +199,23 @@ pub fn history(db: &Path, json_mode: bool, workflow_id: &str) -> anyhow::Result<
     let steps = store.steps(workflow_id)?;
     let attempts = store.attempts(workflow_id)?;
     let events = store.events(workflow_id)?;
-    if json_mode {
-        let mut value = workflow_json(&workflow);
-        value["events"] = events.iter().map(event_json).collect();
-        value["steps"] = Value::Array(
-            steps
-                .iter()
-                .map(|step| {
-                    let mut value = step_json(step);
-                    value["earlier_attempts"] = attempts
-                        .iter()
-                        .filter(|a| a.key == step.key)
-                        .map(attempt_json)
-                        .collect();
-                    value
-                })
-                .collect(),
+    if timeline {
+        let style = timeline::Style::for_stdout();
+        print!(
+            "{}",
+            timeline::render(&workflow, &steps, &attempts, now_millis(), &style)
         );
-        print_json(&value);
+        return Ok(ExitCode::from(exit::SUCCESS));
+    }
+    if json_mode {
+        print_json(&WorkflowHistory {
+            workflow: WorkflowView::from(&workflow),
+            events: events.iter().map(EventView::from).collect(),
+            steps: steps
+                .iter()
+                .map(|step| StepView::new(step, &attempts))
+                .collect(),
+        });
         return Ok(ExitCode::from(exit::SUCCESS));
     }
     println!(
@@ -323,46 +294,88 @@ fn duration(step: &StepRecord) -> String {
         .unwrap_or_default()
 }
 
-fn attempt_json(attempt: &AttemptRecord) -> Value {
-    json!({
-        "attempt": attempt.attempt,
-        "error": attempt.error,
-        "interrupted": attempt.interrupted,
-        "backoff_ms": attempt.backoff_ms,
-        "run_id": attempt.run_id,
-        "ended_at_ms": attempt.ended_at,
-    })
-}
+/// Lines read per query by `logs`.
+const LOG_PAGE: u32 = 1000;
 
-fn event_json(event: &WorkflowEvent) -> Value {
-    json!({
-        "at_ms": event.at,
-        "kind": event.kind,
-        "detail": event.detail,
-        "run_id": event.run_id,
-    })
-}
+/// How often `logs --follow` looks for new lines.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
-fn step_json(step: &StepRecord) -> Value {
-    let mut value = json!({
-        "sequence": step.sequence,
-        "key": step.key.as_str(),
-        "name": step.name,
-        "status": step.status.as_str(),
-        "attempts": step.attempts,
-        "failures": step.failures,
-        "output": step.output_json.as_deref().map(json_value),
-        "error": step.error,
-        "error_code": step.error_code,
-        "run_id": step.run_id,
-        "started_at_ms": step.started_at,
-        "finished_at_ms": step.finished_at,
-        "duration_ms": step.finished_at.map(|f| f - step.started_at),
-    });
-    if let Some(until) = sleep_until(step) {
-        value["sleep_until"] = Value::String(rfc3339(until));
+pub fn logs(
+    db: &Path,
+    json_mode: bool,
+    workflow_id: &str,
+    tail: Option<usize>,
+    follow: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = open_existing(db)?;
+    let unknown = || StoreError::UnknownWorkflow {
+        id: workflow_id.to_owned(),
+    };
+    let mut ended = store
+        .workflow(workflow_id)?
+        .ok_or_else(unknown)?
+        .outcome()
+        .is_some();
+    let mut after = 0;
+    if let Some(tail) = tail {
+        // A workflow keeps a bounded log: reading it whole is bounded too.
+        let mut lines = Vec::new();
+        loop {
+            let page = store.logs(workflow_id, after, LOG_PAGE)?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            lines.extend(page);
+            let excess = lines.len().saturating_sub(tail);
+            lines.drain(..excess);
+        }
+        print_log(&lines, json_mode)?;
     }
-    value
+    loop {
+        let page = store.logs(workflow_id, after, LOG_PAGE)?;
+        if let Some(last) = page.last() {
+            after = last.seq;
+            print_log(&page, json_mode)?;
+        }
+        if page.len() as u32 == LOG_PAGE {
+            continue;
+        }
+        // Lines land with the checkpoints before the end is recorded: once
+        // the end is seen, one more read has them all.
+        if !follow || ended {
+            break;
+        }
+        std::thread::sleep(FOLLOW_POLL);
+        ended = store
+            .workflow(workflow_id)?
+            .ok_or_else(unknown)?
+            .outcome()
+            .is_some();
+    }
+    Ok(ExitCode::from(exit::SUCCESS))
+}
+
+/// `2026-12-02 14:03:07.412 stdout provision-laptop#000001  the line`, or
+/// one JSON object per line.
+fn print_log(lines: &[LogRecord], json_mode: bool) -> std::io::Result<()> {
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    for record in lines {
+        if json_mode {
+            serde_json::to_writer(&mut stdout, &LogLineView::from(record))?;
+            writeln!(stdout)?;
+        } else {
+            let line = &record.line;
+            writeln!(
+                stdout,
+                "{}.{:03} {:<6} {}  {}",
+                timestamp(line.at),
+                line.at.rem_euclid(1000),
+                line.stream,
+                line.step.as_ref().map_or("-", |key| key.as_str()),
+                line.text
+            )?;
+        }
+    }
+    stdout.flush()
 }
 
 pub fn cancel(db: &Path, json_mode: bool, workflow_id: &str) -> anyhow::Result<ExitCode> {

@@ -8,6 +8,7 @@ mod report;
 pub mod run;
 pub mod serve;
 mod table;
+mod timeline;
 
 use std::process::ExitCode;
 

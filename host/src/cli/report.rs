@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
+use durable_host::api::model::json_value;
 use durable_host::engine::{RunObserver, RunReport, StepEvent, StepEventKind};
 use durable_host::store::{Millis, Outcome, StepKey, WorkflowRecord, WorkflowStatus};
 
@@ -282,12 +283,6 @@ pub fn error_code(outcome: &Outcome) -> Option<&str> {
 
 pub fn output_value(outcome: &Outcome) -> Value {
     outcome.as_deref().map_or(Value::Null, json_value)
-}
-
-/// Stored JSON as a value (stored values are validated JSON; should one not
-/// be, it is kept as a string rather than lost).
-pub fn json_value(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
 }
 
 /// The `--json` document of `run`. A struct, not a `Value`: a replay of

@@ -69,6 +69,7 @@ impl Executor {
         let runtime = Runtime::new(RuntimeConfig {
             interruptible: grants.timeout().is_some(),
             cache: args.cache.cache(),
+            echo_output: true,
         })?;
         Ok(Self {
             db: db.to_owned(),

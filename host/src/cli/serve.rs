@@ -39,6 +39,7 @@ pub fn deploy(
     let runtime = Runtime::new(RuntimeConfig {
         interruptible: true,
         cache: cache.cache(),
+        echo_output: false,
     })?;
     let store = SqliteStore::open(db)?;
     let deployment = control::deploy(&store, &runtime, name, &file, &grants)?;

@@ -32,6 +32,7 @@ pub(super) fn finish_cancel(
             status: WorkflowStatus::Cancelled,
             outcome: &Err(Failure::new(CANCELLED)),
             interrupted_steps: &running,
+            log: &[],
         },
     )?;
     Ok(store

@@ -15,6 +15,7 @@
 mod cancel;
 mod crash;
 mod lease;
+mod pending_log;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,11 +28,12 @@ pub use lease::{
     LeaseGuard, LeaseKeeper, LeaseSignals, OwnHeartbeat, owner_alive, renewal_interval,
     this_process,
 };
+pub use pending_log::{MAX_LOG_LINE, PendingLog};
 
 use crate::store::{
-    CheckpointStore, Claim, Failure, Millis, NewWorkflow, Outcome, Owner, Reopen, StepBegin,
-    StepKey, StepRecord, StoreError, Takeover, WorkflowEnd, WorkflowRecord, WorkflowStatus,
-    now_millis,
+    CheckpointStore, Claim, Failure, LogLine, LogStream, Millis, NewWorkflow, Outcome, Owner,
+    Reopen, StepBegin, StepKey, StepRecord, StoreError, Takeover, WorkflowEnd, WorkflowRecord,
+    WorkflowStatus, now_millis,
 };
 
 /// Why a run cannot go on. Apart from `Store`, these are the guest's or the
@@ -378,6 +380,8 @@ pub struct WorkflowRun {
     /// earlier one), which starts its grace period.
     cancel_delivered_at: Option<Millis>,
     cancel_grace: Duration,
+    /// Output and log lines waiting for the next checkpoint.
+    pending_log: PendingLog,
 }
 
 /// The step that records where a cancellation was handed to the workflow.
@@ -439,6 +443,7 @@ impl WorkflowRun {
             cancel_requested_at_open: false,
             cancel_delivered_at: None,
             cancel_grace: request.cancel_grace,
+            pending_log: PendingLog::default(),
         };
         let Some(workflow) = existing else {
             if request.reopen {
@@ -785,8 +790,13 @@ impl WorkflowRun {
             in_sleep,
         };
         let value = serde_json::to_string(&delivery).expect("plain data");
-        self.store
-            .finish_step(&self.workflow_id, &self.run_id, &key, &Ok(value))?;
+        self.store.finish_step(
+            &self.workflow_id,
+            &self.run_id,
+            &key,
+            &Ok(value),
+            &self.pending_log.take(),
+        )?;
         self.cancel_delivered_at = Some(now);
         self.position = next;
         self.ordinals.insert(CANCEL_STEP.to_owned(), 1);
@@ -824,11 +834,52 @@ impl WorkflowRun {
         self.cursor.after(self.position).is_some()
     }
 
-    /// A line of the workflow's log: passed on unless replaying, so that
-    /// each line is told once, by the run that first got there.
+    /// Whether what the guest says now was already kept by an earlier run.
+    /// Lines are stored with the checkpoint that follows them, so they were
+    /// kept if the code running now leads to a step whose end is recorded;
+    /// a run that died before that checkpoint lost them, and they are kept
+    /// when this run says them again.
+    fn said_before(&self) -> bool {
+        self.cursor
+            .after(self.position)
+            .is_some_and(|next| next.outcome().is_some())
+    }
+
+    /// A line of the workflow's log: passed on and kept unless an earlier
+    /// run kept it, so that each line is told once.
     pub fn log(&mut self, message: &str) {
-        if !self.is_replaying() {
+        if !self.said_before() {
             self.observer.log(&self.workflow_id, message);
+            self.pending_log.push(LogLine {
+                at: now_millis(),
+                stream: LogStream::Log,
+                step: self.current_step(),
+                text: message.to_owned(),
+            });
+        }
+    }
+
+    /// Lines the guest printed, to keep with the next checkpoint (dropped
+    /// when an earlier run kept them); a line without a step gets the
+    /// executing one.
+    pub fn capture_output(&mut self, lines: impl IntoIterator<Item = LogLine>) {
+        if self.said_before() {
+            return;
+        }
+        let step = self.current_step();
+        for mut line in lines {
+            if line.step.is_none() {
+                line.step.clone_from(&step);
+            }
+            self.pending_log.push(line);
+        }
+    }
+
+    /// The step whose body is executing on the workflow's thread, if one is.
+    fn current_step(&self) -> Option<StepKey> {
+        match self.executing.as_slice() {
+            [only] => Some(only.key.clone()),
+            _ => None,
         }
     }
 
@@ -975,8 +1026,13 @@ impl WorkflowRun {
             });
         }
         let executing = self.executing.remove(index);
-        self.store
-            .finish_step(&self.workflow_id, &self.run_id, &executing.key, &outcome)?;
+        self.store.finish_step(
+            &self.workflow_id,
+            &self.run_id,
+            &executing.key,
+            &outcome,
+            &self.pending_log.take(),
+        )?;
         self.checkpoints += 1;
         self.emit(StepEvent {
             key: executing.key.clone(),
@@ -1058,6 +1114,8 @@ impl WorkflowRun {
     /// nobody, and end this run. It is resumed by replay when it is due.
     pub fn unload(mut self, wake_at: Millis) -> Result<RunReport, EngineError> {
         self.claim()?;
+        self.store
+            .append_log(&self.workflow_id, &self.run_id, &self.pending_log.take())?;
         self.store
             .sleep_workflow(&self.workflow_id, &self.run_id, wake_at)?;
         self.observer.run_ended(&self.workflow_id);
@@ -1141,6 +1199,7 @@ impl WorkflowRun {
                 status,
                 outcome: &outcome,
                 interrupted_steps: &interrupted,
+                log: &self.pending_log.take(),
             },
         )?;
         if let Err(reason) = &outcome {

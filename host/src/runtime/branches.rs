@@ -14,7 +14,7 @@ use super::limits::LimitExceeded;
 use super::{RunLimits, Sandbox, WorkflowComponent, limit_exceeded, trap_reason};
 use crate::bindings::durable_step::{self, RetryPolicy};
 use crate::engine::{StepRun, WorkflowRun};
-use crate::store::{Failure, Outcome};
+use crate::store::{Failure, LogLine, Outcome};
 
 /// At most this many branch instances run at once; more branches wait for a
 /// free thread. Memory is bounded by the run's budget, threads by this.
@@ -25,6 +25,7 @@ pub struct BranchRunner {
     component: WorkflowComponent,
     sandbox: Sandbox,
     limits: RunLimits,
+    echo_output: bool,
 }
 
 /// One branch to execute.
@@ -44,11 +45,14 @@ enum Report {
         index: usize,
         step: StepRun,
         outcome: Result<Outcome, LimitExceeded>,
+        /// What the branch printed, for the workflow's log.
+        log: Vec<LogLine>,
     },
     /// An attempt failed: record it; the answer says whether to go on.
     Failed {
         step: StepRun,
         error: String,
+        log: Vec<LogLine>,
         backoff: Duration,
         reply: Sender<Result<(), String>>,
     },
@@ -60,11 +64,17 @@ enum Report {
 }
 
 impl BranchRunner {
-    pub(super) fn new(component: WorkflowComponent, sandbox: Sandbox, limits: RunLimits) -> Self {
+    pub(super) fn new(
+        component: WorkflowComponent,
+        sandbox: Sandbox,
+        limits: RunLimits,
+        echo_output: bool,
+    ) -> Self {
         Self {
             component,
             sandbox,
             limits,
+            echo_output,
         }
     }
 
@@ -90,7 +100,7 @@ impl BranchRunner {
                     loop {
                         let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
                         let Some(job) = next else { break };
-                        let Some((step, outcome)) =
+                        let Some((step, outcome, log)) =
                             self.run_with_retries(job.step.clone(), &job, &reports)
                         else {
                             break;
@@ -100,6 +110,7 @@ impl BranchRunner {
                             index: job.index,
                             step,
                             outcome,
+                            log,
                         };
                         if reports.send(finished).is_err() {
                             break;
@@ -115,22 +126,28 @@ impl BranchRunner {
                         index,
                         step,
                         outcome: Ok(outcome),
+                        log,
                     } => {
+                        run.capture_output(log);
                         run.finish_step(step.key.as_str(), outcome.clone())?;
                         done(index, outcome);
                     }
                     Report::Finished {
                         outcome: Err(exceeded),
+                        log,
                         ..
                     } => {
+                        run.capture_output(log);
                         limit.get_or_insert(exceeded);
                     }
                     Report::Failed {
                         step,
                         error,
+                        log,
                         backoff,
                         reply,
                     } => {
+                        run.capture_output(log);
                         let recorded = run.record_attempt(step.key.as_str(), &error, backoff);
                         let _ =
                             reply.send(recorded.as_ref().map(|_| ()).map_err(|e| e.to_string()));
@@ -159,15 +176,16 @@ impl BranchRunner {
         mut step: StepRun,
         job: &BranchJob,
         reports: &Sender<Report>,
-    ) -> Option<(StepRun, Result<Outcome, LimitExceeded>)> {
+    ) -> Option<(StepRun, Result<Outcome, LimitExceeded>, Vec<LogLine>)> {
         loop {
-            let outcome = match self.run_one(&step, job) {
+            let (outcome, log) = self.run_one(&step, job);
+            let outcome = match outcome {
                 Ok(outcome) => outcome,
-                Err(limit) => return Some((step, Err(limit))),
+                Err(limit) => return Some((step, Err(limit), log)),
             };
             let retry = match (&outcome, &job.retry) {
                 (Err(_), Some(policy)) if step.failures + 1 < policy.max_attempts => policy,
-                _ => return Some((step, Ok(outcome))),
+                _ => return Some((step, Ok(outcome), log)),
             };
             let error = outcome.err().map(|f| f.to_string()).unwrap_or_default();
             let backoff = backoff_before(retry, step.failures + 2);
@@ -175,6 +193,7 @@ impl BranchRunner {
             let failed = Report::Failed {
                 step: step.clone(),
                 error: error.clone(),
+                log,
                 backoff,
                 reply,
             };
@@ -197,15 +216,36 @@ impl BranchRunner {
     }
 
     /// Run one attempt of a branch to its outcome (a trap fails this
-    /// branch only), or to the limit of the run that stopped it.
-    fn run_one(&self, step: &StepRun, job: &BranchJob) -> Result<Outcome, LimitExceeded> {
-        let output = GuestOutput::default();
-        let wasi = match self.sandbox.wasi_ctx(&output) {
+    /// branch only), or to the limit of the run that stopped it; with the
+    /// lines it printed.
+    fn run_one(
+        &self,
+        step: &StepRun,
+        job: &BranchJob,
+    ) -> (Result<Outcome, LimitExceeded>, Vec<LogLine>) {
+        let output = GuestOutput::new(self.echo_output);
+        let outcome = self.attempt(step, job, &output);
+        let mut log = output.take_lines(true);
+        for line in &mut log {
+            line.step = Some(step.key.clone());
+        }
+        (outcome, log)
+    }
+
+    fn attempt(
+        &self,
+        step: &StepRun,
+        job: &BranchJob,
+        output: &GuestOutput,
+    ) -> Result<Outcome, LimitExceeded> {
+        let wasi = match self.sandbox.wasi_ctx(output) {
             Ok(wasi) => wasi,
             Err(e) => return Ok(Err(Failure::new(e.to_string()))),
         };
         let pre = &self.component.pre;
-        let mut store = self.limits.store(pre.engine(), wasi, Role::Branch);
+        let mut store = self
+            .limits
+            .store(pre.engine(), wasi, output.clone(), Role::Branch);
         let workflow = match pre.instantiate(&mut store) {
             Ok(workflow) => workflow,
             Err(e) => match limit_exceeded(&e) {
@@ -221,7 +261,7 @@ impl BranchRunner {
             Ok(outcome) => Ok(outcome.map_err(Failure::from)),
             Err(trap) => match limit_exceeded(&trap) {
                 Some(limit) => Err(limit),
-                None => Ok(Err(Failure::new(trap_reason(&trap, &output)))),
+                None => Ok(Err(Failure::new(trap_reason(&trap, output)))),
             },
         }
     }

@@ -1,4 +1,6 @@
-//! The guest's stdout and stderr: shown live on the host's stderr, with the
+//! The guest's stdout and stderr: cut into lines for the workflow's log
+//! (handed to the run at its next host call, see [`GuestOutput::take_lines`]),
+//! shown live on the host's stderr when asked (`run`, not `serve`), with the
 //! tail kept so that a panic's message can be recorded as the failure reason.
 //!
 //! Guest output never goes to the host's stdout, which belongs to the host's
@@ -13,39 +15,105 @@ use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
+use crate::engine::{MAX_LOG_LINE, PendingLog};
+use crate::store::{LogLine, LogStream, now_millis};
+
 /// How much of the guest's latest output is kept for failure messages.
 const TAIL_BYTES: usize = 4096;
 
-/// A sink for guest output; clones share the same tail.
+/// A sink for one stream of guest output; clones and [`Self::stderr`]
+/// share what was captured.
 #[derive(Clone)]
 pub struct GuestOutput {
-    tail: Arc<Mutex<Vec<u8>>>,
-    echo: fn(&[u8]) -> io::Result<()>,
+    captured: Arc<Mutex<Captured>>,
+    stream: LogStream,
+    echo: bool,
 }
 
-impl Default for GuestOutput {
-    fn default() -> Self {
-        Self {
-            tail: Arc::default(),
-            echo: |bytes| io::stderr().write_all(bytes),
-        }
+#[derive(Default)]
+struct Captured {
+    tail: Vec<u8>,
+    /// The unfinished last line of stdout and of stderr.
+    partial: [Vec<u8>; 2],
+    lines: PendingLog,
+}
+
+impl Captured {
+    fn end_line(&mut self, stream: LogStream) {
+        let partial = std::mem::take(&mut self.partial[stream_index(stream)]);
+        let text = String::from_utf8_lossy(&partial);
+        self.lines.push(LogLine {
+            at: now_millis(),
+            stream,
+            step: None,
+            text: text.strip_suffix('\r').unwrap_or(&text).to_owned(),
+        });
     }
 }
 
+fn stream_index(stream: LogStream) -> usize {
+    usize::from(stream != LogStream::Stdout)
+}
+
 impl GuestOutput {
+    /// The guest's stdout; `echo` also copies everything to the host's stderr.
+    pub fn new(echo: bool) -> Self {
+        Self {
+            captured: Arc::default(),
+            stream: LogStream::Stdout,
+            echo,
+        }
+    }
+
+    /// The guest's stderr, captured alongside this stdout.
+    pub fn stderr(&self) -> Self {
+        Self {
+            stream: LogStream::Stderr,
+            ..self.clone()
+        }
+    }
+
     fn write(&self, bytes: &[u8]) -> io::Result<()> {
-        let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
-        tail.extend_from_slice(bytes);
-        let excess = tail.len().saturating_sub(TAIL_BYTES);
-        tail.drain(..excess);
-        drop(tail);
-        (self.echo)(bytes)
+        let mut captured = self.captured.lock().unwrap_or_else(|e| e.into_inner());
+        captured.tail.extend_from_slice(bytes);
+        let excess = captured.tail.len().saturating_sub(TAIL_BYTES);
+        captured.tail.drain(..excess);
+        for piece in bytes.split_inclusive(|&b| b == b'\n') {
+            let (text, ends) = match piece.strip_suffix(b"\n") {
+                Some(text) => (text, true),
+                None => (piece, false),
+            };
+            captured.partial[stream_index(self.stream)].extend_from_slice(text);
+            // A line that never ends is cut where the log would cut it.
+            if ends || captured.partial[stream_index(self.stream)].len() > MAX_LOG_LINE {
+                captured.end_line(self.stream);
+            }
+        }
+        drop(captured);
+        if self.echo {
+            io::stderr().write_all(bytes)?;
+        }
+        Ok(())
+    }
+
+    /// The complete lines written since the last call; with `finish`, the
+    /// unfinished last lines too (the guest will write no more).
+    pub fn take_lines(&self, finish: bool) -> Vec<LogLine> {
+        let mut captured = self.captured.lock().unwrap_or_else(|e| e.into_inner());
+        if finish {
+            for stream in [LogStream::Stdout, LogStream::Stderr] {
+                if !captured.partial[stream_index(stream)].is_empty() {
+                    captured.end_line(stream);
+                }
+            }
+        }
+        captured.lines.take()
     }
 
     /// The message of the last Rust panic the guest printed, if any.
     pub fn panic_message(&self) -> Option<String> {
-        let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
-        let text = String::from_utf8_lossy(&tail);
+        let captured = self.captured.lock().unwrap_or_else(|e| e.into_inner());
+        let text = String::from_utf8_lossy(&captured.tail);
         let start = text.rfind("panicked at ")?;
         let message = text[start..]
             .lines()
@@ -113,16 +181,9 @@ impl tokio::io::AsyncWrite for GuestOutput {
 mod tests {
     use super::*;
 
-    fn silent() -> GuestOutput {
-        GuestOutput {
-            echo: |_| Ok(()),
-            ..GuestOutput::default()
-        }
-    }
-
     #[test]
     fn panic_message_is_the_last_panic_without_the_note() {
-        let out = silent();
+        let out = GuestOutput::new(false).stderr();
         out.write(b"hello\nthread '<unnamed>' panicked at src/lib.rs:3:5:\nboom\nnote: run with `RUST_BACKTRACE=1`\n")
             .unwrap();
         assert_eq!(
@@ -133,8 +194,34 @@ mod tests {
 
     #[test]
     fn tail_is_bounded() {
-        let out = silent();
+        let out = GuestOutput::new(false);
         out.write(&vec![b'x'; TAIL_BYTES * 3]).unwrap();
-        assert_eq!(out.tail.lock().unwrap().len(), TAIL_BYTES);
+        assert_eq!(out.captured.lock().unwrap().tail.len(), TAIL_BYTES);
+    }
+
+    #[test]
+    fn output_is_cut_into_lines_per_stream() {
+        let out = GuestOutput::new(false);
+        let err = out.stderr();
+        out.write(b"one\ntw").unwrap();
+        err.write(b"oops\r\n").unwrap();
+        out.write(b"o\nthree").unwrap();
+        let lines = |taken: Vec<LogLine>| -> Vec<(LogStream, String)> {
+            taken.into_iter().map(|l| (l.stream, l.text)).collect()
+        };
+        assert_eq!(
+            lines(out.take_lines(false)),
+            [
+                (LogStream::Stdout, "one".to_owned()),
+                (LogStream::Stderr, "oops".to_owned()),
+                (LogStream::Stdout, "two".to_owned()),
+            ]
+        );
+        // The unfinished line waits for its end, or for the guest's.
+        assert!(out.take_lines(false).is_empty());
+        assert_eq!(
+            lines(out.take_lines(true)),
+            [(LogStream::Stdout, "three".to_owned())]
+        );
     }
 }

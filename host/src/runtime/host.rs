@@ -7,6 +7,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::branches::{BranchJob, BranchRunner};
+use super::guest_output::GuestOutput;
 use super::limits::{Deadline, InstanceLimiter};
 use crate::bindings::durable_step;
 use crate::engine::{EngineError, StepRun, StepStart, WorkflowRun};
@@ -19,6 +20,8 @@ pub struct HostState {
     pub(super) limiter: InstanceLimiter,
     /// The run's time limit, which host calls that block must honour too.
     pub(super) deadline: Option<Deadline>,
+    /// What the guest prints, for the workflow's log.
+    pub(super) output: GuestOutput,
     pub(super) role: Role,
 }
 
@@ -34,9 +37,15 @@ pub(super) enum Role {
 }
 
 impl HostState {
+    /// The run, once it has what the guest printed since its last host
+    /// call: the run knows whether that code was replaying and which step
+    /// was executing.
     fn run(&mut self) -> wasmtime::Result<(&mut WorkflowRun, &BranchRunner)> {
         match &mut self.role {
-            Role::Workflow { run, branches } => Ok((run, branches)),
+            Role::Workflow { run, branches } => {
+                run.capture_output(self.output.take_lines(false));
+                Ok((run, branches))
+            }
             Role::Branch => Err(wasmtime::Error::msg(
                 "steps cannot be begun inside a parallel branch; return a value and begin them in the workflow",
             )),

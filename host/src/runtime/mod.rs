@@ -38,7 +38,7 @@ pub use cache::ComponentCache;
 pub use grants::{Grants, GrantsError};
 use guest_output::GuestOutput;
 use host::Role;
-pub use host::{HostState, UNLOAD_SLEEPS_OVER};
+pub use host::{HostState, SLEEP_STEP, UNLOAD_SLEEPS_OVER};
 pub use limits::LimitExceeded;
 use limits::{Deadline, EPOCH_TICK, InstanceLimiter, MemoryBudget};
 
@@ -156,6 +156,9 @@ pub struct RuntimeConfig {
     pub interruptible: bool,
     /// Where compiled components are kept; `None` compiles every time.
     pub cache: Option<ComponentCache>,
+    /// Copy what guests print to this process's stderr as they print it
+    /// (`run`); it is kept in the workflow's log either way.
+    pub echo_output: bool,
 }
 
 /// The wasmtime engine and a linker providing WASI 0.2 and `durable-step`.
@@ -237,7 +240,7 @@ impl Runtime {
         run: Box<WorkflowRun>,
     ) -> Result<RunReport, RuntimeError> {
         let sandbox = grants.sandbox();
-        let output = GuestOutput::default();
+        let output = GuestOutput::new(self.config.echo_output);
         let wasi = sandbox.wasi_ctx(&output)?;
         let input = run.input().to_owned();
         let limits = RunLimits {
@@ -247,16 +250,22 @@ impl Runtime {
                 .map(Deadline::start),
             memory: grants.max_memory.map(MemoryBudget::new),
         };
-        let branches = BranchRunner::new(component.clone(), sandbox, limits.clone());
+        let branches = BranchRunner::new(
+            component.clone(),
+            sandbox,
+            limits.clone(),
+            self.config.echo_output,
+        );
         let role = Role::Workflow { run, branches };
-        let mut store = limits.store(&self.engine, wasi, role);
+        let mut store = limits.store(&self.engine, wasi, output.clone(), role);
         let result = component
             .pre
             .instantiate(&mut store)
             .map(|workflow| workflow.call_run(&mut store, &input));
-        let Role::Workflow { run, .. } = store.into_data().role else {
+        let Role::Workflow { mut run, .. } = store.into_data().role else {
             unreachable!("the workflow instance keeps its role")
         };
+        run.capture_output(output.take_lines(true));
         let trap = match result {
             Ok(Ok(outcome)) => return Ok(run.complete(outcome.map_err(Into::into))?),
             // An instance that cannot even start (its memory over the budget,
@@ -295,7 +304,13 @@ struct RunLimits {
 impl RunLimits {
     /// A store for one instance, drawing on the run's memory budget and
     /// stopping at the run's deadline.
-    fn store(&self, engine: &Engine, wasi: WasiCtx, role: Role) -> Store<HostState> {
+    fn store(
+        &self,
+        engine: &Engine,
+        wasi: WasiCtx,
+        output: GuestOutput,
+        role: Role,
+    ) -> Store<HostState> {
         let mut store = Store::new(
             engine,
             HostState {
@@ -303,6 +318,7 @@ impl RunLimits {
                 table: ResourceTable::new(),
                 limiter: InstanceLimiter::new(self.memory.clone()),
                 deadline: self.deadline.clone(),
+                output,
                 role,
             },
         );
@@ -359,7 +375,7 @@ impl Sandbox {
         // No inherited environment, arguments, stdin or network: only what
         // the sandbox lists. WASI's clocks and random stay available.
         let mut builder = WasiCtxBuilder::new();
-        builder.stdout(output.clone()).stderr(output.clone());
+        builder.stdout(output.clone()).stderr(output.stderr());
         builder.envs(&self.env);
         for dir in &self.dirs {
             let perms = if dir.read_only {

@@ -94,6 +94,7 @@ pub fn serve(
     let runtime = Runtime::new(RuntimeConfig {
         interruptible: true,
         cache: config.cache.clone(),
+        echo_output: false,
     })?;
     let leases = SharedLeases::new(config.stale_after);
     let (stop_renewing, renewals_stopped) = mpsc::channel::<()>();

@@ -19,10 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
 use super::{
-    AttemptRecord, CheckpointStore, Claim, Deployment, Enqueued, LeaseRenewal, ListQuery, Millis,
-    NewWorkflow, Outcome, Owner, QueuedWorkflow, Reopen, SqliteStore, StepBegin, StepKey,
-    StepRecord, StoreError, Takeover, WorkflowEnd, WorkflowEvent, WorkflowRecord, WorkflowStatus,
-    WorkflowSummary,
+    AttemptRecord, CheckpointStore, Claim, Deployment, Enqueued, LeaseRenewal, ListQuery, LogLine,
+    LogRecord, Millis, NewWorkflow, Outcome, Owner, QueuedWorkflow, Reopen, SqliteStore, StepBegin,
+    StepKey, StepRecord, StoreError, Takeover, WorkflowEnd, WorkflowEvent, WorkflowRecord,
+    WorkflowStatus, WorkflowSummary,
 };
 
 /// At most this many writes share a transaction: bounds the latency the
@@ -455,12 +455,23 @@ impl CheckpointStore for GroupCommitStore {
         run_id: &str,
         key: &StepKey,
         outcome: &Outcome,
+        log: &[LogLine],
     ) -> Result<(), StoreError> {
         owned!(workflow_id, run_id);
-        let (key, outcome) = (key.clone(), outcome.clone());
+        let (key, outcome, log) = (key.clone(), outcome.clone(), log.to_vec());
         self.submit(true, move |store| {
-            store.finish_step(&workflow_id, &run_id, &key, &outcome)
+            store.finish_step(&workflow_id, &run_id, &key, &outcome, &log)
         })
+    }
+
+    fn append_log(&self, id: &str, run_id: &str, log: &[LogLine]) -> Result<(), StoreError> {
+        owned!(id, run_id);
+        let log = log.to_vec();
+        self.submit(true, move |store| store.append_log(&id, &run_id, &log))
+    }
+
+    fn logs(&self, id: &str, after_seq: i64, limit: u32) -> Result<Vec<LogRecord>, StoreError> {
+        self.read(|store| store.logs(id, after_seq, limit))
     }
 
     fn finish_workflow(
@@ -470,10 +481,11 @@ impl CheckpointStore for GroupCommitStore {
         end: &WorkflowEnd<'_>,
     ) -> Result<(), StoreError> {
         owned!(id, run_id);
-        let (status, outcome, interrupted): (WorkflowStatus, Outcome, Vec<StepKey>) = (
+        let (status, outcome, interrupted, log) = (
             end.status,
             end.outcome.clone(),
             end.interrupted_steps.to_vec(),
+            end.log.to_vec(),
         );
         self.submit(true, move |store| {
             store.finish_workflow(
@@ -483,6 +495,7 @@ impl CheckpointStore for GroupCommitStore {
                     status,
                     outcome: &outcome,
                     interrupted_steps: &interrupted,
+                    log: &log,
                 },
             )
         })
@@ -614,10 +627,10 @@ mod tests {
                         )
                         .unwrap();
                     store
-                        .finish_step(&id, &run, &key, &Ok(i.to_string()))
+                        .finish_step(&id, &run, &key, &Ok(i.to_string()), &[])
                         .unwrap();
                     // A run that is not the owner is fenced out.
-                    let fenced = store.finish_step(&id, "intruder", &key, &Ok("0".into()));
+                    let fenced = store.finish_step(&id, "intruder", &key, &Ok("0".into()), &[]);
                     assert!(matches!(fenced, Err(StoreError::LostOwnership { .. })));
                 })
             })

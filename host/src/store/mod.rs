@@ -155,6 +155,43 @@ status_text!(WorkflowStatus {
     Suspended => "suspended",
 });
 
+/// Where a line of a workflow's log came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStream {
+    /// The guest's standard output.
+    Stdout,
+    /// The guest's standard error (a Rust guest's panic message, say).
+    Stderr,
+    /// A line the workflow logged with `ctx.log`.
+    Log,
+}
+
+status_text!(LogStream { Stdout => "stdout", Stderr => "stderr", Log => "log" });
+
+/// One line of a workflow's log, as captured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// When the guest wrote it.
+    pub at: Millis,
+    pub stream: LogStream,
+    /// The step executing when it was written (its branch's step, for a
+    /// parallel branch), if one was.
+    pub step: Option<StepKey>,
+    pub text: String,
+}
+
+/// A stored log line: its place in the workflow's log, then the line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    /// Increasing within a workflow; the cursor for reading on.
+    pub seq: i64,
+    pub line: LogLine,
+}
+
+/// How many lines of its log a workflow keeps: older ones are dropped as
+/// new ones come, so that a chatty guest cannot fill the disk.
+pub const LOG_LINES_KEPT: i64 = 10_000;
+
 /// A workflow as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkflowRecord {
@@ -427,6 +464,8 @@ pub struct WorkflowEnd<'a> {
     /// Steps whose bodies were cut short: they stay `running`, with an
     /// interrupted attempt recorded, so that a resume executes them again.
     pub interrupted_steps: &'a [StepKey],
+    /// Log lines captured since the last checkpoint, kept with this one.
+    pub log: &'a [LogLine],
 }
 
 /// Why the store could not do what was asked. Each variant says what a user
@@ -609,14 +648,24 @@ pub trait CheckpointStore: Send {
     /// the module docs of [`sqlite`]).
     fn begin_steps(&self, workflow_id: &str, steps: &[StepBegin<'_>]) -> Result<(), StoreError>;
 
-    /// Record how a step this run is executing ended. Durable on return.
+    /// Record how a step this run is executing ended, with the log lines
+    /// captured since the last checkpoint. Durable on return.
     fn finish_step(
         &self,
         workflow_id: &str,
         run_id: &str,
         key: &StepKey,
         outcome: &Outcome,
+        log: &[LogLine],
     ) -> Result<(), StoreError>;
+
+    /// Append lines to the log of workflow `id`, which `run_id` owns
+    /// (for the log of a run that ends without a checkpoint: an unload).
+    fn append_log(&self, id: &str, run_id: &str, log: &[LogLine]) -> Result<(), StoreError>;
+
+    /// The log of workflow `id` after line `after_seq`, oldest first, at
+    /// most `limit` lines.
+    fn logs(&self, id: &str, after_seq: i64, limit: u32) -> Result<Vec<LogRecord>, StoreError>;
 
     /// Record how a workflow ended (or that it is suspended). Durable on return.
     fn finish_workflow(

@@ -75,6 +75,7 @@ fn scenarios(ctx: &Context, input: Input) -> Result<Value, Error> {
         "plan_step" => plan_step(ctx, input.items, input.backoff_ms, input.plan),
         "plan_branch" => plan_branch(ctx, input.items, input.backoff_ms, input.plan),
         "logs" => logs(ctx),
+        "output" => output(ctx, input.sleep_ms),
         "big_steps" => big_steps(ctx, input.items, input.kib),
         "keyed" => keyed_steps(ctx, input.items, input.sleep_ms),
         "keyed_sleep" => keyed_sleep(ctx, input.sleep_ms),
@@ -666,6 +667,46 @@ fn logs(ctx: &Context) -> Result<Value, Error> {
     })?;
     ctx.log(format!("done as {}", ctx.workflow_id()));
     Ok(json!(ctx.workflow_id()))
+}
+
+/// Prints on stdout and stderr from workflow code, from a step body and
+/// from a parallel branch, around a `ctx.log`; then holds in a step for
+/// `sleep_ms` (time for a test to kill the run), printing before it.
+fn output(ctx: &Context, sleep_ms: u64) -> Result<Value, Error> {
+    println!("workflow code before any step");
+    ctx.step("print", || {
+        effect()?;
+        println!("inside print");
+        eprintln!("a warning from print");
+        Ok(1)
+    })?;
+    print!("an unfinished ");
+    println!("line between steps");
+    ctx.log("logged between steps");
+    let shouted = ctx
+        .parallel(vec![Branch::new("shout", shout, &"branch".to_owned())])
+        .into_iter()
+        .collect::<Result<Vec<String>, Error>>()?;
+    println!("before the hold");
+    ctx.step("hold", || {
+        effect()?;
+        std::thread::sleep(Duration::from_millis(sleep_ms));
+        Ok(2)
+    })?;
+    // Rust's stdout holds a line back until its newline: flushed, the
+    // host gets it unfinished.
+    print!("the end, without a newline");
+    std::io::stdout()
+        .flush()
+        .map_err(|e| durable_sdk::error!("{e}"))?;
+    Ok(json!(shouted))
+}
+
+/// A branch that prints what it was given.
+fn shout(word: String) -> Result<String, Error> {
+    effect()?;
+    println!("{word} says hello");
+    Ok(word.to_uppercase())
 }
 
 /// `items` steps `big`, each returning about `kib` KiB.

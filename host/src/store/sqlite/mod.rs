@@ -22,10 +22,10 @@ use rusqlite::{
 };
 
 use super::{
-    AttemptRecord, CheckpointStore, Deployment, Enqueued, LeaseRenewal, ListQuery, Millis,
-    NewWorkflow, Outcome, Owner, QueuedWorkflow, Reopen, StepBegin, StepKey, StepRecord,
-    StepStatus, StoreError, Takeover, WorkflowEnd, WorkflowEvent, WorkflowRecord, WorkflowStatus,
-    WorkflowSummary, now_millis,
+    AttemptRecord, CheckpointStore, Deployment, Enqueued, LOG_LINES_KEPT, LeaseRenewal, ListQuery,
+    LogLine, LogRecord, LogStream, Millis, NewWorkflow, Outcome, Owner, QueuedWorkflow, Reopen,
+    StepBegin, StepKey, StepRecord, StepStatus, StoreError, Takeover, WorkflowEnd, WorkflowEvent,
+    WorkflowRecord, WorkflowStatus, WorkflowSummary, now_millis,
 };
 
 mod schema;
@@ -1025,6 +1025,7 @@ impl CheckpointStore for SqliteStore {
         run_id: &str,
         key: &StepKey,
         outcome: &Outcome,
+        log: &[LogLine],
     ) -> Result<(), StoreError> {
         let (status, output, error, code) = split_step_outcome(outcome);
         let now = now_millis();
@@ -1032,6 +1033,7 @@ impl CheckpointStore for SqliteStore {
             if let Err(lost) = Self::check_owner(tx, workflow_id, run_id)? {
                 return Ok(Err(lost));
             }
+            insert_log(tx, workflow_id, log)?;
             let updated = tx
                 .prepare_cached(
                     "UPDATE steps SET status = ?4, output_json = ?5, error = ?6, finished_at = ?7,
@@ -1071,6 +1073,7 @@ impl CheckpointStore for SqliteStore {
             if let Err(lost) = Self::check_owner(tx, id, run_id)? {
                 return Ok(Err(lost));
             }
+            insert_log(tx, id, end.log)?;
             let reason = error.unwrap_or("the workflow ended");
             for key in end.interrupted_steps {
                 tx.prepare_cached(
@@ -1102,6 +1105,75 @@ impl CheckpointStore for SqliteStore {
             Ok(Ok(()))
         })
     }
+
+    fn append_log(&self, id: &str, run_id: &str, log: &[LogLine]) -> Result<(), StoreError> {
+        if log.is_empty() {
+            return Ok(());
+        }
+        self.write(|tx| {
+            if let Err(lost) = Self::check_owner(tx, id, run_id)? {
+                return Ok(Err(lost));
+            }
+            insert_log(tx, id, log)?;
+            Ok(Ok(()))
+        })
+    }
+
+    fn logs(&self, id: &str, after_seq: i64, limit: u32) -> Result<Vec<LogRecord>, StoreError> {
+        self.read(|| {
+            self.conn
+                .prepare_cached(
+                    "SELECT seq, at, stream, step_key, line FROM workflow_logs
+                     WHERE workflow_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                )?
+                .query_map(params![id, after_seq, limit], |row| {
+                    let stream: String = row.get(2)?;
+                    Ok(LogRecord {
+                        seq: row.get(0)?,
+                        line: LogLine {
+                            at: row.get(1)?,
+                            // The table's CHECK admits only these names.
+                            stream: LogStream::parse(&stream).unwrap_or(LogStream::Log),
+                            step: row.get::<_, Option<String>>(3)?.map(StepKey::from_stored),
+                            text: row.get(4)?,
+                        },
+                    })
+                })?
+                .collect()
+        })
+    }
+}
+
+/// Append `log` to workflow `id`'s log, dropping the lines that fall out of
+/// the last [`LOG_LINES_KEPT`].
+fn insert_log(tx: &Connection, id: &str, log: &[LogLine]) -> rusqlite::Result<()> {
+    if log.is_empty() {
+        return Ok(());
+    }
+    let last: i64 = tx
+        .prepare_cached("SELECT coalesce(max(seq), 0) FROM workflow_logs WHERE workflow_id = ?1")?
+        .query_row([id], |row| row.get(0))?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO workflow_logs (workflow_id, seq, at, stream, step_key, line)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    let mut seq = last;
+    for line in log {
+        seq += 1;
+        insert.execute(params![
+            id,
+            seq,
+            line.at,
+            line.stream.as_str(),
+            line.step.as_ref().map(StepKey::as_str),
+            line.text
+        ])?;
+    }
+    if seq > LOG_LINES_KEPT {
+        tx.prepare_cached("DELETE FROM workflow_logs WHERE workflow_id = ?1 AND seq <= ?2")?
+            .execute(params![id, seq - LOG_LINES_KEPT])?;
+    }
+    Ok(())
 }
 
 /// The conflict for a write that found workflow `id` owned by another run.

@@ -6,10 +6,30 @@
 //! than it knows.
 
 /// Bumped whenever the tables change; older hosts refuse newer files.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
+
+/// The log table, created alike by [`SCHEMA`] and the version 3 migration.
+macro_rules! workflow_logs_table {
+    () => {
+        "
+-- What a workflow's guest printed (stdout, stderr) and logged, by line, in
+-- the order it happened; written with the checkpoint that follows it.
+CREATE TABLE workflow_logs (
+    workflow_id TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    at          INTEGER NOT NULL,
+    stream      TEXT NOT NULL CHECK (stream IN ('stdout', 'stderr', 'log')),
+    step_key    TEXT,
+    line        TEXT NOT NULL,
+    PRIMARY KEY (workflow_id, seq)
+) WITHOUT ROWID;
+"
+    };
+}
 
 /// The tables as this version creates them in a new database.
-pub const SCHEMA: &str = "
+pub const SCHEMA: &str = concat!(
+    "
 CREATE TABLE workflows (
     id               TEXT PRIMARY KEY NOT NULL,
     component_sha256 TEXT NOT NULL,
@@ -109,13 +129,16 @@ CREATE INDEX workflows_queued ON workflows (queue, created_at) WHERE status = 'q
 CREATE INDEX workflows_waking ON workflows (wake_at) WHERE status = 'sleeping';
 CREATE INDEX workflows_leases ON workflows (lease_expires_at) WHERE status = 'running';
 CREATE INDEX workflow_events_by_workflow ON workflow_events (workflow_id, at);
-";
+",
+    workflow_logs_table!()
+);
 
 /// Upgrades of an existing database, by the version they lead to. Each runs
 /// in the one transaction that also sets `user_version`.
-pub const MIGRATIONS: &[(i64, &str)] = &[(
-    2,
-    "
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        2,
+        "
     -- New statuses: SQLite cannot alter a CHECK, so the table is rebuilt
     -- (with foreign keys off; they are checked before the commit).
     CREATE TABLE workflows_v2 (
@@ -213,4 +236,6 @@ pub const MIGRATIONS: &[(i64, &str)] = &[(
         PRIMARY KEY (name, version)
     );
     ",
-)];
+    ),
+    (3, workflow_logs_table!()),
+];
