@@ -16,6 +16,7 @@
 //!   submit, wait, cancel); the CLI and the HTTP API both use it.
 //! - [`scheduler`]: `serve`'s queues, claiming, timers and recovery.
 //! - [`api`]: `serve`'s HTTP API (axum, OpenAPI), a client of [`control`].
+//! - [`verify`]: replays stored histories against a new build, read-only.
 //!
 //! The `durable-host` binary adds the command line on top.
 
@@ -26,6 +27,7 @@ pub mod engine;
 pub mod runtime;
 pub mod scheduler;
 pub mod store;
+pub mod verify;
 
 /// A fresh identifier for one run of a workflow by one process.
 pub fn new_run_id() -> String {

@@ -26,6 +26,21 @@ fn main() -> ExitCode {
             workflow_id,
             timeline,
         } => cli::inspect::history(db, json, &workflow_id, timeline),
+        Command::Verify {
+            component,
+            workflow_ids,
+            status,
+            all,
+            timeout,
+            cache,
+        } => cli::verify::verify(
+            db,
+            json,
+            &component,
+            cli::verify::selection(workflow_ids, status, all),
+            timeout,
+            &cache,
+        ),
         Command::Logs {
             workflow_id,
             tail,

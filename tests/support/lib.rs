@@ -57,6 +57,36 @@ pub fn artifacts() -> &'static Artifacts {
     })
 }
 
+/// The `versions` workflow built with `feature` (`None`: the base
+/// version), copied to a file of its own: built once per test binary.
+pub fn version(feature: Option<&str>) -> PathBuf {
+    static BUILDS: std::sync::Mutex<Vec<(Option<String>, PathBuf)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut builds = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, path)) = builds.iter().find(|(f, _)| f.as_deref() == feature) {
+        return path.clone();
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let target = target_dir(workspace);
+    let mut args = vec![
+        "build",
+        "--release",
+        "--target",
+        "wasm32-wasip2",
+        "-p",
+        "versions",
+    ];
+    if let Some(feature) = feature {
+        args.extend(["--features", feature]);
+    }
+    cargo(workspace, &target, &args);
+    let wasm = target.join("wasm32-wasip2/release");
+    let copy = wasm.join(format!("versions-{}.wasm", feature.unwrap_or("base")));
+    std::fs::copy(wasm.join("versions.wasm"), &copy).unwrap();
+    builds.push((feature.map(str::to_owned), copy.clone()));
+    copy
+}
+
 /// The target directory of the build that produced this test binary
 /// (`<target>/<profile>/deps/<test>`), unless overridden.
 fn target_dir(workspace: &Path) -> PathBuf {

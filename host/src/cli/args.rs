@@ -109,6 +109,43 @@ pub enum Command {
         follow: bool,
     },
 
+    /// Check a new build against stored histories before shipping it.
+    ///
+    /// Replays each selected workflow's recorded steps on COMPONENT without
+    /// running any step body and without changing the database (it is
+    /// opened read-only: safe while `serve` runs). Code between steps does
+    /// run, with the workflow's recorded environment and read-only
+    /// directories. Per workflow it says: compatible (and the step a resume
+    /// would execute next), diverges at step N (the recorded steps around N
+    /// beside the step the new code asks for), trapped (a recorded value
+    /// that no longer decodes into the step's type, say), or ended early.
+    /// Exits 0 only when every selected workflow is compatible, 4 otherwise.
+    Verify {
+        /// The new build of the workflow's component (.wasm).
+        component: PathBuf,
+
+        /// Only this workflow (repeatable).
+        #[arg(long = "workflow-id", value_name = "ID")]
+        workflow_ids: Vec<String>,
+
+        /// Only workflows with this status [default: running and sleeping:
+        /// the ones that will resume].
+        #[arg(long, value_parser = parse_status, conflicts_with_all = ["all", "workflow_ids"])]
+        status: Option<WorkflowStatus>,
+
+        /// Every workflow, finished ones included (does the new code end
+        /// them as they ended?).
+        #[arg(long, conflicts_with = "workflow_ids")]
+        all: bool,
+
+        /// How long one workflow's replay may take (the new code may loop).
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+
     /// Resume every unfinished workflow that this component started.
     ///
     /// Workflows are matched by the component's sha256, so a rebuilt

@@ -9,6 +9,7 @@ pub mod run;
 pub mod serve;
 mod table;
 mod timeline;
+pub mod verify;
 
 use std::process::ExitCode;
 

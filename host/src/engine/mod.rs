@@ -61,6 +61,10 @@ pub enum EngineError {
         reached: u32,
         next: StepKey,
     },
+    #[error(
+        "the recorded history ends after step {replayed}: the workflow would go on with `{next}`"
+    )]
+    HistoryEnd { replayed: u32, next: StepKey },
     #[error("workflow {workflow_id} was started with a different input")]
     InputMismatch { workflow_id: String },
     #[error("workflow {workflow_id} does not exist, and no --input was given to start it")]
@@ -382,6 +386,9 @@ pub struct WorkflowRun {
     cancel_grace: Duration,
     /// Output and log lines waiting for the next checkpoint.
     pending_log: PendingLog,
+    /// Stop with [`EngineError::HistoryEnd`] instead of executing a step
+    /// (`verify`: replay the history, run nothing).
+    replay_only: bool,
 }
 
 /// The step that records where a cancellation was handed to the workflow.
@@ -444,6 +451,7 @@ impl WorkflowRun {
             cancel_delivered_at: None,
             cancel_grace: request.cancel_grace,
             pending_log: PendingLog::default(),
+            replay_only: false,
         };
         let Some(workflow) = existing else {
             if request.reopen {
@@ -582,6 +590,17 @@ impl WorkflowRun {
             return Ok(Opened::Finished(Box::new(stored)));
         }
         Ok(Opened::Ready(Box::new(run)))
+    }
+
+    /// Replay the recorded history and stop where a step would execute
+    /// ([`EngineError::HistoryEnd`]): nothing runs, nothing is claimed.
+    pub fn replay_only(&mut self) {
+        self.replay_only = true;
+    }
+
+    /// Where the replay stands: steps handed back so far.
+    pub fn position(&self) -> u32 {
+        self.position
     }
 
     /// Number of steps recorded by earlier runs, or `None` for a new workflow.
@@ -941,6 +960,14 @@ impl WorkflowRun {
             planned.push((name, key, sequence, plan));
         }
 
+        if self.replay_only
+            && let Some((_, key, sequence, _)) = planned.iter().find(|(.., plan)| plan.is_ok())
+        {
+            return Err(EngineError::HistoryEnd {
+                replayed: sequence - 1,
+                next: key.clone(),
+            });
+        }
         if planned.iter().any(|(.., plan)| plan.is_ok()) {
             self.claim()?;
             let started_at = now_millis();

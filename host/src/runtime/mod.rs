@@ -367,6 +367,7 @@ fn keeps_history(error: &EngineError) -> bool {
                 | EngineError::InputMismatch { .. }
                 | EngineError::InputRejected { .. }
                 | EngineError::Stopping { .. }
+                | EngineError::HistoryEnd { .. }
         )
 }
 

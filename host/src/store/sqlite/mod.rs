@@ -18,7 +18,8 @@ use std::thread;
 use std::time::Duration;
 
 use rusqlite::{
-    Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior, params,
+    Connection, ErrorCode, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior,
+    params,
 };
 
 use super::{
@@ -87,6 +88,47 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let store = Self::connect(path)?;
         store.create_schema().map_err(|e| store.explain(e))?;
+        Ok(store)
+    }
+
+    /// Open the existing database at `path` for reading only: nothing this
+    /// handle does can change the file (safe beside a running `serve`).
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let shown = path.display().to_string();
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
+        let identity = FileIdentity::of(path).ok_or_else(|| StoreError::Open {
+            path: shown.clone(),
+            reason: "the file vanished as it was opened".to_owned(),
+        })?;
+        let store = Self {
+            conn,
+            path: path.to_owned(),
+            identity,
+            in_batch: std::cell::Cell::new(false),
+            synchronous: std::cell::Cell::new("FULL"),
+        };
+        store.conn.busy_timeout(BUSY_TIMEOUT).map_err(store_error)?;
+        let version = store.read(|| {
+            store
+                .conn
+                .query_row("PRAGMA user_version", [], |row| row.get::<_, i64>(0))
+        })?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if version < SCHEMA_VERSION {
+            return Err(StoreError::Open {
+                path: shown,
+                reason: format!(
+                    "its tables are version {version}; any other command of this durable-host \
+                     upgrades them to version {SCHEMA_VERSION} first"
+                ),
+            });
+        }
         Ok(store)
     }
 

@@ -1,0 +1,133 @@
+//! `durable-host verify`: histories recorded by the base build of the
+//! `versions` workflow, replayed against real new builds of it (a step
+//! appended, inserted or renamed, a step's type changed, an early return),
+//! without running a step and without changing the database.
+
+use durable_tests::{Scratch, run, sha256_of, version};
+use serde_json::Value;
+
+/// A workflow left in flight in step `c` (its steps `a` and `b` recorded),
+/// and one that completed.
+fn histories() -> Scratch {
+    let scratch = Scratch::new();
+    let base = version(None);
+    run(scratch
+        .run(&base, "in-flight")
+        .args(["--input", "null", "--crash", "c:before"]))
+    .expect_code(3);
+    run(scratch.run(&base, "done").args(["--input", "null"])).expect_code(0);
+    scratch
+}
+
+/// `verify --json` with `args`: its exit code and its verdicts by workflow.
+fn verify(scratch: &Scratch, feature: Option<&str>, args: &[&str]) -> (Option<i32>, Vec<Value>) {
+    let component = version(feature);
+    let mut command = scratch.host(&["verify", component.to_str().unwrap(), "--json"]);
+    command.args(args);
+    let result = run(&mut command);
+    let document = result.json();
+    assert_eq!(
+        document["summary"]["workflows"].as_u64().unwrap() as usize,
+        document["workflows"].as_array().unwrap().len(),
+        "{document}"
+    );
+    (
+        result.code(),
+        document["workflows"].as_array().unwrap().clone(),
+    )
+}
+
+#[test]
+fn new_builds_are_judged_against_recorded_histories_without_touching_them() {
+    let scratch = histories();
+    let before = sha256_of(&scratch.db());
+    let effects_before = scratch.effects();
+
+    // The same code, and code that only adds a step at the end: a resume
+    // goes on with the step in flight. Only in-flight workflows by default.
+    for feature in [None, Some("append")] {
+        let (code, verdicts) = verify(&scratch, feature, &[]);
+        assert_eq!(code, Some(0), "{feature:?}: {verdicts:?}");
+        assert_eq!(verdicts.len(), 1, "{verdicts:?}");
+        let verdict = &verdicts[0];
+        assert_eq!(verdict["workflow_id"], "in-flight");
+        assert_eq!(verdict["verdict"], "compatible", "{verdict}");
+        assert_eq!(verdict["replayed"], 2);
+        assert_eq!(verdict["next"], "c#000001");
+    }
+
+    // A step inserted or renamed: the divergence, where, and around it.
+    for feature in ["insert", "rename"] {
+        let (code, verdicts) = verify(&scratch, Some(feature), &[]);
+        assert_eq!(code, Some(4), "{verdicts:?}");
+        let verdict = &verdicts[0];
+        assert_eq!(verdict["verdict"], "diverged", "{verdict}");
+        assert_eq!(verdict["position"], 2);
+        assert_eq!(verdict["recorded"], "b#000001");
+        let asked = if feature == "insert" {
+            "x#000001"
+        } else {
+            "b2#000001"
+        };
+        assert_eq!(verdict["requested"], asked);
+        let around: Vec<&str> = verdict["around"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|step| step["key"].as_str().unwrap())
+            .collect();
+        assert_eq!(around, ["a#000001", "b#000001", "c#000001"]);
+    }
+
+    // A recorded value that no longer decodes, and an early return.
+    let (code, verdicts) = verify(&scratch, Some("retype"), &[]);
+    assert_eq!(code, Some(4));
+    assert_eq!(verdicts[0]["verdict"], "trapped");
+    let reason = verdicts[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("step `a`"), "{reason}");
+    let (code, verdicts) = verify(&scratch, Some("shorter"), &[]);
+    assert_eq!(code, Some(4));
+    assert_eq!(verdicts[0]["verdict"], "ended_early");
+    assert_eq!(verdicts[0]["next"], "b#000001");
+
+    // --all takes finished workflows too: the same code ends them as they
+    // ended; --workflow-id picks one.
+    let (code, verdicts) = verify(&scratch, None, &["--all"]);
+    assert_eq!(code, Some(0), "{verdicts:?}");
+    let done = verdicts
+        .iter()
+        .find(|v| v["workflow_id"] == "done")
+        .unwrap();
+    assert_eq!(done["verdict"], "compatible");
+    assert_eq!(done["replayed"], 3);
+    assert!(
+        done["ending"].as_str().unwrap().contains("recorded result"),
+        "{done}"
+    );
+    let (_, verdicts) = verify(&scratch, Some("rename"), &["--workflow-id", "done"]);
+    assert_eq!(verdicts.len(), 1);
+    assert_eq!(verdicts[0]["workflow_id"], "done");
+
+    // Nothing ran and nothing changed.
+    assert_eq!(sha256_of(&scratch.db()), before, "the database was written");
+    assert_eq!(scratch.effects(), effects_before);
+    let status = scratch.workflow_status("in-flight");
+    assert_eq!(status.as_deref(), Some("running"));
+
+    // People get a line per workflow and a summary.
+    let text = run(&mut scratch.host(&["verify", version(Some("insert")).to_str().unwrap()]))
+        .expect_code(4)
+        .stdout();
+    assert!(text.contains("DIVERGES at step 2"), "{text}");
+    assert!(text.contains("1 diverged"), "{text}");
+
+    // An unknown workflow is an error, not a verdict.
+    let unknown = run(&mut scratch.host(&[
+        "verify",
+        version(None).to_str().unwrap(),
+        "--workflow-id",
+        "nobody",
+    ]))
+    .expect_code(2);
+    assert!(unknown.stderr().contains("nobody"), "{}", unknown.stderr());
+}
