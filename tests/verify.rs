@@ -82,9 +82,21 @@ fn new_builds_are_judged_against_recorded_histories_without_touching_them() {
     // A recorded value that no longer decodes, and an early return.
     let (code, verdicts) = verify(&scratch, Some("retype"), &[]);
     assert_eq!(code, Some(4));
-    assert_eq!(verdicts[0]["verdict"], "trapped");
-    let reason = verdicts[0]["reason"].as_str().unwrap();
-    assert!(reason.contains("step `a`"), "{reason}");
+    let verdict = &verdicts[0];
+    assert_eq!(verdict["verdict"], "undecodable", "{verdict}");
+    assert_eq!(verdict["step"], "a#000001");
+    assert_eq!(verdict["value"], "1");
+    assert!(
+        verdict["expected"].as_str().unwrap().contains("String"),
+        "{verdict}"
+    );
+    assert!(
+        verdict["reason"]
+            .as_str()
+            .unwrap()
+            .contains("expected a string"),
+        "{verdict}"
+    );
     let (code, verdicts) = verify(&scratch, Some("shorter"), &[]);
     assert_eq!(code, Some(4));
     assert_eq!(verdicts[0]["verdict"], "ended_early");
@@ -120,6 +132,23 @@ fn new_builds_are_judged_against_recorded_histories_without_touching_them() {
         .stdout();
     assert!(text.contains("DIVERGES at step 2"), "{text}");
     assert!(text.contains("1 diverged"), "{text}");
+
+    // Running the new build is refused the same way: exit 4, the step and
+    // the stored value named, nothing run or recorded.
+    let steps_before = scratch.steps("in-flight");
+    let refused = run(scratch
+        .run(&version(Some("retype")), "in-flight")
+        .arg("--allow-component-change"))
+    .expect_code(4);
+    let stderr = refused.stderr();
+    assert!(stderr.contains("non-determinism"), "{stderr}");
+    assert!(
+        stderr.contains("`a#000001`") && stderr.contains("it is 1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(scratch.steps("in-flight"), steps_before);
+    assert_eq!(scratch.effects(), effects_before);
 
     // An unknown workflow is an error, not a verdict.
     let unknown = run(&mut scratch.host(&[

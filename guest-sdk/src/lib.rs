@@ -665,7 +665,9 @@ fn decode<T: DeserializeOwned>(
     match recorded {
         Ok(json) => Ok(serde_json::from_str(&json).unwrap_or_else(|e| {
             // The history holds a value this code cannot read: the step's type
-            // changed since it ran. Continuing would diverge from the history.
+            // changed since it ran. Continuing would diverge from the history;
+            // the host stops the run as non-deterministic.
+            host::value_mismatch(name, std::any::type_name::<T>(), &e.to_string());
             panic!("recorded result of step `{name}` does not match the type this workflow expects ({e}); was the workflow changed since it started?")
         })),
         Err(error) => Err(Error::from_host(error)),

@@ -46,8 +46,16 @@ pub enum Verdict {
     },
     /// The new code returned after `reached` steps; the history goes on.
     EndedEarly { reached: u32, next: StepKey },
-    /// The new code trapped while replaying (a recorded value that no longer
-    /// decodes into the step's type panics the guest): the reason.
+    /// A recorded value no longer decodes into the type the new code
+    /// expects for step `key`: the value (cut short) and the decode error.
+    Undecodable {
+        key: StepKey,
+        expected: String,
+        value: String,
+        reason: String,
+    },
+    /// The new code trapped while replaying (a panic; with an SDK older
+    /// than `value-mismatch`, also an undecodable value): the reason.
     Trapped { replayed: u32, reason: String },
     /// It could not be replayed at all (its input refused, a limit, a store
     /// error): why.
@@ -239,6 +247,18 @@ impl<'a> Verifier<'a> {
             Err(RuntimeError::Engine(EngineError::EndedEarly { reached, next, .. })) => {
                 Verdict::EndedEarly { reached, next }
             }
+            Err(RuntimeError::Engine(EngineError::UndecodableValue {
+                key,
+                expected,
+                value,
+                reason,
+                ..
+            })) => Verdict::Undecodable {
+                key,
+                expected,
+                value,
+                reason,
+            },
             Err(other) => unverifiable(other.to_string()),
             Ok(report) => match report.status {
                 WorkflowStatus::Suspended => Verdict::Trapped {

@@ -228,10 +228,11 @@ fn engine_hint(error: &EngineError) -> Option<String> {
              once the lease expires (see --stale-after)"
                 .to_owned(),
         ),
-        EngineError::Diverged { .. } | EngineError::EndedEarly { .. } => Some(
-            "the workflow code no longer makes the same steps in the same order as when this \
-             workflow started; finish it with the component that started it, or start a new \
-             --workflow-id. Nothing was recorded."
+        e if e.is_non_determinism() => Some(
+            "the workflow code no longer makes the same steps in the same order, with values of \
+             the same types, as when this workflow started; finish it with the component that \
+             started it, or start a new --workflow-id. Nothing was recorded. `durable-host \
+             verify NEW.wasm` checks a build against every workflow before a deploy."
                 .to_owned(),
         ),
         _ => None,

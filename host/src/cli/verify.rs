@@ -78,12 +78,13 @@ pub fn verify(
     } else {
         println!(
             "verified {} workflows ({} recorded steps, {:.0} steps/s): {} compatible, {} diverged, \
-             {} trapped, {} ended early, {} unverifiable",
+             {} undecodable, {} trapped, {} ended early, {} unverifiable",
             summary.workflows,
             summary.recorded_steps,
             summary.recorded_steps as f64 / seconds.max(1e-9),
             summary.compatible,
             summary.diverged,
+            summary.undecodable,
             summary.trapped,
             summary.ended_early,
             summary.unverifiable
@@ -144,6 +145,15 @@ fn describe(verdict: &WorkflowVerdict) -> String {
             "{head}ENDS EARLY: the new code returns after {reached} steps; the history goes on \
              with {next}\n"
         ),
+        Verdict::Undecodable {
+            key,
+            expected,
+            value,
+            reason,
+        } => format!(
+            "{head}UNDECODABLE: the recorded value of {key} no longer decodes into {expected} \
+             ({reason}); it is {value}\n"
+        ),
         Verdict::Trapped { reason, .. } => {
             format!("{head}TRAPPED while replaying: {}\n", preview(reason, 400))
         }
@@ -157,6 +167,7 @@ struct Summary {
     recorded_steps: u64,
     compatible: u64,
     diverged: u64,
+    undecodable: u64,
     trapped: u64,
     ended_early: u64,
     unverifiable: u64,
@@ -169,6 +180,7 @@ impl Summary {
         *match verdict.verdict {
             Verdict::Compatible { .. } => &mut self.compatible,
             Verdict::Diverged { .. } => &mut self.diverged,
+            Verdict::Undecodable { .. } => &mut self.undecodable,
             Verdict::Trapped { .. } => &mut self.trapped,
             Verdict::EndedEarly { .. } => &mut self.ended_early,
             Verdict::Unverifiable { .. } => &mut self.unverifiable,
@@ -206,6 +218,13 @@ struct VerdictJson {
     requested: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     around: Vec<AroundJson>,
+    /// The step whose recorded value no longer decodes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expected: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
 }
@@ -260,6 +279,19 @@ impl From<&WorkflowVerdict> for VerdictJson {
                 verdict: "ended_early",
                 replayed: Some(*reached),
                 next: key(next),
+                ..base
+            },
+            Verdict::Undecodable {
+                key: step,
+                expected,
+                value,
+                reason,
+            } => Self {
+                verdict: "undecodable",
+                step: key(step),
+                expected: Some(expected.clone()),
+                value: Some(value.clone()),
+                reason: Some(reason.clone()),
                 ..base
             },
             Verdict::Trapped { replayed, reason } => Self {

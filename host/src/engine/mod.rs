@@ -62,6 +62,18 @@ pub enum EngineError {
         next: StepKey,
     },
     #[error(
+        "non-determinism: the recorded value of step `{key}` of workflow {workflow_id} no longer \
+         decodes into `{expected}` ({reason}); it is {value}"
+    )]
+    UndecodableValue {
+        workflow_id: String,
+        key: StepKey,
+        expected: String,
+        /// The stored JSON, cut short.
+        value: String,
+        reason: String,
+    },
+    #[error(
         "the recorded history ends after step {replayed}: the workflow would go on with `{next}`"
     )]
     HistoryEnd { replayed: u32, next: StepKey },
@@ -140,7 +152,10 @@ pub enum EngineError {
 impl EngineError {
     /// True when the guest's steps no longer match the recorded history.
     pub fn is_non_determinism(&self) -> bool {
-        matches!(self, Self::Diverged { .. } | Self::EndedEarly { .. })
+        matches!(
+            self,
+            Self::Diverged { .. } | Self::EndedEarly { .. } | Self::UndecodableValue { .. }
+        )
     }
 }
 
@@ -596,6 +611,31 @@ impl WorkflowRun {
     /// ([`EngineError::HistoryEnd`]): nothing runs, nothing is claimed.
     pub fn replay_only(&mut self) {
         self.replay_only = true;
+    }
+
+    /// The guest cannot decode the recorded value of its replayed step
+    /// `name` into `expected`: the error that stops the run, naming the
+    /// step and the stored value (the latest replayed step of that name).
+    pub fn undecodable(&self, name: &str, expected: &str, reason: &str) -> EngineError {
+        let step = (1..=self.position)
+            .rev()
+            .filter_map(|sequence| self.cursor.at(sequence))
+            .find(|step| step.name == name);
+        let value = step
+            .and_then(|step| step.output_json.as_deref())
+            .unwrap_or("(nothing recorded)");
+        const SHOWN: usize = 200;
+        let value = match value.char_indices().nth(SHOWN) {
+            Some((cut, _)) => format!("{}… ({} bytes)", &value[..cut], value.len()),
+            None => value.to_owned(),
+        };
+        EngineError::UndecodableValue {
+            workflow_id: self.workflow_id.clone(),
+            key: step.map_or_else(|| StepKey::new(name, 1), |step| step.key.clone()),
+            expected: expected.to_owned(),
+            value,
+            reason: reason.to_owned(),
+        }
     }
 
     /// Where the replay stands: steps handed back so far.

@@ -249,4 +249,14 @@ impl durable_step::Host for HostState {
     fn reject_input(&mut self, reason: String) -> wasmtime::Result<()> {
         Err(EngineError::InputRejected { reason }.into())
     }
+
+    fn value_mismatch(
+        &mut self,
+        step_name: String,
+        expected_type: String,
+        reason: String,
+    ) -> wasmtime::Result<()> {
+        let (run, _) = self.run()?;
+        Err(run.undecodable(&step_name, &expected_type, &reason).into())
+    }
 }
