@@ -34,6 +34,9 @@ const PATIENCE: Duration = Duration::from_secs(180);
 /// Steps of a `keyed` scenario workflow.
 const KEYED_ITEMS: u32 = 4;
 
+/// A durable sleep `serve` unloads the workflow for (more than 5 s).
+const SLEEP_MS: u64 = 5_500;
+
 /// A queued workflow and what it must end with.
 struct Workflow {
     id: String,
@@ -44,10 +47,22 @@ struct Workflow {
 }
 
 /// Half onboarding, half `keyed` scenarios, with slow enough steps that
-/// kills land in them.
+/// kills land in them; one in eight sleeps long enough to be unloaded
+/// between two steps, and is woken by whichever server is alive then.
 fn workflows(count: usize, rng: &mut Rng, onboarding_output: &str) -> Vec<Workflow> {
     (0..count)
         .map(|n| {
+            if n % 8 == 7 {
+                let id = format!("sl{n:04}");
+                return Workflow {
+                    input: json!({ "scenario": "keyed_sleep", "sleep_ms": SLEEP_MS }),
+                    output: json!({ "workflow_id": id, "slept_ms": SLEEP_MS }),
+                    deployment: "scenarios",
+                    // `before`, `durable.sleep` and `after`.
+                    steps: 3,
+                    id,
+                };
+            }
             if n % 2 == 1 {
                 return keyed(&format!("kd{n:04}"), rng);
             }
@@ -233,7 +248,11 @@ fn assert_ran_as_begun(scratch: &Scratch, executions: &BTreeMap<String, usize>) 
             "{key} ran {ran} times but was begun {begun} times"
         );
     }
-    for key in completed_steps(scratch).keys() {
+    // `durable.*` steps (a sleep's wake-up time) have no effect.
+    for key in completed_steps(scratch)
+        .keys()
+        .filter(|k| !k.contains("/durable."))
+    {
         assert!(
             executions.contains_key(key),
             "{key} completed without its effect"
@@ -401,11 +420,23 @@ impl Torture<'_> {
                 })
             },
         );
-        let runs: BTreeSet<String> = owned.into_values().collect();
-        let rows = rows_of_runs(self.scratch, &runs);
-        self.fenced.push(Fenced { runs, rows });
+        let rows = rows_of_runs(self.scratch, &owned.values().cloned().collect());
         signal(pid, "-CONT");
-        std::thread::sleep(self.rng.millis(500, 1500));
+        // Each thawed run goes on until it learns, from its lease or its
+        // next write, that it lost the workflow: the fencing is exercised.
+        wait_until("the thawed runs to stop", PATIENCE, || {
+            let log = frozen.log();
+            owned.keys().all(|id| {
+                let named = format!("workflow_id=\"{id}\"");
+                log.lines().any(|line| {
+                    line.contains(&named)
+                        && (line.contains("taken over") || line.contains("lost the lease"))
+                })
+            })
+        });
+        let runs = owned.into_values().collect();
+        self.fenced.push(Fenced { runs, rows });
+        std::thread::sleep(self.rng.millis(0, 1000));
         frozen.kill9();
         successor.kill9();
         self.snapshot();

@@ -453,7 +453,7 @@ pub fn env_number(name: &str) -> Option<u64> {
 }
 
 /// The seed of a randomised test: `DURABLE_TORTURE_SEED`, or the clock.
-/// Odd, since xorshift never leaves 0.
+/// Never 0, where xorshift would stay.
 pub fn torture_seed() -> u64 {
     env_number("DURABLE_TORTURE_SEED").unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -481,9 +481,8 @@ impl Rng {
     }
 }
 
-/// A `durable-host serve` process on the scratch database, its stderr (the
-/// log) in a file. Killed (SIGKILL) when dropped, so that a failing test
-/// leaves no server behind.
+/// A `durable-host serve` process, its stderr (the log) in a file. Killed
+/// (SIGKILL) when dropped, so that a failing test leaves no server behind.
 pub struct Server {
     child: Child,
     log: PathBuf,
@@ -497,8 +496,9 @@ impl Server {
         Self::spawn(scratch.host(&["serve"]).args(args), scratch.path(), name)
     }
 
-    /// Spawn `command` (a `serve`, possibly wrapped: `nsenter ... serve`),
-    /// logging to `<name>.log` in `dir`.
+    /// Spawn `command` (a `serve`, possibly wrapped in `nsenter`, which
+    /// execs it: the pid stays the server's), logging to `<name>.log` in
+    /// `dir`.
     pub fn spawn(command: &mut Command, dir: &Path, name: &str) -> Self {
         let log = dir.join(format!("{name}.log"));
         let child = command
