@@ -13,27 +13,13 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use durable_tests::{Scratch, artifacts, run, signal, spawn, wait_until};
+use durable_tests::{
+    Scratch, all_threads_stopped, artifacts, is_write_lock_free, run, signal, spawn, wait_until,
+};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------
 // Helpers
-
-/// Every thread of `pid` is stopped.
-fn all_threads_stopped(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    tasks.filter_map(Result::ok).all(|task| {
-        std::fs::read_to_string(task.path().join("stat"))
-            .ok()
-            .and_then(|stat| {
-                let (_, rest) = stat.rsplit_once(')')?;
-                rest.split_whitespace().next()?.chars().next()
-            })
-            .is_some_and(|state| state == 'T' || state == 't')
-    })
-}
 
 /// Wait for `child` to exit (at most `timeout`, then kill it and fail) and
 /// collect its output.
@@ -210,18 +196,6 @@ fn effect_counts(scratch: &Scratch) -> BTreeMap<String, usize> {
         *counts.entry(key).or_default() += 1;
     }
     counts
-}
-
-fn is_write_lock_free(db: &Path) -> bool {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    conn.busy_timeout(Duration::ZERO).unwrap();
-    match conn.execute_batch("BEGIN IMMEDIATE") {
-        Ok(()) => {
-            conn.execute_batch("ROLLBACK").unwrap();
-            true
-        }
-        Err(_) => false,
-    }
 }
 
 // ---------------------------------------------------------------------------

@@ -17,12 +17,11 @@
 //! Run with `--test-threads 1`: each test keeps the two cores busy.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use durable_tests::{Run, Scratch, artifacts, employee, run, sha256_of, wait_until};
+use durable_tests::{Run, Scratch, Server, artifacts, employee, run, sha256_of, wait_until};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------
@@ -41,101 +40,6 @@ fn env_size(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// A `durable-host serve` process on the scratch database, its stderr (the
-/// log) in a file. Killed (SIGKILL) when dropped, so that a failing test
-/// leaves no server behind.
-struct Server {
-    child: Child,
-    log: PathBuf,
-    started: Instant,
-}
-
-impl Server {
-    /// `durable-host serve --db <scratch db> <args>`, logging to `<name>.log`
-    /// in the scratch directory.
-    fn start(scratch: &Scratch, name: &str, args: &[&str]) -> Self {
-        let log = scratch.path().join(format!("{name}.log"));
-        let child = scratch
-            .host(&["serve"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(File::create(scratch.path().join(format!("{name}.out"))).unwrap())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .expect("start durable-host serve");
-        Self {
-            child,
-            log,
-            started: Instant::now(),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Send `signal` (`-TERM`, `-INT`) with `kill`.
-    fn signal(&self, signal: &str) {
-        durable_tests::signal(self.pid(), signal);
-    }
-
-    /// SIGKILL, and reap.
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        self.child.wait().unwrap();
-    }
-
-    /// The exit status, waiting at most `timeout` (`None`: still running).
-    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// A `kB` or count field of `/proc/PID/status` (`VmRSS`, `Threads`).
-    fn proc_status(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("read /proc/PID/status of the server");
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(&format!("{field}:")))
-            .and_then(|value| value.split_whitespace().next()?.parse().ok())
-            .unwrap_or_else(|| panic!("no {field} in /proc/PID/status"))
-    }
-
-    /// Workflow ids named by log lines containing `message`.
-    fn logged_ids(&self, message: &str) -> Vec<String> {
-        self.log()
-            .lines()
-            .filter(|line| line.contains(message))
-            .filter_map(|line| {
-                let (_, rest) = line.split_once("workflow_id=\"")?;
-                Some(rest.split('"').next()?.to_owned())
-            })
-            .collect()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 /// The scratch ledger granted as `/ledger`.

@@ -8,36 +8,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Child;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use durable_tests::{Scratch, artifacts, employee, run, spawn};
-
-/// xorshift64*: small, seedable, good enough to pick delays.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, bound: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % bound.max(1)
-    }
-}
-
-fn env_number(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
-/// Executions of each step, by idempotency key (`<workflow>/<step key>`).
-fn executions(scratch: &Scratch) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for (_, record) in scratch.service_records() {
-        *counts
-            .entry(record["idempotency_key"].as_str().unwrap().to_owned())
-            .or_default() += 1;
-    }
-    counts
-}
+use durable_tests::{Rng, Scratch, artifacts, employee, env_number, run, spawn, torture_seed};
 
 /// Steps recorded as completed, by idempotency key.
 fn completed_steps(scratch: &Scratch) -> BTreeSet<String> {
@@ -72,12 +45,7 @@ fn assert_acceptable(child: Child, id: &str) {
 #[test]
 fn onboarding_survives_random_kills_and_concurrent_runners() {
     let iterations = env_number("DURABLE_TORTURE_ITERATIONS").unwrap_or(50);
-    let seed = env_number("DURABLE_TORTURE_SEED").unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-    }) | 1;
+    let seed = torture_seed();
     println!("torture: {iterations} workflows, seed {seed} (DURABLE_TORTURE_SEED to replay)");
     let mut rng = Rng(seed);
 
@@ -110,7 +78,7 @@ fn onboarding_survives_random_kills_and_concurrent_runners() {
                 child.wait().unwrap();
                 kills += 1;
                 *kills_per_workflow.entry(id.clone()).or_default() += 1;
-                snapshots.push((completed_steps(&scratch), executions(&scratch)));
+                snapshots.push((completed_steps(&scratch), scratch.step_executions()));
             } else {
                 assert_acceptable(start(&scratch, &id, latency), &id);
             }
@@ -120,7 +88,7 @@ fn onboarding_survives_random_kills_and_concurrent_runners() {
         }
     }
 
-    let executions = executions(&scratch);
+    let executions = scratch.step_executions();
     for (completed, counts) in &snapshots {
         for key in completed {
             assert_eq!(

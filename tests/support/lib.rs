@@ -7,8 +7,9 @@
 //! wasmtime a second time.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -215,6 +216,24 @@ impl Scratch {
             }
         }
         records
+    }
+
+    /// How many times each step body ran, by idempotency key
+    /// (`<workflow id>/<step key>`): the onboarding services' records and
+    /// the scenarios' keyed ledger (`/ledger/keyed.log`).
+    pub fn step_executions(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for (_, record) in self.service_records() {
+            let key = record["idempotency_key"].as_str().unwrap().to_owned();
+            *counts.entry(key).or_default() += 1;
+        }
+        let keyed = self.path().join("ledger/keyed.log");
+        if keyed.exists() {
+            for key in read_lines(&keyed) {
+                *counts.entry(key).or_default() += 1;
+            }
+        }
+        counts
     }
 
     /// The step keys the scenarios guest executed, in order.
@@ -426,4 +445,167 @@ pub fn sha256_of(path: &Path) -> String {
         .next()
         .unwrap()
         .to_owned()
+}
+
+/// Every thread of `pid` is stopped (after SIGSTOP).
+pub fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.filter_map(Result::ok).all(|task| {
+        std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                let (_, rest) = stat.rsplit_once(')')?;
+                rest.split_whitespace().next()?.chars().next()
+            })
+            .is_some_and(|state| state == 'T' || state == 't')
+    })
+}
+
+/// Nobody holds the write lock of the database at `db`: a process frozen
+/// now cannot block everyone else's writes.
+pub fn is_write_lock_free(db: &Path) -> bool {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.busy_timeout(Duration::ZERO).unwrap();
+    match conn.execute_batch("BEGIN IMMEDIATE") {
+        Ok(()) => {
+            conn.execute_batch("ROLLBACK").unwrap();
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// A number from the environment, for the sizes and seeds of long tests.
+pub fn env_number(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// The seed of a randomised test: `DURABLE_TORTURE_SEED`, or the clock.
+/// Never 0, where xorshift would stay.
+pub fn torture_seed() -> u64 {
+    env_number("DURABLE_TORTURE_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    }) | 1
+}
+
+/// xorshift64*: small, seedable, good enough to pick delays.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A number in `0..bound`.
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % bound.max(1)
+    }
+
+    /// A duration in `min..max` milliseconds.
+    pub fn millis(&mut self, min: u64, max: u64) -> Duration {
+        Duration::from_millis(min + self.below(max - min))
+    }
+}
+
+/// A `durable-host serve` process, its stderr (the log) in a file. Killed
+/// (SIGKILL) when dropped, so that a failing test leaves no server behind.
+pub struct Server {
+    child: Child,
+    log: PathBuf,
+    pub started: Instant,
+}
+
+impl Server {
+    /// `durable-host serve --db <scratch db> <args>`, logging to `<name>.log`
+    /// in the scratch directory.
+    pub fn start(scratch: &Scratch, name: &str, args: &[&str]) -> Self {
+        Self::spawn(scratch.host(&["serve"]).args(args), scratch.path(), name)
+    }
+
+    /// Spawn `command` (a `serve`, possibly wrapped in `nsenter`, which
+    /// execs it: the pid stays the server's), logging to `<name>.log` in
+    /// `dir`.
+    pub fn spawn(command: &mut Command, dir: &Path, name: &str) -> Self {
+        let log = dir.join(format!("{name}.log"));
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(File::create(dir.join(format!("{name}.out"))).unwrap())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .expect("start durable-host serve");
+        Self {
+            child,
+            log,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send `signal` (`-TERM`, `-INT`) with `kill`.
+    pub fn signal(&self, signal: &str) {
+        crate::signal(self.pid(), signal);
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        self.child.wait().unwrap();
+    }
+
+    /// The exit status, waiting at most `timeout` (`None`: still running).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A `kB` or count field of `/proc/PID/status` (`VmRSS`, `Threads`).
+    pub fn proc_status(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/PID/status of the server");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{field}:")))
+            .and_then(|value| value.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc/PID/status"))
+    }
+
+    /// Workflow ids named by log lines containing `message`.
+    pub fn logged_ids(&self, message: &str) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|line| line.contains(message))
+            .filter_map(|line| {
+                let (_, rest) = line.split_once("workflow_id=\"")?;
+                Some(rest.split('"').next()?.to_owned())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
