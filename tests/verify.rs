@@ -160,3 +160,159 @@ fn new_builds_are_judged_against_recorded_histories_without_touching_them() {
     .expect_code(2);
     assert!(unknown.stderr().contains("nobody"), "{}", unknown.stderr());
 }
+
+#[test]
+fn upgrade_moves_only_workflows_whose_history_replays_and_records_it() {
+    let scratch = histories();
+    run(&mut scratch.host(&["deploy", "v", version(Some("insert")).to_str().unwrap()]))
+        .expect_code(0);
+
+    // The inserting build is refused for the in-flight workflow, with why;
+    // the finished one has nothing to move.
+    let refused = run(&mut scratch.host(&["upgrade", "--all", "--to", "v", "--json"]))
+        .expect_code(4)
+        .json();
+    assert_eq!(refused["upgraded"], 0, "{refused}");
+    let only = &refused["workflows"].as_array().unwrap()[0];
+    assert_eq!(only["workflow_id"], "in-flight");
+    assert_eq!(only["result"], "refused");
+    assert!(
+        only["reason"]
+            .as_str()
+            .unwrap()
+            .contains("diverges at step 2"),
+        "{only}"
+    );
+    let finished = run(&mut scratch.host(&["upgrade", "done", "--to", "v"])).expect_code(4);
+    assert!(
+        finished.stdout().contains("completed"),
+        "{}",
+        finished.stdout()
+    );
+    let before = scratch.sql().query_row(
+        "SELECT component_sha256 FROM workflows WHERE id = 'in-flight'",
+        [],
+        |row| row.get::<_, String>(0),
+    );
+
+    // The appending build replays it: switched, recorded, and it finishes
+    // on the new code (its new step included).
+    let append = version(Some("append"));
+    run(&mut scratch.host(&["deploy", "v", append.to_str().unwrap()])).expect_code(0);
+    let moved = run(&mut scratch.host(&["upgrade", "in-flight", "--to", "v"])).expect_code(0);
+    assert!(
+        moved.stdout().contains("in-flight  upgraded"),
+        "{}",
+        moved.stdout()
+    );
+    let after: String = scratch
+        .sql()
+        .query_row(
+            "SELECT component_sha256 FROM workflows WHERE id = 'in-flight'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_ne!(Ok(after.clone()), before);
+    assert_eq!(after, sha256_of(&append));
+    let history = run(&mut scratch.host(&["history", "in-flight", "--json"])).json();
+    let events = history["events"].as_array().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "upgraded" && e["detail"].as_str().unwrap().contains("version 2")),
+        "{history}"
+    );
+    let finished = run(scratch.run(&append, "in-flight").arg("--json")).expect_code(0);
+    assert_eq!(finished.json()["output"], 3);
+    let keys: Vec<String> = scratch
+        .steps("in-flight")
+        .into_iter()
+        .map(|s| s.0)
+        .collect();
+    assert_eq!(keys, ["a#000001", "b#000001", "c#000001", "d#000001"]);
+}
+
+#[test]
+fn fork_copies_the_steps_before_the_one_given_and_runs_the_rest() {
+    let scratch = histories();
+    let forked = run(&mut scratch.host(&[
+        "fork",
+        "done",
+        "--from-step",
+        "3",
+        "--workflow-id",
+        "again",
+        "--json",
+    ]))
+    .expect_code(0)
+    .json();
+    assert_eq!(forked["workflow_id"], "again");
+    assert_eq!(forked["status"], "queued");
+    let copied: Vec<(String, String)> = scratch
+        .steps("again")
+        .into_iter()
+        .map(|(key, status, _)| (key, status))
+        .collect();
+    assert_eq!(
+        copied,
+        [
+            ("a#000001".to_owned(), "completed".to_owned()),
+            ("b#000001".to_owned(), "completed".to_owned())
+        ]
+    );
+    // Run on a new build: the copied steps replay, step 3 runs again.
+    let rerun = run(scratch
+        .run(&version(Some("append")), "again")
+        .args(["--json", "--allow-component-change"]))
+    .expect_code(0)
+    .json();
+    let executed: Vec<&str> = rerun["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["outcome"] == "executed")
+        .map(|s| s["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(executed, ["c#000001", "d#000001"], "{rerun}");
+    let history = run(&mut scratch.host(&["history", "again", "--json"])).json();
+    assert!(
+        history["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "forked"
+                && e["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("from done at step 3")),
+        "{history}"
+    );
+
+    // Refusals say what would work, and change nothing.
+    let bad = run(&mut scratch.host(&["fork", "done", "--from-step", "9"])).expect_code(2);
+    assert!(
+        bad.stderr().contains("fork from 1 to 4"),
+        "{}",
+        bad.stderr()
+    );
+    let unfinished =
+        run(&mut scratch.host(&["fork", "in-flight", "--from-step", "4"])).expect_code(2);
+    assert!(
+        unfinished.stderr().contains("step 3"),
+        "{}",
+        unfinished.stderr()
+    );
+    let taken =
+        run(&mut scratch.host(&["fork", "done", "--from-step", "1", "--workflow-id", "again"]))
+            .expect_code(2);
+    assert!(
+        taken.stderr().contains("exists already"),
+        "{}",
+        taken.stderr()
+    );
+    assert_eq!(
+        scratch.workflow_status("again").as_deref(),
+        Some("completed")
+    );
+}

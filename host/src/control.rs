@@ -40,6 +40,9 @@ pub enum ControlError {
         value: String,
         reason: &'static str,
     },
+    /// The request cannot be done as asked: why, and what would work.
+    #[error("{reason}")]
+    Refused { reason: String },
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error(transparent)]

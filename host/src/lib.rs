@@ -17,6 +17,7 @@
 //! - [`scheduler`]: `serve`'s queues, claiming, timers and recovery.
 //! - [`api`]: `serve`'s HTTP API (axum, OpenAPI), a client of [`control`].
 //! - [`verify`]: replays stored histories against a new build, read-only.
+//! - [`versions`]: moves workflows to new code (`upgrade`, `fork`).
 //!
 //! The `durable-host` binary adds the command line on top.
 
@@ -28,6 +29,7 @@ pub mod runtime;
 pub mod scheduler;
 pub mod store;
 pub mod verify;
+pub mod versions;
 
 /// A fresh identifier for one run of a workflow by one process.
 pub fn new_run_id() -> String {

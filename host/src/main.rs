@@ -41,6 +41,28 @@ fn main() -> ExitCode {
             timeout,
             &cache,
         ),
+        Command::Upgrade {
+            workflow_ids,
+            all,
+            to,
+            timeout,
+            cache,
+        } => cli::versions::upgrade(db, json, workflow_ids, all, &to, timeout, &cache),
+        Command::Fork {
+            workflow_id,
+            from_step,
+            new_workflow_id,
+            component,
+            cache,
+        } => cli::versions::fork(
+            db,
+            json,
+            &workflow_id,
+            from_step,
+            new_workflow_id.as_deref(),
+            component.as_deref(),
+            &cache,
+        ),
         Command::Logs {
             workflow_id,
             tail,

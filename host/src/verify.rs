@@ -20,9 +20,9 @@ use crate::engine::{
 };
 use crate::runtime::{Grants, Runtime, RuntimeError, WorkflowComponent};
 use crate::store::{
-    AttemptRecord, CheckpointStore, Deployment, Enqueued, LeaseRenewal, ListQuery, LogLine,
+    AttemptRecord, CheckpointStore, Deployment, Enqueued, Fork, LeaseRenewal, ListQuery, LogLine,
     LogRecord, Millis, NewWorkflow, Outcome, QueuedWorkflow, Reopen, SqliteStore, StepBegin,
-    StepKey, StepRecord, StoreError, Takeover, WorkflowEnd, WorkflowEvent, WorkflowRecord,
+    StepKey, StepRecord, StoreError, Takeover, Upgrade, WorkflowEnd, WorkflowEvent, WorkflowRecord,
     WorkflowStatus, WorkflowSummary,
 };
 
@@ -299,6 +299,13 @@ fn outcome_text(outcome: &Outcome) -> String {
     }
 }
 
+/// The refusal of a write that would outlive a verify run.
+fn read_only(what: &str) -> StoreError {
+    StoreError::Backend(format!(
+        "cannot {what} while verifying: the database is open read-only"
+    ))
+}
+
 /// A verify run keeps no lease: it claims nothing.
 struct NoLease;
 
@@ -444,16 +451,19 @@ impl CheckpointStore for ReadOnlyHistory {
     }
 
     fn deploy(&self, name: &str, _: &str, _: &str) -> Result<Deployment, StoreError> {
-        Err(StoreError::Backend(format!(
-            "cannot deploy {name} while verifying: the database is open read-only"
-        )))
+        Err(read_only(&format!("deploy {name}")))
+    }
+
+    fn fork_workflow(&self, fork: &Fork<'_>) -> Result<WorkflowRecord, StoreError> {
+        Err(read_only(&format!("fork {}", fork.source)))
+    }
+
+    fn upgrade_workflow(&self, upgrade: &Upgrade<'_>) -> Result<bool, StoreError> {
+        Err(read_only(&format!("upgrade {}", upgrade.id)))
     }
 
     fn enqueue_workflow(&self, workflow: &QueuedWorkflow<'_>) -> Result<Enqueued, StoreError> {
-        Err(StoreError::Backend(format!(
-            "cannot queue {} while verifying: the database is open read-only",
-            workflow.id
-        )))
+        Err(read_only(&format!("queue {}", workflow.id)))
     }
 
     fn sleep_workflow(&self, _: &str, _: &str, _: Millis) -> Result<(), StoreError> {

@@ -134,6 +134,7 @@ impl From<ControlError> for ApiError {
                 message,
                 "use a printable name of at most 1,024 bytes, without control characters",
             ),
+            ControlError::Refused { .. } => Self::new(StatusCode::CONFLICT, message, None),
             ControlError::Runtime(e) => e.into(),
             ControlError::Store(e) => e.into(),
             ControlError::Engine(e) => e.into(),

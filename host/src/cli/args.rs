@@ -146,6 +146,69 @@ pub enum Command {
         cache: CacheArgs,
     },
 
+    /// Move workflows that have not finished to a newer deployment, each
+    /// only where the new code replays its history.
+    ///
+    /// Each selected workflow is verified against TARGET's component as
+    /// `verify` does; those that replay are switched to it (an `upgraded`
+    /// event in their history) and resume on it, the others stay on their
+    /// code, listed with the reason. A workflow a live run holds is refused
+    /// (its code is in that process): upgrade it when it sleeps or its
+    /// server stops. Grants stay the ones it was started with. Exits 0 when
+    /// every selected workflow is on TARGET, 4 otherwise.
+    Upgrade {
+        /// The workflows to move.
+        #[arg(required_unless_present = "all", value_name = "ID")]
+        workflow_ids: Vec<String>,
+
+        /// Every workflow that has not finished (queued, running, sleeping,
+        /// suspended).
+        #[arg(long, conflicts_with = "workflow_ids")]
+        all: bool,
+
+        /// The deployment to move them to: its newest version, or the one
+        /// whose component's sha256 starts with SHA.
+        #[arg(long, value_name = "NAME[@SHA]")]
+        to: String,
+
+        /// How long one workflow's verification may take.
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+
+    /// Start a new workflow from another's history: the same input and
+    /// grants, the results of the steps before --from-step copied, the
+    /// rest run again.
+    ///
+    /// For a bug in a late step: fix it, deploy the fix, and fork from that
+    /// step with --component; the early steps' side effects are not
+    /// repeated. The new workflow is queued (`serve` runs it, and so does
+    /// `durable-host run COMPONENT --workflow-id NEW`) and its history says
+    /// what it was forked from.
+    Fork {
+        /// The workflow to fork.
+        workflow_id: String,
+
+        /// The first step to run again, from 1 (`history` numbers them).
+        #[arg(long, value_name = "N")]
+        from_step: u32,
+
+        /// The new workflow's id [default: a fresh one].
+        #[arg(long = "workflow-id", value_name = "NEW")]
+        new_workflow_id: Option<String>,
+
+        /// The code it runs: a deployment's name (its newest version) or a
+        /// .wasm file [default: the forked workflow's component].
+        #[arg(long, value_name = "NAME|FILE")]
+        component: Option<String>,
+
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+
     /// Resume every unfinished workflow that this component started.
     ///
     /// Workflows are matched by the component's sha256, so a rebuilt

@@ -10,6 +10,7 @@ pub mod serve;
 mod table;
 mod timeline;
 pub mod verify;
+pub mod versions;
 
 use std::process::ExitCode;
 
@@ -156,7 +157,11 @@ fn control_hint(error: &ControlError) -> Option<String> {
         ControlError::InvalidName { .. } => {
             "use a printable name of at most 1,024 bytes".to_owned()
         }
-        ControlError::Runtime(_) | ControlError::Store(_) | ControlError::Engine(_) => return None,
+        // Its reason says what would work.
+        ControlError::Refused { .. }
+        | ControlError::Runtime(_)
+        | ControlError::Store(_)
+        | ControlError::Engine(_) => return None,
     })
 }
 

@@ -19,10 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
 use super::{
-    AttemptRecord, CheckpointStore, Claim, Deployment, Enqueued, LeaseRenewal, ListQuery, LogLine,
-    LogRecord, Millis, NewWorkflow, Outcome, Owner, QueuedWorkflow, Reopen, SqliteStore, StepBegin,
-    StepKey, StepRecord, StoreError, Takeover, WorkflowEnd, WorkflowEvent, WorkflowRecord,
-    WorkflowStatus, WorkflowSummary,
+    AttemptRecord, CheckpointStore, Claim, Deployment, Enqueued, Fork, LeaseRenewal, ListQuery,
+    LogLine, LogRecord, Millis, NewWorkflow, Outcome, Owner, QueuedWorkflow, Reopen, SqliteStore,
+    StepBegin, StepKey, StepRecord, StoreError, Takeover, Upgrade, WorkflowEnd, WorkflowEvent,
+    WorkflowRecord, WorkflowStatus, WorkflowSummary,
 };
 
 /// At most this many writes share a transaction: bounds the latency the
@@ -341,6 +341,44 @@ impl CheckpointStore for GroupCommitStore {
 
     fn deployments(&self, name: Option<&str>) -> Result<Vec<Deployment>, StoreError> {
         self.read(|store| store.deployments(name))
+    }
+
+    fn fork_workflow(&self, fork: &Fork<'_>) -> Result<WorkflowRecord, StoreError> {
+        let (source, id, sha, detail) = (
+            fork.source.to_owned(),
+            fork.id.to_owned(),
+            fork.component_sha256.to_owned(),
+            fork.detail.to_owned(),
+        );
+        let keep_through = fork.keep_through;
+        self.submit(true, move |store| {
+            store.fork_workflow(&Fork {
+                source: &source,
+                id: &id,
+                keep_through,
+                component_sha256: &sha,
+                detail: &detail,
+            })
+        })
+    }
+
+    fn upgrade_workflow(&self, upgrade: &Upgrade<'_>) -> Result<bool, StoreError> {
+        let (id, observed, to, detail) = (
+            upgrade.id.to_owned(),
+            upgrade.observed.clone(),
+            upgrade.to_sha256.to_owned(),
+            upgrade.detail.to_owned(),
+        );
+        let verified_steps = upgrade.verified_steps;
+        self.submit(true, move |store| {
+            store.upgrade_workflow(&Upgrade {
+                id: &id,
+                observed: &observed,
+                verified_steps,
+                to_sha256: &to,
+                detail: &detail,
+            })
+        })
     }
 
     fn enqueue_workflow(&self, workflow: &QueuedWorkflow<'_>) -> Result<Enqueued, StoreError> {

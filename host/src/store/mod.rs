@@ -443,6 +443,33 @@ pub struct ListQuery {
     pub after: Option<String>,
 }
 
+/// A new workflow that starts from another's history (`fork`).
+#[derive(Debug, Clone)]
+pub struct Fork<'a> {
+    pub source: &'a str,
+    pub id: &'a str,
+    /// The source's steps up to this sequence are copied (finished ones:
+    /// the caller checks they are); later ones run again.
+    pub keep_through: u32,
+    pub component_sha256: &'a str,
+    /// Recorded as the new workflow's `forked` event.
+    pub detail: &'a str,
+}
+
+/// Moving a workflow nobody runs to another component (`upgrade`).
+#[derive(Debug, Clone)]
+pub struct Upgrade<'a> {
+    pub id: &'a str,
+    /// The workflow as it was when the new component was verified against
+    /// its history (with `verified_steps` steps): any change since (a run
+    /// claimed it, it went on) fails the switch.
+    pub observed: &'a WorkflowRecord,
+    pub verified_steps: usize,
+    pub to_sha256: &'a str,
+    /// Recorded as the workflow's `upgraded` event.
+    pub detail: &'a str,
+}
+
 /// A run putting a failed or suspended workflow back to running.
 #[derive(Debug, Clone)]
 pub struct Reopen<'a> {
@@ -563,6 +590,17 @@ pub trait CheckpointStore: Send {
     /// Record a new version of deployment `name`: the component `sha256`
     /// (kept already) and its grants. Returns it.
     fn deploy(&self, name: &str, sha256: &str, grants: &str) -> Result<Deployment, StoreError>;
+
+    /// Queue a new workflow `fork.id` with the input, grants and queue of
+    /// `fork.source` and a copy of its steps through `fork.keep_through`.
+    /// `WorkflowExists` if the id is taken, `UnknownWorkflow` if the
+    /// source is gone.
+    fn fork_workflow(&self, fork: &Fork<'_>) -> Result<WorkflowRecord, StoreError>;
+
+    /// Switch workflow `upgrade.id` to `upgrade.to_sha256`, provided it is
+    /// still as `upgrade.observed` (component, status, run, lease) with
+    /// `verified_steps` steps. `false` when it changed since it was verified.
+    fn upgrade_workflow(&self, upgrade: &Upgrade<'_>) -> Result<bool, StoreError>;
 
     /// Every deployment (of `name`, when given), newest version first.
     fn deployments(&self, name: Option<&str>) -> Result<Vec<Deployment>, StoreError>;

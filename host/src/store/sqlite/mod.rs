@@ -23,10 +23,10 @@ use rusqlite::{
 };
 
 use super::{
-    AttemptRecord, CheckpointStore, Deployment, Enqueued, LOG_LINES_KEPT, LeaseRenewal, ListQuery,
-    LogLine, LogRecord, LogStream, Millis, NewWorkflow, Outcome, Owner, QueuedWorkflow, Reopen,
-    StepBegin, StepKey, StepRecord, StepStatus, StoreError, Takeover, WorkflowEnd, WorkflowEvent,
-    WorkflowRecord, WorkflowStatus, WorkflowSummary, now_millis,
+    AttemptRecord, CheckpointStore, Deployment, Enqueued, Fork, LOG_LINES_KEPT, LeaseRenewal,
+    ListQuery, LogLine, LogRecord, LogStream, Millis, NewWorkflow, Outcome, Owner, QueuedWorkflow,
+    Reopen, StepBegin, StepKey, StepRecord, StepStatus, StoreError, Takeover, Upgrade, WorkflowEnd,
+    WorkflowEvent, WorkflowRecord, WorkflowStatus, WorkflowSummary, now_millis,
 };
 
 mod schema;
@@ -765,6 +765,85 @@ impl CheckpointStore for SqliteStore {
                     })
                 })?
                 .collect()
+        })
+    }
+
+    fn fork_workflow(&self, fork: &Fork<'_>) -> Result<WorkflowRecord, StoreError> {
+        let now = now_millis();
+        self.write(|tx| {
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO workflows
+                         (id, component_sha256, input, status, run_id, owner_pid, owner_host,
+                          lease_expires_at, created_at, updated_at, grants, queue, deployment)
+                     SELECT ?2, ?3, input, 'queued', '', 0, '', 0, ?4, ?4, grants, queue, deployment
+                     FROM workflows WHERE id = ?1
+                     ON CONFLICT (id) DO NOTHING",
+                )?
+                .execute(params![fork.source, fork.id, fork.component_sha256, now])?;
+            if inserted == 0 {
+                let source_exists = tx
+                    .prepare_cached("SELECT 1 FROM workflows WHERE id = ?1")?
+                    .exists([fork.source])?;
+                return Ok(Err(if source_exists {
+                    StoreError::WorkflowExists {
+                        id: fork.id.to_owned(),
+                    }
+                } else {
+                    StoreError::UnknownWorkflow {
+                        id: fork.source.to_owned(),
+                    }
+                }));
+            }
+            tx.prepare_cached(
+                "INSERT INTO steps (workflow_id, step_key, sequence, name, status, output_json,
+                     error, attempts, run_id, started_at, finished_at, failures, error_code)
+                 SELECT ?2, step_key, sequence, name, status, output_json, error, attempts,
+                     run_id, started_at, finished_at, failures, error_code
+                 FROM steps WHERE workflow_id = ?1 AND sequence <= ?3 AND status != 'running'",
+            )?
+            .execute(params![fork.source, fork.id, fork.keep_through])?;
+            insert_event(tx, fork.id, "", "forked", fork.detail, now)?;
+            Ok(Ok(tx
+                .prepare_cached(&format!(
+                    "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE id = ?1"
+                ))?
+                .query_row([fork.id], workflow_from_row)?))
+        })
+    }
+
+    fn upgrade_workflow(&self, upgrade: &Upgrade<'_>) -> Result<bool, StoreError> {
+        let now = now_millis();
+        self.write(|tx| {
+            let steps: i64 = tx
+                .prepare_cached("SELECT count(*) FROM steps WHERE workflow_id = ?1")?
+                .query_row([upgrade.id], |row| row.get(0))?;
+            if steps != upgrade.verified_steps as i64 {
+                return Ok(Ok(false));
+            }
+            let observed = upgrade.observed;
+            let switched = tx
+                .prepare_cached(
+                    "UPDATE workflows SET component_sha256 = ?3, updated_at = ?4
+                     WHERE id = ?1 AND component_sha256 = ?2 AND status = ?5 AND run_id = ?6
+                       AND lease_expires_at = ?7",
+                )?
+                .execute(params![
+                    upgrade.id,
+                    observed.component_sha256,
+                    upgrade.to_sha256,
+                    now,
+                    observed.status.as_str(),
+                    observed.run_id,
+                    observed.lease_expires_at
+                ])?;
+            if switched == 1 {
+                let run_id: String = tx
+                    .prepare_cached("SELECT run_id FROM workflows WHERE id = ?1")?
+                    .query_row([upgrade.id], |row| row.get(0))?;
+                insert_event(tx, upgrade.id, &run_id, "upgraded", upgrade.detail, now)?;
+            }
+            Ok(Ok(switched == 1))
         })
     }
 

@@ -1,0 +1,186 @@
+//! `durable-host upgrade` and `fork`: moving workflows to new code, as
+//! [`durable_host::versions`] does it, reported for people or for scripts.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use durable_host::runtime::{ComponentFile, Runtime, RuntimeConfig};
+use durable_host::store::{CheckpointStore, SqliteStore};
+use durable_host::verify::Selection;
+use durable_host::versions::{self, ForkRequest, IN_FLIGHT, UpgradeResult};
+
+use super::args::CacheArgs;
+use super::exit;
+use super::report::print_json;
+use super::table::{MAX_CELL_CHARS, preview};
+
+/// A runtime that compiles as `serve` does, so its cache entries serve too.
+fn runtime(cache: &CacheArgs) -> anyhow::Result<Runtime> {
+    Ok(Runtime::new(RuntimeConfig {
+        interruptible: true,
+        cache: cache.cache(),
+        echo_output: false,
+    })?)
+}
+
+#[derive(Serialize)]
+struct UpgradeJson {
+    workflow_id: String,
+    /// `upgraded`, `already_there` or `refused`.
+    result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+pub fn upgrade(
+    db: &Path,
+    json_mode: bool,
+    workflow_ids: Vec<String>,
+    all: bool,
+    target: &str,
+    timeout: Duration,
+    cache: &CacheArgs,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        db.is_file(),
+        "no database at {}: there are no workflows to upgrade (pass --db PATH)",
+        db.display()
+    );
+    let store = SqliteStore::open(db)?;
+    let deployment = versions::deployment(&store, target)?;
+    let bytes = store.component(&deployment.sha256)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "the component of deployment {target} is missing from the database; deploy it again"
+        )
+    })?;
+    let runtime = runtime(cache)?;
+    let file = ComponentFile::from_bytes(format!("deployment {target}").into(), bytes)?;
+    let component = runtime.compile(&file)?;
+    let selection = if all {
+        Selection::Statuses(IN_FLIGHT.to_vec())
+    } else {
+        Selection::Ids(workflow_ids)
+    };
+    let (mut moved, mut refused) = (0u64, 0u64);
+    let mut results = Vec::new();
+    versions::upgrade(
+        db,
+        &runtime,
+        &deployment,
+        &component,
+        &selection,
+        timeout,
+        |workflow, result| {
+            let id = preview(&workflow.id, MAX_CELL_CHARS);
+            let (name, reason) = match result {
+                UpgradeResult::Upgraded { recorded_steps } => {
+                    moved += 1;
+                    if !json_mode {
+                        println!("{id}  upgraded (its {recorded_steps} recorded steps replay)");
+                    }
+                    ("upgraded", None)
+                }
+                UpgradeResult::AlreadyThere => {
+                    if !json_mode {
+                        println!("{id}  already on it");
+                    }
+                    ("already_there", None)
+                }
+                UpgradeResult::Refused(reason) => {
+                    refused += 1;
+                    if !json_mode {
+                        println!("{id}  left on its code: {reason}");
+                    }
+                    ("refused", Some(reason.clone()))
+                }
+            };
+            results.push(UpgradeJson {
+                workflow_id: workflow.id.clone(),
+                result: name,
+                reason,
+            });
+        },
+    )?;
+    if json_mode {
+        print_json(&serde_json::json!({
+            "deployment": deployment.name,
+            "version": deployment.version,
+            "component_sha256": deployment.sha256,
+            "workflows": results,
+            "upgraded": moved,
+            "refused": refused,
+        }));
+    } else {
+        println!(
+            "{moved} upgraded to {} version {}, {refused} left on their code",
+            deployment.name, deployment.version
+        );
+    }
+    Ok(ExitCode::from(if refused == 0 {
+        exit::SUCCESS
+    } else {
+        exit::NON_DETERMINISM
+    }))
+}
+
+pub fn fork(
+    db: &Path,
+    json_mode: bool,
+    source: &str,
+    from_step: u32,
+    new_id: Option<&str>,
+    component: Option<&str>,
+    cache: &CacheArgs,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        db.is_file(),
+        "no database at {}: there is no workflow to fork (pass --db PATH)",
+        db.display()
+    );
+    let store = SqliteStore::open(db)?;
+    let sha256 = component
+        .map(|spec| component_sha256(&store, spec, cache))
+        .transpose()?;
+    let forked = versions::fork(
+        &store,
+        &ForkRequest {
+            source,
+            from_step,
+            id: new_id,
+            component_sha256: sha256.as_deref(),
+        },
+    )?;
+    if json_mode {
+        print_json(&serde_json::json!({
+            "workflow_id": forked.id,
+            "forked_from": source,
+            "from_step": from_step,
+            "status": forked.status.as_str(),
+            "queue": forked.queue,
+            "component_sha256": forked.component_sha256,
+        }));
+    } else {
+        println!(
+            "forked {source} from step {from_step} as {} (queued in `{}`: `durable-host serve` \
+             runs it, or `durable-host run COMPONENT --workflow-id {}`)",
+            forked.id, forked.queue, forked.id
+        );
+    }
+    Ok(ExitCode::from(exit::SUCCESS))
+}
+
+/// The component `spec` names: a .wasm file (checked and kept in the
+/// database) or a deployment.
+fn component_sha256(store: &SqliteStore, spec: &str, cache: &CacheArgs) -> anyhow::Result<String> {
+    let path = Path::new(spec);
+    if path.is_file() {
+        let file = ComponentFile::read(path)?;
+        runtime(cache)?.compile(&file)?;
+        store.put_component(file.sha256(), file.bytes())?;
+        return Ok(file.sha256().to_owned());
+    }
+    Ok(versions::deployment(store, spec)?.sha256)
+}

@@ -1,0 +1,252 @@
+//! Moving workflows to new code: `upgrade` switches in-flight workflows to
+//! a newer deployment where [`verify`](crate::verify) passes, recording the
+//! switch in their history; `fork` starts a new workflow from an old one's
+//! history, so that a bug fixed in a late step does not repeat the early
+//! steps' side effects.
+//!
+//! By default a workflow resumes on the exact component that started it;
+//! everything here is an explicit operator's choice. Like [`control`](crate::control),
+//! this module knows the store and the runtime, not the command line.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::control::{ControlError, new_workflow_id};
+use crate::engine::{MAX_NAME, owner_alive};
+use crate::runtime::{Runtime, WorkflowComponent};
+use crate::store::{
+    CheckpointStore, Deployment, Fork, SqliteStore, StoreError, Upgrade, WorkflowRecord,
+    WorkflowStatus, now_millis,
+};
+use crate::verify::{Selection, Verdict, Verifier, VerifyError};
+
+/// What `upgrade` did with one workflow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpgradeResult {
+    /// Switched to the target; it had this many recorded steps.
+    Upgraded { recorded_steps: usize },
+    /// Already on the target's component.
+    AlreadyThere,
+    /// Left on its code, for this reason.
+    Refused(String),
+}
+
+/// The workflows `upgrade` selects by default: every one that has not
+/// finished.
+pub const IN_FLIGHT: [WorkflowStatus; 4] = [
+    WorkflowStatus::Queued,
+    WorkflowStatus::Running,
+    WorkflowStatus::Sleeping,
+    WorkflowStatus::Suspended,
+];
+
+/// Move the workflows `selection` names to `target` (whose compiled
+/// component is `component`), each only if its history replays on it and
+/// no live run holds it; `each` hears every workflow's result.
+pub fn upgrade(
+    db: &Path,
+    runtime: &Runtime,
+    target: &Deployment,
+    component: &WorkflowComponent,
+    selection: &Selection,
+    timeout: Duration,
+    mut each: impl FnMut(&WorkflowRecord, &UpgradeResult),
+) -> Result<(), VerifyError> {
+    let verifier = Verifier::new(db, runtime, component, &target.sha256, timeout)?;
+    let store = SqliteStore::open(db)?;
+    verifier.select(selection, |workflow| {
+        let result = upgrade_one(&store, &verifier, target, &workflow)?;
+        each(&workflow, &result);
+        Ok(())
+    })
+}
+
+fn upgrade_one(
+    store: &SqliteStore,
+    verifier: &Verifier<'_>,
+    target: &Deployment,
+    workflow: &WorkflowRecord,
+) -> Result<UpgradeResult, VerifyError> {
+    if workflow.component_sha256 == target.sha256 {
+        return Ok(UpgradeResult::AlreadyThere);
+    }
+    if workflow.outcome().is_some() && workflow.status != WorkflowStatus::Suspended {
+        return Ok(UpgradeResult::Refused(format!(
+            "it has {}: there is nothing left to run",
+            match workflow.status {
+                WorkflowStatus::Completed => "completed",
+                WorkflowStatus::Failed => "failed (`durable-host resume` continues it on new code)",
+                _ => "been cancelled",
+            }
+        )));
+    }
+    if workflow.status == WorkflowStatus::Running && owner_alive(workflow, now_millis()) {
+        return Ok(UpgradeResult::Refused(format!(
+            "run {} of {} is running it now; upgrade it once it sleeps, or after that server \
+             stops (its code is in that process's memory)",
+            workflow.run_id, workflow.owner
+        )));
+    }
+    let verdict = verifier.verify(workflow.clone())?;
+    if let Some(reason) = incompatibility(&verdict.verdict) {
+        return Ok(UpgradeResult::Refused(reason));
+    }
+    let detail = format!(
+        "from component {} to {} (deployment {} version {}), verified against its {} recorded \
+         steps",
+        short(&workflow.component_sha256),
+        short(&target.sha256),
+        target.name,
+        target.version,
+        verdict.recorded_steps
+    );
+    let switched = store.upgrade_workflow(&Upgrade {
+        id: &workflow.id,
+        observed: workflow,
+        verified_steps: verdict.recorded_steps,
+        to_sha256: &target.sha256,
+        detail: &detail,
+    })?;
+    Ok(if switched {
+        UpgradeResult::Upgraded {
+            recorded_steps: verdict.recorded_steps,
+        }
+    } else {
+        UpgradeResult::Refused(
+            "it changed while it was being verified (a run took it up); run upgrade again".into(),
+        )
+    })
+}
+
+/// Why a verdict does not allow an upgrade, if it does not.
+fn incompatibility(verdict: &Verdict) -> Option<String> {
+    Some(match verdict {
+        Verdict::Compatible { .. } => return None,
+        Verdict::Diverged {
+            position,
+            recorded,
+            requested,
+            ..
+        } => format!(
+            "its history diverges at step {position}: it recorded {recorded}, the new code asks \
+             for {requested}"
+        ),
+        Verdict::EndedEarly { reached, next } => {
+            format!("the new code returns after {reached} steps; its history goes on with {next}")
+        }
+        Verdict::Undecodable {
+            key,
+            expected,
+            value,
+            ..
+        } => format!("the recorded value of {key} ({value}) no longer decodes into {expected}"),
+        Verdict::Trapped { reason, .. } => format!("the new code traps on its history: {reason}"),
+        Verdict::Unverifiable { reason } => format!("its history cannot be replayed: {reason}"),
+    })
+}
+
+/// The first 12 hex digits of a sha256, as people quote them.
+fn short(sha256: &str) -> &str {
+    &sha256[..sha256.len().min(12)]
+}
+
+/// A fork to make.
+#[derive(Debug, Clone)]
+pub struct ForkRequest<'a> {
+    pub source: &'a str,
+    /// The first step that runs again (from 1); the steps before it are
+    /// copied with their recorded results.
+    pub from_step: u32,
+    /// The new workflow's id; a fresh one when `None`.
+    pub id: Option<&'a str>,
+    /// Its component (kept in the database already); the source's when `None`.
+    pub component_sha256: Option<&'a str>,
+}
+
+/// Start a new workflow from `request.source`'s history: the same input,
+/// grants and queue, its steps before `from_step` copied, the rest run
+/// again when it is run (`serve` takes it from its queue, or `run`).
+pub fn fork(
+    store: &dyn CheckpointStore,
+    request: &ForkRequest<'_>,
+) -> Result<WorkflowRecord, ControlError> {
+    let source = store
+        .workflow(request.source)?
+        .ok_or_else(|| StoreError::UnknownWorkflow {
+            id: request.source.to_owned(),
+        })?;
+    let steps = store.steps(request.source)?;
+    let refuse = |reason: String| ControlError::Refused { reason };
+    if request.from_step == 0 || request.from_step as usize > steps.len() + 1 {
+        return Err(refuse(format!(
+            "--from-step {} is not a step of {}: it has {} recorded steps, so fork from 1 to {}",
+            request.from_step,
+            request.source,
+            steps.len(),
+            steps.len() + 1
+        )));
+    }
+    if let Some(unfinished) = steps
+        .iter()
+        .find(|step| step.sequence < request.from_step && step.outcome().is_none())
+    {
+        return Err(refuse(format!(
+            "step {} ({}) of {} has not finished, so it has no result to copy: fork from step {} \
+             or earlier",
+            unfinished.sequence, unfinished.key, request.source, unfinished.sequence
+        )));
+    }
+    if let Some(id) = request.id
+        && store.workflow(id)?.is_some()
+    {
+        return Err(refuse(format!(
+            "workflow {id} exists already: pick another --workflow-id, or leave it out for a \
+             fresh one"
+        )));
+    }
+    let id = match request.id {
+        Some(id) if id.len() > MAX_NAME || id.is_empty() || id.chars().any(char::is_control) => {
+            return Err(refuse(format!(
+                "`{}` is not a usable workflow id (1 to {MAX_NAME} bytes, no control characters)",
+                id.chars().take(80).collect::<String>()
+            )));
+        }
+        Some(id) => id.to_owned(),
+        None => new_workflow_id(),
+    };
+    let component = request.component_sha256.unwrap_or(&source.component_sha256);
+    let detail = format!(
+        "from {} at step {}: {} recorded steps copied{}",
+        request.source,
+        request.from_step,
+        request.from_step - 1,
+        if component == source.component_sha256 {
+            String::new()
+        } else {
+            format!(", on component {}", short(component))
+        }
+    );
+    Ok(store.fork_workflow(&Fork {
+        source: request.source,
+        id: &id,
+        keep_through: request.from_step - 1,
+        component_sha256: component,
+        detail: &detail,
+    })?)
+}
+
+/// The deployment `spec` names: `NAME` (its newest version) or
+/// `NAME@SHA` (the version whose component's sha256 starts with SHA).
+pub fn deployment(store: &dyn CheckpointStore, spec: &str) -> Result<Deployment, ControlError> {
+    let (name, sha) = match spec.split_once('@') {
+        Some((name, sha)) => (name, Some(sha)),
+        None => (spec, None),
+    };
+    store
+        .deployments(Some(name))?
+        .into_iter()
+        .find(|d| sha.is_none_or(|sha| !sha.is_empty() && d.sha256.starts_with(sha)))
+        .ok_or_else(|| ControlError::UnknownDeployment {
+            name: spec.to_owned(),
+        })
+}
