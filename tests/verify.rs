@@ -79,6 +79,15 @@ fn new_builds_are_judged_against_recorded_histories_without_touching_them() {
         assert_eq!(around, ["a#000001", "b#000001", "c#000001"]);
     }
 
+    // The same step called with another input than its recorded result
+    // came from.
+    let (code, verdicts) = verify(&scratch, Some("reinput"), &[]);
+    assert_eq!(code, Some(4));
+    let verdict = &verdicts[0];
+    assert_eq!(verdict["verdict"], "input_changed", "{verdict}");
+    assert_eq!(verdict["position"], 2);
+    assert_eq!(verdict["step"], "b#000001");
+
     // A recorded value that no longer decodes, and an early return.
     let (code, verdicts) = verify(&scratch, Some("retype"), &[]);
     assert_eq!(code, Some(4));
@@ -149,6 +158,18 @@ fn new_builds_are_judged_against_recorded_histories_without_touching_them() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(scratch.steps("in-flight"), steps_before);
     assert_eq!(scratch.effects(), effects_before);
+
+    // And so is the new input.
+    let refused = run(scratch
+        .run(&version(Some("reinput")), "in-flight")
+        .arg("--allow-component-change"))
+    .expect_code(4);
+    assert!(
+        refused.stderr().contains("another input"),
+        "{}",
+        refused.stderr()
+    );
+    assert_eq!(scratch.steps("in-flight"), steps_before);
 
     // An unknown workflow is an error, not a verdict.
     let unknown = run(&mut scratch.host(&[

@@ -294,6 +294,48 @@ impl Context {
         &self,
         name: &str,
         policy: &RetryPolicy,
+        body: F,
+    ) -> Result<T, Error>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut() -> Result<T, Error>,
+    {
+        self.run_step(name, None, policy, body)
+    }
+
+    /// Like [`Context::step`], for a step that works on `input`: `body` gets
+    /// it, and a fingerprint of it is recorded with the step. A replay that
+    /// reaches the step with another input stops as non-deterministic (the
+    /// code now calls it with other arguments than those its recorded result
+    /// came from) instead of handing back that result. Steps recorded before
+    /// they had a fingerprint replay as before.
+    #[track_caller]
+    pub fn step_with_input<I, T, F>(&self, name: &str, input: &I, body: F) -> Result<T, Error>
+    where
+        I: Serialize,
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(&I) -> Result<T, Error>,
+    {
+        let json = serde_json::to_vec(input)
+            .map_err(|e| error!("the input of step `{name}` cannot be encoded as JSON: {e}"))?;
+        let mut body = Some(body);
+        self.run_step(
+            name,
+            Some(&fingerprint(&json)),
+            &RetryPolicy::none(),
+            || {
+                body.take()
+                    .expect("a step without retries runs its body once")(input)
+            },
+        )
+    }
+
+    #[track_caller]
+    fn run_step<T, F>(
+        &self,
+        name: &str,
+        input_fingerprint: Option<&str>,
+        policy: &RetryPolicy,
         mut body: F,
     ) -> Result<T, Error>
     where
@@ -306,7 +348,11 @@ impl Context {
         } else {
             name.to_owned()
         };
-        let mut run = match host::begin_step(&name) {
+        let start = match input_fingerprint {
+            Some(fingerprint) => host::begin_step_with_input(&name, fingerprint),
+            None => host::begin_step(&name),
+        };
+        let mut run = match start {
             host::StepStart::Replayed(recorded) => return decode(&name, recorded),
             host::StepStart::Execute(run) => run,
             host::StepStart::Cancelled(reason) => return Err(Error::cancelled(reason)),
@@ -656,6 +702,15 @@ fn with_current_step<T>(run: host::StepRun, body: impl FnOnce() -> T) -> T {
     let result = body();
     CURRENT_STEP.with(|current| *current.borrow_mut() = None);
     result
+}
+
+/// FNV-1a (64 bits) of a step's JSON input: small, stable across builds
+/// and platforms, and enough to tell one input from another.
+fn fingerprint(bytes: &[u8]) -> String {
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("fnv1a64:{hash:016x}")
 }
 
 fn decode<T: DeserializeOwned>(

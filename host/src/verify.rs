@@ -44,6 +44,9 @@ pub enum Verdict {
         requested: StepKey,
         around: Vec<(u32, StepKey)>,
     },
+    /// At `position` the new code calls step `key` with another input
+    /// than the one its recorded result came from.
+    InputChanged { position: u32, key: StepKey },
     /// The new code returned after `reached` steps; the history goes on.
     EndedEarly { reached: u32, next: StepKey },
     /// A recorded value no longer decodes into the type the new code
@@ -246,6 +249,9 @@ impl<'a> Verifier<'a> {
             },
             Err(RuntimeError::Engine(EngineError::EndedEarly { reached, next, .. })) => {
                 Verdict::EndedEarly { reached, next }
+            }
+            Err(RuntimeError::Engine(EngineError::InputChanged { position, key, .. })) => {
+                Verdict::InputChanged { position, key }
             }
             Err(RuntimeError::Engine(EngineError::UndecodableValue {
                 key,

@@ -131,6 +131,9 @@ fn incompatibility(verdict: &Verdict) -> Option<String> {
             "its history diverges at step {position}: it recorded {recorded}, the new code asks \
              for {requested}"
         ),
+        Verdict::InputChanged { position, key } => format!(
+            "the new code calls step {position} ({key}) with another input than the recorded one"
+        ),
         Verdict::EndedEarly { reached, next } => {
             format!("the new code returns after {reached} steps; its history goes on with {next}")
         }

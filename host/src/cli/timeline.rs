@@ -285,6 +285,7 @@ mod tests {
             run_id: "r".into(),
             started_at: started,
             finished_at: finished,
+            input_fingerprint: None,
         }
     }
 

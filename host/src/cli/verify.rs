@@ -78,12 +78,13 @@ pub fn verify(
     } else {
         println!(
             "verified {} workflows ({} recorded steps, {:.0} steps/s): {} compatible, {} diverged, \
-             {} undecodable, {} trapped, {} ended early, {} unverifiable",
+             {} with a changed input, {} undecodable, {} trapped, {} ended early, {} unverifiable",
             summary.workflows,
             summary.recorded_steps,
             summary.recorded_steps as f64 / seconds.max(1e-9),
             summary.compatible,
             summary.diverged,
+            summary.input_changed,
             summary.undecodable,
             summary.trapped,
             summary.ended_early,
@@ -141,6 +142,10 @@ fn describe(verdict: &WorkflowVerdict) -> String {
             }
             text
         }
+        Verdict::InputChanged { position, key } => format!(
+            "{head}INPUT CHANGED at step {position}: the new code calls {key} with another input \
+             than the one its recorded result came from\n"
+        ),
         Verdict::EndedEarly { reached, next } => format!(
             "{head}ENDS EARLY: the new code returns after {reached} steps; the history goes on \
              with {next}\n"
@@ -167,6 +172,7 @@ struct Summary {
     recorded_steps: u64,
     compatible: u64,
     diverged: u64,
+    input_changed: u64,
     undecodable: u64,
     trapped: u64,
     ended_early: u64,
@@ -180,6 +186,7 @@ impl Summary {
         *match verdict.verdict {
             Verdict::Compatible { .. } => &mut self.compatible,
             Verdict::Diverged { .. } => &mut self.diverged,
+            Verdict::InputChanged { .. } => &mut self.input_changed,
             Verdict::Undecodable { .. } => &mut self.undecodable,
             Verdict::Trapped { .. } => &mut self.trapped,
             Verdict::EndedEarly { .. } => &mut self.ended_early,
@@ -273,6 +280,15 @@ impl From<&WorkflowVerdict> for VerdictJson {
                         key: key.as_str().to_owned(),
                     })
                     .collect(),
+                ..base
+            },
+            Verdict::InputChanged {
+                position,
+                key: step,
+            } => Self {
+                verdict: "input_changed",
+                position: Some(*position),
+                step: key(step),
                 ..base
             },
             Verdict::EndedEarly { reached, next } => Self {

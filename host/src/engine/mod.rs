@@ -62,6 +62,15 @@ pub enum EngineError {
         next: StepKey,
     },
     #[error(
+        "non-determinism: step {position} of workflow {workflow_id}, `{key}`, is called with \
+         another input than the one its recorded result came from"
+    )]
+    InputChanged {
+        workflow_id: String,
+        position: u32,
+        key: StepKey,
+    },
+    #[error(
         "non-determinism: the recorded value of step `{key}` of workflow {workflow_id} no longer \
          decodes into `{expected}` ({reason}); it is {value}"
     )]
@@ -154,8 +163,27 @@ impl EngineError {
     pub fn is_non_determinism(&self) -> bool {
         matches!(
             self,
-            Self::Diverged { .. } | Self::EndedEarly { .. } | Self::UndecodableValue { .. }
+            Self::Diverged { .. }
+                | Self::EndedEarly { .. }
+                | Self::UndecodableValue { .. }
+                | Self::InputChanged { .. }
         )
+    }
+}
+
+/// A step the guest begins: its name, and what it made of its input.
+#[derive(Debug, Clone, Copy)]
+pub struct StepRequest<'a> {
+    pub name: &'a str,
+    pub input_fingerprint: Option<&'a str>,
+}
+
+impl<'a> StepRequest<'a> {
+    pub fn named(name: &'a str) -> Self {
+        Self {
+            name,
+            input_fingerprint: None,
+        }
     }
 }
 
@@ -841,6 +869,7 @@ impl WorkflowRun {
                 attempt: 1,
                 run_id: &self.run_id,
                 started_at: now,
+                input_fingerprint: None,
             }],
         )?;
         let reason = CANCELLED.to_owned();
@@ -944,17 +973,26 @@ impl WorkflowRun {
 
     /// The guest begins its next step, called `name`.
     pub fn begin_step(&mut self, name: &str) -> Result<StepStart, EngineError> {
-        let mut starts = self.begin_steps(&[name])?;
+        self.begin_step_with(StepRequest::named(name))
+    }
+
+    /// The guest begins its next step, as `request` describes it.
+    pub fn begin_step_with(&mut self, request: StepRequest<'_>) -> Result<StepStart, EngineError> {
+        let mut starts = self.begin_steps(&[request])?;
         Ok(starts.pop().expect("one start per step"))
     }
 
-    /// The guest begins the steps `names` to run at the same time. They take
-    /// the next positions in order; every one is checked against the history
-    /// before anything is written, and those to execute are marked running
-    /// in a single commit.
-    pub fn begin_steps(&mut self, names: &[&str]) -> Result<Vec<StepStart>, EngineError> {
+    /// The guest begins the steps `requests` to run at the same time. They
+    /// take the next positions in order; every one is checked against the
+    /// history (name, and input where both have a fingerprint) before
+    /// anything is written, and those to execute are marked running in a
+    /// single commit.
+    pub fn begin_steps(
+        &mut self,
+        requests: &[StepRequest<'_>],
+    ) -> Result<Vec<StepStart>, EngineError> {
         if let Some(executing) = self.executing.first() {
-            let name = names.first().copied().unwrap_or_default();
+            let name = requests.first().map(|r| r.name).unwrap_or_default();
             return Err(EngineError::StepOverlap {
                 executing: executing.key.clone(),
                 requested: StepKey::new(name, self.ordinals.get(name).copied().unwrap_or(0) + 1),
@@ -962,11 +1000,12 @@ impl WorkflowRun {
         }
         self.check_signals()?;
         if let Some(reason) = self.take_cancellation(false)? {
-            return Ok(vec![StepStart::Cancelled(reason); names.len()]);
+            return Ok(vec![StepStart::Cancelled(reason); requests.len()]);
         }
         // A failure below ends the run, so advancing as we go is harmless.
-        let mut planned = Vec::with_capacity(names.len());
-        for &name in names {
+        let mut planned = Vec::with_capacity(requests.len());
+        for request in requests {
+            let name = request.name;
             if name.is_empty() {
                 return Err(EngineError::EmptyStepName);
             }
@@ -983,6 +1022,19 @@ impl WorkflowRun {
                         requested: key,
                     });
                 }
+                Some(recorded)
+                    if recorded
+                        .input_fingerprint
+                        .as_deref()
+                        .zip(request.input_fingerprint)
+                        .is_some_and(|(was, now)| was != now) =>
+                {
+                    return Err(EngineError::InputChanged {
+                        workflow_id: self.workflow_id.clone(),
+                        position: sequence,
+                        key,
+                    });
+                }
                 Some(recorded) => match recorded.outcome() {
                     Some(outcome) => Err(outcome),
                     // Left running by a run that died: take it over.
@@ -997,23 +1049,24 @@ impl WorkflowRun {
                 }
             }
             self.position = sequence;
-            planned.push((name, key, sequence, plan));
+            planned.push((name, key, sequence, plan, request.input_fingerprint));
         }
 
         if self.replay_only
-            && let Some((_, key, sequence, _)) = planned.iter().find(|(.., plan)| plan.is_ok())
+            && let Some((_, key, sequence, ..)) =
+                planned.iter().find(|(_, _, _, plan, _)| plan.is_ok())
         {
             return Err(EngineError::HistoryEnd {
                 replayed: sequence - 1,
                 next: key.clone(),
             });
         }
-        if planned.iter().any(|(.., plan)| plan.is_ok()) {
+        if planned.iter().any(|(_, _, _, plan, _)| plan.is_ok()) {
             self.claim()?;
             let started_at = now_millis();
             let begins: Vec<StepBegin<'_>> = planned
                 .iter()
-                .filter_map(|(name, key, sequence, plan)| {
+                .filter_map(|(name, key, sequence, plan, fingerprint)| {
                     Some(StepBegin {
                         key,
                         sequence: *sequence,
@@ -1021,6 +1074,7 @@ impl WorkflowRun {
                         attempt: plan.as_ref().ok()?.0,
                         run_id: &self.run_id,
                         started_at,
+                        input_fingerprint: *fingerprint,
                     })
                 })
                 .collect();
@@ -1028,7 +1082,7 @@ impl WorkflowRun {
         }
 
         let mut starts = Vec::with_capacity(planned.len());
-        for (_, key, _, plan) in planned {
+        for (_, key, _, plan, _) in planned {
             match plan {
                 Err(outcome) => {
                     self.emit(StepEvent {

@@ -10,7 +10,7 @@ use super::branches::{BranchJob, BranchRunner};
 use super::guest_output::GuestOutput;
 use super::limits::{Deadline, InstanceLimiter};
 use crate::bindings::durable_step;
-use crate::engine::{EngineError, StepRun, StepStart, WorkflowRun};
+use crate::engine::{EngineError, StepRequest, StepRun, StepStart, WorkflowRun};
 use crate::store::{Failure, Outcome};
 
 /// Everything one guest instance can reach.
@@ -129,16 +129,42 @@ pub const UNLOAD_SLEEPS_OVER: Duration = Duration::from_secs(5);
 /// The name under which durable sleeps are recorded.
 pub const SLEEP_STEP: &str = "durable.sleep";
 
+impl From<StepStart> for durable_step::StepStart {
+    fn from(start: StepStart) -> Self {
+        match start {
+            StepStart::Replayed(outcome) => Self::Replayed(outcome.map_err(Into::into)),
+            StepStart::Execute(step) => Self::Execute((&step).into()),
+            StepStart::Cancelled(reason) => Self::Cancelled(reason),
+        }
+    }
+}
+
+/// The fingerprint the host records for a parallel branch's input (the
+/// guest gives none: the host sees the input itself).
+fn branch_fingerprint(input: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(input.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
 impl durable_step::Host for HostState {
     fn begin_step(&mut self, name: String) -> wasmtime::Result<durable_step::StepStart> {
         let (run, _) = self.run()?;
-        Ok(match run.begin_step(&name)? {
-            StepStart::Replayed(outcome) => {
-                durable_step::StepStart::Replayed(outcome.map_err(Into::into))
-            }
-            StepStart::Execute(step) => durable_step::StepStart::Execute((&step).into()),
-            StepStart::Cancelled(reason) => durable_step::StepStart::Cancelled(reason),
-        })
+        Ok(run.begin_step(&name)?.into())
+    }
+
+    fn begin_step_with_input(
+        &mut self,
+        name: String,
+        input_fingerprint: String,
+    ) -> wasmtime::Result<durable_step::StepStart> {
+        let (run, _) = self.run()?;
+        let request = StepRequest {
+            name: &name,
+            input_fingerprint: Some(&input_fingerprint),
+        };
+        Ok(run.begin_step_with(request)?.into())
     }
 
     fn run_parallel(
@@ -146,8 +172,19 @@ impl durable_step::Host for HostState {
         branches: Vec<durable_step::Branch>,
     ) -> wasmtime::Result<Result<Vec<GuestOutcome>, String>> {
         let (run, runner) = self.run()?;
-        let names: Vec<&str> = branches.iter().map(|b| b.name.as_str()).collect();
-        let starts = run.begin_steps(&names)?;
+        let fingerprints: Vec<String> = branches
+            .iter()
+            .map(|b| branch_fingerprint(&b.input))
+            .collect();
+        let requests: Vec<StepRequest<'_>> = branches
+            .iter()
+            .zip(&fingerprints)
+            .map(|(branch, fingerprint)| StepRequest {
+                name: &branch.name,
+                input_fingerprint: Some(fingerprint),
+            })
+            .collect();
+        let starts = run.begin_steps(&requests)?;
         if let Some(StepStart::Cancelled(reason)) = starts.first() {
             return Ok(Err(reason.clone()));
         }

@@ -573,6 +573,7 @@ struct OwnedStepBegin {
     attempt: u32,
     run_id: String,
     started_at: Millis,
+    input_fingerprint: Option<String>,
 }
 
 impl OwnedStepBegin {
@@ -584,6 +585,7 @@ impl OwnedStepBegin {
             attempt: step.attempt,
             run_id: step.run_id.to_owned(),
             started_at: step.started_at,
+            input_fingerprint: step.input_fingerprint.map(str::to_owned),
         }
     }
 
@@ -595,6 +597,7 @@ impl OwnedStepBegin {
             attempt: self.attempt,
             run_id: &self.run_id,
             started_at: self.started_at,
+            input_fingerprint: self.input_fingerprint.as_deref(),
         }
     }
 }
@@ -661,6 +664,7 @@ mod tests {
                                 attempt: 1,
                                 run_id: &run,
                                 started_at: now_millis(),
+                                input_fingerprint: None,
                             }],
                         )
                         .unwrap();

@@ -308,6 +308,8 @@ pub struct StepRecord {
     pub run_id: String,
     pub started_at: Millis,
     pub finished_at: Option<Millis>,
+    /// What the guest made of the step's input, if it gave one.
+    pub input_fingerprint: Option<String>,
 }
 
 impl StepRecord {
@@ -359,6 +361,8 @@ pub struct StepBegin<'a> {
     pub attempt: u32,
     pub run_id: &'a str,
     pub started_at: Millis,
+    /// What the guest made of the step's input, if it gave one.
+    pub input_fingerprint: Option<&'a str>,
 }
 
 /// A workflow that a run is about to start.

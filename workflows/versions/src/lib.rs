@@ -1,7 +1,8 @@
 //! One small workflow in several versions, chosen by cargo features, so
 //! that the tests of `durable-host verify` replay real histories against
 //! real new builds: the base (`a`, `b`, `c`), and a build that appends a
-//! step, inserts one, renames one, changes a step's type, or returns early.
+//! step, inserts one, renames one, changes a step's type, calls a step with
+//! another input, or returns early.
 
 use durable_sdk::{Context, Error};
 use serde_json::{Value, json};
@@ -18,7 +19,9 @@ fn versions(ctx: &Context, _input: Value) -> Result<Value, Error> {
     #[cfg(feature = "insert")]
     ctx.step("x", || Ok(0))?;
     let b_name = if cfg!(feature = "rename") { "b2" } else { "b" };
-    let b: u32 = ctx.step(b_name, || Ok(a + 1))?;
+    // `b` records a fingerprint of its input.
+    let b_input = if cfg!(feature = "reinput") { a + 10 } else { a };
+    let b: u32 = ctx.step_with_input(b_name, &b_input, |_| Ok(a + 1))?;
     let c: u32 = ctx.step("c", || Ok(b + 1))?;
     #[cfg(feature = "append")]
     ctx.step("d", || Ok(c + 1))?;

@@ -452,7 +452,8 @@ impl CheckpointStore for SqliteStore {
             self.conn
                 .prepare_cached(
                     "SELECT step_key, sequence, name, status, output_json, error, attempts,
-                            run_id, started_at, finished_at, failures, error_code
+                            run_id, started_at, finished_at, failures, error_code,
+                            input_fingerprint
                      FROM steps WHERE workflow_id = ?1 ORDER BY sequence",
                 )?
                 .query_map([workflow_id], step_from_row)?
@@ -797,9 +798,10 @@ impl CheckpointStore for SqliteStore {
             }
             tx.prepare_cached(
                 "INSERT INTO steps (workflow_id, step_key, sequence, name, status, output_json,
-                     error, attempts, run_id, started_at, finished_at, failures, error_code)
+                     error, attempts, run_id, started_at, finished_at, failures, error_code,
+                     input_fingerprint)
                  SELECT ?2, step_key, sequence, name, status, output_json, error, attempts,
-                     run_id, started_at, finished_at, failures, error_code
+                     run_id, started_at, finished_at, failures, error_code, input_fingerprint
                  FROM steps WHERE workflow_id = ?1 AND sequence <= ?3 AND status != 'running'",
             )?
             .execute(params![fork.source, fork.id, fork.keep_through])?;
@@ -1104,11 +1106,12 @@ impl CheckpointStore for SqliteStore {
             // row that is still running.
             let mut upsert = tx.prepare_cached(
                 "INSERT INTO steps (workflow_id, step_key, sequence, name, status, attempts,
-                                    run_id, started_at)
-                 VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7)
+                                    run_id, started_at, input_fingerprint)
+                 VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7, ?8)
                  ON CONFLICT (workflow_id, step_key) DO UPDATE SET
                      attempts = excluded.attempts, run_id = excluded.run_id,
-                     started_at = excluded.started_at
+                     started_at = excluded.started_at,
+                     input_fingerprint = excluded.input_fingerprint
                  WHERE steps.status = 'running' AND excluded.attempts > steps.attempts",
             )?;
             for step in steps {
@@ -1126,7 +1129,8 @@ impl CheckpointStore for SqliteStore {
                     step.name,
                     step.attempt,
                     step.run_id,
-                    step.started_at
+                    step.started_at,
+                    step.input_fingerprint
                 ])?;
                 if written == 0 {
                     return Ok(Err(StoreError::Backend(format!(
@@ -1370,6 +1374,7 @@ fn step_from_row(row: &Row<'_>) -> rusqlite::Result<StepRecord> {
         finished_at: row.get::<_, Option<Millis>>(9)?,
         failures: row.get(10)?,
         error_code: row.get(11)?,
+        input_fingerprint: row.get(12)?,
     })
 }
 

@@ -81,6 +81,9 @@ CREATE TABLE steps (
     -- Failed attempts recorded before a retry (interrupted ones excluded).
     failures    INTEGER NOT NULL DEFAULT 0,
     error_code  TEXT,
+    -- What the guest made of the step's input, when it gave one: a replay
+    -- with another input is non-determinism.
+    input_fingerprint TEXT,
     PRIMARY KEY (workflow_id, step_key)
 ) WITHOUT ROWID;
 -- Attempts of a step that did not end it: failed tries before a retry, and
@@ -237,5 +240,11 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     );
     ",
     ),
-    (3, workflow_logs_table!()),
+    (
+        3,
+        concat!(
+            workflow_logs_table!(),
+            "ALTER TABLE steps ADD COLUMN input_fingerprint TEXT;"
+        ),
+    ),
 ];
