@@ -315,7 +315,10 @@ impl ReplayCursor {
 
     /// The first recorded step after position `sequence`.
     fn after(&self, sequence: u32) -> Option<&StepRecord> {
-        self.recorded.iter().find(|s| s.sequence > sequence)
+        // Sorted by sequence: a binary search, not a scan (replay asks at
+        // every step).
+        let index = self.recorded.partition_point(|s| s.sequence <= sequence);
+        self.recorded.get(index)
     }
 
     pub fn len(&self) -> usize {
@@ -950,8 +953,8 @@ impl WorkflowRun {
     /// Lines the guest printed, to keep with the next checkpoint (dropped
     /// when an earlier run kept them); a line without a step gets the
     /// executing one.
-    pub fn capture_output(&mut self, lines: impl IntoIterator<Item = LogLine>) {
-        if self.said_before() {
+    pub fn capture_output(&mut self, lines: Vec<LogLine>) {
+        if lines.is_empty() || self.said_before() {
             return;
         }
         let step = self.current_step();
