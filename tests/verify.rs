@@ -244,6 +244,11 @@ fn upgrade_moves_only_workflows_whose_history_replays_and_records_it() {
             .any(|e| e["kind"] == "upgraded" && e["detail"].as_str().unwrap().contains("version 2")),
         "{history}"
     );
+    // A crash on the new code, then a resume: still on it, and done.
+    run(scratch
+        .run(&append, "in-flight")
+        .args(["--crash", "d:before"]))
+    .expect_code(3);
     let finished = run(scratch.run(&append, "in-flight").arg("--json")).expect_code(0);
     assert_eq!(finished.json()["output"], 3);
     let keys: Vec<String> = scratch
@@ -336,4 +341,62 @@ fn fork_copies_the_steps_before_the_one_given_and_runs_the_rest() {
         scratch.workflow_status("again").as_deref(),
         Some("completed")
     );
+}
+
+#[test]
+fn verify_beside_a_running_server_changes_nothing() {
+    let scratch = Scratch::new();
+    let base = version(None);
+    run(&mut scratch.host(&["deploy", "v", base.to_str().unwrap()])).expect_code(0);
+    let server = durable_tests::Server::start(&scratch, "serve", &["--concurrency", "4"]);
+    for i in 0..20 {
+        run(&mut scratch.host(&[
+            "start",
+            "v",
+            "--workflow-id",
+            &format!("w{i}"),
+            "--input",
+            "null",
+        ]))
+        .expect_code(0);
+    }
+    // Verify while the server works through them: every verdict is about
+    // the history as it was read, and nothing is written.
+    let mut rounds = 0;
+    while scratch.sql().query_row(
+        "SELECT count(*) FROM workflows WHERE status != 'completed'",
+        [],
+        |row| row.get::<_, i64>(0),
+    ) != Ok(0)
+        || rounds == 0
+    {
+        let (code, verdicts) = verify(&scratch, Some("append"), &["--all"]);
+        assert_eq!(code, Some(0), "{verdicts:?}");
+        rounds += 1;
+        assert!(rounds < 200, "the server did not finish");
+    }
+    let events: i64 = scratch
+        .sql()
+        .query_row("SELECT count(*) FROM workflow_events", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(events, 0, "verify recorded something");
+    let outputs: Vec<String> = scratch
+        .sql()
+        .prepare("SELECT output FROM workflows ORDER BY id")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(outputs, vec!["3".to_owned(); 20]);
+    let component: i64 = scratch
+        .sql()
+        .query_row(
+            "SELECT count(DISTINCT component_sha256) FROM workflows",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(component, 1, "verify moved a workflow");
+    drop(server);
 }
