@@ -468,6 +468,10 @@ impl CheckpointStore for ReadOnlyHistory {
         Err(read_only(&format!("upgrade {}", upgrade.id)))
     }
 
+    fn suspend_unclaimed(&self, _: &WorkflowRecord, _: &str) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
     fn enqueue_workflow(&self, workflow: &QueuedWorkflow<'_>) -> Result<Enqueued, StoreError> {
         Err(read_only(&format!("queue {}", workflow.id)))
     }

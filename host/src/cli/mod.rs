@@ -71,9 +71,7 @@ fn exit_code(error: &anyhow::Error) -> u8 {
             StoreError::LostOwnership { .. } => return exit::OWNERSHIP_LOST,
             // Lost the race to create the workflow: another run has it.
             StoreError::WorkflowExists { .. } => return exit::OWNED_ELSEWHERE,
-            StoreError::DiskFull { .. } | StoreError::Io { .. } | StoreError::Replaced { .. } => {
-                return exit::STORAGE_FAILURE;
-            }
+            e if e.is_storage_failure() => return exit::STORAGE_FAILURE,
             _ => {}
         }
     }

@@ -114,6 +114,7 @@ pub fn serve(
         last_orphan_scan: Instant::now() - ORPHAN_SCAN,
         workers: Workers::new(),
         summary: ServeSummary::default(),
+        paused: None,
     };
     let (done_tx, done_rx) = mpsc::channel::<Finished>();
     tracing::info!(queues = ?config.queues, "serving");
@@ -182,8 +183,33 @@ struct Shared {
 struct Finished {
     queue: String,
     workflow_id: String,
-    status: Option<WorkflowStatus>,
+    end: RunEnd,
 }
+
+/// How a run handed to a worker ended.
+enum RunEnd {
+    /// It ran, and left the workflow with this status.
+    Ran(WorkflowStatus),
+    /// Nothing ran: another process had it, or it could not be opened.
+    NotRun,
+    /// The database could not be written (a full disk, an I/O error): new
+    /// runs wait a while rather than fail at once, again and again.
+    StorageFailed,
+}
+
+impl RunEnd {
+    fn of_store(error: &StoreError) -> Self {
+        if error.is_storage_failure() {
+            Self::StorageFailed
+        } else {
+            Self::NotRun
+        }
+    }
+}
+
+/// The first pause of new runs after a storage failure, and the longest.
+const STORAGE_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(10));
 
 struct Dispatcher {
     shared: Arc<Shared>,
@@ -195,6 +221,9 @@ struct Dispatcher {
     last_orphan_scan: Instant,
     workers: Workers,
     summary: ServeSummary,
+    /// After storage failures: no new runs until then, and the pause that
+    /// led to it (doubled at each failure in a row).
+    paused: Option<(Instant, Duration)>,
 }
 
 /// How often to look for workflows whose owner died on this host.
@@ -207,6 +236,9 @@ impl Dispatcher {
         config: &ServeConfig,
         done: &Sender<Finished>,
     ) -> Result<(), ServeError> {
+        if self.paused.is_some_and(|(until, _)| Instant::now() < until) {
+            return Ok(());
+        }
         let now = now_millis();
         for (queue, concurrency) in &config.queues {
             let busy = self.running.get(queue).copied().unwrap_or(0);
@@ -267,7 +299,7 @@ impl Dispatcher {
             let finished = Finished {
                 queue: workflow.queue.clone(),
                 workflow_id: workflow.id.clone(),
-                status: execute(&shared, &workflow),
+                end: execute(&shared, &workflow),
             };
             let _ = done.send(finished);
         }));
@@ -278,13 +310,36 @@ impl Dispatcher {
             *count = count.saturating_sub(1);
         }
         self.in_flight.remove(&finished.workflow_id);
-        match finished.status {
-            Some(WorkflowStatus::Completed) => self.summary.completed += 1,
-            Some(WorkflowStatus::Failed) => self.summary.failed += 1,
-            Some(WorkflowStatus::Suspended) => self.summary.suspended += 1,
-            Some(WorkflowStatus::Cancelled) => self.summary.cancelled += 1,
-            Some(WorkflowStatus::Sleeping) => self.summary.slept += 1,
+        match finished.end {
+            RunEnd::Ran(WorkflowStatus::Completed) => self.summary.completed += 1,
+            RunEnd::Ran(WorkflowStatus::Failed) => self.summary.failed += 1,
+            RunEnd::Ran(WorkflowStatus::Suspended) => self.summary.suspended += 1,
+            RunEnd::Ran(WorkflowStatus::Cancelled) => self.summary.cancelled += 1,
+            RunEnd::Ran(WorkflowStatus::Sleeping) => self.summary.slept += 1,
             _ => {}
+        }
+        match finished.end {
+            RunEnd::StorageFailed => {
+                let pause = self.paused.map_or(STORAGE_BACKOFF.0, |(_, pause)| {
+                    (pause * 2).min(STORAGE_BACKOFF.1)
+                });
+                let until = Instant::now() + pause;
+                // Runs failing together extend one pause, said once.
+                if self.paused.is_none_or(|(was, _)| was < Instant::now()) {
+                    tracing::warn!(
+                        pause_ms = pause.as_millis() as u64,
+                        "the database cannot be written: no new runs for a while (what was \
+                         committed stands; runs resume once it can be written again)"
+                    );
+                    self.paused = Some((until, pause));
+                }
+            }
+            RunEnd::Ran(_) => {
+                if self.paused.take().is_some() {
+                    tracing::info!("the database can be written again: runs resume");
+                }
+            }
+            RunEnd::NotRun => {}
         }
     }
 
@@ -293,6 +348,9 @@ impl Dispatcher {
     fn wait_time(&self, config: &ServeConfig) -> Result<Duration, ServeError> {
         let now = now_millis();
         let mut wait = config.poll_interval;
+        if let Some((until, _)) = self.paused {
+            wait = wait.min(until.saturating_duration_since(Instant::now()));
+        }
         for (queue, _) in &config.queues {
             if let Some(wake_at) = self.shared.store.next_wake(queue)? {
                 let until = Duration::from_millis(wake_at.saturating_sub(now).max(0) as u64);
@@ -356,15 +414,17 @@ impl Workers {
     }
 }
 
-/// Run `workflow` until it ends, sleeps or stops; its status then (`None`
-/// when it was not run: taken by another process, or an error).
-fn execute(shared: &Shared, workflow: &WorkflowRecord) -> Option<WorkflowStatus> {
+/// Run `workflow` until it ends, sleeps or stops.
+fn execute(shared: &Shared, workflow: &WorkflowRecord) -> RunEnd {
     let id = workflow.id.as_str();
     let component = match compiled(shared, &workflow.component_sha256) {
         Ok(component) => component,
         Err(error) => {
             tracing::error!(workflow_id = id, %error, "cannot load the workflow's component");
-            return None;
+            return match &error {
+                ServeError::Store(e) => RunEnd::of_store(e),
+                ServeError::Runtime(_) => RunEnd::NotRun,
+            };
         }
     };
     let grants = workflow
@@ -394,12 +454,15 @@ fn execute(shared: &Shared, workflow: &WorkflowRecord) -> Option<WorkflowStatus>
         observer,
     ) {
         Ok(Opened::Ready(run)) => run,
-        Ok(Opened::Finished(record)) => return Some(record.status),
+        Ok(Opened::Finished(record)) => return RunEnd::Ran(record.status),
         // Another process claimed it first: its run, not ours.
-        Err(EngineError::OwnedElsewhere { .. }) => return None,
+        Err(EngineError::OwnedElsewhere { .. }) => return RunEnd::NotRun,
         Err(error) => {
             tracing::error!(workflow_id = id, %error, "cannot open the workflow");
-            return None;
+            return match &error {
+                EngineError::Store(e) => RunEnd::of_store(e),
+                _ => RunEnd::NotRun,
+            };
         }
     };
     match workflow.status {
@@ -410,7 +473,7 @@ fn execute(shared: &Shared, workflow: &WorkflowRecord) -> Option<WorkflowStatus>
     match shared.runtime.run(&component, &grants, run) {
         Ok(report) => {
             log_report(&report);
-            Some(report.status)
+            RunEnd::Ran(report.status)
         }
         Err(RuntimeError::Engine(EngineError::Stopping { .. })) => {
             // Shutting down: hand the workflow to whoever comes next.
@@ -418,12 +481,37 @@ fn execute(shared: &Shared, workflow: &WorkflowRecord) -> Option<WorkflowStatus>
                 tracing::warn!(workflow_id = id, %error, "cannot release the workflow's lease");
             }
             tracing::info!(workflow_id = id, "stopped for shutdown; lease released");
-            None
+            RunEnd::NotRun
         }
-        Err(RuntimeError::Engine(EngineError::OwnedElsewhere { .. })) => None,
+        Err(RuntimeError::Engine(EngineError::OwnedElsewhere { .. })) => RunEnd::NotRun,
+        Err(RuntimeError::Engine(error)) if error.is_non_determinism() => {
+            suspend_diverged(shared, workflow, &error.to_string())
+        }
         Err(error) => {
             tracing::error!(workflow_id = id, %error, "run stopped");
-            None
+            match &error {
+                RuntimeError::Engine(EngineError::Store(e)) => RunEnd::of_store(e),
+                _ => RunEnd::NotRun,
+            }
+        }
+    }
+}
+
+/// The workflow's code no longer replays its history: suspend it, its steps
+/// untouched, rather than retry it forever; `durable-host resume` continues
+/// it on code that replays (`verify` finds such code).
+fn suspend_diverged(shared: &Shared, workflow: &WorkflowRecord, reason: &str) -> RunEnd {
+    let id = workflow.id.as_str();
+    match shared.store.suspend_unclaimed(workflow, reason) {
+        Ok(true) => {
+            tracing::warn!(workflow_id = id, reason, "suspended: its code no longer replays its history");
+            RunEnd::Ran(WorkflowStatus::Suspended)
+        }
+        // Someone else took it up meanwhile: theirs to judge.
+        Ok(false) => RunEnd::NotRun,
+        Err(error) => {
+            tracing::error!(workflow_id = id, %error, "cannot suspend the diverged workflow");
+            RunEnd::of_store(&error)
         }
     }
 }

@@ -381,6 +381,15 @@ impl CheckpointStore for GroupCommitStore {
         })
     }
 
+    fn suspend_unclaimed(
+        &self,
+        observed: &WorkflowRecord,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let (observed, reason) = (observed.clone(), reason.to_owned());
+        self.submit(true, move |store| store.suspend_unclaimed(&observed, &reason))
+    }
+
     fn enqueue_workflow(&self, workflow: &QueuedWorkflow<'_>) -> Result<Enqueued, StoreError> {
         let (id, deployment, sha, input, grants, queue) = (
             workflow.id.to_owned(),

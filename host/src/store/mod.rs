@@ -533,6 +533,18 @@ pub enum StoreError {
     Backend(String),
 }
 
+impl StoreError {
+    /// The database itself failed (a full disk, an I/O error, the file
+    /// replaced), as opposed to a conflict or a refusal: what was committed
+    /// stands, and the same operation may work once it is fixed.
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::DiskFull { .. } | Self::Io { .. } | Self::Replaced { .. }
+        )
+    }
+}
+
 /// Durable storage of workflows and their step checkpoints.
 ///
 /// Each method is one transaction: when it returns `Ok`, the change is
@@ -605,6 +617,15 @@ pub trait CheckpointStore: Send {
     /// still as `upgrade.observed` (component, status, run, lease) with
     /// `verified_steps` steps. `false` when it changed since it was verified.
     fn upgrade_workflow(&self, upgrade: &Upgrade<'_>) -> Result<bool, StoreError>;
+
+    /// Suspend workflow `observed.id`, which no run has claimed since it was
+    /// read as `observed`, with `reason` (its code no longer replays its
+    /// history); its steps are left as they are. `false` if it changed.
+    fn suspend_unclaimed(
+        &self,
+        observed: &WorkflowRecord,
+        reason: &str,
+    ) -> Result<bool, StoreError>;
 
     /// Every deployment (of `name`, when given), newest version first.
     fn deployments(&self, name: Option<&str>) -> Result<Vec<Deployment>, StoreError>;

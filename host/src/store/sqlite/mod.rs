@@ -849,6 +849,34 @@ impl CheckpointStore for SqliteStore {
         })
     }
 
+    fn suspend_unclaimed(
+        &self,
+        observed: &WorkflowRecord,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let now = now_millis();
+        self.write(|tx| {
+            let suspended = tx
+                .prepare_cached(
+                    "UPDATE workflows SET status = 'suspended', error = ?5, error_code = NULL,
+                         output = NULL, wake_at = NULL, lease_expires_at = 0, updated_at = ?6
+                     WHERE id = ?1 AND status = ?2 AND run_id = ?3 AND lease_expires_at = ?4",
+                )?
+                .execute(params![
+                    observed.id,
+                    observed.status.as_str(),
+                    observed.run_id,
+                    observed.lease_expires_at,
+                    reason,
+                    now
+                ])?;
+            if suspended == 1 {
+                insert_event(tx, &observed.id, &observed.run_id, "suspended", reason, now)?;
+            }
+            Ok(Ok(suspended == 1))
+        })
+    }
+
     fn enqueue_workflow(&self, workflow: &QueuedWorkflow<'_>) -> Result<Enqueued, StoreError> {
         let now = now_millis();
         self.write(|tx| {
