@@ -80,8 +80,13 @@ impl Executor {
         })
     }
 
-    fn store(&self) -> anyhow::Result<Box<dyn CheckpointStore>> {
-        Ok(Box::new(SqliteStore::open(&self.db)?))
+    /// The store for one run: `opened` if the database was opened already,
+    /// else a new connection.
+    fn store(&self, opened: Option<SqliteStore>) -> anyhow::Result<Box<dyn CheckpointStore>> {
+        Ok(Box::new(match opened {
+            Some(store) => store,
+            None => SqliteStore::open(&self.db)?,
+        }))
     }
 }
 
@@ -90,16 +95,21 @@ pub(super) fn given_grants(args: &ExecutionArgs) -> Grants {
     args.grants.to_grants()
 }
 
-/// What workflow `id` was granted when it started, if it exists and the
-/// grants were recorded.
-fn recorded_grants(db: &Path, id: &str) -> anyhow::Result<Option<Grants>> {
+/// The database, if it exists, and what workflow `id` was granted when it
+/// started, if it exists and the grants were recorded. The connection is
+/// kept for the run: closing it here, as the last connection, would
+/// checkpoint and remove the WAL, which the run's own connection would then
+/// create again.
+fn recorded_grants(db: &Path, id: &str) -> anyhow::Result<(Option<SqliteStore>, Option<Grants>)> {
     if !db.exists() {
-        return Ok(None);
+        return Ok((None, None));
     }
-    let workflow = SqliteStore::open(db)?.workflow(id)?;
-    Ok(workflow
+    let store = SqliteStore::open(db)?;
+    let grants = store
+        .workflow(id)?
         .and_then(|w| w.grants)
-        .and_then(|json| Grants::from_json(&json)))
+        .and_then(|json| Grants::from_json(&json));
+    Ok((Some(store), grants))
 }
 
 /// Every granted directory must exist, and none may hold the database: a
@@ -133,7 +143,7 @@ pub fn run(db: &Path, json_mode: bool, args: RunArgs) -> anyhow::Result<ExitCode
     let started = Instant::now();
     let input = read_input(&args)?;
     let component = ComponentFile::read(&args.component)?;
-    let recorded = recorded_grants(db, &args.workflow_id)?;
+    let (opened, recorded) = recorded_grants(db, &args.workflow_id)?;
     let grants = Grants::for_resume(
         &args.workflow_id,
         recorded.as_ref(),
@@ -161,7 +171,7 @@ pub fn run(db: &Path, json_mode: bool, args: RunArgs) -> anyhow::Result<ExitCode
     let progress = Box::new(Progress::new(!json_mode));
     let crash = crash_plan(&args);
     let crash_points = crash.tracker();
-    let run = match WorkflowRun::open(executor.store()?, &request, crash, progress)? {
+    let run = match WorkflowRun::open(executor.store(opened)?, &request, crash, progress)? {
         Opened::Finished(workflow) => {
             let outcome = workflow
                 .outcome()
@@ -339,7 +349,8 @@ fn recover_one(
         component: None,
     };
     let progress = Box::new(Progress::new(!json_mode));
-    let run = match WorkflowRun::open(executor.store()?, &request, CrashPlan::none(), progress) {
+    let run = match WorkflowRun::open(executor.store(None)?, &request, CrashPlan::none(), progress)
+    {
         Ok(Opened::Ready(run)) => run,
         // Finished (or cancelled) since it was listed: nothing to resume.
         Ok(Opened::Finished(workflow)) => {
@@ -394,7 +405,8 @@ pub fn resume(
         db.display()
     );
     let given = given_grants(args);
-    let grants = match recorded_grants(db, workflow_id)? {
+    let (opened, recorded) = recorded_grants(db, workflow_id)?;
+    let grants = match recorded {
         Some(recorded) if given.is_empty() => recorded,
         _ => given,
     };
@@ -417,7 +429,12 @@ pub fn resume(
         component: None,
     };
     let progress = Box::new(Progress::new(!json_mode));
-    let run = match WorkflowRun::open(executor.store()?, &request, CrashPlan::none(), progress)? {
+    let run = match WorkflowRun::open(
+        executor.store(opened)?,
+        &request,
+        CrashPlan::none(),
+        progress,
+    )? {
         Opened::Finished(workflow) => {
             let outcome = workflow
                 .outcome()

@@ -1,21 +1,24 @@
 //! Group commit: the writes of many concurrent runs share one transaction
 //! and one flush.
 //!
-//! A [`GroupCommitStore`] is a [`CheckpointStore`] whose writes go to one
-//! writer thread. The writer takes every write waiting when it is free,
-//! runs each in a savepoint of one transaction (so a conflict undoes that
-//! write alone), commits once, and only then answers each caller: a write
-//! still returns only when it is durable, but a hundred of them cost one
-//! fsync. A lone write does not wait for company: the writer never holds a
-//! batch open. Reads use a small pool of connections, since WAL readers do
-//! not block the writer.
+//! A [`GroupCommitStore`] is a [`CheckpointStore`] whose writes share one
+//! connection. A write that finds nobody committing and nothing waiting
+//! commits at once on its caller's thread: a lone workflow's steps pay no
+//! hand-off to another thread and back. Writes that arrive
+//! while a commit is in progress wait for the writer thread, which takes
+//! every write waiting when it is free, runs each in a savepoint of one
+//! transaction (so a conflict undoes that write alone), commits once, and
+//! only then answers each caller: a write still returns only when it is
+//! durable, but a hundred of them cost one fsync. Nobody holds a batch open
+//! to wait for company. Reads use a small pool of connections, since WAL
+//! readers do not block the writer.
 //!
 //! The engine sees an ordinary store; batching is this module's business.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 
 use super::{
@@ -29,6 +32,11 @@ use super::{
 /// last of them sees.
 const MAX_BATCH: usize = 512;
 
+/// At most this many read connections, each with its page cache and
+/// statements: reads take microseconds, so more readers than this would
+/// wait for a core anyway (reads beyond them wait for a free connection).
+const MAX_READERS: usize = 8;
+
 /// A checkpoint store whose writes are group-committed.
 #[derive(Clone)]
 pub struct GroupCommitStore {
@@ -37,10 +45,44 @@ pub struct GroupCommitStore {
 
 struct Shared {
     path: std::path::PathBuf,
-    stats: Arc<CommitStats>,
-    readers: Mutex<Vec<SqliteStore>>,
-    writer: Mutex<Option<Sender<Job>>>,
+    readers: Mutex<Readers>,
+    /// A read connection was given back.
+    reader_free: Condvar,
+    writer: Arc<Writer>,
     thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Shared {
+    /// The last handle is gone: the writer thread ends once it is idle.
+    fn drop(&mut self) {
+        self.writer.stop();
+    }
+}
+
+/// The write connection and who may use it: one committer at a time, the
+/// writer thread or a caller that found it idle.
+struct Writer {
+    store: Mutex<SqliteStore>,
+    queue: Mutex<Queue>,
+    /// Wakes the writer thread: writes are waiting, a commit ended, or the
+    /// store is closing.
+    wake: Condvar,
+    stats: CommitStats,
+}
+
+/// The read connections: those free, and how many exist.
+#[derive(Default)]
+struct Readers {
+    free: Vec<SqliteStore>,
+    open: usize,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Job>,
+    /// A batch is being committed (by the writer thread or a caller).
+    committing: bool,
+    closed: bool,
 }
 
 /// What the writer has done: how many writes, in how many commits, of
@@ -70,20 +112,23 @@ impl GroupCommitStore {
     /// Open the database at `path` (creating it and its tables if needed)
     /// and start its writer.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let writer_store = SqliteStore::open(path)?;
-        let (jobs, received) = mpsc::channel();
-        let stats = Arc::new(CommitStats::default());
-        let writer_stats = Arc::clone(&stats);
+        let writer = Arc::new(Writer {
+            store: Mutex::new(SqliteStore::open(path)?),
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            stats: CommitStats::default(),
+        });
+        let thread_writer = Arc::clone(&writer);
         let thread = thread::Builder::new()
             .name("group-commit".to_owned())
-            .spawn(move || write_batches(&writer_store, &received, &writer_stats))
+            .spawn(move || thread_writer.write_batches())
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             shared: Arc::new(Shared {
                 path: path.to_owned(),
-                stats,
-                readers: Mutex::new(Vec::new()),
-                writer: Mutex::new(Some(jobs)),
+                readers: Mutex::new(Readers::default()),
+                reader_free: Condvar::new(),
+                writer,
                 thread: Mutex::new(Some(thread)),
             }),
         })
@@ -91,20 +136,21 @@ impl GroupCommitStore {
 
     /// What the writer has done so far.
     pub fn stats(&self) -> &CommitStats {
-        &self.shared.stats
+        &self.shared.writer.stats
     }
 
     /// Wait for the writes in flight, then stop the writer. Writes after
     /// this fail.
     pub fn close(&self) {
-        drop(lock(&self.shared.writer).take());
+        self.shared.writer.stop();
         if let Some(thread) = lock(&self.shared.thread).take() {
             let _ = thread.join();
         }
     }
 
-    /// Run `op` on the writer's connection, in the next batch, and return
-    /// its result once that batch is durable.
+    /// Run `op` on the write connection, at once when nothing else is being
+    /// written, else in the writer's next batch, and return its result once
+    /// it is durable.
     fn submit<T: Send + 'static>(
         &self,
         flush: bool,
@@ -127,13 +173,23 @@ impl GroupCommitStore {
                 let _ = refused.send(Err(error));
             }),
         };
-        let sent = lock(&self.shared.writer)
-            .as_ref()
-            .map(|writer| writer.send(job).is_ok());
-        if sent != Some(true) {
+        let writer = &self.shared.writer;
+        let mut queue = lock(&writer.queue);
+        if queue.closed {
             return Err(StoreError::Backend(
                 "the database writer has stopped (the server is shutting down)".to_owned(),
             ));
+        }
+        if queue.committing || !queue.waiting.is_empty() {
+            queue.waiting.push(job);
+            drop(queue);
+            writer.wake.notify_one();
+        } else {
+            // Alone: commit on this thread, as a batch of one.
+            queue.committing = true;
+            drop(queue);
+            writer.commit(vec![job]);
+            writer.commit_ended();
         }
         answer.recv().unwrap_or_else(|_| {
             Err(StoreError::Backend(
@@ -147,14 +203,38 @@ impl GroupCommitStore {
         &self,
         op: impl FnOnce(&SqliteStore) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let pooled = lock(&self.shared.readers).pop();
-        let reader = match pooled {
-            Some(reader) => reader,
-            None => SqliteStore::connect_existing(&self.shared.path)?,
-        };
+        let reader = self.take_reader()?;
         let result = op(&reader);
-        lock(&self.shared.readers).push(reader);
+        lock(&self.shared.readers).free.push(reader);
+        self.shared.reader_free.notify_one();
         result
+    }
+
+    /// A free read connection, a new one while there are fewer than
+    /// [`MAX_READERS`], else the next one given back.
+    fn take_reader(&self) -> Result<SqliteStore, StoreError> {
+        let mut readers = lock(&self.shared.readers);
+        loop {
+            if let Some(reader) = readers.free.pop() {
+                return Ok(reader);
+            }
+            if readers.open < MAX_READERS {
+                readers.open += 1;
+                drop(readers);
+                let opened = SqliteStore::connect_existing(&self.shared.path);
+                if opened.is_err() {
+                    lock(&self.shared.readers).open -= 1;
+                    // A reader waiting for this slot may open one instead.
+                    self.shared.reader_free.notify_one();
+                }
+                return opened;
+            }
+            readers = self
+                .shared
+                .reader_free
+                .wait(readers)
+                .unwrap_or_else(|e| e.into_inner());
+        }
     }
 }
 
@@ -162,28 +242,61 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The writer: commit whatever is waiting, in batches, until every handle
-/// is gone.
-fn write_batches(store: &SqliteStore, jobs: &Receiver<Job>, stats: &CommitStats) {
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
+impl Writer {
+    /// The writer thread: commit whatever is waiting, in batches, until the
+    /// store is closed and nothing is left.
+    fn write_batches(&self) {
+        loop {
+            let batch = {
+                let mut queue = lock(&self.queue);
+                while queue.committing || queue.waiting.is_empty() {
+                    if queue.closed && !queue.committing && queue.waiting.is_empty() {
+                        return;
+                    }
+                    queue = self.wake.wait(queue).unwrap_or_else(|e| e.into_inner());
+                }
+                queue.committing = true;
+                let take = queue.waiting.len().min(MAX_BATCH);
+                queue.waiting.drain(..take).collect()
+            };
+            self.commit(batch);
+            lock(&self.queue).committing = false;
         }
+    }
+
+    /// A commit by a caller ended: wake the writer thread if writes queued
+    /// up meanwhile (or the store is closing and waits for this commit).
+    fn commit_ended(&self) {
+        let mut queue = lock(&self.queue);
+        queue.committing = false;
+        if !queue.waiting.is_empty() || queue.closed {
+            self.wake.notify_one();
+        }
+    }
+
+    /// No more writes: the writer thread ends once those in flight are done.
+    fn stop(&self) {
+        lock(&self.queue).closed = true;
+        self.wake.notify_one();
+    }
+
+    /// Run `batch` in one transaction, commit it, then answer each caller.
+    /// Only the holder of `committing` calls this.
+    fn commit(&self, batch: Vec<Job>) {
+        let store = lock(&self.store);
         let flush = batch.iter().any(|job| job.flush);
         if let Err(error) = store.begin_batch(flush) {
             for job in batch {
                 (job.refuse)(error.clone());
             }
-            continue;
+            return;
         }
+        let stats = &self.stats;
         stats
             .writes
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let completions: Vec<Completion> = batch.into_iter().map(|job| (job.work)(store)).collect();
+        let completions: Vec<Completion> =
+            batch.into_iter().map(|job| (job.work)(&store)).collect();
         let committed = store.commit_batch();
         stats.commits.fetch_add(1, Ordering::Relaxed);
         if flush {
