@@ -3,6 +3,8 @@
 //! appended, inserted or renamed, a step's type changed, an early return),
 //! without running a step and without changing the database.
 
+use std::time::Duration;
+
 use durable_tests::{Scratch, run, sha256_of, version};
 use serde_json::Value;
 
@@ -399,4 +401,51 @@ fn verify_beside_a_running_server_changes_nothing() {
         .unwrap();
     assert_eq!(component, 1, "verify moved a workflow");
     drop(server);
+}
+
+#[test]
+fn serve_suspends_a_workflow_whose_code_no_longer_replays_instead_of_retrying_it() {
+    let scratch = histories();
+    // The workflow's component now asks for other steps than its history
+    // holds, as code that is not deterministic would.
+    let insert = version(Some("insert"));
+    run(&mut scratch.host(&["deploy", "v", insert.to_str().unwrap()])).expect_code(0);
+    scratch
+        .sql()
+        .execute(
+            "UPDATE workflows SET component_sha256 = ?1 WHERE id = 'in-flight'",
+            [sha256_of(&insert)],
+        )
+        .unwrap();
+    let steps_before = scratch.steps("in-flight");
+    let server = durable_tests::Server::start(&scratch, "serve", &[]);
+    durable_tests::wait_until(
+        "the workflow to be suspended",
+        Duration::from_secs(60),
+        || scratch.workflow_status("in-flight").as_deref() == Some("suspended"),
+    );
+    // Once, not over and over.
+    std::thread::sleep(Duration::from_millis(500));
+    let log = server.log();
+    assert_eq!(
+        log.matches("its code no longer replays").count(),
+        1,
+        "{log}"
+    );
+    drop(server);
+    assert_eq!(scratch.steps("in-flight"), steps_before);
+    let history = run(&mut scratch.host(&["history", "in-flight", "--json"])).json();
+    let error = history["error"].as_str().unwrap();
+    assert!(
+        error.contains("non-determinism") && error.contains("x#000001"),
+        "{error}"
+    );
+
+    // Code that replays it continues it.
+    run(&mut scratch.host(&["resume", "in-flight", version(None).to_str().unwrap()]))
+        .expect_code(0);
+    assert_eq!(
+        scratch.workflow_status("in-flight").as_deref(),
+        Some("completed")
+    );
 }

@@ -208,8 +208,7 @@ impl RunEnd {
 }
 
 /// The first pause of new runs after a storage failure, and the longest.
-const STORAGE_BACKOFF: (Duration, Duration) =
-    (Duration::from_millis(100), Duration::from_secs(10));
+const STORAGE_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
 
 struct Dispatcher {
     shared: Arc<Shared>,
@@ -504,7 +503,11 @@ fn suspend_diverged(shared: &Shared, workflow: &WorkflowRecord, reason: &str) ->
     let id = workflow.id.as_str();
     match shared.store.suspend_unclaimed(workflow, reason) {
         Ok(true) => {
-            tracing::warn!(workflow_id = id, reason, "suspended: its code no longer replays its history");
+            tracing::warn!(
+                workflow_id = id,
+                reason,
+                "suspended: its code no longer replays its history"
+            );
             RunEnd::Ran(WorkflowStatus::Suspended)
         }
         // Someone else took it up meanwhile: theirs to judge.

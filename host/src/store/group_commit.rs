@@ -500,7 +500,9 @@ impl CheckpointStore for GroupCommitStore {
         reason: &str,
     ) -> Result<bool, StoreError> {
         let (observed, reason) = (observed.clone(), reason.to_owned());
-        self.submit(true, move |store| store.suspend_unclaimed(&observed, &reason))
+        self.submit(true, move |store| {
+            store.suspend_unclaimed(&observed, &reason)
+        })
     }
 
     fn enqueue_workflow(&self, workflow: &QueuedWorkflow<'_>) -> Result<Enqueued, StoreError> {
