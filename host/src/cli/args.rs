@@ -32,7 +32,8 @@ Exit codes:
   1  the workflow failed: it returned an error or a limit stopped it (recorded)
   2  usage or input error: nothing ran, nothing was recorded
   3  simulated crash (--crash, --crash-after)
-  4  non-determinism: the workflow no longer matches its recorded history (left untouched)
+  4  non-determinism: the workflow no longer matches its recorded history (left untouched);
+     `verify`, `upgrade`: some selected workflow does not replay on the new code
   5  the workflow is being run by another live process (left untouched)
   6  the workflow was cancelled
   7  suspended: the workflow's code trapped or panicked; recorded as suspended, resumable
@@ -117,8 +118,9 @@ pub enum Command {
     /// run, with the workflow's recorded environment and read-only
     /// directories. Per workflow it says: compatible (and the step a resume
     /// would execute next), diverges at step N (the recorded steps around N
-    /// beside the step the new code asks for), trapped (a recorded value
-    /// that no longer decodes into the step's type, say), or ended early.
+    /// beside the step the new code asks for), input changed (a step called
+    /// with other arguments), undecodable (a recorded value that no longer
+    /// decodes into the step's type), trapped, or ended early.
     /// Exits 0 only when every selected workflow is compatible, 4 otherwise.
     Verify {
         /// The new build of the workflow's component (.wasm).
