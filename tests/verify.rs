@@ -127,9 +127,13 @@ fn new_builds_are_judged_against_recorded_histories_without_touching_them() {
         done["ending"].as_str().unwrap().contains("recorded result"),
         "{done}"
     );
-    let (_, verdicts) = verify(&scratch, Some("rename"), &["--workflow-id", "done"]);
+    // A finished workflow the new code would not replay is reported, but
+    // only unfinished ones decide the exit code: nothing will resume it.
+    let (code, verdicts) = verify(&scratch, Some("rename"), &["--workflow-id", "done"]);
+    assert_eq!(code, Some(0));
     assert_eq!(verdicts.len(), 1);
     assert_eq!(verdicts[0]["workflow_id"], "done");
+    assert_eq!(verdicts[0]["verdict"], "diverged");
 
     // Nothing ran and nothing changed.
     assert_eq!(sha256_of(&scratch.db()), before, "the database was written");
@@ -289,7 +293,14 @@ fn fork_copies_the_steps_before_the_one_given_and_runs_the_rest() {
             ("b#000001".to_owned(), "completed".to_owned())
         ]
     );
-    // Run on a new build: the copied steps replay, step 3 runs again.
+    // Run on a new build, with a crash in the middle: the copied steps
+    // replay, step 3 runs again, and the resume finishes it.
+    run(scratch.run(&version(Some("append")), "again").args([
+        "--allow-component-change",
+        "--crash",
+        "d:before",
+    ]))
+    .expect_code(3);
     let rerun = run(scratch
         .run(&version(Some("append")), "again")
         .args(["--json", "--allow-component-change"]))
@@ -302,7 +313,9 @@ fn fork_copies_the_steps_before_the_one_given_and_runs_the_rest() {
         .filter(|s| s["outcome"] == "executed")
         .map(|s| s["key"].as_str().unwrap())
         .collect();
-    assert_eq!(executed, ["c#000001", "d#000001"], "{rerun}");
+    assert_eq!(executed, ["d#000001"], "{rerun}");
+    let keys: Vec<String> = scratch.steps("again").into_iter().map(|s| s.0).collect();
+    assert_eq!(keys, ["a#000001", "b#000001", "c#000001", "d#000001"]);
     let history = run(&mut scratch.host(&["history", "again", "--json"])).json();
     assert!(
         history["events"]

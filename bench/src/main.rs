@@ -240,7 +240,7 @@ fn one_shot(
         }),
     );
 
-    let (resume, empty) = bench.replay();
+    let (resume, empty, recorded) = bench.replay();
     let replaying = resume.saturating_sub(empty);
     let replay = f64::from(sizes.replay) / replaying.as_secs_f64();
     report.add(
@@ -259,6 +259,23 @@ fn one_shot(
             "us_per_step": us(replaying) / f64::from(sizes.replay),
             "resume_ms": ms(resume),
             "empty_run_ms": ms(empty),
+        }),
+    );
+
+    let (verifying, verified) = bench.verify(&recorded);
+    let verify_rate = verified as f64 / verifying.as_secs_f64();
+    report.add(
+        "verify",
+        &format!("verify of the same {verified}-step history (read-only, nothing runs)"),
+        format!("{verify_rate:.0} steps/s"),
+        format!(
+            "{} for the replay, by verify's own timer; target 50,000 steps/s",
+            millis(verifying)
+        ),
+        json!({
+            "steps": verified,
+            "steps_per_s": verify_rate,
+            "seconds": verifying.as_secs_f64(),
         }),
     );
 
@@ -684,7 +701,7 @@ impl Bench {
     /// workflow is still running (its process died right after the last
     /// checkpoint), each resume on a copy of the recorded database; and the
     /// best time of an empty run, to subtract.
-    fn replay(&self) -> (Duration, Duration) {
+    fn replay(&self) -> (Duration, Duration, Scratch) {
         let recorded = Scratch::new();
         let empty = self.empty_run(&recorded);
         let n = self.sizes.replay;
@@ -723,7 +740,36 @@ impl Bench {
             assert_eq!(code, Some(0), "the resumed run should complete");
             elapsed
         });
-        (resume, empty)
+        (resume, empty, recorded)
+    }
+
+    /// `durable-host verify` of the scenarios component against the
+    /// recorded history: the best of its own timer (the replays, after the
+    /// component is loaded), with the steps it verified.
+    fn verify(&self, recorded: &Scratch) -> (Duration, u64) {
+        let mut verified = 0;
+        let best = best(self.sizes.repeats, |_| {
+            let output = Command::new(&artifacts().host)
+                .current_dir(recorded.path())
+                .arg("verify")
+                .arg(&artifacts().scenarios)
+                .arg("--db")
+                .arg(recorded.db())
+                .arg("--cache-dir")
+                .arg(self.cache.path())
+                .arg("--json")
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "verify should find the history compatible"
+            );
+            let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+            verified = report["summary"]["recorded_steps"].as_u64().unwrap();
+            Duration::from_secs_f64(report["seconds"].as_f64().unwrap())
+        });
+        (best, verified)
     }
 
     /// Cold (empty cache), warm (cached) and uncached whole-process runs of

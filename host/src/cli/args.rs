@@ -121,7 +121,8 @@ pub enum Command {
     /// beside the step the new code asks for), input changed (a step called
     /// with other arguments), undecodable (a recorded value that no longer
     /// decodes into the step's type), trapped, or ended early.
-    /// Exits 0 only when every selected workflow is compatible, 4 otherwise.
+    /// Exits 0 only when every selected workflow that has not finished is
+    /// compatible, 4 otherwise.
     Verify {
         /// The new build of the workflow's component (.wasm).
         component: PathBuf,

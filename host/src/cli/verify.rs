@@ -12,6 +12,7 @@ use serde::Serialize;
 use durable_host::runtime::{ComponentFile, Runtime, RuntimeConfig};
 use durable_host::store::{StepKey, WorkflowStatus};
 use durable_host::verify::{Selection, Verdict, Verifier, WorkflowVerdict};
+use durable_host::versions::IN_FLIGHT;
 
 use super::args::CacheArgs;
 use super::exit;
@@ -91,7 +92,7 @@ pub fn verify(
             summary.unverifiable
         );
     }
-    Ok(ExitCode::from(if summary.compatible == summary.workflows {
+    Ok(ExitCode::from(if summary.blocking == 0 {
         exit::SUCCESS
     } else {
         exit::NON_DETERMINISM
@@ -177,11 +178,18 @@ struct Summary {
     trapped: u64,
     ended_early: u64,
     unverifiable: u64,
+    /// Incompatible workflows that have not finished: the ones a deploy of
+    /// this build would strand (finished ones only inform).
+    #[serde(skip)]
+    blocking: u64,
 }
 
 impl Summary {
     fn count(&mut self, verdict: &WorkflowVerdict) {
         self.workflows += 1;
+        if !verdict.verdict.is_compatible() && IN_FLIGHT.contains(&verdict.workflow.status) {
+            self.blocking += 1;
+        }
         self.recorded_steps += verdict.recorded_steps as u64;
         *match verdict.verdict {
             Verdict::Compatible { .. } => &mut self.compatible,
