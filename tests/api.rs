@@ -1239,3 +1239,87 @@ fn a_workflows_output_is_read_and_followed_over_http_and_with_logs() {
     assert!(!log.contains("inside print"), "{log}");
     assert_eq!(server.stop(), Some(0));
 }
+
+/// `name{labels} value` lines of a scrape, by `name{labels}`.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_count_runs_steps_commits_queues_and_timers() {
+    let scratch = Scratch::new();
+    deploy_with_cli(&scratch, "scenarios", &artifacts().scenarios);
+    let server = Server::start(&scratch, &[]);
+    let before = server.get("/metrics").expect(200);
+    assert!(
+        before
+            .content_type
+            .starts_with("application/openmetrics-text"),
+        "{before:?}"
+    );
+    assert!(before.text.ends_with("# EOF\n"), "{}", before.text);
+
+    for i in 0..3 {
+        server.submit(
+            "scenarios",
+            &format!("steps-{i}"),
+            json!({"scenario": "steps", "items": 3}),
+            None,
+        );
+    }
+    // A sleep long enough to unload the workflow, then a wake-up.
+    server.submit(
+        "scenarios",
+        "sleeper",
+        json!({"scenario": "sleep", "sleep_ms": 5500}),
+        None,
+    );
+    server.submit(
+        "scenarios",
+        "parked",
+        json!({"scenario": "steps"}),
+        Some("nobody-serves-this"),
+    );
+    for id in ["steps-0", "steps-1", "steps-2", "sleeper"] {
+        server.result(id);
+    }
+
+    let scrape = server.get("/metrics").expect(200);
+    let got = samples(&scrape.text);
+    let value = |name: &str| {
+        got.get(name)
+            .copied()
+            .unwrap_or_else(|| panic!("no {name} in\n{}", scrape.text))
+    };
+    assert_eq!(value(r#"durable_runs_started_total{queue="default"}"#), 5.0);
+    assert_eq!(
+        value(r#"durable_runs_ended_total{status="completed"}"#),
+        4.0
+    );
+    assert_eq!(value(r#"durable_runs_ended_total{status="sleeping"}"#), 1.0);
+    assert!(value(r#"durable_steps_total{outcome="executed"}"#) >= 10.0);
+    assert!(
+        value(r#"durable_steps_total{outcome="replayed"}"#) >= 1.0,
+        "the woken sleeper replays"
+    );
+    assert_eq!(value("durable_timer_lateness_seconds_count"), 1.0);
+    assert!(value("durable_timer_lateness_seconds_sum") < 5.0);
+    assert!(value("durable_commit_writes_count") >= 1.0);
+    assert!(value("durable_commit_writes_sum") >= value("durable_commit_writes_count"));
+    assert_eq!(
+        value("durable_commit_seconds_count"),
+        value("durable_commit_writes_count")
+    );
+    assert_eq!(
+        value(r#"durable_queue_depth{queue="nobody-serves-this"}"#),
+        1.0
+    );
+    assert_eq!(value("durable_takeovers_total"), 0.0);
+    assert_eq!(server.stop(), Some(0));
+}

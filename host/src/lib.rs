@@ -16,6 +16,7 @@
 //!   submit, wait, cancel); the CLI and the HTTP API both use it.
 //! - [`scheduler`]: `serve`'s queues, claiming, timers and recovery.
 //! - [`api`]: `serve`'s HTTP API (axum, OpenAPI), a client of [`control`].
+//! - [`metrics`]: what `serve` counts, for `GET /metrics`.
 //! - [`verify`]: replays stored histories against a new build, read-only.
 //! - [`versions`]: moves workflows to new code (`upgrade`, `fork`).
 //!
@@ -25,6 +26,7 @@ pub mod api;
 pub mod bindings;
 pub mod control;
 pub mod engine;
+pub mod metrics;
 pub mod runtime;
 pub mod scheduler;
 pub mod store;

@@ -472,6 +472,10 @@ impl CheckpointStore for ReadOnlyHistory {
         Ok(false)
     }
 
+    fn queue_depths(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.store.queue_depths()
+    }
+
     fn enqueue_workflow(&self, workflow: &QueuedWorkflow<'_>) -> Result<Enqueued, StoreError> {
         Err(read_only(&format!("queue {}", workflow.id)))
     }

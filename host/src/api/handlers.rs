@@ -4,6 +4,7 @@
 //! workflows are the library's, shared with the command line; only the
 //! wire's own live here (pages, waits, body limits, content types).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -572,6 +573,20 @@ pub async fn list_deployments(
     Ok(Json(DeploymentList {
         deployments: deployments.iter().map(DeploymentView::from).collect(),
     }))
+}
+
+/// `GET /metrics`: the server's counters in the Prometheus (OpenMetrics)
+/// text format.
+pub async fn metrics(State(state): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
+    let metrics = Arc::clone(&state.metrics);
+    let text = blocking(&state, move |store| Ok(metrics.render(store)?)).await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    ))
 }
 
 /// Whether the server answers and takes work.

@@ -51,6 +51,7 @@ use utoipa_axum::routes;
 pub use error::ApiError;
 
 use crate::engine::MAX_INPUT;
+use crate::metrics::Metrics;
 use crate::runtime::{ComponentCache, Runtime, RuntimeConfig, RuntimeError};
 use crate::scheduler::ShutdownFlag;
 use crate::store::GroupCommitStore;
@@ -75,6 +76,7 @@ pub(crate) struct ApiState {
     stopping: Arc<AtomicBool>,
     /// The OpenAPI document, as served.
     openapi: Bytes,
+    metrics: Arc<Metrics>,
 }
 
 impl ApiState {
@@ -187,10 +189,12 @@ pub struct ApiServer {
 /// Once `shutdown` is set (the scheduler's flag), writes are refused with
 /// 503 and long polls answer at once; reads go on until
 /// [`ApiServer::shutdown`].
+/// `GET /metrics` renders `metrics`.
 pub fn start(
     store: GroupCommitStore,
     config: ApiConfig,
     shutdown: ShutdownFlag,
+    metrics: Arc<Metrics>,
 ) -> Result<ApiServer, ApiStartError> {
     let runtime = Runtime::new(RuntimeConfig {
         interruptible: false,
@@ -222,9 +226,12 @@ pub fn start(
         draining: shutdown,
         stopping: Arc::clone(&stopping),
         openapi: Bytes::from(openapi),
+        metrics,
     };
     let token = config.token.map(Arc::<str>::from);
+    // Prometheus's text format, not JSON: outside the OpenAPI document.
     let app = router
+        .route("/metrics", axum::routing::get(handlers::metrics))
         .fallback(handlers::not_found)
         .layer(middleware::from_fn_with_state(token.clone(), require_token))
         .layer(middleware::from_fn(json_errors))

@@ -13,6 +13,7 @@ use serde_json::json;
 
 use durable_host::api::{self, ApiConfig};
 use durable_host::control::{self, DEFAULT_QUEUE, Submission};
+use durable_host::metrics::Metrics;
 use durable_host::runtime::{ComponentFile, Runtime, RuntimeConfig};
 use durable_host::scheduler::{self, ServeConfig};
 use durable_host::store::{CheckpointStore, GroupCommitStore, SqliteStore};
@@ -206,8 +207,14 @@ pub fn serve(db: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let store = GroupCommitStore::open(db)?;
+    let metrics = Arc::new(Metrics::default());
     let api = match api_config {
-        Some(config) => Some(api::start(store.clone(), config, Arc::clone(&shutdown))?),
+        Some(config) => Some(api::start(
+            store.clone(),
+            config,
+            Arc::clone(&shutdown),
+            Arc::clone(&metrics),
+        )?),
         None => None,
     };
     let served = scheduler::serve(
@@ -219,6 +226,7 @@ pub fn serve(db: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
             cancel_grace: args.cancel_grace,
             poll_interval: args.poll_interval,
             cache: args.cache.cache(),
+            metrics,
         },
         shutdown,
     );

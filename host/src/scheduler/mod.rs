@@ -28,12 +28,13 @@ use crate::engine::{
     CrashPlan, EngineError, Opened, RunObserver, RunReport, RunRequest, StepEvent, WorkflowRun,
     owner_alive, this_process,
 };
+use crate::metrics::Metrics;
 use crate::runtime::{
     ComponentCache, ComponentFile, Grants, Runtime, RuntimeConfig, RuntimeError, WorkflowComponent,
 };
 use crate::store::{
-    CheckpointStore, GroupCommitStore, Millis, StoreError, WorkflowRecord, WorkflowStatus,
-    now_millis,
+    CheckpointStore, CommitObserver, GroupCommitStore, Millis, StoreError, WorkflowRecord,
+    WorkflowStatus, now_millis,
 };
 use leases::SharedLeases;
 
@@ -51,6 +52,8 @@ pub struct ServeConfig {
     /// How often the database is checked for work from other processes.
     pub poll_interval: Duration,
     pub cache: Option<ComponentCache>,
+    /// Where runs, steps, takeovers, timers and commits are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// What a server did, for its last log line.
@@ -96,6 +99,7 @@ pub fn serve(
         cache: config.cache.clone(),
         echo_output: false,
     })?;
+    store.observe_commits(Arc::clone(&config.metrics) as Arc<dyn CommitObserver>);
     let leases = SharedLeases::new(config.stale_after);
     let (stop_renewing, renewals_stopped) = mpsc::channel::<()>();
     let renewer = leases.start_renewing(Box::new(store.clone()), renewals_stopped);
@@ -105,6 +109,7 @@ pub fn serve(
         leases,
         components: Mutex::new(HashMap::new()),
         cancel_grace: config.cancel_grace,
+        metrics: Arc::clone(&config.metrics),
     });
     let mut dispatcher = Dispatcher {
         shared: Arc::clone(&shared),
@@ -177,6 +182,7 @@ struct Shared {
     /// Compiled components by sha256: compiled once per server.
     components: Mutex<HashMap<String, WorkflowComponent>>,
     cancel_grace: Duration,
+    metrics: Arc<Metrics>,
 }
 
 /// A run that ended, for the dispatcher.
@@ -293,6 +299,7 @@ impl Dispatcher {
         *self.running.entry(workflow.queue.clone()).or_default() += 1;
         self.in_flight.insert(workflow.id.clone());
         self.summary.started += 1;
+        self.shared.metrics.run_started(&workflow.queue);
         let shared = Arc::clone(&self.shared);
         self.workers.run(Box::new(move || {
             let finished = Finished {
@@ -309,6 +316,9 @@ impl Dispatcher {
             *count = count.saturating_sub(1);
         }
         self.in_flight.remove(&finished.workflow_id);
+        if let RunEnd::Ran(status) = finished.end {
+            self.shared.metrics.run_ended(status);
+        }
         match finished.end {
             RunEnd::Ran(WorkflowStatus::Completed) => self.summary.completed += 1,
             RunEnd::Ran(WorkflowStatus::Failed) => self.summary.failed += 1,
@@ -445,7 +455,9 @@ fn execute(shared: &Shared, workflow: &WorkflowRecord) -> RunEnd {
         grants: None,
         component: None,
     };
-    let observer = Box::new(LogObserver);
+    let observer = Box::new(LogObserver {
+        metrics: Arc::clone(&shared.metrics),
+    });
     let run = match WorkflowRun::open(
         Box::new(shared.store.clone()),
         &request,
@@ -466,8 +478,17 @@ fn execute(shared: &Shared, workflow: &WorkflowRecord) -> RunEnd {
     };
     match workflow.status {
         WorkflowStatus::Queued => tracing::info!(workflow_id = id, run_id, "started"),
-        WorkflowStatus::Sleeping => tracing::info!(workflow_id = id, run_id, "woke up"),
-        _ => tracing::info!(workflow_id = id, run_id, "taking over"),
+        WorkflowStatus::Sleeping => {
+            if let Some(wake_at) = workflow.wake_at {
+                let late = (now_millis() - wake_at).max(0) as u64;
+                shared.metrics.timer_fired(Duration::from_millis(late));
+            }
+            tracing::info!(workflow_id = id, run_id, "woke up")
+        }
+        _ => {
+            shared.metrics.takeover();
+            tracing::info!(workflow_id = id, run_id, "taking over")
+        }
     }
     match shared.runtime.run(&component, &grants, run) {
         Ok(report) => {
@@ -552,11 +573,14 @@ fn log_report(report: &RunReport) {
     }
 }
 
-/// Step events as debug logs; takeovers of steps at info.
-struct LogObserver;
+/// Step events as debug logs, and counted.
+struct LogObserver {
+    metrics: Arc<Metrics>,
+}
 
 impl RunObserver for LogObserver {
     fn step_event(&mut self, workflow_id: &str, event: &StepEvent) {
+        self.metrics.step(event);
         tracing::debug!(workflow_id, step = %event.key, event = ?event.kind, "step");
     }
 

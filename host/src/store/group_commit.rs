@@ -18,14 +18,15 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
+use std::time::Instant;
 
 use super::{
-    AttemptRecord, CheckpointStore, Claim, Deployment, Enqueued, Fork, LeaseRenewal, ListQuery,
-    LogLine, LogRecord, Millis, NewWorkflow, Outcome, Owner, QueuedWorkflow, Reopen, SqliteStore,
-    StepBegin, StepKey, StepRecord, StoreError, Takeover, Upgrade, WorkflowEnd, WorkflowEvent,
-    WorkflowRecord, WorkflowStatus, WorkflowSummary,
+    AttemptRecord, CheckpointStore, Claim, CommitObserver, Deployment, Enqueued, Fork,
+    LeaseRenewal, ListQuery, LogLine, LogRecord, Millis, NewWorkflow, Outcome, Owner,
+    QueuedWorkflow, Reopen, SqliteStore, StepBegin, StepKey, StepRecord, StoreError, Takeover,
+    Upgrade, WorkflowEnd, WorkflowEvent, WorkflowRecord, WorkflowStatus, WorkflowSummary,
 };
 
 /// At most this many writes share a transaction: bounds the latency the
@@ -68,6 +69,8 @@ struct Writer {
     /// store is closing.
     wake: Condvar,
     stats: CommitStats,
+    /// Told of every commit, once set (`serve`'s metrics).
+    observer: OnceLock<Arc<dyn CommitObserver>>,
 }
 
 /// The read connections: those free, and how many exist.
@@ -117,6 +120,7 @@ impl GroupCommitStore {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
             stats: CommitStats::default(),
+            observer: OnceLock::new(),
         });
         let thread_writer = Arc::clone(&writer);
         let thread = thread::Builder::new()
@@ -132,6 +136,11 @@ impl GroupCommitStore {
                 thread: Mutex::new(Some(thread)),
             }),
         })
+    }
+
+    /// Tell `observer` of every commit from now on (set once).
+    pub fn observe_commits(&self, observer: Arc<dyn CommitObserver>) {
+        let _ = self.shared.writer.observer.set(observer);
     }
 
     /// What the writer has done so far.
@@ -284,6 +293,7 @@ impl Writer {
     /// Only the holder of `committing` calls this.
     fn commit(&self, batch: Vec<Job>) {
         let store = lock(&self.store);
+        let started = Instant::now();
         let flush = batch.iter().any(|job| job.flush);
         if let Err(error) = store.begin_batch(flush) {
             for job in batch {
@@ -297,7 +307,11 @@ impl Writer {
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let completions: Vec<Completion> =
             batch.into_iter().map(|job| (job.work)(&store)).collect();
+        let writes = completions.len();
         let committed = store.commit_batch();
+        if let Some(observer) = self.observer.get() {
+            observer.committed(writes, started.elapsed());
+        }
         stats.commits.fetch_add(1, Ordering::Relaxed);
         if flush {
             stats.flushed_commits.fetch_add(1, Ordering::Relaxed);
@@ -503,6 +517,10 @@ impl CheckpointStore for GroupCommitStore {
         self.submit(true, move |store| {
             store.suspend_unclaimed(&observed, &reason)
         })
+    }
+
+    fn queue_depths(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(|store| store.queue_depths())
     }
 
     fn enqueue_workflow(&self, workflow: &QueuedWorkflow<'_>) -> Result<Enqueued, StoreError> {

@@ -545,6 +545,12 @@ impl StoreError {
     }
 }
 
+/// Told of each commit a batching store makes (for metrics).
+pub trait CommitObserver: Send + Sync {
+    /// A transaction of `writes` writes committed in `took`.
+    fn committed(&self, writes: usize, took: std::time::Duration);
+}
+
 /// Durable storage of workflows and their step checkpoints.
 ///
 /// Each method is one transaction: when it returns `Ok`, the change is
@@ -626,6 +632,9 @@ pub trait CheckpointStore: Send {
         observed: &WorkflowRecord,
         reason: &str,
     ) -> Result<bool, StoreError>;
+
+    /// How many workflows wait in each queue that has any.
+    fn queue_depths(&self) -> Result<Vec<(String, u64)>, StoreError>;
 
     /// Every deployment (of `name`, when given), newest version first.
     fn deployments(&self, name: Option<&str>) -> Result<Vec<Deployment>, StoreError>;

@@ -877,6 +877,20 @@ impl CheckpointStore for SqliteStore {
         })
     }
 
+    fn queue_depths(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(|| {
+            self.conn
+                .prepare_cached(
+                    "SELECT queue, count(*) FROM workflows INDEXED BY workflows_queued
+                     WHERE status = 'queued' GROUP BY queue ORDER BY queue",
+                )?
+                .query_map([], |row| {
+                    Ok((row.get(0)?, row.get::<_, i64>(1)?.max(0) as u64))
+                })?
+                .collect()
+        })
+    }
+
     fn enqueue_workflow(&self, workflow: &QueuedWorkflow<'_>) -> Result<Enqueued, StoreError> {
         let now = now_millis();
         self.write(|tx| {
