@@ -15,6 +15,17 @@ use durable_tests::{Rng, Scratch, artifacts, employee, env_number, run, spawn, t
 /// Steps recorded as completed, by idempotency key.
 fn completed_steps(scratch: &Scratch) -> BTreeSet<String> {
     let conn = scratch.sql();
+    // A runner killed before it created the tables leaves none to read.
+    let tables: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'steps'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    if tables == 0 {
+        return BTreeSet::new();
+    }
     let mut statement = conn
         .prepare("SELECT workflow_id || '/' || step_key FROM steps WHERE status = 'completed'")
         .unwrap();
