@@ -142,14 +142,6 @@ fn strings(scratch: &Scratch, sql: &str) -> BTreeSet<String> {
         .unwrap()
 }
 
-/// One integer from `sql`.
-fn number(scratch: &Scratch, sql: &str) -> i64 {
-    scratch
-        .sql()
-        .query_row(sql, [], |r| r.get(0))
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
 /// How many workflows have `status` (0 while the database is missing).
 fn count_status(scratch: &Scratch, status: &str) -> usize {
     let Ok(conn) = rusqlite::Connection::open_with_flags(
@@ -167,15 +159,7 @@ fn count_status(scratch: &Scratch, status: &str) -> usize {
 }
 
 fn status_counts(scratch: &Scratch) -> BTreeMap<String, i64> {
-    let conn = scratch.sql();
-    let mut statement = conn
-        .prepare("SELECT status, count(*) FROM workflows GROUP BY status")
-        .unwrap();
-    statement
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    scratch.pairs("SELECT status, count(*) FROM workflows GROUP BY status")
 }
 
 /// Wait until `count` workflows are completed, failing early (with the
@@ -308,14 +292,14 @@ fn many_workflows_complete_exactly_once() {
     assert_all_completed(&scratch, &workflows, items);
     assert_exactly_once(&scratch, &expected_keys(&workflows, items));
     assert_eq!(
-        number(&scratch, "SELECT count(*) FROM steps WHERE attempts <> 1"),
+        scratch.number("SELECT count(*) FROM steps WHERE attempts <> 1"),
         0,
         "no step needed a second attempt"
     );
     assert_integrity(&scratch);
     let (first, last) = (
-        number(&scratch, "SELECT min(started_at) FROM steps"),
-        number(&scratch, "SELECT max(finished_at) FROM steps"),
+        scratch.number("SELECT min(started_at) FROM steps"),
+        scratch.number("SELECT max(finished_at) FROM steps"),
     );
     let busy_ms = (last - first).max(1);
     println!(
@@ -353,10 +337,7 @@ fn kill_9_in_the_middle_then_restart_completes_everything() {
     let completed_at_kill = completed_keys(&scratch);
     let executions_at_kill = executions(&scratch);
     let statuses_at_kill = status_counts(&scratch);
-    let steps_in_flight = number(
-        &scratch,
-        "SELECT count(*) FROM steps WHERE status = 'running'",
-    );
+    let steps_in_flight = scratch.number("SELECT count(*) FROM steps WHERE status = 'running'");
     let done_at_kill = count_status(&scratch, "completed");
     assert!(
         done_at_kill > 0 && done_at_kill < count,
@@ -393,7 +374,7 @@ fn kill_9_in_the_middle_then_restart_completes_everything() {
     assert_integrity(&scratch);
 
     let re_executed: usize = executions.values().map(|n| n - 1).sum();
-    let takeovers = number(&scratch, "SELECT coalesce(sum(attempts - 1), 0) FROM steps");
+    let takeovers = scratch.number("SELECT coalesce(sum(attempts - 1), 0) FROM steps");
     println!(
         "serve kill -9: at the kill {statuses_at_kill:?}, {steps_in_flight} steps in flight; \
          after restart all {count} completed in {:.2} s; {takeovers} steps taken over, \
@@ -420,10 +401,8 @@ fn restart_after_kill_9_takes_over_dead_owners_without_waiting_for_leases() {
     let args = ["--concurrency", "16", "--stale-after", "30s"];
     let mut first = Server::start(&scratch, "serve-1", &args);
     wait_until("every workflow to complete a step", PATIENCE, || {
-        number(
-            &scratch,
-            "SELECT count(DISTINCT workflow_id) FROM steps WHERE status = 'completed'",
-        ) == count as i64
+        scratch.number("SELECT count(DISTINCT workflow_id) FROM steps WHERE status = 'completed'")
+            == count as i64
     });
     first.kill9();
     assert_eq!(count_status(&scratch, "running"), count);
@@ -473,10 +452,8 @@ fn sigterm_drains_at_step_boundaries_and_releases_leases() {
     ];
     let mut first = Server::start(&scratch, "serve-1", &args);
     wait_until("every workflow to complete a step", PATIENCE, || {
-        number(
-            &scratch,
-            "SELECT count(DISTINCT workflow_id) FROM steps WHERE status = 'completed'",
-        ) == count as i64
+        scratch.number("SELECT count(DISTINCT workflow_id) FROM steps WHERE status = 'completed'")
+            == count as i64
     });
 
     let signalled = Instant::now();
@@ -492,10 +469,7 @@ fn sigterm_drains_at_step_boundaries_and_releases_leases() {
     );
 
     assert_eq!(
-        number(
-            &scratch,
-            "SELECT count(*) FROM steps WHERE status = 'running'"
-        ),
+        scratch.number("SELECT count(*) FROM steps WHERE status = 'running'"),
         0,
         "a drained run leaves no step running"
     );
@@ -506,8 +480,7 @@ fn sigterm_drains_at_step_boundaries_and_releases_leases() {
         status_counts(&scratch)
     );
     assert_eq!(
-        number(
-            &scratch,
+        scratch.number(
             "SELECT count(*) FROM workflows WHERE status = 'running' AND lease_expires_at <> 0"
         ),
         0,
@@ -641,8 +614,7 @@ fn two_servers_on_one_database_run_disjoint_work() {
     assert_all_completed(&scratch, &workflows, items);
     assert_exactly_once(&scratch, &expected_keys(&workflows, items));
     assert_eq!(
-        number(
-            &scratch,
+        scratch.number(
             "SELECT count(*) FROM (SELECT workflow_id FROM steps
              GROUP BY workflow_id HAVING count(DISTINCT run_id) > 1)"
         ),
@@ -733,8 +705,7 @@ fn sleeping_workflows_are_unloaded_and_woken_when_due() {
     );
     assert!(rss_mib < 300, "RSS {rss_mib} MiB for sleeping workflows");
     assert_eq!(
-        number(
-            &scratch,
+        scratch.number(
             "SELECT count(*) FROM workflows WHERE status = 'sleeping' AND lease_expires_at = 0
              AND wake_at > 0"
         ),
@@ -844,7 +815,7 @@ fn start_is_idempotent_and_waits_with_run_exit_codes() {
     assert_eq!(json_again["workflow_id"], "same");
     assert_eq!(json_again["created"], false);
     assert_eq!(json_again["status"], "queued");
-    assert_eq!(number(&scratch, "SELECT count(*) FROM workflows"), 1);
+    assert_eq!(scratch.number("SELECT count(*) FROM workflows"), 1);
 
     let before = scratch.dump();
     let other = json!({ "scenario": "keyed", "items": 3 });

@@ -177,31 +177,15 @@ fn submit_over_http(address: &str, workflows: &[Workflow]) {
 
 /// `(key, attempts)` of every step, keys as idempotency keys.
 fn step_attempts(scratch: &Scratch) -> BTreeMap<String, i64> {
-    let conn = scratch.sql();
-    let mut statement = conn
-        .prepare("SELECT workflow_id || '/' || step_key, attempts FROM steps")
-        .unwrap();
-    statement
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    scratch.pairs("SELECT workflow_id || '/' || step_key, attempts FROM steps")
 }
 
 /// Completed steps, by idempotency key, with their recorded output.
 fn completed_steps(scratch: &Scratch) -> BTreeMap<String, String> {
-    let conn = scratch.sql();
-    let mut statement = conn
-        .prepare(
-            "SELECT workflow_id || '/' || step_key, output_json FROM steps
-             WHERE status = 'completed'",
-        )
-        .unwrap();
-    statement
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    scratch.pairs(
+        "SELECT workflow_id || '/' || step_key, output_json FROM steps
+         WHERE status = 'completed'",
+    )
 }
 
 fn count_status(scratch: &Scratch, status: &str) -> i64 {
@@ -543,14 +527,7 @@ fn serve_survives_kills_concurrent_servers_and_a_frozen_server() {
         "no kill caught a step in flight: the test tested nothing"
     );
 
-    let takeovers: i64 = scratch
-        .sql()
-        .query_row(
-            "SELECT coalesce(sum(attempts - 1), 0) FROM steps",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let takeovers = scratch.number("SELECT coalesce(sum(attempts - 1), 0) FROM steps");
     let repeated: usize = executions.values().map(|n| n - 1).sum();
     println!(
         "serve torture: {played} rounds, {} servers, {} frozen runs fenced; {done_by_torture} of \

@@ -135,14 +135,7 @@ fn onboarding_survives_random_kills_and_concurrent_runners() {
     }
     assert!(scratch.integrity_ok());
 
-    let takeovers: i64 = scratch
-        .sql()
-        .query_row(
-            "SELECT coalesce(sum(attempts - 1), 0) FROM steps",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let takeovers = scratch.number("SELECT coalesce(sum(attempts - 1), 0) FROM steps");
     let re_executions: usize = executions.values().map(|n| n - 1).sum();
     println!(
         "torture: {kills} kills, {concurrent_starts} double starts, {takeovers} step takeovers, \

@@ -465,7 +465,7 @@ impl CheckpointStore for ReadOnlyHistory {
     }
 
     fn upgrade_workflow(&self, upgrade: &Upgrade<'_>) -> Result<bool, StoreError> {
-        Err(read_only(&format!("upgrade {}", upgrade.id)))
+        Err(read_only(&format!("upgrade {}", upgrade.observed.id)))
     }
 
     fn suspend_unclaimed(&self, _: &WorkflowRecord, _: &str) -> Result<bool, StoreError> {

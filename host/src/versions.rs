@@ -101,7 +101,6 @@ fn upgrade_one(
         verdict.recorded_steps
     );
     let switched = store.upgrade_workflow(&Upgrade {
-        id: &workflow.id,
         observed: workflow,
         verified_steps: verdict.recorded_steps,
         to_sha256: &target.sha256,

@@ -490,8 +490,7 @@ impl CheckpointStore for GroupCommitStore {
     }
 
     fn upgrade_workflow(&self, upgrade: &Upgrade<'_>) -> Result<bool, StoreError> {
-        let (id, observed, to, detail) = (
-            upgrade.id.to_owned(),
+        let (observed, to, detail) = (
             upgrade.observed.clone(),
             upgrade.to_sha256.to_owned(),
             upgrade.detail.to_owned(),
@@ -499,7 +498,6 @@ impl CheckpointStore for GroupCommitStore {
         let verified_steps = upgrade.verified_steps;
         self.submit(true, move |store| {
             store.upgrade_workflow(&Upgrade {
-                id: &id,
                 observed: &observed,
                 verified_steps,
                 to_sha256: &to,

@@ -463,7 +463,6 @@ pub struct Fork<'a> {
 /// Moving a workflow nobody runs to another component (`upgrade`).
 #[derive(Debug, Clone)]
 pub struct Upgrade<'a> {
-    pub id: &'a str,
     /// The workflow as it was when the new component was verified against
     /// its history (with `verified_steps` steps): any change since (a run
     /// claimed it, it went on) fails the switch.
@@ -619,7 +618,7 @@ pub trait CheckpointStore: Send {
     /// source is gone.
     fn fork_workflow(&self, fork: &Fork<'_>) -> Result<WorkflowRecord, StoreError>;
 
-    /// Switch workflow `upgrade.id` to `upgrade.to_sha256`, provided it is
+    /// Switch workflow `upgrade.observed.id` to `upgrade.to_sha256`, provided it is
     /// still as `upgrade.observed` (component, status, run, lease) with
     /// `verified_steps` steps. `false` when it changed since it was verified.
     fn upgrade_workflow(&self, upgrade: &Upgrade<'_>) -> Result<bool, StoreError>;

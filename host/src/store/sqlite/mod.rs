@@ -94,35 +94,14 @@ impl SqliteStore {
     /// Open the existing database at `path` for reading only: nothing this
     /// handle does can change the file (safe beside a running `serve`).
     pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
-        let shown = path.display().to_string();
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
-        let identity = FileIdentity::of(path).ok_or_else(|| StoreError::Open {
-            path: shown.clone(),
-            reason: "the file vanished as it was opened".to_owned(),
-        })?;
-        let store = Self {
-            conn,
-            path: path.to_owned(),
-            identity,
-            in_batch: std::cell::Cell::new(false),
-            synchronous: std::cell::Cell::new("FULL"),
-        };
+        let store = Self::wrap(path, conn)?;
         store.conn.busy_timeout(BUSY_TIMEOUT).map_err(store_error)?;
-        let version = store.read(|| {
-            store
-                .conn
-                .query_row("PRAGMA user_version", [], |row| row.get::<_, i64>(0))
-        })?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::NewerSchema {
-                found: version,
-                supported: SCHEMA_VERSION,
-            });
-        }
+        let version = store.schema_version()?;
         if version < SCHEMA_VERSION {
             return Err(StoreError::Open {
-                path: shown,
+                path: path.display().to_string(),
                 reason: format!(
                     "its tables are version {version}; any other command of this durable-host \
                      upgrades them to version {SCHEMA_VERSION} first"
@@ -149,19 +128,40 @@ impl SqliteStore {
             });
         }
         let conn = Connection::open(path).map_err(|e| open_error(path, e))?;
+        let store = Self::wrap(path, conn)?;
+        store.configure().map_err(|e| store.explain(e))?;
+        Ok(store)
+    }
+
+    /// The store around `conn`, just opened on `path`.
+    fn wrap(path: &Path, conn: Connection) -> Result<Self, StoreError> {
         let identity = FileIdentity::of(path).ok_or_else(|| StoreError::Open {
-            path: shown,
+            path: path.display().to_string(),
             reason: "the file vanished as it was opened".to_owned(),
         })?;
-        let store = Self {
+        Ok(Self {
             conn,
             path: path.to_owned(),
             identity,
             in_batch: std::cell::Cell::new(false),
             synchronous: std::cell::Cell::new("FULL"),
-        };
-        store.configure().map_err(|e| store.explain(e))?;
-        Ok(store)
+        })
+    }
+
+    /// The tables' version (`user_version`); a newer one than this build
+    /// knows is refused.
+    fn schema_version(&self) -> Result<i64, StoreError> {
+        let version = self.read(|| {
+            self.conn
+                .query_row("PRAGMA user_version", [], |row| row.get::<_, i64>(0))
+        })?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Ok(version)
     }
 
     /// Name the file in errors about it.
@@ -218,18 +218,8 @@ impl SqliteStore {
     /// [`SCHEMA_VERSION`] with [`MIGRATIONS`]; refuse a newer one.
     fn create_schema(&self) -> Result<(), StoreError> {
         // Up to date (every open after the first): no write, so no flush.
-        let current = self.read(|| {
-            self.conn
-                .query_row("PRAGMA user_version", [], |row| row.get::<_, i64>(0))
-        })?;
-        if current == SCHEMA_VERSION {
+        if self.schema_version()? == SCHEMA_VERSION {
             return Ok(());
-        }
-        if current > SCHEMA_VERSION {
-            return Err(StoreError::NewerSchema {
-                found: current,
-                supported: SCHEMA_VERSION,
-            });
         }
         // A migration rebuilds tables that others reference; SQLite only
         // allows that with foreign keys off, which cannot change inside a
@@ -816,14 +806,14 @@ impl CheckpointStore for SqliteStore {
 
     fn upgrade_workflow(&self, upgrade: &Upgrade<'_>) -> Result<bool, StoreError> {
         let now = now_millis();
+        let observed = upgrade.observed;
         self.write(|tx| {
             let steps: i64 = tx
                 .prepare_cached("SELECT count(*) FROM steps WHERE workflow_id = ?1")?
-                .query_row([upgrade.id], |row| row.get(0))?;
+                .query_row([&observed.id], |row| row.get(0))?;
             if steps != upgrade.verified_steps as i64 {
                 return Ok(Ok(false));
             }
-            let observed = upgrade.observed;
             let switched = tx
                 .prepare_cached(
                     "UPDATE workflows SET component_sha256 = ?3, updated_at = ?4
@@ -831,7 +821,7 @@ impl CheckpointStore for SqliteStore {
                        AND lease_expires_at = ?7",
                 )?
                 .execute(params![
-                    upgrade.id,
+                    observed.id,
                     observed.component_sha256,
                     upgrade.to_sha256,
                     now,
@@ -840,10 +830,9 @@ impl CheckpointStore for SqliteStore {
                     observed.lease_expires_at
                 ])?;
             if switched == 1 {
-                let run_id: String = tx
-                    .prepare_cached("SELECT run_id FROM workflows WHERE id = ?1")?
-                    .query_row([upgrade.id], |row| row.get(0))?;
-                insert_event(tx, upgrade.id, &run_id, "upgraded", upgrade.detail, now)?;
+                // The update matched the observed run: it is still the owner.
+                let (id, run_id) = (&observed.id, &observed.run_id);
+                insert_event(tx, id, run_id, "upgraded", upgrade.detail, now)?;
             }
             Ok(Ok(switched == 1))
         })
