@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rustup target add wasm32-wasip2 >/dev/null
-cargo build --release -p durable-host
+# With the tests' package too: their shared dependencies then get the same
+# features as in ./scripts/test.sh, which reuses this build of the host.
+cargo build --release -p durable-host -p durable-tests
 cargo build --release --target wasm32-wasip2 -p onboarding
 
 host=target/release/durable-host

@@ -559,6 +559,132 @@ fn listings_page_newest_first() {
     let one = server.get("/v1/workflows/parked-3").expect(200).json;
     assert_eq!(one["status"], "queued");
     assert_eq!(one["input"], json!({"scenario": "steps", "items": 1}));
+
+    // Search by a part of the id, with the other filters and paging.
+    let ids = |path: &str| -> Vec<String> {
+        server.get(path).expect(200).json["workflows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["workflow_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids("/v1/workflows?search=ked-4"), ["parked-4"]);
+    assert_eq!(ids("/v1/workflows?search=%2Fx"), ["pay/x 1"]);
+    assert_eq!(
+        ids("/v1/workflows?search=parked&limit=2&after=parked-5"),
+        ["parked-4", "parked-3"]
+    );
+    assert!(
+        ids("/v1/workflows?search=PARKED").is_empty(),
+        "case-sensitive"
+    );
+    assert!(ids("/v1/workflows?search=parked&status=running").is_empty());
+    // Counts by status, for the console's filters.
+    let counts = server.get("/v1/workflow-counts").expect(200).json;
+    assert_eq!(counts["total"], 8, "{counts}");
+    assert_eq!(counts["queued"], 8, "{counts}");
+    assert_eq!(counts["completed"], 0, "{counts}");
+    assert_eq!(server.stop(), Some(0));
+}
+
+#[test]
+fn long_histories_page_and_fork_over_http() {
+    let scratch = Scratch::new();
+    deploy_with_cli(&scratch, "scenarios", &artifacts().scenarios);
+    let server = Server::start(&scratch, &[]);
+    server.submit(
+        "scenarios",
+        "long",
+        json!({"scenario": "steps", "items": 2500}),
+        None,
+    );
+    assert_eq!(server.result("long")["status"], "completed");
+    let everything = server.get("/v1/workflows/long/steps").expect(200).json;
+    let all = everything["steps"].as_array().unwrap();
+    assert_eq!(all.len(), 2500);
+    assert!(
+        everything.get("next_after").is_none(),
+        "{}",
+        everything["next_after"]
+    );
+    assert_eq!(
+        all[0]["idempotency_key"],
+        format!("long/{}", all[0]["key"].as_str().unwrap())
+    );
+
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = server
+            .get(&format!(
+                "/v1/workflows/long/steps?after={after}&limit=1000"
+            ))
+            .expect(200)
+            .json;
+        assert_eq!(page["workflow_id"], "long");
+        paged.extend(page["steps"].as_array().unwrap().iter().cloned());
+        match page["next_after"].as_u64() {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(&paged, all);
+    server
+        .get("/v1/workflows/long/steps?limit=1001")
+        .expect(400);
+    server.get("/v1/workflows/long/steps?after=-1").expect(400);
+
+    // Fork from step 2000: 1999 steps copied, the rest run again.
+    let forked = server
+        .post_json(
+            "/v1/workflows/long/fork",
+            &json!({"from_step": 2000, "workflow_id": "long-again"}),
+        )
+        .expect(201)
+        .json;
+    assert_eq!(forked["workflow_id"], "long-again");
+    assert_eq!(
+        server.result("long-again")["output"],
+        server.result("long")["output"]
+    );
+    let copied = scratch.number(
+        "SELECT count(*) FROM steps WHERE workflow_id = 'long-again' AND run_id IN
+             (SELECT run_id FROM steps WHERE workflow_id = 'long')",
+    );
+    assert_eq!(copied, 1999);
+    // Refusals say why, and change nothing.
+    let before = snapshot(&scratch);
+    let taken = server
+        .post_json(
+            "/v1/workflows/long/fork",
+            &json!({"from_step": 1, "workflow_id": "long"}),
+        )
+        .expect(409);
+    assert!(
+        taken.error_message().contains("exists already"),
+        "{taken:?}"
+    );
+    let beyond = server
+        .post_json("/v1/workflows/long/fork", &json!({"from_step": 2502}))
+        .expect(409);
+    assert!(
+        beyond.error_message().contains("fork from 1 to 2501"),
+        "{beyond:?}"
+    );
+    server
+        .post_json("/v1/workflows/nobody/fork", &json!({"from_step": 1}))
+        .expect(404);
+    server
+        .post_json("/v1/workflows/long/fork", &json!({"from": 1}))
+        .expect(400);
+    server
+        .post_json(
+            "/v1/workflows/long/fork",
+            &json!({"from_step": 1, "deployment": "nope"}),
+        )
+        .expect(404);
+    assert_eq!(snapshot(&scratch), before);
     assert_eq!(server.stop(), Some(0));
 }
 
@@ -769,7 +895,7 @@ fn bad_requests_are_refused_and_change_nothing() {
 
     // Unknown paths and workflows.
     server.get("/v1/nothing-here").expect(404).error_message();
-    server.get("/").expect(404).error_message();
+    server.get("/console/nothing").expect(404).error_message();
     for path in [
         "/v1/workflows/nope",
         "/v1/workflows/nope/steps",
@@ -790,6 +916,8 @@ fn bad_requests_are_refused_and_change_nothing() {
         "/v1/workflows?bogus=1",
         "/v1/workflows/keep/result?wait=soon",
         "/v1/workflows/keep/result?wait=1h",
+        "/v1/workflows/keep/steps?limit=0",
+        "/v1/workflows/keep/steps?after=x",
         "/v1/deployments?nam=x",
     ] {
         server.get(path).expect(400).error_message();
@@ -903,6 +1031,23 @@ fn a_token_guards_every_request() {
     unsent.expect(401);
     assert_eq!(snapshot(&scratch), before);
 
+    // The console's files hold no data: they load without the token (the
+    // page asks for it), and forbid framing.
+    let page = anonymous("/").expect(200);
+    assert!(page.content_type.starts_with("text/html"), "{page:?}");
+    assert!(page.text.contains("/console/console.js"), "{}", page.text);
+    let script = anonymous("/console/console.js").expect(200);
+    assert!(script.content_type.starts_with("text/javascript"));
+    let headers = server.agent.get(server.url("/")).call().unwrap();
+    let csp = headers.headers()["content-security-policy"]
+        .to_str()
+        .unwrap();
+    assert!(
+        csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert_eq!(snapshot(&scratch), before);
+
     // With the token, everything works.
     server.get("/v1/health").expect(200);
     server.get("/v1/openapi.json").expect(200);
@@ -1000,6 +1145,10 @@ fn the_openapi_document_is_true() {
             ("post", "/v1/workflows/{id}/cancel") => {
                 server.post_empty("/v1/workflows/done/cancel")
             }
+            ("post", "/v1/workflows/{id}/fork") => server.post_json(
+                "/v1/workflows/done/fork",
+                &json!({"from_step": 2, "workflow_id": "forked"}),
+            ),
             other => panic!("the test does not know how to call {other:?}"),
         }
     };
@@ -1015,6 +1164,8 @@ fn the_openapi_document_is_true() {
         (("get", "/v1/workflows/{id}/logs"), 200),
         (("get", "/v1/workflows/{id}/result"), 200),
         (("post", "/v1/workflows/{id}/cancel"), 200),
+        (("post", "/v1/workflows/{id}/fork"), 201),
+        (("get", "/v1/workflow-counts"), 200),
     ]
     .into_iter()
     .collect();

@@ -39,6 +39,19 @@ fn list_shows_every_workflow_with_status_and_step_counts() {
         .expect_code(0)
         .json();
     assert_eq!(running.as_array().unwrap().len(), 1);
+    // --search keeps the ids that contain the text.
+    let found = run(&mut scratch.host(&["list", "--search", "alf", "--json"]))
+        .expect_code(0)
+        .json();
+    assert_eq!(found.as_array().unwrap().len(), 1, "{found}");
+    assert_eq!(found[0]["workflow_id"], "halfway");
+    let none = run(&mut scratch.host(&["list", "--search", "zzz", "--status", "failed"]))
+        .expect_code(0)
+        .stdout();
+    assert_eq!(
+        none.trim(),
+        "no workflows with status failed whose id contains `zzz`"
+    );
 
     let table = run(&mut scratch.host(&["list"])).expect_code(0).stdout();
     let header = table.lines().next().unwrap();

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use cli::args::{Cli, Command};
+use durable_host::store::ListQuery;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -20,8 +21,17 @@ fn main() -> ExitCode {
             status,
             limit,
             after,
+            search,
             all,
-        } => cli::inspect::list(db, json, status, (!all).then_some(limit), after),
+        } => {
+            let query = ListQuery {
+                status,
+                after,
+                id_contains: search,
+                limit: None,
+            };
+            cli::inspect::list(db, json, query, (!all).then_some(limit))
+        }
         Command::History {
             workflow_id,
             timeline,

@@ -150,7 +150,7 @@ impl<'a> Verifier<'a> {
                 let mut query = ListQuery {
                     status: None,
                     limit: Some(PAGE),
-                    after: None,
+                    ..ListQuery::default()
                 };
                 loop {
                     let page = self.store.list_workflows(&query)?;
@@ -378,6 +378,15 @@ impl CheckpointStore for ReadOnlyHistory {
         self.store.steps(workflow_id)
     }
 
+    fn steps_page(
+        &self,
+        workflow_id: &str,
+        after: u32,
+        limit: u32,
+    ) -> Result<Vec<StepRecord>, StoreError> {
+        self.store.steps_page(workflow_id, after, limit)
+    }
+
     fn attempts(&self, workflow_id: &str) -> Result<Vec<AttemptRecord>, StoreError> {
         self.store.attempts(workflow_id)
     }
@@ -474,6 +483,10 @@ impl CheckpointStore for ReadOnlyHistory {
 
     fn queue_depths(&self) -> Result<Vec<(String, u64)>, StoreError> {
         self.store.queue_depths()
+    }
+
+    fn status_counts(&self) -> Result<Vec<(WorkflowStatus, u64)>, StoreError> {
+        self.store.status_counts()
     }
 
     fn enqueue_workflow(&self, workflow: &QueuedWorkflow<'_>) -> Result<Enqueued, StoreError> {

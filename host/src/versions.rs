@@ -181,7 +181,7 @@ pub fn fork(
     let refuse = |reason: String| ControlError::Refused { reason };
     if request.from_step == 0 || request.from_step as usize > steps.len() + 1 {
         return Err(refuse(format!(
-            "--from-step {} is not a step of {}: it has {} recorded steps, so fork from 1 to {}",
+            "step {} is not a step of {}: it has {} recorded steps, so fork from 1 to {}",
             request.from_step,
             request.source,
             steps.len(),
@@ -202,7 +202,7 @@ pub fn fork(
         && store.workflow(id)?.is_some()
     {
         return Err(refuse(format!(
-            "workflow {id} exists already: pick another --workflow-id, or leave it out for a \
+            "workflow {id} exists already: pick another id for the fork, or leave it out for a \
              fresh one"
         )));
     }

@@ -29,10 +29,20 @@ pub fn artifacts() -> &'static Artifacts {
     BUILT.get_or_init(|| {
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         let target = target_dir(workspace);
+        // With the same packages as `cargo test` (the workspace's default
+        // members), so that their shared dependencies get the same features
+        // and the host is not built a second time with others.
         cargo(
             workspace,
             &target,
-            &["build", "--release", "-p", "durable-host"],
+            &[
+                "build",
+                "--release",
+                "-p",
+                "durable-host",
+                "-p",
+                "durable-tests",
+            ],
         );
         cargo(
             workspace,
@@ -604,6 +614,24 @@ impl Server {
             .find_map(|line| line.strip_prefix(&format!("{field}:")))
             .and_then(|value| value.split_whitespace().next()?.parse().ok())
             .unwrap_or_else(|| panic!("no {field} in /proc/PID/status"))
+    }
+
+    /// The `http://HOST:PORT` of its API (`serve --listen`), once it has
+    /// logged it.
+    pub fn api_base(&self) -> String {
+        let mut addr = None;
+        wait_until(
+            "serve logs `listening addr=`",
+            Duration::from_secs(60),
+            || {
+                addr = self.log().lines().find_map(|line| {
+                    let rest = line.split_once("listening addr=")?.1;
+                    Some(rest.split_whitespace().next()?.to_owned())
+                });
+                addr.is_some()
+            },
+        );
+        format!("http://{}", addr.unwrap())
     }
 
     /// Workflow ids named by log lines containing `message`.

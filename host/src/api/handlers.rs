@@ -18,14 +18,15 @@ use serde::de::DeserializeOwned;
 use super::error::ApiError;
 use super::model::{
     CancelState, Cancelled, ComponentBytes, DeployParams, DeploymentList, DeploymentView,
-    DeploymentsParams, ErrorBody, EventView, Health, ListParams, LogLineView, LogPage, LogParams,
-    ResultParams, StepView, SubmitRequest, Submitted, WorkflowHistory, WorkflowListItem,
-    WorkflowPage, WorkflowView,
+    DeploymentsParams, ErrorBody, EventView, ForkRequestBody, Health, ListParams, LogLineView,
+    LogPage, LogParams, ResultParams, StatusCounts, StepView, StepsParams, SubmitRequest,
+    Submitted, WorkflowHistory, WorkflowListItem, WorkflowPage, WorkflowView,
 };
 use super::{ApiState, DEPLOY_BODY_LIMIT, SUBMIT_BODY_LIMIT};
 use crate::control::{self, DEFAULT_QUEUE, Submission};
 use crate::runtime::{ComponentFile, Grants};
 use crate::store::{CheckpointStore, GroupCommitStore, ListQuery, WorkflowStatus};
+use crate::versions::{self, ForkRequest};
 
 /// Workflows a listing shows unless asked for another number.
 pub const DEFAULT_PAGE: u32 = 50;
@@ -251,6 +252,7 @@ pub async fn list_workflows(
             status,
             limit: Some(limit + 1),
             after: params.after,
+            id_contains: params.search.filter(|text| !text.is_empty()),
         })?;
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
@@ -285,35 +287,65 @@ pub async fn get_workflow(
     Ok(Json(WorkflowView::from(&record)))
 }
 
+/// How many workflows have each status.
+#[utoipa::path(
+    get,
+    path = "/v1/workflow-counts",
+    tag = "workflows",
+    responses((status = 200, description = "Counts by status, and the total", body = StatusCounts))
+)]
+pub async fn workflow_counts(
+    State(state): State<ApiState>,
+) -> Result<Json<StatusCounts>, ApiError> {
+    let counts = blocking(&state, |store| Ok(store.status_counts()?)).await?;
+    Ok(Json(counts.into_iter().collect()))
+}
+
 /// A workflow with its steps and events.
 ///
 /// Each step carries its earlier attempts; the document is the one
-/// `durable-host history --json` prints.
+/// `durable-host history --json` prints. With `after` or `limit`, one page
+/// of the steps, and `next_after` when more follow.
 #[utoipa::path(
     get,
     path = "/v1/workflows/{id}/steps",
     tag = "workflows",
-    params(("id" = String, Path, description = "The workflow id (`/` written %2F)")),
+    params(("id" = String, Path, description = "The workflow id (`/` written %2F)"), StepsParams),
     responses(
         (status = 200, description = "The workflow, its events and its steps", body = WorkflowHistory),
+        (status = 400, description = "A bad limit", body = ErrorBody),
         (status = 404, description = "No such workflow", body = ErrorBody),
     )
 )]
 pub async fn workflow_steps(
     State(state): State<ApiState>,
     Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<StepsParams>,
 ) -> Result<Json<WorkflowHistory>, ApiError> {
+    let paged = params.after.is_some() || params.limit.is_some();
+    let limit = if paged {
+        page_limit(params.limit, MAX_PAGE)?
+    } else {
+        u32::MAX
+    };
+    let after = params.after.unwrap_or(0);
     let history = blocking(&state, move |store| {
         let workflow = control::workflow(store, &id)?;
-        let steps = store.steps(&id)?;
+        // One more than asked tells whether there is a next page.
+        let mut steps = store.steps_page(&id, after, limit.saturating_add(1))?;
+        let more = steps.len() > limit as usize;
+        steps.truncate(limit as usize);
         let attempts = store.attempts(&id)?;
         let events = store.events(&id)?;
         Ok(WorkflowHistory {
             workflow: WorkflowView::from(&workflow),
             events: events.iter().map(EventView::from).collect(),
+            next_after: more
+                .then(|| steps.last().map(|step| step.sequence))
+                .flatten(),
             steps: steps
                 .iter()
-                .map(|step| StepView::new(step, &attempts))
+                .map(|step| StepView::new(&id, step, &attempts))
                 .collect(),
         })
     })
@@ -473,6 +505,50 @@ pub async fn cancel_workflow(
             cancel,
         }),
     ))
+}
+
+/// Queue a new workflow that starts from this one's history.
+///
+/// It gets the same input, grants and queue, and a copy of the steps
+/// before `from_step` with their recorded results; `serve` runs the rest.
+#[utoipa::path(
+    post,
+    path = "/v1/workflows/{id}/fork",
+    tag = "workflows",
+    params(("id" = String, Path, description = "The workflow id (`/` written %2F)")),
+    request_body = ForkRequestBody,
+    responses(
+        (status = 201, description = "The new workflow, queued", body = WorkflowView),
+        (status = 400, description = "Not JSON, a missing or unknown field", body = ErrorBody),
+        (status = 404, description = "No such workflow or deployment", body = ErrorBody),
+        (status = 409, description = "`from_step` is out of range or follows an unfinished step, or the new id is taken", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
+pub async fn fork_workflow(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    JsonBody(request): JsonBody<ForkRequestBody>,
+) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
+    state.accepting_writes()?;
+    let forked = blocking(&state, move |store| {
+        let component = request
+            .deployment
+            .as_deref()
+            .map(|spec| versions::deployment(store, spec))
+            .transpose()?;
+        Ok(versions::fork(
+            store,
+            &ForkRequest {
+                source: &id,
+                from_step: request.from_step,
+                id: request.workflow_id.as_deref(),
+                component_sha256: component.as_ref().map(|d| d.sha256.as_str()),
+            },
+        )?)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(WorkflowView::from(&forked))))
 }
 
 /// Deploy a component as the newest version of deployment `name`.

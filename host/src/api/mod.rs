@@ -1,6 +1,7 @@
 //! The HTTP API of `durable-host serve --listen ADDR`: JSON over HTTP/1.1
 //! for submitting workflows, following them, cancelling them and deploying
-//! components, beside the scheduler in the same process.
+//! components, beside the scheduler in the same process; and the web
+//! console ([`console`]) at `/`, which is a client of that API.
 //!
 //! This module owns the wire: routes, request and answer shapes
 //! ([`model`]), status codes and JSON errors ([`ApiError`]), the bearer
@@ -25,6 +26,7 @@
 //! router and in the document in one go, so neither can list a path the
 //! other lacks.
 
+mod console;
 mod error;
 mod handlers;
 pub mod model;
@@ -234,6 +236,8 @@ pub fn start(
         .route("/metrics", axum::routing::get(handlers::metrics))
         .fallback(handlers::not_found)
         .layer(middleware::from_fn_with_state(token.clone(), require_token))
+        // After the token layer: the console's files need none.
+        .merge(console::routes())
         .layer(middleware::from_fn(json_errors))
         .with_state(state);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -312,10 +316,12 @@ fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
                 .layer(DefaultBodyLimit::max(SUBMIT_BODY_LIMIT)),
         )
         .routes(routes!(handlers::get_workflow))
+        .routes(routes!(handlers::workflow_counts))
         .routes(routes!(handlers::workflow_steps))
         .routes(routes!(handlers::workflow_logs))
         .routes(routes!(handlers::workflow_result))
         .routes(routes!(handlers::cancel_workflow))
+        .routes(routes!(handlers::fork_workflow))
         .routes(
             routes!(handlers::deploy, handlers::list_deployments)
                 .layer(DefaultBodyLimit::max(DEPLOY_BODY_LIMIT)),
@@ -552,9 +558,11 @@ mod tests {
                 "/v1/deployments",
                 "/v1/health",
                 "/v1/openapi.json",
+                "/v1/workflow-counts",
                 "/v1/workflows",
                 "/v1/workflows/{id}",
                 "/v1/workflows/{id}/cancel",
+                "/v1/workflows/{id}/fork",
                 "/v1/workflows/{id}/logs",
                 "/v1/workflows/{id}/result",
                 "/v1/workflows/{id}/steps",

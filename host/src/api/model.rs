@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::engine::CancelOutcome;
+use crate::engine::{CancelOutcome, idempotency_key};
 use crate::runtime::SLEEP_STEP;
 use crate::store::{
     AttemptRecord, Deployment, LogRecord, LogStream, Millis, StepRecord, StepStatus, WorkflowEvent,
@@ -221,6 +221,70 @@ pub struct ListParams {
     /// Only workflows after this one in the listing: the previous page's
     /// `next_after`.
     pub after: Option<String>,
+    /// Only workflows whose id contains this text (case-sensitive).
+    pub search: Option<String>,
+}
+
+/// `GET /v1/workflows/{id}/steps` query. Without `after` or `limit`, every
+/// step; with either, one page of them.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StepsParams {
+    /// Only steps after this sequence number: the previous page's
+    /// `next_after`.
+    pub after: Option<u32>,
+    /// At most this many steps (1 to 1000, default 1000).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+/// `GET /v1/workflows/counts`: how many workflows have each status.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct StatusCounts {
+    pub total: u64,
+    pub queued: u64,
+    pub running: u64,
+    pub sleeping: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    pub suspended: u64,
+}
+
+impl FromIterator<(WorkflowStatus, u64)> for StatusCounts {
+    fn from_iter<I: IntoIterator<Item = (WorkflowStatus, u64)>>(counts: I) -> Self {
+        let mut all = Self::default();
+        for (status, count) in counts {
+            all.total += count;
+            *match status {
+                WorkflowStatus::Queued => &mut all.queued,
+                WorkflowStatus::Running => &mut all.running,
+                WorkflowStatus::Sleeping => &mut all.sleeping,
+                WorkflowStatus::Completed => &mut all.completed,
+                WorkflowStatus::Failed => &mut all.failed,
+                WorkflowStatus::Cancelled => &mut all.cancelled,
+                WorkflowStatus::Suspended => &mut all.suspended,
+            } += count;
+        }
+        all
+    }
+}
+
+/// `POST /v1/workflows/{id}/fork`: a new workflow from another's history.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForkRequestBody {
+    /// The first step that runs again (from 1); the steps before it are
+    /// copied with their recorded results.
+    pub from_step: u32,
+    /// The new workflow's id; `wf-` and 16 hex digits when left out.
+    #[serde(default)]
+    pub workflow_id: Option<String>,
+    /// Run it on this deployment's component (`NAME` or `NAME@SHA`) rather
+    /// than the source's.
+    #[serde(default)]
+    pub deployment: Option<String>,
 }
 
 /// `GET /v1/workflows/{id}/logs` query.
@@ -282,6 +346,8 @@ pub struct StepView {
     /// `name#NNNNNN`.
     pub key: String,
     pub name: String,
+    /// What the step's body is given to make its side effects idempotent.
+    pub idempotency_key: String,
     pub status: StepState,
     /// How many times a run began executing it.
     pub attempts: u32,
@@ -302,11 +368,12 @@ pub struct StepView {
 }
 
 impl StepView {
-    pub fn new(step: &StepRecord, attempts: &[AttemptRecord]) -> Self {
+    pub fn new(workflow_id: &str, step: &StepRecord, attempts: &[AttemptRecord]) -> Self {
         Self {
             sequence: step.sequence,
             key: step.key.as_str().to_owned(),
             name: step.name.clone(),
+            idempotency_key: idempotency_key(workflow_id, &step.key),
             status: step.status.into(),
             attempts: step.attempts,
             failures: step.failures,
@@ -357,6 +424,10 @@ pub struct WorkflowHistory {
     pub workflow: WorkflowView,
     pub events: Vec<EventView>,
     pub steps: Vec<StepView>,
+    /// When one page of the steps was asked for and more follow: pass it
+    /// as `after` for the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<u32>,
 }
 
 /// Where a log line came from.

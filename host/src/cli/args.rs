@@ -71,6 +71,10 @@ pub enum Command {
         #[arg(long, value_name = "ID")]
         after: Option<String>,
 
+        /// Only workflows whose id contains TEXT (case-sensitive).
+        #[arg(long, value_name = "TEXT")]
+        search: Option<String>,
+
         /// Every workflow, however many (streamed, in pages).
         #[arg(long, conflicts_with = "limit")]
         all: bool,

@@ -39,19 +39,15 @@ fn open_existing(db: &Path) -> anyhow::Result<SqliteStore> {
 /// Rows fetched per query when listing everything.
 const LIST_PAGE: u32 = 1000;
 
+/// List the workflows `query` selects (its `limit` aside), at most `limit`.
 pub fn list(
     db: &Path,
     json_mode: bool,
-    status: Option<WorkflowStatus>,
+    mut query: ListQuery,
     limit: Option<u32>,
-    after: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let store = open_existing(db)?;
-    let mut query = ListQuery {
-        status,
-        limit: Some(limit.map_or(LIST_PAGE, |l| l.min(LIST_PAGE))),
-        after,
-    };
+    query.limit = Some(limit.map_or(LIST_PAGE, |l| l.min(LIST_PAGE)));
     let mut left = limit;
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
     let mut shown = 0usize;
@@ -102,12 +98,15 @@ pub fn list(
         return Ok(ExitCode::from(exit::SUCCESS));
     }
     if shown == 0 {
+        let status = query.status.map(|s| format!(" with status {s}"));
+        let search = query
+            .id_contains
+            .map(|text| format!(" whose id contains `{text}`"));
         writeln!(
             stdout,
-            "no workflows{}",
-            status
-                .map(|s| format!(" with status {s}"))
-                .unwrap_or_default()
+            "no workflows{}{}",
+            status.unwrap_or_default(),
+            search.unwrap_or_default()
         )?;
     } else if let (Some(limit), Some(last)) = (limit, &last_id)
         && shown as u32 == limit
@@ -213,8 +212,9 @@ pub fn history(
             events: events.iter().map(EventView::from).collect(),
             steps: steps
                 .iter()
-                .map(|step| StepView::new(step, &attempts))
+                .map(|step| StepView::new(workflow_id, step, &attempts))
                 .collect(),
+            next_after: None,
         });
         return Ok(ExitCode::from(exit::SUCCESS));
     }

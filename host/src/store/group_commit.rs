@@ -340,6 +340,15 @@ impl CheckpointStore for GroupCommitStore {
         self.read(|store| store.steps(workflow_id))
     }
 
+    fn steps_page(
+        &self,
+        workflow_id: &str,
+        after: u32,
+        limit: u32,
+    ) -> Result<Vec<StepRecord>, StoreError> {
+        self.read(|store| store.steps_page(workflow_id, after, limit))
+    }
+
     fn attempts(&self, workflow_id: &str) -> Result<Vec<AttemptRecord>, StoreError> {
         self.read(|store| store.attempts(workflow_id))
     }
@@ -519,6 +528,10 @@ impl CheckpointStore for GroupCommitStore {
 
     fn queue_depths(&self) -> Result<Vec<(String, u64)>, StoreError> {
         self.read(|store| store.queue_depths())
+    }
+
+    fn status_counts(&self) -> Result<Vec<(WorkflowStatus, u64)>, StoreError> {
+        self.read(|store| store.status_counts())
     }
 
     fn enqueue_workflow(&self, workflow: &QueuedWorkflow<'_>) -> Result<Enqueued, StoreError> {

@@ -445,6 +445,8 @@ pub struct ListQuery {
     pub limit: Option<u32>,
     /// Only those after this one in the listing's order (its id), for paging.
     pub after: Option<String>,
+    /// Only those whose id contains this text (case-sensitive).
+    pub id_contains: Option<String>,
 }
 
 /// A new workflow that starts from another's history (`fork`).
@@ -564,6 +566,15 @@ pub trait CheckpointStore: Send {
     /// Every step of workflow `id`, in sequence order.
     fn steps(&self, workflow_id: &str) -> Result<Vec<StepRecord>, StoreError>;
 
+    /// At most `limit` steps of workflow `id` after sequence `after`, in
+    /// sequence order: a page of a long history.
+    fn steps_page(
+        &self,
+        workflow_id: &str,
+        after: u32,
+        limit: u32,
+    ) -> Result<Vec<StepRecord>, StoreError>;
+
     /// The attempts of workflow `id`'s steps that did not end them, by step
     /// key and attempt.
     fn attempts(&self, workflow_id: &str) -> Result<Vec<AttemptRecord>, StoreError>;
@@ -634,6 +645,9 @@ pub trait CheckpointStore: Send {
 
     /// How many workflows wait in each queue that has any.
     fn queue_depths(&self) -> Result<Vec<(String, u64)>, StoreError>;
+
+    /// How many workflows have each status that some workflow has.
+    fn status_counts(&self) -> Result<Vec<(WorkflowStatus, u64)>, StoreError>;
 
     /// Every deployment (of `name`, when given), newest version first.
     fn deployments(&self, name: Option<&str>) -> Result<Vec<Deployment>, StoreError>;

@@ -438,15 +438,25 @@ impl CheckpointStore for SqliteStore {
     }
 
     fn steps(&self, workflow_id: &str) -> Result<Vec<StepRecord>, StoreError> {
+        self.steps_page(workflow_id, 0, u32::MAX)
+    }
+
+    fn steps_page(
+        &self,
+        workflow_id: &str,
+        after: u32,
+        limit: u32,
+    ) -> Result<Vec<StepRecord>, StoreError> {
         self.read(|| {
             self.conn
                 .prepare_cached(
                     "SELECT step_key, sequence, name, status, output_json, error, attempts,
                             run_id, started_at, finished_at, failures, error_code,
                             input_fingerprint
-                     FROM steps WHERE workflow_id = ?1 ORDER BY sequence",
+                     FROM steps WHERE workflow_id = ?1 AND sequence > ?2
+                     ORDER BY sequence LIMIT ?3",
                 )?
-                .query_map([workflow_id], step_from_row)?
+                .query_map(params![workflow_id, after, limit], step_from_row)?
                 .collect()
         })
     }
@@ -671,6 +681,7 @@ impl CheckpointStore for SqliteStore {
                         (SELECT count(*) FROM steps s WHERE s.workflow_id = w.id AND s.status = 'running')
                  FROM workflows w
                  WHERE (?1 IS NULL OR w.status = ?1)
+                   AND (?4 IS NULL OR instr(w.id, ?4) > 0)
                    AND (?2 IS NULL OR EXISTS (
                         SELECT 1 FROM workflows a WHERE a.id = ?2
                             AND (w.created_at < a.created_at
@@ -680,7 +691,12 @@ impl CheckpointStore for SqliteStore {
             ))?;
             let limit = query.limit.map_or(-1, i64::from);
             let rows = statement.query_map(
-                params![query.status.map(WorkflowStatus::as_str), query.after, limit],
+                params![
+                    query.status.map(WorkflowStatus::as_str),
+                    query.after,
+                    limit,
+                    query.id_contains
+                ],
                 |row| {
                     Ok(WorkflowSummary {
                         workflow: workflow_from_row(row)?,
@@ -877,6 +893,31 @@ impl CheckpointStore for SqliteStore {
                     Ok((row.get(0)?, row.get::<_, i64>(1)?.max(0) as u64))
                 })?
                 .collect()
+        })
+    }
+
+    fn status_counts(&self) -> Result<Vec<(WorkflowStatus, u64)>, StoreError> {
+        self.read(|| {
+            let mut statement = self.conn.prepare_cached(
+                "SELECT status, count(*) FROM workflows INDEXED BY workflows_by_status
+                 GROUP BY status",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?.max(0) as u64,
+                ))
+            })?;
+            let mut counts = Vec::new();
+            for row in rows {
+                let (status, count) = row?;
+                // A status this binary does not know (a newer schema's) is
+                // left out rather than failing the whole count.
+                if let Some(status) = WorkflowStatus::parse(&status) {
+                    counts.push((status, count));
+                }
+            }
+            Ok(counts)
         })
     }
 
