@@ -263,6 +263,21 @@ fn the_console_lists_workflows_and_draws_their_timelines() {
             true,
         );
     }
+    // A step that fails twice and is retried; a durable sleep of 800 ms.
+    start(
+        &scratch,
+        "scenarios",
+        "retrying",
+        &json!({"scenario": "retry", "items": 3}).to_string(),
+        true,
+    );
+    start(
+        &scratch,
+        "scenarios",
+        "napping",
+        &json!({"scenario": "sleep", "sleep_ms": 800}).to_string(),
+        true,
+    );
     start(
         &scratch,
         "scenarios",
@@ -287,13 +302,15 @@ fn the_console_lists_workflows_and_draws_their_timelines() {
     let ids = browser.eventually(
         "the workflow rows",
         "const rows = [...document.querySelectorAll('tr[data-workflow-id]')];
-         return rows.length === 6 ? rows.map(r => r.dataset.workflowId) : null;",
+         return rows.length === 8 ? rows.map(r => r.dataset.workflowId) : null;",
     );
     assert_eq!(
         ids,
         json!([
             "long-history",
             "broken",
+            "napping",
+            "retrying",
             "batch-2",
             "batch-1",
             "batch-0",
@@ -301,7 +318,7 @@ fn the_console_lists_workflows_and_draws_their_timelines() {
         ])
     );
     assert!(
-        browser.text("#status-counts").contains("all6"),
+        browser.text("#status-counts").contains("all8"),
         "{}",
         browser.text("#status-counts")
     );
@@ -369,6 +386,27 @@ fn the_console_lists_workflows_and_draws_their_timelines() {
     assert!(browser.text("#step-output").contains("output"));
     let shot = browser.screenshot("onboarding");
     assert!(std::fs::metadata(shot).unwrap().len() > 10_000);
+
+    // Retried attempts are marked on their step's row; a durable sleep is
+    // a bar up to its wake-up time.
+    browser.goto(&format!("{base}/#/workflows/retrying"));
+    let marks = browser.eventually(
+        "the retried attempts",
+        "return document.querySelectorAll(\".bar[data-key^='flaky'] ~ .mark.retried\").length",
+    );
+    assert_eq!(marks, json!(2));
+    browser.click(".row[data-sequence='1']");
+    let attempts = browser.eventually(
+        "the earlier attempts",
+        "return document.querySelector('#step-detail .attempts')?.innerText",
+    );
+    assert!(attempts.as_str().unwrap().contains("attempt 1 failed"), "{attempts}");
+    browser.screenshot("retries");
+    browser.goto(&format!("{base}/#/workflows/napping"));
+    let sleep = bar(&browser, "durable.sleep");
+    let after = bar(&browser, "after_sleep");
+    assert!(sleep.1 - sleep.0 > 100.0, "800 ms of sleep is a long bar: {sleep:?}");
+    assert!(after.0 + 1.0 >= sleep.1, "{sleep:?} then {after:?}");
 
     // A failed workflow shows its error.
     browser.goto(&format!("{base}/#/workflows/broken"));

@@ -363,6 +363,9 @@ pub struct StepView {
     /// For a `durable.sleep` step: when it wakes up (RFC 3339, UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sleep_until: Option<String>,
+    /// The same, in milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleep_until_ms: Option<Millis>,
     /// Its attempts that did not end it.
     pub earlier_attempts: Vec<AttemptView>,
 }
@@ -385,6 +388,7 @@ impl StepView {
             finished_at_ms: step.finished_at,
             duration_ms: step.finished_at.map(|f| f - step.started_at),
             sleep_until: sleep_until(step).map(rfc3339),
+            sleep_until_ms: sleep_until(step),
             earlier_attempts: attempts
                 .iter()
                 .filter(|a| a.key == step.key)

@@ -492,7 +492,7 @@ class WorkflowPage {
         fact("started", time(step.started_at_ms)),
         fact("finished", time(step.finished_at_ms)),
         fact("duration", duration(step.duration_ms)),
-        step.sleep_until ? fact("sleeps until", step.sleep_until) : null,
+        step.sleep_until_ms ? fact("sleeps until", time(step.sleep_until_ms)) : null,
         fact("idempotency key", h("span", { class: "mono", id: "step-idempotency-key" }, step.idempotency_key), { class: "wide" }),
         fact("run", h("span", { class: "mono" }, step.run_id))),
       step.error ? h("p", { class: "error-text", id: "step-error" }, step.error_code ? `[${step.error_code}] ` : "", step.error) : null,
@@ -670,7 +670,5 @@ class Timeline {
 
 /** When a durable sleep step wakes up, in ms. */
 function sleepEnd(step) {
-  if (!step || !step.sleep_until) return null;
-  const ms = Date.parse(step.sleep_until);
-  return Number.isNaN(ms) ? null : ms;
+  return step && step.sleep_until_ms ? step.sleep_until_ms : null;
 }
