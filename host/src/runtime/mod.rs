@@ -148,11 +148,12 @@ pub struct DirGrant {
     pub read_only: bool,
 }
 
-/// How a runtime compiles.
+/// How a runtime compiles and runs guests.
 #[derive(Debug, Clone, Default)]
 pub struct RuntimeConfig {
-    /// Compile with epoch checks, so that runs can have a `--timeout`
-    /// (a small cost in every loop and call of the guest).
+    /// Advance the epoch, so that runs can have a `--timeout`. Code is
+    /// compiled with epoch checks either way, so that one compiled form
+    /// (and one cache entry) serves runs with and without a timeout.
     pub interruptible: bool,
     /// Where compiled components are kept; `None` compiles every time.
     pub cache: Option<ComponentCache>,
@@ -174,7 +175,7 @@ impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
         let setup = |e: wasmtime::Error| RuntimeError::Setup(e.to_string());
         let mut wasmtime_config = Config::new();
-        wasmtime_config.epoch_interruption(config.interruptible);
+        wasmtime_config.epoch_interruption(true);
         let engine = Engine::new(&wasmtime_config).map_err(setup)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(setup)?;
@@ -325,8 +326,8 @@ impl RunLimits {
         store.limiter(|state| &mut state.limiter);
         match &self.deadline {
             Some(deadline) => limits::arm_deadline(&mut store, deadline),
-            // An interruptible engine interrupts at once without a deadline.
-            // (Relative to the current epoch: no overflow.)
+            // Code compiled with epoch checks is interrupted at once without
+            // a deadline. (Relative to the current epoch: no overflow.)
             None => store.set_epoch_deadline(u64::MAX / 2),
         }
         store
