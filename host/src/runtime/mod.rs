@@ -11,13 +11,14 @@
 //! Around it: `host` is what an instance holds and the `durable-step`
 //! implementation, `branches` runs parallel branches, `limits` the run's
 //! time and memory, `grants` what a workflow was granted, `cache` compiled
-//! components.
+//! components, `imports` what a component imports (read before compiling).
 
 mod branches;
 mod cache;
 mod grants;
 mod guest_output;
 mod host;
+mod imports;
 mod limits;
 
 use std::fmt::Write as _;
@@ -39,6 +40,7 @@ pub use grants::{Grants, GrantsError};
 use guest_output::GuestOutput;
 use host::Role;
 pub use host::{HostState, SLEEP_STEP, UNLOAD_SLEEPS_OVER};
+pub use imports::UnsupportedImport;
 pub use limits::LimitExceeded;
 use limits::{Deadline, EPOCH_TICK, InstanceLimiter, MemoryBudget};
 
@@ -53,8 +55,11 @@ pub enum RuntimeError {
     CoreModule { path: PathBuf },
     #[error("{path} is not a valid WebAssembly component: {reason}")]
     Invalid { path: PathBuf, reason: String },
-    #[error("{path} is a component, but not a durable workflow: {reason}")]
-    WrongWorld { path: PathBuf, reason: String },
+    #[error("{path} {mismatch}")]
+    WrongWorld {
+        path: PathBuf,
+        mismatch: WorldMismatch,
+    },
     #[error("cannot grant directory {host} to the guest: {reason}")]
     Dir { host: PathBuf, reason: String },
     #[error("cannot start the workflow instance: {0}")]
@@ -65,6 +70,17 @@ pub enum RuntimeError {
     Setup(String),
     #[error(transparent)]
     Grants(#[from] GrantsError),
+}
+
+/// Why a component cannot run here as a workflow.
+#[derive(Debug, thiserror::Error)]
+pub enum WorldMismatch {
+    /// Found in its imports, before compiling.
+    #[error(transparent)]
+    UnsupportedImport(#[from] UnsupportedImport),
+    /// Found by linking the compiled component against the `workflow` world.
+    #[error("is a component, but not a durable workflow: {0}")]
+    NotAWorkflow(String),
 }
 
 /// A component file, read and fingerprinted but not compiled.
@@ -203,8 +219,16 @@ impl Runtime {
 
     /// Compile `file` (or load it from the cache) and check it against the
     /// `workflow` world: every import must be one this host provides, and
-    /// `run` and `run-branch` must be exported.
+    /// `run` and `run-branch` must be exported. An import of a package this
+    /// host lacks is refused before compiling.
     pub fn compile(&self, file: &ComponentFile) -> Result<WorkflowComponent, RuntimeError> {
+        let wrong_world = |mismatch| RuntimeError::WrongWorld {
+            path: file.path.clone(),
+            mismatch,
+        };
+        if let Some(import) = imports::unsupported_import(&file.bytes) {
+            return Err(wrong_world(import.into()));
+        }
         let invalid = |e: wasmtime::Error| RuntimeError::Invalid {
             path: file.path.clone(),
             reason: e.root_cause().to_string(),
@@ -214,15 +238,13 @@ impl Runtime {
             None => wasmtime::component::Component::new(&self.engine, &file.bytes),
         }
         .map_err(invalid)?;
-        let wrong_world = |e: wasmtime::Error| RuntimeError::WrongWorld {
-            path: file.path.clone(),
-            reason: e.to_string(),
-        };
+        let not_a_workflow =
+            |e: wasmtime::Error| wrong_world(WorldMismatch::NotAWorkflow(e.to_string()));
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
-            .map_err(wrong_world)?;
-        let pre = WorkflowPre::new(instance_pre).map_err(wrong_world)?;
+            .map_err(not_a_workflow)?;
+        let pre = WorkflowPre::new(instance_pre).map_err(not_a_workflow)?;
         Ok(WorkflowComponent { pre })
     }
 
