@@ -284,16 +284,17 @@ impl Runtime {
         let result = component
             .pre
             .instantiate(&mut store)
-            .map(|workflow| workflow.call_run(&mut store, &input));
+            .map_err(starting)
+            .and_then(|workflow| workflow.call_run(&mut store, &input));
         let Role::Workflow { mut run, .. } = store.into_data().role else {
             unreachable!("the workflow instance keeps its role")
         };
         run.capture_output(output.take_lines(true));
+        // An instance that cannot even start (its memory over the budget,
+        // say) is handled like a trap in it.
         let trap = match result {
-            Ok(Ok(outcome)) => return Ok(run.complete(outcome.map_err(Into::into))?),
-            // An instance that cannot even start (its memory over the budget,
-            // say) is handled like a trap in it.
-            Ok(Err(trap)) | Err(trap) => trap,
+            Ok(outcome) => return Ok(run.complete(outcome.map_err(Into::into))?),
+            Err(trap) => trap,
         };
         match trap.downcast::<EngineError>() {
             Ok(EngineError::Cancelled { .. }) => Ok(run.cancel()?),
@@ -361,6 +362,15 @@ fn limit_exceeded(trap: &wasmtime::Error) -> Option<LimitExceeded> {
     trap.chain()
         .find_map(|cause| cause.downcast_ref::<LimitExceeded>())
         .cloned()
+}
+
+/// An error creating an instance. A memory limit met there says so: a
+/// budget too small to start needs another hint than one outgrown.
+fn starting(error: wasmtime::Error) -> wasmtime::Error {
+    match limit_exceeded(&error) {
+        Some(limit) => limit.at_start().into(),
+        None => error,
+    }
 }
 
 /// A one-line reason for a trap: the panic message if the guest printed
