@@ -229,6 +229,29 @@ fn a_guest_panic_suspends_the_workflow_with_its_message() {
 }
 
 #[test]
+fn a_trap_records_the_last_lines_the_guest_wrote_to_stderr() {
+    let scratch = Scratch::new();
+    let result = run(scratch
+        .scenario("t", json!({"scenario": "stderr_trap"}))
+        .arg("--json"))
+    .expect_code(7);
+    let said = "guest trapped: wasm trap: wasm `unreachable` instruction executed; its stderr \
+                before that: warming up | Error: the card was declined | at charge \
+                (workflow.js:12:9)";
+    assert_eq!(result.json()["error"], said);
+    let history = run(&mut scratch.host(&["history", "t", "--json"]))
+        .expect_code(0)
+        .json();
+    assert_eq!(history["error"], said);
+    let listed = run(&mut scratch.host(&["list", "--json"])).expect_code(0);
+    assert!(
+        listed.stdout().contains("Error: the card was declined"),
+        "{}",
+        listed.stdout()
+    );
+}
+
+#[test]
 fn a_workflow_error_is_recorded() {
     let scratch = Scratch::new();
     let result = run(&mut scratch.scenario("f", json!({"scenario": "fail"}))).expect_code(1);

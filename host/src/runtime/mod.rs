@@ -374,21 +374,29 @@ fn starting(error: wasmtime::Error) -> wasmtime::Error {
 }
 
 /// A one-line reason for a trap: the panic message if the guest printed
-/// one, else the trap itself (its backtrace is noise in a record).
+/// one, else the trap itself (its backtrace is noise in a record), then the
+/// last lines the guest wrote to stderr before it (an exception's message
+/// and traceback, from a JavaScript or Python guest).
 fn trap_reason(trap: &wasmtime::Error, output: &GuestOutput) -> String {
-    if let Some(exit) = trap.downcast_ref::<wasmtime_wasi::I32Exit>() {
-        return format!(
+    let words = output.last_words();
+    let mut reason = if let Some(exit) = trap.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        format!(
             "the guest exited with status {} instead of returning",
             exit.0
-        );
+        )
+    } else if let Some(Trap::Interrupt) = trap.downcast_ref::<Trap>() {
+        "guest interrupted".to_owned()
+    } else if let Some(panic) = words.panic {
+        format!("guest panicked: {panic}")
+    } else {
+        format!("guest trapped: {}", trap.root_cause())
+    };
+    if !words.stderr.is_empty() {
+        // One line, so that tables can show it.
+        reason.push_str("; its stderr before that: ");
+        reason.push_str(&words.stderr.join(" | "));
     }
-    if let Some(Trap::Interrupt) = trap.downcast_ref::<Trap>() {
-        return "guest interrupted".to_owned();
-    }
-    match output.panic_message() {
-        Some(panic) => format!("guest panicked: {panic}"),
-        None => format!("guest trapped: {}", trap.root_cause()),
-    }
+    reason
 }
 
 /// Engine errors after which the run must stop without recording anything.
