@@ -3,6 +3,7 @@
 //! a hint and an exit code.
 
 pub mod args;
+pub mod compile;
 pub mod inspect;
 mod report;
 pub mod run;
@@ -134,6 +135,9 @@ fn hint(error: &anyhow::Error) -> Option<String> {
     }
     if let Some(e) = find::<ControlError>(error) {
         return control_hint(e);
+    }
+    if let Some(e) = find::<compile::CompileError>(error) {
+        return Some(e.hint().to_owned());
     }
     find::<run::InputError>(error).map(|e| e.hint().to_owned())
 }

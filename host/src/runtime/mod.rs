@@ -35,7 +35,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 use crate::bindings::{Workflow, WorkflowPre};
 use crate::engine::{EngineError, RunReport, WorkflowRun};
 use branches::BranchRunner;
-pub use cache::ComponentCache;
+pub use cache::{CacheUse, ComponentCache};
 pub use grants::{Grants, GrantsError};
 use guest_output::GuestOutput;
 use host::Role;
@@ -145,6 +145,14 @@ impl ComponentFile {
 #[derive(Clone)]
 pub struct WorkflowComponent {
     pre: WorkflowPre<HostState>,
+    cache_use: CacheUse,
+}
+
+impl WorkflowComponent {
+    /// Whether it was compiled, and whether its compiled form was kept.
+    pub fn cache_use(&self) -> &CacheUse {
+        &self.cache_use
+    }
 }
 
 /// What the guest may see of the host. Nothing else is granted.
@@ -233,9 +241,10 @@ impl Runtime {
             path: file.path.clone(),
             reason: e.root_cause().to_string(),
         };
-        let component = match &self.config.cache {
+        let (component, cache_use) = match &self.config.cache {
             Some(cache) => cache.load_or_compile(&self.engine, &file.sha256, &file.bytes),
-            None => wasmtime::component::Component::new(&self.engine, &file.bytes),
+            None => wasmtime::component::Component::new(&self.engine, &file.bytes)
+                .map(|component| (component, CacheUse::NotStored("no cache".into()))),
         }
         .map_err(invalid)?;
         let not_a_workflow =
@@ -245,7 +254,7 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(not_a_workflow)?;
         let pre = WorkflowPre::new(instance_pre).map_err(not_a_workflow)?;
-        Ok(WorkflowComponent { pre })
+        Ok(WorkflowComponent { pre, cache_use })
     }
 
     /// Execute `run` in a new instance of `component`, with what `grants`
