@@ -450,3 +450,102 @@ fn a_sleep_that_is_over_is_not_shown_as_sleeping() {
         .json();
     assert!(history["steps"][1]["sleep_until"].is_string(), "{history}");
 }
+
+/// The compiled entries in cache directory `dir`, with their inodes (a
+/// rewritten entry gets a new one).
+fn cache_entries(dir: &Path) -> Vec<(String, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut entries: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .map(|entries| entries.map(Result::unwrap).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|entry| entry.path().extension().is_some_and(|e| e == "cwasm"))
+        .map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            (name, entry.metadata().unwrap().ino())
+        })
+        .collect();
+    entries.sort();
+    entries
+}
+
+#[test]
+fn compile_fills_the_one_cache_entry_that_runs_load_whatever_their_timeout() {
+    let scratch = Scratch::new();
+    let cache = scratch.path().join("cache");
+    let cache_arg = cache.to_str().unwrap();
+    let compile = || {
+        let mut command = scratch.host(&["compile"]);
+        command
+            .arg(&artifacts().scenarios)
+            .args(["--cache-dir", cache_arg, "--json"]);
+        run(&mut command).expect_code(0).json()
+    };
+    let first = compile();
+    assert_eq!(first["compiled"], true, "{first}");
+    assert_eq!(first["cache_dir"], cache_arg);
+    assert_eq!(first["component_sha256"].as_str().unwrap().len(), 64);
+    let entries = cache_entries(&cache);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(compile()["compiled"], false, "compiled already");
+
+    // Runs without and with a timeout load that entry: none compiles again.
+    let input = json!({"scenario": "loop", "items": 2});
+    run(scratch
+        .scenario("plain", input.clone())
+        .args(["--cache-dir", cache_arg]))
+    .expect_code(0);
+    run(scratch
+        .scenario("timed", input)
+        .args(["--cache-dir", cache_arg, "--timeout", "30s"]))
+    .expect_code(0);
+    assert_eq!(cache_entries(&cache), entries);
+
+    // People get the timing.
+    let mut again = scratch.host(&["compile"]);
+    again
+        .arg(&artifacts().scenarios)
+        .args(["--cache-dir", cache_arg]);
+    let said = run(&mut again).expect_code(0).stdout();
+    assert!(said.contains("was compiled already: loaded from"), "{said}");
+}
+
+#[test]
+fn deploy_fills_the_cache_entry_that_run_loads() {
+    let scratch = Scratch::new();
+    let cache = scratch.path().join("cache");
+    let cache_arg = cache.to_str().unwrap();
+    let mut deploy = scratch.host(&["deploy", "scenarios"]);
+    deploy
+        .arg(&artifacts().scenarios)
+        .args(["--cache-dir", cache_arg]);
+    run(&mut deploy).expect_code(0);
+    let entries = cache_entries(&cache);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    run(scratch
+        .scenario("r", json!({"scenario": "loop", "items": 1}))
+        .args(["--cache-dir", cache_arg]))
+    .expect_code(0);
+    assert_eq!(cache_entries(&cache), entries);
+}
+
+#[test]
+fn compile_into_a_directory_others_may_write_is_refused_with_a_hint() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new();
+    let cache = scratch.path().join("shared");
+    std::fs::create_dir(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut command = scratch.host(&["compile"]);
+    command
+        .arg(&artifacts().scenarios)
+        .arg("--cache-dir")
+        .arg(&cache);
+    let result = run(&mut command);
+    assert_eq!(result.code(), Some(2), "{}", result.stderr());
+    assert_no_panic(&result);
+    let (error, hint) = error_and_hint(&result);
+    assert!(error.contains("its compiled form was not kept"), "{error}");
+    assert!(hint.contains("--cache-dir DIR"), "{hint}");
+    assert!(cache_entries(&cache).is_empty());
+}

@@ -79,6 +79,44 @@ fn a_component_of_another_world_records_nothing() {
 }
 
 #[test]
+fn an_http_import_is_refused_before_compiling_with_the_build_flag_to_drop_it() {
+    let scratch = Scratch::new();
+    // What componentize-js's default build imports, around some code to compile.
+    let component = wat::parse_str(
+        r#"(component
+            (import "wasi:io/poll@0.2.3" (instance))
+            (import "wasi:http/types@0.2.3" (instance))
+            (import "wasi:http/outgoing-handler@0.2.3" (instance))
+            (core module (func (export "f") (result i32) i32.const 1)))"#,
+    )
+    .unwrap();
+    let path = scratch.path().join("fetching.wasm");
+    std::fs::write(&path, component).unwrap();
+    let cache = scratch.path().join("cache");
+    let started = std::time::Instant::now();
+    let result = run(scratch
+        .run(&path, "x")
+        .args(["--input", "null", "--cache-dir"])
+        .arg(&cache));
+    assert_user_error(
+        &result,
+        "fetching.wasm imports wasi:http/types@0.2.3, which this host does not provide \
+         (outbound HTTP is not supported yet)",
+    );
+    assert!(
+        result.stderr().contains("--disable http"),
+        "{}",
+        result.stderr()
+    );
+    assert_eq!(result.stderr().lines().count(), 2, "{}", result.stderr());
+    // Refused from its imports: nothing was compiled, so nothing was cached.
+    let cached = std::fs::read_dir(&cache).map_or(0, |entries| entries.count());
+    assert_eq!(cached, 0, "cache entries in {}", cache.display());
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(scratch.dump(), "");
+}
+
+#[test]
 fn invalid_json_input() {
     let scratch = Scratch::new();
     let result = run(scratch
@@ -188,6 +226,29 @@ fn a_guest_panic_suspends_the_workflow_with_its_message() {
     assert_eq!(again["already_finished"], true);
     assert_eq!(scratch.effects(), ["fine#000001", "explode#000001"]);
     assert!(scratch.integrity_ok());
+}
+
+#[test]
+fn a_trap_records_the_last_lines_the_guest_wrote_to_stderr() {
+    let scratch = Scratch::new();
+    let result = run(scratch
+        .scenario("t", json!({"scenario": "stderr_trap"}))
+        .arg("--json"))
+    .expect_code(7);
+    let said = "guest trapped: wasm trap: wasm `unreachable` instruction executed; its stderr \
+                before that: warming up | Error: the card was declined | at charge \
+                (workflow.js:12:9)";
+    assert_eq!(result.json()["error"], said);
+    let history = run(&mut scratch.host(&["history", "t", "--json"]))
+        .expect_code(0)
+        .json();
+    assert_eq!(history["error"], said);
+    let listed = run(&mut scratch.host(&["list", "--json"])).expect_code(0);
+    assert!(
+        listed.stdout().contains("Error: the card was declined"),
+        "{}",
+        listed.stdout()
+    );
 }
 
 #[test]

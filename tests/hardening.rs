@@ -368,6 +368,41 @@ fn max_memory_is_a_budget_for_all_branches_together() {
     run(&mut scratch.scenario("after-mem", json!({"scenario": "loop", "items": 2}))).expect_code(0);
 }
 
+#[test]
+fn a_max_memory_too_small_to_start_says_so_and_suggests_a_larger_one() {
+    let scratch = Scratch::new();
+    let input = json!({"scenario": "loop", "items": 2});
+    // A Rust guest's instance starts with more than 1 MiB (its stack alone).
+    let failed = run(scratch
+        .scenario("small", input)
+        .args(["--max-memory", "1MiB", "--json"]))
+    .expect_code(1)
+    .json();
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("an instance could not start within the --max-memory of 1 MiB")
+            && error.contains("resume it with a larger --max-memory, e.g. "),
+        "{error}"
+    );
+    // The suggestion is enough.
+    let suggested = error.rsplit("e.g. ").next().unwrap();
+    let mut resume = scratch.host(&["resume", "small"]);
+    resume
+        .arg(&artifacts().scenarios)
+        .args(["--max-memory", suggested])
+        .arg("--dir")
+        .arg(format!(
+            "{}::/ledger",
+            scratch.path().join("ledger").display()
+        ))
+        .arg("--dir")
+        .arg(format!(
+            "{}::/services",
+            scratch.path().join("services").display()
+        ));
+    run(&mut resume).expect_code(0);
+}
+
 // ---------------------------------------------------------------------------
 // 3. Takeover bound
 

@@ -88,6 +88,10 @@ fn main() -> ExitCode {
             execution,
         } => cli::run::resume(db, json, &workflow_id, &component, &execution),
         Command::Cancel { workflow_id } => cli::inspect::cancel(db, json, &workflow_id),
+        Command::Compile {
+            component,
+            cache_dir,
+        } => cli::compile::compile(json, &component, cache_dir),
         Command::Deploy { list: true, .. } => cli::serve::list_deployments(db, json),
         Command::Deploy {
             name,

@@ -276,6 +276,25 @@ pub enum Command {
         cache: CacheArgs,
     },
 
+    /// Compile a component into the cache ahead of its first run.
+    ///
+    /// Checks COMPONENT as `run` does (its imports before compiling, then
+    /// the `workflow` world) and keeps its compiled form in the cache, where
+    /// `run`, `serve`, `verify` and the rest find it whatever their limits:
+    /// compiling a JavaScript or Python guest takes seconds, loading it a
+    /// few milliseconds. A component compiled already is only loaded.
+    /// `deploy` fills the cache the same way.
+    Compile {
+        /// The workflow component (.wasm).
+        component: PathBuf,
+
+        /// Where compiled components are cached [default:
+        /// $DURABLE_HOST_CACHE_DIR, else ~/.cache/durable-host]; pass the
+        /// same to `run` and `serve`.
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+    },
+
     /// Queue a workflow of a deployment for `durable-host serve` to run, and
     /// print its id (or, with --wait, its result).
     ///

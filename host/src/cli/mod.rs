@@ -3,6 +3,7 @@
 //! a hint and an exit code.
 
 pub mod args;
+pub mod compile;
 pub mod inspect;
 mod report;
 pub mod run;
@@ -16,7 +17,7 @@ use std::process::ExitCode;
 
 use durable_host::control::ControlError;
 use durable_host::engine::EngineError;
-use durable_host::runtime::RuntimeError;
+use durable_host::runtime::{RuntimeError, WorldMismatch};
 use durable_host::store::StoreError;
 
 /// Exit codes, as documented in `--help` (see [`args::EXIT_CODES`]).
@@ -135,6 +136,9 @@ fn hint(error: &anyhow::Error) -> Option<String> {
     if let Some(e) = find::<ControlError>(error) {
         return control_hint(e);
     }
+    if let Some(e) = find::<compile::CompileError>(error) {
+        return Some(e.hint().to_owned());
+    }
     find::<run::InputError>(error).map(|e| e.hint().to_owned())
 }
 
@@ -178,7 +182,20 @@ fn runtime_hint(error: &RuntimeError) -> Option<String> {
         RuntimeError::Invalid { .. } => "the file may be truncated or built by an incompatible \
             tool; rebuild it"
             .to_owned(),
-        RuntimeError::WrongWorld { reason, .. } if reason.contains("durable-step@0.1.0") => {
+        RuntimeError::WrongWorld {
+            mismatch: WorldMismatch::UnsupportedImport(import),
+            ..
+        } => match import.package() {
+            "wasi:http" => "for a JavaScript guest built with componentize-js, build with \
+                `--disable http` (its default build imports wasi:http); otherwise drop the code \
+                that makes HTTP requests"
+                .to_owned(),
+            package => format!("rebuild it without the code that imports {package}"),
+        },
+        RuntimeError::WrongWorld {
+            mismatch: WorldMismatch::NotAWorkflow(reason),
+            ..
+        } if reason.contains("durable-step@0.1.0") => {
             "this component was built with durable-sdk 0.1 (contract durable:workflow@0.1.0); \
              rebuild it with this version's SDK. A workflow it started can be continued by the \
              rebuilt component with --allow-component-change if its steps are unchanged, or \

@@ -35,10 +35,10 @@ pub fn deploy(
     let file = ComponentFile::read(component)?;
     let grants = grants.to_grants();
     check_grants(db, &grants)?;
-    // Compiled as `serve` compiles (interruptible), so that this check
-    // also fills the cache entry the server loads.
+    // Every runtime compiles alike, so this check also fills the cache
+    // entry that `serve` and `run` load. It runs nothing: no timeouts.
     let runtime = Runtime::new(RuntimeConfig {
-        interruptible: true,
+        interruptible: false,
         cache: cache.cache(),
         echo_output: false,
     })?;

@@ -17,7 +17,7 @@ use super::exit;
 use super::report::print_json;
 use super::table::{MAX_CELL_CHARS, preview};
 
-/// A runtime that compiles as `serve` does, so its cache entries serve too.
+/// A runtime for verifying replays, which have a timeout.
 fn runtime(cache: &CacheArgs) -> anyhow::Result<Runtime> {
     Ok(Runtime::new(RuntimeConfig {
         interruptible: true,

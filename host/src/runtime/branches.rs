@@ -249,7 +249,7 @@ impl BranchRunner {
         let workflow = match pre.instantiate(&mut store) {
             Ok(workflow) => workflow,
             Err(e) => match limit_exceeded(&e) {
-                Some(limit) => return Err(limit),
+                Some(limit) => return Err(limit.at_start()),
                 None => {
                     let reason = format!("cannot start an instance for the branch: {e}");
                     return Ok(Err(Failure::new(reason)));

@@ -55,6 +55,17 @@ pub struct ComponentCache {
     dir: PathBuf,
 }
 
+/// What the cache did for one component.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheUse {
+    /// Its compiled form was loaded: nothing was compiled.
+    Loaded,
+    /// It was compiled and its compiled form kept.
+    Stored,
+    /// It was compiled and not kept, for this reason.
+    NotStored(String),
+}
+
 /// The two files of one cache entry.
 #[derive(Debug)]
 struct Entry {
@@ -82,26 +93,38 @@ impl ComponentCache {
             .or_else(|| var("HOME").map(|d| d.join(".cache/durable-host")))
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Load the compiled form of the component with `sha256` (the hex
-    /// sha256 of `bytes`), or compile `bytes` and keep the result.
+    /// sha256 of `bytes`), or compile `bytes` and keep the result. A cache
+    /// that cannot be used costs only a compile, and says why.
     pub fn load_or_compile(
         &self,
         engine: &Engine,
         sha256: &str,
         bytes: &[u8],
-    ) -> wasmtime::Result<Component> {
+    ) -> wasmtime::Result<(Component, CacheUse)> {
         let is_sha256 = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit());
-        if !is_sha256 || !self.trusted_dir() {
-            return Component::new(engine, bytes);
+        let unused = if !is_sha256 {
+            Some("the component has no sha256 to name its entry".to_owned())
+        } else {
+            self.untrusted_dir()
+        };
+        if let Some(why) = unused {
+            return Ok((Component::new(engine, bytes)?, CacheUse::NotStored(why)));
         }
         let entry = self.entry(engine, sha256);
         if let Some(component) = entry.load(engine, sha256) {
-            return Ok(component);
+            return Ok((component, CacheUse::Loaded));
         }
         let component = Component::new(engine, bytes)?;
-        // A cache that cannot be written costs only the next compile.
-        let _ = entry.store(sha256, &component);
-        Ok(component)
+        let kept = match entry.store(sha256, &component) {
+            Ok(()) => CacheUse::Stored,
+            Err(e) => CacheUse::NotStored(format!("cannot write {}: {e}", self.dir.display())),
+        };
+        Ok((component, kept))
     }
 
     fn entry(&self, engine: &Engine, sha256: &str) -> Entry {
@@ -116,24 +139,29 @@ impl ComponentCache {
         }
     }
 
-    /// Create the directory (mode 0700) if it is missing, and tell whether it
-    /// may be used: a directory owned by the current user that neither its
-    /// group nor others may write.
-    fn trusted_dir(&self) -> bool {
-        if DirBuilder::new()
+    /// Create the directory (mode 0700) if it is missing, and tell why it
+    /// may not be used, unless it is a directory owned by the current user
+    /// that neither its group nor others may write.
+    fn untrusted_dir(&self) -> Option<String> {
+        let dir = self.dir.display();
+        if let Err(e) = DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&self.dir)
-            .is_err()
         {
-            return false;
+            return Some(format!("cannot create {dir}: {e}"));
         }
-        let Ok(metadata) = fs::metadata(&self.dir) else {
-            return false;
-        };
-        metadata.is_dir()
-            && metadata.mode() & 0o022 == 0
-            && owner_of_new_files(&self.dir) == Some(metadata.uid())
+        let trusted = fs::metadata(&self.dir).is_ok_and(|metadata| {
+            metadata.is_dir()
+                && metadata.mode() & 0o022 == 0
+                && owner_of_new_files(&self.dir) == Some(metadata.uid())
+        });
+        (!trusted).then(|| {
+            format!(
+                "{dir} is not a directory of this user's that only this user may write, so \
+                 compiled code is neither read from it nor written to it"
+            )
+        })
     }
 }
 
@@ -259,8 +287,9 @@ mod tests {
         let cache = ComponentCache::new(dir.path().join("cache"));
         let engine = Engine::default();
         let (bytes, sha256) = component("a");
-        let first = cache.load_or_compile(&engine, &sha256, &bytes).unwrap();
+        let (first, used) = cache.load_or_compile(&engine, &sha256, &bytes).unwrap();
         assert_eq!(imports(&engine, &first), ["a"]);
+        assert_eq!(used, CacheUse::Stored);
         let entry = cache.entry(&engine, &sha256);
         let written = inode(&entry.compiled);
         assert_eq!(
@@ -268,8 +297,9 @@ mod tests {
             manifest(&sha256, &fs::read(&entry.compiled).unwrap())
         );
         // A hit reads the entry and writes nothing.
-        let again = cache.load_or_compile(&engine, &sha256, &bytes).unwrap();
+        let (again, used) = cache.load_or_compile(&engine, &sha256, &bytes).unwrap();
         assert_eq!(imports(&engine, &again), ["a"]);
+        assert_eq!(used, CacheUse::Loaded);
         assert_eq!(inode(&entry.compiled), written);
     }
 
@@ -301,7 +331,7 @@ mod tests {
         // b's compiled code copied over a's name: the manifest does not match.
         fs::copy(&entry_b.compiled, &entry_a.compiled).unwrap();
         let swapped = inode(&entry_a.compiled);
-        let loaded = cache.load_or_compile(&engine, &sha_a, &bytes_a).unwrap();
+        let loaded = cache.load_or_compile(&engine, &sha_a, &bytes_a).unwrap().0;
         assert_eq!(imports(&engine, &loaded), ["a"]);
         // ...and the entry was compiled and written again.
         assert_ne!(inode(&entry_a.compiled), swapped);
@@ -313,7 +343,7 @@ mod tests {
         // b's code and b's manifest both copied over a's: the manifest names b.
         fs::copy(&entry_b.compiled, &entry_a.compiled).unwrap();
         fs::copy(&entry_b.manifest, &entry_a.manifest).unwrap();
-        let loaded = cache.load_or_compile(&engine, &sha_a, &bytes_a).unwrap();
+        let loaded = cache.load_or_compile(&engine, &sha_a, &bytes_a).unwrap().0;
         assert_eq!(imports(&engine, &loaded), ["a"]);
         assert_eq!(
             fs::read_to_string(&entry_a.manifest).unwrap(),
@@ -336,7 +366,7 @@ mod tests {
         let entry = cache.entry(&engine, &sha256);
         fs::remove_file(&entry.manifest).unwrap();
         let before = inode(&entry.compiled);
-        let loaded = cache.load_or_compile(&engine, &sha256, &bytes).unwrap();
+        let (loaded, _) = cache.load_or_compile(&engine, &sha256, &bytes).unwrap();
         assert_eq!(imports(&engine, &loaded), ["a"]);
         assert_ne!(inode(&entry.compiled), before);
         assert!(entry.manifest.is_file());
@@ -355,7 +385,7 @@ mod tests {
         compiled[last] ^= 0xff;
         fs::write(&entry.compiled, &compiled).unwrap();
         let before = inode(&entry.compiled);
-        let loaded = cache.load_or_compile(&engine, &sha256, &bytes).unwrap();
+        let (loaded, _) = cache.load_or_compile(&engine, &sha256, &bytes).unwrap();
         assert_eq!(imports(&engine, &loaded), ["a"]);
         assert_ne!(inode(&entry.compiled), before);
     }
@@ -369,8 +399,9 @@ mod tests {
         let cache = ComponentCache::new(cache_dir.clone());
         let engine = Engine::default();
         let (bytes, sha256) = component("a");
-        let loaded = cache.load_or_compile(&engine, &sha256, &bytes).unwrap();
+        let (loaded, used) = cache.load_or_compile(&engine, &sha256, &bytes).unwrap();
         assert_eq!(imports(&engine, &loaded), ["a"]);
+        assert!(matches!(used, CacheUse::NotStored(why) if why.contains("only this user")));
         assert_eq!(fs::read_dir(&cache_dir).unwrap().count(), 0);
         // Left as it was: the host does not take over a directory it did not make.
         assert_eq!(fs::metadata(&cache_dir).unwrap().mode() & 0o777, 0o770);

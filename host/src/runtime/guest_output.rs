@@ -1,7 +1,8 @@
 //! The guest's stdout and stderr: cut into lines for the workflow's log
 //! (handed to the run at its next host call, see [`GuestOutput::take_lines`]),
 //! shown live on the host's stderr when asked (`run`, not `serve`), with the
-//! tail kept so that a panic's message can be recorded as the failure reason.
+//! tail of stderr kept so that a panic's message and the last lines printed
+//! before a trap (an exception and its traceback) go into the recorded reason.
 //!
 //! Guest output never goes to the host's stdout, which belongs to the host's
 //! own report (and to `--json`).
@@ -18,8 +19,11 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 use crate::engine::{MAX_LOG_LINE, PendingLog};
 use crate::store::{LogLine, LogStream, now_millis};
 
-/// How much of the guest's latest output is kept for failure messages.
+/// How much of the guest's latest stderr is kept for failure messages.
 const TAIL_BYTES: usize = 4096;
+
+/// At most this many of stderr's last lines go into a failure's reason.
+const REASON_LINES: usize = 12;
 
 /// A sink for one stream of guest output; clones and [`Self::stderr`]
 /// share what was captured.
@@ -32,6 +36,7 @@ pub struct GuestOutput {
 
 #[derive(Default)]
 struct Captured {
+    /// The last [`TAIL_BYTES`] of stderr.
     tail: Vec<u8>,
     /// The unfinished last line of stdout and of stderr.
     partial: [Vec<u8>; 2],
@@ -75,9 +80,11 @@ impl GuestOutput {
 
     fn write(&self, bytes: &[u8]) -> io::Result<()> {
         let mut captured = self.captured.lock().unwrap_or_else(|e| e.into_inner());
-        captured.tail.extend_from_slice(bytes);
-        let excess = captured.tail.len().saturating_sub(TAIL_BYTES);
-        captured.tail.drain(..excess);
+        if self.stream == LogStream::Stderr {
+            captured.tail.extend_from_slice(bytes);
+            let excess = captured.tail.len().saturating_sub(TAIL_BYTES);
+            captured.tail.drain(..excess);
+        }
         for piece in bytes.split_inclusive(|&b| b == b'\n') {
             let (text, ends) = match piece.strip_suffix(b"\n") {
                 Some(text) => (text, true),
@@ -110,18 +117,46 @@ impl GuestOutput {
         captured.lines.take()
     }
 
-    /// The message of the last Rust panic the guest printed, if any.
-    pub fn panic_message(&self) -> Option<String> {
+    /// What stderr says about how the guest died: the message of the last
+    /// Rust panic it printed, if any, and the last lines before it (all of
+    /// the last lines without a panic), where a JavaScript exception or a
+    /// Python traceback goes.
+    pub fn last_words(&self) -> LastWords {
         let captured = self.captured.lock().unwrap_or_else(|e| e.into_inner());
         let text = String::from_utf8_lossy(&captured.tail);
-        let start = text.rfind("panicked at ")?;
-        let message = text[start..]
+        let (before, panic) = match text.rfind("panicked at ") {
+            Some(start) => {
+                let message = text[start..]
+                    .lines()
+                    .filter(|line| !line.starts_with("note: "))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                // The panic's own line begins `thread '...' panicked at`.
+                let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+                (&text[..line_start], Some(message.trim().to_owned()))
+            }
+            None => (&text[..], None),
+        };
+        let lines: Vec<&str> = before
             .lines()
-            .filter(|line| !line.starts_with("note: "))
-            .collect::<Vec<_>>()
-            .join(" ");
-        Some(message.trim().to_owned())
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .collect();
+        let stderr = lines[lines.len().saturating_sub(REASON_LINES)..]
+            .iter()
+            .map(|line| (*line).to_owned())
+            .collect();
+        LastWords { panic, stderr }
     }
+}
+
+/// The end of a guest's stderr, for the reason a failure is recorded with.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LastWords {
+    /// The message of the last Rust panic.
+    pub panic: Option<String>,
+    /// The last lines (at most a dozen) before that panic, or before the end.
+    pub stderr: Vec<String>,
 }
 
 impl IsTerminal for GuestOutput {
@@ -182,20 +217,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn panic_message_is_the_last_panic_without_the_note() {
+    fn the_last_panic_without_the_note_and_the_lines_before_it() {
         let out = GuestOutput::new(false).stderr();
-        out.write(b"hello\nthread '<unnamed>' panicked at src/lib.rs:3:5:\nboom\nnote: run with `RUST_BACKTRACE=1`\n")
+        out.write(
+            b"Traceback (most recent call last):\n  File \"app.py\", line 3\n\nValueError: no\n",
+        )
+        .unwrap();
+        out.write(b"thread '<unnamed>' panicked at src/lib.rs:3:5:\nboom\nnote: run with `RUST_BACKTRACE=1`\n")
             .unwrap();
         assert_eq!(
-            out.panic_message().as_deref(),
-            Some("panicked at src/lib.rs:3:5: boom")
+            out.last_words(),
+            LastWords {
+                panic: Some("panicked at src/lib.rs:3:5: boom".to_owned()),
+                stderr: vec![
+                    "Traceback (most recent call last):".to_owned(),
+                    "File \"app.py\", line 3".to_owned(),
+                    "ValueError: no".to_owned(),
+                ],
+            }
         );
     }
 
     #[test]
-    fn tail_is_bounded() {
+    fn without_a_panic_the_last_lines_of_stderr_alone() {
         let out = GuestOutput::new(false);
-        out.write(&vec![b'x'; TAIL_BYTES * 3]).unwrap();
+        out.write(b"stdout is not evidence\n").unwrap();
+        let err = out.stderr();
+        for i in 0..20 {
+            err.write(format!("line {i}\n").as_bytes()).unwrap();
+        }
+        err.write(b"Error: declined").unwrap();
+        let words = out.last_words();
+        assert_eq!(words.panic, None);
+        assert_eq!(words.stderr.len(), REASON_LINES);
+        assert_eq!(words.stderr[0], "line 9");
+        assert_eq!(words.stderr.last().unwrap(), "Error: declined");
+    }
+
+    #[test]
+    fn tail_is_bounded_and_holds_stderr_only() {
+        let out = GuestOutput::new(false);
+        out.write(b"stdout\n").unwrap();
+        assert!(out.captured.lock().unwrap().tail.is_empty());
+        out.stderr().write(&vec![b'x'; TAIL_BYTES * 3]).unwrap();
         assert_eq!(out.captured.lock().unwrap().tail.len(), TAIL_BYTES);
     }
 

@@ -37,9 +37,45 @@ pub enum LimitExceeded {
     Timeout(Duration),
     #[error(
         "guest stopped: the run needed more than the --max-memory of {} MiB (all its instances together)",
-        .0 >> 20
+        mib(*.limit)
     )]
-    Memory(usize),
+    Memory {
+        limit: usize,
+        /// What the run would have held with the memory it asked for.
+        wanted: usize,
+    },
+    /// An instance could not even start: a limit too small for the guest
+    /// (JavaScript and Python guests start with several MiB).
+    #[error(
+        "guest stopped: an instance could not start within the --max-memory of {} MiB (the run \
+         would have held {} MiB, all its instances together); resume it with a larger \
+         --max-memory, e.g. {}MiB",
+        mib(*.limit),
+        mib(*.wanted),
+        suggested_mib(*.wanted)
+    )]
+    MemoryToStart { limit: usize, wanted: usize },
+}
+
+impl LimitExceeded {
+    /// This limit, met while an instance was being created.
+    pub fn at_start(self) -> Self {
+        match self {
+            Self::Memory { limit, wanted } => Self::MemoryToStart { limit, wanted },
+            other => other,
+        }
+    }
+}
+
+/// Whole MiB, rounded up: `1.5 MiB` is not 1.
+fn mib(bytes: usize) -> usize {
+    bytes.div_ceil(1 << 20)
+}
+
+/// A budget with room to grow past what starting took: twice that, as a
+/// power of two.
+fn suggested_mib(wanted: usize) -> usize {
+    (2 * mib(wanted)).next_power_of_two()
 }
 
 /// When a run must stop, shared by its instances; durable waits push it back.
@@ -96,12 +132,12 @@ impl MemoryBudget {
         })
     }
 
-    fn take(&self, bytes: usize) -> bool {
+    /// Take `bytes` if they fit; else what is in use.
+    fn take(&self, bytes: usize) -> Result<usize, usize> {
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 used.checked_add(bytes).filter(|total| *total <= self.limit)
             })
-            .is_ok()
     }
 
     fn give_back(&self, bytes: usize) {
@@ -135,8 +171,12 @@ impl ResourceLimiter for InstanceLimiter {
             return Ok(true);
         };
         let more = desired.saturating_sub(current);
-        if !budget.take(more) {
-            return Err(LimitExceeded::Memory(budget.limit).into());
+        if let Err(used) = budget.take(more) {
+            return Err(LimitExceeded::Memory {
+                limit: budget.limit,
+                wanted: used.saturating_add(more),
+            }
+            .into());
         }
         self.held += more;
         Ok(true)
@@ -232,10 +272,29 @@ mod tests {
         let err = b.memory_growing(0, 60, None).unwrap_err();
         assert!(matches!(
             err.downcast_ref::<LimitExceeded>(),
-            Some(LimitExceeded::Memory(100))
+            Some(LimitExceeded::Memory {
+                limit: 100,
+                wanted: 120
+            })
         ));
         drop(a);
         assert!(b.memory_growing(0, 60, None).unwrap());
+    }
+
+    #[test]
+    fn a_limit_met_at_start_suggests_a_larger_one() {
+        let limit = LimitExceeded::Memory {
+            limit: 8 << 20,
+            wanted: (10 << 20) + 1,
+        }
+        .at_start();
+        let text = limit.to_string();
+        assert!(
+            text.contains("could not start within the --max-memory of 8 MiB")
+                && text.contains("would have held 11 MiB")
+                && text.contains("e.g. 32MiB"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -11,13 +11,14 @@
 //! Around it: `host` is what an instance holds and the `durable-step`
 //! implementation, `branches` runs parallel branches, `limits` the run's
 //! time and memory, `grants` what a workflow was granted, `cache` compiled
-//! components.
+//! components, `imports` what a component imports (read before compiling).
 
 mod branches;
 mod cache;
 mod grants;
 mod guest_output;
 mod host;
+mod imports;
 mod limits;
 
 use std::fmt::Write as _;
@@ -34,11 +35,12 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 use crate::bindings::{Workflow, WorkflowPre};
 use crate::engine::{EngineError, RunReport, WorkflowRun};
 use branches::BranchRunner;
-pub use cache::ComponentCache;
+pub use cache::{CacheUse, ComponentCache};
 pub use grants::{Grants, GrantsError};
 use guest_output::GuestOutput;
 use host::Role;
 pub use host::{HostState, SLEEP_STEP, UNLOAD_SLEEPS_OVER};
+pub use imports::UnsupportedImport;
 pub use limits::LimitExceeded;
 use limits::{Deadline, EPOCH_TICK, InstanceLimiter, MemoryBudget};
 
@@ -53,8 +55,11 @@ pub enum RuntimeError {
     CoreModule { path: PathBuf },
     #[error("{path} is not a valid WebAssembly component: {reason}")]
     Invalid { path: PathBuf, reason: String },
-    #[error("{path} is a component, but not a durable workflow: {reason}")]
-    WrongWorld { path: PathBuf, reason: String },
+    #[error("{path} {mismatch}")]
+    WrongWorld {
+        path: PathBuf,
+        mismatch: WorldMismatch,
+    },
     #[error("cannot grant directory {host} to the guest: {reason}")]
     Dir { host: PathBuf, reason: String },
     #[error("cannot start the workflow instance: {0}")]
@@ -65,6 +70,17 @@ pub enum RuntimeError {
     Setup(String),
     #[error(transparent)]
     Grants(#[from] GrantsError),
+}
+
+/// Why a component cannot run here as a workflow.
+#[derive(Debug, thiserror::Error)]
+pub enum WorldMismatch {
+    /// Found in its imports, before compiling.
+    #[error(transparent)]
+    UnsupportedImport(#[from] UnsupportedImport),
+    /// Found by linking the compiled component against the `workflow` world.
+    #[error("is a component, but not a durable workflow: {0}")]
+    NotAWorkflow(String),
 }
 
 /// A component file, read and fingerprinted but not compiled.
@@ -129,6 +145,14 @@ impl ComponentFile {
 #[derive(Clone)]
 pub struct WorkflowComponent {
     pre: WorkflowPre<HostState>,
+    cache_use: CacheUse,
+}
+
+impl WorkflowComponent {
+    /// Whether it was compiled, and whether its compiled form was kept.
+    pub fn cache_use(&self) -> &CacheUse {
+        &self.cache_use
+    }
 }
 
 /// What the guest may see of the host. Nothing else is granted.
@@ -148,11 +172,12 @@ pub struct DirGrant {
     pub read_only: bool,
 }
 
-/// How a runtime compiles.
+/// How a runtime compiles and runs guests.
 #[derive(Debug, Clone, Default)]
 pub struct RuntimeConfig {
-    /// Compile with epoch checks, so that runs can have a `--timeout`
-    /// (a small cost in every loop and call of the guest).
+    /// Advance the epoch, so that runs can have a `--timeout`. Code is
+    /// compiled with epoch checks either way, so that one compiled form
+    /// (and one cache entry) serves runs with and without a timeout.
     pub interruptible: bool,
     /// Where compiled components are kept; `None` compiles every time.
     pub cache: Option<ComponentCache>,
@@ -174,7 +199,7 @@ impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
         let setup = |e: wasmtime::Error| RuntimeError::Setup(e.to_string());
         let mut wasmtime_config = Config::new();
-        wasmtime_config.epoch_interruption(config.interruptible);
+        wasmtime_config.epoch_interruption(true);
         let engine = Engine::new(&wasmtime_config).map_err(setup)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(setup)?;
@@ -202,27 +227,34 @@ impl Runtime {
 
     /// Compile `file` (or load it from the cache) and check it against the
     /// `workflow` world: every import must be one this host provides, and
-    /// `run` and `run-branch` must be exported.
+    /// `run` and `run-branch` must be exported. An import of a package this
+    /// host lacks is refused before compiling.
     pub fn compile(&self, file: &ComponentFile) -> Result<WorkflowComponent, RuntimeError> {
+        let wrong_world = |mismatch| RuntimeError::WrongWorld {
+            path: file.path.clone(),
+            mismatch,
+        };
+        if let Some(import) = imports::unsupported_import(&file.bytes) {
+            return Err(wrong_world(import.into()));
+        }
         let invalid = |e: wasmtime::Error| RuntimeError::Invalid {
             path: file.path.clone(),
             reason: e.root_cause().to_string(),
         };
-        let component = match &self.config.cache {
+        let (component, cache_use) = match &self.config.cache {
             Some(cache) => cache.load_or_compile(&self.engine, &file.sha256, &file.bytes),
-            None => wasmtime::component::Component::new(&self.engine, &file.bytes),
+            None => wasmtime::component::Component::new(&self.engine, &file.bytes)
+                .map(|component| (component, CacheUse::NotStored("no cache".into()))),
         }
         .map_err(invalid)?;
-        let wrong_world = |e: wasmtime::Error| RuntimeError::WrongWorld {
-            path: file.path.clone(),
-            reason: e.to_string(),
-        };
+        let not_a_workflow =
+            |e: wasmtime::Error| wrong_world(WorldMismatch::NotAWorkflow(e.to_string()));
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
-            .map_err(wrong_world)?;
-        let pre = WorkflowPre::new(instance_pre).map_err(wrong_world)?;
-        Ok(WorkflowComponent { pre })
+            .map_err(not_a_workflow)?;
+        let pre = WorkflowPre::new(instance_pre).map_err(not_a_workflow)?;
+        Ok(WorkflowComponent { pre, cache_use })
     }
 
     /// Execute `run` in a new instance of `component`, with what `grants`
@@ -261,16 +293,17 @@ impl Runtime {
         let result = component
             .pre
             .instantiate(&mut store)
-            .map(|workflow| workflow.call_run(&mut store, &input));
+            .map_err(starting)
+            .and_then(|workflow| workflow.call_run(&mut store, &input));
         let Role::Workflow { mut run, .. } = store.into_data().role else {
             unreachable!("the workflow instance keeps its role")
         };
         run.capture_output(output.take_lines(true));
+        // An instance that cannot even start (its memory over the budget,
+        // say) is handled like a trap in it.
         let trap = match result {
-            Ok(Ok(outcome)) => return Ok(run.complete(outcome.map_err(Into::into))?),
-            // An instance that cannot even start (its memory over the budget,
-            // say) is handled like a trap in it.
-            Ok(Err(trap)) | Err(trap) => trap,
+            Ok(outcome) => return Ok(run.complete(outcome.map_err(Into::into))?),
+            Err(trap) => trap,
         };
         match trap.downcast::<EngineError>() {
             Ok(EngineError::Cancelled { .. }) => Ok(run.cancel()?),
@@ -325,8 +358,8 @@ impl RunLimits {
         store.limiter(|state| &mut state.limiter);
         match &self.deadline {
             Some(deadline) => limits::arm_deadline(&mut store, deadline),
-            // An interruptible engine interrupts at once without a deadline.
-            // (Relative to the current epoch: no overflow.)
+            // Code compiled with epoch checks is interrupted at once without
+            // a deadline. (Relative to the current epoch: no overflow.)
             None => store.set_epoch_deadline(u64::MAX / 2),
         }
         store
@@ -340,22 +373,39 @@ fn limit_exceeded(trap: &wasmtime::Error) -> Option<LimitExceeded> {
         .cloned()
 }
 
+/// An error creating an instance. A memory limit met there says so: a
+/// budget too small to start needs another hint than one outgrown.
+fn starting(error: wasmtime::Error) -> wasmtime::Error {
+    match limit_exceeded(&error) {
+        Some(limit) => limit.at_start().into(),
+        None => error,
+    }
+}
+
 /// A one-line reason for a trap: the panic message if the guest printed
-/// one, else the trap itself (its backtrace is noise in a record).
+/// one, else the trap itself (its backtrace is noise in a record), then the
+/// last lines the guest wrote to stderr before it (an exception's message
+/// and traceback, from a JavaScript or Python guest).
 fn trap_reason(trap: &wasmtime::Error, output: &GuestOutput) -> String {
-    if let Some(exit) = trap.downcast_ref::<wasmtime_wasi::I32Exit>() {
-        return format!(
+    let words = output.last_words();
+    let mut reason = if let Some(exit) = trap.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        format!(
             "the guest exited with status {} instead of returning",
             exit.0
-        );
+        )
+    } else if let Some(Trap::Interrupt) = trap.downcast_ref::<Trap>() {
+        "guest interrupted".to_owned()
+    } else if let Some(panic) = words.panic {
+        format!("guest panicked: {panic}")
+    } else {
+        format!("guest trapped: {}", trap.root_cause())
+    };
+    if !words.stderr.is_empty() {
+        // One line, so that tables can show it.
+        reason.push_str("; its stderr before that: ");
+        reason.push_str(&words.stderr.join(" | "));
     }
-    if let Some(Trap::Interrupt) = trap.downcast_ref::<Trap>() {
-        return "guest interrupted".to_owned();
-    }
-    match output.panic_message() {
-        Some(panic) => format!("guest panicked: {panic}"),
-        None => format!("guest trapped: {}", trap.root_cause()),
-    }
+    reason
 }
 
 /// Engine errors after which the run must stop without recording anything.

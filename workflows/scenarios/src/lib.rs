@@ -48,6 +48,7 @@ fn scenarios(ctx: &Context, input: Input) -> Result<Value, Error> {
         "reorder" => reorder(ctx),
         "step_error" => step_error(ctx),
         "panic" => panic_in_step(ctx),
+        "stderr_trap" => stderr_then_trap(ctx),
         "fail" => Err(durable_sdk::error!("the workflow gave up on purpose")),
         "invalid_json" => invalid_json(ctx),
         "slow" => slow(ctx, input.items, input.sleep_ms),
@@ -216,6 +217,18 @@ fn panic_in_step(ctx: &Context) -> Result<Value, Error> {
     ctx.step("explode", || -> Result<u32, Error> {
         effect()?;
         panic!("boom: the step blew up")
+    })?;
+    Ok(Value::Null)
+}
+
+/// A guest that dies as a JavaScript one does on an uncaught exception: it
+/// prints the error on stderr, then traps without a Rust panic.
+fn stderr_then_trap(ctx: &Context) -> Result<Value, Error> {
+    ctx.step("charge", || -> Result<u32, Error> {
+        eprintln!("warming up");
+        eprintln!("Error: the card was declined");
+        eprintln!("    at charge (workflow.js:12:9)");
+        std::process::abort()
     })?;
     Ok(Value::Null)
 }
