@@ -400,12 +400,18 @@ fn the_console_lists_workflows_and_draws_their_timelines() {
         "the earlier attempts",
         "return document.querySelector('#step-detail .attempts')?.innerText",
     );
-    assert!(attempts.as_str().unwrap().contains("attempt 1 failed"), "{attempts}");
+    assert!(
+        attempts.as_str().unwrap().contains("attempt 1 failed"),
+        "{attempts}"
+    );
     browser.screenshot("retries");
     browser.goto(&format!("{base}/#/workflows/napping"));
     let sleep = bar(&browser, "durable.sleep");
     let after = bar(&browser, "after_sleep");
-    assert!(sleep.1 - sleep.0 > 100.0, "800 ms of sleep is a long bar: {sleep:?}");
+    assert!(
+        sleep.1 - sleep.0 > 100.0,
+        "800 ms of sleep is a long bar: {sleep:?}"
+    );
     assert!(after.0 + 1.0 >= sleep.1, "{sleep:?} then {after:?}");
 
     // A failed workflow shows its error.

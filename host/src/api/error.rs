@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use super::model::{ErrorBody, ErrorDetail};
 use crate::control::ControlError;
 use crate::engine::EngineError;
-use crate::runtime::RuntimeError;
+use crate::runtime::{RuntimeError, WorldMismatch};
 use crate::store::StoreError;
 
 /// A refused or failed request.
@@ -155,6 +155,10 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::Invalid { .. } => {
                 "the file may be truncated or built by an incompatible tool; rebuild it"
             }
+            RuntimeError::WrongWorld {
+                mismatch: WorldMismatch::UnsupportedImport(import),
+                ..
+            } => return Self::bad_request(message, &import.hint()),
             RuntimeError::WrongWorld { .. } => {
                 "a workflow imports `durable:workflow/durable-step` and exports `run` (the `workflow` world in wit/); in Rust, write it with durable-sdk and `durable_sdk::workflow!`"
             }

@@ -185,13 +185,7 @@ fn runtime_hint(error: &RuntimeError) -> Option<String> {
         RuntimeError::WrongWorld {
             mismatch: WorldMismatch::UnsupportedImport(import),
             ..
-        } => match import.package() {
-            "wasi:http" => "for a JavaScript guest built with componentize-js, build with \
-                `--disable http` (its default build imports wasi:http); otherwise drop the code \
-                that makes HTTP requests"
-                .to_owned(),
-            package => format!("rebuild it without the code that imports {package}"),
-        },
+        } => import.hint(),
         RuntimeError::WrongWorld {
             mismatch: WorldMismatch::NotAWorkflow(reason),
             ..

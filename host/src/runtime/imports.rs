@@ -38,6 +38,17 @@ impl UnsupportedImport {
         package(&self.interface)
     }
 
+    /// What to do about it, for the command line and the API alike.
+    pub fn hint(&self) -> String {
+        match self.package() {
+            "wasi:http" => "for a JavaScript guest built with componentize-js, build with \
+                `--disable http` (its default build imports wasi:http); otherwise drop the code \
+                that makes HTTP requests"
+                .to_owned(),
+            package => format!("rebuild it without the code that imports {package}"),
+        }
+    }
+
     /// What the package is for, said in the error.
     fn what(&self) -> &'static str {
         match self.package() {
