@@ -906,6 +906,30 @@ fn bad_requests_are_refused_and_change_nothing() {
     }
     server.post_empty("/v1/workflows/nope/cancel").expect(404);
 
+    // Schedules: a bad expression, a missing deployment, a taken name.
+    let bad_cron = server
+        .post_json(
+            "/v1/schedules",
+            &json!({"name": "s", "cron": "every day", "deployment": "scenarios", "input": 1}),
+        )
+        .expect(400);
+    assert!(bad_cron.error_message().contains("not a cron expression"));
+    server
+        .post_json(
+            "/v1/schedules",
+            &json!({"name": "s", "cron": "0 2 * * *", "deployment": "nope", "input": 1}),
+        )
+        .expect(404);
+    server
+        .post_json("/v1/schedules", &json!({"name": "s", "cron": "0 2 * * *"}))
+        .expect(400);
+    server
+        .delete("/v1/schedules/nope")
+        .expect(404)
+        .error_message();
+    let listed = server.get("/v1/schedules").expect(200).json;
+    assert_eq!(listed["schedules"], json!([]), "{listed}");
+
     // Bad query parameters.
     for path in [
         "/v1/workflows?limit=0",
@@ -1145,6 +1169,11 @@ fn the_openapi_document_is_true() {
             ("post", "/v1/workflows/{id}/cancel") => {
                 server.post_empty("/v1/workflows/done/cancel")
             }
+            ("post", "/v1/schedules") => server.post_json(
+                "/v1/schedules",
+                &json!({"name": "doc", "cron": "0 2 * * *", "deployment": "scenarios", "input": null}),
+            ),
+            ("delete", "/v1/schedules/{name}") => server.delete("/v1/schedules/doc"),
             ("post", "/v1/workflows/{id}/fork") => server.post_json(
                 "/v1/workflows/done/fork",
                 &json!({"from_step": 2, "workflow_id": "forked"}),
@@ -1166,6 +1195,9 @@ fn the_openapi_document_is_true() {
         (("post", "/v1/workflows/{id}/cancel"), 200),
         (("post", "/v1/workflows/{id}/fork"), 201),
         (("get", "/v1/workflow-counts"), 200),
+        (("get", "/v1/schedules"), 200),
+        (("post", "/v1/schedules"), 201),
+        (("delete", "/v1/schedules/{name}"), 200),
     ]
     .into_iter()
     .collect();

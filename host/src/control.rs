@@ -24,6 +24,12 @@ pub const DEFAULT_QUEUE: &str = "default";
 pub enum ControlError {
     #[error("no deployment named `{name}`")]
     UnknownDeployment { name: String },
+    #[error("no schedule named `{name}`")]
+    UnknownSchedule { name: String },
+    /// A cron expression that does not parse or never ticks: why, and
+    /// what one looks like.
+    #[error("{reason}")]
+    InvalidSchedule { reason: String },
     #[error("workflow {id} exists with another input")]
     InputConflict { id: String },
     #[error("the input is not valid JSON: {reason}")]
@@ -53,7 +59,7 @@ pub enum ControlError {
 
 /// Check a deployment name, queue name or workflow id: printable, no `/`
 /// trouble for URLs is needed, but no control characters and a bound.
-fn check_name(what: &'static str, value: &str) -> Result<(), ControlError> {
+pub(crate) fn check_name(what: &'static str, value: &str) -> Result<(), ControlError> {
     let invalid = |reason| ControlError::InvalidName {
         what,
         value: value.chars().take(80).collect(),

@@ -29,6 +29,7 @@ pub mod engine;
 pub mod metrics;
 pub mod runtime;
 pub mod scheduler;
+pub mod schedules;
 pub mod store;
 pub mod verify;
 pub mod versions;

@@ -107,6 +107,7 @@ fn main() -> ExitCode {
             &grants,
             &cache,
         ),
+        Command::Schedule { action } => cli::schedules::schedule(db, json, action),
         Command::Start {
             name,
             workflow_id,

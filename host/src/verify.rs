@@ -21,9 +21,9 @@ use crate::engine::{
 use crate::runtime::{Grants, Runtime, RuntimeError, WorkflowComponent};
 use crate::store::{
     AttemptRecord, CheckpointStore, Deployment, Enqueued, Fork, LeaseRenewal, ListQuery, LogLine,
-    LogRecord, Millis, NewWorkflow, Outcome, QueuedWorkflow, Reopen, SqliteStore, StepBegin,
-    StepKey, StepRecord, StoreError, Takeover, Upgrade, WorkflowEnd, WorkflowEvent, WorkflowRecord,
-    WorkflowStatus, WorkflowSummary,
+    LogRecord, Millis, NewWorkflow, Outcome, QueuedWorkflow, Reopen, ScheduleRecord, SqliteStore,
+    StepBegin, StepKey, StepRecord, StoreError, Takeover, Upgrade, WorkflowEnd, WorkflowEvent,
+    WorkflowRecord, WorkflowStatus, WorkflowSummary,
 };
 
 /// How a workflow's history fares on the new component.
@@ -487,6 +487,22 @@ impl CheckpointStore for ReadOnlyHistory {
 
     fn status_counts(&self) -> Result<Vec<(WorkflowStatus, u64)>, StoreError> {
         self.store.status_counts()
+    }
+
+    fn add_schedule(&self, schedule: &ScheduleRecord) -> Result<bool, StoreError> {
+        Err(read_only(&format!("add schedule {}", schedule.name)))
+    }
+
+    fn remove_schedule(&self, name: &str) -> Result<bool, StoreError> {
+        Err(read_only(&format!("remove schedule {name}")))
+    }
+
+    fn schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError> {
+        self.store.schedules()
+    }
+
+    fn advance_schedule(&self, name: &str, _: Millis, _: Millis) -> Result<bool, StoreError> {
+        Err(read_only(&format!("advance schedule {name}")))
     }
 
     fn enqueue_workflow(&self, workflow: &QueuedWorkflow<'_>) -> Result<Enqueued, StoreError> {

@@ -115,6 +115,11 @@ impl From<ControlError> for ApiError {
                     "GET /v1/deployments lists the deployments there are; `durable-host deploy NAME FILE.wasm` or POST /v1/deployments?name=NAME makes one",
                 ),
             ),
+            ControlError::UnknownSchedule { .. } => Self::new(
+                StatusCode::NOT_FOUND,
+                message,
+                Some("GET /v1/schedules lists the schedules there are"),
+            ),
             ControlError::InputConflict { .. } => Self::new(
                 StatusCode::CONFLICT,
                 message,
@@ -135,6 +140,10 @@ impl From<ControlError> for ApiError {
                 "use a printable name of at most 1,024 bytes, without control characters",
             ),
             ControlError::Refused { .. } => Self::new(StatusCode::CONFLICT, message, None),
+            // Its reason says what a cron expression looks like.
+            ControlError::InvalidSchedule { .. } => {
+                Self::new(StatusCode::BAD_REQUEST, message, None)
+            }
             ControlError::Runtime(e) => e.into(),
             ControlError::Store(e) => e.into(),
             ControlError::Engine(e) => e.into(),

@@ -19,13 +19,15 @@ use super::error::ApiError;
 use super::model::{
     CancelState, Cancelled, ComponentBytes, DeployParams, DeploymentList, DeploymentView,
     DeploymentsParams, ErrorBody, EventView, ForkRequestBody, Health, ListParams, LogLineView,
-    LogPage, LogParams, ResultParams, StatusCounts, StepView, StepsParams, SubmitRequest,
-    Submitted, WorkflowHistory, WorkflowListItem, WorkflowPage, WorkflowView,
+    LogPage, LogParams, ResultParams, ScheduleList, ScheduleRemoved, ScheduleRequest, ScheduleView,
+    StatusCounts, StepView, StepsParams, SubmitRequest, Submitted, WorkflowHistory,
+    WorkflowListItem, WorkflowPage, WorkflowView,
 };
 use super::{ApiState, DEPLOY_BODY_LIMIT, SUBMIT_BODY_LIMIT};
 use crate::control::{self, DEFAULT_QUEUE, Submission};
 use crate::runtime::{ComponentFile, Grants};
-use crate::store::{CheckpointStore, GroupCommitStore, ListQuery, WorkflowStatus};
+use crate::schedules::{self, NewSchedule};
+use crate::store::{CheckpointStore, GroupCommitStore, ListQuery, WorkflowStatus, now_millis};
 use crate::versions::{self, ForkRequest};
 
 /// Workflows a listing shows unless asked for another number.
@@ -549,6 +551,86 @@ pub async fn fork_workflow(
     })
     .await?;
     Ok((StatusCode::CREATED, Json(WorkflowView::from(&forked))))
+}
+
+/// Every schedule, the soonest tick first.
+#[utoipa::path(
+    get,
+    path = "/v1/schedules",
+    tag = "schedules",
+    responses((status = 200, description = "The schedules", body = ScheduleList))
+)]
+pub async fn list_schedules(State(state): State<ApiState>) -> Result<Json<ScheduleList>, ApiError> {
+    let all = blocking(&state, |store| Ok(store.schedules()?)).await?;
+    Ok(Json(ScheduleList {
+        schedules: all.iter().map(ScheduleView::from).collect(),
+    }))
+}
+
+/// Add a schedule: `serve` queues one workflow of `deployment` per tick of
+/// `cron` (UTC), with the id `NAME@TIME`, so that a tick runs once.
+#[utoipa::path(
+    post,
+    path = "/v1/schedules",
+    tag = "schedules",
+    request_body = ScheduleRequest,
+    responses(
+        (status = 201, description = "Added; `next_tick` is its first tick", body = ScheduleView),
+        (status = 400, description = "Not JSON, a missing or unknown field, a bad name, or a bad cron expression", body = ErrorBody),
+        (status = 404, description = "No deployment of that name", body = ErrorBody),
+        (status = 409, description = "A schedule of that name exists", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
+pub async fn add_schedule(
+    State(state): State<ApiState>,
+    JsonBody(request): JsonBody<ScheduleRequest>,
+) -> Result<(StatusCode, Json<ScheduleView>), ApiError> {
+    state.accepting_writes()?;
+    let added = blocking(&state, move |store| {
+        let input = request.input.to_string();
+        Ok(schedules::add(
+            store,
+            &NewSchedule {
+                name: &request.name,
+                cron: &request.cron,
+                deployment: &request.deployment,
+                input: &input,
+                queue: request.queue.as_deref().unwrap_or(DEFAULT_QUEUE),
+            },
+            now_millis(),
+        )?)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(ScheduleView::from(&added))))
+}
+
+/// Remove a schedule. The workflows it started are left alone.
+#[utoipa::path(
+    delete,
+    path = "/v1/schedules/{name}",
+    tag = "schedules",
+    params(("name" = String, Path, description = "The schedule's name")),
+    responses(
+        (status = 200, description = "Removed", body = ScheduleRemoved),
+        (status = 404, description = "No such schedule", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
+pub async fn remove_schedule(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<ScheduleRemoved>, ApiError> {
+    state.accepting_writes()?;
+    let name = blocking(&state, move |store| {
+        schedules::remove(store, &name)?;
+        Ok(name)
+    })
+    .await?;
+    Ok(Json(ScheduleRemoved {
+        name,
+        removed: true,
+    }))
 }
 
 /// Deploy a component as the newest version of deployment `name`.

@@ -326,6 +326,8 @@ fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
             routes!(handlers::deploy, handlers::list_deployments)
                 .layer(DefaultBodyLimit::max(DEPLOY_BODY_LIMIT)),
         )
+        .routes(routes!(handlers::list_schedules, handlers::add_schedule))
+        .routes(routes!(handlers::remove_schedule))
         .routes(routes!(handlers::health))
         .routes(routes!(handlers::openapi))
         .split_for_parts();
@@ -350,6 +352,7 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     tags(
         (name = "workflows", description = "Submit workflows and follow them"),
         (name = "deployments", description = "Components kept in the database under a name"),
+        (name = "schedules", description = "Workflows started on a calendar"),
         (name = "server", description = "The server itself"),
     )
 )]
@@ -558,6 +561,8 @@ mod tests {
                 "/v1/deployments",
                 "/v1/health",
                 "/v1/openapi.json",
+                "/v1/schedules",
+                "/v1/schedules/{name}",
                 "/v1/workflow-counts",
                 "/v1/workflows",
                 "/v1/workflows/{id}",

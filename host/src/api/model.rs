@@ -14,8 +14,8 @@ use utoipa::{IntoParams, ToSchema};
 use crate::engine::{CancelOutcome, idempotency_key};
 use crate::runtime::SLEEP_STEP;
 use crate::store::{
-    AttemptRecord, Deployment, LogRecord, LogStream, Millis, StepRecord, StepStatus, WorkflowEvent,
-    WorkflowRecord, WorkflowStatus, WorkflowSummary,
+    AttemptRecord, Deployment, LogRecord, LogStream, Millis, ScheduleRecord, StepRecord,
+    StepStatus, WorkflowEvent, WorkflowRecord, WorkflowStatus, WorkflowSummary,
 };
 
 /// Where a workflow stands.
@@ -572,6 +572,70 @@ pub struct DeployParams {
 pub struct DeploymentsParams {
     /// Only the versions of this deployment.
     pub name: Option<String>,
+}
+
+/// A schedule (`schedule list --json`, `GET /v1/schedules`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleView {
+    pub name: String,
+    /// The cron expression (UTC).
+    pub cron: String,
+    pub deployment: String,
+    /// The input of every workflow it starts.
+    pub input: Value,
+    pub queue: String,
+    /// The next tick: its workflow will be `NAME@<this time>`.
+    pub next_tick_ms: Millis,
+    /// The same, RFC 3339, UTC.
+    pub next_tick: String,
+    pub created_at_ms: Millis,
+}
+
+impl From<&ScheduleRecord> for ScheduleView {
+    fn from(s: &ScheduleRecord) -> Self {
+        Self {
+            name: s.name.clone(),
+            cron: s.cron.clone(),
+            deployment: s.deployment.clone(),
+            input: json_value(&s.input),
+            queue: s.queue.clone(),
+            next_tick_ms: s.next_tick,
+            next_tick: rfc3339(s.next_tick),
+            created_at_ms: s.created_at,
+        }
+    }
+}
+
+/// `GET /v1/schedules`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleList {
+    /// The soonest tick first.
+    pub schedules: Vec<ScheduleView>,
+}
+
+/// `POST /v1/schedules`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleRequest {
+    pub name: String,
+    /// Five fields (minute hour day-of-month month day-of-week), or six
+    /// with seconds first; UTC.
+    #[schema(example = "0 2 * * *")]
+    pub cron: String,
+    /// The deployment whose newest version each tick runs.
+    pub deployment: String,
+    /// The input of every workflow it starts; `null` for none.
+    pub input: Value,
+    /// The queue they wait in (`default` when left out).
+    #[serde(default)]
+    pub queue: Option<String>,
+}
+
+/// `DELETE /v1/schedules/{name}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleRemoved {
+    pub name: String,
+    pub removed: bool,
 }
 
 /// `GET /v1/health`.

@@ -42,6 +42,43 @@ Exit codes:
  10  the workflow is sleeping (a long durable sleep) until the time printed: run it again then, or let `serve` continue it
  11  `start --wait`: the workflow had not finished when --wait-timeout ran out (it goes on)";
 
+/// `durable-host schedule ...`.
+#[derive(Debug, Subcommand)]
+pub enum ScheduleAction {
+    /// Add a schedule; its first tick is the first after now.
+    Add {
+        /// The schedule's name (its workflows are NAME@TIME).
+        name: String,
+
+        /// When: five fields, minute hour day-of-month month day-of-week
+        /// (e.g. "0 2 * * *" for 02:00 UTC daily, "*/15 * * * *" every 15
+        /// minutes), or six with seconds first. UTC.
+        #[arg(long, value_name = "EXPR")]
+        cron: String,
+
+        /// The deployment whose newest version each tick runs.
+        #[arg(long, visible_alias = "component", value_name = "NAME")]
+        deployment: String,
+
+        /// The input of every workflow it starts, as JSON.
+        #[arg(long, value_name = "JSON", default_value = "null")]
+        input: String,
+
+        /// The queue its workflows wait in (see `serve --queue`).
+        #[arg(long, value_name = "NAME", default_value = "default")]
+        queue: String,
+    },
+
+    /// List the schedules, the soonest tick first.
+    List,
+
+    /// Remove a schedule; the workflows it started are left alone.
+    Remove {
+        /// The schedule's name.
+        name: String,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a workflow, resume it, or show its result if it already finished.
@@ -330,6 +367,18 @@ pub enum Command {
         /// workflow goes on).
         #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "wait")]
         wait_timeout: Option<Duration>,
+    },
+
+    /// Start workflows on a calendar: `serve` queues one per tick of a cron
+    /// expression (UTC).
+    ///
+    /// Each tick's workflow has the id NAME@TIME (e.g.
+    /// nightly@2026-12-03T02:00:00Z), so a tick runs once, also across
+    /// restarts and several servers. Ticks missed while no server ran are
+    /// coalesced: the latest one runs once, the older ones are skipped.
+    Schedule {
+        #[command(subcommand)]
+        action: ScheduleAction,
     },
 
     /// Run workflows from the database's queues until SIGTERM or SIGINT.

@@ -7,6 +7,7 @@ pub mod compile;
 pub mod inspect;
 mod report;
 pub mod run;
+pub mod schedules;
 pub mod serve;
 mod table;
 mod timeline;
@@ -147,6 +148,9 @@ fn control_hint(error: &ControlError) -> Option<String> {
         ControlError::UnknownDeployment { .. } => "`durable-host deploy NAME FILE.wasm` makes \
             one; `durable-host deploy --list` shows those there are"
             .to_owned(),
+        ControlError::UnknownSchedule { .. } => {
+            "`durable-host schedule list` shows the schedules there are".to_owned()
+        }
         ControlError::InputConflict { .. } => "an id names one workflow: start it with the input \
             it has (`durable-host history ID`), or pick another --workflow-id"
             .to_owned(),
@@ -161,6 +165,7 @@ fn control_hint(error: &ControlError) -> Option<String> {
         }
         // Its reason says what would work.
         ControlError::Refused { .. }
+        | ControlError::InvalidSchedule { .. }
         | ControlError::Runtime(_)
         | ControlError::Store(_)
         | ControlError::Engine(_) => return None,

@@ -4,8 +4,9 @@
 //!
 //! The scheduler owns what to run when: per queue, it takes ready
 //! workflows (oldest first) up to the queue's concurrency, each on a thread
-//! of its own, and wakes when a run ends, when the next sleeper is due, or
-//! every poll interval (for submissions from other processes). It does not
+//! of its own, and wakes when a run ends, when the next sleeper or
+//! schedule tick is due, or every poll interval (for submissions from other
+//! processes). Due schedule ticks are queued by [`schedules::fire_due`]. It does not
 //! know how a run replays or checkpoints (the engine), how a component is
 //! instantiated (the runtime), or how writes are batched (the store's group
 //! commit). Leases of all runs are kept by one thread ([`leases`]).
@@ -32,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::runtime::{
     ComponentCache, ComponentFile, Grants, Runtime, RuntimeConfig, RuntimeError, WorkflowComponent,
 };
+use crate::schedules;
 use crate::store::{
     CheckpointStore, CommitObserver, GroupCommitStore, Millis, StoreError, WorkflowRecord,
     WorkflowStatus, now_millis,
@@ -120,6 +122,8 @@ pub fn serve(
         workers: Workers::new(),
         summary: ServeSummary::default(),
         paused: None,
+        schedules_due: None,
+        schedules_read: None,
     };
     let (done_tx, done_rx) = mpsc::channel::<Finished>();
     tracing::info!(queues = ?config.queues, "serving");
@@ -229,6 +233,10 @@ struct Dispatcher {
     /// After storage failures: no new runs until then, and the pause that
     /// led to it (doubled at each failure in a row).
     paused: Option<(Instant, Duration)>,
+    /// The soonest tick of a schedule, as last read.
+    schedules_due: Option<Millis>,
+    /// When the schedules were last read (other processes add them too).
+    schedules_read: Option<Instant>,
 }
 
 /// How often to look for workflows whose owner died on this host.
@@ -245,6 +253,7 @@ impl Dispatcher {
             return Ok(());
         }
         let now = now_millis();
+        self.fire_schedules(config, now);
         for (queue, concurrency) in &config.queues {
             let busy = self.running.get(queue).copied().unwrap_or(0);
             let free = concurrency.saturating_sub(busy);
@@ -270,6 +279,38 @@ impl Dispatcher {
             self.last_orphan_scan = Instant::now();
         }
         Ok(())
+    }
+
+    /// Queue the workflows of the schedules that are due: when the soonest
+    /// tick comes, and every poll interval for schedules added elsewhere.
+    fn fire_schedules(&mut self, config: &ServeConfig, now: Millis) {
+        let due = self.schedules_due.is_some_and(|due| due <= now);
+        let stale = self
+            .schedules_read
+            .is_none_or(|read| read.elapsed() >= config.poll_interval);
+        if !due && !stale {
+            return;
+        }
+        self.schedules_read = Some(Instant::now());
+        match schedules::fire_due(&self.shared.store, now) {
+            Ok(firing) => {
+                for fired in &firing.fired {
+                    tracing::info!(
+                        schedule = fired.schedule,
+                        workflow_id = fired.workflow_id,
+                        skipped = fired.skipped,
+                        queued_before = fired.existed,
+                        "schedule ticked"
+                    );
+                }
+                for (schedule, error) in &firing.refused {
+                    tracing::warn!(schedule, %error, "schedule tick skipped");
+                }
+                self.schedules_due = firing.next_due;
+            }
+            // Looked at again at the next poll.
+            Err(error) => tracing::warn!(%error, "cannot read or queue the schedules"),
+        }
     }
 
     /// Running workflows of `queue` whose lease still runs but whose owner
@@ -359,6 +400,9 @@ impl Dispatcher {
         let mut wait = config.poll_interval;
         if let Some((until, _)) = self.paused {
             wait = wait.min(until.saturating_duration_since(Instant::now()));
+        }
+        if let Some(due) = self.schedules_due {
+            wait = wait.min(Duration::from_millis(due.saturating_sub(now).max(0) as u64));
         }
         for (queue, _) in &config.queues {
             if let Some(wake_at) = self.shared.store.next_wake(queue)? {

@@ -25,8 +25,9 @@ use std::time::Instant;
 use super::{
     AttemptRecord, CheckpointStore, Claim, CommitObserver, Deployment, Enqueued, Fork,
     LeaseRenewal, ListQuery, LogLine, LogRecord, Millis, NewWorkflow, Outcome, Owner,
-    QueuedWorkflow, Reopen, SqliteStore, StepBegin, StepKey, StepRecord, StoreError, Takeover,
-    Upgrade, WorkflowEnd, WorkflowEvent, WorkflowRecord, WorkflowStatus, WorkflowSummary,
+    QueuedWorkflow, Reopen, ScheduleRecord, SqliteStore, StepBegin, StepKey, StepRecord,
+    StoreError, Takeover, Upgrade, WorkflowEnd, WorkflowEvent, WorkflowRecord, WorkflowStatus,
+    WorkflowSummary,
 };
 
 /// At most this many writes share a transaction: bounds the latency the
@@ -532,6 +533,25 @@ impl CheckpointStore for GroupCommitStore {
 
     fn status_counts(&self) -> Result<Vec<(WorkflowStatus, u64)>, StoreError> {
         self.read(|store| store.status_counts())
+    }
+
+    fn add_schedule(&self, schedule: &ScheduleRecord) -> Result<bool, StoreError> {
+        let schedule = schedule.clone();
+        self.submit(true, move |store| store.add_schedule(&schedule))
+    }
+
+    fn remove_schedule(&self, name: &str) -> Result<bool, StoreError> {
+        owned!(name);
+        self.submit(true, move |store| store.remove_schedule(&name))
+    }
+
+    fn schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError> {
+        self.read(|store| store.schedules())
+    }
+
+    fn advance_schedule(&self, name: &str, from: Millis, to: Millis) -> Result<bool, StoreError> {
+        owned!(name);
+        self.submit(true, move |store| store.advance_schedule(&name, from, to))
     }
 
     fn enqueue_workflow(&self, workflow: &QueuedWorkflow<'_>) -> Result<Enqueued, StoreError> {

@@ -437,6 +437,21 @@ pub struct Deployment {
     pub created_at: Millis,
 }
 
+/// A schedule: one workflow of `deployment` per tick of `cron`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleRecord {
+    pub name: String,
+    /// The cron expression, as given (UTC).
+    pub cron: String,
+    pub deployment: String,
+    /// The input of every workflow it starts (JSON text).
+    pub input: String,
+    pub queue: String,
+    /// The next tick to start.
+    pub next_tick: Millis,
+    pub created_at: Millis,
+}
+
 /// Which workflows a listing shows, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
@@ -648,6 +663,22 @@ pub trait CheckpointStore: Send {
 
     /// How many workflows have each status that some workflow has.
     fn status_counts(&self) -> Result<Vec<(WorkflowStatus, u64)>, StoreError>;
+
+    /// Record a new schedule (its `created_at` is set here). `false`, and
+    /// nothing changed, when one with its name exists.
+    fn add_schedule(&self, schedule: &ScheduleRecord) -> Result<bool, StoreError>;
+
+    /// Delete schedule `name`; `false` when there was none. Workflows it
+    /// started are left alone.
+    fn remove_schedule(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Every schedule, the soonest tick first.
+    fn schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError>;
+
+    /// Move schedule `name`'s next tick from `from` to `to`. `false` when
+    /// its next tick is no longer `from` (another process moved it), or it
+    /// was removed.
+    fn advance_schedule(&self, name: &str, from: Millis, to: Millis) -> Result<bool, StoreError>;
 
     /// Every deployment (of `name`, when given), newest version first.
     fn deployments(&self, name: Option<&str>) -> Result<Vec<Deployment>, StoreError>;

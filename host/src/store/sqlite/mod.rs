@@ -25,8 +25,9 @@ use rusqlite::{
 use super::{
     AttemptRecord, CheckpointStore, Deployment, Enqueued, Fork, LOG_LINES_KEPT, LeaseRenewal,
     ListQuery, LogLine, LogRecord, LogStream, Millis, NewWorkflow, Outcome, Owner, QueuedWorkflow,
-    Reopen, StepBegin, StepKey, StepRecord, StepStatus, StoreError, Takeover, Upgrade, WorkflowEnd,
-    WorkflowEvent, WorkflowRecord, WorkflowStatus, WorkflowSummary, now_millis,
+    Reopen, ScheduleRecord, StepBegin, StepKey, StepRecord, StepStatus, StoreError, Takeover,
+    Upgrade, WorkflowEnd, WorkflowEvent, WorkflowRecord, WorkflowStatus, WorkflowSummary,
+    now_millis,
 };
 
 mod schema;
@@ -893,6 +894,71 @@ impl CheckpointStore for SqliteStore {
                     Ok((row.get(0)?, row.get::<_, i64>(1)?.max(0) as u64))
                 })?
                 .collect()
+        })
+    }
+
+    fn add_schedule(&self, schedule: &ScheduleRecord) -> Result<bool, StoreError> {
+        let now = now_millis();
+        self.write(|tx| {
+            let added = tx
+                .prepare_cached(
+                    "INSERT INTO schedules
+                         (name, cron, deployment, input, queue, next_tick, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (name) DO NOTHING",
+                )?
+                .execute(params![
+                    schedule.name,
+                    schedule.cron,
+                    schedule.deployment,
+                    schedule.input,
+                    schedule.queue,
+                    schedule.next_tick,
+                    now
+                ])?;
+            Ok(Ok(added == 1))
+        })
+    }
+
+    fn remove_schedule(&self, name: &str) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let removed = tx
+                .prepare_cached("DELETE FROM schedules WHERE name = ?1")?
+                .execute([name])?;
+            Ok(Ok(removed == 1))
+        })
+    }
+
+    fn schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError> {
+        self.read(|| {
+            self.conn
+                .prepare_cached(
+                    "SELECT name, cron, deployment, input, queue, next_tick, created_at
+                     FROM schedules ORDER BY next_tick, name",
+                )?
+                .query_map([], |row| {
+                    Ok(ScheduleRecord {
+                        name: row.get(0)?,
+                        cron: row.get(1)?,
+                        deployment: row.get(2)?,
+                        input: row.get(3)?,
+                        queue: row.get(4)?,
+                        next_tick: row.get(5)?,
+                        created_at: row.get(6)?,
+                    })
+                })?
+                .collect()
+        })
+    }
+
+    fn advance_schedule(&self, name: &str, from: Millis, to: Millis) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let moved = tx
+                .prepare_cached(
+                    "UPDATE schedules SET next_tick = ?3 WHERE name = ?1 AND next_tick = ?2",
+                )?
+                .execute(params![name, from, to])?;
+            Ok(Ok(moved == 1))
         })
     }
 

@@ -6,7 +6,7 @@
 //! than it knows.
 
 /// Bumped whenever the tables change; older hosts refuse newer files.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The log table, created alike by [`SCHEMA`] and the version 3 migration.
 macro_rules! workflow_logs_table {
@@ -23,6 +23,27 @@ CREATE TABLE workflow_logs (
     line        TEXT NOT NULL,
     PRIMARY KEY (workflow_id, seq)
 ) WITHOUT ROWID;
+"
+    };
+}
+
+/// The schedule table, created alike by [`SCHEMA`] and the version 4
+/// migration.
+macro_rules! schedules_table {
+    () => {
+        "
+-- Workflows started on a calendar: `serve` queues one workflow of
+-- `deployment` per tick of `cron` (UTC), with a deterministic id.
+CREATE TABLE schedules (
+    name        TEXT PRIMARY KEY NOT NULL,
+    cron        TEXT NOT NULL,
+    deployment  TEXT NOT NULL,
+    input       TEXT NOT NULL,
+    queue       TEXT NOT NULL,
+    -- The next tick to start, in ms since the epoch.
+    next_tick   INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL
+);
 "
     };
 }
@@ -133,7 +154,8 @@ CREATE INDEX workflows_waking ON workflows (wake_at) WHERE status = 'sleeping';
 CREATE INDEX workflows_leases ON workflows (lease_expires_at) WHERE status = 'running';
 CREATE INDEX workflow_events_by_workflow ON workflow_events (workflow_id, at);
 ",
-    workflow_logs_table!()
+    workflow_logs_table!(),
+    schedules_table!()
 );
 
 /// Upgrades of an existing database, by the version they lead to. Each runs
@@ -247,4 +269,5 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
             "ALTER TABLE steps ADD COLUMN input_fingerprint TEXT;"
         ),
     ),
+    (4, schedules_table!()),
 ];
