@@ -190,6 +190,11 @@ impl Drop for Browser {
 /// A `serve --listen 127.0.0.1:0` on `scratch`, with the onboarding and
 /// scenarios components deployed, and its base URL.
 fn serve(scratch: &Scratch) -> (Server, String) {
+    serve_with(scratch, &[])
+}
+
+/// [`serve`], with `extra` arguments for `serve`.
+fn serve_with(scratch: &Scratch, extra: &[&str]) -> (Server, String) {
     let services = format!("{}::/services", scratch.path().join("services").display());
     let ledger = format!("{}::/ledger", scratch.path().join("ledger").display());
     for (name, component) in [
@@ -207,11 +212,9 @@ fn serve(scratch: &Scratch) -> (Server, String) {
         ]))
         .expect_code(0);
     }
-    let server = Server::start(
-        scratch,
-        "serve",
-        &["--listen", "127.0.0.1:0", "--concurrency", "8"],
-    );
+    let mut args = vec!["--listen", "127.0.0.1:0", "--concurrency", "8"];
+    args.extend(extra);
+    let server = Server::start(scratch, "serve", &args);
     let base = server.api_base();
     (server, base)
 }
@@ -414,6 +417,38 @@ fn the_console_lists_workflows_and_draws_their_timelines() {
     );
     assert!(after.0 + 1.0 >= sleep.1, "{sleep:?} then {after:?}");
 
+    // Fork the onboarding from its third step, from the page: a new
+    // workflow with the first two steps copied, which `serve` then runs.
+    browser.goto(&format!("{base}/#/workflows/emp-042"));
+    browser.click(".row[data-sequence='3']");
+    browser.click("#fork-from-step");
+    browser.eventually(
+        "the fork dialog",
+        "return document.getElementById('confirm').open",
+    );
+    assert_eq!(
+        browser.eval("return document.getElementById('confirm-from_step').value"),
+        json!("3")
+    );
+    browser.eval("document.getElementById('confirm-workflow_id').value = 'emp-042-again'");
+    browser.click("#confirm-ok");
+    browser.eventually(
+        "the forked workflow's page",
+        "return location.hash === '#/workflows/emp-042-again'
+            && document.getElementById('workflow-status')?.innerText === 'completed'",
+    );
+    let copied = scratch.number(
+        "SELECT count(*) FROM steps WHERE workflow_id = 'emp-042-again' AND run_id IN
+             (SELECT run_id FROM steps WHERE workflow_id = 'emp-042')",
+    );
+    assert_eq!(copied, 2, "the steps before step 3 were copied");
+    let calls = scratch.step_executions();
+    assert_eq!(calls.get("emp-042-again/create_record#000001"), None);
+    assert_eq!(
+        calls.get("emp-042-again/send_welcome_email#000001"),
+        Some(&1)
+    );
+
     // A failed workflow shows its error.
     browser.goto(&format!("{base}/#/workflows/broken"));
     let error = browser.eventually(
@@ -535,4 +570,35 @@ fn a_workflow_page_follows_a_running_workflow_and_cancels_it() {
     );
     browser.screenshot("cancelled");
     drop(server);
+
+    // A server with a token: the page loads, asks for the token, and with
+    // it shows the workflows.
+    let guarded = Scratch::new();
+    let token_file = guarded.path().join("token");
+    std::fs::write(&token_file, "s3cret\n").unwrap();
+    let (_server, base) = serve_with(&guarded, &["--token-file", token_file.to_str().unwrap()]);
+    start(
+        &guarded,
+        "scenarios",
+        "behind-a-token",
+        &json!({"scenario": "steps", "items": 1}).to_string(),
+        true,
+    );
+    browser.goto(&format!("{base}/"));
+    browser.eventually(
+        "the token dialog",
+        "return document.getElementById('token').open",
+    );
+    assert_eq!(
+        browser.eval("return document.querySelectorAll('tr[data-workflow-id]').length"),
+        json!(0)
+    );
+    browser.eval(
+        "document.getElementById('token-input').value = 's3cret';
+         document.getElementById('token-form').requestSubmit();",
+    );
+    browser.eventually(
+        "the workflows behind the token",
+        "return document.querySelector(\"tr[data-workflow-id='behind-a-token']\") !== null",
+    );
 }
