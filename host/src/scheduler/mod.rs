@@ -4,12 +4,13 @@
 //!
 //! The scheduler owns what to run when: per queue, it takes ready
 //! workflows (oldest first) up to the queue's concurrency, each on a thread
-//! of its own, and wakes when a run ends, when the next sleeper or
-//! schedule tick is due, or every poll interval (for submissions from other
-//! processes). Due schedule ticks are queued by [`schedules::fire_due`]. It does not
-//! know how a run replays or checkpoints (the engine), how a component is
-//! instantiated (the runtime), or how writes are batched (the store's group
-//! commit). Leases of all runs are kept by one thread ([`leases`]).
+//! of its own, and wakes when a run ends, when the next sleeper or schedule
+//! tick is due, or every poll interval (for submissions from other
+//! processes). Due schedule ticks are queued by [`schedules::fire_due`]. It
+//! does not know how a run replays or checkpoints (the engine), how a
+//! component is instantiated (the runtime), or how writes are batched (the
+//! store's group commit). Leases of all runs are kept by one thread
+//! ([`leases`]).
 //!
 //! Runs happen on threads rather than async tasks: a workflow blocks in its
 //! steps (files, CPU) and in SQLite; a long sleep unloads it entirely, so a
