@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::control::ControlError;
 use crate::engine::{
     CrashPlan, EngineError, Opened, RunObserver, RunReport, RunRequest, StepEvent, WorkflowRun,
     owner_alive, this_process,
@@ -309,6 +310,7 @@ impl Dispatcher {
                 }
                 self.schedules_due = firing.next_due;
             }
+            Err(ControlError::Store(error)) if error.is_storage_failure() => self.storage_failed(),
             // Looked at again at the next poll.
             Err(error) => tracing::warn!(%error, "cannot read or queue the schedules"),
         }
@@ -370,27 +372,31 @@ impl Dispatcher {
             _ => {}
         }
         match finished.end {
-            RunEnd::StorageFailed => {
-                let pause = self.paused.map_or(STORAGE_BACKOFF.0, |(_, pause)| {
-                    (pause * 2).min(STORAGE_BACKOFF.1)
-                });
-                let until = Instant::now() + pause;
-                // Runs failing together extend one pause, said once.
-                if self.paused.is_none_or(|(was, _)| was < Instant::now()) {
-                    tracing::warn!(
-                        pause_ms = pause.as_millis() as u64,
-                        "the database cannot be written: no new runs for a while (what was \
-                         committed stands; runs resume once it can be written again)"
-                    );
-                    self.paused = Some((until, pause));
-                }
-            }
+            RunEnd::StorageFailed => self.storage_failed(),
             RunEnd::Ran(_) => {
                 if self.paused.take().is_some() {
                     tracing::info!("the database can be written again: runs resume");
                 }
             }
             RunEnd::NotRun => {}
+        }
+    }
+
+    /// The database could not be written: no new runs (nor schedule
+    /// ticks) for a pause that doubles at each failure in a row.
+    fn storage_failed(&mut self) {
+        let pause = self.paused.map_or(STORAGE_BACKOFF.0, |(_, pause)| {
+            (pause * 2).min(STORAGE_BACKOFF.1)
+        });
+        let until = Instant::now() + pause;
+        // Runs failing together extend one pause, said once.
+        if self.paused.is_none_or(|(was, _)| was < Instant::now()) {
+            tracing::warn!(
+                pause_ms = pause.as_millis() as u64,
+                "the database cannot be written: no new runs for a while (what was \
+                 committed stands; runs resume once it can be written again)"
+            );
+            self.paused = Some((until, pause));
         }
     }
 
