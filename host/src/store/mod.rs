@@ -664,8 +664,8 @@ pub trait CheckpointStore: Send {
     /// How many workflows have each status that some workflow has.
     fn status_counts(&self) -> Result<Vec<(WorkflowStatus, u64)>, StoreError>;
 
-    /// Record a new schedule (its `created_at` is set here). `false`, and
-    /// nothing changed, when one with its name exists.
+    /// Record a new schedule. `false`, and nothing changed, when one with
+    /// its name exists.
     fn add_schedule(&self, schedule: &ScheduleRecord) -> Result<bool, StoreError>;
 
     /// Delete schedule `name`; `false` when there was none. Workflows it

@@ -898,7 +898,6 @@ impl CheckpointStore for SqliteStore {
     }
 
     fn add_schedule(&self, schedule: &ScheduleRecord) -> Result<bool, StoreError> {
-        let now = now_millis();
         self.write(|tx| {
             let added = tx
                 .prepare_cached(
@@ -914,7 +913,7 @@ impl CheckpointStore for SqliteStore {
                     schedule.input,
                     schedule.queue,
                     schedule.next_tick,
-                    now
+                    schedule.created_at
                 ])?;
             Ok(Ok(added == 1))
         })
