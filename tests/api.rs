@@ -814,6 +814,50 @@ fn bad_requests_are_refused_and_change_nothing() {
     );
     let before = snapshot(&scratch);
 
+    // What a page from another site could make a browser send: a change
+    // marked cross-site or from another origin, or any request under another
+    // host name (DNS rebinding).
+    let resubmit = json!({"deployment": "scenarios", "workflow_id": "keep",
+        "input": {"scenario": "steps", "items": 1}, "queue": "parked"})
+    .to_string();
+    let from_browser = |name: &str, value: &str| {
+        reply(
+            server
+                .agent
+                .post(server.url("/v1/workflows"))
+                .header(name, value)
+                .send(resubmit.as_bytes()),
+        )
+    };
+    let cross = from_browser("Sec-Fetch-Site", "cross-site").expect(403);
+    assert!(cross.error_message().contains("another site"), "{cross:?}");
+    from_browser("Origin", "http://evil.example").expect(403);
+    from_browser("Origin", "null").expect(403);
+    server
+        .agent
+        .post(server.url("/v1/workflows/keep/cancel"))
+        .header("Origin", "http://evil.example")
+        .send_empty()
+        .map(|r| assert_eq!(r.status(), 403))
+        .unwrap();
+    let rebound = reply(
+        server
+            .agent
+            .get(server.url("/v1/workflows"))
+            .header("Host", "evil.example")
+            .call(),
+    )
+    .expect(403);
+    assert!(
+        rebound.error_message().contains("DNS rebinding"),
+        "{rebound:?}"
+    );
+    // The console's own requests pass: same origin.
+    let origin = server.base.clone();
+    from_browser("Origin", &origin).expect(200);
+    from_browser("Sec-Fetch-Site", "same-origin").expect(200);
+    assert_eq!(snapshot(&scratch), before);
+
     let submit = |body: &[u8]| server.post("/v1/workflows", "application/json", body);
     // Malformed JSON, wrong shapes, bad fields.
     for (body, status, says) in [

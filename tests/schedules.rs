@@ -66,30 +66,42 @@ fn each_tick_runs_once_across_servers_kills_and_restarts() {
         ticks(&scratch, "every").len() >= seen + 2
     });
     run(&mut scratch.host(&["schedule", "remove", "every"])).expect_code(0);
-    // Let the servers finish what was queued, then stop them.
+    // A server that read the schedule just before it was removed may still
+    // queue one tick; then nothing more comes.
+    std::thread::sleep(Duration::from_millis(1200));
     wait_until(
         "every tick's workflow to finish",
         Duration::from_secs(60),
         || ticks(&scratch, "every").values().all(|s| s == "completed"),
     );
+    let all = ticks(&scratch, "every");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(ticks(&scratch, "every"), all, "no tick after the removal");
+    let logs = [first.log(), second.log(), again.log()].join("\n");
     second.signal("-TERM");
     again.signal("-TERM");
     drop(second);
     assert!(again.wait_exit(Duration::from_secs(30)).is_some());
 
-    // One workflow per second, none missing while a server ran, and each
-    // tick's step ran once.
-    let all = ticks(&scratch, "every");
-    let seconds: Vec<u64> = all
+    // One workflow per second. A gap is only where a loaded machine held
+    // every server past a tick, and then the next tick says it coalesced
+    // the ones it skipped.
+    let seconds: Vec<(u64, &String)> = all
         .keys()
-        .map(|id| {
-            let time = id.strip_prefix("every@").unwrap();
-            tick_seconds(time)
-        })
+        .map(|id| (tick_seconds(id.strip_prefix("every@").unwrap()), id))
         .collect();
     for pair in seconds.windows(2) {
-        assert_eq!(pair[1], pair[0] + 1, "consecutive ticks: {all:?}");
+        let ((before, _), (after, id)) = (pair[0], pair[1]);
+        if after != before + 1 {
+            let skipped = format!("skipped={}", after - before - 1);
+            assert!(
+                logs.lines()
+                    .any(|l| l.contains(id.as_str()) && l.contains(&skipped)),
+                "a gap before {id} that no tick accounts for: {all:?}"
+            );
+        }
     }
+    // Each tick's step ran once.
     let executions = scratch.step_executions();
     for id in all.keys() {
         assert_eq!(
@@ -99,9 +111,6 @@ fn each_tick_runs_once_across_servers_kills_and_restarts() {
         );
     }
     assert_eq!(executions.len(), all.len(), "{executions:?}");
-    // Removed: no more ticks.
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(ticks(&scratch, "every"), all);
 }
 
 #[test]

@@ -17,14 +17,21 @@
 //! This module knows the rules; the store keeps the rows, the scheduler
 //! calls [`fire_due`] from its loop, and the CLI and the API call the rest.
 
-use std::str::FromStr;
 use std::time::{Duration, UNIX_EPOCH};
 
 use chrono::{DateTime, Utc};
 use croner::Cron;
+use croner::parser::{CronParser, Seconds, Year};
 
 use crate::control::{self, ControlError, Submission, check_name};
 use crate::store::{CheckpointStore, Millis, ScheduleRecord};
+
+/// The longest schedule name: `NAME@TIME` must stay a usable workflow id.
+const MAX_SCHEDULE_NAME: usize = 1000;
+
+/// The next tick of a schedule that will not tick again (its stored
+/// expression no longer parses): 9999-12-31T23:59:59Z, still a date.
+pub const PARKED: Millis = 253_402_300_799_000;
 
 /// Missed ticks counted at most, when coalescing.
 const MAX_COUNTED_MISSES: u32 = 10_000;
@@ -65,13 +72,19 @@ pub struct Firing {
 /// Parse a cron expression: five fields (minute hour day-of-month month
 /// day-of-week), or six with seconds first; UTC.
 pub fn parse(expression: &str) -> Result<Cron, ControlError> {
-    Cron::from_str(expression).map_err(|e| ControlError::InvalidSchedule {
-        reason: format!(
-            "`{expression}` is not a cron expression: {e} (five fields, minute hour \
+    // No year field: a schedule ticks for ever, or it is refused.
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .build()
+        .parse(expression)
+        .map_err(|e| ControlError::InvalidSchedule {
+            reason: format!(
+                "`{expression}` is not a cron expression: {e} (five fields, minute hour \
              day-of-month month day-of-week, e.g. `0 2 * * *` for 02:00 UTC every day; a sixth \
              field first gives seconds)"
-        ),
-    })
+            ),
+        })
 }
 
 /// The first tick of `cron` strictly after `after`.
@@ -97,6 +110,13 @@ pub fn add(
     now: Millis,
 ) -> Result<ScheduleRecord, ControlError> {
     check_name("the schedule name", schedule.name)?;
+    if schedule.name.len() > MAX_SCHEDULE_NAME {
+        return Err(ControlError::InvalidName {
+            what: "the schedule name",
+            value: schedule.name.chars().take(80).collect(),
+            reason: "it is longer than 1,000 bytes (its workflows' ids add the tick's time)",
+        });
+    }
     check_name("the queue name", schedule.queue)?;
     if schedule.name.contains('@') {
         return Err(ControlError::InvalidName {
@@ -165,6 +185,8 @@ pub fn fire_due(store: &dyn CheckpointStore, now: Millis) -> Result<Firing, Cont
         let cron = match parse(&schedule.cron) {
             Ok(cron) => cron,
             Err(e) => {
+                // It would fail at every look: parked, said once.
+                store.advance_schedule(&schedule.name, schedule.next_tick, PARKED)?;
                 firing.refused.push((schedule.name, e));
                 continue;
             }
@@ -191,11 +213,10 @@ pub fn fire_due(store: &dyn CheckpointStore, now: Millis) -> Result<Firing, Cont
             Err(ControlError::Store(e)) => return Err(e.into()),
             Err(refused) => firing.refused.push((schedule.name.clone(), refused)),
         }
-        let Some(next) = next_tick(&cron, now) else {
-            continue;
-        };
+        // An expression that ticks no more is parked rather than left due.
+        let next = next_tick(&cron, now).unwrap_or(PARKED);
         // Another server may have moved it first: then it is its tick.
-        if store.advance_schedule(&schedule.name, schedule.next_tick, next)? {
+        if store.advance_schedule(&schedule.name, schedule.next_tick, next)? && next < PARKED {
             firing.next_due = Some(firing.next_due.map_or(next, |due: Millis| due.min(next)));
         }
     }
@@ -262,5 +283,7 @@ mod tests {
         );
         assert!(refused.contains("0 2 * * *"), "{refused}");
         assert!(parse("61 * * * *").is_err());
+        // No year field: a schedule never runs out of ticks.
+        assert!(parse("0 0 12 25 12 * 2026").is_err());
     }
 }

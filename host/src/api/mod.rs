@@ -40,7 +40,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderName, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::serve::ListenerExt;
@@ -238,6 +238,10 @@ pub fn start(
         .layer(middleware::from_fn_with_state(token.clone(), require_token))
         // After the token layer: the console's files need none.
         .merge(console::routes())
+        .layer(middleware::from_fn_with_state(
+            token.is_some(),
+            same_origin_only,
+        ))
         .layer(middleware::from_fn(json_errors))
         .with_state(state);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -446,6 +450,71 @@ async fn require_token(
     next.run(request).await
 }
 
+/// Refuse what a web page from another site could make a browser send:
+/// a change (any method but GET and HEAD) that the browser marks as
+/// cross-site or that comes with another origin, and, on a server without
+/// a token, any request whose `Host` is a name other than `localhost` (a
+/// page whose own name was pointed at this server: DNS rebinding).
+/// Clients other than browsers send neither header and pass.
+async fn same_origin_only(
+    State(token_required): State<bool>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let host = text(header::HOST);
+    if !token_required
+        && let Some(host) = host
+        && !is_address(host)
+    {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "Host `{host}` is not an address of this server: without a token, it answers \
+                 only requests to an IP address or localhost (a guard against DNS rebinding)"
+            ),
+            Some("open http://127.0.0.1:PORT/ (or localhost), or start serve with --token-file"),
+        )
+        .into_response();
+    }
+    let changes = !matches!(*request.method(), Method::GET | Method::HEAD);
+    let cross_site = matches!(
+        text(HeaderName::from_static("sec-fetch-site")),
+        Some("cross-site" | "same-site")
+    );
+    let other_origin = text(header::ORIGIN).is_some_and(|origin| {
+        origin.split_once("://").map(|(_, authority)| authority) != host.or(Some(""))
+    });
+    if changes && (cross_site || other_origin) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "a page from another site cannot change workflows, deployments or schedules here"
+                .to_owned(),
+            Some("send the request from the console on this server, or from a client that is not a browser"),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// `host` (a `Host` header, with or without a port) names an IP address or
+/// `localhost`.
+fn is_address(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // [::1]:8080
+        Some(rest) => rest.split_once(']').map_or("", |(name, _)| name),
+        None => host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        }),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
 /// Compare without stopping at the first difference, so that the time
 /// taken tells nothing of how much of a guess was right.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
@@ -515,6 +584,27 @@ async fn json_errors(request: Request, next: Next) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_that_are_addresses() {
+        for host in [
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "localhost:1",
+            "LOCALHOST",
+        ] {
+            assert!(is_address(host), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:8080",
+            "127.0.0.1.nip.io:80",
+            "[::1",
+        ] {
+            assert!(!is_address(host), "{host}");
+        }
+    }
 
     #[test]
     fn secrets_compare_whole() {

@@ -239,7 +239,7 @@ pub struct StepsParams {
     pub limit: Option<u32>,
 }
 
-/// `GET /v1/workflows/counts`: how many workflows have each status.
+/// `GET /v1/workflow-counts`: how many workflows have each status.
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 pub struct StatusCounts {
     pub total: u64,

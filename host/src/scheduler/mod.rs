@@ -310,9 +310,17 @@ impl Dispatcher {
                 }
                 self.schedules_due = firing.next_due;
             }
-            Err(ControlError::Store(error)) if error.is_storage_failure() => self.storage_failed(),
-            // Looked at again at the next poll.
-            Err(error) => tracing::warn!(%error, "cannot read or queue the schedules"),
+            Err(error) => {
+                // Looked at again at the next poll, not at once: a due time
+                // left in the past would make the loop spin.
+                self.schedules_due = None;
+                match error {
+                    ControlError::Store(error) if error.is_storage_failure() => {
+                        self.storage_failed()
+                    }
+                    error => tracing::warn!(%error, "cannot read or queue the schedules"),
+                }
+            }
         }
     }
 
@@ -408,7 +416,9 @@ impl Dispatcher {
         if let Some((until, _)) = self.paused {
             wait = wait.min(until.saturating_duration_since(Instant::now()));
         }
-        if let Some(due) = self.schedules_due {
+        // While paused, schedules wait with the runs.
+        let paused = self.paused.is_some_and(|(until, _)| Instant::now() < until);
+        if let Some(due) = self.schedules_due.filter(|_| !paused) {
             wait = wait.min(Duration::from_millis(due.saturating_sub(now).max(0) as u64));
         }
         for (queue, _) in &config.queues {

@@ -10,6 +10,8 @@ const WORKFLOW_POLL_MS = 700;
 const STEP_PAGE = 1000;
 const ROW_HEIGHT = 24;
 const FINISHED = new Set(["completed", "failed", "cancelled", "suspended"]);
+// A suspended workflow can still be cancelled; these cannot.
+const FINAL = new Set(["completed", "failed", "cancelled"]);
 const STATUSES = ["queued", "running", "sleeping", "completed", "failed", "cancelled", "suspended"];
 
 // ---- API access ----------------------------------------------------------
@@ -181,11 +183,19 @@ let current = null; // the view shown: { stop() }
 
 function route() {
   if (current) current.stop();
+  const confirm = document.getElementById("confirm");
+  if (confirm.open) confirm.close();
   const view = document.getElementById("view");
   view.replaceChildren();
   const hash = location.hash || "#/";
   const match = hash.match(/^#\/workflows\/(.+)$/);
-  current = match ? new WorkflowPage(view, decodeURIComponent(match[1])) : new WorkflowList(view, hash);
+  let id = null;
+  try {
+    id = match ? decodeURIComponent(match[1]) : null;
+  } catch (e) {
+    id = null; // a malformed address: the list
+  }
+  current = id !== null ? new WorkflowPage(view, id) : new WorkflowList(view, hash);
 }
 
 window.addEventListener("hashchange", route);
@@ -201,15 +211,23 @@ class Poller {
   }
   async run() {
     while (!this.stopped) {
+      this.poked = false;
       if (!document.hidden) {
         try { await this.tick(); } catch (e) { /* shown by the tick; keep polling */ }
       }
       if (this.stopped) break;
+      // Poked while the tick ran: look again at once.
+      if (this.poked) continue;
       await new Promise((resolve) => { this.wake = resolve; this.timer = setTimeout(resolve, this.ms); });
+      this.wake = null;
     }
   }
   /** Look again now (after an action). */
-  poke() { clearTimeout(this.timer); if (this.wake) this.wake(); }
+  poke() {
+    this.poked = true;
+    clearTimeout(this.timer);
+    if (this.wake) this.wake();
+  }
   stop() { this.stopped = true; this.poke(); }
 }
 
@@ -265,6 +283,7 @@ class WorkflowList {
   }
 
   async refresh() {
+    const asked = (this.asked = (this.asked || 0) + 1);
     const params = new URLSearchParams({ limit: LIST_PAGE });
     if (this.status) params.set("status", this.status);
     if (this.search) params.set("search", this.search);
@@ -275,10 +294,13 @@ class WorkflowList {
         api(`/v1/workflows?${params}`),
         api("/v1/workflow-counts"),
       ]);
+      // Left, or asked again with other filters meanwhile: not ours to draw.
+      if (this.poller.stopped || asked !== this.asked) return;
       this.message.replaceChildren();
       this.drawCounts(counts.body);
       this.drawRows(page.body);
     } catch (e) {
+      if (this.poller.stopped) return;
       if (e.status === 400 && after) {
         // The page's first workflow is gone (a fresh database?): start over.
         this.cursors = [null];
@@ -337,7 +359,10 @@ class WorkflowPage {
     this.poller = new Poller(WORKFLOW_POLL_MS, () => this.refresh());
   }
 
-  stop() { this.poller.stop(); }
+  stop() {
+    this.poller.stop();
+    if (this.timeline) this.timeline.stop();
+  }
 
   path(suffix = "") {
     return `/v1/workflows/${encodeURIComponent(this.id)}${suffix}`;
@@ -355,20 +380,31 @@ class WorkflowPage {
       // The steps from the first unfinished one: a page at a time.
       for (;;) {
         history = (await api(`${this.path("/steps")}?after=${after}&limit=${STEP_PAGE}`)).body;
+        if (this.poller.stopped) return; // the page was left meanwhile
+        if (this.workflow && history.run_id !== this.workflow.run_id && after > 0) {
+          // A new run (resumed, taken over) may change any unfinished step.
+          this.settled = 0;
+          after = 0;
+          continue;
+        }
         for (const step of history.steps) this.steps[step.sequence - 1] = step;
         if (!history.next_after) break;
         after = history.next_after;
       }
     } catch (e) {
-      if (!this.workflow) fill(this.root, h("p", {}, h("a", { href: "#/" }, "← All workflows")), errorPanel(e));
+      if (!this.workflow && !this.poller.stopped) {
+        fill(this.root, h("p", {}, h("a", { href: "#/" }, "← All workflows")), errorPanel(e));
+      }
       throw e;
     }
     this.steps.length = Math.max(this.steps.length, history.steps.length ? history.steps[history.steps.length - 1].sequence : this.settled);
-    // A completed step never changes again: later polls start after it.
+    // A finished step does not change within a run: later polls start
+    // after the finished ones.
     while (this.settled < this.steps.length && this.steps[this.settled] &&
-      this.steps[this.settled].status === "completed") this.settled++;
+      this.steps[this.settled].finished_at_ms !== null) this.settled++;
     this.workflow = history;
     await this.refreshLogs();
+    if (this.poller.stopped) return;
     this.draw();
   }
 
@@ -386,7 +422,7 @@ class WorkflowPage {
     if (!this.built) this.build();
     const w = this.workflow;
     this.status.replaceWith(this.status = badge(w.status, "workflow-status"));
-    this.cancelButton.disabled = FINISHED.has(w.status);
+    this.cancelButton.disabled = FINAL.has(w.status);
     this.drawFacts();
     this.drawResult();
     this.timeline.update(this.steps, w);
@@ -460,8 +496,8 @@ class WorkflowPage {
 
   drawLogs() {
     const lines = this.logs || [];
-    if (this.logCount === lines.length) return;
-    this.logCount = lines.length;
+    if (this.logsDrawn === this.logAfter) return;
+    this.logsDrawn = this.logAfter;
     this.logView.textContent = lines.length
       ? lines.map((l) => `${l.stream.padEnd(6)} ${l.step ? `[${l.step}] ` : ""}${l.text}`).join("\n")
       : "(nothing printed)";
@@ -558,7 +594,12 @@ class Timeline {
         h("span", {}, h("b", { class: "error-text" }, "!"), " failed attempt, retried"),
         h("span", {}, h("b", { class: "error-text" }, "×"), " attempt interrupted (its run died)")),
       this.axis, this.viewport);
-    window.addEventListener("resize", () => this.schedule());
+    this.onResize = () => this.schedule();
+    window.addEventListener("resize", this.onResize);
+  }
+
+  stop() {
+    window.removeEventListener("resize", this.onResize);
   }
 
   update(steps, workflow) {
