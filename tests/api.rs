@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -257,16 +256,6 @@ fn reply(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply
 
 /// `durable-host deploy NAME FILE`, with the scratch services and ledger
 /// directories granted.
-fn deploy_with_cli(scratch: &Scratch, name: &str, component: &Path) {
-    let services = format!("{}::/services", scratch.path().join("services").display());
-    let ledger = format!("{}::/ledger", scratch.path().join("ledger").display());
-    let component = component.to_str().unwrap();
-    run(&mut scratch.host(&[
-        "deploy", name, component, "--dir", &services, "--dir", &ledger,
-    ]))
-    .expect_code(0);
-}
-
 /// What must not change when a request is refused: every row of the
 /// workflow tables, and how many deployments and components there are.
 fn snapshot(scratch: &Scratch) -> String {
@@ -299,7 +288,7 @@ fn keys(value: &Value) -> BTreeSet<String> {
 fn many_workflows_submitted_over_http_all_complete_once() {
     const WORKFLOWS: usize = 120;
     let scratch = Scratch::new();
-    deploy_with_cli(&scratch, "onboarding", &artifacts().onboarding);
+    scratch.deploy("onboarding", &artifacts().onboarding);
     let server = Server::start(&scratch, &[]);
 
     let ids: Vec<String> = (0..WORKFLOWS).map(|i| format!("emp-{i:03}")).collect();
@@ -447,7 +436,7 @@ fn components_deployed_over_http_run() {
 #[test]
 fn results_are_long_polled() {
     let scratch = Scratch::new();
-    deploy_with_cli(&scratch, "scenarios", &artifacts().scenarios);
+    scratch.deploy("scenarios", &artifacts().scenarios);
     let server = Server::start(&scratch, &[]);
     server.submit(
         "scenarios",
@@ -495,7 +484,7 @@ fn results_are_long_polled() {
 #[test]
 fn listings_page_newest_first() {
     let scratch = Scratch::new();
-    deploy_with_cli(&scratch, "scenarios", &artifacts().scenarios);
+    scratch.deploy("scenarios", &artifacts().scenarios);
     let server = Server::start(&scratch, &[]);
     // A queue nobody serves: they stay queued.
     for i in 0..7 {
@@ -591,7 +580,7 @@ fn listings_page_newest_first() {
 #[test]
 fn long_histories_page_and_fork_over_http() {
     let scratch = Scratch::new();
-    deploy_with_cli(&scratch, "scenarios", &artifacts().scenarios);
+    scratch.deploy("scenarios", &artifacts().scenarios);
     let server = Server::start(&scratch, &[]);
     server.submit(
         "scenarios",
@@ -691,7 +680,7 @@ fn long_histories_page_and_fork_over_http() {
 #[test]
 fn submissions_are_idempotent_on_the_id() {
     let scratch = Scratch::new();
-    deploy_with_cli(&scratch, "scenarios", &artifacts().scenarios);
+    scratch.deploy("scenarios", &artifacts().scenarios);
     let server = Server::start(&scratch, &[]);
     let input = json!({"scenario": "steps", "items": 2});
     let first = server
@@ -741,7 +730,7 @@ fn submissions_are_idempotent_on_the_id() {
 #[test]
 fn workflows_are_cancelled_over_http() {
     let scratch = Scratch::new();
-    deploy_with_cli(&scratch, "scenarios", &artifacts().scenarios);
+    scratch.deploy("scenarios", &artifacts().scenarios);
     let server = Server::start(&scratch, &[]);
 
     // Running: handed the cancellation at its next step.
@@ -804,7 +793,7 @@ fn workflows_are_cancelled_over_http() {
 #[test]
 fn bad_requests_are_refused_and_change_nothing() {
     let scratch = Scratch::new();
-    deploy_with_cli(&scratch, "scenarios", &artifacts().scenarios);
+    scratch.deploy("scenarios", &artifacts().scenarios);
     let server = Server::start(&scratch, &[]);
     server.submit(
         "scenarios",
@@ -1040,7 +1029,7 @@ fn bad_requests_are_refused_and_change_nothing() {
 #[test]
 fn a_token_guards_every_request() {
     let scratch = Scratch::new();
-    deploy_with_cli(&scratch, "scenarios", &artifacts().scenarios);
+    scratch.deploy("scenarios", &artifacts().scenarios);
     let token_file = scratch.path().join("token");
     std::fs::write(&token_file, "  s3cret-token\n").unwrap();
     let token_arg = token_file.to_str().unwrap();
@@ -1181,7 +1170,7 @@ fn a_non_loopback_address_needs_a_token() {
 #[test]
 fn the_openapi_document_is_true() {
     let scratch = Scratch::new();
-    deploy_with_cli(&scratch, "scenarios", &artifacts().scenarios);
+    scratch.deploy("scenarios", &artifacts().scenarios);
     let server = Server::start(&scratch, &[]);
     let document = server.get("/v1/openapi.json").expect(200).json;
     assert!(
@@ -1321,7 +1310,7 @@ fn required_fields(document: &Value, schema: &Value) -> Vec<String> {
 #[test]
 fn the_api_drains_with_the_server() {
     let scratch = Scratch::new();
-    deploy_with_cli(&scratch, "scenarios", &artifacts().scenarios);
+    scratch.deploy("scenarios", &artifacts().scenarios);
     let server = Server::start(&scratch, &["--shutdown-grace", "20s"]);
     server.submit(
         "scenarios",
@@ -1378,7 +1367,7 @@ fn the_api_drains_with_the_server() {
 #[test]
 fn a_workflows_output_is_read_and_followed_over_http_and_with_logs() {
     let scratch = Scratch::new();
-    deploy_with_cli(&scratch, "scenarios", &artifacts().scenarios);
+    scratch.deploy("scenarios", &artifacts().scenarios);
     let server = Server::start(&scratch, &[]);
     server.submit(
         "scenarios",
@@ -1481,7 +1470,7 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
 #[test]
 fn metrics_count_runs_steps_commits_queues_and_timers() {
     let scratch = Scratch::new();
-    deploy_with_cli(&scratch, "scenarios", &artifacts().scenarios);
+    scratch.deploy("scenarios", &artifacts().scenarios);
     let server = Server::start(&scratch, &[]);
     let before = server.get("/metrics").expect(200);
     assert!(

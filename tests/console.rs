@@ -195,23 +195,8 @@ fn serve(scratch: &Scratch) -> (Server, String) {
 
 /// [`serve`], with `extra` arguments for `serve`.
 fn serve_with(scratch: &Scratch, extra: &[&str]) -> (Server, String) {
-    let services = format!("{}::/services", scratch.path().join("services").display());
-    let ledger = format!("{}::/ledger", scratch.path().join("ledger").display());
-    for (name, component) in [
-        ("onboarding", &artifacts().onboarding),
-        ("scenarios", &artifacts().scenarios),
-    ] {
-        run(&mut scratch.host(&[
-            "deploy",
-            name,
-            component.to_str().unwrap(),
-            "--dir",
-            &services,
-            "--dir",
-            &ledger,
-        ]))
-        .expect_code(0);
-    }
+    scratch.deploy("onboarding", &artifacts().onboarding);
+    scratch.deploy("scenarios", &artifacts().scenarios);
     let mut args = vec!["--listen", "127.0.0.1:0", "--concurrency", "8"];
     args.extend(extra);
     let server = Server::start(scratch, "serve", &args);

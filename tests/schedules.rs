@@ -12,15 +12,7 @@ use serde_json::json;
 /// `name` ticking every second with the `keyed` scenario (one step that
 /// records its idempotency key each time its body runs).
 fn every_second(scratch: &Scratch, name: &str) {
-    let ledger = format!("{}::/ledger", scratch.path().join("ledger").display());
-    run(&mut scratch.host(&[
-        "deploy",
-        "scenarios",
-        artifacts().scenarios.to_str().unwrap(),
-        "--dir",
-        &ledger,
-    ]))
-    .expect_code(0);
+    scratch.deploy("scenarios", &artifacts().scenarios);
     let added = run(&mut scratch.host(&[
         "schedule",
         "add",

@@ -69,6 +69,13 @@ pub struct Firing {
     pub next_due: Option<Millis>,
 }
 
+impl Firing {
+    /// A schedule's next tick is at `tick`: the soonest so far, or not.
+    fn due_at(&mut self, tick: Millis) {
+        self.next_due = Some(self.next_due.map_or(tick, |due| due.min(tick)));
+    }
+}
+
 /// Parse a cron expression: five fields (minute hour day-of-month month
 /// day-of-week), or six with seconds first; UTC.
 pub fn parse(expression: &str) -> Result<Cron, ControlError> {
@@ -177,9 +184,7 @@ pub fn fire_due(store: &dyn CheckpointStore, now: Millis) -> Result<Firing, Cont
     let mut firing = Firing::default();
     for schedule in store.schedules()? {
         if schedule.next_tick > now {
-            firing.next_due = Some(firing.next_due.map_or(schedule.next_tick, |due: Millis| {
-                due.min(schedule.next_tick)
-            }));
+            firing.due_at(schedule.next_tick);
             continue;
         }
         let cron = match parse(&schedule.cron) {
@@ -217,7 +222,7 @@ pub fn fire_due(store: &dyn CheckpointStore, now: Millis) -> Result<Firing, Cont
         let next = next_tick(&cron, now).unwrap_or(PARKED);
         // Another server may have moved it first: then it is its tick.
         if store.advance_schedule(&schedule.name, schedule.next_tick, next)? && next < PARKED {
-            firing.next_due = Some(firing.next_due.map_or(next, |due: Millis| due.min(next)));
+            firing.due_at(next);
         }
     }
     Ok(firing)

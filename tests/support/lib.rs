@@ -176,6 +176,23 @@ impl Scratch {
         command
     }
 
+    /// `durable-host deploy NAME COMPONENT` on the scratch database, with
+    /// the scratch service and ledger directories granted (as [`Self::run`]).
+    pub fn deploy(&self, name: &str, component: &Path) {
+        let dir = |name: &str| format!("{}::/{name}", self.path().join(name).display());
+        let (services, ledger) = (dir("services"), dir("ledger"));
+        run(&mut self.host(&[
+            "deploy",
+            name,
+            component.to_str().unwrap(),
+            "--dir",
+            &services,
+            "--dir",
+            &ledger,
+        ]))
+        .expect_code(0);
+    }
+
     /// `durable-host run` of the scenarios guest, with `input`.
     pub fn scenario(&self, workflow_id: &str, input: Value) -> Command {
         let mut command = self.run(&artifacts().scenarios, workflow_id);
