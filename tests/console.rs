@@ -419,7 +419,9 @@ fn the_console_lists_workflows_and_draws_their_timelines() {
     browser.click("#confirm-ok");
     browser.eventually(
         "the forked workflow's page",
-        "return location.hash === '#/workflows/emp-042-again'
+        // The page's own heading, not the address: the address changes
+        // before the old page is replaced (hashchange is a later task).
+        "return document.getElementById('workflow-id')?.innerText === 'emp-042-again'
             && document.getElementById('workflow-status')?.innerText === 'completed'",
     );
     let copied = scratch.number(
