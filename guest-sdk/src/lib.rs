@@ -57,6 +57,29 @@
 //! }
 //! ```
 //!
+//! # Signals and events
+//!
+//! A workflow can wait for people and other systems: [`Context::wait_signal`]
+//! returns the value sent with `durable-host signal` (or the HTTP API), with
+//! an optional timeout, and holds no process while it waits.
+//! [`Context::set_event`] publishes a value (progress, a link) that observers
+//! read with `durable-host get-event`.
+//!
+//! ```no_run
+//! # use durable_sdk::{Context, Error};
+//! # use std::time::Duration;
+//! fn expense(ctx: &Context, amount: u64) -> Result<String, Error> {
+//!     ctx.set_event("status", "awaiting approval")?;
+//!     let approved: Option<bool> =
+//!         ctx.wait_signal("approval", Some(Duration::from_secs(3 * 24 * 3600)))?;
+//!     Ok(match approved {
+//!         Some(true) => format!("paid {amount}"),
+//!         Some(false) => "rejected".to_owned(),
+//!         None => "escalated: nobody answered in three days".to_owned(),
+//!     })
+//! }
+//! ```
+//!
 //! # Steps and their keys
 //!
 //! Each step gets the key `name#NNNNNN`, counting calls per name, so calling
@@ -397,6 +420,52 @@ impl Context {
     /// [`Error::is_cancelled`] is true.
     pub fn sleep(&self, duration: Duration) -> Result<(), Error> {
         host::sleep(duration.as_millis().min(u128::from(u64::MAX)) as u64).map_err(Error::cancelled)
+    }
+
+    /// Wait for the signal `name` and return its value, or `None` when
+    /// `timeout` runs out first (`None` waits as long as it takes).
+    ///
+    /// Signals are sent with `durable-host signal ID NAME --data JSON` or
+    /// `POST /v1/workflows/{id}/signals/{name}`, and kept until a wait takes
+    /// them: one sent before the workflow gets here is not missed. Each is
+    /// taken once, oldest first, and recorded (as the step
+    /// `durable.signal:NAME`), so a resumed workflow gets the same value.
+    /// The timeout is a durable timer, like [`Context::sleep`]'s.
+    ///
+    /// A long wait holds no process: `durable-host run` ends with the
+    /// workflow `waiting` (exit 12), and `serve` resumes it as soon as the
+    /// signal comes. A value that does not decode into `T` is an error (the
+    /// recorded value stays, so a replay gets the same error); a
+    /// cancellation ends the wait with an error for which
+    /// [`Error::is_cancelled`] is true.
+    pub fn wait_signal<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Option<T>, Error> {
+        let timeout_ms = timeout.map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64);
+        match host::wait_signal(name, timeout_ms) {
+            Err(reason) => Err(Error::cancelled(reason)),
+            Ok(None) => Ok(None),
+            Ok(Some(json)) => serde_json::from_str(&json).map(Some).map_err(|e| {
+                error!(
+                    "signal `{name}` holds a value that is not a {}: {e}",
+                    std::any::type_name::<T>()
+                )
+            }),
+        }
+    }
+
+    /// Publish `value` under `key` for people and programs watching the
+    /// workflow: `durable-host get-event ID KEY [--wait]`, `GET
+    /// /v1/workflows/{id}/events/{key}`. The last value published for a
+    /// key is the one read. Recorded as the step `durable.event:KEY`, so a
+    /// resumed workflow does not publish it again.
+    pub fn set_event<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), Error> {
+        let json = serde_json::to_string(value)
+            .map_err(|e| error!("the event `{key}` cannot be encoded as JSON: {e}"))?;
+        host::set_event(key, &json);
+        Ok(())
     }
 
     /// The id of the workflow being run.

@@ -1,5 +1,6 @@
 //! What clients do to workflows without running them: deploy components,
-//! submit workflows to queues, look them up, wait for results, cancel.
+//! submit workflows to queues, look them up, wait for results, send them
+//! signals, read the events they publish, cancel.
 //!
 //! The command line and the HTTP API are both thin clients of this module,
 //! so the two agree on every rule (idempotent submissions, size limits,
@@ -11,7 +12,8 @@ use std::time::{Duration, Instant};
 use crate::engine::{MAX_INPUT, MAX_NAME, cancel_workflow};
 use crate::runtime::{ComponentFile, Grants, Runtime, RuntimeError};
 use crate::store::{
-    CheckpointStore, Deployment, Enqueued, QueuedWorkflow, StoreError, WorkflowRecord,
+    CheckpointStore, Deployment, Enqueued, PublishedEvent, QueuedWorkflow, SignalRecord,
+    SignalSent, StoreError, WorkflowRecord, now_millis,
 };
 
 pub use crate::engine::CancelOutcome;
@@ -30,6 +32,8 @@ pub enum ControlError {
     /// what one looks like.
     #[error("{reason}")]
     InvalidSchedule { reason: String },
+    #[error("workflow {id} has published no event `{key}`")]
+    UnknownEvent { id: String, key: String },
     #[error("workflow {id} exists with another input")]
     InputConflict { id: String },
     #[error("the input is not valid JSON: {reason}")]
@@ -195,6 +199,89 @@ pub fn wait_for_end(
             return Ok(record);
         }
         std::thread::sleep(RESULT_POLL.min(deadline.saturating_duration_since(Instant::now())));
+    }
+}
+
+/// A signal for a workflow, as a client sends it.
+#[derive(Debug, Clone)]
+pub struct Signal<'a> {
+    pub workflow_id: &'a str,
+    pub name: &'a str,
+    /// JSON.
+    pub value: &'a str,
+    /// Makes sending again harmless: a second signal with this id is
+    /// ignored [default: a new id, so every send is a signal].
+    pub signal_id: Option<&'a str>,
+}
+
+/// Send `signal`, kept for the workflow until one of its waits takes it.
+/// Answers with the signal kept, and whether it was new.
+pub fn send_signal(
+    store: &dyn CheckpointStore,
+    signal: &Signal<'_>,
+) -> Result<(SignalRecord, bool), ControlError> {
+    check_name("the workflow id", signal.workflow_id)?;
+    check_name("the signal name", signal.name)?;
+    if let Some(id) = signal.signal_id {
+        check_name("the signal id", id)?;
+    }
+    if signal.value.len() > MAX_INPUT {
+        return Err(ControlError::TooLarge {
+            what: "the signal's value",
+            size: signal.value.len(),
+            limit: MAX_INPUT,
+        });
+    }
+    let value = serde_json::from_str::<serde_json::Value>(signal.value)
+        .map_err(|e| ControlError::InvalidInput {
+            reason: e.to_string(),
+        })?
+        .to_string();
+    let sent = store.send_signal(&SignalRecord {
+        seq: 0,
+        workflow_id: signal.workflow_id.to_owned(),
+        name: signal.name.to_owned(),
+        signal_id: signal
+            .signal_id
+            .map_or_else(|| format!("sig-{}", crate::new_run_id()), str::to_owned),
+        value,
+        sent_at: now_millis(),
+        taken_by: None,
+    })?;
+    Ok(match sent {
+        SignalSent::Kept(signal) => (signal, true),
+        SignalSent::Duplicate(signal) => (signal, false),
+    })
+}
+
+/// The value workflow `id` last published under `key`; with `wait`, wait
+/// up to that long for one to be published.
+pub fn published_event(
+    store: &dyn CheckpointStore,
+    id: &str,
+    key: &str,
+    wait: Option<Duration>,
+) -> Result<PublishedEvent, ControlError> {
+    let deadline = Instant::now() + wait.unwrap_or_default();
+    loop {
+        let workflow = workflow(store, id)?;
+        let found = store
+            .published_events(id)?
+            .into_iter()
+            .find(|event| event.key == key);
+        match found {
+            Some(event) => return Ok(event),
+            // An ended workflow publishes nothing more.
+            None if Instant::now() >= deadline || workflow.status.is_final() => {
+                return Err(ControlError::UnknownEvent {
+                    id: id.to_owned(),
+                    key: key.to_owned(),
+                });
+            }
+            None => std::thread::sleep(
+                RESULT_POLL.min(deadline.saturating_duration_since(Instant::now())),
+            ),
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use cli::args::{Cli, Command};
+use durable_host::control::Signal;
 use durable_host::store::ListQuery;
 
 fn main() -> ExitCode {
@@ -88,6 +89,26 @@ fn main() -> ExitCode {
             execution,
         } => cli::run::resume(db, json, &workflow_id, &component, &execution),
         Command::Cancel { workflow_id } => cli::inspect::cancel(db, json, &workflow_id),
+        Command::Signal {
+            workflow_id,
+            name,
+            data,
+            signal_id,
+        } => cli::signals::signal(
+            db,
+            json,
+            &Signal {
+                workflow_id: &workflow_id,
+                name: &name,
+                value: &data,
+                signal_id: signal_id.as_deref(),
+            },
+        ),
+        Command::GetEvent {
+            workflow_id,
+            key,
+            wait,
+        } => cli::signals::get_event(db, json, &workflow_id, &key, wait),
         Command::Compile {
             component,
             cache_dir,

@@ -21,9 +21,10 @@ use crate::engine::{
 use crate::runtime::{Grants, Runtime, RuntimeError, WorkflowComponent};
 use crate::store::{
     AttemptRecord, CheckpointStore, Deployment, Enqueued, Fork, LeaseRenewal, ListQuery, LogLine,
-    LogRecord, Millis, NewWorkflow, Outcome, QueuedWorkflow, Reopen, ScheduleRecord, SqliteStore,
-    StepBegin, StepKey, StepRecord, StoreError, Takeover, Upgrade, WorkflowEnd, WorkflowEvent,
-    WorkflowRecord, WorkflowStatus, WorkflowSummary,
+    LogRecord, Millis, NewWorkflow, Outcome, PublishedEvent, QueuedWorkflow, Reopen,
+    ScheduleRecord, SignalRecord, SignalSent, SqliteStore, StepBegin, StepEffect, StepKey,
+    StepRecord, StoreError, Takeover, Upgrade, WorkflowEnd, WorkflowEvent, WorkflowRecord,
+    WorkflowStatus, WorkflowSummary,
 };
 
 /// How a workflow's history fares on the new component.
@@ -435,6 +436,18 @@ impl CheckpointStore for ReadOnlyHistory {
         self.store.logs(id, after_seq, limit)
     }
 
+    fn next_signal(&self, id: &str, name: &str) -> Result<Option<SignalRecord>, StoreError> {
+        self.store.next_signal(id, name)
+    }
+
+    fn signals(&self, id: &str) -> Result<Vec<SignalRecord>, StoreError> {
+        self.store.signals(id)
+    }
+
+    fn published_events(&self, id: &str) -> Result<Vec<PublishedEvent>, StoreError> {
+        self.store.published_events(id)
+    }
+
     // Writes are dropped: a verify run leaves no trace.
 
     fn create_workflow(&self, _: &NewWorkflow<'_>) -> Result<(), StoreError> {
@@ -467,6 +480,32 @@ impl CheckpointStore for ReadOnlyHistory {
 
     fn deploy(&self, name: &str, _: &str, _: &str) -> Result<Deployment, StoreError> {
         Err(read_only(&format!("deploy {name}")))
+    }
+
+    fn send_signal(&self, signal: &SignalRecord) -> Result<SignalSent, StoreError> {
+        Err(read_only(&format!("signal {}", signal.workflow_id)))
+    }
+
+    fn finish_step_with(
+        &self,
+        _: &str,
+        _: &str,
+        _: &StepKey,
+        _: &Outcome,
+        _: &[LogLine],
+        _: &StepEffect,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn wait_workflow(
+        &self,
+        _: &str,
+        _: &str,
+        _: &str,
+        _: Option<Millis>,
+    ) -> Result<(), StoreError> {
+        Ok(())
     }
 
     fn fork_workflow(&self, fork: &Fork<'_>) -> Result<WorkflowRecord, StoreError> {

@@ -33,10 +33,11 @@ pub enum UpgradeResult {
 
 /// The workflows `upgrade` selects by default: every one that has not
 /// finished.
-pub const IN_FLIGHT: [WorkflowStatus; 4] = [
+pub const IN_FLIGHT: [WorkflowStatus; 5] = [
     WorkflowStatus::Queued,
     WorkflowStatus::Running,
     WorkflowStatus::Sleeping,
+    WorkflowStatus::Waiting,
     WorkflowStatus::Suspended,
 ];
 

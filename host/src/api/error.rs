@@ -120,6 +120,11 @@ impl From<ControlError> for ApiError {
                 message,
                 Some("GET /v1/schedules lists the schedules there are"),
             ),
+            ControlError::UnknownEvent { .. } => Self::new(
+                StatusCode::NOT_FOUND,
+                message,
+                Some("`?wait_ms=N` waits up to N ms for the workflow to publish it"),
+            ),
             ControlError::InputConflict { .. } => Self::new(
                 StatusCode::CONFLICT,
                 message,
@@ -198,6 +203,11 @@ impl From<StoreError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 error.to_string(),
                 Some("other processes kept the database locked; send the request again shortly"),
+            ),
+            StoreError::WorkflowEnded { .. } => Self::new(
+                StatusCode::CONFLICT,
+                error.to_string(),
+                Some("signals are for workflows that have not ended"),
             ),
             StoreError::WorkflowExists { .. } | StoreError::LostOwnership { .. } => Self::new(
                 StatusCode::CONFLICT,

@@ -28,6 +28,9 @@ pub enum Status {
     Running,
     /// Unloaded during a long durable sleep until `wake_at_ms`.
     Sleeping,
+    /// Unloaded while it waits for a signal (until `wake_at_ms` at the
+    /// latest, when its wait has a timeout).
+    Waiting,
     /// Returned its output. Final.
     Completed,
     /// Returned an error, or a limit stopped it. Final.
@@ -44,6 +47,7 @@ impl From<WorkflowStatus> for Status {
             WorkflowStatus::Queued => Self::Queued,
             WorkflowStatus::Running => Self::Running,
             WorkflowStatus::Sleeping => Self::Sleeping,
+            WorkflowStatus::Waiting => Self::Waiting,
             WorkflowStatus::Completed => Self::Completed,
             WorkflowStatus::Failed => Self::Failed,
             WorkflowStatus::Cancelled => Self::Cancelled,
@@ -246,6 +250,7 @@ pub struct StatusCounts {
     pub queued: u64,
     pub running: u64,
     pub sleeping: u64,
+    pub waiting: u64,
     pub completed: u64,
     pub failed: u64,
     pub cancelled: u64,
@@ -261,6 +266,7 @@ impl FromIterator<(WorkflowStatus, u64)> for StatusCounts {
                 WorkflowStatus::Queued => &mut all.queued,
                 WorkflowStatus::Running => &mut all.running,
                 WorkflowStatus::Sleeping => &mut all.sleeping,
+                WorkflowStatus::Waiting => &mut all.waiting,
                 WorkflowStatus::Completed => &mut all.completed,
                 WorkflowStatus::Failed => &mut all.failed,
                 WorkflowStatus::Cancelled => &mut all.cancelled,

@@ -40,7 +40,9 @@ Exit codes:
   8  this run lost ownership of the workflow to another run mid-way and stopped (what it committed stands)
   9  storage failure (disk full, I/O error, database replaced): steps may have run; what was committed stands; run again once fixed
  10  the workflow is sleeping (a long durable sleep) until the time printed: run it again then, or let `serve` continue it
- 11  `start --wait`: the workflow had not finished when --wait-timeout ran out (it goes on)";
+ 11  `start --wait`: the workflow had not finished when --wait-timeout ran out (it goes on)
+ 12  the workflow is waiting for a signal (`durable-host signal`): run it again once it is sent,
+     or let `serve` continue it";
 
 /// `durable-host schedule ...`.
 #[derive(Debug, Subcommand)]
@@ -95,7 +97,7 @@ pub enum Command {
     /// Shows a page at a time: `--after` the last id shown gives the next.
     List {
         /// Only workflows with this status: queued, running, sleeping,
-        /// completed, failed, cancelled or suspended.
+        /// waiting, completed, failed, cancelled or suspended.
         #[arg(long, value_parser = parse_status)]
         status: Option<WorkflowStatus>,
 
@@ -172,8 +174,8 @@ pub enum Command {
         #[arg(long = "workflow-id", value_name = "ID")]
         workflow_ids: Vec<String>,
 
-        /// Only workflows with this status [default: running and sleeping:
-        /// the ones that will resume].
+        /// Only workflows with this status [default: running, sleeping and
+        /// waiting: the ones that will resume].
         #[arg(long, value_parser = parse_status, conflicts_with_all = ["all", "workflow_ids"])]
         status: Option<WorkflowStatus>,
 
@@ -206,7 +208,7 @@ pub enum Command {
         workflow_ids: Vec<String>,
 
         /// Every workflow that has not finished (queued, running, sleeping,
-        /// suspended).
+        /// waiting, suspended).
         #[arg(long, conflicts_with = "workflow_ids")]
         all: bool,
 
@@ -384,8 +386,9 @@ pub enum Command {
     /// Run workflows from the database's queues until SIGTERM or SIGINT.
     ///
     /// Takes queued workflows oldest first up to each queue's concurrency,
-    /// resumes sleeping workflows when they are due and takes over those
-    /// whose owner died, here or in another `serve` on the same database.
+    /// resumes sleeping workflows when they are due (and waiting ones when
+    /// their signal comes) and takes over those whose owner died, here or in
+    /// another `serve` on the same database.
     /// Checkpoints of all runs share commits (group commit). On SIGTERM it
     /// stops taking work, lets runs reach their next step boundary within
     /// --shutdown-grace and releases their leases; a second signal exits at
@@ -435,6 +438,46 @@ pub enum Command {
 
         #[command(flatten)]
         cache: CacheArgs,
+    },
+
+    /// Send a signal to a workflow: its next wait for NAME
+    /// (`ctx.wait_signal`) takes it.
+    ///
+    /// Signals are kept until taken: one sent before the workflow waits is
+    /// not missed. Each is taken once, oldest first. A workflow `waiting`
+    /// for it is resumed by `serve` at once (under `run`, run it again).
+    #[command(after_help = EXIT_CODES)]
+    Signal {
+        /// The workflow id.
+        workflow_id: String,
+
+        /// The signal's name, as the workflow waits for it.
+        name: String,
+
+        /// The signal's value, as JSON.
+        #[arg(long, value_name = "JSON", default_value = "null")]
+        data: String,
+
+        /// An id that makes sending again harmless: a signal with an id
+        /// already sent to this workflow is ignored [default: a new id].
+        #[arg(long, value_name = "ID")]
+        signal_id: Option<String>,
+    },
+
+    /// Print the value a workflow published under KEY (`ctx.set_event`).
+    #[command(after_help = EXIT_CODES)]
+    GetEvent {
+        /// The workflow id.
+        workflow_id: String,
+
+        /// The event's key.
+        key: String,
+
+        /// Wait until the workflow publishes it (or ends), at most this
+        /// long; without it, a key not yet published is an error.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, num_args = 0..=1,
+              default_missing_value = "1h")]
+        wait: Option<Duration>,
     },
 
     /// Cancel a workflow: it is never resumed, and a run in progress stops
@@ -580,7 +623,8 @@ fn parse_queue(text: &str) -> Result<(String, usize), String> {
 
 fn parse_status(text: &str) -> Result<WorkflowStatus, String> {
     WorkflowStatus::parse(text).ok_or_else(|| {
-        "expected queued, running, sleeping, completed, failed, cancelled or suspended".to_owned()
+        "expected queued, running, sleeping, waiting, completed, failed, cancelled or suspended"
+            .to_owned()
     })
 }
 

@@ -27,7 +27,7 @@ const PREVIEW_CHARS: usize = 48;
 
 /// Open the database for reading what is there: a missing file is an
 /// error here, not a new empty database.
-fn open_existing(db: &Path) -> anyhow::Result<SqliteStore> {
+pub(super) fn open_existing(db: &Path) -> anyhow::Result<SqliteStore> {
     anyhow::ensure!(
         db.is_file(),
         "no database at {}: nothing has run there yet (pass --db PATH to look elsewhere)",
@@ -133,15 +133,24 @@ fn list_row(store: &SqliteStore, summary: &WorkflowSummary) -> Result<Vec<String
     let w = &summary.workflow;
     let mut notes = step_notes(summary);
     let until = match w.status {
-        WorkflowStatus::Sleeping => w.wake_at,
+        WorkflowStatus::Sleeping | WorkflowStatus::Waiting => w.wake_at,
         WorkflowStatus::Running => sleeping_until(store, &w.id)?,
         _ => None,
     };
-    if let Some(until) = until {
+    let note = match (w.status, until) {
+        (WorkflowStatus::Waiting, Some(until)) => Some(format!(
+            "waiting for a signal until {} UTC",
+            timestamp(until)
+        )),
+        (WorkflowStatus::Waiting, None) => Some("waiting for a signal".to_owned()),
+        (_, Some(until)) => Some(format!("sleeping until {} UTC", timestamp(until))),
+        (_, None) => None,
+    };
+    if let Some(note) = note {
         if !notes.is_empty() {
             notes.push_str(", ");
         }
-        notes.push_str(&format!("sleeping until {} UTC", timestamp(until)));
+        notes.push_str(&note);
     }
     Ok(vec![
         w.id.clone(),

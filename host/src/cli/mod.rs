@@ -9,6 +9,7 @@ mod report;
 pub mod run;
 pub mod schedules;
 pub mod serve;
+pub mod signals;
 mod table;
 mod timeline;
 pub mod verify;
@@ -35,6 +36,7 @@ pub mod exit {
     pub const STORAGE_FAILURE: u8 = 9;
     pub const SLEEPING: u8 = 10;
     pub const STILL_RUNNING: u8 = 11;
+    pub const WAITING: u8 = 12;
 }
 
 /// Print `error` as `error: <cause>` plus a hint where one helps, and pick
@@ -151,6 +153,10 @@ fn control_hint(error: &ControlError) -> Option<String> {
         ControlError::UnknownSchedule { .. } => {
             "`durable-host schedule list` shows the schedules there are".to_owned()
         }
+        ControlError::UnknownEvent { id, .. } => format!(
+            "`--wait` waits for the workflow to publish it; `durable-host history {id}` shows \
+             the durable.event steps it recorded"
+        ),
         ControlError::InputConflict { .. } => "an id names one workflow: start it with the input \
             it has (`durable-host history ID`), or pick another --workflow-id"
             .to_owned(),
@@ -194,16 +200,15 @@ fn runtime_hint(error: &RuntimeError) -> Option<String> {
         RuntimeError::WrongWorld {
             mismatch: WorldMismatch::NotAWorkflow(reason),
             ..
-        } if reason.contains("durable-step@0.1.0") => {
-            "this component was built with durable-sdk 0.1 (contract durable:workflow@0.1.0); \
-             rebuild it with this version's SDK. A workflow it started can be continued by the \
-             rebuilt component with --allow-component-change if its steps are unchanged, or \
-             finished with the durable-host version that started it"
+        } if reason.contains("durable:workflow/durable-step@") => {
+            "this component was built against a release of the durable:workflow contract that \
+             this host does not know (it runs 0.1.0, 0.2.0 and 0.3.0): run it with a durable-host \
+             at least as new as the SDK it was built with"
                 .to_owned()
         }
         RuntimeError::WrongWorld { .. } => "a workflow imports `durable:workflow/durable-step` \
-            and exports `run: func(input: string) -> result<string, string>` (the `workflow` \
-            world in wit/); in Rust, write it with the durable-sdk crate and `durable_sdk::workflow!`"
+            and exports `run: func(input: string) -> result<string, step-error>` (the \
+            `workflow` world in wit/); in Rust, write it with the durable-sdk crate and `durable_sdk::workflow!`"
             .to_owned(),
         RuntimeError::Dir { .. } => "each --dir must name an existing host directory".to_owned(),
         RuntimeError::Grants(_) => "run it with the grants it started with (or with none: the \
@@ -289,6 +294,10 @@ fn store_hint(error: &StoreError) -> Option<String> {
         StoreError::UnknownWorkflow { .. } => {
             "`durable-host list` shows the workflows in this database (see --db)".to_owned()
         }
+        StoreError::WorkflowEnded { id, .. } => format!(
+            "signals are for workflows that have not ended; `durable-host history {id}` shows \
+             how it ended"
+        ),
         StoreError::DiskFull { path } => format!(
             "free space on the disk holding {path} and run the same command again; nothing \
              committed is lost"

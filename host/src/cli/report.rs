@@ -191,6 +191,7 @@ pub fn print_report(report: &RunReport, elapsed: Duration, json_mode: bool) {
             error: error_message(&report.outcome),
             error_code: error_code(&report.outcome),
             wake_at_ms: report.wake_at,
+            waiting_for: report.waiting_for.as_deref(),
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             steps: report.events.iter().map(StepJson::from).collect(),
         });
@@ -205,9 +206,10 @@ pub fn print_report(report: &RunReport, elapsed: Duration, json_mode: bool) {
         report.status,
         millis(elapsed)
     );
-    match report.wake_at {
-        Some(wake_at) => print_sleeping(wake_at),
-        None => print_outcome(&report.outcome),
+    match (&report.waiting_for, report.wake_at) {
+        (Some(signal), deadline) => print_waiting(&report.workflow_id, signal, deadline),
+        (None, Some(wake_at)) => print_sleeping(wake_at),
+        (None, None) => print_outcome(&report.outcome),
     }
 }
 
@@ -231,6 +233,7 @@ pub fn print_stored(workflow: &WorkflowRecord, outcome: &Outcome, json_mode: boo
             error: error_message(outcome),
             error_code: error_code(outcome),
             wake_at_ms: workflow.wake_at,
+            waiting_for: None,
             duration_ms: 0.0,
             steps: Vec::new(),
         });
@@ -256,6 +259,16 @@ fn print_sleeping(wake_at: Millis) {
         "sleeping until {} UTC: run it again then (or now: it sleeps on), or let \
          `durable-host serve` continue it",
         timestamp(wake_at)
+    );
+}
+
+fn print_waiting(id: &str, signal: &str, deadline: Option<Millis>) {
+    let until = deadline
+        .map(|deadline| format!(" (until {} UTC at the latest)", timestamp(deadline)))
+        .unwrap_or_default();
+    println!(
+        "waiting for the signal `{signal}`{until}: `durable-host signal {id} {signal} --data JSON` \
+         sends it; then run it again, or let `durable-host serve` continue it"
     );
 }
 
@@ -299,9 +312,13 @@ struct RunJson<'a> {
     error: Option<&'a str>,
     /// The error's code, when the workflow gave one.
     error_code: Option<&'a str>,
-    /// For a sleeping workflow: when it is due.
+    /// For a sleeping workflow: when it is due; for a waiting one, when
+    /// its wait times out.
     #[serde(skip_serializing_if = "Option::is_none")]
     wake_at_ms: Option<Millis>,
+    /// For a waiting workflow: the signal it waits for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waiting_for: Option<&'a str>,
     duration_ms: f64,
     steps: Vec<StepJson<'a>>,
 }

@@ -500,6 +500,7 @@ pub(super) fn exit_code(status: WorkflowStatus) -> ExitCode {
             exit::WORKFLOW_FAILED
         }
         WorkflowStatus::Sleeping => exit::SLEEPING,
+        WorkflowStatus::Waiting => exit::WAITING,
         WorkflowStatus::Cancelled => exit::CANCELLED,
         WorkflowStatus::Suspended => exit::SUSPENDED,
     })

@@ -241,6 +241,7 @@ pub fn serve(db: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
         suspended = summary.suspended,
         cancelled = summary.cancelled,
         slept = summary.slept,
+        waited = summary.waited,
         abandoned = summary.abandoned,
         writes = summary.writes,
         commits = summary.commits,

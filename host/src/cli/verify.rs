@@ -20,15 +20,17 @@ use super::report::print_json;
 use super::table::{MAX_CELL_CHARS, preview};
 
 /// What the command line selects: ids, a status, every workflow, or by
-/// default the workflows that will resume (running and sleeping).
+/// default the workflows that will resume (running, sleeping, waiting).
 pub fn selection(ids: Vec<String>, status: Option<WorkflowStatus>, all: bool) -> Selection {
     match (status, all) {
         _ if !ids.is_empty() => Selection::Ids(ids),
         (Some(status), _) => Selection::Statuses(vec![status]),
         (None, true) => Selection::Statuses(Vec::new()),
-        (None, false) => {
-            Selection::Statuses(vec![WorkflowStatus::Running, WorkflowStatus::Sleeping])
-        }
+        (None, false) => Selection::Statuses(vec![
+            WorkflowStatus::Running,
+            WorkflowStatus::Sleeping,
+            WorkflowStatus::Waiting,
+        ]),
     }
 }
 

@@ -60,12 +60,15 @@ pub fn cancel_workflow(
 ) -> Result<CancelOutcome, EngineError> {
     let workflow = match store.workflow(id)? {
         None => return Err(StoreError::UnknownWorkflow { id: id.to_owned() }.into()),
-        // Nobody holds a queued, sleeping or suspended workflow: cancel it
-        // here, unless it changed since it was read.
+        // Nobody holds a queued, sleeping, waiting or suspended workflow:
+        // cancel it here, unless it changed since it was read.
         Some(workflow)
             if matches!(
                 workflow.status,
-                WorkflowStatus::Queued | WorkflowStatus::Sleeping | WorkflowStatus::Suspended
+                WorkflowStatus::Queued
+                    | WorkflowStatus::Sleeping
+                    | WorkflowStatus::Waiting
+                    | WorkflowStatus::Suspended
             ) =>
         {
             if store.cancel_idle_workflow(id, workflow.status, CANCELLED)? {

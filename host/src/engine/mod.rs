@@ -16,6 +16,7 @@ mod cancel;
 mod crash;
 mod lease;
 mod pending_log;
+mod signals;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,11 +30,12 @@ pub use lease::{
     this_process,
 };
 pub use pending_log::{MAX_LOG_LINE, PendingLog};
+pub use signals::{EVENT_STEP_PREFIX, SIGNAL_STEP_PREFIX, SignalWait, TimerStart, WAIT_STEP};
 
 use crate::store::{
     CheckpointStore, Claim, Failure, LogLine, LogStream, Millis, NewWorkflow, Outcome, Owner,
-    Reopen, StepBegin, StepKey, StepRecord, StoreError, Takeover, WorkflowEnd, WorkflowRecord,
-    WorkflowStatus, now_millis,
+    Reopen, StepBegin, StepEffect, StepKey, StepRecord, StoreError, Takeover, WorkflowEnd,
+    WorkflowRecord, WorkflowStatus, now_millis,
 };
 
 /// Why a run cannot go on. Apart from `Store`, these are the guest's or the
@@ -127,6 +129,13 @@ pub enum EngineError {
     /// without an instance until `wake_at`.
     #[error("the workflow is unloaded to sleep until {wake_at}")]
     Unloading { wake_at: Millis },
+    /// Not a failure either: the workflow waits for the signal `name`
+    /// without an instance, until `deadline` at the latest.
+    #[error("the workflow is unloaded to wait for the signal `{name}`")]
+    UnloadingToWait {
+        name: String,
+        deadline: Option<Millis>,
+    },
     #[error("the guest began a step with an empty name")]
     EmptyStepName,
     #[error("the guest began step `{requested}` while step `{executing}` is still executing")]
@@ -389,8 +398,11 @@ pub struct RunReport {
     pub resumed: bool,
     pub status: WorkflowStatus,
     pub outcome: Outcome,
-    /// For a workflow unloaded to sleep: when it is due.
+    /// For a workflow unloaded to sleep: when it is due; to wait for a
+    /// signal: when its wait times out, if it does.
     pub wake_at: Option<Millis>,
+    /// For a workflow unloaded to wait: the signal it waits for.
+    pub waiting_for: Option<String>,
     pub events: Vec<StepEvent>,
 }
 
@@ -994,6 +1006,17 @@ impl WorkflowRun {
         &mut self,
         requests: &[StepRequest<'_>],
     ) -> Result<Vec<StepStart>, EngineError> {
+        self.begin_steps_handing_over(requests, true)
+    }
+
+    /// [`Self::begin_steps`]; a pending cancellation is handed over first
+    /// only when `deliver_cancellation` (a step that cannot answer with it,
+    /// such as publishing an event, begins without).
+    fn begin_steps_handing_over(
+        &mut self,
+        requests: &[StepRequest<'_>],
+        deliver_cancellation: bool,
+    ) -> Result<Vec<StepStart>, EngineError> {
         if let Some(executing) = self.executing.first() {
             let name = requests.first().map(|r| r.name).unwrap_or_default();
             return Err(EngineError::StepOverlap {
@@ -1002,7 +1025,7 @@ impl WorkflowRun {
             });
         }
         self.check_signals()?;
-        if let Some(reason) = self.take_cancellation(false)? {
+        if deliver_cancellation && let Some(reason) = self.take_cancellation(false)? {
             return Ok(vec![StepStart::Cancelled(reason); requests.len()]);
         }
         // A failure below ends the run, so advancing as we go is harmless.
@@ -1122,6 +1145,16 @@ impl WorkflowRun {
 
     /// The guest reports how the executing step `key` ended; durable on return.
     pub fn finish_step(&mut self, key: &str, outcome: Outcome) -> Result<(), EngineError> {
+        self.finish_step_with(key, outcome, None)
+    }
+
+    /// [`Self::finish_step`], making `effect` in the same commit.
+    fn finish_step_with(
+        &mut self,
+        key: &str,
+        outcome: Outcome,
+        effect: Option<StepEffect>,
+    ) -> Result<(), EngineError> {
         let Some(index) = self.executing.iter().position(|e| e.key.as_str() == key) else {
             return Err(EngineError::NotExecuting {
                 key: key.to_owned(),
@@ -1150,13 +1183,24 @@ impl WorkflowRun {
             });
         }
         let executing = self.executing.remove(index);
-        self.store.finish_step(
-            &self.workflow_id,
-            &self.run_id,
-            &executing.key,
-            &outcome,
-            &self.pending_log.take(),
-        )?;
+        let log = self.pending_log.take();
+        match &effect {
+            None => self.store.finish_step(
+                &self.workflow_id,
+                &self.run_id,
+                &executing.key,
+                &outcome,
+                &log,
+            )?,
+            Some(effect) => self.store.finish_step_with(
+                &self.workflow_id,
+                &self.run_id,
+                &executing.key,
+                &outcome,
+                &log,
+                effect,
+            )?,
+        }
         self.checkpoints += 1;
         self.emit(StepEvent {
             key: executing.key.clone(),
@@ -1236,20 +1280,51 @@ impl WorkflowRun {
 
     /// The workflow sleeps until `wake_at`: record it `sleeping`, owned by
     /// nobody, and end this run. It is resumed by replay when it is due.
-    pub fn unload(mut self, wake_at: Millis) -> Result<RunReport, EngineError> {
+    pub fn unload(self, wake_at: Millis) -> Result<RunReport, EngineError> {
+        self.unload_until(None, Some(wake_at))
+    }
+
+    /// The workflow waits for the signal `name`, until `deadline` at the
+    /// latest: record it `waiting`, owned by nobody, and end this run. It is
+    /// resumed by replay when the signal is sent or the deadline is due.
+    pub fn unload_waiting(
+        self,
+        name: &str,
+        deadline: Option<Millis>,
+    ) -> Result<RunReport, EngineError> {
+        self.unload_until(Some(name), deadline)
+    }
+
+    fn unload_until(
+        mut self,
+        waiting_for: Option<&str>,
+        wake_at: Option<Millis>,
+    ) -> Result<RunReport, EngineError> {
         self.claim()?;
         self.store
             .append_log(&self.workflow_id, &self.run_id, &self.pending_log.take())?;
-        self.store
-            .sleep_workflow(&self.workflow_id, &self.run_id, wake_at)?;
+        let status = match waiting_for {
+            Some(name) => {
+                self.store
+                    .wait_workflow(&self.workflow_id, &self.run_id, name, wake_at)?;
+                WorkflowStatus::Waiting
+            }
+            None => {
+                let wake_at = wake_at.expect("a sleep has an end");
+                self.store
+                    .sleep_workflow(&self.workflow_id, &self.run_id, wake_at)?;
+                WorkflowStatus::Sleeping
+            }
+        };
         self.observer.run_ended(&self.workflow_id);
         Ok(RunReport {
             resumed: self.resumed(),
             workflow_id: self.workflow_id,
             run_id: self.run_id,
-            status: WorkflowStatus::Sleeping,
+            status,
             outcome: Ok(String::new()),
-            wake_at: Some(wake_at),
+            wake_at,
+            waiting_for: waiting_for.map(str::to_owned),
             events: self.events,
         })
     }
@@ -1346,6 +1421,7 @@ impl WorkflowRun {
             status,
             outcome,
             wake_at: None,
+            waiting_for: None,
             events: self.events,
         })
     }

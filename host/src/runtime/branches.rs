@@ -12,7 +12,7 @@ use super::guest_output::GuestOutput;
 use super::host::Role;
 use super::limits::LimitExceeded;
 use super::{RunLimits, Sandbox, WorkflowComponent, limit_exceeded, trap_reason};
-use crate::bindings::durable_step::{self, RetryPolicy};
+use crate::bindings::v0_3::durable_step::RetryPolicy;
 use crate::engine::{StepRun, WorkflowRun};
 use crate::store::{Failure, LogLine, Outcome};
 
@@ -256,9 +256,8 @@ impl BranchRunner {
                 }
             },
         };
-        let run = durable_step::StepRun::from(step);
-        match workflow.call_run_branch(&mut store, &job.entry, &run, &job.input) {
-            Ok(outcome) => Ok(outcome.map_err(Failure::from)),
+        match workflow.call_run_branch(&mut store, &job.entry, step, &job.input) {
+            Ok(outcome) => Ok(outcome),
             Err(trap) => match limit_exceeded(&trap) {
                 Some(limit) => Err(limit),
                 None => Ok(Err(Failure::new(trap_reason(&trap, output)))),

@@ -9,8 +9,10 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::branches::{BranchJob, BranchRunner};
 use super::guest_output::GuestOutput;
 use super::limits::{Deadline, InstanceLimiter};
-use crate::bindings::durable_step;
-use crate::engine::{EngineError, StepRequest, StepRun, StepStart, WorkflowRun};
+use crate::bindings::v0_3::durable_step;
+use crate::engine::{
+    EngineError, SignalWait, StepRequest, StepRun, StepStart, TimerStart, WAIT_STEP, WorkflowRun,
+};
 use crate::store::{Failure, Outcome};
 
 /// Everything one guest instance can reach.
@@ -129,6 +131,9 @@ pub const UNLOAD_SLEEPS_OVER: Duration = Duration::from_secs(5);
 /// The name under which durable sleeps are recorded.
 pub const SLEEP_STEP: &str = "durable.sleep";
 
+/// How often a wait in the process looks for its signal.
+const SIGNAL_POLL: Duration = Duration::from_millis(25);
+
 impl From<StepStart> for durable_step::StepStart {
     fn from(start: StepStart) -> Self {
         match start {
@@ -236,20 +241,9 @@ impl durable_step::Host for HostState {
 
     fn sleep(&mut self, duration_ms: u64) -> wasmtime::Result<Result<(), String>> {
         let (run, _) = self.run()?;
-        let wake_at_ms = match run.begin_step(SLEEP_STEP)? {
-            StepStart::Replayed(Ok(json)) => {
-                serde_json::from_str::<i64>(&json).map_err(|e| EngineError::InvalidStepJson {
-                    key: crate::store::StepKey::new(SLEEP_STEP, 1),
-                    reason: format!("a recorded wake-up time must be a number: {e}"),
-                })?
-            }
-            StepStart::Replayed(Err(error)) => return Err(wasmtime::Error::msg(error.to_string())),
-            StepStart::Cancelled(reason) => return Ok(Err(reason)),
-            StepStart::Execute(step) => {
-                let wake_at = crate::store::now_millis() + duration_ms as i64;
-                run.finish_step(step.key.as_str(), Ok(wake_at.to_string()))?;
-                wake_at
-            }
+        let wake_at_ms = match run.timer(SLEEP_STEP, duration_ms)? {
+            TimerStart::Until(wake_at) => wake_at,
+            TimerStart::Cancelled(reason) => return Ok(Err(reason)),
         };
         // A cancellation recorded right after this sleep (replaying), or
         // already pending, ends it at once.
@@ -272,6 +266,45 @@ impl durable_step::Host for HostState {
             Some(reason) => Ok(Err(reason)),
             None => Ok(Ok(())),
         }
+    }
+
+    fn wait_signal(
+        &mut self,
+        name: String,
+        timeout_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<Option<String>, String>> {
+        let (run, _) = self.run()?;
+        let deadline = match timeout_ms.map(|ms| run.timer(WAIT_STEP, ms)).transpose()? {
+            Some(TimerStart::Cancelled(reason)) => return Ok(Err(reason)),
+            Some(TimerStart::Until(deadline)) => Some(deadline),
+            None => None,
+        };
+        loop {
+            let run = self.run()?.0;
+            match run.receive_signal(&name, deadline)? {
+                SignalWait::Received(value) => return Ok(Ok(Some(value))),
+                SignalWait::TimedOut => return Ok(Ok(None)),
+                SignalWait::Cancelled(reason) => return Ok(Err(reason)),
+                SignalWait::Nothing => {}
+            }
+            let left = deadline.map(|deadline| {
+                Duration::from_millis(
+                    deadline.saturating_sub(crate::store::now_millis()).max(0) as u64
+                )
+            });
+            if run.unloads_sleeps() && left.is_none_or(|left| left > UNLOAD_SLEEPS_OVER) {
+                // As a long sleep: resumed by replay when the signal comes.
+                return Err(EngineError::UnloadingToWait { name, deadline }.into());
+            }
+            // Waiting in the process (`run --wait`): look for the signal
+            // every few milliseconds, until the deadline.
+            let look_again = SIGNAL_POLL.min(left.unwrap_or(SIGNAL_POLL));
+            self.durable_wait(Instant::now() + look_again, true)?;
+        }
+    }
+
+    fn set_event(&mut self, key: String, value: String) -> wasmtime::Result<()> {
+        Ok(self.run()?.0.publish_event(&key, &value)?)
     }
 
     fn workflow_id(&mut self) -> wasmtime::Result<String> {

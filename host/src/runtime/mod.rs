@@ -11,10 +11,14 @@
 //! Around it: `host` is what an instance holds and the `durable-step`
 //! implementation, `branches` runs parallel branches, `limits` the run's
 //! time and memory, `grants` what a workflow was granted, `cache` compiled
-//! components, `imports` what a component imports (read before compiling).
+//! components, `imports` what a component imports (read before compiling),
+//! `contract` which release of the contract a component was built against
+//! and `compat` the imports of the earlier releases.
 
 mod branches;
 mod cache;
+mod compat;
+mod contract;
 mod grants;
 mod guest_output;
 mod host;
@@ -32,10 +36,11 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
-use crate::bindings::{Workflow, WorkflowPre};
+use crate::bindings::{v0_1, v0_2, v0_3};
 use crate::engine::{EngineError, RunReport, WorkflowRun};
 use branches::BranchRunner;
 pub use cache::{CacheUse, ComponentCache};
+use contract::ContractPre;
 pub use grants::{Grants, GrantsError};
 use guest_output::GuestOutput;
 use host::Role;
@@ -144,7 +149,7 @@ impl ComponentFile {
 /// A compiled component, checked to be a workflow and ready to instantiate.
 #[derive(Clone)]
 pub struct WorkflowComponent {
-    pre: WorkflowPre<HostState>,
+    pre: ContractPre,
     cache_use: CacheUse,
 }
 
@@ -204,7 +209,12 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(setup)?;
         limits::enforce_deadline_in_poll(&mut linker).map_err(setup)?;
-        Workflow::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
+        // Every release of the contract, each under its own versioned name.
+        v0_3::Workflow::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
+            .map_err(setup)?;
+        v0_2::durable_step::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
+            .map_err(setup)?;
+        v0_1::durable_step::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
             .map_err(setup)?;
         let ticker_stop = config.interruptible.then(|| {
             let stop = Arc::new(AtomicBool::new(false));
@@ -253,7 +263,7 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(not_a_workflow)?;
-        let pre = WorkflowPre::new(instance_pre).map_err(not_a_workflow)?;
+        let pre = ContractPre::new(instance_pre).map_err(not_a_workflow)?;
         Ok(WorkflowComponent { pre, cache_use })
     }
 
@@ -302,12 +312,15 @@ impl Runtime {
         // An instance that cannot even start (its memory over the budget,
         // say) is handled like a trap in it.
         let trap = match result {
-            Ok(outcome) => return Ok(run.complete(outcome.map_err(Into::into))?),
+            Ok(outcome) => return Ok(run.complete(outcome)?),
             Err(trap) => trap,
         };
         match trap.downcast::<EngineError>() {
             Ok(EngineError::Cancelled { .. }) => Ok(run.cancel()?),
             Ok(EngineError::Unloading { wake_at }) => Ok(run.unload(wake_at)?),
+            Ok(EngineError::UnloadingToWait { name, deadline }) => {
+                Ok(run.unload_waiting(&name, deadline)?)
+            }
             Ok(error) if keeps_history(&error) => Err(error.into()),
             // The guest broke the protocol: a bug in its code.
             Ok(guest_misuse) => Ok(run.suspend(guest_misuse.to_string())?),

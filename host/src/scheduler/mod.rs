@@ -69,6 +69,8 @@ pub struct ServeSummary {
     pub suspended: u64,
     pub cancelled: u64,
     pub slept: u64,
+    /// Runs that ended waiting for a signal.
+    pub waited: u64,
     /// Runs still at work when the shutdown grace ran out.
     pub abandoned: usize,
     /// Writes of all runs, the commits they shared, and how many of those
@@ -377,6 +379,7 @@ impl Dispatcher {
             RunEnd::Ran(WorkflowStatus::Suspended) => self.summary.suspended += 1,
             RunEnd::Ran(WorkflowStatus::Cancelled) => self.summary.cancelled += 1,
             RunEnd::Ran(WorkflowStatus::Sleeping) => self.summary.slept += 1,
+            RunEnd::Ran(WorkflowStatus::Waiting) => self.summary.waited += 1,
             _ => {}
         }
         match finished.end {
@@ -546,6 +549,9 @@ fn execute(shared: &Shared, workflow: &WorkflowRecord) -> RunEnd {
             }
             tracing::info!(workflow_id = id, run_id, "woke up")
         }
+        WorkflowStatus::Waiting => {
+            tracing::info!(workflow_id = id, run_id, "resumed to look for its signal")
+        }
         _ => {
             shared.metrics.takeover();
             tracing::info!(workflow_id = id, run_id, "taking over")
@@ -627,6 +633,12 @@ fn log_report(report: &RunReport) {
         (_, WorkflowStatus::Sleeping) => {
             tracing::info!(workflow_id = id, wake_at = report.wake_at, "sleeping")
         }
+        (_, WorkflowStatus::Waiting) => tracing::info!(
+            workflow_id = id,
+            signal = report.waiting_for.as_deref().unwrap_or_default(),
+            timeout_at = report.wake_at,
+            "waiting"
+        ),
         (Ok(_), status) => tracing::info!(workflow_id = id, %status, "finished"),
         (Err(error), status) => {
             tracing::warn!(workflow_id = id, %status, error = %error, "finished")

@@ -25,9 +25,9 @@ use std::time::Instant;
 use super::{
     AttemptRecord, CheckpointStore, Claim, CommitObserver, Deployment, Enqueued, Fork,
     LeaseRenewal, ListQuery, LogLine, LogRecord, Millis, NewWorkflow, Outcome, Owner,
-    QueuedWorkflow, Reopen, ScheduleRecord, SqliteStore, StepBegin, StepKey, StepRecord,
-    StoreError, Takeover, Upgrade, WorkflowEnd, WorkflowEvent, WorkflowRecord, WorkflowStatus,
-    WorkflowSummary,
+    PublishedEvent, QueuedWorkflow, Reopen, ScheduleRecord, SignalRecord, SignalSent, SqliteStore,
+    StepBegin, StepEffect, StepKey, StepRecord, StoreError, Takeover, Upgrade, WorkflowEnd,
+    WorkflowEvent, WorkflowRecord, WorkflowStatus, WorkflowSummary,
 };
 
 /// At most this many writes share a transaction: bounds the latency the
@@ -604,6 +604,57 @@ impl CheckpointStore for GroupCommitStore {
         self.submit(true, move |store| {
             store.sleep_workflow(&id, &run_id, wake_at)
         })
+    }
+
+    fn wait_workflow(
+        &self,
+        id: &str,
+        run_id: &str,
+        signal: &str,
+        deadline: Option<Millis>,
+    ) -> Result<(), StoreError> {
+        owned!(id, run_id, signal);
+        self.submit(true, move |store| {
+            store.wait_workflow(&id, &run_id, &signal, deadline)
+        })
+    }
+
+    fn finish_step_with(
+        &self,
+        workflow_id: &str,
+        run_id: &str,
+        key: &StepKey,
+        outcome: &Outcome,
+        log: &[LogLine],
+        effect: &StepEffect,
+    ) -> Result<(), StoreError> {
+        owned!(workflow_id, run_id);
+        let (key, outcome, log, effect) =
+            (key.clone(), outcome.clone(), log.to_vec(), effect.clone());
+        self.submit(true, move |store| {
+            store.finish_step_with(&workflow_id, &run_id, &key, &outcome, &log, &effect)
+        })
+    }
+
+    fn send_signal(&self, signal: &SignalRecord) -> Result<SignalSent, StoreError> {
+        let signal = signal.clone();
+        self.submit(true, move |store| store.send_signal(&signal))
+    }
+
+    fn next_signal(
+        &self,
+        workflow_id: &str,
+        name: &str,
+    ) -> Result<Option<SignalRecord>, StoreError> {
+        self.read(|store| store.next_signal(workflow_id, name))
+    }
+
+    fn signals(&self, workflow_id: &str) -> Result<Vec<SignalRecord>, StoreError> {
+        self.read(|store| store.signals(workflow_id))
+    }
+
+    fn published_events(&self, workflow_id: &str) -> Result<Vec<PublishedEvent>, StoreError> {
+        self.read(|store| store.published_events(workflow_id))
     }
 
     fn cancel_idle_workflow(

@@ -112,6 +112,10 @@ pub enum WorkflowStatus {
     /// Unloaded during a long durable sleep: no process holds it until
     /// [`WorkflowRecord::wake_at`], when it is resumed by replay.
     Sleeping,
+    /// Unloaded while it waits for a signal: no process holds it until a
+    /// signal is sent to it or its wait's timeout
+    /// ([`WorkflowRecord::wake_at`]) is due; then it is resumed by replay.
+    Waiting,
     /// Returned its output. Final.
     Completed,
     /// Returned an error or trapped. Final.
@@ -149,11 +153,19 @@ status_text!(WorkflowStatus {
     Queued => "queued",
     Running => "running",
     Sleeping => "sleeping",
+    Waiting => "waiting",
     Completed => "completed",
     Failed => "failed",
     Cancelled => "cancelled",
     Suspended => "suspended",
 });
+
+impl WorkflowStatus {
+    /// Completed, failed or cancelled: it never runs again.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+}
 
 /// Where a line of a workflow's log came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,7 +247,10 @@ impl WorkflowRecord {
     /// The final outcome, or `None` while the workflow is running.
     pub fn outcome(&self) -> Option<Outcome> {
         match self.status {
-            WorkflowStatus::Queued | WorkflowStatus::Running | WorkflowStatus::Sleeping => None,
+            WorkflowStatus::Queued
+            | WorkflowStatus::Running
+            | WorkflowStatus::Sleeping
+            | WorkflowStatus::Waiting => None,
             WorkflowStatus::Completed => Some(Ok(self.output.clone().unwrap_or_default())),
             WorkflowStatus::Failed | WorkflowStatus::Cancelled | WorkflowStatus::Suspended => {
                 Some(Err(Failure {
@@ -515,6 +530,53 @@ pub struct WorkflowEnd<'a> {
     pub log: &'a [LogLine],
 }
 
+/// A signal sent to a workflow, kept until one of its waits takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignalRecord {
+    /// The order signals were sent in, across all workflows.
+    pub seq: i64,
+    pub workflow_id: String,
+    pub name: String,
+    /// Chosen by the sender (or generated): a signal sent again with the
+    /// same id is the same signal.
+    pub signal_id: String,
+    /// JSON.
+    pub value: String,
+    pub sent_at: Millis,
+    /// The step that took it, once one has.
+    pub taken_by: Option<StepKey>,
+}
+
+/// What [`CheckpointStore::send_signal`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignalSent {
+    /// Kept for the workflow (and a waiting workflow made due).
+    Kept(SignalRecord),
+    /// A signal with this id was sent before: that one stands.
+    Duplicate(SignalRecord),
+}
+
+/// A value a workflow published for observers under a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedEvent {
+    pub key: String,
+    /// JSON.
+    pub value: String,
+    /// The step that published it.
+    pub step_key: StepKey,
+    pub published_at: Millis,
+}
+
+/// What finishing a step also changes, in the same transaction, so that
+/// neither happens without the other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepEffect {
+    /// The step took signal `seq` (not yet taken): it is delivered once.
+    TakeSignal { seq: i64 },
+    /// The step published `value` under `key`, replacing the key's value.
+    Publish { key: String, value: String },
+}
+
 /// Why the store could not do what was asked. Each variant says what a user
 /// can act on; `Backend` carries the database's own error.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -537,6 +599,8 @@ pub enum StoreError {
     LostOwnership { id: String, owner: String },
     #[error("workflow {id} does not exist")]
     UnknownWorkflow { id: String },
+    #[error("workflow {id} has ended ({status}): it takes no more signals")]
+    WorkflowEnded { id: String, status: WorkflowStatus },
     #[error("the disk holding the database {path} is full")]
     DiskFull { path: String },
     #[error("I/O error on the database {path}: {reason}")]
@@ -709,7 +773,7 @@ pub trait CheckpointStore: Send {
         limit: u32,
     ) -> Result<Vec<WorkflowRecord>, StoreError>;
 
-    /// The earliest time a sleeping workflow of `queue` is due, if any.
+    /// The earliest time a sleeping or waiting workflow of `queue` is due, if any.
     fn next_wake(&self, queue: &str) -> Result<Option<Millis>, StoreError>;
 
     /// Unload running workflow `id` of `run_id` until `wake_at`: it becomes
@@ -782,6 +846,49 @@ pub trait CheckpointStore: Send {
     /// The log of workflow `id` after line `after_seq`, oldest first, at
     /// most `limit` lines.
     fn logs(&self, id: &str, after_seq: i64, limit: u32) -> Result<Vec<LogRecord>, StoreError>;
+
+    /// Record how step `key` ended, as [`CheckpointStore::finish_step`], and
+    /// make `effect` in the same transaction.
+    fn finish_step_with(
+        &self,
+        workflow_id: &str,
+        run_id: &str,
+        key: &StepKey,
+        outcome: &Outcome,
+        log: &[LogLine],
+        effect: &StepEffect,
+    ) -> Result<(), StoreError>;
+
+    /// Keep `signal` (its `seq` and `taken_by` are ignored) for workflow
+    /// `signal.workflow_id`, unless one with its id was sent before; a
+    /// `waiting` workflow becomes due at once. Refused for a workflow that
+    /// does not exist or has ended. Durable on return.
+    fn send_signal(&self, signal: &SignalRecord) -> Result<SignalSent, StoreError>;
+
+    /// The oldest signal `name` of workflow `workflow_id` that no step has taken.
+    fn next_signal(
+        &self,
+        workflow_id: &str,
+        name: &str,
+    ) -> Result<Option<SignalRecord>, StoreError>;
+
+    /// Every signal sent to workflow `workflow_id`, in the order sent.
+    fn signals(&self, workflow_id: &str) -> Result<Vec<SignalRecord>, StoreError>;
+
+    /// The values workflow `workflow_id` published, by key.
+    fn published_events(&self, workflow_id: &str) -> Result<Vec<PublishedEvent>, StoreError>;
+
+    /// Unload running workflow `id` of `run_id` while it waits for the
+    /// signal `signal`, until `deadline` at the latest: it becomes
+    /// `waiting`, owned by nobody (and due at once if such a signal came
+    /// since the run last looked).
+    fn wait_workflow(
+        &self,
+        id: &str,
+        run_id: &str,
+        signal: &str,
+        deadline: Option<Millis>,
+    ) -> Result<(), StoreError>;
 
     /// Record how a workflow ended (or that it is suspended). Durable on return.
     fn finish_workflow(

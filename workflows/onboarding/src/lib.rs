@@ -1,13 +1,13 @@
 //! Employee onboarding, the showcase workflow.
 //!
 //! `create_record`, then `provision_laptop` and `provision_access` in
-//! parallel, then `send_welcome_email`. Each step calls a mock service (see [`services`]);
-//! kill the host at any point and run the same workflow id again: finished
-//! steps are not repeated and the summary comes out the same.
-
-mod services;
+//! parallel, then `send_welcome_email`. Each step calls a mock service (the
+//! `mock-services` crate); kill the host at any point and run the same
+//! workflow id again: finished steps are not repeated and the summary comes
+//! out the same.
 
 use durable_sdk::{Branch, Context, Error};
+use mock_services as services;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]

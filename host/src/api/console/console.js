@@ -12,7 +12,7 @@ const ROW_HEIGHT = 24;
 const FINISHED = new Set(["completed", "failed", "cancelled", "suspended"]);
 // A suspended workflow can still be cancelled; these cannot.
 const FINAL = new Set(["completed", "failed", "cancelled"]);
-const STATUSES = ["queued", "running", "sleeping", "completed", "failed", "cancelled", "suspended"];
+const STATUSES = ["queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled", "suspended"];
 
 // ---- API access ----------------------------------------------------------
 

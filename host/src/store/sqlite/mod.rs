@@ -24,10 +24,10 @@ use rusqlite::{
 
 use super::{
     AttemptRecord, CheckpointStore, Deployment, Enqueued, Fork, LOG_LINES_KEPT, LeaseRenewal,
-    ListQuery, LogLine, LogRecord, LogStream, Millis, NewWorkflow, Outcome, Owner, QueuedWorkflow,
-    Reopen, ScheduleRecord, StepBegin, StepKey, StepRecord, StepStatus, StoreError, Takeover,
-    Upgrade, WorkflowEnd, WorkflowEvent, WorkflowRecord, WorkflowStatus, WorkflowSummary,
-    now_millis,
+    ListQuery, LogLine, LogRecord, LogStream, Millis, NewWorkflow, Outcome, Owner, PublishedEvent,
+    QueuedWorkflow, Reopen, ScheduleRecord, SignalRecord, SignalSent, StepBegin, StepEffect,
+    StepKey, StepRecord, StepStatus, StoreError, Takeover, Upgrade, WorkflowEnd, WorkflowEvent,
+    WorkflowRecord, WorkflowStatus, WorkflowSummary, now_millis,
 };
 
 mod schema;
@@ -376,6 +376,99 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Inside a write: record how step `key` ended (see
+    /// [`CheckpointStore::finish_step`]).
+    fn finish_step_in(
+        tx: &Connection,
+        workflow_id: &str,
+        run_id: &str,
+        key: &StepKey,
+        outcome: &Outcome,
+        log: &[LogLine],
+    ) -> rusqlite::Result<Result<(), StoreError>> {
+        if let Err(lost) = Self::check_owner(tx, workflow_id, run_id)? {
+            return Ok(Err(lost));
+        }
+        let (status, output, error, code) = split_step_outcome(outcome);
+        insert_log(tx, workflow_id, log)?;
+        let updated = tx
+            .prepare_cached(
+                "UPDATE steps SET status = ?4, output_json = ?5, error = ?6, finished_at = ?7,
+                     error_code = ?8
+                 WHERE workflow_id = ?1 AND step_key = ?2 AND run_id = ?3
+                   AND status = 'running'",
+            )?
+            .execute(params![
+                workflow_id,
+                key.as_str(),
+                run_id,
+                status.as_str(),
+                output,
+                error,
+                now_millis(),
+                code
+            ])?;
+        Ok(if updated == 0 {
+            Err(StoreError::Backend(format!(
+                "step {key} of workflow {workflow_id} is not running in run {run_id}"
+            )))
+        } else {
+            Ok(())
+        })
+    }
+
+    /// Unload running workflow `id` of `run_id` until `wake_at`, owned by
+    /// nobody: sleeping, or waiting when it waits for the signal
+    /// `waiting_for`.
+    fn unload(
+        &self,
+        id: &str,
+        run_id: &str,
+        waiting_for: Option<&str>,
+        wake_at: Option<Millis>,
+    ) -> Result<(), StoreError> {
+        let status = match waiting_for {
+            Some(_) => WorkflowStatus::Waiting,
+            None => WorkflowStatus::Sleeping,
+        };
+        let now = now_millis();
+        self.write(|tx| {
+            if let Err(lost) = Self::check_owner(tx, id, run_id)? {
+                return Ok(Err(lost));
+            }
+            tx.prepare_cached(
+                "UPDATE workflows SET status = ?2, wake_at = ?3, lease_expires_at = 0,
+                     updated_at = ?4, takeovers = 0
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, status.as_str(), wake_at, now])?;
+            // A signal sent after this run last looked (sending only wakes
+            // workflows already waiting): resume at once to take it.
+            if let Some(name) = waiting_for {
+                tx.prepare_cached(
+                    "UPDATE workflows SET wake_at = ?2 WHERE id = ?1 AND EXISTS (
+                         SELECT 1 FROM signals INDEXED BY signals_untaken
+                         WHERE workflow_id = ?1 AND name = ?3 AND taken_by IS NULL)",
+                )?
+                .execute(params![id, now, name])?;
+            }
+            Ok(Ok(()))
+        })
+    }
+
+    /// Inside a write: the signal `signal_id` of workflow `workflow_id`.
+    fn signal_by_id(
+        tx: &Connection,
+        workflow_id: &str,
+        signal_id: &str,
+    ) -> rusqlite::Result<Option<SignalRecord>> {
+        tx.prepare_cached(&format!(
+            "SELECT {SIGNAL_COLUMNS} FROM signals WHERE workflow_id = ?1 AND signal_id = ?2"
+        ))?
+        .query_row([workflow_id, signal_id], signal_from_row)
+        .optional()
+    }
+
     /// Inside a write: `Ok(())` while `run_id` owns running workflow `id`,
     /// else the conflict to roll back with. This is the fence every write
     /// of a run passes, in the write's own transaction.
@@ -560,7 +653,7 @@ impl CheckpointStore for SqliteStore {
                          owner_boot = ?9, owner_pid_ns = ?10, owner_started = ?11,
                          takeovers = ?12, progress_mark = ?13, status = 'running', wake_at = NULL
                      WHERE id = ?1 AND run_id = ?2 AND lease_expires_at = ?14
-                       AND status IN ('running', 'queued', 'sleeping')",
+                       AND status IN ('running', 'queued', 'sleeping', 'waiting')",
                 )?
                 .execute(params![
                     id,
@@ -1037,7 +1130,8 @@ impl CheckpointStore for SqliteStore {
                              WHERE status = 'running' AND lease_expires_at < ?2 AND queue = ?1
                          UNION ALL
                          SELECT * FROM workflows INDEXED BY workflows_waking
-                             WHERE status = 'sleeping' AND wake_at <= ?2 AND queue = ?1
+                             WHERE status IN ('sleeping', 'waiting') AND wake_at <= ?2
+                               AND queue = ?1
                          UNION ALL
                          SELECT * FROM (SELECT * FROM workflows
                              WHERE status = 'queued' AND queue = ?1
@@ -1075,26 +1169,24 @@ impl CheckpointStore for SqliteStore {
             self.conn
                 .prepare_cached(
                     "SELECT min(wake_at) FROM workflows INDEXED BY workflows_waking
-                     WHERE status = 'sleeping' AND queue = ?1",
+                     WHERE status IN ('sleeping', 'waiting') AND queue = ?1",
                 )?
                 .query_row([queue], |row| row.get(0))
         })
     }
 
     fn sleep_workflow(&self, id: &str, run_id: &str, wake_at: Millis) -> Result<(), StoreError> {
-        let now = now_millis();
-        self.write(|tx| {
-            if let Err(lost) = Self::check_owner(tx, id, run_id)? {
-                return Ok(Err(lost));
-            }
-            tx.prepare_cached(
-                "UPDATE workflows SET status = 'sleeping', wake_at = ?2, lease_expires_at = 0,
-                     updated_at = ?3, takeovers = 0
-                 WHERE id = ?1",
-            )?
-            .execute(params![id, wake_at, now])?;
-            Ok(Ok(()))
-        })
+        self.unload(id, run_id, None, Some(wake_at))
+    }
+
+    fn wait_workflow(
+        &self,
+        id: &str,
+        run_id: &str,
+        signal: &str,
+        deadline: Option<Millis>,
+    ) -> Result<(), StoreError> {
+        self.unload(id, run_id, Some(signal), deadline)
     }
 
     fn cancel_idle_workflow(
@@ -1109,7 +1201,8 @@ impl CheckpointStore for SqliteStore {
                 .prepare_cached(
                     "UPDATE workflows SET status = 'cancelled', error = ?3, error_code = NULL,
                          output = NULL, wake_at = NULL, cancel_requested = 1, updated_at = ?4
-                     WHERE id = ?1 AND status = ?2 AND status IN ('queued', 'sleeping', 'suspended')",
+                     WHERE id = ?1 AND status = ?2
+                       AND status IN ('queued', 'sleeping', 'waiting', 'suspended')",
                 )?
                 .execute(params![id, status.as_str(), reason, now])?;
             if cancelled == 1 {
@@ -1289,37 +1382,148 @@ impl CheckpointStore for SqliteStore {
         outcome: &Outcome,
         log: &[LogLine],
     ) -> Result<(), StoreError> {
-        let (status, output, error, code) = split_step_outcome(outcome);
-        let now = now_millis();
+        self.write(|tx| Self::finish_step_in(tx, workflow_id, run_id, key, outcome, log))
+    }
+
+    fn finish_step_with(
+        &self,
+        workflow_id: &str,
+        run_id: &str,
+        key: &StepKey,
+        outcome: &Outcome,
+        log: &[LogLine],
+        effect: &StepEffect,
+    ) -> Result<(), StoreError> {
         self.write(|tx| {
-            if let Err(lost) = Self::check_owner(tx, workflow_id, run_id)? {
-                return Ok(Err(lost));
+            if let Err(refused) = Self::finish_step_in(tx, workflow_id, run_id, key, outcome, log)?
+            {
+                return Ok(Err(refused));
             }
-            insert_log(tx, workflow_id, log)?;
-            let updated = tx
+            match effect {
+                StepEffect::TakeSignal { seq } => {
+                    let taken = tx
+                        .prepare_cached(
+                            "UPDATE signals SET taken_by = ?3
+                             WHERE seq = ?1 AND workflow_id = ?2 AND taken_by IS NULL",
+                        )?
+                        .execute(params![seq, workflow_id, key.as_str()])?;
+                    if taken == 0 {
+                        return Ok(Err(StoreError::Backend(format!(
+                            "signal {seq} of workflow {workflow_id} was taken already"
+                        ))));
+                    }
+                }
+                StepEffect::Publish { key: event, value } => {
+                    tx.prepare_cached(
+                        "INSERT INTO published_events
+                             (workflow_id, key, value, step_key, published_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT (workflow_id, key) DO UPDATE SET value = excluded.value,
+                             step_key = excluded.step_key, published_at = excluded.published_at",
+                    )?
+                    .execute(params![
+                        workflow_id,
+                        event,
+                        value,
+                        key.as_str(),
+                        now_millis()
+                    ])?;
+                }
+            }
+            Ok(Ok(()))
+        })
+    }
+
+    fn send_signal(&self, signal: &SignalRecord) -> Result<SignalSent, StoreError> {
+        self.write(|tx| {
+            let status: Option<String> = tx
+                .prepare_cached("SELECT status FROM workflows WHERE id = ?1")?
+                .query_row([&signal.workflow_id], |row| row.get(0))
+                .optional()?;
+            let status = match status.as_deref().map(WorkflowStatus::parse) {
+                None => {
+                    return Ok(Err(StoreError::UnknownWorkflow {
+                        id: signal.workflow_id.clone(),
+                    }));
+                }
+                Some(Some(status)) => status,
+                Some(None) => return Ok(Err(StoreError::Backend("unknown status".into()))),
+            };
+            if let Some(sent) = Self::signal_by_id(tx, &signal.workflow_id, &signal.signal_id)? {
+                return Ok(Ok(SignalSent::Duplicate(sent)));
+            }
+            if status.is_final() {
+                return Ok(Err(StoreError::WorkflowEnded {
+                    id: signal.workflow_id.clone(),
+                    status,
+                }));
+            }
+            tx.prepare_cached(
+                "INSERT INTO signals (workflow_id, name, signal_id, value, sent_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                signal.workflow_id,
+                signal.name,
+                signal.signal_id,
+                signal.value,
+                signal.sent_at
+            ])?;
+            // A waiting workflow is resumed to look at it.
+            tx.prepare_cached(
+                "UPDATE workflows SET wake_at = ?2 WHERE id = ?1 AND status = 'waiting'",
+            )?
+            .execute(params![signal.workflow_id, signal.sent_at])?;
+            let sent = Self::signal_by_id(tx, &signal.workflow_id, &signal.signal_id)?
+                .expect("the signal was just inserted");
+            Ok(Ok(SignalSent::Kept(sent)))
+        })
+    }
+
+    fn next_signal(
+        &self,
+        workflow_id: &str,
+        name: &str,
+    ) -> Result<Option<SignalRecord>, StoreError> {
+        self.read(|| {
+            self.conn
+                .prepare_cached(&format!(
+                    "SELECT {SIGNAL_COLUMNS} FROM signals INDEXED BY signals_untaken
+                     WHERE workflow_id = ?1 AND name = ?2 AND taken_by IS NULL
+                     ORDER BY seq LIMIT 1"
+                ))?
+                .query_row([workflow_id, name], signal_from_row)
+                .optional()
+        })
+    }
+
+    fn signals(&self, workflow_id: &str) -> Result<Vec<SignalRecord>, StoreError> {
+        self.read(|| {
+            self.conn
+                .prepare_cached(&format!(
+                    "SELECT {SIGNAL_COLUMNS} FROM signals WHERE workflow_id = ?1 ORDER BY seq"
+                ))?
+                .query_map([workflow_id], signal_from_row)?
+                .collect()
+        })
+    }
+
+    fn published_events(&self, workflow_id: &str) -> Result<Vec<PublishedEvent>, StoreError> {
+        self.read(|| {
+            self.conn
                 .prepare_cached(
-                    "UPDATE steps SET status = ?4, output_json = ?5, error = ?6, finished_at = ?7,
-                         error_code = ?8
-                     WHERE workflow_id = ?1 AND step_key = ?2 AND run_id = ?3
-                       AND status = 'running'",
+                    "SELECT key, value, step_key, published_at FROM published_events
+                     WHERE workflow_id = ?1 ORDER BY key",
                 )?
-                .execute(params![
-                    workflow_id,
-                    key.as_str(),
-                    run_id,
-                    status.as_str(),
-                    output,
-                    error,
-                    now,
-                    code
-                ])?;
-            Ok(if updated == 0 {
-                Err(StoreError::Backend(format!(
-                    "step {key} of workflow {workflow_id} is not running in run {run_id}"
-                )))
-            } else {
-                Ok(())
-            })
+                .query_map([workflow_id], |row| {
+                    Ok(PublishedEvent {
+                        key: row.get(0)?,
+                        value: row.get(1)?,
+                        step_key: StepKey::from_stored(row.get(2)?),
+                        published_at: row.get(3)?,
+                    })
+                })?
+                .collect()
         })
     }
 
@@ -1465,6 +1669,20 @@ fn split_step_outcome(outcome: &Outcome) -> (StepStatus, Option<&str>, Option<&s
             failure.code.as_deref(),
         ),
     }
+}
+
+const SIGNAL_COLUMNS: &str = "seq, workflow_id, name, signal_id, value, sent_at, taken_by";
+
+fn signal_from_row(row: &Row<'_>) -> rusqlite::Result<SignalRecord> {
+    Ok(SignalRecord {
+        seq: row.get(0)?,
+        workflow_id: row.get(1)?,
+        name: row.get(2)?,
+        signal_id: row.get(3)?,
+        value: row.get(4)?,
+        sent_at: row.get(5)?,
+        taken_by: row.get::<_, Option<String>>(6)?.map(StepKey::from_stored),
+    })
 }
 
 fn workflow_from_row(row: &Row<'_>) -> rusqlite::Result<WorkflowRecord> {

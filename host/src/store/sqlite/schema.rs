@@ -6,7 +6,7 @@
 //! than it knows.
 
 /// Bumped whenever the tables change; older hosts refuse newer files.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The log table, created alike by [`SCHEMA`] and the version 3 migration.
 macro_rules! workflow_logs_table {
@@ -48,16 +48,21 @@ CREATE TABLE schedules (
     };
 }
 
-/// The tables as this version creates them in a new database.
-pub const SCHEMA: &str = concat!(
-    "
-CREATE TABLE workflows (
+/// The workflows table (as `$name`), created alike by [`SCHEMA`] and the
+/// version 5 migration, which rebuilds it for a new status.
+macro_rules! workflows_table {
+    ($name:literal) => {
+        concat!(
+            "
+CREATE TABLE ",
+            $name,
+            " (
     id               TEXT PRIMARY KEY NOT NULL,
     component_sha256 TEXT NOT NULL,
     input            TEXT NOT NULL,
     status           TEXT NOT NULL
-                     CHECK (status IN ('queued', 'running', 'sleeping', 'completed', 'failed',
-                                       'cancelled', 'suspended')),
+                     CHECK (status IN ('queued', 'running', 'sleeping', 'waiting', 'completed',
+                                       'failed', 'cancelled', 'suspended')),
     output           TEXT,
     error            TEXT,
     run_id           TEXT NOT NULL,
@@ -81,9 +86,63 @@ CREATE TABLE workflows (
     -- The queue it waits in, and the deployment it was started from.
     queue            TEXT NOT NULL DEFAULT 'default',
     deployment       TEXT,
-    -- When a sleeping workflow is due to be resumed.
+    -- When a sleeping or waiting workflow is due to be resumed.
     wake_at          INTEGER
 );
+"
+        )
+    };
+}
+
+/// The workflows table's indexes, created alike by [`SCHEMA`] and the
+/// version 5 migration.
+macro_rules! workflows_indexes {
+    () => {
+        "
+CREATE INDEX workflows_by_status ON workflows (status);
+CREATE INDEX workflows_by_age ON workflows (created_at DESC, id);
+CREATE INDEX workflows_queued ON workflows (queue, created_at) WHERE status = 'queued';
+CREATE INDEX workflows_waking ON workflows (wake_at) WHERE status IN ('sleeping', 'waiting');
+CREATE INDEX workflows_leases ON workflows (lease_expires_at) WHERE status = 'running';
+"
+    };
+}
+
+/// The signal and published-event tables, created alike by [`SCHEMA`] and
+/// the version 5 migration.
+macro_rules! signals_tables {
+    () => {
+        "
+-- Signals sent to workflows, kept until a wait takes them: each is taken
+-- once, oldest first, by the step named in `taken_by`.
+CREATE TABLE signals (
+    seq         INTEGER PRIMARY KEY,
+    workflow_id TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    signal_id   TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    sent_at     INTEGER NOT NULL,
+    taken_by    TEXT,
+    UNIQUE (workflow_id, signal_id)
+);
+CREATE INDEX signals_untaken ON signals (workflow_id, name, seq) WHERE taken_by IS NULL;
+-- The last value a workflow published under each key, for observers.
+CREATE TABLE published_events (
+    workflow_id  TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    value        TEXT NOT NULL,
+    step_key     TEXT NOT NULL,
+    published_at INTEGER NOT NULL,
+    PRIMARY KEY (workflow_id, key)
+) WITHOUT ROWID;
+"
+    };
+}
+
+/// The tables as this version creates them in a new database.
+pub const SCHEMA: &str = concat!(
+    workflows_table!("workflows"),
+    "
 -- Clustered on its key and without a second index: every page a step
 -- touches is one more page its commit writes and syncs. (Sequences are
 -- unique per workflow by construction: one owner assigns them in order.)
@@ -147,15 +206,12 @@ CREATE TABLE deployments (
     created_at INTEGER NOT NULL,
     PRIMARY KEY (name, version)
 );
-CREATE INDEX workflows_by_status ON workflows (status);
-CREATE INDEX workflows_by_age ON workflows (created_at DESC, id);
-CREATE INDEX workflows_queued ON workflows (queue, created_at) WHERE status = 'queued';
-CREATE INDEX workflows_waking ON workflows (wake_at) WHERE status = 'sleeping';
-CREATE INDEX workflows_leases ON workflows (lease_expires_at) WHERE status = 'running';
 CREATE INDEX workflow_events_by_workflow ON workflow_events (workflow_id, at);
 ",
+    workflows_indexes!(),
     workflow_logs_table!(),
-    schedules_table!()
+    schedules_table!(),
+    signals_tables!()
 );
 
 /// Upgrades of an existing database, by the version they lead to. Each runs
@@ -270,4 +326,23 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
         ),
     ),
     (4, schedules_table!()),
+    (
+        5,
+        concat!(
+            "-- A new status, 'waiting': the table is rebuilt (see version 2).",
+            workflows_table!("workflows_v5"),
+            "INSERT INTO workflows_v5 (id, component_sha256, input, status, output, error,
+                 run_id, owner_pid, owner_host, lease_expires_at, cancel_requested, created_at,
+                 updated_at, owner_boot, owner_pid_ns, owner_started, takeovers, progress_mark,
+                 grants, error_code, queue, deployment, wake_at)
+             SELECT id, component_sha256, input, status, output, error,
+                 run_id, owner_pid, owner_host, lease_expires_at, cancel_requested, created_at,
+                 updated_at, owner_boot, owner_pid_ns, owner_started, takeovers, progress_mark,
+                 grants, error_code, queue, deployment, wake_at FROM workflows;
+             DROP TABLE workflows;
+             ALTER TABLE workflows_v5 RENAME TO workflows;",
+            workflows_indexes!(),
+            signals_tables!()
+        ),
+    ),
 ];

@@ -1,4 +1,4 @@
-//! File-backed stand-ins for the systems onboarding talks to.
+//! File-backed stand-ins for the systems the example workflows talk to.
 //!
 //! Each service is a directory under the guest directory `/services` (grant
 //! it with `--dir <host dir>::/services`), and every call leaves one JSON
