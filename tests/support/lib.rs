@@ -19,6 +19,8 @@ use serde_json::Value;
 pub struct Artifacts {
     pub host: PathBuf,
     pub onboarding: PathBuf,
+    /// Onboarding that waits for a manager's approval (a signal).
+    pub onboarding_approval: PathBuf,
     pub scenarios: PathBuf,
     pub not_a_workflow: PathBuf,
 }
@@ -55,6 +57,8 @@ pub fn artifacts() -> &'static Artifacts {
                 "-p",
                 "onboarding",
                 "-p",
+                "onboarding-approval",
+                "-p",
                 "scenarios",
             ],
         );
@@ -62,6 +66,7 @@ pub fn artifacts() -> &'static Artifacts {
         Artifacts {
             host: target.join("release/durable-host"),
             onboarding: wasm.join("onboarding.wasm"),
+            onboarding_approval: wasm.join("onboarding_approval.wasm"),
             scenarios: wasm.join("scenarios.wasm"),
             not_a_workflow: wasm.join("not-a-workflow.wasm"),
         }

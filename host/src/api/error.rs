@@ -123,7 +123,7 @@ impl From<ControlError> for ApiError {
             ControlError::UnknownEvent { .. } => Self::new(
                 StatusCode::NOT_FOUND,
                 message,
-                Some("`?wait_ms=N` waits up to N ms for the workflow to publish it"),
+                Some("`?wait=30s` waits up to that long for the workflow to publish it"),
             ),
             ControlError::InputConflict { .. } => Self::new(
                 StatusCode::CONFLICT,

@@ -19,12 +19,13 @@ use super::error::ApiError;
 use super::model::{
     CancelState, Cancelled, ComponentBytes, DeployParams, DeploymentList, DeploymentView,
     DeploymentsParams, ErrorBody, EventView, ForkRequestBody, Health, ListParams, LogLineView,
-    LogPage, LogParams, ResultParams, ScheduleList, ScheduleRemoved, ScheduleRequest, ScheduleView,
+    LogPage, LogParams, PublishedEventParams, PublishedEventView, ResultParams, ScheduleList,
+    ScheduleRemoved, ScheduleRequest, ScheduleView, SignalRequestBody, SignalSentView, SignalView,
     StatusCounts, StepView, StepsParams, SubmitRequest, Submitted, WorkflowHistory,
     WorkflowListItem, WorkflowPage, WorkflowView,
 };
 use super::{ApiState, DEPLOY_BODY_LIMIT, SUBMIT_BODY_LIMIT};
-use crate::control::{self, DEFAULT_QUEUE, Submission};
+use crate::control::{self, ControlError, DEFAULT_QUEUE, Signal, Submission};
 use crate::runtime::{ComponentFile, Grants};
 use crate::schedules::{self, NewSchedule};
 use crate::store::{CheckpointStore, GroupCommitStore, ListQuery, WorkflowStatus, now_millis};
@@ -342,6 +343,12 @@ pub async fn workflow_steps(
         Ok(WorkflowHistory {
             workflow: WorkflowView::from(&workflow),
             events: events.iter().map(EventView::from).collect(),
+            signals: store.signals(&id)?.iter().map(SignalView::from).collect(),
+            published: store
+                .published_events(&id)?
+                .iter()
+                .map(PublishedEventView::from)
+                .collect(),
             next_after: more
                 .then(|| steps.last().map(|step| step.sequence))
                 .flatten(),
@@ -507,6 +514,111 @@ pub async fn cancel_workflow(
             cancel,
         }),
     ))
+}
+
+/// Send a signal to a workflow: its next wait for `name` takes it.
+///
+/// Kept until taken, so one sent before the workflow waits is not missed;
+/// each is taken once, oldest first. A workflow waiting for it resumes at
+/// once. 202 when kept; 200 when a signal with this `signal_id` was sent
+/// before (that one stands).
+#[utoipa::path(
+    post,
+    path = "/v1/workflows/{id}/signals/{name}",
+    tag = "workflows",
+    params(
+        ("id" = String, Path, description = "The workflow id (`/` written %2F)"),
+        ("name" = String, Path, description = "The signal's name, as the workflow waits for it"),
+    ),
+    request_body = SignalRequestBody,
+    responses(
+        (status = 202, description = "Kept for the workflow", body = SignalSentView),
+        (status = 200, description = "Sent before with this `signal_id`: nothing changed", body = SignalSentView),
+        (status = 400, description = "Not JSON, an unknown field, a bad name", body = ErrorBody),
+        (status = 404, description = "No such workflow", body = ErrorBody),
+        (status = 409, description = "The workflow has ended", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
+pub async fn send_signal(
+    State(state): State<ApiState>,
+    Path((id, name)): Path<(String, String)>,
+    JsonBody(request): JsonBody<SignalRequestBody>,
+) -> Result<(StatusCode, Json<SignalSentView>), ApiError> {
+    state.accepting_writes()?;
+    let (signal, new) = blocking(&state, move |store| {
+        let value = request.value.to_string();
+        Ok(control::send_signal(
+            store,
+            &Signal {
+                workflow_id: &id,
+                name: &name,
+                value: &value,
+                signal_id: request.signal_id.as_deref(),
+            },
+        )?)
+    })
+    .await?;
+    let status = if new {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(SignalSentView {
+            workflow_id: signal.workflow_id.clone(),
+            signal: SignalView::from(&signal),
+            duplicate: !new,
+        }),
+    ))
+}
+
+/// The value a workflow last published under `key` (`ctx.set_event`),
+/// waiting up to `wait` for it to be published.
+#[utoipa::path(
+    get,
+    path = "/v1/workflows/{id}/events/{key}",
+    tag = "workflows",
+    params(
+        ("id" = String, Path, description = "The workflow id (`/` written %2F)"),
+        ("key" = String, Path, description = "The event's key"),
+        PublishedEventParams,
+    ),
+    responses(
+        (status = 200, description = "The value", body = PublishedEventView),
+        (status = 400, description = "A bad `wait`", body = ErrorBody),
+        (status = 404, description = "No such workflow, or nothing published under `key` (yet)", body = ErrorBody),
+    )
+)]
+pub async fn published_event(
+    State(state): State<ApiState>,
+    Path((id, key)): Path<(String, String)>,
+    ApiQuery(params): ApiQuery<PublishedEventParams>,
+) -> Result<Json<PublishedEventView>, ApiError> {
+    let wait = match params.wait.as_deref() {
+        Some(text) => parse_wait(text)?,
+        None => Duration::ZERO,
+    };
+    let deadline = Instant::now() + wait;
+    // As for results: short looks on the blocking pool, waits here.
+    let mut pause = FIRST_LOOK;
+    loop {
+        let (look, key) = (id.clone(), key.clone());
+        let found = blocking(&state, move |store| {
+            Ok(control::published_event(store, &look, &key, None))
+        })
+        .await?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        match found {
+            Ok(event) => return Ok(Json(PublishedEventView::from(&event))),
+            Err(ControlError::UnknownEvent { .. }) if !left.is_zero() && !state.winding_down() => {
+                tokio::time::sleep(pause.min(left)).await;
+                pause = (pause * 3 / 2).min(LAST_LOOK);
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
 }
 
 /// Queue a new workflow that starts from this one's history.

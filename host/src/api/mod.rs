@@ -326,6 +326,8 @@ fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(handlers::workflow_result))
         .routes(routes!(handlers::cancel_workflow))
         .routes(routes!(handlers::fork_workflow))
+        .routes(routes!(handlers::send_signal))
+        .routes(routes!(handlers::published_event))
         .routes(
             routes!(handlers::deploy, handlers::list_deployments)
                 .layer(DefaultBodyLimit::max(DEPLOY_BODY_LIMIT)),

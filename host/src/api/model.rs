@@ -14,8 +14,9 @@ use utoipa::{IntoParams, ToSchema};
 use crate::engine::{CancelOutcome, idempotency_key};
 use crate::runtime::SLEEP_STEP;
 use crate::store::{
-    AttemptRecord, Deployment, LogRecord, LogStream, Millis, ScheduleRecord, StepRecord,
-    StepStatus, WorkflowEvent, WorkflowRecord, WorkflowStatus, WorkflowSummary,
+    AttemptRecord, Deployment, LogRecord, LogStream, Millis, PublishedEvent, ScheduleRecord,
+    SignalRecord, StepRecord, StepStatus, WorkflowEvent, WorkflowRecord, WorkflowStatus,
+    WorkflowSummary,
 };
 
 /// Where a workflow stands.
@@ -433,11 +434,97 @@ pub struct WorkflowHistory {
     #[serde(flatten)]
     pub workflow: WorkflowView,
     pub events: Vec<EventView>,
+    /// Signals sent to it, in the order sent, taken or not.
+    pub signals: Vec<SignalView>,
+    /// The values it published, by key.
+    pub published: Vec<PublishedEventView>,
     pub steps: Vec<StepView>,
     /// When one page of the steps was asked for and more follow: pass it
     /// as `after` for the next page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_after: Option<u32>,
+}
+
+/// A signal sent to a workflow.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SignalView {
+    pub name: String,
+    pub signal_id: String,
+    /// The signal's value.
+    #[schema(value_type = Object)]
+    pub value: serde_json::Value,
+    pub sent_at_ms: Millis,
+    /// The step of the wait that took it (`durable.signal:NAME#000001`);
+    /// none while it waits to be taken.
+    pub taken_by: Option<String>,
+}
+
+impl From<&SignalRecord> for SignalView {
+    fn from(signal: &SignalRecord) -> Self {
+        Self {
+            name: signal.name.clone(),
+            signal_id: signal.signal_id.clone(),
+            value: json_value(&signal.value),
+            sent_at_ms: signal.sent_at,
+            taken_by: signal.taken_by.as_ref().map(|key| key.as_str().to_owned()),
+        }
+    }
+}
+
+/// `POST /v1/workflows/{id}/signals/{name}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignalRequestBody {
+    /// The signal's value, any JSON (`null` when left out).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub value: serde_json::Value,
+    /// Makes sending again harmless: a signal with an id already sent to
+    /// this workflow is not kept again. A new id when left out.
+    #[serde(default)]
+    pub signal_id: Option<String>,
+}
+
+/// The answer to a signal sent.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SignalSentView {
+    pub workflow_id: String,
+    #[serde(flatten)]
+    pub signal: SignalView,
+    /// A signal with this id had been sent before: that one stands.
+    pub duplicate: bool,
+}
+
+/// A value a workflow published (`ctx.set_event`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PublishedEventView {
+    pub key: String,
+    #[schema(value_type = Object)]
+    pub value: serde_json::Value,
+    /// The step that published it (`durable.event:KEY#000002`).
+    pub step: String,
+    pub published_at_ms: Millis,
+}
+
+impl From<&PublishedEvent> for PublishedEventView {
+    fn from(event: &PublishedEvent) -> Self {
+        Self {
+            key: event.key.clone(),
+            value: json_value(&event.value),
+            step: event.step_key.as_str().to_owned(),
+            published_at_ms: event.published_at,
+        }
+    }
+}
+
+/// `GET /v1/workflows/{id}/events/{key}` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PublishedEventParams {
+    /// Wait up to this long for the workflow to publish the key (`500ms`,
+    /// `30s`, `1m`, at most 60 s); without it, a key not published is 404.
+    pub wait: Option<String>,
 }
 
 /// Where a log line came from.

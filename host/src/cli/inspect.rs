@@ -10,7 +10,8 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use durable_host::api::model::{
-    EventView, LogLineView, StepView, WorkflowHistory, WorkflowListItem, WorkflowView, sleep_until,
+    EventView, LogLineView, PublishedEventView, SignalView, StepView, WorkflowHistory,
+    WorkflowListItem, WorkflowView, sleep_until,
 };
 use durable_host::engine::{CancelOutcome, cancel_workflow};
 use durable_host::store::{
@@ -219,6 +220,16 @@ pub fn history(
         print_json(&WorkflowHistory {
             workflow: WorkflowView::from(&workflow),
             events: events.iter().map(EventView::from).collect(),
+            signals: store
+                .signals(workflow_id)?
+                .iter()
+                .map(SignalView::from)
+                .collect(),
+            published: store
+                .published_events(workflow_id)?
+                .iter()
+                .map(PublishedEventView::from)
+                .collect(),
             steps: steps
                 .iter()
                 .map(|step| StepView::new(workflow_id, step, &attempts))

@@ -39,6 +39,9 @@ struct Input {
     /// Backoff between the attempts of a planned step.
     #[serde(default)]
     backoff_ms: u64,
+    /// How long each wait for a signal may take (`signals`); none: forever.
+    #[serde(default)]
+    timeout_ms: Option<u64>,
 }
 
 fn scenarios(ctx: &Context, input: Input) -> Result<Value, Error> {
@@ -80,6 +83,7 @@ fn scenarios(ctx: &Context, input: Input) -> Result<Value, Error> {
         "big_steps" => big_steps(ctx, input.items, input.kib),
         "keyed" => keyed_steps(ctx, input.items, input.sleep_ms),
         "keyed_sleep" => keyed_sleep(ctx, input.sleep_ms),
+        "signals" => signals(ctx, input.items, input.sleep_ms, input.timeout_ms),
         other => Err(durable_sdk::error!("unknown scenario `{other}`")),
     }
 }
@@ -124,6 +128,31 @@ fn compensate(ctx: &Context, sleep_ms: u64) -> Result<Value, Error> {
             Ok(json!({ "confirmed": reservation }))
         }
     }
+}
+
+/// A step of `sleep_ms` (time to send signals before the first wait), then
+/// `items` waits for the signal `go`, each followed by a step, publishing
+/// its progress as the event `progress`.
+fn signals(
+    ctx: &Context,
+    items: u32,
+    sleep_ms: u64,
+    timeout_ms: Option<u64>,
+) -> Result<Value, Error> {
+    ctx.step("before", || {
+        effect()?;
+        std::thread::sleep(Duration::from_millis(sleep_ms));
+        Ok(())
+    })?;
+    let mut received = Vec::new();
+    for waited in 0..items {
+        ctx.set_event("progress", &json!({ "waiting": waited }))?;
+        let value: Option<Value> = ctx.wait_signal("go", timeout_ms.map(Duration::from_millis))?;
+        ctx.step("after_signal", effect)?;
+        received.push(value);
+    }
+    ctx.set_event("progress", "done")?;
+    Ok(json!({ "received": received }))
 }
 
 /// Records that the current step's body really ran.

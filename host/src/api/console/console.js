@@ -423,9 +423,12 @@ class WorkflowPage {
     const w = this.workflow;
     this.status.replaceWith(this.status = badge(w.status, "workflow-status"));
     this.cancelButton.disabled = FINAL.has(w.status);
+    this.signalButton.disabled = FINAL.has(w.status);
     this.drawFacts();
     this.drawResult();
     this.timeline.update(this.steps, w);
+    this.drawPublished();
+    this.drawSignals();
     this.drawEvents();
     this.drawLogs();
     if (this.selected !== null) this.drawStep(this.steps[this.selected - 1]);
@@ -436,6 +439,9 @@ class WorkflowPage {
     this.status = badge("", "workflow-status");
     this.cancelButton = h("button", { id: "cancel-button", onclick: () => this.cancel() }, "Cancel…");
     this.forkButton = h("button", { id: "fork-button", onclick: () => this.fork(this.selected || 1) }, "Fork…");
+    this.signalButton = h("button", { id: "signal-button", onclick: () => this.signal() }, "Send signal…");
+    this.published = h("dl", { class: "published", id: "published" });
+    this.signals = h("ol", { class: "events", id: "signals" });
     this.facts = h("div", { class: "facts", id: "workflow-facts" });
     this.result = h("div", { class: "io", id: "workflow-io" });
     this.timeline = new Timeline((sequence) => this.select(sequence));
@@ -445,11 +451,13 @@ class WorkflowPage {
     this.root.replaceChildren(
       h("p", {}, h("a", { href: "#/" }, "← All workflows")),
       h("div", { class: "heading" }, h("h1", { id: "workflow-id" }, this.id), this.status,
-        h("div", { class: "actions" }, this.forkButton, this.cancelButton)),
+        h("div", { class: "actions" }, this.signalButton, this.forkButton, this.cancelButton)),
       h("div", { class: "panel" }, this.facts),
       h("div", { class: "panel" }, this.result),
       h("div", { class: "panel" }, h("h2", {}, "Timeline"), this.timeline.element),
       this.stepDetail,
+      h("div", { class: "panel" }, h("details", { open: true }, h("summary", {}, "Published (ctx.set_event)"), this.published)),
+      h("div", { class: "panel" }, h("details", { open: true }, h("summary", {}, "Signals"), this.signals)),
       h("div", { class: "panel" }, h("details", { open: true }, h("summary", {}, "Events"), this.events)),
       h("div", { class: "panel" }, h("details", {}, h("summary", {}, "Output (stdout, stderr, log)"), this.logView)));
   }
@@ -484,6 +492,30 @@ class WorkflowPage {
       outcome = h("div", {}, h("h2", {}, "Output"), h("p", { class: "muted" }, `none yet: the workflow is ${w.status}`));
     }
     fill(this.result, h("div", {}, h("h2", {}, "Input"), jsonBlock("input", w.input, "workflow-input")), outcome);
+  }
+
+  drawPublished() {
+    const published = this.workflow.published || [];
+    const key = JSON.stringify(published.map((e) => [e.key, e.step]));
+    if (key === this.publishedKey) return;
+    this.publishedKey = key;
+    this.published.replaceChildren(...(published.length ? published.flatMap((e) => [
+      h("dt", { class: "mono" }, e.key),
+      h("dd", { "data-key": e.key }, h("span", { class: "mono" }, JSON.stringify(e.value)),
+        h("span", { class: "muted" }, ` (${time(e.published_at_ms)}, ${e.step})`)),
+    ]) : [h("dd", { class: "muted" }, "nothing published")]));
+  }
+
+  drawSignals() {
+    const signals = this.workflow.signals || [];
+    const key = JSON.stringify(signals.map((s) => [s.signal_id, s.taken_by]));
+    if (key === this.signalsKey) return;
+    this.signalsKey = key;
+    this.signals.replaceChildren(...(signals.length ? signals.map((s) => h("li", { "data-signal-id": s.signal_id },
+      h("span", { class: "muted mono" }, time(s.sent_at_ms)), " ", h("b", {}, s.name), " ",
+      h("span", { class: "mono" }, JSON.stringify(s.value)), " ",
+      s.taken_by ? h("span", { class: "muted" }, `taken by ${s.taken_by}`) : h("span", { class: "badge waiting" }, "not taken yet")))
+      : [h("li", { class: "muted" }, "no signals sent")]));
   }
 
   drawEvents() {
@@ -543,6 +575,29 @@ class WorkflowPage {
       button: "Cancel the workflow",
       act: async () => {
         await api(this.path("/cancel"), { method: "POST", body: {} });
+        this.poller.poke();
+      },
+    });
+  }
+
+  signal() {
+    confirmAction({
+      title: `Send a signal to ${this.id}?`,
+      text: "The workflow's next wait for this name takes it (one sent before it waits is kept); a workflow waiting for it resumes at once.",
+      button: "Send",
+      fields: [
+        { name: "name", label: "Signal name", placeholder: "approval" },
+        { name: "value", label: "Value (JSON)", value: "null" },
+      ],
+      act: async (values) => {
+        if (!values.name) throw new ApiError(400, "a signal has a name", null);
+        let value;
+        try {
+          value = JSON.parse(values.value || "null");
+        } catch (e) {
+          throw new ApiError(400, `the value is not JSON: ${e.message}`, 'e.g. {"approved": true}');
+        }
+        await api(this.path(`/signals/${encodeURIComponent(values.name)}`), { method: "POST", body: { value } });
         this.poller.poke();
       },
     });
