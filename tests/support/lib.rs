@@ -103,6 +103,101 @@ pub fn version(feature: Option<&str>) -> PathBuf {
     copy
 }
 
+/// The last commit whose SDK targeted each earlier release of the
+/// contract: the onboarding workflow is built from its sources as they
+/// were, as a user's old build would have been.
+const RELEASED_SDKS: &[(&str, &str)] = &[
+    ("0.1.0", "06a68f5cfa4a5a0603bed7a78aacc70fb9b34b9d"),
+    ("0.2.0", "c1d1ca057426b20ffa27bf493631d57efb04ee08"),
+];
+
+/// The onboarding workflow built with the SDK of contract release
+/// `contract` (0.1.0, 0.2.0): its sources are taken from the repository's
+/// history (`git archive`), not kept as a binary, and built in a workspace
+/// of their own under the target directory. Built once per test binary
+/// (cargo makes it a no-op when it is up to date).
+pub fn released_onboarding(contract: &str) -> PathBuf {
+    static BUILDS: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut builds = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, path)) = builds.iter().find(|(c, _)| c == contract) {
+        return path.clone();
+    }
+    let (_, commit) = RELEASED_SDKS
+        .iter()
+        .find(|(c, _)| *c == contract)
+        .unwrap_or_else(|| panic!("no SDK release for contract {contract}"));
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let root = target_dir(workspace).join("released-sdks");
+    let sources = root.join(contract);
+    if !sources.join("Cargo.toml").is_file() {
+        let _ = std::fs::remove_dir_all(&sources);
+        std::fs::create_dir_all(&sources).unwrap();
+        let archive = Command::new("git")
+            .args(["archive", "--format=tar", commit])
+            .args(["Cargo.lock", "guest-sdk", "wit", "workflows/onboarding"])
+            .current_dir(workspace)
+            .output()
+            .expect("run git");
+        assert!(
+            archive.status.success(),
+            "cannot read the SDK of contract {contract} (commit {commit}) from git history: {}\n\
+             (the compatibility tests build it from the repository's history: run them in a \
+             clone with its full history)",
+            String::from_utf8_lossy(&archive.stderr)
+        );
+        let mut tar = Command::new("tar")
+            .arg("-x")
+            .current_dir(&sources)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("run tar");
+        std::io::Write::write_all(tar.stdin.as_mut().unwrap(), &archive.stdout).unwrap();
+        assert!(
+            tar.wait().unwrap().success(),
+            "tar -x of the SDK sources failed"
+        );
+        // The workspace as it was, cut down to the SDK and the workflow.
+        std::fs::write(
+            sources.join("Cargo.toml"),
+            r#"[workspace]
+resolver = "3"
+members = ["guest-sdk", "workflows/onboarding"]
+
+[workspace.package]
+edition = "2024"
+license = "Apache-2.0"
+publish = false
+
+[workspace.dependencies]
+serde = { version = "1", features = ["derive"] }
+serde_json = "1"
+
+[profile.release]
+debug = false
+incremental = false
+"#,
+        )
+        .unwrap();
+    }
+    let target = root.join("target");
+    cargo(
+        &sources,
+        &target,
+        &[
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "-p",
+            "onboarding",
+        ],
+    );
+    let copy = root.join(format!("onboarding-{contract}.wasm"));
+    std::fs::copy(target.join("wasm32-wasip2/release/onboarding.wasm"), &copy).unwrap();
+    builds.push((contract.to_owned(), copy.clone()));
+    copy
+}
+
 /// The target directory of the build that produced this test binary
 /// (`<target>/<profile>/deps/<test>`), unless overridden.
 fn target_dir(workspace: &Path) -> PathBuf {
