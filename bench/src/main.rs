@@ -63,6 +63,8 @@ struct Sizes {
     nappers: usize,
     /// Workflows in flight when `serve` is killed.
     in_flight: usize,
+    /// Workflows waiting for a signal, each then sent one.
+    signalled: usize,
 }
 
 struct Options {
@@ -128,6 +130,7 @@ fn main() {
             sleepers: 1_000,
             nappers: 50,
             in_flight: 200,
+            signalled: 100,
         }
     } else {
         Sizes {
@@ -141,6 +144,7 @@ fn main() {
             sleepers: 10_000,
             nappers: 200,
             in_flight: 1_000,
+            signalled: 500,
         }
     };
     if let Some(steps) = options.steps {
@@ -549,6 +553,38 @@ fn serve_measurements(bench: &Bench, report: &mut Report, full: Duration) {
             "resume_p50_ms": serve::percentile(resume, 0.5),
             "resume_p99_ms": serve::percentile(resume, 0.99),
             "server": sleep.stopped.json(),
+        }),
+    );
+
+    let signals = serve::signal_latency(cache, sizes.signalled);
+    let (taken, done) = (&signals.taken_ms, &signals.done_ms);
+    report.add(
+        "serve_signal_latency",
+        &format!(
+            "serve: {} workflows waiting (unloaded) for a signal, sent one at a time over HTTP; \
+             signal sent - its wait's step recorded",
+            signals.workflows
+        ),
+        format!(
+            "p50 {} ms, p99 {} ms",
+            serve::percentile(taken, 0.5),
+            serve::percentile(taken, 0.99)
+        ),
+        format!(
+            "max {} ms; to the step after the wait recorded: p50 {} ms, p99 {} ms; \
+             --poll-interval 50ms",
+            taken.last().copied().unwrap_or(0),
+            serve::percentile(done, 0.5),
+            serve::percentile(done, 0.99)
+        ),
+        json!({
+            "workflows": signals.workflows,
+            "taken_p50_ms": serve::percentile(taken, 0.5),
+            "taken_p99_ms": serve::percentile(taken, 0.99),
+            "taken_max_ms": taken.last().copied().unwrap_or(0),
+            "next_step_p50_ms": serve::percentile(done, 0.5),
+            "next_step_p99_ms": serve::percentile(done, 0.99),
+            "server": signals.stopped.json(),
         }),
     );
 

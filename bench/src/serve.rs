@@ -16,6 +16,7 @@
 //! - per-step cost of a lone long workflow inside `serve`;
 //! - memory of many sleeping workflows (and, as a control, of a server
 //!   that ran as many to completion), and the lateness of timers;
+//! - how soon a workflow waiting (unloaded) for a signal takes it;
 //! - recovery after `kill -9` of a `serve` with many workflows in flight.
 //!
 //! Every server uses the bench's compiled-component cache, filled first by
@@ -633,6 +634,76 @@ pub fn sleepers(cache: &Path, sleepers: usize, nappers: usize, nap_ms: u64) -> S
         nappers,
         lateness_ms,
         resume_ms,
+        stopped,
+    }
+}
+
+/// What [`signal_latency`] measured.
+pub struct SignalLatency {
+    pub workflows: usize,
+    /// From each signal's `sent_at` to the end of the wait's step that took
+    /// it, sorted.
+    pub taken_ms: Vec<i64>,
+    /// From each signal's `sent_at` to the end of the step after the wait.
+    pub done_ms: Vec<i64>,
+    pub stopped: Stopped,
+}
+
+/// `count` workflows waiting for the signal `go` (unloaded: `waiting`),
+/// then one signal each over HTTP, one at a time, 10 ms apart: how long
+/// from each signal to the step that took it, as recorded in the database.
+pub fn signal_latency(cache: &Path, count: usize) -> SignalLatency {
+    let scratch = Scratch::new();
+    deploy(&scratch, cache);
+    let db = Db::open(&scratch.db());
+    let mut server = Server::start(
+        &scratch,
+        cache,
+        "serve",
+        &["--listen", "127.0.0.1:0", "--concurrency", "64"],
+    );
+    let addr = server.api_addr();
+    server.wait_serving();
+    let waiting = workflows("wait-", count, &json!({"scenario": "signals", "items": 1}));
+    submit(&addr, &waiting);
+    db.wait_count("waiting", count, &server);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    for (id, _) in &waiting {
+        let mut response = agent
+            .post(format!("http://{addr}/v1/workflows/{id}/signals/go"))
+            .header("Content-Type", "application/json")
+            .send(r#"{"value": "go"}"#)
+            .expect("POST .../signals/go reaches the server");
+        let status = response.status().as_u16();
+        let answer = response.body_mut().read_to_string().unwrap_or_default();
+        assert_eq!(status, 202, "signal {id}: {answer}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    db.wait_count("completed", count, &server);
+    let stopped = server.stop();
+    let rows = db.rows(
+        "SELECT g.sent_at, t.finished_at, a.finished_at
+         FROM signals g
+         JOIN steps t ON t.workflow_id = g.workflow_id AND t.step_key = g.taken_by
+         JOIN steps a ON a.workflow_id = g.workflow_id AND a.step_key = 'after_signal#000001'",
+    );
+    assert_eq!(
+        rows.len(),
+        count,
+        "every signal taken, every next step done"
+    );
+    let mut taken_ms: Vec<i64> = rows.iter().map(|r| r[1] - r[0]).collect();
+    let mut done_ms: Vec<i64> = rows.iter().map(|r| r[2] - r[0]).collect();
+    taken_ms.sort_unstable();
+    done_ms.sort_unstable();
+    SignalLatency {
+        workflows: count,
+        taken_ms,
+        done_ms,
         stopped,
     }
 }
