@@ -231,6 +231,10 @@ impl<E: std::error::Error> From<E> for Error {
 /// The code of an [`Error`] that tells of a cancellation.
 pub const CANCELLED: &str = "cancelled";
 
+/// The code of the error [`Context::wait_signal`] returns for a signal whose
+/// value does not decode into the type asked for.
+pub const UNDECODABLE_SIGNAL: &str = "undecodable_signal";
+
 /// Build an [`Error`] from a format string: `Err(durable_sdk::error!("no seat {n}"))`.
 #[macro_export]
 macro_rules! error {
@@ -264,6 +268,20 @@ thread_local! {
 /// is replayed, as its body does not run).
 pub fn current_step() -> Option<StepRun> {
     CURRENT_STEP.with(|current| current.borrow().clone())
+}
+
+/// A child workflow started with [`Context::start_child`]; wait for it with
+/// [`Context::await_child`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Child {
+    workflow_id: String,
+}
+
+impl Child {
+    /// The child's workflow id.
+    pub fn workflow_id(&self) -> &str {
+        &self.workflow_id
+    }
 }
 
 /// Write a formatted line to the workflow's log: `durable_sdk::log!(ctx, "charged {n}")`.
@@ -434,10 +452,11 @@ impl Context {
     ///
     /// A long wait holds no process: `durable-host run` ends with the
     /// workflow `waiting` (exit 12), and `serve` resumes it as soon as the
-    /// signal comes. A value that does not decode into `T` is an error (the
-    /// recorded value stays, so a replay gets the same error); a
-    /// cancellation ends the wait with an error for which
-    /// [`Error::is_cancelled`] is true.
+    /// signal comes. A value that does not decode into `T` (anyone may send
+    /// a signal) is taken all the same and returned as an error with the
+    /// code [`UNDECODABLE_SIGNAL`] (a replay gets the same error): wait
+    /// again to skip it. A cancellation ends the wait with an error for
+    /// which [`Error::is_cancelled`] is true.
     pub fn wait_signal<T: DeserializeOwned>(
         &self,
         name: &str,
@@ -450,6 +469,67 @@ impl Context {
             Ok(Some(json)) => serde_json::from_str(&json).map(Some).map_err(|e| {
                 error!(
                     "signal `{name}` holds a value that is not a {}: {e}",
+                    std::any::type_name::<T>()
+                )
+                .with_code(UNDECODABLE_SIGNAL)
+            }),
+        }
+    }
+
+    /// Start the workflow `workflow_id` as a child of this one, with
+    /// `input`: of the newest version of `deployment` (`durable-host
+    /// deploy`), or of this workflow's own component (and grants) when
+    /// `None`. Started once: the start is recorded (the step
+    /// `durable.child:ID`) in the same commit that queues the child, so a
+    /// resumed workflow neither starts it again nor loses it. `serve` runs
+    /// it like any queued workflow, in this workflow's queue.
+    ///
+    /// An error when it cannot be started (the id is another workflow's, no
+    /// such deployment), which is recorded too, or when this workflow was
+    /// cancelled. Cancelling this workflow cancels its unfinished children.
+    pub fn start_child<I: Serialize + ?Sized>(
+        &self,
+        workflow_id: &str,
+        deployment: Option<&str>,
+        input: &I,
+    ) -> Result<Child, Error> {
+        let input = serde_json::to_string(input).map_err(|e| {
+            error!("the input of child workflow {workflow_id} cannot be encoded as JSON: {e}")
+        })?;
+        let child = host::ChildWorkflow {
+            workflow_id: workflow_id.to_owned(),
+            deployment: deployment.map(str::to_owned),
+            input,
+        };
+        host::start_child(&child).map_err(|error| match error.code.as_deref() {
+            Some(CANCELLED) => Error::cancelled(error.message),
+            _ => Error::from_host(error),
+        })?;
+        Ok(Child {
+            workflow_id: child.workflow_id,
+        })
+    }
+
+    /// Wait for `child` to end and return its output, or `None` when
+    /// `timeout` runs out first (`None` waits as long as it takes). The
+    /// child's error (a cancelled child's has the code `cancelled`) is
+    /// returned as this call's error. The outcome is recorded (the step
+    /// `durable.child-result:ID`), so a resumed workflow gets the same one.
+    /// Like [`Context::wait_signal`], a long wait holds no process.
+    pub fn await_child<T: DeserializeOwned>(
+        &self,
+        child: &Child,
+        timeout: Option<Duration>,
+    ) -> Result<Option<T>, Error> {
+        let id = &child.workflow_id;
+        let timeout_ms = timeout.map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64);
+        match host::await_child(id, timeout_ms) {
+            Err(reason) => Err(Error::cancelled(reason)),
+            Ok(None) => Ok(None),
+            Ok(Some(Err(error))) => Err(Error::from_host(error)),
+            Ok(Some(Ok(json))) => serde_json::from_str(&json).map(Some).map_err(|e| {
+                error!(
+                    "child workflow {id} returned a value that is not a {}: {e}",
                     std::any::type_name::<T>()
                 )
             }),

@@ -23,8 +23,8 @@ use crate::store::{
     AttemptRecord, CheckpointStore, Deployment, Enqueued, Fork, LeaseRenewal, ListQuery, LogLine,
     LogRecord, Millis, NewWorkflow, Outcome, PublishedEvent, QueuedWorkflow, Reopen,
     ScheduleRecord, SignalRecord, SignalSent, SqliteStore, StepBegin, StepEffect, StepKey,
-    StepRecord, StoreError, Takeover, Upgrade, WorkflowEnd, WorkflowEvent, WorkflowRecord,
-    WorkflowStatus, WorkflowSummary,
+    StepRecord, StoreError, Takeover, Upgrade, WaitingFor, WorkflowEnd, WorkflowEvent,
+    WorkflowRecord, WorkflowStatus, WorkflowSummary,
 };
 
 /// How a workflow's history fares on the new component.
@@ -502,10 +502,14 @@ impl CheckpointStore for ReadOnlyHistory {
         &self,
         _: &str,
         _: &str,
-        _: &str,
+        _: &WaitingFor,
         _: Option<Millis>,
-    ) -> Result<(), StoreError> {
-        Ok(())
+    ) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    fn children(&self, id: &str) -> Result<Vec<WorkflowRecord>, StoreError> {
+        self.store.children(id)
     }
 
     fn fork_workflow(&self, fork: &Fork<'_>) -> Result<WorkflowRecord, StoreError> {
@@ -548,8 +552,8 @@ impl CheckpointStore for ReadOnlyHistory {
         Err(read_only(&format!("queue {}", workflow.id)))
     }
 
-    fn sleep_workflow(&self, _: &str, _: &str, _: Millis) -> Result<(), StoreError> {
-        Ok(())
+    fn sleep_workflow(&self, _: &str, _: &str, _: Millis) -> Result<bool, StoreError> {
+        Ok(true)
     }
 
     fn cancel_idle_workflow(

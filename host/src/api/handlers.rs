@@ -58,7 +58,30 @@ async fn blocking<T: Send + 'static>(
 /// JSON error (400, or 413 past the route's body limit).
 pub struct JsonBody<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+/// What a request body looks like, for the hint of a refused one.
+pub trait BodyExample {
+    const EXAMPLE: &'static str;
+}
+
+impl BodyExample for SubmitRequest {
+    const EXAMPLE: &'static str = r#"send a JSON object such as {"deployment": "NAME", "input": {...}} (workflow_id and queue are optional)"#;
+}
+
+impl BodyExample for SignalRequestBody {
+    const EXAMPLE: &'static str =
+        r#"send a JSON object such as {"value": {...}} (signal_id is optional)"#;
+}
+
+impl BodyExample for ForkRequestBody {
+    const EXAMPLE: &'static str =
+        r#"send a JSON object such as {"from_step": 3} (workflow_id and deployment are optional)"#;
+}
+
+impl BodyExample for ScheduleRequest {
+    const EXAMPLE: &'static str = r#"send a JSON object such as {"name": "nightly", "cron": "0 2 * * *", "deployment": "NAME", "input": {...}} (queue is optional)"#;
+}
+
+impl<S: Send + Sync, T: DeserializeOwned + BodyExample> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
@@ -72,10 +95,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             } else {
                 format!("the body is not valid JSON: {e}")
             };
-            ApiError::bad_request(
-                message,
-                r#"send a JSON object such as {"deployment": "NAME", "input": {...}} (workflow_id and queue are optional)"#,
-            )
+            ApiError::bad_request(message, T::EXAMPLE)
         })
     }
 }
@@ -235,7 +255,7 @@ pub async fn list_workflows(
             WorkflowStatus::parse(text).ok_or_else(|| {
                 ApiError::bad_request(
                     format!("`{text}` is not a workflow status"),
-                    "status is one of queued, running, sleeping, completed, failed, cancelled, suspended",
+                    "status is one of queued, running, sleeping, waiting, completed, failed, cancelled, suspended",
                 )
             })
         })
@@ -605,14 +625,19 @@ pub async fn published_event(
     let mut pause = FIRST_LOOK;
     loop {
         let (look, key) = (id.clone(), key.clone());
-        let found = blocking(&state, move |store| {
-            Ok(control::published_event(store, &look, &key, None))
+        let (found, ended) = blocking(&state, move |store| {
+            let found = control::published_event(store, &look, &key, None);
+            // An ended workflow publishes nothing more: no use waiting.
+            let ended = control::workflow(store, &look)?.status.is_final();
+            Ok((found, ended))
         })
         .await?;
         let left = deadline.saturating_duration_since(Instant::now());
         match found {
             Ok(event) => return Ok(Json(PublishedEventView::from(&event))),
-            Err(ControlError::UnknownEvent { .. }) if !left.is_zero() && !state.winding_down() => {
+            Err(ControlError::UnknownEvent { .. })
+                if !ended && !left.is_zero() && !state.winding_down() =>
+            {
                 tokio::time::sleep(pause.min(left)).await;
                 pause = (pause * 3 / 2).min(LAST_LOOK);
             }

@@ -659,9 +659,11 @@ mod tests {
                 "/v1/workflows",
                 "/v1/workflows/{id}",
                 "/v1/workflows/{id}/cancel",
+                "/v1/workflows/{id}/events/{key}",
                 "/v1/workflows/{id}/fork",
                 "/v1/workflows/{id}/logs",
                 "/v1/workflows/{id}/result",
+                "/v1/workflows/{id}/signals/{name}",
                 "/v1/workflows/{id}/steps",
             ]
         );

@@ -143,8 +143,12 @@ pub struct WorkflowView {
     pub queue: String,
     /// The deployment it was started from, if submitted by name.
     pub deployment: Option<String>,
-    /// When a sleeping workflow is due.
+    /// When a sleeping workflow is due; when a waiting one's wait times
+    /// out, if it does.
     pub wake_at_ms: Option<Millis>,
+    /// The workflow that started this one as its child, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<String>,
 }
 
 impl From<&WorkflowRecord> for WorkflowView {
@@ -169,6 +173,7 @@ impl From<&WorkflowRecord> for WorkflowView {
             queue: w.queue.clone(),
             deployment: w.deployment.clone(),
             wake_at_ms: w.wake_at,
+            parent_id: w.parent_id.clone(),
         }
     }
 }

@@ -41,8 +41,8 @@ Exit codes:
   9  storage failure (disk full, I/O error, database replaced): steps may have run; what was committed stands; run again once fixed
  10  the workflow is sleeping (a long durable sleep) until the time printed: run it again then, or let `serve` continue it
  11  `start --wait`: the workflow had not finished when --wait-timeout ran out (it goes on)
- 12  the workflow is waiting for a signal (`durable-host signal`): run it again once it is sent,
-     or let `serve` continue it";
+ 12  the workflow is waiting for a signal (`durable-host signal`) or a child workflow: run it
+     again once the signal is sent (or the child ended), or let `serve` continue it";
 
 /// `durable-host schedule ...`.
 #[derive(Debug, Subcommand)]

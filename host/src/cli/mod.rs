@@ -201,9 +201,10 @@ fn runtime_hint(error: &RuntimeError) -> Option<String> {
             mismatch: WorldMismatch::NotAWorkflow(reason),
             ..
         } if reason.contains("durable:workflow/durable-step@") => {
-            "this component was built against a release of the durable:workflow contract that \
-             this host does not know (it runs 0.1.0, 0.2.0 and 0.3.0): run it with a durable-host \
-             at least as new as the SDK it was built with"
+            "this component imports a release of the durable:workflow contract this host does \
+             not provide in that form (it runs 0.1.0, 0.2.0 and 0.3.0 as released): a component \
+             from a newer SDK needs a newer durable-host; one from a development build of the SDK \
+             needs a rebuild with a released one"
                 .to_owned()
         }
         RuntimeError::WrongWorld { .. } => "a workflow imports `durable:workflow/durable-step` \

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use durable_host::api::model::json_value;
 use durable_host::engine::{RunObserver, RunReport, StepEvent, StepEventKind};
-use durable_host::store::{Millis, Outcome, StepKey, WorkflowRecord, WorkflowStatus};
+use durable_host::store::{Millis, Outcome, StepKey, WaitingFor, WorkflowRecord, WorkflowStatus};
 
 use super::table::timestamp;
 
@@ -191,7 +191,7 @@ pub fn print_report(report: &RunReport, elapsed: Duration, json_mode: bool) {
             error: error_message(&report.outcome),
             error_code: error_code(&report.outcome),
             wake_at_ms: report.wake_at,
-            waiting_for: report.waiting_for.as_deref(),
+            waiting_for: report.waiting_for.as_ref().map(waiting_json),
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             steps: report.events.iter().map(StepJson::from).collect(),
         });
@@ -207,7 +207,7 @@ pub fn print_report(report: &RunReport, elapsed: Duration, json_mode: bool) {
         millis(elapsed)
     );
     match (&report.waiting_for, report.wake_at) {
-        (Some(signal), deadline) => print_waiting(&report.workflow_id, signal, deadline),
+        (Some(waiting_for), deadline) => print_waiting(&report.workflow_id, waiting_for, deadline),
         (None, Some(wake_at)) => print_sleeping(wake_at),
         (None, None) => print_outcome(&report.outcome),
     }
@@ -262,14 +262,30 @@ fn print_sleeping(wake_at: Millis) {
     );
 }
 
-fn print_waiting(id: &str, signal: &str, deadline: Option<Millis>) {
+fn print_waiting(id: &str, waiting_for: &WaitingFor, deadline: Option<Millis>) {
     let until = deadline
         .map(|deadline| format!(" (until {} UTC at the latest)", timestamp(deadline)))
         .unwrap_or_default();
+    let what_to_do = match waiting_for {
+        WaitingFor::Signal(signal) => {
+            format!("`durable-host signal {id} {signal} --data JSON` sends it; then run it again")
+        }
+        WaitingFor::Child(child) => format!(
+            "`durable-host serve` runs the child (or `durable-host run COMPONENT --workflow-id \
+             {child}`); then run this one again"
+        ),
+    };
     println!(
-        "waiting for the signal `{signal}`{until}: `durable-host signal {id} {signal} --data JSON` \
-         sends it; then run it again, or let `durable-host serve` continue it"
+        "waiting for {waiting_for}{until}: {what_to_do}, or let `durable-host serve` continue it"
     );
+}
+
+/// `{"signal": NAME}` or `{"child": ID}`, for `--json`.
+fn waiting_json(waiting_for: &WaitingFor) -> Value {
+    match waiting_for {
+        WaitingFor::Signal(name) => serde_json::json!({ "signal": name }),
+        WaitingFor::Child(id) => serde_json::json!({ "child": id }),
+    }
 }
 
 fn print_outcome(outcome: &Outcome) {
@@ -316,9 +332,10 @@ struct RunJson<'a> {
     /// its wait times out.
     #[serde(skip_serializing_if = "Option::is_none")]
     wake_at_ms: Option<Millis>,
-    /// For a waiting workflow: the signal it waits for.
+    /// For a waiting workflow: what it waits for, `{"signal": NAME}` or
+    /// `{"child": ID}`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    waiting_for: Option<&'a str>,
+    waiting_for: Option<Value>,
     duration_ms: f64,
     steps: Vec<StepJson<'a>>,
 }

@@ -263,6 +263,7 @@ mod tests {
             queue: "default".into(),
             deployment: None,
             wake_at: None,
+            parent_id: None,
         }
     }
 

@@ -2,7 +2,7 @@
 //! and hands it to the workflow at its next step boundary or durable wait,
 //! as an error the workflow can answer with compensation steps (for a grace
 //! period, then it is stopped); a workflow nobody runs is finished as
-//! cancelled at once.
+//! cancelled at once. A workflow's child workflows are cancelled with it.
 
 use super::{EngineError, owner_alive};
 use crate::store::{
@@ -12,6 +12,10 @@ use crate::store::{
 
 /// The error recorded for a cancelled workflow.
 pub(super) const CANCELLED: &str = "cancelled by request";
+
+/// The code of a cancellation handed to a guest as an error, and of a
+/// cancelled child's outcome as its parent sees it (as the SDKs use it).
+pub const CANCELLED_CODE: &str = "cancelled";
 
 /// Finish a running workflow whose owner is gone as cancelled; the steps it
 /// left running are recorded as interrupted.
@@ -54,10 +58,24 @@ pub enum CancelOutcome {
 
 /// Cancel workflow `id`: a running owner stops at its next step boundary; a
 /// workflow nobody is running is cancelled at once, and is never resumed.
+/// Its unfinished child workflows (and theirs) are cancelled with it.
 pub fn cancel_workflow(
     store: &dyn CheckpointStore,
     id: &str,
 ) -> Result<CancelOutcome, EngineError> {
+    let outcome = cancel_one(store, id)?;
+    if !matches!(outcome, CancelOutcome::AlreadyFinished(_)) {
+        for child in store.children(id)? {
+            if !child.status.is_final() {
+                cancel_workflow(store, &child.id)?;
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+/// Cancel workflow `id` alone.
+fn cancel_one(store: &dyn CheckpointStore, id: &str) -> Result<CancelOutcome, EngineError> {
     let workflow = match store.workflow(id)? {
         None => return Err(StoreError::UnknownWorkflow { id: id.to_owned() }.into()),
         // Nobody holds a queued, sleeping, waiting or suspended workflow:
@@ -74,12 +92,16 @@ pub fn cancel_workflow(
             if store.cancel_idle_workflow(id, workflow.status, CANCELLED)? {
                 return Ok(CancelOutcome::Cancelled);
             }
-            return cancel_workflow(store, id);
+            return cancel_one(store, id);
         }
         Some(workflow) if workflow.status != WorkflowStatus::Running => {
             return Ok(CancelOutcome::AlreadyFinished(workflow.status));
         }
-        Some(_) => store.request_cancel(id)?,
+        Some(_) => match store.request_cancel(id)? {
+            // Unloaded (or ended) since it was read: cancel it as it is now.
+            changed if changed.status != WorkflowStatus::Running => return cancel_one(store, id),
+            running => running,
+        },
     };
     if owner_alive(&workflow, now_millis()) {
         return Ok(CancelOutcome::Requested {

@@ -23,19 +23,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cancel::CANCELLED;
-pub use cancel::{CancelOutcome, cancel_workflow};
+pub use cancel::{CANCELLED_CODE, CancelOutcome, cancel_workflow};
 pub use crash::{CrashPlan, CrashPoint};
 pub use lease::{
     LeaseGuard, LeaseKeeper, LeaseSignals, OwnHeartbeat, owner_alive, renewal_interval,
     this_process,
 };
 pub use pending_log::{MAX_LOG_LINE, PendingLog};
-pub use signals::{EVENT_STEP_PREFIX, SIGNAL_STEP_PREFIX, SignalWait, TimerStart, WAIT_STEP};
+pub use signals::{
+    CHILD_RESULT_STEP_PREFIX, CHILD_STEP_PREFIX, ChildRequest, ChildStarted, ChildWait,
+    EVENT_STEP_PREFIX, SIGNAL_STEP_PREFIX, SignalWait, TimerStart, WAIT_STEP,
+};
 
 use crate::store::{
     CheckpointStore, Claim, Failure, LogLine, LogStream, Millis, NewWorkflow, Outcome, Owner,
-    Reopen, StepBegin, StepEffect, StepKey, StepRecord, StoreError, Takeover, WorkflowEnd,
-    WorkflowRecord, WorkflowStatus, now_millis,
+    Reopen, StepBegin, StepEffect, StepKey, StepRecord, StoreError, Takeover, WaitingFor,
+    WorkflowEnd, WorkflowRecord, WorkflowStatus, now_millis,
 };
 
 /// Why a run cannot go on. Apart from `Store`, these are the guest's or the
@@ -129,11 +132,11 @@ pub enum EngineError {
     /// without an instance until `wake_at`.
     #[error("the workflow is unloaded to sleep until {wake_at}")]
     Unloading { wake_at: Millis },
-    /// Not a failure either: the workflow waits for the signal `name`
-    /// without an instance, until `deadline` at the latest.
-    #[error("the workflow is unloaded to wait for the signal `{name}`")]
+    /// Not a failure either: the workflow waits for `waiting_for` without
+    /// an instance, until `deadline` at the latest.
+    #[error("the workflow is unloaded to wait for {waiting_for}")]
     UnloadingToWait {
-        name: String,
+        waiting_for: WaitingFor,
         deadline: Option<Millis>,
     },
     #[error("the guest began a step with an empty name")]
@@ -401,8 +404,8 @@ pub struct RunReport {
     /// For a workflow unloaded to sleep: when it is due; to wait for a
     /// signal: when its wait times out, if it does.
     pub wake_at: Option<Millis>,
-    /// For a workflow unloaded to wait: the signal it waits for.
-    pub waiting_for: Option<String>,
+    /// For a workflow unloaded to wait: what it waits for.
+    pub waiting_for: Option<WaitingFor>,
     pub events: Vec<StepEvent>,
 }
 
@@ -1284,38 +1287,46 @@ impl WorkflowRun {
         self.unload_until(None, Some(wake_at))
     }
 
-    /// The workflow waits for the signal `name`, until `deadline` at the
+    /// The workflow waits for `waiting_for`, until `deadline` at the
     /// latest: record it `waiting`, owned by nobody, and end this run. It is
-    /// resumed by replay when the signal is sent or the deadline is due.
+    /// resumed by replay when what it waits for comes or the deadline is
+    /// due.
     pub fn unload_waiting(
         self,
-        name: &str,
+        waiting_for: WaitingFor,
         deadline: Option<Millis>,
     ) -> Result<RunReport, EngineError> {
-        self.unload_until(Some(name), deadline)
+        self.unload_until(Some(waiting_for), deadline)
     }
 
     fn unload_until(
         mut self,
-        waiting_for: Option<&str>,
+        waiting_for: Option<WaitingFor>,
         wake_at: Option<Millis>,
     ) -> Result<RunReport, EngineError> {
         self.claim()?;
         self.store
             .append_log(&self.workflow_id, &self.run_id, &self.pending_log.take())?;
-        let status = match waiting_for {
-            Some(name) => {
+        let (unloaded, status) = match &waiting_for {
+            Some(waiting_for) => (
                 self.store
-                    .wait_workflow(&self.workflow_id, &self.run_id, name, wake_at)?;
-                WorkflowStatus::Waiting
-            }
+                    .wait_workflow(&self.workflow_id, &self.run_id, waiting_for, wake_at)?,
+                WorkflowStatus::Waiting,
+            ),
             None => {
                 let wake_at = wake_at.expect("a sleep has an end");
-                self.store
-                    .sleep_workflow(&self.workflow_id, &self.run_id, wake_at)?;
-                WorkflowStatus::Sleeping
+                (
+                    self.store
+                        .sleep_workflow(&self.workflow_id, &self.run_id, wake_at)?,
+                    WorkflowStatus::Sleeping,
+                )
             }
         };
+        if !unloaded {
+            // Cancelled since the run last heard: as a cancellation of an
+            // unloaded workflow would, it ends now.
+            return self.cancel();
+        }
         self.observer.run_ended(&self.workflow_id);
         Ok(RunReport {
             resumed: self.resumed(),
@@ -1324,7 +1335,7 @@ impl WorkflowRun {
             status,
             outcome: Ok(String::new()),
             wake_at,
-            waiting_for: waiting_for.map(str::to_owned),
+            waiting_for,
             events: self.events,
         })
     }
@@ -1502,7 +1513,7 @@ pub const MAX_STEP_OUTPUT: usize = 16 << 20;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::SqliteStore;
+    use crate::store::{SignalRecord, SqliteStore};
 
     struct Silent;
     impl RunObserver for Silent {
@@ -1554,6 +1565,83 @@ mod tests {
                 .unwrap(),
             other => panic!("{name}: {other:?}, expected execution"),
         }
+    }
+
+    #[test]
+    fn a_cancellation_asked_for_while_unloading_ends_the_workflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        let mut run = ready(open(&db, "r1"));
+        execute(&mut run, "first", "1");
+        // `cancel` reached the database before the run heard of it.
+        let store = SqliteStore::open(&db).unwrap();
+        store.request_cancel("wf").unwrap();
+        let report = run
+            .unload_waiting(WaitingFor::Signal("go".into()), None)
+            .unwrap();
+        assert_eq!(report.status, WorkflowStatus::Cancelled);
+        assert_eq!(
+            store.workflow("wf").unwrap().unwrap().status,
+            WorkflowStatus::Cancelled
+        );
+    }
+
+    #[test]
+    fn signals_are_taken_once_in_the_order_sent_and_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        let mut run = ready(open(&db, "r1"));
+        execute(&mut run, "first", "1");
+        let store = SqliteStore::open(&db).unwrap();
+        assert_eq!(run.receive_signal("go", None).unwrap(), SignalWait::Nothing);
+        for (id, value) in [("a", "1"), ("b", "2")] {
+            store
+                .send_signal(&SignalRecord {
+                    seq: 0,
+                    workflow_id: "wf".into(),
+                    name: "go".into(),
+                    signal_id: id.into(),
+                    value: value.into(),
+                    sent_at: now_millis(),
+                    taken_by: None,
+                })
+                .unwrap();
+        }
+        let first = run.receive_signal("go", None).unwrap();
+        assert_eq!(first, SignalWait::Received("1".into()));
+        drop(run);
+        expire_leases(&db);
+        // A new run replays the first wait and takes the second signal.
+        let mut again = ready(open(&db, "r2"));
+        assert!(matches!(
+            again.begin_step("first").unwrap(),
+            StepStart::Replayed(_)
+        ));
+        assert_eq!(
+            again.receive_signal("go", None).unwrap(),
+            SignalWait::Received("1".into())
+        );
+        assert_eq!(
+            again.receive_signal("go", None).unwrap(),
+            SignalWait::Received("2".into())
+        );
+        assert_eq!(
+            again.receive_signal("go", Some(0)).unwrap(),
+            SignalWait::TimedOut
+        );
+        let taken: Vec<Option<String>> = store
+            .signals("wf")
+            .unwrap()
+            .into_iter()
+            .map(|s| s.taken_by.map(|k| k.as_str().to_owned()))
+            .collect();
+        assert_eq!(
+            taken,
+            [
+                Some("durable.signal:go#000001".to_owned()),
+                Some("durable.signal:go#000002".to_owned())
+            ]
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Signals, timers and published events, as steps of the history.
+//! Signals, child workflows, timers and published events, as steps of the
+//! history.
 //!
 //! A wait for a signal takes the oldest signal sent for its name in the same
 //! commit that records its step (`durable.signal:<name>`), so a signal is
@@ -7,15 +8,20 @@
 //! waits (or unloads the workflow) and asks again. A timeout's end and a
 //! sleep's are timers: steps whose recorded value is the wake-up time, so a
 //! resumed workflow waits only for what is left. Publishing an event is a
-//! step whose commit also stores the value.
+//! step whose commit also stores the value; starting a child, one whose
+//! commit also queues the child; waiting for a child settles like a wait
+//! for a signal, with the child's outcome.
 //!
 //! How the wait is spent (in the process, or unloaded) is the runtime's and
 //! the scheduler's business; this module only decides what is recorded.
 
 use serde_json::value::RawValue;
 
-use super::{EngineError, StepRequest, StepStart, WorkflowRun, check_name};
-use crate::store::{Millis, SignalRecord, StepEffect, StepKey, now_millis};
+use super::{CANCELLED_CODE, EngineError, StepRequest, StepStart, WorkflowRun, check_name};
+use crate::store::{
+    ChildStart, Failure, Millis, Outcome, SignalRecord, StepEffect, StepKey, WorkflowStatus,
+    now_millis,
+};
 
 /// The steps that record which signal a wait took: `durable.signal:<name>`.
 pub const SIGNAL_STEP_PREFIX: &str = "durable.signal:";
@@ -23,6 +29,13 @@ pub const SIGNAL_STEP_PREFIX: &str = "durable.signal:";
 pub const EVENT_STEP_PREFIX: &str = "durable.event:";
 /// The timer of a wait with a timeout: its recorded value is the deadline.
 pub const WAIT_STEP: &str = "durable.wait";
+/// The steps that record a child workflow's start: `durable.child:<id>`.
+pub const CHILD_STEP_PREFIX: &str = "durable.child:";
+/// The steps that record a child workflow's outcome, as its parent waited
+/// for it: `durable.child-result:<id>`.
+pub const CHILD_RESULT_STEP_PREFIX: &str = "durable.child-result:";
+/// The recorded value of a wait that timed out.
+const TIMED_OUT: &str = "\"timed_out\"";
 
 /// What a wait for a signal found.
 #[derive(Debug, PartialEq, Eq)]
@@ -35,6 +48,66 @@ pub enum SignalWait {
     Nothing,
     /// The workflow was cancelled; the reason.
     Cancelled(String),
+}
+
+/// What a wait for a child workflow found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ChildWait {
+    /// The child ended with this outcome.
+    Ended(Outcome),
+    /// The deadline passed first.
+    TimedOut,
+    /// Not ended yet, and nothing recorded: wait, then ask again.
+    Nothing,
+    /// The workflow was cancelled; the reason.
+    Cancelled(String),
+}
+
+/// What became of a child workflow's start.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ChildStarted {
+    /// It is queued (now, or by an earlier run).
+    Started,
+    /// It could not be started, for this recorded reason.
+    Refused(Failure),
+    /// The workflow was cancelled; the reason.
+    Cancelled(String),
+}
+
+/// A child workflow, as the guest asks for it.
+#[derive(Debug, Clone, Copy)]
+pub struct ChildRequest<'a> {
+    pub workflow_id: &'a str,
+    /// Its deployment's newest version; `None`: the parent's component.
+    pub deployment: Option<&'a str>,
+    /// JSON.
+    pub input: &'a str,
+}
+
+/// How a settled wait answered.
+enum WaitAnswer {
+    /// The recorded value (recorded now, or replayed).
+    Recorded(String),
+    Nothing,
+    Cancelled(String),
+}
+
+/// The recorded value of a wait for a child.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ChildOutcome {
+    Output {
+        output: Box<RawValue>,
+    },
+    Error {
+        message: String,
+        code: Option<String>,
+    },
+    TimedOut,
+}
+
+fn outcome_json(outcome: &ChildOutcome) -> String {
+    serde_json::to_string(outcome).expect("plain data")
 }
 
 /// How a timer step began.
@@ -94,54 +167,216 @@ impl WorkflowRun {
         name: &str,
         deadline: Option<Millis>,
     ) -> Result<SignalWait, EngineError> {
-        check_name("a signal name", name)?;
         let step_name = format!("{SIGNAL_STEP_PREFIX}{name}");
+        // Bounded as the step that records it is.
+        check_name("a signal name", &step_name)?;
+        let answer = self.settle_wait(&step_name, deadline, |run| {
+            let Some(signal) = run.store.next_signal(&run.workflow_id, name)? else {
+                return Ok(None);
+            };
+            let effect = StepEffect::TakeSignal { seq: signal.seq };
+            Ok(Some((receipt(&signal)?, Some(effect))))
+        })?;
+        let key = self.key_of(&step_name);
+        Ok(match answer {
+            WaitAnswer::Nothing => SignalWait::Nothing,
+            WaitAnswer::Cancelled(reason) => SignalWait::Cancelled(reason),
+            WaitAnswer::Recorded(json) => match serde_json::from_str::<Receipt<'_>>(&json) {
+                Ok(Receipt::Signal { value, .. }) => SignalWait::Received(value.get().to_owned()),
+                Ok(Receipt::TimedOut) => SignalWait::TimedOut,
+                Err(e) => {
+                    return Err(EngineError::InvalidStepJson {
+                        key,
+                        reason: format!("a recorded signal does not read as one: {e}"),
+                    });
+                }
+            },
+        })
+    }
+
+    /// Start `child` as a workflow of its own, once (the step
+    /// `durable.child:<id>`, committed with the child's creation), or say
+    /// why not: a refusal (recorded) or the workflow's cancellation.
+    pub fn start_child(&mut self, child: &ChildRequest<'_>) -> Result<ChildStarted, EngineError> {
+        let step_name = format!("{CHILD_STEP_PREFIX}{}", child.workflow_id);
+        check_name("a child workflow id", &step_name)?;
+        let step = match self.begin_step(&step_name)? {
+            StepStart::Replayed(Ok(_)) => return Ok(ChildStarted::Started),
+            StepStart::Replayed(Err(refused)) => return Ok(ChildStarted::Refused(refused)),
+            StepStart::Cancelled(reason) => return Ok(ChildStarted::Cancelled(reason)),
+            StepStart::Execute(step) => step,
+        };
+        match self.child_start(child)? {
+            Ok(start) => {
+                let value = serde_json::json!({ "workflow_id": start.id }).to_string();
+                let effect = StepEffect::StartChild(start);
+                self.finish_step_with(step.key.as_str(), Ok(value), Some(effect))?;
+                Ok(ChildStarted::Started)
+            }
+            Err(refused) => {
+                let refused = Failure::new(refused);
+                self.finish_step(step.key.as_str(), Err(refused.clone()))?;
+                Ok(ChildStarted::Refused(refused))
+            }
+        }
+    }
+
+    /// What to queue for `child`, or why it cannot be started.
+    fn child_start(
+        &self,
+        child: &ChildRequest<'_>,
+    ) -> Result<Result<ChildStart, String>, EngineError> {
+        let id = child.workflow_id;
+        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(child.input) {
+            return Ok(Err(format!(
+                "the input of child workflow {id} is not JSON: {e}"
+            )));
+        }
+        if self.store.workflow(id)?.is_some() {
+            return Ok(Err(format!(
+                "cannot start child workflow {id}: a workflow with that id exists"
+            )));
+        }
+        let parent = self.store.workflow(&self.workflow_id)?;
+        let queue = parent.map_or_else(|| "default".to_owned(), |parent| parent.queue);
+        let (deployment, component_sha256, grants) = match child.deployment {
+            None => (None, self.component_sha256.clone(), self.grants.clone()),
+            Some(name) => match self.store.deployments(Some(name))?.into_iter().next() {
+                Some(newest) => (Some(newest.name), newest.sha256, Some(newest.grants)),
+                None => {
+                    return Ok(Err(format!(
+                        "cannot start child workflow {id}: no deployment named `{name}`"
+                    )));
+                }
+            },
+        };
+        Ok(Ok(ChildStart {
+            id: id.to_owned(),
+            deployment,
+            component_sha256,
+            input: child.input.to_owned(),
+            grants,
+            queue,
+        }))
+    }
+
+    /// The wait at this position for child workflow `id` to end, which
+    /// times out at `deadline`: as [`Self::receive_signal`], with the
+    /// child's outcome (a cancelled child's is an error with the code
+    /// `cancelled`; a suspended child has not ended).
+    pub fn await_child(
+        &mut self,
+        id: &str,
+        deadline: Option<Millis>,
+    ) -> Result<ChildWait, EngineError> {
+        let step_name = format!("{CHILD_RESULT_STEP_PREFIX}{id}");
+        check_name("a child workflow id", &step_name)?;
+        let answer = self.settle_wait(&step_name, deadline, |run| {
+            let Some(child) = run.store.workflow(id)? else {
+                let unknown = ChildOutcome::Error {
+                    message: format!("there is no child workflow {id}: start it first"),
+                    code: None,
+                };
+                return Ok(Some((outcome_json(&unknown), None)));
+            };
+            let ended = match (child.status, child.outcome()) {
+                (status, Some(outcome)) if status.is_final() => outcome,
+                _ => return Ok(None),
+            };
+            let outcome = match ended {
+                Ok(output) => ChildOutcome::Output {
+                    output: RawValue::from_string(output).map_err(|e| {
+                        EngineError::InvalidStepJson {
+                            key: StepKey::new(&format!("{CHILD_RESULT_STEP_PREFIX}{id}"), 1),
+                            reason: format!(
+                                "child workflow {id} ended with an output that is not JSON: {e}"
+                            ),
+                        }
+                    })?,
+                },
+                Err(failure) => ChildOutcome::Error {
+                    message: failure.message,
+                    code: failure.code.or_else(|| {
+                        (child.status == WorkflowStatus::Cancelled)
+                            .then(|| CANCELLED_CODE.to_owned())
+                    }),
+                },
+            };
+            Ok(Some((outcome_json(&outcome), None)))
+        })?;
+        let key = self.key_of(&step_name);
+        Ok(match answer {
+            WaitAnswer::Nothing => ChildWait::Nothing,
+            WaitAnswer::Cancelled(reason) => ChildWait::Cancelled(reason),
+            WaitAnswer::Recorded(json) => match serde_json::from_str::<ChildOutcome>(&json) {
+                Ok(ChildOutcome::Output { output }) => {
+                    ChildWait::Ended(Ok(output.get().to_owned()))
+                }
+                Ok(ChildOutcome::Error { message, code }) => {
+                    ChildWait::Ended(Err(Failure { message, code }))
+                }
+                Ok(ChildOutcome::TimedOut) => ChildWait::TimedOut,
+                Err(e) => {
+                    return Err(EngineError::InvalidStepJson {
+                        key,
+                        reason: format!("a recorded child outcome does not read as one: {e}"),
+                    });
+                }
+            },
+        })
+    }
+
+    /// The wait at this position, recorded as the step `step_name` with the
+    /// value `look` finds (and its effect, committed with it), or as timed
+    /// out once `deadline` is due. Replaying, the recorded value; with
+    /// nothing found and time left, nothing is written.
+    fn settle_wait(
+        &mut self,
+        step_name: &str,
+        deadline: Option<Millis>,
+        look: impl FnOnce(&Self) -> Result<Option<(String, Option<StepEffect>)>, EngineError>,
+    ) -> Result<WaitAnswer, EngineError> {
+        if let Some(executing) = self.executing.first() {
+            return Err(EngineError::StepOverlap {
+                executing: executing.key.clone(),
+                requested: StepKey::new(
+                    step_name,
+                    self.ordinals.get(step_name).map_or(1, |n| n + 1),
+                ),
+            });
+        }
+        // A cancellation handed over during this wait (replayed where it
+        // was recorded, or pending now), as in a durable sleep.
+        if let Some(reason) = self.deliver_cancellation()? {
+            return Ok(WaitAnswer::Cancelled(reason));
+        }
         let finished = self
             .cursor
             .at(self.position + 1)
             .is_some_and(|step| step.outcome().is_some());
-        let mut signal = None;
+        let mut found = None;
         // `verify` replays only: it must not wait for what never comes.
         if !finished && !self.replay_only {
-            if let Some(reason) = self.deliver_cancellation()? {
-                return Ok(SignalWait::Cancelled(reason));
-            }
-            signal = self.store.next_signal(&self.workflow_id, name)?;
+            found = look(self)?;
             let timed_out = deadline.is_some_and(|deadline| now_millis() >= deadline);
-            if signal.is_none() && !timed_out {
-                return Ok(SignalWait::Nothing);
+            if found.is_none() && !timed_out {
+                return Ok(WaitAnswer::Nothing);
             }
         }
-        let start = self.begin_step_with(StepRequest::named(&step_name))?;
-        let key = self.key_of(&step_name);
+        let start = self.begin_step_with(StepRequest::named(step_name))?;
+        let key = self.key_of(step_name);
         match start {
-            StepStart::Replayed(Ok(json)) => match serde_json::from_str::<Receipt<'_>>(&json) {
-                Ok(Receipt::Signal { value, .. }) => {
-                    Ok(SignalWait::Received(value.get().to_owned()))
-                }
-                Ok(Receipt::TimedOut) => Ok(SignalWait::TimedOut),
-                Err(e) => Err(EngineError::InvalidStepJson {
-                    key,
-                    reason: format!("a recorded signal does not read as one: {e}"),
-                }),
-            },
+            StepStart::Replayed(Ok(json)) => Ok(WaitAnswer::Recorded(json)),
             StepStart::Replayed(Err(error)) => Err(EngineError::InvalidStepJson {
                 key,
-                reason: format!("a signal is recorded as a value, not as the error `{error}`"),
+                reason: format!("a wait is recorded as a value, not as the error `{error}`"),
             }),
-            StepStart::Cancelled(reason) => Ok(SignalWait::Cancelled(reason)),
-            StepStart::Execute(step) => match signal {
-                Some(signal) => {
-                    let effect = StepEffect::TakeSignal { seq: signal.seq };
-                    self.finish_step_with(step.key.as_str(), Ok(receipt(&signal)?), Some(effect))?;
-                    Ok(SignalWait::Received(signal.value))
-                }
-                None => {
-                    let timed_out = serde_json::to_string(&Receipt::TimedOut).expect("plain data");
-                    self.finish_step(step.key.as_str(), Ok(timed_out))?;
-                    Ok(SignalWait::TimedOut)
-                }
-            },
+            StepStart::Cancelled(reason) => Ok(WaitAnswer::Cancelled(reason)),
+            StepStart::Execute(step) => {
+                let (json, effect) = found.unwrap_or_else(|| (TIMED_OUT.to_owned(), None));
+                self.finish_step_with(step.key.as_str(), Ok(json.clone()), effect)?;
+                Ok(WaitAnswer::Recorded(json))
+            }
         }
     }
 
@@ -154,8 +389,8 @@ impl WorkflowRun {
     /// recorded and publishes nothing. A pending cancellation is not handed
     /// over here (the guest could not answer it); its next step gets it.
     pub fn publish_event(&mut self, key: &str, value: &str) -> Result<(), EngineError> {
-        check_name("an event key", key)?;
         let step_name = format!("{EVENT_STEP_PREFIX}{key}");
+        check_name("an event key", &step_name)?;
         let start = self
             .begin_steps_handing_over(&[StepRequest::named(&step_name)], false)?
             .pop()

@@ -11,9 +11,10 @@ use super::guest_output::GuestOutput;
 use super::limits::{Deadline, InstanceLimiter};
 use crate::bindings::v0_3::durable_step;
 use crate::engine::{
-    EngineError, SignalWait, StepRequest, StepRun, StepStart, TimerStart, WAIT_STEP, WorkflowRun,
+    CANCELLED_CODE, ChildRequest, ChildStarted, ChildWait, EngineError, SignalWait, StepRequest,
+    StepRun, StepStart, TimerStart, WAIT_STEP, WorkflowRun,
 };
-use crate::store::{Failure, Outcome};
+use crate::store::{Failure, Millis, Outcome, WaitingFor, now_millis};
 
 /// Everything one guest instance can reach.
 pub struct HostState {
@@ -83,6 +84,53 @@ impl HostState {
     }
 }
 
+impl HostState {
+    /// The end of a wait of `timeout_ms`, recorded as a timer (none without
+    /// a timeout), or the cancellation handed over instead.
+    fn wait_deadline(
+        &mut self,
+        timeout_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<Option<Millis>, String>> {
+        let Some(timeout_ms) = timeout_ms else {
+            return Ok(Ok(None));
+        };
+        Ok(match self.run()?.0.timer(WAIT_STEP, timeout_ms)? {
+            TimerStart::Until(deadline) => Ok(Some(deadline)),
+            TimerStart::Cancelled(reason) => Err(reason),
+        })
+    }
+
+    /// Wait until `settle` has an answer: unloaded, when the run allows it
+    /// and the rest of the wait is long (as a long sleep: resumed by replay
+    /// when `waiting_for` comes or `deadline` is due); else in the process,
+    /// asking again every few milliseconds.
+    fn wait_durably<T>(
+        &mut self,
+        waiting_for: WaitingFor,
+        deadline: Option<Millis>,
+        mut settle: impl FnMut(&mut WorkflowRun) -> Result<Option<T>, EngineError>,
+    ) -> wasmtime::Result<T> {
+        loop {
+            let run = self.run()?.0;
+            if let Some(answer) = settle(run)? {
+                return Ok(answer);
+            }
+            let left = deadline.map(|deadline| {
+                Duration::from_millis(deadline.saturating_sub(now_millis()).max(0) as u64)
+            });
+            if run.unloads_sleeps() && left.is_none_or(|left| left > UNLOAD_SLEEPS_OVER) {
+                return Err(EngineError::UnloadingToWait {
+                    waiting_for,
+                    deadline,
+                }
+                .into());
+            }
+            let look_again = WAIT_POLL.min(left.unwrap_or(WAIT_POLL));
+            self.durable_wait(Instant::now() + look_again, true)?;
+        }
+    }
+}
+
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
@@ -131,8 +179,8 @@ pub const UNLOAD_SLEEPS_OVER: Duration = Duration::from_secs(5);
 /// The name under which durable sleeps are recorded.
 pub const SLEEP_STEP: &str = "durable.sleep";
 
-/// How often a wait in the process looks for its signal.
-const SIGNAL_POLL: Duration = Duration::from_millis(25);
+/// How often a wait in the process looks for its signal or child.
+const WAIT_POLL: Duration = Duration::from_millis(25);
 
 impl From<StepStart> for durable_step::StepStart {
     fn from(start: StepStart) -> Self {
@@ -273,34 +321,56 @@ impl durable_step::Host for HostState {
         name: String,
         timeout_ms: Option<u64>,
     ) -> wasmtime::Result<Result<Option<String>, String>> {
-        let (run, _) = self.run()?;
-        let deadline = match timeout_ms.map(|ms| run.timer(WAIT_STEP, ms)).transpose()? {
-            Some(TimerStart::Cancelled(reason)) => return Ok(Err(reason)),
-            Some(TimerStart::Until(deadline)) => Some(deadline),
-            None => None,
+        let deadline = match self.wait_deadline(timeout_ms)? {
+            Ok(deadline) => deadline,
+            Err(reason) => return Ok(Err(reason)),
         };
-        loop {
-            let run = self.run()?.0;
-            match run.receive_signal(&name, deadline)? {
-                SignalWait::Received(value) => return Ok(Ok(Some(value))),
-                SignalWait::TimedOut => return Ok(Ok(None)),
-                SignalWait::Cancelled(reason) => return Ok(Err(reason)),
-                SignalWait::Nothing => {}
-            }
-            let left = deadline.map(|deadline| {
-                Duration::from_millis(
-                    deadline.saturating_sub(crate::store::now_millis()).max(0) as u64
-                )
-            });
-            if run.unloads_sleeps() && left.is_none_or(|left| left > UNLOAD_SLEEPS_OVER) {
-                // As a long sleep: resumed by replay when the signal comes.
-                return Err(EngineError::UnloadingToWait { name, deadline }.into());
-            }
-            // Waiting in the process (`run --wait`): look for the signal
-            // every few milliseconds, until the deadline.
-            let look_again = SIGNAL_POLL.min(left.unwrap_or(SIGNAL_POLL));
-            self.durable_wait(Instant::now() + look_again, true)?;
-        }
+        self.wait_durably(WaitingFor::Signal(name.clone()), deadline, |run| {
+            Ok(match run.receive_signal(&name, deadline)? {
+                SignalWait::Received(value) => Some(Ok(Some(value))),
+                SignalWait::TimedOut => Some(Ok(None)),
+                SignalWait::Cancelled(reason) => Some(Err(reason)),
+                SignalWait::Nothing => None,
+            })
+        })
+    }
+
+    fn start_child(
+        &mut self,
+        child: durable_step::ChildWorkflow,
+    ) -> wasmtime::Result<Result<(), durable_step::StepError>> {
+        let request = ChildRequest {
+            workflow_id: &child.workflow_id,
+            deployment: child.deployment.as_deref(),
+            input: &child.input,
+        };
+        Ok(match self.run()?.0.start_child(&request)? {
+            ChildStarted::Started => Ok(()),
+            ChildStarted::Refused(refused) => Err(refused.into()),
+            ChildStarted::Cancelled(reason) => Err(durable_step::StepError {
+                message: reason,
+                code: Some(CANCELLED_CODE.to_owned()),
+            }),
+        })
+    }
+
+    fn await_child(
+        &mut self,
+        workflow_id: String,
+        timeout_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<Option<GuestOutcome>, String>> {
+        let deadline = match self.wait_deadline(timeout_ms)? {
+            Ok(deadline) => deadline,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        self.wait_durably(WaitingFor::Child(workflow_id.clone()), deadline, |run| {
+            Ok(match run.await_child(&workflow_id, deadline)? {
+                ChildWait::Ended(outcome) => Some(Ok(Some(outcome.map_err(Into::into)))),
+                ChildWait::TimedOut => Some(Ok(None)),
+                ChildWait::Cancelled(reason) => Some(Err(reason)),
+                ChildWait::Nothing => None,
+            })
+        })
     }
 
     fn set_event(&mut self, key: String, value: String) -> wasmtime::Result<()> {

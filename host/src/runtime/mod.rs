@@ -318,9 +318,10 @@ impl Runtime {
         match trap.downcast::<EngineError>() {
             Ok(EngineError::Cancelled { .. }) => Ok(run.cancel()?),
             Ok(EngineError::Unloading { wake_at }) => Ok(run.unload(wake_at)?),
-            Ok(EngineError::UnloadingToWait { name, deadline }) => {
-                Ok(run.unload_waiting(&name, deadline)?)
-            }
+            Ok(EngineError::UnloadingToWait {
+                waiting_for,
+                deadline,
+            }) => Ok(run.unload_waiting(waiting_for, deadline)?),
             Ok(error) if keeps_history(&error) => Err(error.into()),
             // The guest broke the protocol: a bug in its code.
             Ok(guest_misuse) => Ok(run.suspend(guest_misuse.to_string())?),

@@ -635,7 +635,7 @@ fn log_report(report: &RunReport) {
         }
         (_, WorkflowStatus::Waiting) => tracing::info!(
             workflow_id = id,
-            signal = report.waiting_for.as_deref().unwrap_or_default(),
+            waiting_for = report.waiting_for.as_ref().map(ToString::to_string),
             timeout_at = report.wake_at,
             "waiting"
         ),

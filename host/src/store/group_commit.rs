@@ -26,8 +26,8 @@ use super::{
     AttemptRecord, CheckpointStore, Claim, CommitObserver, Deployment, Enqueued, Fork,
     LeaseRenewal, ListQuery, LogLine, LogRecord, Millis, NewWorkflow, Outcome, Owner,
     PublishedEvent, QueuedWorkflow, Reopen, ScheduleRecord, SignalRecord, SignalSent, SqliteStore,
-    StepBegin, StepEffect, StepKey, StepRecord, StoreError, Takeover, Upgrade, WorkflowEnd,
-    WorkflowEvent, WorkflowRecord, WorkflowStatus, WorkflowSummary,
+    StepBegin, StepEffect, StepKey, StepRecord, StoreError, Takeover, Upgrade, WaitingFor,
+    WorkflowEnd, WorkflowEvent, WorkflowRecord, WorkflowStatus, WorkflowSummary,
 };
 
 /// At most this many writes share a transaction: bounds the latency the
@@ -599,7 +599,7 @@ impl CheckpointStore for GroupCommitStore {
         self.read(|store| store.next_wake(queue))
     }
 
-    fn sleep_workflow(&self, id: &str, run_id: &str, wake_at: Millis) -> Result<(), StoreError> {
+    fn sleep_workflow(&self, id: &str, run_id: &str, wake_at: Millis) -> Result<bool, StoreError> {
         owned!(id, run_id);
         self.submit(true, move |store| {
             store.sleep_workflow(&id, &run_id, wake_at)
@@ -610,13 +610,18 @@ impl CheckpointStore for GroupCommitStore {
         &self,
         id: &str,
         run_id: &str,
-        signal: &str,
+        waiting_for: &WaitingFor,
         deadline: Option<Millis>,
-    ) -> Result<(), StoreError> {
-        owned!(id, run_id, signal);
+    ) -> Result<bool, StoreError> {
+        owned!(id, run_id);
+        let waiting_for = waiting_for.clone();
         self.submit(true, move |store| {
-            store.wait_workflow(&id, &run_id, &signal, deadline)
+            store.wait_workflow(&id, &run_id, &waiting_for, deadline)
         })
+    }
+
+    fn children(&self, id: &str) -> Result<Vec<WorkflowRecord>, StoreError> {
+        self.read(|store| store.children(id))
     }
 
     fn finish_step_with(

@@ -241,6 +241,8 @@ pub struct WorkflowRecord {
     pub deployment: Option<String>,
     /// When a sleeping workflow is due.
     pub wake_at: Option<Millis>,
+    /// The workflow that started this one as its child, if one did.
+    pub parent_id: Option<String>,
 }
 
 impl WorkflowRecord {
@@ -575,6 +577,39 @@ pub enum StepEffect {
     TakeSignal { seq: i64 },
     /// The step published `value` under `key`, replacing the key's value.
     Publish { key: String, value: String },
+    /// The step started `child`: it is queued, with the stepping workflow
+    /// as its parent. Refused with [`StoreError::WorkflowExists`] when its
+    /// id is taken.
+    StartChild(ChildStart),
+}
+
+/// A child workflow to queue (see [`StepEffect::StartChild`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildStart {
+    pub id: String,
+    pub deployment: Option<String>,
+    pub component_sha256: String,
+    pub input: String,
+    pub grants: Option<String>,
+    pub queue: String,
+}
+
+/// What a workflow unloaded to wait is waiting for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitingFor {
+    /// A signal of this name.
+    Signal(String),
+    /// The end of this child workflow.
+    Child(String),
+}
+
+impl fmt::Display for WaitingFor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Signal(name) => write!(f, "the signal `{name}`"),
+            Self::Child(id) => write!(f, "the child workflow {id}"),
+        }
+    }
 }
 
 /// Why the store could not do what was asked. Each variant says what a user
@@ -777,11 +812,12 @@ pub trait CheckpointStore: Send {
     fn next_wake(&self, queue: &str) -> Result<Option<Millis>, StoreError>;
 
     /// Unload running workflow `id` of `run_id` until `wake_at`: it becomes
-    /// `sleeping`, owned by nobody.
-    fn sleep_workflow(&self, id: &str, run_id: &str, wake_at: Millis) -> Result<(), StoreError>;
+    /// `sleeping`, owned by nobody. `false`, changing nothing, when a
+    /// cancellation was asked for: the run must end it instead.
+    fn sleep_workflow(&self, id: &str, run_id: &str, wake_at: Millis) -> Result<bool, StoreError>;
 
     /// Cancel workflow `id`, which nobody holds, provided it is still in
-    /// `status` (queued, sleeping or suspended); `false` if it changed.
+    /// `status` (queued, sleeping, waiting or suspended); `false` if it changed.
     fn cancel_idle_workflow(
         &self,
         id: &str,
@@ -878,17 +914,21 @@ pub trait CheckpointStore: Send {
     /// The values workflow `workflow_id` published, by key.
     fn published_events(&self, workflow_id: &str) -> Result<Vec<PublishedEvent>, StoreError>;
 
-    /// Unload running workflow `id` of `run_id` while it waits for the
-    /// signal `signal`, until `deadline` at the latest: it becomes
-    /// `waiting`, owned by nobody (and due at once if such a signal came
-    /// since the run last looked).
+    /// Unload running workflow `id` of `run_id` while it waits for
+    /// `waiting_for`, until `deadline` at the latest: it becomes `waiting`,
+    /// owned by nobody (and due at once if what it waits for came since the
+    /// run last looked: a signal of that name, the child's end). `false`,
+    /// as for [`CheckpointStore::sleep_workflow`].
     fn wait_workflow(
         &self,
         id: &str,
         run_id: &str,
-        signal: &str,
+        waiting_for: &WaitingFor,
         deadline: Option<Millis>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
+
+    /// The workflows workflow `id` started as its children.
+    fn children(&self, id: &str) -> Result<Vec<WorkflowRecord>, StoreError>;
 
     /// Record how a workflow ended (or that it is suspended). Durable on return.
     fn finish_workflow(

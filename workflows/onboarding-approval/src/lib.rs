@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use durable_sdk::{Context, Error};
+use durable_sdk::{Context, Error, UNDECODABLE_SIGNAL};
 use mock_services as services;
 use serde::{Deserialize, Serialize};
 
@@ -64,7 +64,7 @@ fn onboard(ctx: &Context, employee: Employee) -> Result<Summary, Error> {
         &format!("waiting for {} to approve the laptop", employee.manager),
     )?;
     let timeout = Some(Duration::from_millis(employee.approval_timeout_ms));
-    let mut approval: Option<Approval> = ctx.wait_signal("laptop_approval", timeout)?;
+    let mut approval = wait_for_approval(ctx, timeout)?;
     let escalated = approval.is_none();
     if escalated {
         ctx.step("escalate", || {
@@ -80,7 +80,7 @@ fn onboard(ctx: &Context, employee: Employee) -> Result<Summary, Error> {
             )
         })?;
         ctx.set_event("status", "escalated: waiting for the manager's manager")?;
-        approval = ctx.wait_signal("laptop_approval", timeout)?;
+        approval = wait_for_approval(ctx, timeout)?;
     }
 
     let approved = approval.as_ref().is_some_and(|a| a.approved);
@@ -131,6 +131,17 @@ fn onboard(ctx: &Context, employee: Employee) -> Result<Summary, Error> {
         access_groups,
         welcome_email_id,
     })
+}
+
+/// The manager's answer, or `None` when nobody answered within `timeout`.
+/// An answer that does not read as an [`Approval`] is logged and skipped.
+fn wait_for_approval(ctx: &Context, timeout: Option<Duration>) -> Result<Option<Approval>, Error> {
+    loop {
+        match ctx.wait_signal("laptop_approval", timeout) {
+            Err(e) if e.code() == Some(UNDECODABLE_SIGNAL) => ctx.log(format!("skipped: {e}")),
+            answer => return answer,
+        }
+    }
 }
 
 durable_sdk::workflow!(onboard);

@@ -84,6 +84,7 @@ fn scenarios(ctx: &Context, input: Input) -> Result<Value, Error> {
         "keyed" => keyed_steps(ctx, input.items, input.sleep_ms),
         "keyed_sleep" => keyed_sleep(ctx, input.sleep_ms),
         "signals" => signals(ctx, input.items, input.sleep_ms, input.timeout_ms),
+        "children" => children(ctx, input.items, input.sleep_ms, input.timeout_ms),
         other => Err(durable_sdk::error!("unknown scenario `{other}`")),
     }
 }
@@ -153,6 +154,29 @@ fn signals(
     }
     ctx.set_event("progress", "done")?;
     Ok(json!({ "received": received }))
+}
+
+/// `items` children of this same component, `<id>.child-<n>`, each the
+/// `slow` scenario (two steps of `sleep_ms`), then a step, then a wait for
+/// each child in turn; returns their outputs (`null` for a timeout).
+fn children(
+    ctx: &Context,
+    items: u32,
+    sleep_ms: u64,
+    timeout_ms: Option<u64>,
+) -> Result<Value, Error> {
+    let id = ctx.workflow_id();
+    let input = json!({"scenario": "slow", "items": 2, "sleep_ms": sleep_ms});
+    let started = (0..items)
+        .map(|n| ctx.start_child(&format!("{id}.child-{n}"), None, &input))
+        .collect::<Result<Vec<_>, Error>>()?;
+    ctx.step("all_started", effect)?;
+    let timeout = timeout_ms.map(Duration::from_millis);
+    let outputs = started
+        .iter()
+        .map(|child| ctx.await_child::<Value>(child, timeout))
+        .collect::<Result<Vec<_>, Error>>()?;
+    Ok(json!({ "children": outputs }))
 }
 
 /// Records that the current step's body really ran.

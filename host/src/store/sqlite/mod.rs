@@ -23,11 +23,11 @@ use rusqlite::{
 };
 
 use super::{
-    AttemptRecord, CheckpointStore, Deployment, Enqueued, Fork, LOG_LINES_KEPT, LeaseRenewal,
-    ListQuery, LogLine, LogRecord, LogStream, Millis, NewWorkflow, Outcome, Owner, PublishedEvent,
-    QueuedWorkflow, Reopen, ScheduleRecord, SignalRecord, SignalSent, StepBegin, StepEffect,
-    StepKey, StepRecord, StepStatus, StoreError, Takeover, Upgrade, WorkflowEnd, WorkflowEvent,
-    WorkflowRecord, WorkflowStatus, WorkflowSummary, now_millis,
+    AttemptRecord, CheckpointStore, ChildStart, Deployment, Enqueued, Fork, LOG_LINES_KEPT,
+    LeaseRenewal, ListQuery, LogLine, LogRecord, LogStream, Millis, NewWorkflow, Outcome, Owner,
+    PublishedEvent, QueuedWorkflow, Reopen, ScheduleRecord, SignalRecord, SignalSent, StepBegin,
+    StepEffect, StepKey, StepRecord, StepStatus, StoreError, Takeover, Upgrade, WaitingFor,
+    WorkflowEnd, WorkflowEvent, WorkflowRecord, WorkflowStatus, WorkflowSummary, now_millis,
 };
 
 mod schema;
@@ -37,10 +37,10 @@ use schema::{MIGRATIONS, SCHEMA, SCHEMA_VERSION};
 const WORKFLOW_COLUMNS: &str = "id, component_sha256, input, status, output, error, run_id, \
      owner_pid, owner_host, lease_expires_at, cancel_requested, created_at, updated_at, \
      owner_boot, owner_pid_ns, owner_started, takeovers, progress_mark, grants, error_code, \
-     queue, deployment, wake_at";
+     queue, deployment, wake_at, parent_id";
 
 /// How many columns [`WORKFLOW_COLUMNS`] selects.
-const WORKFLOW_COLUMN_COUNT: usize = 23;
+const WORKFLOW_COLUMN_COUNT: usize = 24;
 
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 96;
@@ -418,15 +418,15 @@ impl SqliteStore {
     }
 
     /// Unload running workflow `id` of `run_id` until `wake_at`, owned by
-    /// nobody: sleeping, or waiting when it waits for the signal
-    /// `waiting_for`.
+    /// nobody: sleeping, or waiting for `waiting_for`. `false` (nothing
+    /// changed) when a cancellation was asked for.
     fn unload(
         &self,
         id: &str,
         run_id: &str,
-        waiting_for: Option<&str>,
+        waiting_for: Option<&WaitingFor>,
         wake_at: Option<Millis>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let status = match waiting_for {
             Some(_) => WorkflowStatus::Waiting,
             None => WorkflowStatus::Sleeping,
@@ -436,23 +436,87 @@ impl SqliteStore {
             if let Err(lost) = Self::check_owner(tx, id, run_id)? {
                 return Ok(Err(lost));
             }
-            tx.prepare_cached(
-                "UPDATE workflows SET status = ?2, wake_at = ?3, lease_expires_at = 0,
-                     updated_at = ?4, takeovers = 0
-                 WHERE id = ?1",
-            )?
-            .execute(params![id, status.as_str(), wake_at, now])?;
-            // A signal sent after this run last looked (sending only wakes
-            // workflows already waiting): resume at once to take it.
-            if let Some(name) = waiting_for {
-                tx.prepare_cached(
-                    "UPDATE workflows SET wake_at = ?2 WHERE id = ?1 AND EXISTS (
-                         SELECT 1 FROM signals INDEXED BY signals_untaken
-                         WHERE workflow_id = ?1 AND name = ?3 AND taken_by IS NULL)",
+            // A cancellation asked for since the run last heard: unloading
+            // would leave it to nobody. The run ends the workflow instead.
+            let unloaded = tx
+                .prepare_cached(
+                    "UPDATE workflows SET status = ?2, wake_at = ?3, lease_expires_at = 0,
+                         updated_at = ?4, takeovers = 0
+                     WHERE id = ?1 AND cancel_requested = 0",
                 )?
-                .execute(params![id, now, name])?;
+                .execute(params![id, status.as_str(), wake_at, now])?;
+            if unloaded == 0 {
+                return Ok(Ok(false));
             }
-            Ok(Ok(()))
+            // What it waits for came after this run last looked (a signal
+            // or a child's end only wakes workflows already waiting):
+            // resume at once.
+            let came = match waiting_for {
+                None => false,
+                Some(WaitingFor::Signal(name)) => tx
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM signals INDEXED BY signals_untaken
+                             WHERE workflow_id = ?1 AND name = ?2 AND taken_by IS NULL)",
+                    )?
+                    .query_row(params![id, name], |row| row.get(0))?,
+                Some(WaitingFor::Child(child)) => tx
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM workflows WHERE id = ?1
+                             AND status IN ('completed', 'failed', 'cancelled'))",
+                    )?
+                    .query_row([child], |row| row.get(0))?,
+            };
+            if came {
+                tx.prepare_cached("UPDATE workflows SET wake_at = ?2 WHERE id = ?1")?
+                    .execute(params![id, now])?;
+            }
+            Ok(Ok(true))
+        })
+    }
+
+    /// Inside a write: workflow `id` ended; its parent, if one waits,
+    /// looks at once.
+    fn wake_parent(tx: &Connection, id: &str, now: Millis) -> rusqlite::Result<()> {
+        tx.prepare_cached(
+            "UPDATE workflows SET wake_at = ?2
+             WHERE status = 'waiting' AND id = (SELECT parent_id FROM workflows WHERE id = ?1)",
+        )?
+        .execute(params![id, now])?;
+        Ok(())
+    }
+
+    /// Inside a write: queue `child` of `parent`.
+    fn insert_child(
+        tx: &Connection,
+        parent: &str,
+        child: &ChildStart,
+    ) -> rusqlite::Result<Result<(), StoreError>> {
+        let now = now_millis();
+        let inserted = tx
+            .prepare_cached(
+                "INSERT INTO workflows
+                     (id, component_sha256, input, status, run_id, owner_pid, owner_host,
+                      lease_expires_at, created_at, updated_at, grants, queue, deployment,
+                      parent_id)
+                 VALUES (?1, ?2, ?3, 'queued', '', 0, '', 0, ?4, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (id) DO NOTHING",
+            )?
+            .execute(params![
+                child.id,
+                child.component_sha256,
+                child.input,
+                now,
+                child.grants,
+                child.queue,
+                child.deployment,
+                parent,
+            ])?;
+        Ok(if inserted == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::WorkflowExists {
+                id: child.id.clone(),
+            })
         })
     }
 
@@ -905,6 +969,18 @@ impl CheckpointStore for SqliteStore {
                  FROM steps WHERE workflow_id = ?1 AND sequence <= ?3 AND status != 'running'",
             )?
             .execute(params![fork.source, fork.id, fork.keep_through])?;
+            // What the copied steps published stands for the fork too: a
+            // `durable.event:KEY` step's value is the event's value.
+            tx.prepare_cached(
+                "INSERT INTO published_events (workflow_id, key, value, step_key, published_at)
+                 SELECT workflow_id, substr(name, 15), output_json, step_key, finished_at
+                 FROM steps s
+                 WHERE workflow_id = ?1 AND name LIKE 'durable.event:%' AND status = 'completed'
+                   AND sequence = (SELECT max(sequence) FROM steps
+                                   WHERE workflow_id = ?1 AND name = s.name
+                                     AND status = 'completed')",
+            )?
+            .execute([fork.id])?;
             insert_event(tx, fork.id, "", "forked", fork.detail, now)?;
             Ok(Ok(tx
                 .prepare_cached(&format!(
@@ -1175,7 +1251,7 @@ impl CheckpointStore for SqliteStore {
         })
     }
 
-    fn sleep_workflow(&self, id: &str, run_id: &str, wake_at: Millis) -> Result<(), StoreError> {
+    fn sleep_workflow(&self, id: &str, run_id: &str, wake_at: Millis) -> Result<bool, StoreError> {
         self.unload(id, run_id, None, Some(wake_at))
     }
 
@@ -1183,10 +1259,22 @@ impl CheckpointStore for SqliteStore {
         &self,
         id: &str,
         run_id: &str,
-        signal: &str,
+        waiting_for: &WaitingFor,
         deadline: Option<Millis>,
-    ) -> Result<(), StoreError> {
-        self.unload(id, run_id, Some(signal), deadline)
+    ) -> Result<bool, StoreError> {
+        self.unload(id, run_id, Some(waiting_for), deadline)
+    }
+
+    fn children(&self, id: &str) -> Result<Vec<WorkflowRecord>, StoreError> {
+        self.read(|| {
+            self.conn
+                .prepare_cached(&format!(
+                    "SELECT {WORKFLOW_COLUMNS} FROM workflows INDEXED BY workflows_by_parent
+                     WHERE parent_id = ?1 ORDER BY created_at, id"
+                ))?
+                .query_map([id], workflow_from_row)?
+                .collect()
+        })
     }
 
     fn cancel_idle_workflow(
@@ -1207,6 +1295,7 @@ impl CheckpointStore for SqliteStore {
                 .execute(params![id, status.as_str(), reason, now])?;
             if cancelled == 1 {
                 insert_event(tx, id, "", "cancelled", &format!("while {status}"), now)?;
+                Self::wake_parent(tx, id, now)?;
             }
             Ok(Ok(cancelled == 1))
         })
@@ -1413,6 +1502,11 @@ impl CheckpointStore for SqliteStore {
                         ))));
                     }
                 }
+                StepEffect::StartChild(child) => {
+                    if let Err(taken) = Self::insert_child(tx, workflow_id, child)? {
+                        return Ok(Err(taken));
+                    }
+                }
                 StepEffect::Publish { key: event, value } => {
                     tx.prepare_cached(
                         "INSERT INTO published_events
@@ -1568,6 +1662,9 @@ impl CheckpointStore for SqliteStore {
                 now,
                 code
             ])?;
+            if end.status.is_final() {
+                Self::wake_parent(tx, id, now)?;
+            }
             Ok(Ok(()))
         })
     }
@@ -1712,6 +1809,7 @@ fn workflow_from_row(row: &Row<'_>) -> rusqlite::Result<WorkflowRecord> {
         queue: row.get(20)?,
         deployment: row.get(21)?,
         wake_at: row.get(22)?,
+        parent_id: row.get(23)?,
     })
 }
 
@@ -1813,5 +1911,15 @@ fn open_error(path: &Path, error: rusqlite::Error) -> StoreError {
             path: shown,
             reason: error.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_workflow_column_count_matches_the_columns() {
+        assert_eq!(WORKFLOW_COLUMNS.split(',').count(), WORKFLOW_COLUMN_COUNT);
     }
 }

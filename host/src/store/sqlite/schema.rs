@@ -87,7 +87,9 @@ CREATE TABLE ",
     queue            TEXT NOT NULL DEFAULT 'default',
     deployment       TEXT,
     -- When a sleeping or waiting workflow is due to be resumed.
-    wake_at          INTEGER
+    wake_at          INTEGER,
+    -- The workflow that started this one as its child.
+    parent_id        TEXT
 );
 "
         )
@@ -104,6 +106,7 @@ CREATE INDEX workflows_by_age ON workflows (created_at DESC, id);
 CREATE INDEX workflows_queued ON workflows (queue, created_at) WHERE status = 'queued';
 CREATE INDEX workflows_waking ON workflows (wake_at) WHERE status IN ('sleeping', 'waiting');
 CREATE INDEX workflows_leases ON workflows (lease_expires_at) WHERE status = 'running';
+CREATE INDEX workflows_by_parent ON workflows (parent_id) WHERE parent_id IS NOT NULL;
 "
     };
 }
@@ -329,7 +332,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (
         5,
         concat!(
-            "-- A new status, 'waiting': the table is rebuilt (see version 2).",
+            "-- A new status, 'waiting', and parent_id: the table is rebuilt (see version 2).",
             workflows_table!("workflows_v5"),
             "INSERT INTO workflows_v5 (id, component_sha256, input, status, output, error,
                  run_id, owner_pid, owner_host, lease_expires_at, cancel_requested, created_at,
