@@ -1191,6 +1191,13 @@ fn the_openapi_document_is_true() {
             ("get", "/v1/workflows/{id}/result") => {
                 server.get("/v1/workflows/done/result?wait=30s")
             }
+            // `done` published nothing and has ended: 404 at once.
+            ("get", "/v1/workflows/{id}/events/{key}") => {
+                server.get("/v1/workflows/done/events/status?wait=30s")
+            }
+            ("post", "/v1/workflows/{id}/signals/{name}") => {
+                server.post_json("/v1/workflows/done/signals/go", &json!({"value": 1}))
+            }
             ("get", path) => server.get(&path.replace("{id}", "done")),
             ("post", "/v1/workflows") => server.post_json(
                 "/v1/workflows",
@@ -1227,6 +1234,8 @@ fn the_openapi_document_is_true() {
         (("get", "/v1/workflows/{id}/result"), 200),
         (("post", "/v1/workflows/{id}/cancel"), 200),
         (("post", "/v1/workflows/{id}/fork"), 201),
+        (("get", "/v1/workflows/{id}/events/{key}"), 404),
+        (("post", "/v1/workflows/{id}/signals/{name}"), 409),
         (("get", "/v1/workflow-counts"), 200),
         (("get", "/v1/schedules"), 200),
         (("post", "/v1/schedules"), 201),
@@ -1538,4 +1547,79 @@ fn metrics_count_runs_steps_commits_queues_and_timers() {
     );
     assert_eq!(value("durable_takeovers_total"), 0.0);
     assert_eq!(server.stop(), Some(0));
+}
+
+#[test]
+fn signals_and_published_events_over_http() {
+    let scratch = Scratch::new();
+    scratch.deploy("scenarios", &artifacts().scenarios);
+    let server = Server::start(&scratch, &[]);
+    server.submit(
+        "scenarios",
+        "asks",
+        json!({"scenario": "signals", "items": 2}),
+        None,
+    );
+    // Waits for the first publication (the workflow may not have run yet).
+    let progress = server
+        .get("/v1/workflows/asks/events/progress?wait=30s")
+        .expect(200)
+        .json;
+    assert_eq!(progress["value"], json!({"waiting": 0}));
+    assert_eq!(progress["step"], "durable.event:progress#000001");
+
+    let sent = server
+        .post_json(
+            "/v1/workflows/asks/signals/go",
+            &json!({"value": {"n": 1}, "signal_id": "first"}),
+        )
+        .expect(202)
+        .json;
+    assert_eq!(sent["duplicate"], false);
+    let again = server
+        .post_json(
+            "/v1/workflows/asks/signals/go",
+            &json!({"value": "ignored", "signal_id": "first"}),
+        )
+        .expect(200)
+        .json;
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(again["value"], json!({"n": 1}), "the first one stands");
+    server
+        .post_json("/v1/workflows/asks/signals/go", &json!({}))
+        .expect(202);
+    let record = server.result("asks");
+    assert_eq!(record["output"], json!({"received": [{"n": 1}, null]}));
+
+    let history = server.get("/v1/workflows/asks/steps").expect(200).json;
+    let taken: Vec<&Value> = history["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["taken_by"])
+        .collect();
+    assert_eq!(
+        taken,
+        [
+            &json!("durable.signal:go#000001"),
+            &json!("durable.signal:go#000002")
+        ]
+    );
+    assert_eq!(history["published"][0]["value"], "done");
+
+    // Refusals: a bad body, an unknown workflow, an ended one.
+    let bad = server
+        .post_json("/v1/workflows/asks/signals/go", &json!({"data": 1}))
+        .expect(400)
+        .json;
+    assert!(
+        bad["error"]["hint"].as_str().unwrap().contains("\"value\""),
+        "{bad}"
+    );
+    server
+        .post_json("/v1/workflows/nobody/signals/go", &json!({}))
+        .expect(404);
+    server
+        .post_json("/v1/workflows/asks/signals/go", &json!({}))
+        .expect(409);
 }

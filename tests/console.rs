@@ -589,3 +589,50 @@ fn a_workflow_page_follows_a_running_workflow_and_cancels_it() {
         "return document.querySelector(\"tr[data-workflow-id='behind-a-token']\") !== null",
     );
 }
+
+#[test]
+fn a_waiting_workflow_takes_a_signal_sent_from_its_page() {
+    let scratch = Scratch::new();
+    let (server, base) = serve(&scratch);
+    let browser = Browser::start();
+    start(
+        &scratch,
+        "scenarios",
+        "asking",
+        &json!({"scenario": "signals", "items": 1}).to_string(),
+        false,
+    );
+    browser.goto(&format!("{base}/#/workflows/asking"));
+    let published = browser.eventually(
+        "the waiting workflow and what it published",
+        "return document.getElementById('workflow-status')?.innerText === 'waiting'
+            && document.querySelector('#published dd[data-key=\"progress\"]')?.innerText",
+    );
+    assert!(
+        published.as_str().unwrap().contains(r#"{"waiting":0}"#),
+        "{published}"
+    );
+    browser.click("#signal-button");
+    browser.eventually(
+        "the signal dialog",
+        "return document.getElementById('confirm').open",
+    );
+    browser.eval(
+        "document.getElementById('confirm-name').value = 'go';
+         document.getElementById('confirm-value').value = '{\"ok\": true}';",
+    );
+    browser.screenshot("signal-dialog");
+    browser.click("#confirm-ok");
+    browser.eventually(
+        "the signal taken and the workflow completed",
+        "return document.getElementById('workflow-status')?.innerText === 'completed'
+            && document.querySelector('#signals li')?.innerText.includes('durable.signal:go#000001')",
+    );
+    assert!(browser.text("#workflow-output").contains("ok"));
+    assert!(
+        browser.eval("return document.getElementById('signal-button').disabled") == json!(true),
+        "an ended workflow takes no signals"
+    );
+    browser.screenshot("signalled");
+    drop(server);
+}

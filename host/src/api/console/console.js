@@ -467,6 +467,7 @@ class WorkflowPage {
     const done = this.steps.filter((s) => s && s.status === "completed").length;
     fill(this.facts,
       fact("deployment", w.deployment || "— (started by run)"),
+      w.parent_id ? fact("parent", h("a", { href: `#/workflows/${encodeURIComponent(w.parent_id)}`, id: "parent-link" }, w.parent_id)) : null,
       fact("queue", w.queue),
       fact("steps", `${done} completed of ${this.steps.length}`, { id: "step-count" }),
       fact("created", time(w.created_at_ms)),
