@@ -69,6 +69,52 @@ fn serve_runs_the_children_once_and_resumes_the_parent_also_after_a_kill() {
         .filter(|k| *k == "all_started#000001")
         .count();
     assert_eq!(all_started, 1, "{effects:?}");
+    // The children ran with the parent's grants: their steps reached the
+    // ledger directory that only the parent's deployment grants.
+    let ticks = effects.iter().filter(|k| *k == "tick#000002").count();
+    assert!(ticks >= 3, "{effects:?}");
+    let grants = scratch.pairs::<String>("SELECT id, grants FROM workflows WHERE parent_id = 'p'");
+    assert!(
+        grants.len() == 3 && grants.values().all(|g| g.contains("/ledger")),
+        "{grants:?}"
+    );
+}
+
+#[test]
+fn a_cancelled_parent_starts_no_more_children_and_ends_cancelled() {
+    let scratch = Scratch::new();
+    scratch.deploy("scenarios", &artifacts().scenarios);
+    // Two at a time: most children wait in the queue when the cancel comes.
+    let _server = Server::start(&scratch, "server", &["--concurrency", "2"]);
+    start(&scratch, "many", &parent(300, 100), &[]).expect_code(0);
+    wait_until("a few children", Duration::from_secs(30), || {
+        scratch.number("SELECT count(*) FROM workflows WHERE parent_id = 'many'") >= 5
+    });
+    run(&mut scratch.host(&["cancel", "many"])).expect_code(0);
+    wait_until("the parent ends", Duration::from_secs(30), || {
+        matches!(
+            scratch.workflow_status("many").as_deref(),
+            Some("cancelled" | "failed" | "completed")
+        )
+    });
+    assert_eq!(
+        scratch.workflow_status("many").as_deref(),
+        Some("cancelled")
+    );
+    wait_until("every child ends", Duration::from_secs(30), || {
+        scratch.number(
+            "SELECT count(*) FROM workflows WHERE parent_id = 'many'
+               AND status NOT IN ('completed', 'failed', 'cancelled')",
+        ) == 0
+    });
+    let started = scratch.number("SELECT count(*) FROM workflows WHERE parent_id = 'many'");
+    assert!(started < 300, "it stopped starting children: {started}");
+    let completed = scratch
+        .number("SELECT count(*) FROM workflows WHERE parent_id = 'many' AND status = 'completed'");
+    assert!(
+        completed < 10,
+        "the queued children were cancelled, not run: {completed}"
+    );
 }
 
 #[test]

@@ -53,7 +53,7 @@ fn a_run_ends_waiting_and_a_later_run_takes_the_signals_in_order_once() {
         .stdout();
     assert_eq!(progress.trim(), r#"{"waiting":0}"#);
     let listed = run(&mut scratch.host(&["list"])).expect_code(0).stdout();
-    assert!(listed.contains("waiting for a signal"), "{listed}");
+    assert!(listed.contains("waiting for the signal `go`"), "{listed}");
 
     // Three signals, one of them sent twice: the second copy is ignored.
     assert_eq!(
@@ -287,7 +287,11 @@ fn serve_resumes_a_waiting_workflow_when_its_signal_comes_also_after_a_kill() {
     let calls = scratch.service_calls();
     assert_eq!(calls.get("it"), Some(&1), "{calls:?}");
     assert_eq!(calls.get("mail"), Some(&1), "{calls:?}");
-    assert!(second.log().contains("resumed to look for its signal"));
+    assert!(
+        second
+            .log()
+            .contains("resumed to look for what it waits for")
+    );
 }
 
 #[test]

@@ -23,8 +23,8 @@ use crate::store::{
     AttemptRecord, CheckpointStore, Deployment, Enqueued, Fork, LeaseRenewal, ListQuery, LogLine,
     LogRecord, Millis, NewWorkflow, Outcome, PublishedEvent, QueuedWorkflow, Reopen,
     ScheduleRecord, SignalRecord, SignalSent, SqliteStore, StepBegin, StepEffect, StepKey,
-    StepRecord, StoreError, Takeover, Upgrade, WaitingFor, WorkflowEnd, WorkflowEvent,
-    WorkflowRecord, WorkflowStatus, WorkflowSummary,
+    StepRecord, StoreError, Takeover, Unload, Upgrade, WorkflowEnd, WorkflowEvent, WorkflowRecord,
+    WorkflowStatus, WorkflowSummary,
 };
 
 /// How a workflow's history fares on the new component.
@@ -498,16 +498,6 @@ impl CheckpointStore for ReadOnlyHistory {
         Ok(())
     }
 
-    fn wait_workflow(
-        &self,
-        _: &str,
-        _: &str,
-        _: &WaitingFor,
-        _: Option<Millis>,
-    ) -> Result<bool, StoreError> {
-        Ok(true)
-    }
-
     fn children(&self, id: &str) -> Result<Vec<WorkflowRecord>, StoreError> {
         self.store.children(id)
     }
@@ -552,7 +542,7 @@ impl CheckpointStore for ReadOnlyHistory {
         Err(read_only(&format!("queue {}", workflow.id)))
     }
 
-    fn sleep_workflow(&self, _: &str, _: &str, _: Millis) -> Result<bool, StoreError> {
+    fn unload_workflow(&self, _: &str, _: &str, _: &Unload<'_>) -> Result<bool, StoreError> {
         Ok(true)
     }
 

@@ -138,12 +138,16 @@ fn list_row(store: &SqliteStore, summary: &WorkflowSummary) -> Result<Vec<String
         WorkflowStatus::Running => sleeping_until(store, &w.id)?,
         _ => None,
     };
+    let waiting_for = w
+        .waiting_for
+        .as_ref()
+        .map_or_else(|| "a signal".to_owned(), ToString::to_string);
     let note = match (w.status, until) {
         (WorkflowStatus::Waiting, Some(until)) => Some(format!(
-            "waiting for a signal until {} UTC",
+            "waiting for {waiting_for} until {} UTC",
             timestamp(until)
         )),
-        (WorkflowStatus::Waiting, None) => Some("waiting for a signal".to_owned()),
+        (WorkflowStatus::Waiting, None) => Some(format!("waiting for {waiting_for}")),
         (_, Some(until)) => Some(format!("sleeping until {} UTC", timestamp(until))),
         (_, None) => None,
     };

@@ -264,6 +264,7 @@ mod tests {
             deployment: None,
             wake_at: None,
             parent_id: None,
+            waiting_for: None,
         }
     }
 

@@ -37,7 +37,7 @@ pub use signals::{
 
 use crate::store::{
     CheckpointStore, Claim, Failure, LogLine, LogStream, Millis, NewWorkflow, Outcome, Owner,
-    Reopen, StepBegin, StepEffect, StepKey, StepRecord, StoreError, Takeover, WaitingFor,
+    Reopen, StepBegin, StepEffect, StepKey, StepRecord, StoreError, Takeover, Unload, WaitingFor,
     WorkflowEnd, WorkflowRecord, WorkflowStatus, now_millis,
 };
 
@@ -439,8 +439,10 @@ pub struct WorkflowRun {
     crash: CrashPlan,
     observer: Box<dyn RunObserver>,
     events: Vec<StepEvent>,
-    /// The workflow was already asked to cancel when this run opened it.
-    cancel_requested_at_open: bool,
+    /// The workflow was asked to cancel, as this run read it from the
+    /// database (when it opened it, or at a child start or a wait, which
+    /// do not wait for the heartbeat to hear of it).
+    cancel_read: bool,
     /// When the cancellation was handed to the workflow (this run or an
     /// earlier one), which starts its grace period.
     cancel_delivered_at: Option<Millis>,
@@ -508,7 +510,7 @@ impl WorkflowRun {
             crash,
             observer,
             events: Vec::new(),
-            cancel_requested_at_open: false,
+            cancel_read: false,
             cancel_delivered_at: None,
             cancel_grace: request.cancel_grace,
             pending_log: PendingLog::default(),
@@ -558,7 +560,7 @@ impl WorkflowRun {
         }
         // Cancelled while its owner was dying: this run hands the
         // cancellation over once it is past the recorded history.
-        run.cancel_requested_at_open = workflow.cancel_requested;
+        run.cancel_read = workflow.cancel_requested;
         let changed = workflow.component_sha256 != request.component_sha256;
         if changed && !request.allow_component_change {
             return Err(EngineError::ComponentChanged {
@@ -837,12 +839,25 @@ impl WorkflowRun {
     /// Whether a cancellation was asked for and not yet handed to the
     /// workflow.
     pub fn cancel_pending(&self) -> bool {
-        let requested = self.cancel_requested_at_open
+        let requested = self.cancel_read
             || self
                 .lease
                 .as_ref()
                 .is_some_and(|lease| lease.signals().cancel_requested());
         requested && self.cancel_delivered_at.is_none()
+    }
+
+    /// Read from the database whether the workflow was asked to cancel,
+    /// rather than wait for the heartbeat to say so: before work that must
+    /// not start after a cancellation (a child) or a wait that would unload
+    /// the workflow.
+    pub fn read_cancellation(&mut self) -> Result<(), EngineError> {
+        if !self.cancel_read
+            && let Some(workflow) = self.store.workflow(&self.workflow_id)?
+        {
+            self.cancel_read = workflow.cancel_requested;
+        }
+        Ok(())
     }
 
     /// At a step boundary, or in a durable sleep (`in_sleep`): the
@@ -1307,26 +1322,26 @@ impl WorkflowRun {
         self.claim()?;
         self.store
             .append_log(&self.workflow_id, &self.run_id, &self.pending_log.take())?;
-        let (unloaded, status) = match &waiting_for {
-            Some(waiting_for) => (
-                self.store
-                    .wait_workflow(&self.workflow_id, &self.run_id, waiting_for, wake_at)?,
-                WorkflowStatus::Waiting,
-            ),
-            None => {
-                let wake_at = wake_at.expect("a sleep has an end");
-                (
-                    self.store
-                        .sleep_workflow(&self.workflow_id, &self.run_id, wake_at)?,
-                    WorkflowStatus::Sleeping,
-                )
-            }
+        // Once the cancellation is handed over, its compensation may sleep
+        // and wait like any code.
+        let unload = Unload {
+            waiting_for: waiting_for.as_ref(),
+            wake_at,
+            despite_cancel: self.cancel_delivered_at.is_some(),
         };
+        let unloaded = self
+            .store
+            .unload_workflow(&self.workflow_id, &self.run_id, &unload)?;
         if !unloaded {
-            // Cancelled since the run last heard: as a cancellation of an
+            // Asked to cancel in the instant since the run last read it (it
+            // reads just before unloading): as a cancellation of an
             // unloaded workflow would, it ends now.
             return self.cancel();
         }
+        let status = match waiting_for {
+            Some(_) => WorkflowStatus::Waiting,
+            None => WorkflowStatus::Sleeping,
+        };
         self.observer.run_ended(&self.workflow_id);
         Ok(RunReport {
             resumed: self.resumed(),
@@ -1422,6 +1437,14 @@ impl WorkflowRun {
                         reason: reason.to_string(),
                     },
                 });
+            }
+        }
+        if status == WorkflowStatus::Cancelled {
+            // Children it started after the cancel command listed them.
+            for child in self.store.children(&self.workflow_id)? {
+                if !child.status.is_final() {
+                    cancel_workflow(&*self.store, &child.id)?;
+                }
             }
         }
         self.observer.run_ended(&self.workflow_id);

@@ -19,8 +19,8 @@ use serde_json::value::RawValue;
 
 use super::{CANCELLED_CODE, EngineError, StepRequest, StepStart, WorkflowRun, check_name};
 use crate::store::{
-    ChildStart, Failure, Millis, Outcome, SignalRecord, StepEffect, StepKey, WorkflowStatus,
-    now_millis,
+    ChildStart, Failure, Millis, Outcome, SignalRecord, StepEffect, StepKey, StoreError,
+    WorkflowStatus, now_millis,
 };
 
 /// The steps that record which signal a wait took: `durable.signal:<name>`.
@@ -132,6 +132,16 @@ enum Receipt<'a> {
     TimedOut,
 }
 
+/// The step that records `name` under `prefix`, once `name` is checked
+/// (`what` it is, for the error): not empty, no control characters, and
+/// short enough for the step's name.
+fn prefixed(what: &str, prefix: &str, name: &str) -> Result<String, EngineError> {
+    check_name(what, name)?;
+    let step_name = format!("{prefix}{name}");
+    check_name(what, &step_name)?;
+    Ok(step_name)
+}
+
 impl WorkflowRun {
     /// Begin the timer step `name` (a sleep, a wait's timeout) of
     /// `duration_ms`: the first run records its end, a replay reads it.
@@ -167,9 +177,7 @@ impl WorkflowRun {
         name: &str,
         deadline: Option<Millis>,
     ) -> Result<SignalWait, EngineError> {
-        let step_name = format!("{SIGNAL_STEP_PREFIX}{name}");
-        // Bounded as the step that records it is.
-        check_name("a signal name", &step_name)?;
+        let step_name = prefixed("a signal name", SIGNAL_STEP_PREFIX, name)?;
         let answer = self.settle_wait(&step_name, deadline, |run| {
             let Some(signal) = run.store.next_signal(&run.workflow_id, name)? else {
                 return Ok(None);
@@ -198,27 +206,33 @@ impl WorkflowRun {
     /// `durable.child:<id>`, committed with the child's creation), or say
     /// why not: a refusal (recorded) or the workflow's cancellation.
     pub fn start_child(&mut self, child: &ChildRequest<'_>) -> Result<ChildStarted, EngineError> {
-        let step_name = format!("{CHILD_STEP_PREFIX}{}", child.workflow_id);
-        check_name("a child workflow id", &step_name)?;
+        let step_name = prefixed("a child workflow id", CHILD_STEP_PREFIX, child.workflow_id)?;
+        // A cancellation asked for is handed over here rather than after
+        // more children were started.
+        self.read_cancellation()?;
         let step = match self.begin_step(&step_name)? {
             StepStart::Replayed(Ok(_)) => return Ok(ChildStarted::Started),
             StepStart::Replayed(Err(refused)) => return Ok(ChildStarted::Refused(refused)),
             StepStart::Cancelled(reason) => return Ok(ChildStarted::Cancelled(reason)),
             StepStart::Execute(step) => step,
         };
-        match self.child_start(child)? {
+        let refused = match self.child_start(child)? {
             Ok(start) => {
                 let value = serde_json::json!({ "workflow_id": start.id }).to_string();
                 let effect = StepEffect::StartChild(start);
-                self.finish_step_with(step.key.as_str(), Ok(value), Some(effect))?;
-                Ok(ChildStarted::Started)
+                match self.finish_step_with(step.key.as_str(), Ok(value), Some(effect)) {
+                    Ok(()) => return Ok(ChildStarted::Started),
+                    // Taken since it was looked up: refused like an id
+                    // taken before.
+                    Err(EngineError::Store(StoreError::WorkflowExists { id })) => taken(&id),
+                    Err(other) => return Err(other),
+                }
             }
-            Err(refused) => {
-                let refused = Failure::new(refused);
-                self.finish_step(step.key.as_str(), Err(refused.clone()))?;
-                Ok(ChildStarted::Refused(refused))
-            }
-        }
+            Err(refused) => refused,
+        };
+        let refused = Failure::new(refused);
+        self.finish_step(step.key.as_str(), Err(refused.clone()))?;
+        Ok(ChildStarted::Refused(refused))
     }
 
     /// What to queue for `child`, or why it cannot be started.
@@ -233,14 +247,23 @@ impl WorkflowRun {
             )));
         }
         if self.store.workflow(id)?.is_some() {
-            return Ok(Err(format!(
-                "cannot start child workflow {id}: a workflow with that id exists"
-            )));
+            return Ok(Err(taken(id)));
         }
-        let parent = self.store.workflow(&self.workflow_id)?;
-        let queue = parent.map_or_else(|| "default".to_owned(), |parent| parent.queue);
+        let parent =
+            self.store
+                .workflow(&self.workflow_id)?
+                .ok_or_else(|| StoreError::UnknownWorkflow {
+                    id: self.workflow_id.clone(),
+                })?;
+        let queue = parent.queue;
         let (deployment, component_sha256, grants) = match child.deployment {
-            None => (None, self.component_sha256.clone(), self.grants.clone()),
+            // The parent's component, grants and deployment (so that an
+            // upgrade of the deployment finds the child too).
+            None => (
+                parent.deployment,
+                self.component_sha256.clone(),
+                parent.grants,
+            ),
             Some(name) => match self.store.deployments(Some(name))?.into_iter().next() {
                 Some(newest) => (Some(newest.name), newest.sha256, Some(newest.grants)),
                 None => {
@@ -269,8 +292,7 @@ impl WorkflowRun {
         id: &str,
         deadline: Option<Millis>,
     ) -> Result<ChildWait, EngineError> {
-        let step_name = format!("{CHILD_RESULT_STEP_PREFIX}{id}");
-        check_name("a child workflow id", &step_name)?;
+        let step_name = prefixed("a child workflow id", CHILD_RESULT_STEP_PREFIX, id)?;
         let answer = self.settle_wait(&step_name, deadline, |run| {
             let Some(child) = run.store.workflow(id)? else {
                 let unknown = ChildOutcome::Error {
@@ -346,7 +368,8 @@ impl WorkflowRun {
             });
         }
         // A cancellation handed over during this wait (replayed where it
-        // was recorded, or pending now), as in a durable sleep.
+        // was recorded, or asked for by now), as in a durable sleep.
+        self.read_cancellation()?;
         if let Some(reason) = self.deliver_cancellation()? {
             return Ok(WaitAnswer::Cancelled(reason));
         }
@@ -389,8 +412,7 @@ impl WorkflowRun {
     /// recorded and publishes nothing. A pending cancellation is not handed
     /// over here (the guest could not answer it); its next step gets it.
     pub fn publish_event(&mut self, key: &str, value: &str) -> Result<(), EngineError> {
-        let step_name = format!("{EVENT_STEP_PREFIX}{key}");
-        check_name("an event key", &step_name)?;
+        let step_name = prefixed("an event key", EVENT_STEP_PREFIX, key)?;
         let start = self
             .begin_steps_handing_over(&[StepRequest::named(&step_name)], false)?
             .pop()
@@ -408,6 +430,11 @@ impl WorkflowRun {
             StepStart::Replayed(_) | StepStart::Cancelled(_) => Ok(()),
         }
     }
+}
+
+/// Why a child whose id is taken is not started.
+fn taken(id: &str) -> String {
+    format!("cannot start child workflow {id}: a workflow with that id exists")
 }
 
 /// The recorded value of a wait that took `signal`.

@@ -294,7 +294,8 @@ impl durable_step::Host for HostState {
             TimerStart::Cancelled(reason) => return Ok(Err(reason)),
         };
         // A cancellation recorded right after this sleep (replaying), or
-        // already pending, ends it at once.
+        // already asked for, ends it at once.
+        run.read_cancellation()?;
         if let Some(reason) = run.deliver_cancellation()? {
             return Ok(Err(reason));
         }

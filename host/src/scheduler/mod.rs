@@ -550,7 +550,12 @@ fn execute(shared: &Shared, workflow: &WorkflowRecord) -> RunEnd {
             tracing::info!(workflow_id = id, run_id, "woke up")
         }
         WorkflowStatus::Waiting => {
-            tracing::info!(workflow_id = id, run_id, "resumed to look for its signal")
+            tracing::info!(
+                workflow_id = id,
+                run_id,
+                waiting_for = workflow.waiting_for.as_ref().map(ToString::to_string),
+                "resumed to look for what it waits for"
+            )
         }
         _ => {
             shared.metrics.takeover();

@@ -26,8 +26,8 @@ use super::{
     AttemptRecord, CheckpointStore, Claim, CommitObserver, Deployment, Enqueued, Fork,
     LeaseRenewal, ListQuery, LogLine, LogRecord, Millis, NewWorkflow, Outcome, Owner,
     PublishedEvent, QueuedWorkflow, Reopen, ScheduleRecord, SignalRecord, SignalSent, SqliteStore,
-    StepBegin, StepEffect, StepKey, StepRecord, StoreError, Takeover, Upgrade, WaitingFor,
-    WorkflowEnd, WorkflowEvent, WorkflowRecord, WorkflowStatus, WorkflowSummary,
+    StepBegin, StepEffect, StepKey, StepRecord, StoreError, Takeover, Unload, Upgrade, WorkflowEnd,
+    WorkflowEvent, WorkflowRecord, WorkflowStatus, WorkflowSummary,
 };
 
 /// At most this many writes share a transaction: bounds the latency the
@@ -599,24 +599,22 @@ impl CheckpointStore for GroupCommitStore {
         self.read(|store| store.next_wake(queue))
     }
 
-    fn sleep_workflow(&self, id: &str, run_id: &str, wake_at: Millis) -> Result<bool, StoreError> {
-        owned!(id, run_id);
-        self.submit(true, move |store| {
-            store.sleep_workflow(&id, &run_id, wake_at)
-        })
-    }
-
-    fn wait_workflow(
+    fn unload_workflow(
         &self,
         id: &str,
         run_id: &str,
-        waiting_for: &WaitingFor,
-        deadline: Option<Millis>,
+        unload: &Unload<'_>,
     ) -> Result<bool, StoreError> {
         owned!(id, run_id);
-        let waiting_for = waiting_for.clone();
+        let waiting_for = unload.waiting_for.cloned();
+        let (wake_at, despite_cancel) = (unload.wake_at, unload.despite_cancel);
         self.submit(true, move |store| {
-            store.wait_workflow(&id, &run_id, &waiting_for, deadline)
+            let unload = Unload {
+                waiting_for: waiting_for.as_ref(),
+                wake_at,
+                despite_cancel,
+            };
+            store.unload_workflow(&id, &run_id, &unload)
         })
     }
 

@@ -243,6 +243,8 @@ pub struct WorkflowRecord {
     pub wake_at: Option<Millis>,
     /// The workflow that started this one as its child, if one did.
     pub parent_id: Option<String>,
+    /// For a waiting workflow: what it waits for.
+    pub waiting_for: Option<WaitingFor>,
 }
 
 impl WorkflowRecord {
@@ -594,6 +596,18 @@ pub struct ChildStart {
     pub queue: String,
 }
 
+/// How a run unloads its workflow ([`CheckpointStore::unload_workflow`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Unload<'a> {
+    /// What it waits for; `None`: it sleeps.
+    pub waiting_for: Option<&'a WaitingFor>,
+    /// When it is due: a sleep's end, a wait's timeout.
+    pub wake_at: Option<Millis>,
+    /// Unload even though a cancellation was asked for: it was handed to
+    /// the workflow, and this is its compensation waiting.
+    pub despite_cancel: bool,
+}
+
 /// What a workflow unloaded to wait is waiting for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WaitingFor {
@@ -601,6 +615,25 @@ pub enum WaitingFor {
     Signal(String),
     /// The end of this child workflow.
     Child(String),
+}
+
+impl WaitingFor {
+    /// As stored: `signal:NAME` or `child:ID`.
+    pub fn stored(&self) -> String {
+        match self {
+            Self::Signal(name) => format!("signal:{name}"),
+            Self::Child(id) => format!("child:{id}"),
+        }
+    }
+
+    /// The inverse of [`Self::stored`].
+    pub fn from_stored(text: &str) -> Option<Self> {
+        match text.split_once(':')? {
+            ("signal", name) => Some(Self::Signal(name.to_owned())),
+            ("child", id) => Some(Self::Child(id.to_owned())),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for WaitingFor {
@@ -811,10 +844,18 @@ pub trait CheckpointStore: Send {
     /// The earliest time a sleeping or waiting workflow of `queue` is due, if any.
     fn next_wake(&self, queue: &str) -> Result<Option<Millis>, StoreError>;
 
-    /// Unload running workflow `id` of `run_id` until `wake_at`: it becomes
-    /// `sleeping`, owned by nobody. `false`, changing nothing, when a
-    /// cancellation was asked for: the run must end it instead.
-    fn sleep_workflow(&self, id: &str, run_id: &str, wake_at: Millis) -> Result<bool, StoreError>;
+    /// Unload running workflow `id` of `run_id` as `unload` says: it
+    /// becomes `sleeping`, or `waiting` for what it waits for (and due at
+    /// once if that came since the run last looked: a signal of that name,
+    /// the child's end), owned by nobody. `false`, changing nothing, when a
+    /// cancellation was asked for and `unload.despite_cancel` is not set:
+    /// the run must end it instead.
+    fn unload_workflow(
+        &self,
+        id: &str,
+        run_id: &str,
+        unload: &Unload<'_>,
+    ) -> Result<bool, StoreError>;
 
     /// Cancel workflow `id`, which nobody holds, provided it is still in
     /// `status` (queued, sleeping, waiting or suspended); `false` if it changed.
@@ -913,19 +954,6 @@ pub trait CheckpointStore: Send {
 
     /// The values workflow `workflow_id` published, by key.
     fn published_events(&self, workflow_id: &str) -> Result<Vec<PublishedEvent>, StoreError>;
-
-    /// Unload running workflow `id` of `run_id` while it waits for
-    /// `waiting_for`, until `deadline` at the latest: it becomes `waiting`,
-    /// owned by nobody (and due at once if what it waits for came since the
-    /// run last looked: a signal of that name, the child's end). `false`,
-    /// as for [`CheckpointStore::sleep_workflow`].
-    fn wait_workflow(
-        &self,
-        id: &str,
-        run_id: &str,
-        waiting_for: &WaitingFor,
-        deadline: Option<Millis>,
-    ) -> Result<bool, StoreError>;
 
     /// The workflows workflow `id` started as its children.
     fn children(&self, id: &str) -> Result<Vec<WorkflowRecord>, StoreError>;

@@ -26,7 +26,7 @@ use super::{
     AttemptRecord, CheckpointStore, ChildStart, Deployment, Enqueued, Fork, LOG_LINES_KEPT,
     LeaseRenewal, ListQuery, LogLine, LogRecord, LogStream, Millis, NewWorkflow, Outcome, Owner,
     PublishedEvent, QueuedWorkflow, Reopen, ScheduleRecord, SignalRecord, SignalSent, StepBegin,
-    StepEffect, StepKey, StepRecord, StepStatus, StoreError, Takeover, Upgrade, WaitingFor,
+    StepEffect, StepKey, StepRecord, StepStatus, StoreError, Takeover, Unload, Upgrade, WaitingFor,
     WorkflowEnd, WorkflowEvent, WorkflowRecord, WorkflowStatus, WorkflowSummary, now_millis,
 };
 
@@ -37,10 +37,10 @@ use schema::{MIGRATIONS, SCHEMA, SCHEMA_VERSION};
 const WORKFLOW_COLUMNS: &str = "id, component_sha256, input, status, output, error, run_id, \
      owner_pid, owner_host, lease_expires_at, cancel_requested, created_at, updated_at, \
      owner_boot, owner_pid_ns, owner_started, takeovers, progress_mark, grants, error_code, \
-     queue, deployment, wake_at, parent_id";
+     queue, deployment, wake_at, parent_id, waiting_for";
 
 /// How many columns [`WORKFLOW_COLUMNS`] selects.
-const WORKFLOW_COLUMN_COUNT: usize = 24;
+const WORKFLOW_COLUMN_COUNT: usize = 25;
 
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 96;
@@ -417,71 +417,14 @@ impl SqliteStore {
         })
     }
 
-    /// Unload running workflow `id` of `run_id` until `wake_at`, owned by
-    /// nobody: sleeping, or waiting for `waiting_for`. `false` (nothing
-    /// changed) when a cancellation was asked for.
-    fn unload(
-        &self,
-        id: &str,
-        run_id: &str,
-        waiting_for: Option<&WaitingFor>,
-        wake_at: Option<Millis>,
-    ) -> Result<bool, StoreError> {
-        let status = match waiting_for {
-            Some(_) => WorkflowStatus::Waiting,
-            None => WorkflowStatus::Sleeping,
-        };
-        let now = now_millis();
-        self.write(|tx| {
-            if let Err(lost) = Self::check_owner(tx, id, run_id)? {
-                return Ok(Err(lost));
-            }
-            // A cancellation asked for since the run last heard: unloading
-            // would leave it to nobody. The run ends the workflow instead.
-            let unloaded = tx
-                .prepare_cached(
-                    "UPDATE workflows SET status = ?2, wake_at = ?3, lease_expires_at = 0,
-                         updated_at = ?4, takeovers = 0
-                     WHERE id = ?1 AND cancel_requested = 0",
-                )?
-                .execute(params![id, status.as_str(), wake_at, now])?;
-            if unloaded == 0 {
-                return Ok(Ok(false));
-            }
-            // What it waits for came after this run last looked (a signal
-            // or a child's end only wakes workflows already waiting):
-            // resume at once.
-            let came = match waiting_for {
-                None => false,
-                Some(WaitingFor::Signal(name)) => tx
-                    .prepare_cached(
-                        "SELECT EXISTS (SELECT 1 FROM signals INDEXED BY signals_untaken
-                             WHERE workflow_id = ?1 AND name = ?2 AND taken_by IS NULL)",
-                    )?
-                    .query_row(params![id, name], |row| row.get(0))?,
-                Some(WaitingFor::Child(child)) => tx
-                    .prepare_cached(
-                        "SELECT EXISTS (SELECT 1 FROM workflows WHERE id = ?1
-                             AND status IN ('completed', 'failed', 'cancelled'))",
-                    )?
-                    .query_row([child], |row| row.get(0))?,
-            };
-            if came {
-                tx.prepare_cached("UPDATE workflows SET wake_at = ?2 WHERE id = ?1")?
-                    .execute(params![id, now])?;
-            }
-            Ok(Ok(true))
-        })
-    }
-
-    /// Inside a write: workflow `id` ended; its parent, if one waits,
-    /// looks at once.
-    fn wake_parent(tx: &Connection, id: &str, now: Millis) -> rusqlite::Result<()> {
+    /// Inside a write: workflow `id` ended; the workflows waiting for it
+    /// (its parent, or a fork of its parent) look at once.
+    fn wake_waiters(tx: &Connection, id: &str, now: Millis) -> rusqlite::Result<()> {
         tx.prepare_cached(
-            "UPDATE workflows SET wake_at = ?2
-             WHERE status = 'waiting' AND id = (SELECT parent_id FROM workflows WHERE id = ?1)",
+            "UPDATE workflows INDEXED BY workflows_waiting_for SET wake_at = ?2
+             WHERE status = 'waiting' AND waiting_for = ?1",
         )?
-        .execute(params![id, now])?;
+        .execute(params![WaitingFor::Child(id.to_owned()).stored(), now])?;
         Ok(())
     }
 
@@ -1251,18 +1194,65 @@ impl CheckpointStore for SqliteStore {
         })
     }
 
-    fn sleep_workflow(&self, id: &str, run_id: &str, wake_at: Millis) -> Result<bool, StoreError> {
-        self.unload(id, run_id, None, Some(wake_at))
-    }
-
-    fn wait_workflow(
+    fn unload_workflow(
         &self,
         id: &str,
         run_id: &str,
-        waiting_for: &WaitingFor,
-        deadline: Option<Millis>,
+        unload: &Unload<'_>,
     ) -> Result<bool, StoreError> {
-        self.unload(id, run_id, Some(waiting_for), deadline)
+        let status = match unload.waiting_for {
+            Some(_) => WorkflowStatus::Waiting,
+            None => WorkflowStatus::Sleeping,
+        };
+        let waiting_for = unload.waiting_for.map(WaitingFor::stored);
+        let now = now_millis();
+        self.write(|tx| {
+            if let Err(lost) = Self::check_owner(tx, id, run_id)? {
+                return Ok(Err(lost));
+            }
+            // A cancellation asked for since the run last read it: unloading
+            // would leave it to nobody. The run ends the workflow instead.
+            let unloaded = tx
+                .prepare_cached(
+                    "UPDATE workflows SET status = ?2, wake_at = ?3, lease_expires_at = 0,
+                         updated_at = ?4, takeovers = 0, waiting_for = ?5
+                     WHERE id = ?1 AND (cancel_requested = 0 OR ?6)",
+                )?
+                .execute(params![
+                    id,
+                    status.as_str(),
+                    unload.wake_at,
+                    now,
+                    waiting_for,
+                    unload.despite_cancel
+                ])?;
+            if unloaded == 0 {
+                return Ok(Ok(false));
+            }
+            // What it waits for came after this run last looked (a signal
+            // or a child's end only wakes workflows already waiting):
+            // resume at once.
+            let came = match unload.waiting_for {
+                None => false,
+                Some(WaitingFor::Signal(name)) => tx
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM signals INDEXED BY signals_untaken
+                             WHERE workflow_id = ?1 AND name = ?2 AND taken_by IS NULL)",
+                    )?
+                    .query_row(params![id, name], |row| row.get(0))?,
+                Some(WaitingFor::Child(child)) => tx
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM workflows WHERE id = ?1
+                             AND status IN ('completed', 'failed', 'cancelled'))",
+                    )?
+                    .query_row([child], |row| row.get(0))?,
+            };
+            if came {
+                tx.prepare_cached("UPDATE workflows SET wake_at = ?2 WHERE id = ?1")?
+                    .execute(params![id, now])?;
+            }
+            Ok(Ok(true))
+        })
     }
 
     fn children(&self, id: &str) -> Result<Vec<WorkflowRecord>, StoreError> {
@@ -1295,7 +1285,7 @@ impl CheckpointStore for SqliteStore {
                 .execute(params![id, status.as_str(), reason, now])?;
             if cancelled == 1 {
                 insert_event(tx, id, "", "cancelled", &format!("while {status}"), now)?;
-                Self::wake_parent(tx, id, now)?;
+                Self::wake_waiters(tx, id, now)?;
             }
             Ok(Ok(cancelled == 1))
         })
@@ -1563,11 +1553,16 @@ impl CheckpointStore for SqliteStore {
                 signal.value,
                 signal.sent_at
             ])?;
-            // A waiting workflow is resumed to look at it.
+            // A workflow waiting for it is resumed to take it.
             tx.prepare_cached(
-                "UPDATE workflows SET wake_at = ?2 WHERE id = ?1 AND status = 'waiting'",
+                "UPDATE workflows SET wake_at = ?2
+                 WHERE id = ?1 AND status = 'waiting' AND waiting_for = ?3",
             )?
-            .execute(params![signal.workflow_id, signal.sent_at])?;
+            .execute(params![
+                signal.workflow_id,
+                signal.sent_at,
+                WaitingFor::Signal(signal.name.clone()).stored()
+            ])?;
             let sent = Self::signal_by_id(tx, &signal.workflow_id, &signal.signal_id)?
                 .expect("the signal was just inserted");
             Ok(Ok(SignalSent::Kept(sent)))
@@ -1663,7 +1658,7 @@ impl CheckpointStore for SqliteStore {
                 code
             ])?;
             if end.status.is_final() {
-                Self::wake_parent(tx, id, now)?;
+                Self::wake_waiters(tx, id, now)?;
             }
             Ok(Ok(()))
         })
@@ -1810,6 +1805,10 @@ fn workflow_from_row(row: &Row<'_>) -> rusqlite::Result<WorkflowRecord> {
         deployment: row.get(21)?,
         wake_at: row.get(22)?,
         parent_id: row.get(23)?,
+        waiting_for: row
+            .get::<_, Option<String>>(24)?
+            .as_deref()
+            .and_then(WaitingFor::from_stored),
     })
 }
 

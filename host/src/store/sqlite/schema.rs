@@ -89,7 +89,9 @@ CREATE TABLE ",
     -- When a sleeping or waiting workflow is due to be resumed.
     wake_at          INTEGER,
     -- The workflow that started this one as its child.
-    parent_id        TEXT
+    parent_id        TEXT,
+    -- What a waiting workflow waits for: `signal:NAME` or `child:ID`.
+    waiting_for      TEXT
 );
 "
         )
@@ -107,6 +109,7 @@ CREATE INDEX workflows_queued ON workflows (queue, created_at) WHERE status = 'q
 CREATE INDEX workflows_waking ON workflows (wake_at) WHERE status IN ('sleeping', 'waiting');
 CREATE INDEX workflows_leases ON workflows (lease_expires_at) WHERE status = 'running';
 CREATE INDEX workflows_by_parent ON workflows (parent_id) WHERE parent_id IS NOT NULL;
+CREATE INDEX workflows_waiting_for ON workflows (waiting_for) WHERE status = 'waiting';
 "
     };
 }
@@ -332,7 +335,8 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (
         5,
         concat!(
-            "-- A new status, 'waiting', and parent_id: the table is rebuilt (see version 2).",
+            "-- A new status, 'waiting', parent_id and waiting_for: the table is rebuilt
+             -- (see version 2).",
             workflows_table!("workflows_v5"),
             "INSERT INTO workflows_v5 (id, component_sha256, input, status, output, error,
                  run_id, owner_pid, owner_host, lease_expires_at, cancel_requested, created_at,
