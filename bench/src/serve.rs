@@ -378,11 +378,7 @@ pub fn submit(addr: &str, workflows: &[(String, Value)]) -> Duration {
         for part in workflows.chunks(chunk) {
             let url = &url;
             scope.spawn(move || {
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .timeout_global(Some(Duration::from_secs(60)))
-                    .build()
-                    .into();
+                let agent = http_agent();
                 for (id, input) in part {
                     let body = json!({"deployment": DEPLOYMENT, "workflow_id": id, "input": input})
                         .to_string();
@@ -400,6 +396,33 @@ pub fn submit(addr: &str, workflows: &[(String, Value)]) -> Duration {
         }
     });
     started.elapsed()
+}
+
+/// A `serve --listen 127.0.0.1:0 --concurrency 64` on a new scratch
+/// database with the scenarios guest deployed, serving: the scratch, the
+/// database (read-only), the server and its API's address.
+fn serving(cache: &Path) -> (Scratch, Db, Server, String) {
+    let scratch = Scratch::new();
+    deploy(&scratch, cache);
+    let db = Db::open(&scratch.db());
+    let mut server = Server::start(
+        &scratch,
+        cache,
+        "serve",
+        &["--listen", "127.0.0.1:0", "--concurrency", "64"],
+    );
+    let addr = server.api_addr();
+    server.wait_serving();
+    (scratch, db, server, addr)
+}
+
+/// An HTTP client that hands back every status (the bench checks them).
+fn http_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
 }
 
 /// `count` workflows `<prefix><n>` with `input`.
@@ -571,17 +594,7 @@ pub struct Sleepers {
 /// `serve --concurrency 64 --listen`, its memory once all sleep; then
 /// `nappers` sleeping `nap_ms` among them, and when each woke.
 pub fn sleepers(cache: &Path, sleepers: usize, nappers: usize, nap_ms: u64) -> Sleepers {
-    let scratch = Scratch::new();
-    deploy(&scratch, cache);
-    let db = Db::open(&scratch.db());
-    let mut server = Server::start(
-        &scratch,
-        cache,
-        "serve",
-        &["--listen", "127.0.0.1:0", "--concurrency", "64"],
-    );
-    let addr = server.api_addr();
-    server.wait_serving();
+    let (scratch, db, server, addr) = serving(cache);
     let (idle_rss_kb, idle_threads) = (server.proc_status("VmRSS"), server.proc_status("Threads"));
     let long = workflows(
         "sleep-",
@@ -653,25 +666,11 @@ pub struct SignalLatency {
 /// then one signal each over HTTP, one at a time, 10 ms apart: how long
 /// from each signal to the step that took it, as recorded in the database.
 pub fn signal_latency(cache: &Path, count: usize) -> SignalLatency {
-    let scratch = Scratch::new();
-    deploy(&scratch, cache);
-    let db = Db::open(&scratch.db());
-    let mut server = Server::start(
-        &scratch,
-        cache,
-        "serve",
-        &["--listen", "127.0.0.1:0", "--concurrency", "64"],
-    );
-    let addr = server.api_addr();
-    server.wait_serving();
+    let (_scratch, db, server, addr) = serving(cache);
     let waiting = workflows("wait-", count, &json!({"scenario": "signals", "items": 1}));
     submit(&addr, &waiting);
     db.wait_count("waiting", count, &server);
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .into();
+    let agent = http_agent();
     for (id, _) in &waiting {
         let mut response = agent
             .post(format!("http://{addr}/v1/workflows/{id}/signals/go"))
@@ -713,17 +712,7 @@ pub fn signal_latency(cache: &Path, count: usize) -> SignalLatency {
 /// rather than left sleeping; the server's RSS once they all completed
 /// (`(VmRSS, VmHWM)` in kB).
 pub fn completed_rss(cache: &Path, count: usize) -> (u64, u64) {
-    let scratch = Scratch::new();
-    deploy(&scratch, cache);
-    let db = Db::open(&scratch.db());
-    let mut server = Server::start(
-        &scratch,
-        cache,
-        "serve",
-        &["--listen", "127.0.0.1:0", "--concurrency", "64"],
-    );
-    let addr = server.api_addr();
-    server.wait_serving();
+    let (_scratch, db, server, addr) = serving(cache);
     let done = workflows("done-", count, &json!({"scenario": "steps", "items": 1}));
     submit(&addr, &done);
     db.wait_count("completed", count, &server);

@@ -444,31 +444,48 @@ pub async fn workflow_result(
     Path(id): Path<String>,
     ApiQuery(params): ApiQuery<ResultParams>,
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
-    let wait = match params.wait.as_deref() {
-        Some(text) => parse_wait(text)?,
-        None => Duration::ZERO,
-    };
-    let deadline = Instant::now() + wait;
-    // Waiting happens here, between short looks on the blocking pool, not
-    // in `control::wait_for_end` on it: a thousand long polls must not
-    // hold a thousand threads, nor queue submissions behind them.
-    let mut pause = FIRST_LOOK;
-    let record = loop {
-        let look = id.clone();
-        let record = blocking(&state, move |store| Ok(control::workflow(store, &look)?)).await?;
-        let left = deadline.saturating_duration_since(Instant::now());
-        if record.outcome().is_some() || left.is_zero() || state.winding_down() {
-            break record;
-        }
-        tokio::time::sleep(pause.min(left)).await;
-        pause = (pause * 3 / 2).min(LAST_LOOK);
-    };
+    let record = long_poll(
+        &state,
+        params.wait.as_deref(),
+        move |store| Ok(control::workflow(store, &id)?),
+        |record| record.outcome().is_some(),
+    )
+    .await?;
     let status = if record.outcome().is_some() {
         StatusCode::OK
     } else {
         StatusCode::ACCEPTED
     };
     Ok((status, Json(WorkflowView::from(&record))))
+}
+
+/// Look with `look` until `done` says so, `wait` (a duration, see
+/// [`parse_wait`]; none: look once) runs out or the server winds down; the
+/// last look. Waiting happens here, between short looks on the blocking
+/// pool, not on it: a thousand long polls must not hold a thousand
+/// threads, nor queue submissions behind them.
+async fn long_poll<T: Send + 'static>(
+    state: &ApiState,
+    wait: Option<&str>,
+    look: impl Fn(&GroupCommitStore) -> Result<T, ApiError> + Clone + Send + 'static,
+    done: impl Fn(&T) -> bool,
+) -> Result<T, ApiError> {
+    let wait = match wait {
+        Some(text) => parse_wait(text)?,
+        None => Duration::ZERO,
+    };
+    let deadline = Instant::now() + wait;
+    let mut pause = FIRST_LOOK;
+    loop {
+        let this_look = look.clone();
+        let seen = blocking(state, move |store| this_look(store)).await?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if done(&seen) || left.is_zero() || state.winding_down() {
+            return Ok(seen);
+        }
+        tokio::time::sleep(pause.min(left)).await;
+        pause = (pause * 3 / 2).min(LAST_LOOK);
+    }
 }
 
 /// `30s`, `500ms`, `1m`, `2.5s` or a bare number of seconds; at most
@@ -616,34 +633,19 @@ pub async fn published_event(
     Path((id, key)): Path<(String, String)>,
     ApiQuery(params): ApiQuery<PublishedEventParams>,
 ) -> Result<Json<PublishedEventView>, ApiError> {
-    let wait = match params.wait.as_deref() {
-        Some(text) => parse_wait(text)?,
-        None => Duration::ZERO,
-    };
-    let deadline = Instant::now() + wait;
-    // As for results: short looks on the blocking pool, waits here.
-    let mut pause = FIRST_LOOK;
-    loop {
-        let (look, key) = (id.clone(), key.clone());
-        let (found, ended) = blocking(&state, move |store| {
-            let found = control::published_event(store, &look, &key, None);
+    let (found, _) = long_poll(
+        &state,
+        params.wait.as_deref(),
+        move |store| {
+            let found = control::published_event(store, &id, &key, None);
             // An ended workflow publishes nothing more: no use waiting.
-            let ended = control::workflow(store, &look)?.status.is_final();
+            let ended = control::workflow(store, &id)?.status.is_final();
             Ok((found, ended))
-        })
-        .await?;
-        let left = deadline.saturating_duration_since(Instant::now());
-        match found {
-            Ok(event) => return Ok(Json(PublishedEventView::from(&event))),
-            Err(ControlError::UnknownEvent { .. })
-                if !ended && !left.is_zero() && !state.winding_down() =>
-            {
-                tokio::time::sleep(pause.min(left)).await;
-                pause = (pause * 3 / 2).min(LAST_LOOK);
-            }
-            Err(error) => return Err(error.into()),
-        }
-    }
+        },
+        |(found, ended)| !matches!(found, Err(ControlError::UnknownEvent { .. })) || *ended,
+    )
+    .await?;
+    Ok(Json(PublishedEventView::from(&found?)))
 }
 
 /// Queue a new workflow that starts from this one's history.
