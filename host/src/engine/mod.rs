@@ -13,6 +13,7 @@
 //! ownership alive, `cancel` stops workflows, `crash` simulates deaths.
 
 mod cancel;
+mod children;
 mod crash;
 mod lease;
 mod pending_log;
@@ -24,16 +25,16 @@ use std::time::{Duration, Instant};
 
 use cancel::CANCELLED;
 pub use cancel::{CANCELLED_CODE, CancelOutcome, cancel_workflow};
+pub use children::{
+    CHILD_RESULT_STEP_PREFIX, CHILD_STEP_PREFIX, ChildRequest, ChildStarted, ChildWait,
+};
 pub use crash::{CrashPlan, CrashPoint};
 pub use lease::{
     LeaseGuard, LeaseKeeper, LeaseSignals, OwnHeartbeat, owner_alive, renewal_interval,
     this_process,
 };
 pub use pending_log::{MAX_LOG_LINE, PendingLog};
-pub use signals::{
-    CHILD_RESULT_STEP_PREFIX, CHILD_STEP_PREFIX, ChildRequest, ChildStarted, ChildWait,
-    EVENT_STEP_PREFIX, SIGNAL_STEP_PREFIX, SignalWait, TimerStart, WAIT_STEP,
-};
+pub use signals::{EVENT_STEP_PREFIX, SIGNAL_STEP_PREFIX, SignalWait, TimerStart, WAIT_STEP};
 
 use crate::store::{
     CheckpointStore, Claim, Failure, LogLine, LogStream, Millis, NewWorkflow, Outcome, Owner,

@@ -1,5 +1,4 @@
-//! Signals, child workflows, timers and published events, as steps of the
-//! history.
+//! Signals, timers and published events, as steps of the history.
 //!
 //! A wait for a signal takes the oldest signal sent for its name in the same
 //! commit that records its step (`durable.signal:<name>`), so a signal is
@@ -8,20 +7,16 @@
 //! waits (or unloads the workflow) and asks again. A timeout's end and a
 //! sleep's are timers: steps whose recorded value is the wake-up time, so a
 //! resumed workflow waits only for what is left. Publishing an event is a
-//! step whose commit also stores the value; starting a child, one whose
-//! commit also queues the child; waiting for a child settles like a wait
-//! for a signal, with the child's outcome.
+//! step whose commit also stores the value. `children` settles waits for
+//! child workflows the same way ([`WorkflowRun::settle_wait`]).
 //!
 //! How the wait is spent (in the process, or unloaded) is the runtime's and
 //! the scheduler's business; this module only decides what is recorded.
 
 use serde_json::value::RawValue;
 
-use super::{CANCELLED_CODE, EngineError, StepRequest, StepStart, WorkflowRun, check_name};
-use crate::store::{
-    ChildStart, Failure, Millis, Outcome, SignalRecord, StepEffect, StepKey, StoreError,
-    WorkflowStatus, now_millis,
-};
+use super::{EngineError, StepRequest, StepStart, WorkflowRun, check_name};
+use crate::store::{Millis, SignalRecord, StepEffect, StepKey, now_millis};
 
 /// The steps that record which signal a wait took: `durable.signal:<name>`.
 pub const SIGNAL_STEP_PREFIX: &str = "durable.signal:";
@@ -29,11 +24,6 @@ pub const SIGNAL_STEP_PREFIX: &str = "durable.signal:";
 pub const EVENT_STEP_PREFIX: &str = "durable.event:";
 /// The timer of a wait with a timeout: its recorded value is the deadline.
 pub const WAIT_STEP: &str = "durable.wait";
-/// The steps that record a child workflow's start: `durable.child:<id>`.
-pub const CHILD_STEP_PREFIX: &str = "durable.child:";
-/// The steps that record a child workflow's outcome, as its parent waited
-/// for it: `durable.child-result:<id>`.
-pub const CHILD_RESULT_STEP_PREFIX: &str = "durable.child-result:";
 /// The recorded value of a wait that timed out.
 const TIMED_OUT: &str = "\"timed_out\"";
 
@@ -50,64 +40,12 @@ pub enum SignalWait {
     Cancelled(String),
 }
 
-/// What a wait for a child workflow found.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ChildWait {
-    /// The child ended with this outcome.
-    Ended(Outcome),
-    /// The deadline passed first.
-    TimedOut,
-    /// Not ended yet, and nothing recorded: wait, then ask again.
-    Nothing,
-    /// The workflow was cancelled; the reason.
-    Cancelled(String),
-}
-
-/// What became of a child workflow's start.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ChildStarted {
-    /// It is queued (now, or by an earlier run).
-    Started,
-    /// It could not be started, for this recorded reason.
-    Refused(Failure),
-    /// The workflow was cancelled; the reason.
-    Cancelled(String),
-}
-
-/// A child workflow, as the guest asks for it.
-#[derive(Debug, Clone, Copy)]
-pub struct ChildRequest<'a> {
-    pub workflow_id: &'a str,
-    /// Its deployment's newest version; `None`: the parent's component.
-    pub deployment: Option<&'a str>,
-    /// JSON.
-    pub input: &'a str,
-}
-
 /// How a settled wait answered.
-enum WaitAnswer {
+pub(super) enum WaitAnswer {
     /// The recorded value (recorded now, or replayed).
     Recorded(String),
     Nothing,
     Cancelled(String),
-}
-
-/// The recorded value of a wait for a child.
-#[derive(serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum ChildOutcome {
-    Output {
-        output: Box<RawValue>,
-    },
-    Error {
-        message: String,
-        code: Option<String>,
-    },
-    TimedOut,
-}
-
-fn outcome_json(outcome: &ChildOutcome) -> String {
-    serde_json::to_string(outcome).expect("plain data")
 }
 
 /// How a timer step began.
@@ -135,7 +73,7 @@ enum Receipt<'a> {
 /// The step that records `name` under `prefix`, once `name` is checked
 /// (`what` it is, for the error): not empty, no control characters, and
 /// short enough for the step's name.
-fn prefixed(what: &str, prefix: &str, name: &str) -> Result<String, EngineError> {
+pub(super) fn prefixed(what: &str, prefix: &str, name: &str) -> Result<String, EngineError> {
     check_name(what, name)?;
     let step_name = format!("{prefix}{name}");
     check_name(what, &step_name)?;
@@ -202,157 +140,11 @@ impl WorkflowRun {
         })
     }
 
-    /// Start `child` as a workflow of its own, once (the step
-    /// `durable.child:<id>`, committed with the child's creation), or say
-    /// why not: a refusal (recorded) or the workflow's cancellation.
-    pub fn start_child(&mut self, child: &ChildRequest<'_>) -> Result<ChildStarted, EngineError> {
-        let step_name = prefixed("a child workflow id", CHILD_STEP_PREFIX, child.workflow_id)?;
-        // A cancellation asked for is handed over here rather than after
-        // more children were started.
-        self.read_cancellation()?;
-        let step = match self.begin_step(&step_name)? {
-            StepStart::Replayed(Ok(_)) => return Ok(ChildStarted::Started),
-            StepStart::Replayed(Err(refused)) => return Ok(ChildStarted::Refused(refused)),
-            StepStart::Cancelled(reason) => return Ok(ChildStarted::Cancelled(reason)),
-            StepStart::Execute(step) => step,
-        };
-        let refused = match self.child_start(child)? {
-            Ok(start) => {
-                let value = serde_json::json!({ "workflow_id": start.id }).to_string();
-                let effect = StepEffect::StartChild(start);
-                match self.finish_step_with(step.key.as_str(), Ok(value), Some(effect)) {
-                    Ok(()) => return Ok(ChildStarted::Started),
-                    // Taken since it was looked up: refused like an id
-                    // taken before.
-                    Err(EngineError::Store(StoreError::WorkflowExists { id })) => taken(&id),
-                    Err(other) => return Err(other),
-                }
-            }
-            Err(refused) => refused,
-        };
-        let refused = Failure::new(refused);
-        self.finish_step(step.key.as_str(), Err(refused.clone()))?;
-        Ok(ChildStarted::Refused(refused))
-    }
-
-    /// What to queue for `child`, or why it cannot be started.
-    fn child_start(
-        &self,
-        child: &ChildRequest<'_>,
-    ) -> Result<Result<ChildStart, String>, EngineError> {
-        let id = child.workflow_id;
-        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(child.input) {
-            return Ok(Err(format!(
-                "the input of child workflow {id} is not JSON: {e}"
-            )));
-        }
-        if self.store.workflow(id)?.is_some() {
-            return Ok(Err(taken(id)));
-        }
-        let parent =
-            self.store
-                .workflow(&self.workflow_id)?
-                .ok_or_else(|| StoreError::UnknownWorkflow {
-                    id: self.workflow_id.clone(),
-                })?;
-        let queue = parent.queue;
-        let (deployment, component_sha256, grants) = match child.deployment {
-            // The parent's component, grants and deployment (so that an
-            // upgrade of the deployment finds the child too).
-            None => (
-                parent.deployment,
-                self.component_sha256.clone(),
-                parent.grants,
-            ),
-            Some(name) => match self.store.deployments(Some(name))?.into_iter().next() {
-                Some(newest) => (Some(newest.name), newest.sha256, Some(newest.grants)),
-                None => {
-                    return Ok(Err(format!(
-                        "cannot start child workflow {id}: no deployment named `{name}`"
-                    )));
-                }
-            },
-        };
-        Ok(Ok(ChildStart {
-            id: id.to_owned(),
-            deployment,
-            component_sha256,
-            input: child.input.to_owned(),
-            grants,
-            queue,
-        }))
-    }
-
-    /// The wait at this position for child workflow `id` to end, which
-    /// times out at `deadline`: as [`Self::receive_signal`], with the
-    /// child's outcome (a cancelled child's is an error with the code
-    /// `cancelled`; a suspended child has not ended).
-    pub fn await_child(
-        &mut self,
-        id: &str,
-        deadline: Option<Millis>,
-    ) -> Result<ChildWait, EngineError> {
-        let step_name = prefixed("a child workflow id", CHILD_RESULT_STEP_PREFIX, id)?;
-        let answer = self.settle_wait(&step_name, deadline, |run| {
-            let Some(child) = run.store.workflow(id)? else {
-                let unknown = ChildOutcome::Error {
-                    message: format!("there is no child workflow {id}: start it first"),
-                    code: None,
-                };
-                return Ok(Some((outcome_json(&unknown), None)));
-            };
-            let ended = match (child.status, child.outcome()) {
-                (status, Some(outcome)) if status.is_final() => outcome,
-                _ => return Ok(None),
-            };
-            let outcome = match ended {
-                Ok(output) => ChildOutcome::Output {
-                    output: RawValue::from_string(output).map_err(|e| {
-                        EngineError::InvalidStepJson {
-                            key: StepKey::new(&format!("{CHILD_RESULT_STEP_PREFIX}{id}"), 1),
-                            reason: format!(
-                                "child workflow {id} ended with an output that is not JSON: {e}"
-                            ),
-                        }
-                    })?,
-                },
-                Err(failure) => ChildOutcome::Error {
-                    message: failure.message,
-                    code: failure.code.or_else(|| {
-                        (child.status == WorkflowStatus::Cancelled)
-                            .then(|| CANCELLED_CODE.to_owned())
-                    }),
-                },
-            };
-            Ok(Some((outcome_json(&outcome), None)))
-        })?;
-        let key = self.key_of(&step_name);
-        Ok(match answer {
-            WaitAnswer::Nothing => ChildWait::Nothing,
-            WaitAnswer::Cancelled(reason) => ChildWait::Cancelled(reason),
-            WaitAnswer::Recorded(json) => match serde_json::from_str::<ChildOutcome>(&json) {
-                Ok(ChildOutcome::Output { output }) => {
-                    ChildWait::Ended(Ok(output.get().to_owned()))
-                }
-                Ok(ChildOutcome::Error { message, code }) => {
-                    ChildWait::Ended(Err(Failure { message, code }))
-                }
-                Ok(ChildOutcome::TimedOut) => ChildWait::TimedOut,
-                Err(e) => {
-                    return Err(EngineError::InvalidStepJson {
-                        key,
-                        reason: format!("a recorded child outcome does not read as one: {e}"),
-                    });
-                }
-            },
-        })
-    }
-
     /// The wait at this position, recorded as the step `step_name` with the
     /// value `look` finds (and its effect, committed with it), or as timed
     /// out once `deadline` is due. Replaying, the recorded value; with
     /// nothing found and time left, nothing is written.
-    fn settle_wait(
+    pub(super) fn settle_wait(
         &mut self,
         step_name: &str,
         deadline: Option<Millis>,
@@ -404,7 +196,7 @@ impl WorkflowRun {
     }
 
     /// The key of the last step begun with `name`.
-    fn key_of(&self, name: &str) -> StepKey {
+    pub(super) fn key_of(&self, name: &str) -> StepKey {
         StepKey::new(name, self.ordinals.get(name).copied().unwrap_or(1))
     }
 
@@ -430,11 +222,6 @@ impl WorkflowRun {
             StepStart::Replayed(_) | StepStart::Cancelled(_) => Ok(()),
         }
     }
-}
-
-/// Why a child whose id is taken is not started.
-fn taken(id: &str) -> String {
-    format!("cannot start child workflow {id}: a workflow with that id exists")
 }
 
 /// The recorded value of a wait that took `signal`.
