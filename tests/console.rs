@@ -631,6 +631,13 @@ fn a_waiting_workflow_takes_a_signal_sent_from_its_page() {
             && document.querySelector('#signals li')?.innerText.includes('durable.signal:go#000001')",
     );
     assert!(browser.text("#workflow-output").contains("ok"));
+    // The wait is drawn from when it began to when the signal came.
+    let wait = bar(&browser, "durable.signal:go");
+    assert!(wait.1 - wait.0 > 50.0, "the wait is a long bar: {wait:?}");
+    assert_eq!(
+        browser.eval("return document.querySelector(\".bar[data-key^='durable.signal:go']\").classList.contains('sleep')"),
+        json!(true)
+    );
     assert!(
         browser.eval("return document.getElementById('signal-button').disabled") == json!(true),
         "an ended workflow takes no signals"

@@ -646,7 +646,7 @@ class Timeline {
         h("span", {}, h("i", { style: "background: var(--completed)" }), "completed"),
         h("span", {}, h("i", { style: "background: var(--running)" }), "running"),
         h("span", {}, h("i", { style: "background: var(--failed)" }), "failed"),
-        h("span", {}, h("i", { style: "background: var(--sleeping)" }), "durable sleep"),
+        h("span", {}, h("i", { style: "background: var(--sleeping)" }), "durable sleep or wait"),
         h("span", {}, h("b", { class: "error-text" }, "!"), " failed attempt, retried"),
         h("span", {}, h("b", { class: "error-text" }, "×"), " attempt interrupted (its run died)")),
       this.axis, this.viewport);
@@ -733,10 +733,15 @@ class Timeline {
     const isSleep = step.name === "durable.sleep";
     const barEnd = step.finished_at_ms ?? (step.status === "running" ? Date.now() : step.started_at_ms);
     const sleepUntil = sleepEnd(step);
+    // A wait's answer is recorded when it comes: its bar starts where the
+    // step before it ended, when the workflow began to wait.
+    const previous = index > 0 ? this.steps[index - 1] : null;
+    const waitedFrom = isWait(step) && previous && previous.finished_at_ms ? previous.finished_at_ms : null;
+    const barStart = waitedFrom ?? step.started_at_ms;
     const track = h("div", { class: "track" });
-    const startPct = Math.min(99.5, this.x(step.started_at_ms) * 100);
+    const startPct = Math.min(99.5, this.x(barStart) * 100);
     const endPct = Math.min(100, this.x(Math.max(barEnd, sleepUntil || 0)) * 100);
-    const kind = isSleep ? "sleep" : step.status;
+    const kind = isSleep || waitedFrom ? "sleep" : step.status;
     track.append(h("div", {
       class: `bar ${kind}`,
       "data-key": step.key,
@@ -744,7 +749,8 @@ class Timeline {
       "data-end-ms": step.finished_at_ms ?? "",
       style: `left: ${startPct}%; width: ${Math.max(0, endPct - startPct)}%`,
       title: `${step.key}: ${step.status}, ${time(step.started_at_ms)} → ${step.finished_at_ms ? time(step.finished_at_ms) : "…"}` +
-        (sleepUntil ? `, sleeps until ${time(sleepUntil)}` : ""),
+        (sleepUntil ? `, sleeps until ${time(sleepUntil)}` : "") +
+        (waitedFrom ? `, waited from ${time(waitedFrom)}` : ""),
     }));
     for (const a of step.earlier_attempts) {
       track.append(h("span", {
@@ -763,6 +769,11 @@ class Timeline {
       h("span", { class: "seq" }, step.sequence), h("span", { class: "mono" }, step.key)),
     track);
   }
+}
+
+/** Whether `step` records the answer to a wait (a signal, a child's end). */
+function isWait(step) {
+  return step.name.startsWith("durable.signal:") || step.name.startsWith("durable.child-result:");
 }
 
 /** When a durable sleep step wakes up, in ms. */
