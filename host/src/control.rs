@@ -33,7 +33,12 @@ pub enum ControlError {
     #[error("{reason}")]
     InvalidSchedule { reason: String },
     #[error("workflow {id} has published no event `{key}`")]
-    UnknownEvent { id: String, key: String },
+    UnknownEvent {
+        id: String,
+        key: String,
+        /// The workflow has ended: it will publish nothing more.
+        ended: bool,
+    },
     #[error("workflow {id} exists with another input")]
     InputConflict { id: String },
     #[error("the input is not valid JSON: {reason}")]
@@ -118,6 +123,24 @@ pub struct Submitted {
     pub created: bool,
 }
 
+/// `text` (`what` it is, for errors), checked to be JSON of at most
+/// [`MAX_INPUT`] bytes, written compact: stored so, equal values compare
+/// equal.
+fn compact_json(what: &'static str, text: &str) -> Result<String, ControlError> {
+    if text.len() > MAX_INPUT {
+        return Err(ControlError::TooLarge {
+            what,
+            size: text.len(),
+            limit: MAX_INPUT,
+        });
+    }
+    Ok(serde_json::from_str::<serde_json::Value>(text)
+        .map_err(|e| ControlError::InvalidInput {
+            reason: e.to_string(),
+        })?
+        .to_string())
+}
+
 /// Queue a workflow of the newest version of `submission.deployment`.
 /// Idempotent on the id: the same id and input answer with the existing
 /// workflow; another input is refused.
@@ -127,19 +150,7 @@ pub fn submit(
 ) -> Result<Submitted, ControlError> {
     check_name("the deployment name", submission.deployment)?;
     check_name("the queue name", submission.queue)?;
-    if submission.input.len() > MAX_INPUT {
-        return Err(ControlError::TooLarge {
-            what: "the input",
-            size: submission.input.len(),
-            limit: MAX_INPUT,
-        });
-    }
-    // Stored compact, so that equal values compare equal.
-    let input = serde_json::from_str::<serde_json::Value>(submission.input)
-        .map_err(|e| ControlError::InvalidInput {
-            reason: e.to_string(),
-        })?
-        .to_string();
+    let input = compact_json("the input", submission.input)?;
     let id = match submission.workflow_id {
         Some(id) => {
             check_name("the workflow id", id)?;
@@ -225,18 +236,7 @@ pub fn send_signal(
     if let Some(id) = signal.signal_id {
         check_name("the signal id", id)?;
     }
-    if signal.value.len() > MAX_INPUT {
-        return Err(ControlError::TooLarge {
-            what: "the signal's value",
-            size: signal.value.len(),
-            limit: MAX_INPUT,
-        });
-    }
-    let value = serde_json::from_str::<serde_json::Value>(signal.value)
-        .map_err(|e| ControlError::InvalidInput {
-            reason: e.to_string(),
-        })?
-        .to_string();
+    let value = compact_json("the signal's value", signal.value)?;
     let sent = store.send_signal(&SignalRecord {
         seq: 0,
         workflow_id: signal.workflow_id.to_owned(),
@@ -276,6 +276,7 @@ pub fn published_event(
                 return Err(ControlError::UnknownEvent {
                     id: id.to_owned(),
                     key: key.to_owned(),
+                    ended: workflow.status.is_final(),
                 });
             }
             None => std::thread::sleep(

@@ -486,18 +486,6 @@ impl CheckpointStore for ReadOnlyHistory {
         Err(read_only(&format!("signal {}", signal.workflow_id)))
     }
 
-    fn finish_step_with(
-        &self,
-        _: &str,
-        _: &str,
-        _: &StepKey,
-        _: &Outcome,
-        _: &[LogLine],
-        _: &StepEffect,
-    ) -> Result<(), StoreError> {
-        Ok(())
-    }
-
     fn children(&self, id: &str) -> Result<Vec<WorkflowRecord>, StoreError> {
         self.store.children(id)
     }
@@ -585,6 +573,7 @@ impl CheckpointStore for ReadOnlyHistory {
         _: &StepKey,
         _: &Outcome,
         _: &[LogLine],
+        _: Option<&StepEffect>,
     ) -> Result<(), StoreError> {
         Ok(())
     }

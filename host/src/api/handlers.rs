@@ -633,16 +633,12 @@ pub async fn published_event(
     Path((id, key)): Path<(String, String)>,
     ApiQuery(params): ApiQuery<PublishedEventParams>,
 ) -> Result<Json<PublishedEventView>, ApiError> {
-    let (found, _) = long_poll(
+    let found = long_poll(
         &state,
         params.wait.as_deref(),
-        move |store| {
-            let found = control::published_event(store, &id, &key, None);
-            // An ended workflow publishes nothing more: no use waiting.
-            let ended = control::workflow(store, &id)?.status.is_final();
-            Ok((found, ended))
-        },
-        |(found, ended)| !matches!(found, Err(ControlError::UnknownEvent { .. })) || *ended,
+        move |store| Ok(control::published_event(store, &id, &key, None)),
+        // An ended workflow publishes nothing more: no use waiting.
+        |found| !matches!(found, Err(ControlError::UnknownEvent { ended: false, .. })),
     )
     .await?;
     Ok(Json(PublishedEventView::from(&found?)))

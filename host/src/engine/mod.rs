@@ -918,6 +918,7 @@ impl WorkflowRun {
             &key,
             &Ok(value),
             &self.pending_log.take(),
+            None,
         )?;
         self.cancel_delivered_at = Some(now);
         self.position = next;
@@ -1202,24 +1203,14 @@ impl WorkflowRun {
             });
         }
         let executing = self.executing.remove(index);
-        let log = self.pending_log.take();
-        match &effect {
-            None => self.store.finish_step(
-                &self.workflow_id,
-                &self.run_id,
-                &executing.key,
-                &outcome,
-                &log,
-            )?,
-            Some(effect) => self.store.finish_step_with(
-                &self.workflow_id,
-                &self.run_id,
-                &executing.key,
-                &outcome,
-                &log,
-                effect,
-            )?,
-        }
+        self.store.finish_step(
+            &self.workflow_id,
+            &self.run_id,
+            &executing.key,
+            &outcome,
+            &self.pending_log.take(),
+            effect.as_ref(),
+        )?;
         self.checkpoints += 1;
         self.emit(StepEvent {
             key: executing.key.clone(),

@@ -82,9 +82,7 @@ impl HostState {
         }
         result
     }
-}
 
-impl HostState {
     /// The end of a wait of `timeout_ms`, recorded as a timer (none without
     /// a timeout), or the cancellation handed over instead.
     fn wait_deadline(

@@ -622,23 +622,6 @@ impl CheckpointStore for GroupCommitStore {
         self.read(|store| store.children(id))
     }
 
-    fn finish_step_with(
-        &self,
-        workflow_id: &str,
-        run_id: &str,
-        key: &StepKey,
-        outcome: &Outcome,
-        log: &[LogLine],
-        effect: &StepEffect,
-    ) -> Result<(), StoreError> {
-        owned!(workflow_id, run_id);
-        let (key, outcome, log, effect) =
-            (key.clone(), outcome.clone(), log.to_vec(), effect.clone());
-        self.submit(true, move |store| {
-            store.finish_step_with(&workflow_id, &run_id, &key, &outcome, &log, &effect)
-        })
-    }
-
     fn send_signal(&self, signal: &SignalRecord) -> Result<SignalSent, StoreError> {
         let signal = signal.clone();
         self.submit(true, move |store| store.send_signal(&signal))
@@ -721,11 +704,13 @@ impl CheckpointStore for GroupCommitStore {
         key: &StepKey,
         outcome: &Outcome,
         log: &[LogLine],
+        effect: Option<&StepEffect>,
     ) -> Result<(), StoreError> {
         owned!(workflow_id, run_id);
         let (key, outcome, log) = (key.clone(), outcome.clone(), log.to_vec());
+        let effect = effect.cloned();
         self.submit(true, move |store| {
-            store.finish_step(&workflow_id, &run_id, &key, &outcome, &log)
+            store.finish_step(&workflow_id, &run_id, &key, &outcome, &log, effect.as_ref())
         })
     }
 
@@ -896,10 +881,11 @@ mod tests {
                         )
                         .unwrap();
                     store
-                        .finish_step(&id, &run, &key, &Ok(i.to_string()), &[])
+                        .finish_step(&id, &run, &key, &Ok(i.to_string()), &[], None)
                         .unwrap();
                     // A run that is not the owner is fenced out.
-                    let fenced = store.finish_step(&id, "intruder", &key, &Ok("0".into()), &[]);
+                    let fenced =
+                        store.finish_step(&id, "intruder", &key, &Ok("0".into()), &[], None);
                     assert!(matches!(fenced, Err(StoreError::LostOwnership { .. })));
                 })
             })

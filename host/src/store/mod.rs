@@ -906,7 +906,8 @@ pub trait CheckpointStore: Send {
     fn begin_steps(&self, workflow_id: &str, steps: &[StepBegin<'_>]) -> Result<(), StoreError>;
 
     /// Record how a step this run is executing ended, with the log lines
-    /// captured since the last checkpoint. Durable on return.
+    /// captured since the last checkpoint, and make `effect` in the same
+    /// transaction. Durable on return.
     fn finish_step(
         &self,
         workflow_id: &str,
@@ -914,6 +915,7 @@ pub trait CheckpointStore: Send {
         key: &StepKey,
         outcome: &Outcome,
         log: &[LogLine],
+        effect: Option<&StepEffect>,
     ) -> Result<(), StoreError>;
 
     /// Append lines to the log of workflow `id`, which `run_id` owns
@@ -923,18 +925,6 @@ pub trait CheckpointStore: Send {
     /// The log of workflow `id` after line `after_seq`, oldest first, at
     /// most `limit` lines.
     fn logs(&self, id: &str, after_seq: i64, limit: u32) -> Result<Vec<LogRecord>, StoreError>;
-
-    /// Record how step `key` ended, as [`CheckpointStore::finish_step`], and
-    /// make `effect` in the same transaction.
-    fn finish_step_with(
-        &self,
-        workflow_id: &str,
-        run_id: &str,
-        key: &StepKey,
-        outcome: &Outcome,
-        log: &[LogLine],
-        effect: &StepEffect,
-    ) -> Result<(), StoreError>;
 
     /// Keep `signal` (its `seq` and `taken_by` are ignored) for workflow
     /// `signal.workflow_id`, unless one with its id was sent before; a

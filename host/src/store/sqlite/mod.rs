@@ -1460,24 +1460,16 @@ impl CheckpointStore for SqliteStore {
         key: &StepKey,
         outcome: &Outcome,
         log: &[LogLine],
-    ) -> Result<(), StoreError> {
-        self.write(|tx| Self::finish_step_in(tx, workflow_id, run_id, key, outcome, log))
-    }
-
-    fn finish_step_with(
-        &self,
-        workflow_id: &str,
-        run_id: &str,
-        key: &StepKey,
-        outcome: &Outcome,
-        log: &[LogLine],
-        effect: &StepEffect,
+        effect: Option<&StepEffect>,
     ) -> Result<(), StoreError> {
         self.write(|tx| {
             if let Err(refused) = Self::finish_step_in(tx, workflow_id, run_id, key, outcome, log)?
             {
                 return Ok(Err(refused));
             }
+            let Some(effect) = effect else {
+                return Ok(Ok(()));
+            };
             match effect {
                 StepEffect::TakeSignal { seq } => {
                     let taken = tx
