@@ -123,7 +123,7 @@ pub fn serve(
         in_flight: HashSet::new(),
         // At start: scan at once.
         last_orphan_scan: Instant::now() - ORPHAN_SCAN,
-        workers: Workers::new(),
+        workers: Workers::new(config.queues.iter().map(|(_, limit)| *limit).sum()),
         summary: ServeSummary::default(),
         paused: None,
         schedules_due: None,
@@ -437,26 +437,33 @@ impl Dispatcher {
 /// Threads that run workflows: started when all are busy, kept for the
 /// next workflow (a thread per workflow would map and unmap a stack each
 /// time, which costs every core a TLB flush). There are never more than the
-/// workflows in flight, which the queues' concurrency bounds.
+/// queues' concurrency: a run reports its end before its thread is idle
+/// again, so a job may be handed over while that thread is still on its
+/// way back to the queue; it waits for it rather than starting another.
 struct Workers {
     jobs: Sender<Job>,
     next: Arc<Mutex<mpsc::Receiver<Job>>>,
     idle: Arc<AtomicUsize>,
+    /// Threads started, and the most there may be.
+    threads: usize,
+    max_threads: usize,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
 
 impl Workers {
-    fn new() -> Self {
+    fn new(max_threads: usize) -> Self {
         let (jobs, next) = mpsc::channel();
         Self {
             jobs,
             next: Arc::new(Mutex::new(next)),
             idle: Arc::new(AtomicUsize::new(0)),
+            threads: 0,
+            max_threads,
         }
     }
 
-    fn run(&self, job: Job) {
+    fn run(&mut self, job: Job) {
         // Claim an idle worker, or start one.
         let claimed = self
             .idle
@@ -464,7 +471,7 @@ impl Workers {
                 idle.checked_sub(1)
             })
             .is_ok();
-        if !claimed {
+        if !claimed && self.threads < self.max_threads {
             let (next, idle) = (Arc::clone(&self.next), Arc::clone(&self.idle));
             let spawned = thread::Builder::new()
                 .name("workflow".to_owned())
@@ -479,8 +486,9 @@ impl Workers {
                         idle.fetch_add(1, Ordering::AcqRel);
                     }
                 });
-            if let Err(error) = spawned {
-                tracing::error!(%error, "cannot start a thread to run workflows");
+            match spawned {
+                Ok(_) => self.threads += 1,
+                Err(error) => tracing::error!(%error, "cannot start a thread to run workflows"),
             }
         }
         let _ = self.jobs.send(job);
