@@ -79,18 +79,18 @@ fn a_component_of_another_world_records_nothing() {
 }
 
 #[test]
-fn an_http_import_is_refused_before_compiling_with_the_build_flag_to_drop_it() {
+fn an_import_this_host_lacks_is_refused_before_compiling() {
     let scratch = Scratch::new();
-    // What componentize-js's default build imports, around some code to compile.
+    // A package this host does not provide, around some code to compile.
     let component = wat::parse_str(
         r#"(component
             (import "wasi:io/poll@0.2.3" (instance))
-            (import "wasi:http/types@0.2.3" (instance))
             (import "wasi:http/outgoing-handler@0.2.3" (instance))
+            (import "wasi:keyvalue/store@0.2.0-draft" (instance))
             (core module (func (export "f") (result i32) i32.const 1)))"#,
     )
     .unwrap();
-    let path = scratch.path().join("fetching.wasm");
+    let path = scratch.path().join("kv.wasm");
     std::fs::write(&path, component).unwrap();
     let cache = scratch.path().join("cache");
     let started = std::time::Instant::now();
@@ -100,11 +100,14 @@ fn an_http_import_is_refused_before_compiling_with_the_build_flag_to_drop_it() {
         .arg(&cache));
     assert_user_error(
         &result,
-        "fetching.wasm imports wasi:http/types@0.2.3, which this host does not provide \
-         (outbound HTTP is not supported yet)",
+        "kv.wasm imports wasi:keyvalue/store@0.2.0-draft, which this host does not provide \
+         (a workflow may import durable:workflow and WASI 0.2's wasi:cli, wasi:clocks, \
+         wasi:filesystem, wasi:http, wasi:io, wasi:random and wasi:sockets)",
     );
     assert!(
-        result.stderr().contains("--disable http"),
+        result
+            .stderr()
+            .contains("rebuild it without the code that imports wasi:keyvalue"),
         "{}",
         result.stderr()
     );

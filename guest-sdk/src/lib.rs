@@ -80,6 +80,12 @@
 //! }
 //! ```
 //!
+//! # Calling other services
+//!
+//! With the `http` feature, [`http`] sends requests from step bodies to the
+//! destinations the workflow was granted (`--allow-http`), with the step's
+//! idempotency key in an `Idempotency-Key` header.
+//!
 //! # Steps and their keys
 //!
 //! Each step gets the key `name#NNNNNN`, counting calls per name, so calling
@@ -120,6 +126,9 @@ pub mod bindings {
 
 #[doc(hidden)]
 pub use serde_json as __serde_json;
+
+#[cfg(feature = "http")]
+pub mod http;
 
 use bindings::durable::workflow::durable_step as host;
 

@@ -21,7 +21,7 @@ use crate::engine::{
 use crate::runtime::{Grants, Runtime, RuntimeError, WorkflowComponent};
 use crate::store::{
     AttemptRecord, CheckpointStore, Deployment, Enqueued, Fork, LeaseRenewal, ListQuery, LogLine,
-    LogRecord, Millis, NewWorkflow, Outcome, PublishedEvent, QueuedWorkflow, Reopen,
+    LogRecord, LogStream, Millis, NewWorkflow, Outcome, PublishedEvent, QueuedWorkflow, Reopen,
     ScheduleRecord, SignalRecord, SignalSent, SqliteStore, StepBegin, StepEffect, StepKey,
     StepRecord, StoreError, Takeover, Unload, Upgrade, WorkflowEnd, WorkflowEvent, WorkflowRecord,
     WorkflowStatus, WorkflowSummary,
@@ -434,6 +434,10 @@ impl CheckpointStore for ReadOnlyHistory {
 
     fn logs(&self, id: &str, after_seq: i64, limit: u32) -> Result<Vec<LogRecord>, StoreError> {
         self.store.logs(id, after_seq, limit)
+    }
+
+    fn stream_logs(&self, id: &str, stream: LogStream) -> Result<Vec<LogRecord>, StoreError> {
+        self.store.stream_logs(id, stream)
     }
 
     fn next_signal(&self, id: &str, name: &str) -> Result<Option<SignalRecord>, StoreError> {

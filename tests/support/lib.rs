@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod http_service;
+pub use http_service::{HttpCall, HttpService};
+
 /// Paths of the built artefacts.
 pub struct Artifacts {
     pub host: PathBuf,

@@ -18,11 +18,11 @@ use serde::de::DeserializeOwned;
 use super::error::ApiError;
 use super::model::{
     CancelState, Cancelled, ComponentBytes, DeployParams, DeploymentList, DeploymentView,
-    DeploymentsParams, ErrorBody, EventView, ForkRequestBody, Health, ListParams, LogLineView,
-    LogPage, LogParams, PublishedEventParams, PublishedEventView, ResultParams, ScheduleList,
+    DeploymentsParams, ErrorBody, ForkRequestBody, Health, ListParams, LogLineView, LogPage,
+    LogParams, PublishedEventParams, PublishedEventView, ResultParams, ScheduleList,
     ScheduleRemoved, ScheduleRequest, ScheduleView, SignalRequestBody, SignalSentView, SignalView,
-    StatusCounts, StepView, StepsParams, SubmitRequest, Submitted, WorkflowHistory,
-    WorkflowListItem, WorkflowPage, WorkflowView,
+    StatusCounts, StepsParams, SubmitRequest, Submitted, WorkflowHistory, WorkflowListItem,
+    WorkflowPage, WorkflowView,
 };
 use super::{ApiState, DEPLOY_BODY_LIMIT, SUBMIT_BODY_LIMIT};
 use crate::control::{self, ControlError, DEFAULT_QUEUE, Signal, Submission};
@@ -358,25 +358,10 @@ pub async fn workflow_steps(
         let mut steps = store.steps_page(&id, after, limit.saturating_add(1))?;
         let more = steps.len() > limit as usize;
         steps.truncate(limit as usize);
-        let attempts = store.attempts(&id)?;
-        let events = store.events(&id)?;
-        Ok(WorkflowHistory {
-            workflow: WorkflowView::from(&workflow),
-            events: events.iter().map(EventView::from).collect(),
-            signals: store.signals(&id)?.iter().map(SignalView::from).collect(),
-            published: store
-                .published_events(&id)?
-                .iter()
-                .map(PublishedEventView::from)
-                .collect(),
-            next_after: more
-                .then(|| steps.last().map(|step| step.sequence))
-                .flatten(),
-            steps: steps
-                .iter()
-                .map(|step| StepView::new(&id, step, &attempts))
-                .collect(),
-        })
+        let next_after = more
+            .then(|| steps.last().map(|step| step.sequence))
+            .flatten();
+        Ok(WorkflowHistory::read(store, &workflow, &steps, next_after)?)
     })
     .await?;
     Ok(Json(history))

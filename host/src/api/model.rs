@@ -14,9 +14,9 @@ use utoipa::{IntoParams, ToSchema};
 use crate::engine::{CancelOutcome, idempotency_key};
 use crate::runtime::SLEEP_STEP;
 use crate::store::{
-    AttemptRecord, Deployment, LogRecord, LogStream, Millis, PublishedEvent, ScheduleRecord,
-    SignalRecord, StepRecord, StepStatus, WorkflowEvent, WorkflowRecord, WorkflowStatus,
-    WorkflowSummary,
+    AttemptRecord, CheckpointStore, Deployment, LogRecord, LogStream, Millis, PublishedEvent,
+    ScheduleRecord, SignalRecord, StepRecord, StepStatus, StoreError, WorkflowEvent,
+    WorkflowRecord, WorkflowStatus, WorkflowSummary,
 };
 
 /// Where a workflow stands.
@@ -443,11 +443,48 @@ pub struct WorkflowHistory {
     pub signals: Vec<SignalView>,
     /// The values it published, by key.
     pub published: Vec<PublishedEventView>,
+    /// The HTTP requests its steps made, sent or refused (its log's `http`
+    /// lines), oldest first.
+    pub requests: Vec<LogLineView>,
     pub steps: Vec<StepView>,
     /// When one page of the steps was asked for and more follow: pass it
     /// as `after` for the next page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_after: Option<u32>,
+}
+
+impl WorkflowHistory {
+    /// The document for `workflow` with `steps` (all of them, or the page
+    /// before `next_after`), the rest read from `store`.
+    pub fn read(
+        store: &dyn CheckpointStore,
+        workflow: &WorkflowRecord,
+        steps: &[StepRecord],
+        next_after: Option<u32>,
+    ) -> Result<Self, StoreError> {
+        let id = workflow.id.as_str();
+        let attempts = store.attempts(id)?;
+        Ok(Self {
+            workflow: WorkflowView::from(workflow),
+            events: store.events(id)?.iter().map(EventView::from).collect(),
+            signals: store.signals(id)?.iter().map(SignalView::from).collect(),
+            published: store
+                .published_events(id)?
+                .iter()
+                .map(PublishedEventView::from)
+                .collect(),
+            requests: store
+                .stream_logs(id, LogStream::Http)?
+                .iter()
+                .map(LogLineView::from)
+                .collect(),
+            steps: steps
+                .iter()
+                .map(|step| StepView::new(id, step, &attempts))
+                .collect(),
+            next_after,
+        })
+    }
 }
 
 /// A signal sent to a workflow.
@@ -542,6 +579,9 @@ pub enum Stream {
     Stderr,
     /// A line the workflow logged with `ctx.log`.
     Log,
+    /// An outbound HTTP request a step made: sent (with its status) or
+    /// refused (with why).
+    Http,
 }
 
 impl From<LogStream> for Stream {
@@ -550,6 +590,7 @@ impl From<LogStream> for Stream {
             LogStream::Stdout => Self::Stdout,
             LogStream::Stderr => Self::Stderr,
             LogStream::Log => Self::Log,
+            LogStream::Http => Self::Http,
         }
     }
 }

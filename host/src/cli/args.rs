@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use durable_host::engine::CrashPoint;
-use durable_host::runtime::{ComponentCache, DirGrant, Grants, Sandbox};
+use durable_host::runtime::{ComponentCache, DirGrant, Grants, HttpDestination, Sandbox};
 use durable_host::store::WorkflowStatus;
 
 /// Run WebAssembly workflows durably: every step is checkpointed in SQLite,
@@ -589,6 +589,12 @@ pub struct GrantArgs {
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
 
+    /// Let steps send HTTP requests to HOST (every port) or HOST:PORT, over
+    /// http or https. Repeat for more. Without it a guest has no network;
+    /// requests from workflow code between steps are refused either way.
+    #[arg(long = "allow-http", value_name = "HOST[:PORT]")]
+    pub allow_http: Vec<HttpDestination>,
+
     /// Stop a run after this long (e.g. 30s, 500ms, 5m), also while the
     /// guest waits in a host call; durable sleeps and retry backoffs do not
     /// count. The workflow is recorded as failed with the reason.
@@ -606,6 +612,7 @@ impl GrantArgs {
         let sandbox = Sandbox {
             dirs: self.dirs.clone(),
             env: self.env.clone(),
+            http: self.allow_http.clone(),
         };
         Grants::new(&sandbox, self.timeout, self.max_memory)
     }

@@ -9,13 +9,10 @@ use serde_json::json;
 use std::io::Write as _;
 use std::time::Duration;
 
-use durable_host::api::model::{
-    EventView, LogLineView, PublishedEventView, SignalView, StepView, WorkflowHistory,
-    WorkflowListItem, WorkflowView, sleep_until,
-};
+use durable_host::api::model::{LogLineView, WorkflowHistory, WorkflowListItem, sleep_until};
 use durable_host::engine::{CancelOutcome, cancel_workflow};
 use durable_host::store::{
-    CheckpointStore, ListQuery, LogRecord, Millis, SqliteStore, StepRecord, StoreError,
+    CheckpointStore, ListQuery, LogRecord, LogStream, Millis, SqliteStore, StepRecord, StoreError,
     WorkflowStatus, WorkflowSummary, now_millis,
 };
 
@@ -221,25 +218,7 @@ pub fn history(
         return Ok(ExitCode::from(exit::SUCCESS));
     }
     if json_mode {
-        print_json(&WorkflowHistory {
-            workflow: WorkflowView::from(&workflow),
-            events: events.iter().map(EventView::from).collect(),
-            signals: store
-                .signals(workflow_id)?
-                .iter()
-                .map(SignalView::from)
-                .collect(),
-            published: store
-                .published_events(workflow_id)?
-                .iter()
-                .map(PublishedEventView::from)
-                .collect(),
-            steps: steps
-                .iter()
-                .map(|step| StepView::new(workflow_id, step, &attempts))
-                .collect(),
-            next_after: None,
-        });
+        print_json(&WorkflowHistory::read(&store, &workflow, &steps, None)?);
         return Ok(ExitCode::from(exit::SUCCESS));
     }
     println!(
@@ -290,6 +269,19 @@ pub fn history(
                 timestamp(attempt.ended_at),
                 attempt.run_id,
                 preview(&attempt.error, 2 * PREVIEW_CHARS)
+            );
+        }
+    }
+    let requests = store.stream_logs(workflow_id, LogStream::Http)?;
+    if !requests.is_empty() {
+        println!("http requests:");
+        for request in &requests {
+            let step = request.line.step.as_ref().map_or("-", |key| key.as_str());
+            println!(
+                "  {} UTC  {}  {}",
+                timestamp(request.line.at),
+                preview(step, MAX_CELL_CHARS),
+                preview(&request.line.text, 2 * PREVIEW_CHARS)
             );
         }
     }

@@ -998,6 +998,12 @@ impl WorkflowRun {
         }
     }
 
+    /// Whether the body of a step is executing (the workflow's thread is in
+    /// it, or waits for the parallel branches that are).
+    pub fn is_executing_a_step(&self) -> bool {
+        !self.executing.is_empty()
+    }
+
     /// The step whose body is executing on the workflow's thread, if one is.
     fn current_step(&self) -> Option<StepKey> {
         match self.executing.as_slice() {

@@ -238,14 +238,14 @@ impl BranchRunner {
         job: &BranchJob,
         output: &GuestOutput,
     ) -> Result<Outcome, LimitExceeded> {
-        let wasi = match self.sandbox.wasi_ctx(output) {
-            Ok(wasi) => wasi,
+        let pre = &self.component.pre;
+        let mut store = match self
+            .limits
+            .store(pre.engine(), &self.sandbox, output, Role::Branch)
+        {
+            Ok(store) => store,
             Err(e) => return Ok(Err(Failure::new(e.to_string()))),
         };
-        let pre = &self.component.pre;
-        let mut store = self
-            .limits
-            .store(pre.engine(), wasi, output.clone(), Role::Branch);
         let workflow = match pre.instantiate(&mut store) {
             Ok(workflow) => workflow,
             Err(e) => match limit_exceeded(&e) {

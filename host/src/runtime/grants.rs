@@ -1,4 +1,5 @@
-//! What a workflow is granted (directories, environment, limits), recorded
+//! What a workflow is granted (directories, environment, HTTP destinations,
+//! limits), recorded
 //! when it starts so that every resume runs it the same way.
 //!
 //! A resume that names no grants uses the recorded ones; one that names
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{DirGrant, Sandbox};
+use super::{DirGrant, HttpDestination, Sandbox};
 
 /// The sandbox and limits of a workflow, as recorded with it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +23,10 @@ pub struct Grants {
     /// Recorded in the database in the clear: do not pass secrets this way.
     #[serde(default)]
     pub env: Vec<(String, String)>,
+    /// Absent from the grants of workflows that may send no requests, as
+    /// from those recorded before outbound HTTP existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<HttpDestination>,
     #[serde(default)]
     pub timeout_ms: Option<u64>,
     #[serde(default)]
@@ -56,6 +61,7 @@ impl Grants {
                 })
                 .collect(),
             env: sandbox.env.clone(),
+            http: sandbox.http.clone(),
             timeout_ms: timeout.map(|t| t.as_millis() as u64),
             max_memory,
         }
@@ -74,6 +80,8 @@ impl Grants {
         self.dirs.dedup();
         self.env.sort();
         self.env.dedup();
+        self.http.sort();
+        self.http.dedup();
         self
     }
 
@@ -95,6 +103,7 @@ impl Grants {
                 })
                 .collect(),
             env: self.env.clone(),
+            http: self.http.clone(),
         }
     }
 
@@ -173,6 +182,20 @@ impl Grants {
                 out.push(format!("--env {key} is set now, not at the start"));
             }
         }
+        for destination in &self.http {
+            if !given.http.contains(destination) {
+                out.push(format!(
+                    "--allow-http {destination} was granted at the start, not now"
+                ));
+            }
+        }
+        for destination in &given.http {
+            if !self.http.contains(destination) {
+                out.push(format!(
+                    "--allow-http {destination} is granted now, not at the start"
+                ));
+            }
+        }
         let ms = |v: Option<u64>| v.map_or("none".to_owned(), |ms| format!("{ms}ms"));
         if self.timeout_ms != given.timeout_ms {
             out.push(format!(
@@ -211,6 +234,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            http: Vec::new(),
             timeout_ms: None,
             max_memory: None,
         }
@@ -241,6 +265,15 @@ mod tests {
         );
         assert!(text.contains("--dir /tmp::/tmp is granted now"), "{text}");
         assert!(text.contains("--env REGION has another value"), "{text}");
+        let mut wider = recorded.clone();
+        wider.http = vec!["api.example.com".parse().unwrap()];
+        let error = Grants::for_resume("wf", Some(&recorded), wider).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("--allow-http api.example.com is granted now, not at the start"),
+            "{error}"
+        );
         assert!(
             !text.contains("eu") && !text.contains("us\""),
             "values stay out of messages: {text}"
@@ -253,6 +286,10 @@ mod tests {
             &Sandbox {
                 dirs: vec![dir("/d1", "/a"), dir("/d2/", "/b")],
                 env: vec![("B".into(), "2".into()), ("A".into(), "1".into())],
+                http: vec![
+                    "b.example".parse().unwrap(),
+                    "a.example:80".parse().unwrap(),
+                ],
             },
             None,
             None,
@@ -261,6 +298,10 @@ mod tests {
             &Sandbox {
                 dirs: vec![dir("/d2", "/b"), dir("/./d1", "/a")],
                 env: vec![("A".into(), "1".into()), ("B".into(), "2".into())],
+                http: vec![
+                    "a.example:80".parse().unwrap(),
+                    "B.example".parse().unwrap(),
+                ],
             },
             None,
             None,
@@ -281,7 +322,18 @@ mod tests {
 
     #[test]
     fn grants_round_trip_through_json() {
-        let recorded = grants(&["/data"], &[("A", "1")]);
+        let mut recorded = grants(&["/data"], &[("A", "1")]);
+        assert!(
+            !recorded.to_json().contains("http"),
+            "{}",
+            recorded.to_json()
+        );
+        assert_eq!(
+            Grants::from_json(&recorded.to_json()),
+            Some(recorded.clone())
+        );
+        recorded.http = vec!["127.0.0.1:8080".parse().unwrap()];
+        assert!(recorded.to_json().contains(r#""http":["127.0.0.1:8080"]"#));
         assert_eq!(Grants::from_json(&recorded.to_json()), Some(recorded));
         assert_eq!(Grants::from_json("not json"), None);
     }

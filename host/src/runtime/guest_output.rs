@@ -103,6 +103,20 @@ impl GuestOutput {
         Ok(())
     }
 
+    /// A whole line the host writes about the guest (a request it made).
+    pub fn record(&self, stream: LogStream, text: String) {
+        if self.echo {
+            eprintln!("[{stream}] {text}");
+        }
+        let mut captured = self.captured.lock().unwrap_or_else(|e| e.into_inner());
+        captured.lines.push(LogLine {
+            at: now_millis(),
+            stream,
+            step: None,
+            text,
+        });
+    }
+
     /// The complete lines written since the last call; with `finish`, the
     /// unfinished last lines too (the guest will write no more).
     pub fn take_lines(&self, finish: bool) -> Vec<LogLine> {

@@ -5,9 +5,11 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
 use super::branches::{BranchJob, BranchRunner};
 use super::guest_output::GuestOutput;
+use super::http::{GatedHttpView, OutboundHttp};
 use super::limits::{Deadline, InstanceLimiter};
 use crate::bindings::v0_3::durable_step;
 use crate::engine::{
@@ -19,6 +21,7 @@ use crate::store::{Failure, Millis, Outcome, WaitingFor, now_millis};
 /// Everything one guest instance can reach.
 pub struct HostState {
     pub(super) wasi: WasiCtx,
+    pub(super) http: OutboundHttp,
     pub(super) table: ResourceTable,
     pub(super) limiter: InstanceLimiter,
     /// The run's time limit, which host calls that block must honour too.
@@ -33,7 +36,7 @@ pub(super) enum Role {
     /// Runs the workflow's `run`, and owns the run's history.
     Workflow {
         run: Box<WorkflowRun>,
-        branches: BranchRunner,
+        branches: Box<BranchRunner>,
     },
     /// Runs one parallel branch; it cannot begin steps of its own.
     Branch,
@@ -135,6 +138,25 @@ impl WasiView for HostState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        self.http.view(&mut self.table)
+    }
+}
+
+impl HostState {
+    /// `wasi:http/outgoing-handler`, which lets requests out only while a
+    /// step executes.
+    pub(super) fn gated_http(&mut self) -> GatedHttpView<'_> {
+        // A branch instance exists only to execute its step.
+        let in_step = match &self.role {
+            Role::Workflow { run, .. } => run.is_executing_a_step(),
+            Role::Branch => true,
+        };
+        self.http.gated(&mut self.table, in_step)
     }
 }
 

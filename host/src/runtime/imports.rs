@@ -10,12 +10,15 @@
 use wasmparser::{Parser, Payload};
 
 /// The packages whose interfaces the linker provides: WASI 0.2 as
-/// `wasmtime_wasi::p2::add_to_linker_sync` adds it, and the contract.
+/// `wasmtime_wasi::p2::add_to_linker_sync` adds it, `wasi:http` as
+/// `wasmtime_wasi_http::p2::add_only_http_to_linker_sync` does, and the
+/// contract.
 const PROVIDED_PACKAGES: &[&str] = &[
     "durable:workflow",
     "wasi:cli",
     "wasi:clocks",
     "wasi:filesystem",
+    "wasi:http",
     "wasi:io",
     "wasi:random",
     "wasi:sockets",
@@ -40,24 +43,16 @@ impl UnsupportedImport {
 
     /// What to do about it, for the command line and the API alike.
     pub fn hint(&self) -> String {
-        match self.package() {
-            "wasi:http" => "for a JavaScript guest built with componentize-js, build with \
-                `--disable http` (its default build imports wasi:http); otherwise drop the code \
-                that makes HTTP requests"
-                .to_owned(),
-            package => format!("rebuild it without the code that imports {package}"),
-        }
+        format!(
+            "rebuild it without the code that imports {}",
+            self.package()
+        )
     }
 
-    /// What the package is for, said in the error.
+    /// What a workflow may import instead, said in the error.
     fn what(&self) -> &'static str {
-        match self.package() {
-            "wasi:http" => "outbound HTTP is not supported yet",
-            _ => {
-                "a workflow may import durable:workflow and WASI 0.2's wasi:cli, wasi:clocks, \
-                  wasi:filesystem, wasi:io, wasi:random and wasi:sockets"
-            }
-        }
+        "a workflow may import durable:workflow and WASI 0.2's wasi:cli, wasi:clocks, \
+         wasi:filesystem, wasi:http, wasi:io, wasi:random and wasi:sockets"
     }
 }
 
@@ -124,6 +119,7 @@ mod tests {
         let bytes = component(&[
             "wasi:cli/stdout@0.2.3",
             "wasi:io/poll@0.2.3",
+            "wasi:http/outgoing-handler@0.2.3",
             "durable:workflow/durable-step@0.2.0",
         ]);
         assert_eq!(unsupported_import(&bytes), None);
@@ -133,16 +129,21 @@ mod tests {
     fn the_first_unsupported_import_is_named_with_what_it_is_for() {
         let bytes = component(&[
             "wasi:io/poll@0.2.3",
-            "wasi:http/types@0.2.3",
-            "wasi:http/outgoing-handler@0.2.3",
+            "wasi:keyvalue/store@0.2.0-draft",
+            "wasi:blobstore/blobstore@0.2.0-draft",
         ]);
         let found = unsupported_import(&bytes).unwrap();
-        assert_eq!(found.interface, "wasi:http/types@0.2.3");
-        assert_eq!(found.package(), "wasi:http");
+        assert_eq!(found.interface, "wasi:keyvalue/store@0.2.0-draft");
+        assert_eq!(found.package(), "wasi:keyvalue");
         assert_eq!(
             found.to_string(),
-            "imports wasi:http/types@0.2.3, which this host does not provide \
-             (outbound HTTP is not supported yet)"
+            "imports wasi:keyvalue/store@0.2.0-draft, which this host does not provide \
+             (a workflow may import durable:workflow and WASI 0.2's wasi:cli, wasi:clocks, \
+             wasi:filesystem, wasi:http, wasi:io, wasi:random and wasi:sockets)"
+        );
+        assert_eq!(
+            found.hint(),
+            "rebuild it without the code that imports wasi:keyvalue"
         );
     }
 

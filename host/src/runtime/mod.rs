@@ -22,6 +22,7 @@ mod contract;
 mod grants;
 mod guest_output;
 mod host;
+mod http;
 mod imports;
 mod limits;
 
@@ -45,6 +46,8 @@ pub use grants::{Grants, GrantsError};
 use guest_output::GuestOutput;
 use host::Role;
 pub use host::{HostState, SLEEP_STEP, UNLOAD_SLEEPS_OVER};
+use http::OutboundHttp;
+pub use http::{BadDestination, HttpDestination};
 pub use imports::UnsupportedImport;
 pub use limits::LimitExceeded;
 use limits::{Deadline, EPOCH_TICK, InstanceLimiter, MemoryBudget};
@@ -167,6 +170,8 @@ pub struct Sandbox {
     pub dirs: Vec<DirGrant>,
     /// Environment variables the guest sees.
     pub env: Vec<(String, String)>,
+    /// Where steps may send HTTP requests.
+    pub http: Vec<HttpDestination>,
 }
 
 /// One preopened directory.
@@ -208,6 +213,7 @@ impl Runtime {
         let engine = Engine::new(&wasmtime_config).map_err(setup)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(setup)?;
+        http::add_to_linker(&mut linker).map_err(setup)?;
         limits::enforce_deadline_in_poll(&mut linker).map_err(setup)?;
         // Every release of the contract, each under its own versioned name.
         v0_3::Workflow::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
@@ -283,7 +289,6 @@ impl Runtime {
     ) -> Result<RunReport, RuntimeError> {
         let sandbox = grants.sandbox();
         let output = GuestOutput::new(self.config.echo_output);
-        let wasi = sandbox.wasi_ctx(&output)?;
         let input = run.input().to_owned();
         let limits = RunLimits {
             deadline: grants
@@ -292,14 +297,14 @@ impl Runtime {
                 .map(Deadline::start),
             memory: grants.max_memory.map(MemoryBudget::new),
         };
-        let branches = BranchRunner::new(
+        let branches = Box::new(BranchRunner::new(
             component.clone(),
-            sandbox,
+            sandbox.clone(),
             limits.clone(),
             self.config.echo_output,
-        );
+        ));
         let role = Role::Workflow { run, branches };
-        let mut store = limits.store(&self.engine, wasi, output.clone(), role);
+        let mut store = limits.store(&self.engine, &sandbox, &output, role)?;
         let result = component
             .pre
             .instantiate(&mut store)
@@ -349,23 +354,24 @@ struct RunLimits {
 }
 
 impl RunLimits {
-    /// A store for one instance, drawing on the run's memory budget and
-    /// stopping at the run's deadline.
+    /// A store for one instance, granted what `sandbox` lists, drawing on
+    /// the run's memory budget and stopping at the run's deadline.
     fn store(
         &self,
         engine: &Engine,
-        wasi: WasiCtx,
-        output: GuestOutput,
+        sandbox: &Sandbox,
+        output: &GuestOutput,
         role: Role,
-    ) -> Store<HostState> {
+    ) -> Result<Store<HostState>, RuntimeError> {
         let mut store = Store::new(
             engine,
             HostState {
-                wasi,
+                wasi: sandbox.wasi_ctx(output)?,
+                http: OutboundHttp::new(&sandbox.http, output.clone()),
                 table: ResourceTable::new(),
                 limiter: InstanceLimiter::new(self.memory.clone()),
                 deadline: self.deadline.clone(),
-                output,
+                output: output.clone(),
                 role,
             },
         );
@@ -376,7 +382,7 @@ impl RunLimits {
             // a deadline. (Relative to the current epoch: no overflow.)
             None => store.set_epoch_deadline(u64::MAX / 2),
         }
-        store
+        Ok(store)
     }
 }
 

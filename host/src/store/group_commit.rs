@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use super::{
     AttemptRecord, CheckpointStore, Claim, CommitObserver, Deployment, Enqueued, Fork,
-    LeaseRenewal, ListQuery, LogLine, LogRecord, Millis, NewWorkflow, Outcome, Owner,
+    LeaseRenewal, ListQuery, LogLine, LogRecord, LogStream, Millis, NewWorkflow, Outcome, Owner,
     PublishedEvent, QueuedWorkflow, Reopen, ScheduleRecord, SignalRecord, SignalSent, SqliteStore,
     StepBegin, StepEffect, StepKey, StepRecord, StoreError, Takeover, Unload, Upgrade, WorkflowEnd,
     WorkflowEvent, WorkflowRecord, WorkflowStatus, WorkflowSummary,
@@ -722,6 +722,10 @@ impl CheckpointStore for GroupCommitStore {
 
     fn logs(&self, id: &str, after_seq: i64, limit: u32) -> Result<Vec<LogRecord>, StoreError> {
         self.read(|store| store.logs(id, after_seq, limit))
+    }
+
+    fn stream_logs(&self, id: &str, stream: LogStream) -> Result<Vec<LogRecord>, StoreError> {
+        self.read(|store| store.stream_logs(id, stream))
     }
 
     fn finish_workflow(

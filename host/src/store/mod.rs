@@ -176,9 +176,12 @@ pub enum LogStream {
     Stderr,
     /// A line the workflow logged with `ctx.log`.
     Log,
+    /// An outbound HTTP request, as the host saw it: sent (with its status)
+    /// or refused (with why).
+    Http,
 }
 
-status_text!(LogStream { Stdout => "stdout", Stderr => "stderr", Log => "log" });
+status_text!(LogStream { Stdout => "stdout", Stderr => "stderr", Log => "log", Http => "http" });
 
 /// One line of a workflow's log, as captured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -925,6 +928,10 @@ pub trait CheckpointStore: Send {
     /// The log of workflow `id` after line `after_seq`, oldest first, at
     /// most `limit` lines.
     fn logs(&self, id: &str, after_seq: i64, limit: u32) -> Result<Vec<LogRecord>, StoreError>;
+
+    /// The lines of workflow `id`'s log from `stream` (kept of the last
+    /// [`LOG_LINES_KEPT`]), oldest first.
+    fn stream_logs(&self, id: &str, stream: LogStream) -> Result<Vec<LogRecord>, StoreError>;
 
     /// Keep `signal` (its `seq` and `taken_by` are ignored) for workflow
     /// `signal.workflow_id`, unless one with its id was sent before; a

@@ -42,6 +42,9 @@ struct Input {
     /// How long each wait for a signal may take (`signals`); none: forever.
     #[serde(default)]
     timeout_ms: Option<u64>,
+    /// The URL the `http*` scenarios call.
+    #[serde(default)]
+    url: String,
 }
 
 fn scenarios(ctx: &Context, input: Input) -> Result<Value, Error> {
@@ -76,6 +79,9 @@ fn scenarios(ctx: &Context, input: Input) -> Result<Value, Error> {
         "idempotency" => idempotency(ctx, &input.name),
         "boom" => boom_between_steps(ctx),
         "grants" => recorded_grants(ctx),
+        "http" => http_call(ctx, &input.url, input.hold_ms),
+        "http_branches" => http_branches(ctx, &input.url, input.items),
+        "http_between" => http_between(ctx, &input.url),
         "plan_step" => plan_step(ctx, input.items, input.backoff_ms, input.plan),
         "plan_branch" => plan_branch(ctx, input.items, input.backoff_ms, input.plan),
         "logs" => logs(ctx),
@@ -617,6 +623,60 @@ fn idempotency(ctx: &Context, name: &str) -> Result<Value, Error> {
         Ok(current_step().expect("inside a step").idempotency_key)
     })?;
     Ok(json!(key))
+}
+
+/// POSTs to `url` in the step `charge` and returns the answer; the first
+/// attempt then holds the step open for `hold_ms`, for a kill to land
+/// between the call and the checkpoint.
+fn http_call(ctx: &Context, url: &str, hold_ms: u64) -> Result<Value, Error> {
+    let answer: Value = ctx.step("charge", || {
+        let answer = durable_sdk::http::post(url)
+            .json(&json!({ "amount_cents": 500 }))?
+            .send()?
+            .error_for_status()?
+            .json()?;
+        if current_step().expect("inside a step").attempt == 1 {
+            std::thread::sleep(Duration::from_millis(hold_ms));
+        }
+        Ok(answer)
+    })?;
+    Ok(answer)
+}
+
+/// `items` parallel branches, each POSTing to `url`.
+fn http_branches(ctx: &Context, url: &str, items: u32) -> Result<Value, Error> {
+    fn call(url: String) -> Result<Value, Error> {
+        durable_sdk::http::post(&url)
+            .send()?
+            .error_for_status()?
+            .json()
+    }
+    let branches = (0..items)
+        .map(|_| Branch::new("notify", call, &url.to_owned()))
+        .collect();
+    let answers = ctx
+        .parallel(branches)
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(json!(answers))
+}
+
+/// A request from workflow code between steps, made with wasi:http itself
+/// (the SDK would not send it): what the host answers.
+fn http_between(ctx: &Context, url: &str) -> Result<Value, Error> {
+    use wstd::http::{Body, Client, Request};
+    let request = Request::get(url).body(Body::empty())?;
+    let sent = wstd::runtime::block_on(Client::new().send(request));
+    let host_said = match sent {
+        Ok(response) => format!("sent: {}", response.status()),
+        Err(error) => format!("{error:?}"),
+    };
+    let sdk_said = durable_sdk::http::get(url)
+        .send()
+        .err()
+        .map(|e| e.to_string());
+    ctx.step("after", || Ok(1))?;
+    Ok(json!({ "host": host_said, "sdk": sdk_said }))
 }
 
 /// Panics between its two steps when `BOOM=1` (a bug in workflow code,

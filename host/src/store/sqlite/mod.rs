@@ -1676,22 +1676,37 @@ impl CheckpointStore for SqliteStore {
                     "SELECT seq, at, stream, step_key, line FROM workflow_logs
                      WHERE workflow_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
                 )?
-                .query_map(params![id, after_seq, limit], |row| {
-                    let stream: String = row.get(2)?;
-                    Ok(LogRecord {
-                        seq: row.get(0)?,
-                        line: LogLine {
-                            at: row.get(1)?,
-                            // The table's CHECK admits only these names.
-                            stream: LogStream::parse(&stream).unwrap_or(LogStream::Log),
-                            step: row.get::<_, Option<String>>(3)?.map(StepKey::from_stored),
-                            text: row.get(4)?,
-                        },
-                    })
-                })?
+                .query_map(params![id, after_seq, limit], log_record)?
                 .collect()
         })
     }
+
+    fn stream_logs(&self, id: &str, stream: LogStream) -> Result<Vec<LogRecord>, StoreError> {
+        self.read(|| {
+            self.conn
+                .prepare_cached(
+                    "SELECT seq, at, stream, step_key, line FROM workflow_logs
+                     WHERE workflow_id = ?1 AND stream = ?2 ORDER BY seq",
+                )?
+                .query_map(params![id, stream.as_str()], log_record)?
+                .collect()
+        })
+    }
+}
+
+/// A row of `SELECT seq, at, stream, step_key, line FROM workflow_logs`.
+fn log_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<LogRecord> {
+    let stream: String = row.get(2)?;
+    Ok(LogRecord {
+        seq: row.get(0)?,
+        line: LogLine {
+            at: row.get(1)?,
+            // The table's CHECK admits only these names.
+            stream: LogStream::parse(&stream).unwrap_or(LogStream::Log),
+            step: row.get::<_, Option<String>>(3)?.map(StepKey::from_stored),
+            text: row.get(4)?,
+        },
+    })
 }
 
 /// Append `log` to workflow `id`'s log, dropping the lines that fall out of

@@ -6,19 +6,21 @@
 //! than it knows.
 
 /// Bumped whenever the tables change; older hosts refuse newer files.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
-/// The log table, created alike by [`SCHEMA`] and the version 3 migration.
+/// The log table, created alike by [`SCHEMA`] and the version 3 and 6
+/// migrations.
 macro_rules! workflow_logs_table {
     () => {
         "
--- What a workflow's guest printed (stdout, stderr) and logged, by line, in
--- the order it happened; written with the checkpoint that follows it.
+-- What a workflow's guest printed (stdout, stderr), logged, and the HTTP
+-- requests it made, by line, in the order it happened; written with the
+-- checkpoint that follows it.
 CREATE TABLE workflow_logs (
     workflow_id TEXT NOT NULL,
     seq         INTEGER NOT NULL,
     at          INTEGER NOT NULL,
-    stream      TEXT NOT NULL CHECK (stream IN ('stdout', 'stderr', 'log')),
+    stream      TEXT NOT NULL CHECK (stream IN ('stdout', 'stderr', 'log', 'http')),
     step_key    TEXT,
     line        TEXT NOT NULL,
     PRIMARY KEY (workflow_id, seq)
@@ -350,6 +352,17 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
              ALTER TABLE workflows_v5 RENAME TO workflows;",
             workflows_indexes!(),
             signals_tables!()
+        ),
+    ),
+    (
+        6,
+        concat!(
+            "-- A new stream, 'http': the table is rebuilt (see version 2).
+             ALTER TABLE workflow_logs RENAME TO workflow_logs_v5;",
+            workflow_logs_table!(),
+            "INSERT INTO workflow_logs (workflow_id, seq, at, stream, step_key, line)
+             SELECT workflow_id, seq, at, stream, step_key, line FROM workflow_logs_v5;
+             DROP TABLE workflow_logs_v5;"
         ),
     ),
 ];

@@ -1,0 +1,462 @@
+//! Outbound HTTP (`wasi:http/outgoing-handler`): what a guest may call, and
+//! the record of what it called.
+//!
+//! A request goes out only to a destination the workflow was granted
+//! (`--allow-http HOST[:PORT]`, recorded with its other grants) and only
+//! while a step executes: a request made by workflow code between steps
+//! would not be replayed, so the next run would see another answer. Each
+//! request, refused or sent, becomes a line of the workflow's log with the
+//! step it was made in, so that `history` shows what a step called; its URL
+//! is written without the query, where secrets tend to go.
+//!
+//! Sending itself is wasmtime-wasi-http's client (hyper, rustls for https);
+//! this module decides and records, and knows nothing of steps beyond
+//! whether one is executing.
+
+use std::fmt;
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
+use wasmtime::StoreContextMut;
+use wasmtime::component::{Linker, Resource, ResourceTable};
+use wasmtime_wasi_http::p2::HttpResult;
+use wasmtime_wasi_http::p2::bindings::{self, http::outgoing_handler, http::types};
+use wasmtime_wasi_http::p2::types::{HostFutureIncomingResponse, HostOutgoingRequest};
+use wasmtime_wasi_http::{
+    Error as HttpError, RequestOptions, WasiBody, WasiHttp, WasiHttpCtx, WasiHttpCtxView,
+    WasiHttpHooks, WasiHttpView,
+};
+
+use super::guest_output::GuestOutput;
+use super::host::HostState;
+use crate::store::LogStream;
+
+/// A destination a workflow may send requests to: every port of a host,
+/// or one port of it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HttpDestination {
+    /// Lower case; an IPv6 address in brackets, as URLs write it.
+    host: String,
+    port: Option<u16>,
+}
+
+/// Why `--allow-http` could not read a destination.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadDestination(String);
+
+impl FromStr for HttpDestination {
+    type Err = BadDestination;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad =
+            |why: &str| BadDestination(format!("{why}, e.g. api.example.com or 127.0.0.1:8080"));
+        if text.contains("://") {
+            return Err(bad("give the host without a scheme"));
+        }
+        if text.contains(['/', '?', '#', '@']) {
+            return Err(bad("give a host and optionally a port, without a path"));
+        }
+        let (host, port) = match text.rsplit_once(':') {
+            // `::1` without brackets is an address, not a port.
+            Some((host, port)) if !host.contains(':') || host.ends_with(']') => (host, Some(port)),
+            _ => (text, None),
+        };
+        let port = match port {
+            None => None,
+            Some(port) => match port.parse::<u16>() {
+                Ok(port) if port > 0 => Some(port),
+                _ => return Err(bad(&format!("{port:?} is not a port"))),
+            },
+        };
+        let host = host.to_ascii_lowercase();
+        let ipv6 = host.starts_with('[') && host.ends_with(']');
+        let valid = if ipv6 {
+            host[1..host.len() - 1]
+                .parse::<std::net::Ipv6Addr>()
+                .is_ok()
+        } else {
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        };
+        if !valid {
+            return Err(bad(&format!("{host:?} is not a host name or address")));
+        }
+        Ok(Self { host, port })
+    }
+}
+
+impl TryFrom<String> for HttpDestination {
+    type Error = BadDestination;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl From<HttpDestination> for String {
+    fn from(destination: HttpDestination) -> Self {
+        destination.to_string()
+    }
+}
+
+impl fmt::Display for HttpDestination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(port) => write!(f, "{}:{port}", self.host),
+            None => f.write_str(&self.host),
+        }
+    }
+}
+
+impl HttpDestination {
+    fn allows(&self, host: &str, port: u16) -> bool {
+        self.host.eq_ignore_ascii_case(host) && self.port.is_none_or(|p| p == port)
+    }
+}
+
+/// The `wasi:http` state of one instance.
+pub(super) struct OutboundHttp {
+    ctx: WasiHttpCtx,
+    gate: HttpGate,
+    sender: RecordingSender,
+}
+
+impl OutboundHttp {
+    /// Requests to `allowed` only, noted in `log`.
+    pub(super) fn new(allowed: &[HttpDestination], log: GuestOutput) -> Self {
+        Self {
+            ctx: WasiHttpCtx::new(),
+            gate: HttpGate {
+                allowed: allowed.into(),
+                log: log.clone(),
+            },
+            sender: RecordingSender { log },
+        }
+    }
+
+    /// What wasi:http's calls work on.
+    pub(super) fn view<'a>(&'a mut self, table: &'a mut ResourceTable) -> WasiHttpCtxView<'a> {
+        WasiHttpCtxView {
+            ctx: &mut self.ctx,
+            table,
+            hooks: &mut self.sender,
+        }
+    }
+
+    /// What `outgoing-handler.handle` works on, knowing whether a step
+    /// executes.
+    pub(super) fn gated<'a>(
+        &'a mut self,
+        table: &'a mut ResourceTable,
+        in_step: bool,
+    ) -> GatedHttpView<'a> {
+        GatedHttpView {
+            in_step,
+            gate: &self.gate,
+            http: WasiHttpCtxView {
+                ctx: &mut self.ctx,
+                table,
+                hooks: &mut self.sender,
+            },
+        }
+    }
+}
+
+/// Where `wasi:http`'s `handle` lives: the version wasmtime-wasi-http 48
+/// implements (its `wit/deps/http.wit`); a guest built against an earlier
+/// 0.2 links to it by semver. Should the crate move on, its types would no
+/// longer match this name and guests would fail to link (the tests would
+/// say so): a request cannot pass by the gate.
+const OUTGOING_HANDLER: &str = "wasi:http/outgoing-handler@0.2.12";
+
+/// Add `wasi:http` to `linker`: its types as wasmtime-wasi-http has them,
+/// its `outgoing-handler` behind the gate.
+pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    let options = bindings::LinkOptions::default();
+    bindings::sync::http::types::add_to_linker::<_, WasiHttp>(linker, &options.into(), |state| {
+        state.http()
+    })?;
+    linker.instance(OUTGOING_HANDLER)?.func_wrap(
+        "handle",
+        |mut store: StoreContextMut<'_, HostState>,
+         (request, options): (
+            Resource<HostOutgoingRequest>,
+            Option<Resource<RequestOptions>>,
+        )| {
+            let mut gated = store.data_mut().gated_http();
+            match gated.handle(request, options) {
+                Ok(response) => Ok((Ok(response),)),
+                // An error code for the guest, or a trap.
+                Err(error) => Ok((Err(types::Host::convert_error_code(
+                    &mut gated.http,
+                    error,
+                )?),)),
+            }
+        },
+    )
+}
+
+/// `outgoing-handler.handle` for one call: refuses at once, before any of
+/// the body is written, what may not go out; hands the rest to
+/// wasmtime-wasi-http.
+pub(super) struct GatedHttpView<'a> {
+    in_step: bool,
+    gate: &'a HttpGate,
+    http: WasiHttpCtxView<'a>,
+}
+
+impl GatedHttpView<'_> {
+    fn handle(
+        &mut self,
+        request: Resource<HostOutgoingRequest>,
+        options: Option<Resource<RequestOptions>>,
+    ) -> HttpResult<Resource<HostFutureIncomingResponse>> {
+        let outgoing = self.http.table.get(&request)?;
+        // A request whose URL does not build is refused by the handler.
+        if let Some(uri) = request_uri(outgoing)
+            && let Some(refusal) = self.gate.refusal(&uri, self.in_step)
+        {
+            let call = format!("{} {}", method_name(&outgoing.method), redacted(&uri));
+            self.gate
+                .log
+                .record(LogStream::Http, format!("{call} refused: {refusal}"));
+            return Err(types::ErrorCode::HttpRequestDenied.into());
+        }
+        outgoing_handler::Host::handle(&mut self.http, request, options)
+    }
+}
+
+/// Decides on each request.
+struct HttpGate {
+    allowed: Arc<[HttpDestination]>,
+    log: GuestOutput,
+}
+
+impl HttpGate {
+    /// Why `uri` may not be called now, if it may not.
+    fn refusal(&self, uri: &http::Uri, in_step: bool) -> Option<String> {
+        let host = uri.host().unwrap_or_default();
+        if !in_step {
+            return Some(
+                "outbound HTTP is allowed only while a step executes (the answer of a request \
+                 made between steps would not be replayed): make the request in a step"
+                    .to_owned(),
+            );
+        }
+        let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+            Some("http") => 80,
+            _ => 443,
+        });
+        if self.allowed.iter().any(|d| d.allows(host, port)) {
+            return None;
+        }
+        let granted = if self.allowed.is_empty() {
+            "the workflow was granted no HTTP destinations".to_owned()
+        } else {
+            let list: Vec<String> = self.allowed.iter().map(ToString::to_string).collect();
+            format!("the workflow may call {}", list.join(", "))
+        };
+        Some(format!(
+            "{host}:{port} is not allowed ({granted}); grant it with --allow-http {host}:{port} \
+             (or --allow-http {host} for every port)"
+        ))
+    }
+}
+
+/// Sends what the gate let through, and notes each answer (or failure).
+struct RecordingSender {
+    log: GuestOutput,
+}
+
+type Sent = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
+type Response =
+    Box<dyn Future<Output = Result<(http::Response<WasiBody>, Sent), HttpError>> + Send>;
+
+impl WasiHttpHooks for RecordingSender {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _request_body_done: Sent,
+    ) -> Response {
+        let call = format!("{} {}", request.method(), redacted(request.uri()));
+        let log = self.log.clone();
+        Box::new(async move {
+            let started = Instant::now();
+            let sent = wasmtime_wasi_http::default_send_request(request, options).await;
+            let ms = started.elapsed().as_millis();
+            match &sent {
+                Ok((response, _)) => log.record(
+                    LogStream::Http,
+                    format!("{call}: {} in {ms} ms", response.status().as_u16()),
+                ),
+                Err(error) => log.record(
+                    LogStream::Http,
+                    format!("{call} failed after {ms} ms: {error}"),
+                ),
+            }
+            let (response, body_sent) = sent?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(body_sent) as Sent,
+            ))
+        })
+    }
+}
+
+/// The URL `request` goes to, as the handler will build it (no scheme:
+/// https).
+fn request_uri(request: &HostOutgoingRequest) -> Option<http::Uri> {
+    let scheme = match &request.scheme {
+        Some(types::Scheme::Http) => "http",
+        Some(types::Scheme::Https) | None => "https",
+        Some(types::Scheme::Other(other)) => other.as_str(),
+    };
+    http::Uri::builder()
+        .scheme(scheme)
+        .authority(request.authority.as_deref().unwrap_or_default())
+        .path_and_query(request.path_with_query.as_deref().unwrap_or("/"))
+        .build()
+        .ok()
+}
+
+fn method_name(method: &types::Method) -> &str {
+    use types::Method;
+    match method {
+        Method::Get => "GET",
+        Method::Head => "HEAD",
+        Method::Post => "POST",
+        Method::Put => "PUT",
+        Method::Delete => "DELETE",
+        Method::Connect => "CONNECT",
+        Method::Options => "OPTIONS",
+        Method::Trace => "TRACE",
+        Method::Patch => "PATCH",
+        Method::Other(other) => other,
+    }
+}
+
+/// `uri` as the log shows it: no user, no query (`?...` says there was one).
+fn redacted(uri: &http::Uri) -> String {
+    let mut shown = format!(
+        "{}://{}",
+        uri.scheme_str().unwrap_or("https"),
+        uri.host().unwrap_or_default()
+    );
+    if let Some(port) = uri.port_u16() {
+        shown.push_str(&format!(":{port}"));
+    }
+    shown.push_str(uri.path());
+    if uri.query().is_some() {
+        shown.push_str("?...");
+    }
+    shown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn destination(text: &str) -> HttpDestination {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn destinations_are_hosts_with_an_optional_port() {
+        assert_eq!(
+            destination("API.example.com").to_string(),
+            "api.example.com"
+        );
+        assert_eq!(destination("127.0.0.1:8080").to_string(), "127.0.0.1:8080");
+        assert_eq!(destination("[::1]:80").to_string(), "[::1]:80");
+        assert_eq!(destination("[::1]").to_string(), "[::1]");
+        for bad in [
+            "http://api.example.com",
+            "api.example.com/v1",
+            "host:0",
+            "host:http",
+            "",
+            ":80",
+            "::1",
+            "user@host",
+            "bad host",
+        ] {
+            assert!(bad.parse::<HttpDestination>().is_err(), "{bad:?} parsed");
+        }
+        let error = "http://x".parse::<HttpDestination>().unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "give the host without a scheme, e.g. api.example.com or 127.0.0.1:8080"
+        );
+    }
+
+    #[test]
+    fn a_host_allows_every_port_and_a_port_only_itself() {
+        let gate = HttpGate {
+            allowed: vec![
+                destination("api.example.com"),
+                destination("127.0.0.1:8080"),
+            ]
+            .into(),
+            log: GuestOutput::new(false),
+        };
+        let refused = |uri: &str| gate.refusal(&uri.parse().unwrap(), true);
+        assert_eq!(refused("https://API.example.com/charge"), None);
+        assert_eq!(refused("http://api.example.com:9000/"), None);
+        assert_eq!(refused("http://127.0.0.1:8080/x"), None);
+        assert_eq!(
+            refused("http://127.0.0.1:8081/x").unwrap(),
+            "127.0.0.1:8081 is not allowed (the workflow may call api.example.com, \
+             127.0.0.1:8080); grant it with --allow-http 127.0.0.1:8081 (or --allow-http \
+             127.0.0.1 for every port)"
+        );
+        assert!(
+            refused("https://evil.example/")
+                .unwrap()
+                .starts_with("evil.example:443 ")
+        );
+        // A suffix is another host.
+        assert!(refused("https://evilapi.example.com/").is_some());
+    }
+
+    #[test]
+    fn nothing_is_allowed_between_steps_or_without_a_grant() {
+        let mut gate = HttpGate {
+            allowed: vec![destination("127.0.0.1")].into(),
+            log: GuestOutput::new(false),
+        };
+        let uri = "http://127.0.0.1:1/".parse().unwrap();
+        assert!(
+            gate.refusal(&uri, false)
+                .unwrap()
+                .contains("only while a step executes")
+        );
+        assert_eq!(gate.refusal(&uri, true), None);
+        gate.allowed = Vec::new().into();
+        assert!(
+            gate.refusal(&uri, true)
+                .unwrap()
+                .contains("the workflow was granted no HTTP destinations")
+        );
+    }
+
+    #[test]
+    fn logged_urls_lose_their_query_and_user() {
+        let uri = "https://user:secret@api.example.com:8443/v1/charge?token=s3cret"
+            .parse()
+            .unwrap();
+        assert_eq!(redacted(&uri), "https://api.example.com:8443/v1/charge?...");
+        assert_eq!(
+            redacted(&"http://127.0.0.1/".parse().unwrap()),
+            "http://127.0.0.1/"
+        );
+    }
+}
