@@ -83,6 +83,45 @@ fn a_completed_step_calls_once_and_later_runs_replay_its_answer() {
 }
 
 #[test]
+fn the_checkout_example_calls_each_service_once_across_a_crash() {
+    let scratch = Scratch::new();
+    let service = HttpService::start();
+    let input = json!({
+        "order_id": "order-42",
+        "amount_cents": 1999,
+        "email": "ada@example.com",
+        "services": service.url(),
+    })
+    .to_string();
+    let checkout = |extra: &[&str]| {
+        let mut command = scratch.host(&["run", artifacts().checkout.to_str().unwrap()]);
+        command
+            .args(["--workflow-id", "order-42", "--input", &input])
+            .args(["--allow-http", service.address()])
+            .args(extra)
+            .stdin(Stdio::null());
+        run(&mut command)
+    };
+    checkout(&["--crash", "ship:before"]).expect_code(3);
+    let receipt = checkout(&["--json"]).expect_code(0).json();
+    checkout(&[]).expect_code(0);
+    let paths: Vec<String> = service.calls().into_iter().map(|c| c.path).collect();
+    assert_eq!(
+        paths,
+        ["/payments/charges", "/shipping/shipments", "/email/messages"]
+    );
+    assert_eq!(
+        receipt["output"],
+        json!({
+            "order_id": "order-42",
+            "charge_id": "charges-1",
+            "shipment_id": "shipments-2",
+            "receipt_email_id": "messages-3",
+        })
+    );
+}
+
+#[test]
 fn a_kill_between_the_call_and_its_checkpoint_repeats_it_with_the_same_key() {
     let scratch = Scratch::new();
     let service = HttpService::start();

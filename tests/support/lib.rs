@@ -26,6 +26,8 @@ pub struct Artifacts {
     pub onboarding_approval: PathBuf,
     pub scenarios: PathBuf,
     pub not_a_workflow: PathBuf,
+    /// Checkout, which calls services over HTTP.
+    pub checkout: PathBuf,
 }
 
 /// Build the host and the guests (a no-op when they are up to date).
@@ -63,6 +65,8 @@ pub fn artifacts() -> &'static Artifacts {
                 "onboarding-approval",
                 "-p",
                 "scenarios",
+                "-p",
+                "checkout",
             ],
         );
         let wasm = target.join("wasm32-wasip2/release");
@@ -72,6 +76,7 @@ pub fn artifacts() -> &'static Artifacts {
             onboarding_approval: wasm.join("onboarding_approval.wasm"),
             scenarios: wasm.join("scenarios.wasm"),
             not_a_workflow: wasm.join("not-a-workflow.wasm"),
+            checkout: wasm.join("checkout.wasm"),
         }
     })
 }

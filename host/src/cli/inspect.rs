@@ -281,7 +281,8 @@ pub fn history(
                 "  {} UTC  {}  {}",
                 timestamp(request.line.at),
                 preview(step, MAX_CELL_CHARS),
-                preview(&request.line.text, 2 * PREVIEW_CHARS)
+                // A refusal says why and which flag allows it: keep it whole.
+                preview(&request.line.text, 8 * PREVIEW_CHARS)
             );
         }
     }
