@@ -108,7 +108,11 @@ fn the_checkout_example_calls_each_service_once_across_a_crash() {
     let paths: Vec<String> = service.calls().into_iter().map(|c| c.path).collect();
     assert_eq!(
         paths,
-        ["/payments/charges", "/shipping/shipments", "/email/messages"]
+        [
+            "/payments/charges",
+            "/shipping/shipments",
+            "/email/messages"
+        ]
     );
     assert_eq!(
         receipt["output"],

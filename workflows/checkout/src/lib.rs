@@ -39,7 +39,8 @@ struct Receipt {
 fn checkout(ctx: &Context, order: Order) -> Result<Receipt, Error> {
     // A payments service that is briefly down is tried again; a declined
     // card (a 4xx answer) is not.
-    let retry = RetryPolicy::attempts(4).backoff(Duration::from_millis(200), Duration::from_secs(5));
+    let retry =
+        RetryPolicy::attempts(4).backoff(Duration::from_millis(200), Duration::from_secs(5));
     let charge: Created = ctx.step_with_retry("charge", &retry, || {
         post(
             &order.services,

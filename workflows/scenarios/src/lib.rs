@@ -42,6 +42,10 @@ struct Input {
     /// How long each wait for a signal may take (`signals`); none: forever.
     #[serde(default)]
     timeout_ms: Option<u64>,
+    /// A pause after each child start (`children`), so that a cancel comes
+    /// while it is still starting them.
+    #[serde(default)]
+    pace_ms: u64,
     /// The URL the `http*` scenarios call.
     #[serde(default)]
     url: String,
@@ -90,7 +94,7 @@ fn scenarios(ctx: &Context, input: Input) -> Result<Value, Error> {
         "keyed" => keyed_steps(ctx, input.items, input.sleep_ms),
         "keyed_sleep" => keyed_sleep(ctx, input.sleep_ms),
         "signals" => signals(ctx, input.items, input.sleep_ms, input.timeout_ms),
-        "children" => children(ctx, input.items, input.sleep_ms, input.timeout_ms),
+        "children" => children(ctx, &input),
         other => Err(durable_sdk::error!("unknown scenario `{other}`")),
     }
 }
@@ -163,21 +167,21 @@ fn signals(
 }
 
 /// `items` children of this same component, `<id>.child-<n>`, each the
-/// `slow` scenario (two steps of `sleep_ms`), then a step, then a wait for
-/// each child in turn; returns their outputs (`null` for a timeout).
-fn children(
-    ctx: &Context,
-    items: u32,
-    sleep_ms: u64,
-    timeout_ms: Option<u64>,
-) -> Result<Value, Error> {
+/// `slow` scenario (two steps of `sleep_ms`), `pace_ms` apart, then a step,
+/// then a wait for each child in turn; returns their outputs (`null` for a
+/// timeout).
+fn children(ctx: &Context, input: &Input) -> Result<Value, Error> {
     let id = ctx.workflow_id();
-    let input = json!({"scenario": "slow", "items": 2, "sleep_ms": sleep_ms});
-    let started = (0..items)
-        .map(|n| ctx.start_child(&format!("{id}.child-{n}"), None, &input))
+    let child = json!({"scenario": "slow", "items": 2, "sleep_ms": input.sleep_ms});
+    let started = (0..input.items)
+        .map(|n| {
+            let started = ctx.start_child(&format!("{id}.child-{n}"), None, &child);
+            std::thread::sleep(Duration::from_millis(input.pace_ms));
+            started
+        })
         .collect::<Result<Vec<_>, Error>>()?;
     ctx.step("all_started", effect)?;
-    let timeout = timeout_ms.map(Duration::from_millis);
+    let timeout = input.timeout_ms.map(Duration::from_millis);
     let outputs = started
         .iter()
         .map(|child| ctx.await_child::<Value>(child, timeout))
