@@ -15,3 +15,5 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
 fi
 cargo fmt --all -- --check
 cargo test --release "$@"
+# The guest SDK's own unit tests (its HTTP client), natively.
+cargo test --release -p durable-sdk --features http --lib

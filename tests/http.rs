@@ -202,6 +202,7 @@ fn without_the_flag_a_guest_has_no_network() {
     run(&mut call(&scratch, "order-4", charge(&service, 0), None)).expect_code(1);
     assert!(service.calls().is_empty());
     let recorded = requests(&scratch, "order-4");
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
     assert!(
         recorded[0]
             .1
@@ -295,6 +296,27 @@ fn the_grant_is_recorded_kept_on_resume_and_carried_by_a_deployment() {
         )) && stderr.contains("--allow-http evil.example is granted now, not at the start"),
         "{stderr}"
     );
+    // A resume that names no grants gets the recorded ones, the HTTP
+    // destination included.
+    let kept_input = charge(&service, 0).to_string();
+    run(scratch.scenario("kept", charge(&service, 0)).args([
+        "--allow-http",
+        service.address(),
+        "--crash",
+        "charge:before",
+    ]))
+    .expect_code(3);
+    let scenarios = artifacts().scenarios.to_str().unwrap();
+    let mut resume = scratch.host(&[
+        "run",
+        scenarios,
+        "--workflow-id",
+        "kept",
+        "--input",
+        &kept_input,
+    ]);
+    run(resume.stdin(Stdio::null())).expect_code(0);
+    assert_eq!(service.calls().len(), 1, "the resumed step called");
 
     // Under serve, the deployment's grant is the workflow's.
     let ledger = format!("{}::/ledger", scratch.path().join("ledger").display());
@@ -321,10 +343,10 @@ fn the_grant_is_recorded_kept_on_resume_and_carried_by_a_deployment() {
     ]))
     .expect_code(0)
     .json();
-    assert_eq!(done["output"]["id"], "charges-1");
-    assert_eq!(service.calls().len(), 1);
+    assert_eq!(done["output"]["id"], "charges-2");
+    assert_eq!(service.calls().len(), 2);
     assert_eq!(
-        service.calls()[0].idempotency_key.as_deref(),
+        service.calls()[1].idempotency_key.as_deref(),
         Some("served/charge#000001")
     );
 }

@@ -19,20 +19,23 @@
 //! records each request's method, URL (without its query) and status with
 //! the step. A completed step is replayed from its record, so its requests
 //! are never sent again; a step interrupted by a crash runs again and sends
-//! them again. Every request therefore carries the step's idempotency key
-//! as the `Idempotency-Key` header (see [`crate::StepRun`]), so that a
-//! service that honours it recognises the repeat.
+//! them again. Every request therefore carries an `Idempotency-Key` header,
+//! so that a service that honours it recognises the repeat: the step's
+//! idempotency key (see [`crate::StepRun`]) for its first request, and
+//! `KEY/2`, `KEY/3`... for the next ones, the same on every attempt of the
+//! step (a service may refuse one key used for two different requests).
 //!
 //! Built on `wstd`'s `wasi:http` client; requests have timeouts
 //! ([`Client::connect_timeout`], [`Client::response_timeout`]).
 
+use std::cell::RefCell;
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wstd::http::{Body, ErrorCode, Method, Request};
 
-use crate::{Error, current_step};
+use crate::{Error, StepRun, current_step};
 
 /// The header that carries the step's idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -151,11 +154,23 @@ impl RequestBuilder {
         self
     }
 
-    /// Send `value` as JSON, with its content type.
+    /// Send `value` as JSON, with its content type (unless one is given).
     pub fn json<T: Serialize + ?Sized>(self, value: &T) -> Result<Self, Error> {
         let body = serde_json::to_vec(value)
             .map_err(|e| Error::permanent(format!("cannot encode the request body: {e}")))?;
-        Ok(self.header("content-type", "application/json").body(body))
+        let typed = self.has_header("content-type");
+        let with_type = if typed {
+            self
+        } else {
+            self.header("content-type", "application/json")
+        };
+        Ok(with_type.body(body))
+    }
+
+    fn has_header(&self, name: &str) -> bool {
+        self.headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
     }
 
     /// Send these bytes as the body.
@@ -178,25 +193,25 @@ impl RequestBuilder {
     /// the service cannot be reached or does not answer in time. A response
     /// of any status is `Ok`: see [`Response::error_for_status`].
     pub fn send(self) -> Result<Response, Error> {
-        let call = format!("{} {}", self.method, without_query(&self.url));
+        let call = format!("{} {}", self.method, shown(&self.url));
         let Some(step) = current_step() else {
             return Err(Error::permanent(format!(
                 "{call} was not sent: outbound HTTP is allowed only inside a step body (the \
                  answer of a request made between steps would not be replayed)"
             )));
         };
-        let mut request = Request::builder().method(self.method).uri(&self.url);
-        let replaces_key = |name: &str| name.eq_ignore_ascii_case(IDEMPOTENCY_KEY);
-        if self.idempotency_key && !self.headers.iter().any(|(name, _)| replaces_key(name)) {
-            request = request.header(IDEMPOTENCY_KEY, &step.idempotency_key);
+        let mut request = Request::builder()
+            .method(self.method.clone())
+            .uri(&self.url);
+        if self.idempotency_key && !self.has_header(IDEMPOTENCY_KEY) {
+            request = request.header(IDEMPOTENCY_KEY, next_request_key(&step));
         }
         for (name, value) in &self.headers {
             request = request.header(name, value);
         }
         // Without a length the body would go chunked, which not every
         // service reads.
-        let has_length = |name: &String| name.eq_ignore_ascii_case("content-length");
-        if !self.body.is_empty() && !self.headers.iter().any(|(name, _)| has_length(name)) {
+        if !self.body.is_empty() && !self.has_header("content-length") {
             request = request.header("content-length", self.body.len());
         }
         let request = request
@@ -228,6 +243,28 @@ impl RequestBuilder {
     }
 }
 
+thread_local! {
+    /// The step attempt whose requests are being counted, and how many it
+    /// has sent.
+    static REQUESTS: RefCell<(String, u32, u32)> = const { RefCell::new((String::new(), 0, 0)) };
+}
+
+/// The `Idempotency-Key` of `step`'s next request: its key for the first,
+/// `KEY/n` for the n-th, counted afresh on each attempt.
+fn next_request_key(step: &StepRun) -> String {
+    REQUESTS.with(|requests| {
+        let mut requests = requests.borrow_mut();
+        if requests.0 != step.key || requests.1 != step.attempt {
+            *requests = (step.key.clone(), step.attempt, 0);
+        }
+        requests.2 += 1;
+        match requests.2 {
+            1 => step.idempotency_key.clone(),
+            n => format!("{}/{n}", step.idempotency_key),
+        }
+    })
+}
+
 /// A request's failure, said so that the step's recorded error explains it.
 fn failed(call: &str, url: &str, error: wstd::http::Error) -> Error {
     let Some(code) = error.downcast_ref::<ErrorCode>() else {
@@ -238,7 +275,13 @@ fn failed(call: &str, url: &str, error: wstd::http::Error) -> Error {
             let destination = url
                 .parse::<wstd::http::Uri>()
                 .ok()
-                .and_then(|uri| uri.authority().map(|a| a.as_str().to_owned()))
+                .and_then(|uri| {
+                    let host = uri.host()?;
+                    Some(
+                        uri.port_u16()
+                            .map_or(host.to_owned(), |port| format!("{host}:{port}")),
+                    )
+                })
                 .unwrap_or_else(|| url.to_owned());
             Error::permanent(format!(
                 "{call} was refused by the host: {destination} is not among the workflow's \
@@ -253,16 +296,27 @@ fn failed(call: &str, url: &str, error: wstd::http::Error) -> Error {
         ErrorCode::DnsError(_) | ErrorCode::DestinationNotFound => {
             Error::new(format!("{call}: the host name does not resolve"))
         }
-        ErrorCode::HttpRequestUriInvalid | ErrorCode::HttpProtocolError => {
+        ErrorCode::ConnectionTerminated => Error::new(format!("{call}: the connection broke off")),
+        ErrorCode::HttpRequestUriInvalid | ErrorCode::HttpRequestMethodInvalid => {
             Error::permanent(format!("{call}: {code:?}"))
         }
         other => Error::new(format!("{call} failed: {other:?}")),
     }
 }
 
-/// A URL without its query, for messages (where secrets tend to go).
-fn without_query(url: &str) -> &str {
-    url.split(['?', '#']).next().unwrap_or(url)
+/// A URL for messages: without its query and any user or password (where
+/// secrets tend to go).
+fn shown(url: &str) -> String {
+    let url = url.split(['?', '#']).next().unwrap_or(url);
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    match scheme {
+        "" => format!("{host}{path}"),
+        scheme => format!("{scheme}://{host}{path}"),
+    }
 }
 
 /// A response, read whole.
@@ -310,8 +364,10 @@ impl Response {
 
     /// The response if its status is below 400, else an error with the
     /// status and the start of the body: a plain [`Error`] (retried) for
-    /// 408, 429 and 5xx, which a later attempt may not meet, an
-    /// [`Error::permanent`] for the other 4xx, which it would.
+    /// 408, 409 (the same idempotency key is still being served), 429 and
+    /// 5xx, which a later attempt may not meet, an [`Error::permanent`] for
+    /// the other 4xx, which it would. Redirects are not followed: a 3xx is
+    /// returned as it is.
     pub fn error_for_status(self) -> Result<Self, Error> {
         if self.status < 400 {
             return Ok(self);
@@ -320,7 +376,7 @@ impl Response {
         let excerpt: String = text.chars().take(200).collect();
         let message = format!("{} answered {}: {}", self.call, self.status, excerpt.trim());
         Err(match self.status {
-            408 | 429 | 500.. => Error::new(message),
+            408 | 409 | 429 | 500.. => Error::new(message),
             _ => Error::permanent(message),
         })
     }
@@ -331,10 +387,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn messages_leave_the_query_out() {
-        assert_eq!(without_query("http://h/p?token=x"), "http://h/p");
-        assert_eq!(without_query("http://h/p#frag"), "http://h/p");
-        assert_eq!(without_query("http://h/p"), "http://h/p");
+    fn messages_leave_the_query_and_the_user_out() {
+        assert_eq!(shown("http://h/p?token=x"), "http://h/p");
+        assert_eq!(shown("http://h/p#frag"), "http://h/p");
+        assert_eq!(shown("https://u:pw@h:8443/p"), "https://h:8443/p");
+        assert_eq!(shown("http://h"), "http://h");
+    }
+
+    #[test]
+    fn each_request_of_a_step_attempt_has_its_own_key() {
+        let step = |attempt| StepRun {
+            key: "charge#000001".to_owned(),
+            attempt,
+            failures: 0,
+            idempotency_key: "order-1/charge#000001".to_owned(),
+        };
+        assert_eq!(next_request_key(&step(1)), "order-1/charge#000001");
+        assert_eq!(next_request_key(&step(1)), "order-1/charge#000001/2");
+        // The next attempt sends the same keys again.
+        assert_eq!(next_request_key(&step(2)), "order-1/charge#000001");
+        assert_eq!(next_request_key(&step(2)), "order-1/charge#000001/2");
     }
 
     fn response(status: u16) -> Response {

@@ -8,6 +8,7 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -51,10 +52,17 @@ impl HttpService {
         let address = listener.local_addr()?.to_string();
         let received = Arc::new(Mutex::new(Received::default()));
         let shared = Arc::clone(&received);
+        let seen = Arc::new(seen);
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                // A connection that breaks off is the client's business.
-                let _ = serve(stream, &shared, &seen);
+                let (shared, seen) = (Arc::clone(&shared), Arc::clone(&seen));
+                // A connection of its own for each client (parallel steps),
+                // which gives up on one that says nothing for long; one that
+                // breaks off is the client's business.
+                thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                    let _ = serve(stream, &shared, &*seen);
+                });
             }
         });
         Ok(Self { address, received })

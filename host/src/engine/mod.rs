@@ -1005,7 +1005,7 @@ impl WorkflowRun {
     }
 
     /// The step whose body is executing on the workflow's thread, if one is.
-    fn current_step(&self) -> Option<StepKey> {
+    pub fn current_step(&self) -> Option<StepKey> {
         match self.executing.as_slice() {
             [only] => Some(only.key.clone()),
             _ => None,

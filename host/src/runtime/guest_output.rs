@@ -17,7 +17,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
 use crate::engine::{MAX_LOG_LINE, PendingLog};
-use crate::store::{LogLine, LogStream, now_millis};
+use crate::store::{LogLine, LogStream, StepKey, now_millis};
 
 /// How much of the guest's latest stderr is kept for failure messages.
 const TAIL_BYTES: usize = 4096;
@@ -103,8 +103,9 @@ impl GuestOutput {
         Ok(())
     }
 
-    /// A whole line the host writes about the guest (a request it made).
-    pub fn record(&self, stream: LogStream, text: String) {
+    /// A whole line the host writes about the guest (a request it made),
+    /// with the step it belongs to when known.
+    pub fn record(&self, stream: LogStream, step: Option<StepKey>, text: String) {
         if self.echo {
             eprintln!("[{stream}] {text}");
         }
@@ -112,7 +113,7 @@ impl GuestOutput {
         captured.lines.push(LogLine {
             at: now_millis(),
             stream,
-            step: None,
+            step,
             text,
         });
     }

@@ -9,7 +9,7 @@ use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
 use super::branches::{BranchJob, BranchRunner};
 use super::guest_output::GuestOutput;
-use super::http::{GatedHttpView, OutboundHttp};
+use super::http::{Caller, GatedHttpView, OutboundHttp};
 use super::limits::{Deadline, InstanceLimiter};
 use crate::bindings::v0_3::durable_step;
 use crate::engine::{
@@ -151,12 +151,15 @@ impl HostState {
     /// `wasi:http/outgoing-handler`, which lets requests out only while a
     /// step executes.
     pub(super) fn gated_http(&mut self) -> GatedHttpView<'_> {
-        // A branch instance exists only to execute its step.
-        let in_step = match &self.role {
-            Role::Workflow { run, .. } => run.is_executing_a_step(),
-            Role::Branch => true,
+        let caller = match &self.role {
+            Role::Workflow { run, .. } if run.is_executing_a_step() => {
+                Caller::Step(run.current_step())
+            }
+            Role::Workflow { .. } => Caller::BetweenSteps,
+            // A branch instance exists only to execute its step.
+            Role::Branch => Caller::Step(None),
         };
-        self.http.gated(&mut self.table, in_step)
+        self.http.gated(&mut self.table, caller)
     }
 }
 

@@ -17,7 +17,7 @@ use std::fmt;
 use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
@@ -33,7 +33,8 @@ use wasmtime_wasi_http::{
 
 use super::guest_output::GuestOutput;
 use super::host::HostState;
-use crate::store::LogStream;
+use super::limits::Deadline;
+use crate::store::{LogStream, StepKey};
 
 /// A destination a workflow may send requests to: every port of a host,
 /// or one port of it.
@@ -89,7 +90,10 @@ impl FromStr for HttpDestination {
         if !valid {
             return Err(bad(&format!("{host:?} is not a host name or address")));
         }
-        Ok(Self { host, port })
+        Ok(Self {
+            host: canonical_host(&host),
+            port,
+        })
     }
 }
 
@@ -118,8 +122,31 @@ impl fmt::Display for HttpDestination {
 
 impl HttpDestination {
     fn allows(&self, host: &str, port: u16) -> bool {
-        self.host.eq_ignore_ascii_case(host) && self.port.is_none_or(|p| p == port)
+        self.host == canonical_host(host) && self.port.is_none_or(|p| p == port)
     }
+}
+
+/// A host as grants and URLs are compared: lower case, without the final
+/// dot of a fully qualified name, an IPv6 address in its shortest form.
+fn canonical_host(host: &str) -> String {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let ipv6 = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .and_then(|h| h.parse::<std::net::Ipv6Addr>().ok());
+    match ipv6 {
+        Some(address) => format!("[{address}]"),
+        None => host.to_ascii_lowercase(),
+    }
+}
+
+/// Where a request may be made from.
+pub(super) enum Caller {
+    /// Workflow code between steps: no request.
+    BetweenSteps,
+    /// A step's body: its key, where the instance knows it (a branch's
+    /// lines get theirs from the branch runner).
+    Step(Option<StepKey>),
 }
 
 /// The `wasi:http` state of one instance.
@@ -130,15 +157,23 @@ pub(super) struct OutboundHttp {
 }
 
 impl OutboundHttp {
-    /// Requests to `allowed` only, noted in `log`.
-    pub(super) fn new(allowed: &[HttpDestination], log: GuestOutput) -> Self {
+    /// Requests to `allowed` only, noted in `log`, given up at `deadline`.
+    pub(super) fn new(
+        allowed: &[HttpDestination],
+        log: GuestOutput,
+        deadline: Option<Deadline>,
+    ) -> Self {
         Self {
             ctx: WasiHttpCtx::new(),
             gate: HttpGate {
                 allowed: allowed.into(),
                 log: log.clone(),
             },
-            sender: RecordingSender { log },
+            sender: RecordingSender {
+                log,
+                deadline,
+                step: None,
+            },
         }
     }
 
@@ -151,30 +186,26 @@ impl OutboundHttp {
         }
     }
 
-    /// What `outgoing-handler.handle` works on, knowing whether a step
-    /// executes.
+    /// What `outgoing-handler.handle` works on, made by `caller`.
     pub(super) fn gated<'a>(
         &'a mut self,
         table: &'a mut ResourceTable,
-        in_step: bool,
+        caller: Caller,
     ) -> GatedHttpView<'a> {
         GatedHttpView {
-            in_step,
+            caller,
             gate: &self.gate,
-            http: WasiHttpCtxView {
-                ctx: &mut self.ctx,
-                table,
-                hooks: &mut self.sender,
-            },
+            sender: &mut self.sender,
+            ctx: &mut self.ctx,
+            table,
         }
     }
 }
 
 /// Where `wasi:http`'s `handle` lives: the version wasmtime-wasi-http 48
-/// implements (its `wit/deps/http.wit`); a guest built against an earlier
-/// 0.2 links to it by semver. Should the crate move on, its types would no
-/// longer match this name and guests would fail to link (the tests would
-/// say so): a request cannot pass by the gate.
+/// implements (its `wit/deps/http.wit`, also what `wstd` imports). A guest
+/// built against any 0.2 release links to it by semver, and it is the only
+/// `handle` this linker has: no import reaches the client around the gate.
 const OUTGOING_HANDLER: &str = "wasi:http/outgoing-handler@0.2.12";
 
 /// Add `wasi:http` to `linker`: its types as wasmtime-wasi-http has them,
@@ -195,10 +226,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             match gated.handle(request, options) {
                 Ok(response) => Ok((Ok(response),)),
                 // An error code for the guest, or a trap.
-                Err(error) => Ok((Err(types::Host::convert_error_code(
-                    &mut gated.http,
-                    error,
-                )?),)),
+                Err(error) => Ok((Err(error.downcast()?),)),
             }
         },
     )
@@ -208,9 +236,11 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
 /// the body is written, what may not go out; hands the rest to
 /// wasmtime-wasi-http.
 pub(super) struct GatedHttpView<'a> {
-    in_step: bool,
+    caller: Caller,
     gate: &'a HttpGate,
-    http: WasiHttpCtxView<'a>,
+    sender: &'a mut RecordingSender,
+    ctx: &'a mut WasiHttpCtx,
+    table: &'a mut ResourceTable,
 }
 
 impl GatedHttpView<'_> {
@@ -219,20 +249,43 @@ impl GatedHttpView<'_> {
         request: Resource<HostOutgoingRequest>,
         options: Option<Resource<RequestOptions>>,
     ) -> HttpResult<Resource<HostFutureIncomingResponse>> {
-        let outgoing = self.http.table.get(&request)?;
-        // A request whose URL does not build is refused by the handler.
-        if let Some(uri) = request_uri(outgoing)
-            && let Some(refusal) = self.gate.refusal(&uri, self.in_step)
-        {
-            let call = format!("{} {}", method_name(&outgoing.method), redacted(&uri));
-            self.gate
-                .log
-                .record(LogStream::Http, format!("{call} refused: {refusal}"));
+        let outgoing = self.table.get(&request)?;
+        let method = method_name(&outgoing.method).to_owned();
+        let (step, refused) = match (&self.caller, request_uri(outgoing)) {
+            (Caller::BetweenSteps, uri) => (None, Some((uri, BETWEEN_STEPS.to_owned()))),
+            (Caller::Step(step), None) => {
+                let why = "its URL is not valid (scheme, host and path)".to_owned();
+                (step.clone(), Some((None, why)))
+            }
+            (Caller::Step(step), Some(uri)) => (
+                step.clone(),
+                self.gate.refusal(&uri).map(|why| (Some(uri), why)),
+            ),
+        };
+        if let Some((uri, why)) = refused {
+            let url = uri.as_ref().map_or_else(|| "(no URL)".to_owned(), redacted);
+            self.gate.log.record(
+                LogStream::Http,
+                step,
+                format!("{method} {url} refused: {why}"),
+            );
+            self.table.delete(request)?;
             return Err(types::ErrorCode::HttpRequestDenied.into());
         }
-        outgoing_handler::Host::handle(&mut self.http, request, options)
+        // Noted with the step that made it, even if its answer is read later.
+        self.sender.step = step;
+        let mut http = WasiHttpCtxView {
+            ctx: self.ctx,
+            table: self.table,
+            hooks: self.sender,
+        };
+        outgoing_handler::Host::handle(&mut http, request, options)
     }
 }
+
+/// Why a request from workflow code is refused.
+const BETWEEN_STEPS: &str = "outbound HTTP is allowed only while a step executes (the answer of \
+    a request made between steps would not be replayed): make the request in a step";
 
 /// Decides on each request.
 struct HttpGate {
@@ -241,15 +294,11 @@ struct HttpGate {
 }
 
 impl HttpGate {
-    /// Why `uri` may not be called now, if it may not.
-    fn refusal(&self, uri: &http::Uri, in_step: bool) -> Option<String> {
+    /// Why a step may not call `uri`, if it may not.
+    fn refusal(&self, uri: &http::Uri) -> Option<String> {
         let host = uri.host().unwrap_or_default();
-        if !in_step {
-            return Some(
-                "outbound HTTP is allowed only while a step executes (the answer of a request \
-                 made between steps would not be replayed): make the request in a step"
-                    .to_owned(),
-            );
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Some("a URL with a user name or password is not sent".to_owned());
         }
         let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
             Some("http") => 80,
@@ -264,6 +313,7 @@ impl HttpGate {
             let list: Vec<String> = self.allowed.iter().map(ToString::to_string).collect();
             format!("the workflow may call {}", list.join(", "))
         };
+        let host = canonical_host(host);
         Some(format!(
             "{host}:{port} is not allowed ({granted}); grant it with --allow-http {host}:{port} \
              (or --allow-http {host} for every port)"
@@ -271,44 +321,69 @@ impl HttpGate {
     }
 }
 
+/// How long a request may wait to connect, for its answer to begin, and
+/// between the pieces of its body, when the guest says nothing shorter:
+/// wasmtime-wasi-http's own default, 10 minutes, outlives most runs.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Sends what the gate let through, and notes each answer (or failure).
 struct RecordingSender {
     log: GuestOutput,
+    /// The run's `--timeout`: no request waits past it.
+    deadline: Option<Deadline>,
+    /// The step of the request being handed over.
+    step: Option<StepKey>,
 }
 
-type Sent = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
+type Connection = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
 type Response =
-    Box<dyn Future<Output = Result<(http::Response<WasiBody>, Sent), HttpError>> + Send>;
+    Box<dyn Future<Output = Result<(http::Response<WasiBody>, Connection), HttpError>> + Send>;
 
 impl WasiHttpHooks for RecordingSender {
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
-        _request_body_done: Sent,
+        _request_errors: Connection,
     ) -> Response {
         let call = format!("{} {}", request.method(), redacted(request.uri()));
-        let log = self.log.clone();
+        let (log, step) = (self.log.clone(), self.step.take());
+        let left = self.deadline.as_ref().map(Deadline::remaining);
+        let bound = |given: Option<Duration>| {
+            let timeout = given.unwrap_or(REQUEST_TIMEOUT);
+            Some(left.map_or(timeout, |left| timeout.min(left)))
+        };
+        let given = options.unwrap_or_default();
+        let options = RequestOptions {
+            connect_timeout: bound(given.connect_timeout),
+            first_byte_timeout: bound(given.first_byte_timeout),
+            between_bytes_timeout: bound(given.between_bytes_timeout),
+        };
         Box::new(async move {
             let started = Instant::now();
-            let sent = wasmtime_wasi_http::default_send_request(request, options).await;
+            let sent = wasmtime_wasi_http::default_send_request(request, Some(options)).await;
             let ms = started.elapsed().as_millis();
-            match &sent {
-                Ok((response, _)) => log.record(
-                    LogStream::Http,
-                    format!("{call}: {} in {ms} ms", response.status().as_u16()),
-                ),
-                Err(error) => log.record(
-                    LogStream::Http,
-                    format!("{call} failed after {ms} ms: {error}"),
-                ),
-            }
-            let (response, body_sent) = sent?;
+            let line = match &sent {
+                Ok((response, _)) => format!("{call}: {} in {ms} ms", response.status().as_u16()),
+                Err(error) => format!("{call} failed after {ms} ms: {error}"),
+            };
+            log.record(LogStream::Http, step, line);
+            let (response, connection) = sent?;
             Ok((
                 response.map(BodyExt::boxed_unsync),
-                Box::new(body_sent) as Sent,
+                Box::new(connection) as Connection,
             ))
         })
+    }
+
+    // A connection that breaks off is worth another attempt: say so rather
+    // than the protocol error every hyper failure otherwise becomes.
+    fn p2_error_from_hyper(&mut self, error: &hyper::Error) -> types::ErrorCode {
+        if error.is_incomplete_message() || error.is_closed() || error.is_canceled() {
+            types::ErrorCode::ConnectionTerminated
+        } else {
+            types::ErrorCode::HttpProtocolError
+        }
     }
 }
 
@@ -408,7 +483,7 @@ mod tests {
             .into(),
             log: GuestOutput::new(false),
         };
-        let refused = |uri: &str| gate.refusal(&uri.parse().unwrap(), true);
+        let refused = |uri: &str| gate.refusal(&uri.parse().unwrap());
         assert_eq!(refused("https://API.example.com/charge"), None);
         assert_eq!(refused("http://api.example.com:9000/"), None);
         assert_eq!(refused("http://127.0.0.1:8080/x"), None);
@@ -425,24 +500,37 @@ mod tests {
         );
         // A suffix is another host.
         assert!(refused("https://evilapi.example.com/").is_some());
+        // A fully qualified name is the same host.
+        assert_eq!(refused("https://api.example.com./x"), None);
+        // The user part would hide the host from a careless reader.
+        assert!(
+            refused("https://u:p@api.example.com/")
+                .unwrap()
+                .contains("user name")
+        );
     }
 
     #[test]
-    fn nothing_is_allowed_between_steps_or_without_a_grant() {
-        let mut gate = HttpGate {
-            allowed: vec![destination("127.0.0.1")].into(),
+    fn hosts_compare_in_one_spelling() {
+        assert_eq!(
+            destination("API.Example.com.").to_string(),
+            "api.example.com"
+        );
+        assert_eq!(destination("[0:0::1]:8080").to_string(), "[::1]:8080");
+        assert!(destination("[::1]").allows("[0::1]", 80));
+        assert!(destination("localhost").allows("LOCALHOST.", 3000));
+        assert!(!destination("localhost:3000").allows("localhost", 3001));
+    }
+
+    #[test]
+    fn nothing_is_allowed_without_a_grant() {
+        let gate = HttpGate {
+            allowed: Vec::new().into(),
             log: GuestOutput::new(false),
         };
         let uri = "http://127.0.0.1:1/".parse().unwrap();
         assert!(
-            gate.refusal(&uri, false)
-                .unwrap()
-                .contains("only while a step executes")
-        );
-        assert_eq!(gate.refusal(&uri, true), None);
-        gate.allowed = Vec::new().into();
-        assert!(
-            gate.refusal(&uri, true)
+            gate.refusal(&uri)
                 .unwrap()
                 .contains("the workflow was granted no HTTP destinations")
         );

@@ -10,9 +10,8 @@
 use wasmparser::{Parser, Payload};
 
 /// The packages whose interfaces the linker provides: WASI 0.2 as
-/// `wasmtime_wasi::p2::add_to_linker_sync` adds it, `wasi:http` as
-/// `wasmtime_wasi_http::p2::add_only_http_to_linker_sync` does, and the
-/// contract.
+/// `wasmtime_wasi::p2::add_to_linker_sync` adds it, `wasi:http` (see
+/// `runtime::http`), and the contract.
 const PROVIDED_PACKAGES: &[&str] = &[
     "durable:workflow",
     "wasi:cli",

@@ -367,7 +367,7 @@ impl RunLimits {
             engine,
             HostState {
                 wasi: sandbox.wasi_ctx(output)?,
-                http: OutboundHttp::new(&sandbox.http, output.clone()),
+                http: OutboundHttp::new(&sandbox.http, output.clone(), self.deadline.clone()),
                 table: ResourceTable::new(),
                 limiter: InstanceLimiter::new(self.memory.clone()),
                 deadline: self.deadline.clone(),
