@@ -1928,4 +1928,53 @@ mod tests {
     fn the_workflow_column_count_matches_the_columns() {
         assert_eq!(WORKFLOW_COLUMNS.split(',').count(), WORKFLOW_COLUMN_COUNT);
     }
+
+    #[test]
+    fn version_6_keeps_the_log_and_admits_http_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v5.db");
+        drop(SqliteStore::open(&path).unwrap());
+        // The log table as version 5 had it, with a line in it.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DROP TABLE workflow_logs;
+             CREATE TABLE workflow_logs (
+                 workflow_id TEXT NOT NULL,
+                 seq         INTEGER NOT NULL,
+                 at          INTEGER NOT NULL,
+                 stream      TEXT NOT NULL CHECK (stream IN ('stdout', 'stderr', 'log')),
+                 step_key    TEXT,
+                 line        TEXT NOT NULL,
+                 PRIMARY KEY (workflow_id, seq)
+             ) WITHOUT ROWID;
+             INSERT INTO workflow_logs VALUES ('wf', 1, 10, 'stdout', 'a#000001', 'hello');
+             PRAGMA user_version = 5;",
+        )
+        .unwrap();
+        assert!(
+            conn.execute(
+                "INSERT INTO workflow_logs VALUES ('wf', 2, 11, 'http', NULL, 'GET')",
+                []
+            )
+            .is_err()
+        );
+        drop(conn);
+
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        let kept = store.logs("wf", 0, 10).unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].line.text, "hello");
+        assert_eq!(kept[0].line.step, Some(StepKey::new("a", 1)));
+        store
+            .conn
+            .execute(
+                "INSERT INTO workflow_logs VALUES ('wf', 2, 11, 'http', NULL, 'GET http://x/: 200')",
+                [],
+            )
+            .unwrap();
+        let http = store.stream_logs("wf", LogStream::Http).unwrap();
+        assert_eq!(http.len(), 1);
+        assert_eq!(http[0].line.text, "GET http://x/: 200");
+    }
 }
