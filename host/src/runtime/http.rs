@@ -7,11 +7,11 @@
 //! would not be replayed, so the next run would see another answer. Each
 //! request, refused or sent, becomes a line of the workflow's log with the
 //! step it was made in, so that `history` shows what a step called; its URL
-//! is written without the query, where secrets tend to go.
+//! is written without the query and the user, where secrets tend to go.
 //!
 //! Sending itself is wasmtime-wasi-http's client (hyper, rustls for https);
-//! this module decides and records, and knows nothing of steps beyond
-//! whether one is executing.
+//! this module decides, bounds the waits and records, and knows of steps
+//! only whether one is executing and its key ([`Caller`]).
 
 use std::fmt;
 use std::future::Future;
