@@ -10,7 +10,8 @@
 //!
 //! Around it: `host` is what an instance holds and the `durable-step`
 //! implementation, `branches` runs parallel branches, `limits` the run's
-//! time and memory, `grants` what a workflow was granted, `cache` compiled
+//! time and memory, `grants` what a workflow was granted, `http` outbound
+//! HTTP (its allow-list and the record of each request), `cache` compiled
 //! components, `imports` what a component imports (read before compiling),
 //! `contract` which release of the contract a component was built against
 //! and `compat` the imports of the earlier releases.
