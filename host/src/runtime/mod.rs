@@ -3,7 +3,7 @@
 //!
 //! A [`ComponentFile`] is read and fingerprinted without compiling, so that a
 //! finished workflow can answer from the database at once. [`Runtime`] holds
-//! the wasmtime engine and the linker (WASI 0.2 plus `durable-step`);
+//! the wasmtime engine and the linker (WASI 0.2, `wasi:http` and `durable-step`);
 //! [`Runtime::compile`] checks that a component is a workflow before anything
 //! runs, and [`Runtime::run`] executes one [`WorkflowRun`] in a fresh,
 //! sandboxed instance.
