@@ -282,7 +282,7 @@ fn failed(call: &str, url: &str, error: wstd::http::Error) -> Error {
                             .map_or(host.to_owned(), |port| format!("{host}:{port}")),
                     )
                 })
-                .unwrap_or_else(|| url.to_owned());
+                .unwrap_or_else(|| shown(url));
             Error::permanent(format!(
                 "{call} was refused by the host: {destination} is not among the workflow's \
                  HTTP destinations (grant it with --allow-http {destination})"
