@@ -207,8 +207,11 @@ pub fn history(
             id: workflow_id.to_owned(),
         })?;
     let steps = store.steps(workflow_id)?;
+    if json_mode {
+        print_json(&WorkflowHistory::read(&store, &workflow, &steps, None)?);
+        return Ok(ExitCode::from(exit::SUCCESS));
+    }
     let attempts = store.attempts(workflow_id)?;
-    let events = store.events(workflow_id)?;
     if timeline {
         let style = timeline::Style::for_stdout();
         print!(
@@ -217,10 +220,7 @@ pub fn history(
         );
         return Ok(ExitCode::from(exit::SUCCESS));
     }
-    if json_mode {
-        print_json(&WorkflowHistory::read(&store, &workflow, &steps, None)?);
-        return Ok(ExitCode::from(exit::SUCCESS));
-    }
+    let events = store.events(workflow_id)?;
     println!(
         "workflow {} {} (run {}, started {} UTC)",
         preview(&workflow.id, MAX_CELL_CHARS),

@@ -75,12 +75,10 @@ impl FromStr for HttpDestination {
                 _ => return Err(bad(&format!("{port:?} is not a port"))),
             },
         };
-        let host = host.to_ascii_lowercase();
-        let ipv6 = host.starts_with('[') && host.ends_with(']');
-        let valid = if ipv6 {
-            host[1..host.len() - 1]
-                .parse::<std::net::Ipv6Addr>()
-                .is_ok()
+        let host = canonical_host(host);
+        let valid = if let Some(address) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'))
+        {
+            address.parse::<std::net::Ipv6Addr>().is_ok()
         } else {
             !host.is_empty()
                 && host
@@ -90,10 +88,7 @@ impl FromStr for HttpDestination {
         if !valid {
             return Err(bad(&format!("{host:?} is not a host name or address")));
         }
-        Ok(Self {
-            host: canonical_host(&host),
-            port,
-        })
+        Ok(Self { host, port })
     }
 }
 
