@@ -68,7 +68,9 @@ export interface BranchCall<T> {
   readonly __value?: T;
 }
 
-type Values<T extends readonly BranchCall<unknown>[]> = { -readonly [K in keyof T]: T[K] extends BranchCall<infer V> ? V : never };
+type Values<T extends readonly BranchCall<unknown>[]> = {
+  -readonly [K in keyof T]: T[K] extends BranchCall<infer V> ? V : never;
+};
 type Settled<T extends readonly BranchCall<unknown>[]> = {
   -readonly [K in keyof T]: T[K] extends BranchCall<infer V> ? PromiseSettledResult<V> : never;
 };

@@ -124,7 +124,9 @@ function toHost(error) {
 }
 
 function fromHost(error) {
-  return error.code === CANCELLED ? new CancelledError(error.message) : new DurableError(error.message, { code: error.code });
+  return error.code === CANCELLED
+    ? new CancelledError(error.message)
+    : new DurableError(error.message, { code: error.code });
 }
 
 /** The reason an import's `result` error carried (thrown by the bindings). */
@@ -304,7 +306,9 @@ class Context {
   async parallelSettled(calls) {
     const specs = calls.map((call) => {
       if (!call || call[BRANCH_CALL] !== true) {
-        throw new TypeError('ctx.parallel takes branch calls: const laptop = branch("name", fn); ctx.parallel([laptop(input)])');
+        throw new TypeError(
+          'ctx.parallel takes branch calls: const laptop = branch("name", fn); ctx.parallel([laptop(input)])',
+        );
       }
       try {
         return { spec: { ...call.spec, input: encode(call.input, `the input of branch \`${call.spec.name}\``) } };
@@ -451,7 +455,9 @@ export { durableFetch as fetch };
 /** The component's exports for `workflow`. Used by the module `durable-build` generates. */
 export function __exports(workflow) {
   if (typeof workflow !== 'function') {
-    throw new TypeError('the workflow module must `export default` the workflow function: export default async function onboard(ctx, input) { ... }');
+    throw new TypeError(
+      'the workflow module must `export default` the workflow function: export default async function onboard(ctx, input) { ... }',
+    );
   }
   const ctx = new Context();
   return {

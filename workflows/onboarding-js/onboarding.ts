@@ -35,7 +35,10 @@ const provisionLaptop = branch('provision_laptop', async (employee: Employee): P
 
 const provisionAccess = branch('provision_access', async (employee: Employee): Promise<string[]> => {
   const groups = accessGroups(employee.role);
-  await call(employee.services_url ?? SERVICES, 'iam', 'provision_access', employee.service_latency_ms ?? 0, [employee.email, groups]);
+  await call(employee.services_url ?? SERVICES, 'iam', 'provision_access', employee.service_latency_ms ?? 0, [
+    employee.email,
+    groups,
+  ]);
   return groups;
 });
 

@@ -7,7 +7,13 @@
 import { fetch } from 'durable-sdk';
 
 /** Call `operation` of `service` with `request`, after the simulated latency. */
-export async function call(base: string, service: string, operation: string, latencyMs: number, request: unknown): Promise<void> {
+export async function call(
+  base: string,
+  service: string,
+  operation: string,
+  latencyMs: number,
+  request: unknown,
+): Promise<void> {
   if (latencyMs > 0) {
     await new Promise((done) => setTimeout(done, latencyMs));
   }
