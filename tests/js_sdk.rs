@@ -1,0 +1,398 @@
+//! The JavaScript SDK end to end: the onboarding workflow in TypeScript
+//! (`workflows/onboarding-js`) and the SDK's own cases
+//! (`tests/fixtures/js-sdk`), each built with the SDK's `durable-build` and
+//! crashed, killed and resumed like the Rust guest.
+//!
+//! Each project's npm packages are installed from its lockfile (`npm ci`,
+//! from npm's cache after the first run), which also refreshes the packed
+//! copy of the SDK; the components are built into the target directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use durable_tests::{HttpService, Scratch, artifacts, run, spawn};
+use serde_json::{Value, json};
+
+const STEPS: [&str; 4] = [
+    "create_record",
+    "provision_laptop",
+    "provision_access",
+    "send_welcome_email",
+];
+const SERVICES: [&str; 4] = ["hr", "it", "iam", "mail"];
+
+struct JsGuests {
+    onboarding: PathBuf,
+    scenarios: PathBuf,
+}
+
+/// Both components, built once per test binary.
+fn js_guests() -> &'static JsGuests {
+    static BUILT: OnceLock<JsGuests> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        // target/release/durable-host -> target/js-guests
+        let out = artifacts()
+            .host
+            .ancestors()
+            .nth(2)
+            .unwrap()
+            .join("js-guests");
+        std::fs::create_dir_all(&out).unwrap();
+        JsGuests {
+            onboarding: build(
+                &workspace.join("workflows/onboarding-js"),
+                "onboarding.ts",
+                &out.join("onboarding.wasm"),
+            ),
+            scenarios: build(
+                &workspace.join("tests/fixtures/js-sdk"),
+                "scenarios.js",
+                &out.join("js-scenarios.wasm"),
+            ),
+        }
+    })
+}
+
+fn build(project: &Path, module: &str, out: &Path) -> PathBuf {
+    command(
+        project,
+        Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]),
+    );
+    command(
+        project,
+        Command::new(project.join("node_modules/.bin/durable-build"))
+            .arg(module)
+            .arg("-o")
+            .arg(out),
+    );
+    out.to_owned()
+}
+
+fn command(dir: &Path, command: &mut Command) {
+    let status = command
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("{command:?} (npm and Node.js are needed): {e}"));
+    assert!(
+        status.success(),
+        "{command:?} in {}: {status}",
+        dir.display()
+    );
+}
+
+/// `durable-host run` of the TypeScript onboarding for `id`, calling `service`.
+fn onboarding(scratch: &Scratch, service: &HttpService, id: &str, latency_ms: u64) -> Command {
+    let input = json!({
+        "id": id,
+        "name": "Ada Lovelace",
+        "email": "ada@example.com",
+        "role": "engineer",
+        "service_latency_ms": latency_ms,
+        "services_url": service.url(),
+    });
+    let mut command = scratch.run(&js_guests().onboarding, id);
+    command
+        .args(["--input", &input.to_string(), "--json"])
+        .args(["--allow-http", service.address()]);
+    command
+}
+
+/// How many times each service was called.
+fn calls(service: &HttpService) -> BTreeMap<String, usize> {
+    count(service, false)
+}
+
+/// How many distinct requests each service had: a repeated idempotency
+/// key (a step in flight at a crash, run again) is one request.
+fn requests(service: &HttpService) -> BTreeMap<String, usize> {
+    count(service, true)
+}
+
+fn count(service: &HttpService, distinct: bool) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for call in service.calls() {
+        if distinct && call.repeat {
+            continue;
+        }
+        let name = call.path.trim_start_matches('/').split('/').next().unwrap();
+        *counts.entry(name.to_owned()).or_default() += 1;
+    }
+    counts
+}
+
+fn once_each() -> BTreeMap<String, usize> {
+    SERVICES.iter().map(|s| (s.to_string(), 1)).collect()
+}
+
+/// The Rust onboarding's output for `id`: the TypeScript one must match it.
+fn rust_output(id: &str) -> Value {
+    let scratch = Scratch::new();
+    let mut command = scratch.onboarding(id);
+    run(command.arg("--json")).expect_code(0).json()["output"].clone()
+}
+
+#[test]
+fn typescript_onboarding_gives_the_rust_output_and_calls_each_service_once() {
+    let scratch = Scratch::new();
+    let service = HttpService::start();
+    let first = run(&mut onboarding(&scratch, &service, "emp-001", 0))
+        .expect_code(0)
+        .json();
+    assert_eq!(first["output"], rust_output("emp-001"));
+    assert_eq!(calls(&service), once_each());
+    // Each call carried its step's idempotency key.
+    let keys: Vec<_> = service
+        .calls()
+        .iter()
+        .map(|c| c.idempotency_key.clone().unwrap_or_default())
+        .collect();
+    for step in STEPS {
+        let key = format!("emp-001/{step}#000001");
+        assert!(keys.contains(&key), "{key} in {keys:?}");
+    }
+
+    let again = run(&mut onboarding(&scratch, &service, "emp-001", 0))
+        .expect_code(0)
+        .json();
+    assert_eq!(again["already_finished"], true);
+    assert_eq!(again["output"], first["output"]);
+    assert_eq!(
+        calls(&service),
+        once_each(),
+        "a finished workflow calls nothing"
+    );
+}
+
+#[test]
+fn a_crash_before_or_after_any_step_resumes_without_calling_a_service_twice() {
+    let expected = rust_output("emp-c");
+    for (index, step) in STEPS.iter().enumerate() {
+        for point in ["before", "after"] {
+            let context = format!("--crash {step}:{point}");
+            let scratch = Scratch::new();
+            let service = HttpService::start();
+            run(onboarding(&scratch, &service, "emp-c", 0)
+                .args(["--crash", &format!("{step}:{point}")]))
+            .expect_code(3);
+            let at_crash = calls(&service);
+            let called = at_crash.get(SERVICES[index]).copied();
+            assert_eq!(
+                called,
+                (point == "after").then_some(1),
+                "{context}: {at_crash:?}"
+            );
+
+            let resumed = run(&mut onboarding(&scratch, &service, "emp-c", 0))
+                .expect_code(0)
+                .json();
+            assert_eq!(resumed["resumed"], true, "{context}");
+            assert_eq!(resumed["output"], expected, "{context}");
+            // A step done at the crash is not called again; its parallel
+            // sibling may have been in flight, and calls again with the
+            // same idempotency key.
+            assert_eq!(requests(&service), once_each(), "{context}");
+            let again = calls(&service);
+            for (service, count) in &at_crash {
+                let sibling_in_flight = matches!(index, 1 | 2)
+                    && matches!(service.as_str(), "it" | "iam")
+                    && service != SERVICES[index];
+                if !sibling_in_flight {
+                    assert_eq!(again[service], *count, "{service} after {context}");
+                }
+            }
+            let replayed = resumed["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|s| s["outcome"] == "replayed")
+                .count();
+            assert_eq!(
+                replayed,
+                at_crash.len(),
+                "{context}: the steps done before replay"
+            );
+            assert!(scratch.integrity_ok());
+        }
+    }
+}
+
+/// Kill the host while `step` waits out its latency, resume, and check that
+/// only unfinished steps ran again.
+fn kill_during(step: &str) {
+    let scratch = Scratch::new();
+    let service = HttpService::start();
+    let mut child = spawn(&mut onboarding(&scratch, &service, "emp-k", 1_500));
+    let key = format!("{step}#000001");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !scratch
+        .try_steps("emp-k")
+        .unwrap_or_default()
+        .iter()
+        .any(|s| s.0 == key && s.1 == "running")
+    {
+        assert!(Instant::now() < deadline, "{key} never started");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the host ended before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL
+    assert!(!child.wait().unwrap().success());
+    let running: Vec<String> = scratch
+        .steps("emp-k")
+        .into_iter()
+        .filter(|s| s.1 == "running")
+        .map(|s| s.0)
+        .collect();
+
+    let resumed = run(&mut onboarding(&scratch, &service, "emp-k", 1_500))
+        .expect_code(0)
+        .json();
+    assert_eq!(
+        resumed["output"],
+        rust_output("emp-k"),
+        "killed during {step}"
+    );
+    assert_eq!(
+        calls(&service),
+        once_each(),
+        "killed during {step}'s latency, before its call"
+    );
+    for (key, status, attempts) in scratch.steps("emp-k") {
+        // Taken over as attempt 2 if it was in flight; every other step ran once.
+        let expected = if running.contains(&key) { 2 } else { 1 };
+        assert_eq!(
+            (status.as_str(), attempts),
+            ("completed", expected),
+            "{key}, killed during {step}"
+        );
+    }
+    assert!(scratch.integrity_ok());
+}
+
+#[test]
+fn sigkill_in_the_middle_of_a_step_then_resume() {
+    kill_during("create_record");
+}
+
+#[test]
+fn sigkill_in_the_middle_of_a_branch_then_resume() {
+    kill_during("provision_laptop");
+}
+
+fn scenario(scratch: &Scratch, id: &str, case: &str) -> Command {
+    let mut command = scratch.run(&js_guests().scenarios, id);
+    command.args(["--input", &json!({ "case": case }).to_string(), "--json"]);
+    command
+}
+
+fn history(scratch: &Scratch, id: &str) -> Value {
+    run(&mut scratch.host(&["history", id, "--json"]))
+        .expect_code(0)
+        .json()
+}
+
+fn step<'a>(history: &'a Value, key: &str) -> &'a Value {
+    history["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["key"] == key)
+        .unwrap_or_else(|| panic!("no step {key} in {history}"))
+}
+
+#[test]
+fn retries_are_recorded_and_a_permanent_error_is_not_retried() {
+    let scratch = Scratch::new();
+    let done = run(&mut scenario(&scratch, "retries", "retries"))
+        .expect_code(0)
+        .json();
+    assert_eq!(
+        done["output"],
+        json!({
+            "flaky": 3,
+            "refused": { "message": "card declined", "code": "card_declined" },
+            "branchAttempt": 2,
+        })
+    );
+    let history = history(&scratch, "retries");
+    let flaky = step(&history, "flaky#000001");
+    assert_eq!(
+        (flaky["attempts"].as_u64(), flaky["failures"].as_u64()),
+        (Some(3), Some(2))
+    );
+    assert_eq!(flaky["earlier_attempts"][1]["error"], "attempt 2 failed");
+    let refused = step(&history, "refused#000001");
+    assert_eq!(
+        (
+            &refused["status"],
+            &refused["attempts"],
+            &refused["error_code"]
+        ),
+        (&json!("failed"), &json!(1), &json!("card_declined"))
+    );
+    assert_eq!(step(&history, "flaky_branch#000001")["attempts"], 2);
+}
+
+#[test]
+fn a_thrown_error_is_recorded_with_its_type_message_and_code() {
+    let scratch = Scratch::new();
+    let failed = run(&mut scenario(&scratch, "thrown", "thrown"))
+        .expect_code(1)
+        .json();
+    assert_eq!(failed["status"], "failed");
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("TypeError: ") && error.contains("null"),
+        "{error}"
+    );
+    assert_eq!(
+        step(&history(&scratch, "thrown"), "broken#000001")["error"],
+        error
+    );
+    // Run again: the recorded error is replayed, not the step.
+    let again = run(&mut scenario(&scratch, "thrown", "thrown"))
+        .expect_code(1)
+        .json();
+    assert_eq!(again["error"], error);
+
+    let coded = run(&mut scenario(&scratch, "coded", "coded"))
+        .expect_code(1)
+        .json();
+    assert_eq!(
+        (&coded["error"], &coded["error_code"]),
+        (&json!("no seat left on flight LH123"), &json!("sold_out"))
+    );
+}
+
+#[test]
+fn now_random_and_uuid_are_recorded_and_replayed() {
+    let scratch = Scratch::new();
+    run(scenario(&scratch, "recorded", "recorded").args(["--crash", "last:before"])).expect_code(3);
+    let resumed = run(&mut scenario(&scratch, "recorded", "recorded"))
+        .expect_code(0)
+        .json();
+    assert_eq!(resumed["resumed"], true);
+    let output = &resumed["output"];
+    let history = history(&scratch, "recorded");
+    let recorded = |key: &str| step(&history, key)["output"].clone();
+    assert_eq!(output["random"], recorded("durable.random#000001"));
+    assert_eq!(output["uuid"], recorded("durable.uuid#000001"));
+    let millis = recorded("durable.now#000001").as_u64().unwrap();
+    assert!(
+        output["now"].as_str().unwrap().starts_with("20"),
+        "{output}"
+    );
+    assert!(millis > 1_700_000_000_000, "{millis}");
+    let uuid = output["uuid"].as_str().unwrap();
+    assert!(
+        uuid.len() == 36 && uuid.as_bytes()[14] == b'4',
+        "a version 4 UUID: {uuid}"
+    );
+}
