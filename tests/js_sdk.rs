@@ -2,18 +2,14 @@
 //! (`workflows/onboarding-js`) and the SDK's own cases
 //! (`tests/fixtures/js-sdk`), each built with the SDK's `durable-build` and
 //! crashed, killed and resumed like the Rust guest.
-//!
-//! Each project's npm packages are installed from its lockfile (`npm ci`,
-//! from npm's cache after the first run), which also refreshes the packed
-//! copy of the SDK; the components are built into the target directory.
+//! The first run downloads the npm packages (componentize-js, esbuild,
+//! TypeScript: about 150 MB) into each project's node_modules.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use durable_tests::{HttpService, Scratch, artifacts, run, spawn};
+use durable_tests::{HttpService, Scratch, js_guests, run, spawn};
 use serde_json::{Value, json};
 
 const STEPS: [&str; 4] = [
@@ -23,67 +19,6 @@ const STEPS: [&str; 4] = [
     "send_welcome_email",
 ];
 const SERVICES: [&str; 4] = ["hr", "it", "iam", "mail"];
-
-struct JsGuests {
-    onboarding: PathBuf,
-    scenarios: PathBuf,
-}
-
-/// Both components, built once per test binary.
-fn js_guests() -> &'static JsGuests {
-    static BUILT: OnceLock<JsGuests> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        // target/release/durable-host -> target/js-guests
-        let out = artifacts()
-            .host
-            .ancestors()
-            .nth(2)
-            .unwrap()
-            .join("js-guests");
-        std::fs::create_dir_all(&out).unwrap();
-        JsGuests {
-            onboarding: build(
-                &workspace.join("workflows/onboarding-js"),
-                "onboarding.ts",
-                &out.join("onboarding.wasm"),
-            ),
-            scenarios: build(
-                &workspace.join("tests/fixtures/js-sdk"),
-                "scenarios.js",
-                &out.join("js-scenarios.wasm"),
-            ),
-        }
-    })
-}
-
-fn build(project: &Path, module: &str, out: &Path) -> PathBuf {
-    command(
-        project,
-        Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]),
-    );
-    command(
-        project,
-        Command::new(project.join("node_modules/.bin/durable-build"))
-            .arg(module)
-            .arg("-o")
-            .arg(out),
-    );
-    out.to_owned()
-}
-
-fn command(dir: &Path, command: &mut Command) {
-    let status = command
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .status()
-        .unwrap_or_else(|e| panic!("{command:?} (npm and Node.js are needed): {e}"));
-    assert!(
-        status.success(),
-        "{command:?} in {}: {status}",
-        dir.display()
-    );
-}
 
 /// `durable-host run` of the TypeScript onboarding for `id`, calling `service`.
 fn onboarding(scratch: &Scratch, service: &HttpService, id: &str, latency_ms: u64) -> Command {

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use durable_tests::{Scratch, artifacts};
 use serde_json::{Value, json};
 
+mod languages;
 mod serve;
 
 const USAGE: &str = "usage: durable-bench [--quick] [--json] [--steps N] [--serve-only]";
@@ -184,7 +185,9 @@ fn main() {
     let full = if options.serve_only {
         full_before
     } else {
-        one_shot(&bench, &mut report, full_before, &machine)
+        let rust = one_shot(&bench, &mut report, full_before, &machine);
+        other_languages(&bench, &mut report, &rust);
+        rust.full
     };
     serve_measurements(&bench, &mut report, full);
 
@@ -210,15 +213,22 @@ fn main() {
     }
 }
 
-/// The measurements of one-shot processes (`durable-host run`); the FULL
-/// commit baseline to compare them with (the mean of the one taken before
-/// and one taken again after the steps).
+/// What [`one_shot`] measured that later measurements compare with.
+struct OneShot {
+    /// The FULL commit baseline: the mean of the one taken before and one
+    /// taken again after the steps.
+    full: Duration,
+    /// The Rust guest's per-step cost and onboarding start-up.
+    rust: languages::Figures,
+}
+
+/// The measurements of one-shot processes (`durable-host run`).
 fn one_shot(
     bench: &Bench,
     report: &mut Report,
     full_before: Duration,
     machine: &Machine,
-) -> Duration {
+) -> OneShot {
     let sizes = &bench.sizes;
     let (steps_run, empty) = bench.steps();
     let step = steps_run.saturating_sub(empty) / sizes.steps;
@@ -355,7 +365,67 @@ fn one_shot(
         );
     }
 
-    full
+    OneShot {
+        full,
+        rust: languages::Figures {
+            step,
+            cold,
+            warm,
+            component_bytes: std::fs::metadata(&artifacts().onboarding).map_or(0, |m| m.len()),
+        },
+    }
+}
+
+/// The same per-step cost and start-up for the guests in other languages,
+/// against the Rust guest's in this run.
+fn other_languages(bench: &Bench, report: &mut Report, one_shot: &OneShot) {
+    let rust = &one_shot.rust;
+    let service: &'static _ = Box::leak(Box::new(durable_tests::HttpService::start()));
+    let guests = vec![languages::javascript(service)];
+    for guest in guests {
+        let figures = languages::measure(bench, &guest);
+        let key = guest.name.to_lowercase();
+        let size = format!("{:.1} MB component", figures.component_bytes as f64 / 1e6);
+        report.add(
+            &format!("{key}_step"),
+            &format!(
+                "{} guest: durable step ({} trivial steps, per step)",
+                guest.name, bench.sizes.steps
+            ),
+            micros(figures.step),
+            format!(
+                "{:.2}x the Rust guest's ({})",
+                ratio(figures.step, rust.step),
+                micros(rust.step)
+            ),
+            figures.json(),
+        );
+        report.add(
+            &format!("{key}_start_cold"),
+            &format!(
+                "{} onboarding run, whole process, cold ({size})",
+                guest.name
+            ),
+            millis(figures.cold),
+            format!(
+                "{:.1}x the Rust guest's ({})",
+                ratio(figures.cold, rust.cold),
+                millis(rust.cold)
+            ),
+            json!({"ms": ms(figures.cold), "ratio_to_rust": ratio(figures.cold, rust.cold)}),
+        );
+        report.add(
+            &format!("{key}_start_warm"),
+            &format!("{} onboarding run, whole process, warm", guest.name),
+            millis(figures.warm),
+            format!(
+                "{:.1}x the Rust guest's ({})",
+                ratio(figures.warm, rust.warm),
+                millis(rust.warm)
+            ),
+            json!({"ms": ms(figures.warm), "ratio_to_rust": ratio(figures.warm, rust.warm)}),
+        );
+    }
 }
 
 /// The measurements of `durable-host serve` (see [`serve`]), compared with
@@ -673,11 +743,11 @@ fn raw_commit(commits: u32, synchronous: &str) -> Duration {
 
 /// The measurements that drive the real binary.
 struct Bench {
-    sizes: Sizes,
+    pub(crate) sizes: Sizes,
     /// Compiled-component cache for every run but the start-up ones, warmed
     /// at once, so that no measurement pays for a compilation by accident
     /// (and the user's own cache is left alone).
-    cache: tempfile::TempDir,
+    pub(crate) cache: tempfile::TempDir,
 }
 
 impl Bench {

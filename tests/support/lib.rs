@@ -17,6 +17,8 @@ use serde_json::Value;
 
 mod http_service;
 pub use http_service::{HttpCall, HttpService};
+mod js_guests;
+pub use js_guests::{JsGuests, js_guests};
 
 /// Paths of the built artefacts.
 pub struct Artifacts {
