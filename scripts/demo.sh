@@ -1,26 +1,57 @@
 #!/usr/bin/env bash
 # The onboarding demo: start a workflow, crash the host in the middle of it,
 # resume it, and show that no side effect ran twice.
+#
+#   ./scripts/demo.sh              the Rust workflow (workflows/onboarding)
+#   ./scripts/demo.sh typescript   the same workflow in TypeScript (workflows/onboarding-js)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+language=${1:-rust}
+case "$language" in
+    rust | typescript) ;;
+    *) echo "usage: $0 [rust|typescript]" >&2; exit 2 ;;
+esac
+
 rustup target add wasm32-wasip2 >/dev/null
 # With the tests' package too: their shared dependencies then get the same
-# features as in ./scripts/test.sh, which reuses this build of the host.
+# features as in ./scripts/test.sh, which reuses this build of the host
+# (and it builds mock-http, the TypeScript example's services).
 cargo build --release -p durable-host -p durable-tests
-cargo build --release --target wasm32-wasip2 -p onboarding
 
 host=target/release/durable-host
-wasm=target/wasm32-wasip2/release/onboarding.wasm
 demo=target/demo
 rm -rf "$demo" && mkdir -p "$demo/services"
-run() { "$host" run "$wasm" --workflow-id emp-001 --db "$demo/durable.db" --dir "$demo/services::/services" "$@"; }
-ledgers() { for d in "$demo"/services/*/; do printf '    %-10s %s call(s)\n' "$(basename "$d")" "$(ls "$d" | grep -c '\.json$')"; done; }
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+if [ "$language" = rust ]; then
+    cargo build --release --target wasm32-wasip2 -p onboarding
+    wasm=target/wasm32-wasip2/release/onboarding.wasm
+    grants=(--dir "$demo/services::/services")
+    services_url=
+    # Each call leaves one file in the service's directory.
+    calls() { ls "$demo/services/$1" 2>/dev/null | grep -c '\.json$' || true; }
+else
+    (cd workflows/onboarding-js && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
+    wasm=workflows/onboarding-js/onboarding.wasm
+    # The TypeScript workflow's services are HTTP services: mock-http, on a
+    # free port, which prints each call it receives.
+    target/release/mock-http 127.0.0.1:0 > "$demo/mock-http.log" &
+    mock_http=$!
+    trap 'kill $mock_http 2>/dev/null' EXIT
+    until grep -q listening "$demo/mock-http.log"; do sleep 0.1; done
+    services_url=$(sed -n 's/.*listening on //p' "$demo/mock-http.log")
+    grants=(--allow-http "${services_url#http://}")
+    # A call counts once per idempotency key: a repeat gets the first answer.
+    calls() { grep -c "^POST /$1/.*(new)" "$demo/mock-http.log" || true; }
+fi
+
+run() { "$host" run "$wasm" --workflow-id emp-001 --db "$demo/durable.db" "${grants[@]}" "$@"; }
+ledgers() { for s in hr it iam mail; do printf '    %-10s %s call(s)\n' "$s" "$(calls "$s")"; done; }
 
 say "1. Start onboarding for emp-001; the host crashes just before send_welcome_email runs"
 set +e
-run --input '{"id": "emp-001", "name": "Ada Lovelace", "email": "ada@example.com", "role": "engineer", "service_latency_ms": 150}' \
+run --input '{"id": "emp-001", "name": "Ada Lovelace", "email": "ada@example.com", "role": "engineer", "service_latency_ms": 150'"${services_url:+, \"services_url\": \"$services_url\"}"'}' \
     --crash send_welcome_email:before
 code=$?
 set -e
@@ -35,8 +66,8 @@ say "3. And once more: the workflow is finished, nothing runs"
 run
 echo "  mock services, each called exactly once:"
 ledgers
-for d in "$demo"/services/*/; do
-    [ "$(ls "$d" | grep -c '\.json$')" -eq 1 ] || { echo "expected exactly one call of $(basename "$d")" >&2; exit 1; }
+for s in hr it iam mail; do
+    [ "$(calls "$s")" -eq 1 ] || { echo "expected exactly one call of $s" >&2; exit 1; }
 done
 echo
 echo "Ask for the stored result as JSON: $host run $wasm --workflow-id emp-001 --db $demo/durable.db --json"
