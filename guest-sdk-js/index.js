@@ -143,7 +143,8 @@ function encode(value, what) {
   try {
     json = JSON.stringify(value);
   } catch (error) {
-    throw new DurableError(`${what} cannot be stored as JSON: ${error.message}`);
+    // Another attempt would fail the same way.
+    throw new PermanentError(`${what} cannot be stored as JSON: ${error.message}`);
   }
   return json === undefined ? 'null' : json;
 }
