@@ -4,12 +4,13 @@
 //! workflow, cold (an empty compiled-component cache) and warm.
 //!
 //! The components are built as their authors build them (see
-//! `durable_tests::js_guests`), so the first run downloads their packages.
+//! `durable_tests::js_guests` and `py_guests`), so the first run downloads
+//! their packages.
 
 use std::process::Command;
 use std::time::Duration;
 
-use durable_tests::{HttpService, Scratch, js_guests};
+use durable_tests::{HttpService, Scratch, employee, js_guests, py_guests};
 use serde_json::{Value, json};
 
 use crate::{Bench, best, time};
@@ -57,6 +58,27 @@ pub fn javascript(service: &'static HttpService) -> Guest {
             command
                 .args(["--input", &input.to_string(), "--json"])
                 .args(["--allow-http", service.address()]);
+            command
+        }),
+        component: guests.onboarding.clone(),
+    }
+}
+
+/// The Python onboarding (file-backed services, as Rust's) and the Python
+/// SDK's cases.
+pub fn python() -> Guest {
+    let guests = py_guests();
+    Guest {
+        name: "Python",
+        steps: Box::new(|scratch, id, items| {
+            let mut command = scratch.run(&guests.scenarios, id);
+            let input = json!({"scenario": "steps", "items": items});
+            command.args(["--input", &input.to_string(), "--json"]);
+            command
+        }),
+        onboarding: Box::new(|scratch, id| {
+            let mut command = scratch.run(&guests.onboarding, id);
+            command.args(["--input", &employee(id, 0), "--json"]);
             command
         }),
         component: guests.onboarding.clone(),

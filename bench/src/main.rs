@@ -13,6 +13,8 @@
 //! - replay rate of a 10,000-step history left unfinished by a crash;
 //! - whole-process start-up of the onboarding workflow, cold (compiling)
 //!   and warm (from the compiled-component cache);
+//! - the same per-step cost and start-up for the TypeScript and Python
+//!   guests (see [`languages`]), against the Rust guest's;
 //! - speed-up of K CPU-bound parallel branches over the same work in
 //!   sequence;
 //! - workflows per second with 1, 2 and 4 processes at a time on one
@@ -381,7 +383,7 @@ fn one_shot(
 fn other_languages(bench: &Bench, report: &mut Report, one_shot: &OneShot) {
     let rust = &one_shot.rust;
     let service: &'static _ = Box::leak(Box::new(durable_tests::HttpService::start()));
-    let guests = vec![languages::javascript(service)];
+    let guests = [languages::javascript(service), languages::python()];
     for guest in guests {
         let figures = languages::measure(bench, &guest);
         let key = guest.name.to_lowercase();

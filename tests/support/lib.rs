@@ -19,6 +19,8 @@ mod http_service;
 pub use http_service::{HttpCall, HttpService};
 mod js_guests;
 pub use js_guests::{JsGuests, js_guests};
+mod py_guests;
+pub use py_guests::{PyGuests, py_guests};
 
 /// Paths of the built artefacts.
 pub struct Artifacts {
