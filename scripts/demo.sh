@@ -4,13 +4,14 @@
 #
 #   ./scripts/demo.sh              the Rust workflow (workflows/onboarding)
 #   ./scripts/demo.sh typescript   the same workflow in TypeScript (workflows/onboarding-js)
+#   ./scripts/demo.sh python       the same workflow in Python (workflows/onboarding-py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 language=${1:-rust}
 case "$language" in
-    rust | typescript) ;;
-    *) echo "usage: $0 [rust|typescript]" >&2; exit 2 ;;
+    rust | typescript | python) ;;
+    *) echo "usage: $0 [rust|typescript|python]" >&2; exit 2 ;;
 esac
 
 rustup target add wasm32-wasip2 >/dev/null
@@ -24,13 +25,20 @@ demo=target/demo
 rm -rf "$demo" && mkdir -p "$demo/services"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
+# Rust and Python: each call leaves one file in the service's directory.
+calls() { ls "$demo/services/$1" 2>/dev/null | grep -c '\.json$' || true; }
+grants=(--dir "$demo/services::/services")
+services_url=
 if [ "$language" = rust ]; then
     cargo build --release --target wasm32-wasip2 -p onboarding
     wasm=target/wasm32-wasip2/release/onboarding.wasm
-    grants=(--dir "$demo/services::/services")
-    services_url=
-    # Each call leaves one file in the service's directory.
-    calls() { ls "$demo/services/$1" 2>/dev/null | grep -c '\.json$' || true; }
+elif [ "$language" = python ]; then
+    # The SDK in a virtualenv of its own (the tests' one), which brings componentize-py.
+    venv=target/py-guests/venv
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check ./guest-sdk-py
+    wasm=$demo/onboarding-py.wasm
+    (cd workflows/onboarding-py && PYTHONDONTWRITEBYTECODE=1 "../../$venv/bin/durable-build" onboarding.py -o "../../$wasm")
 else
     (cd workflows/onboarding-js && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
     wasm=workflows/onboarding-js/onboarding.wasm
