@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use durable_tests::{Scratch, employee, run, spawn};
+use durable_tests::{Scratch, employee, resume_onboarding, run, spawn};
 use serde_json::Value;
 
 const STEPS: [&str; 4] = [
@@ -126,59 +126,12 @@ fn the_timeline_shows_the_provisioning_branches_overlapping() {
     assert!(laptop.1.max(access.1) <= email.0, "{chart}");
 }
 
-/// Resume after a crash and check the promises against what the crash left:
-/// every step completed at the crash ran exactly once in all, every step in
-/// flight at most twice, every other step once, and the output is unchanged.
+/// Resume `id` after a crash and check what the crash left; see
+/// [`durable_tests::resume_onboarding`].
 fn resume_and_check(scratch: &Scratch, id: &str, expected: &Value, context: &str) {
-    let at_crash: BTreeMap<String, String> = scratch
-        .steps(id)
-        .into_iter()
-        .map(|(key, status, _)| (key.trim_end_matches("#000001").to_owned(), status))
-        .collect();
-    let resumed = run(scratch.onboarding(id).arg("--json"))
-        .expect_code(0)
-        .json();
-    assert_eq!(&resumed["output"], expected, "output after {context}");
-    assert_eq!(resumed["resumed"], true);
-    let calls = scratch.service_calls();
-    for (step, service) in STEPS.iter().zip(SERVICES) {
-        let count = calls.get(service).copied().unwrap_or(0);
-        match at_crash.get(*step).map(String::as_str) {
-            Some("running") => assert!(
-                (1..=2).contains(&count),
-                "{step} was in flight at {context}: ran {count} times"
-            ),
-            status => assert_eq!(
-                count, 1,
-                "{step} ({status:?} at {context}) must run exactly once"
-            ),
-        }
-    }
-    let replayed = resumed["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["outcome"] == "replayed")
-        .count();
-    let completed = at_crash
-        .values()
-        .filter(|status| *status == "completed")
-        .count();
-    assert_eq!(
-        replayed, completed,
-        "every step completed at {context} is replayed, no other"
-    );
-    for (key, status, attempts) in scratch.steps(id) {
-        let was_running = at_crash
-            .get(key.trim_end_matches("#000001"))
-            .is_some_and(|s| s == "running");
-        assert_eq!(
-            (status.as_str(), attempts),
-            ("completed", if was_running { 2 } else { 1 }),
-            "{key} after {context}"
-        );
-    }
-    assert!(scratch.integrity_ok());
+    let mut resume = scratch.onboarding(id);
+    resume.arg("--json");
+    resume_onboarding(scratch, id, &mut resume, expected, context);
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use durable_tests::{Scratch, employee, py_guests, run, spawn};
+use durable_tests::{Scratch, employee, py_guests, resume_onboarding, run, spawn};
 use serde_json::{Value, json};
 
 const STEPS: [&str; 4] = [
@@ -114,59 +114,12 @@ fn same_output_and_service_calls_as_the_rust_onboarding_then_a_replay_runs_nothi
     assert_eq!(python.service_calls(), once_each());
 }
 
-/// Resume after a crash: every step completed at the crash ran exactly once
-/// in all, the step cut short at most twice, and the output is unchanged.
+/// Resume `id` after a crash and check what the crash left; see
+/// [`durable_tests::resume_onboarding`].
 fn resume_and_check(scratch: &Scratch, id: &str, latency_ms: u64, context: &str) {
-    let at_crash: BTreeMap<String, String> = scratch
-        .steps(id)
-        .into_iter()
-        .map(|(key, status, _)| (key.trim_end_matches("#000001").to_owned(), status))
-        .collect();
-    let resumed = run(onboarding(scratch, id, latency_ms).arg("--json"))
-        .expect_code(0)
-        .json();
-    assert_eq!(
-        resumed["output"],
-        expected_output(id),
-        "output after {context}"
-    );
-    assert_eq!(resumed["resumed"], true, "{context}");
-    let calls = scratch.service_calls();
-    for (step, service) in STEPS.iter().zip(SERVICES) {
-        let count = calls.get(service).copied().unwrap_or(0);
-        match at_crash.get(*step).map(String::as_str) {
-            Some("running") => assert!(
-                (1..=2).contains(&count),
-                "{step} was in flight at {context}: ran {count} times"
-            ),
-            status => assert_eq!(
-                count, 1,
-                "{step} ({status:?} at {context}) must run exactly once"
-            ),
-        }
-    }
-    let replayed = resumed["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["outcome"] == "replayed")
-        .count();
-    let completed = at_crash.values().filter(|s| *s == "completed").count();
-    assert_eq!(
-        replayed, completed,
-        "the steps completed at {context} are replayed"
-    );
-    for (key, status, attempts) in scratch.steps(id) {
-        let was_running = at_crash
-            .get(key.trim_end_matches("#000001"))
-            .is_some_and(|s| s == "running");
-        assert_eq!(
-            (status.as_str(), attempts),
-            ("completed", if was_running { 2 } else { 1 }),
-            "{key} after {context}"
-        );
-    }
-    assert!(scratch.integrity_ok());
+    let mut resume = onboarding(scratch, id, latency_ms);
+    resume.arg("--json");
+    resume_onboarding(scratch, id, &mut resume, &expected_output(id), context);
 }
 
 #[test]
