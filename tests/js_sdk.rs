@@ -335,3 +335,22 @@ fn now_random_and_uuid_are_recorded_and_replayed() {
         "a version 4 UUID: {uuid}"
     );
 }
+
+#[test]
+fn a_child_workflow_is_started_once_and_its_output_awaited() {
+    let scratch = Scratch::new();
+    let component = &js_guests().scenarios;
+    let waiting = run(&mut scenario(&scratch, "parent", "child"))
+        .expect_code(12)
+        .stdout();
+    assert!(waiting.contains("parent.kid"), "{waiting}");
+    // Run again: still waiting, and the child is not started a second time.
+    run(&mut scratch.run(component, "parent")).expect_code(12);
+    run(&mut scratch.run(component, "parent.kid")).expect_code(0);
+    let done = run(scratch.run(component, "parent").arg("--json"))
+        .expect_code(0)
+        .json();
+    assert_eq!(done["output"], json!({ "child": 2 }));
+    let children = scratch.number("SELECT COUNT(*) FROM workflows WHERE parent_id = 'parent'");
+    assert_eq!(children, 1);
+}

@@ -68,6 +68,8 @@ fn command(dir: &Path, command: &mut Command) {
     let status = command
         .current_dir(dir)
         .stdin(Stdio::null())
+        // Progress, not output: durable-bench's stdout is its report.
+        .stdout(std::io::stderr())
         .status()
         .unwrap_or_else(|e| panic!("{command:?} (npm and Node.js are needed): {e}"));
     assert!(

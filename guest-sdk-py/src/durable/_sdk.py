@@ -553,6 +553,47 @@ class Context:
                 f"signal `{name}` holds a value that is not JSON: {e}", UNDECODABLE_SIGNAL
             ) from None
 
+    def start_child(self, workflow_id: str, input: Any, *, deployment: str | None = None) -> str:
+        """Start the workflow ``workflow_id`` as a child of this one, once:
+        the start is recorded (the step ``durable.child:ID``) with the
+        queueing, so a resumed workflow neither starts it again nor loses it.
+        It runs the newest version of ``deployment``, or this component (with
+        this workflow's grants) when none is given; ``serve`` runs it in this
+        workflow's queue. Raises :class:`StepError` when it cannot be started
+        (the id is another workflow's, no such deployment), and
+        :class:`Cancelled` when this workflow was cancelled. Returns the id,
+        for :meth:`await_child`."""
+        from componentize_py_types import Err
+
+        host = _host()
+        child = host.ChildWorkflow(
+            workflow_id=workflow_id, deployment=deployment, input=to_json(input)
+        )
+        try:
+            host.start_child(child)
+        except Err as e:
+            raise _from_host_error(_err_value(e)) from None
+        return workflow_id
+
+    def await_child(
+        self, workflow_id: str, timeout: float | datetime.timedelta | None = None
+    ) -> Any:
+        """Wait for the child ``workflow_id`` to end and return its output (its
+        error is raised as a :class:`StepError`; a cancelled child's has the
+        code ``cancelled``), or ``None`` when ``timeout`` (seconds) runs out
+        first. Recorded (the step ``durable.child-result:ID``); like
+        :meth:`wait_signal`, a long wait holds no process."""
+        from componentize_py_types import Err
+
+        timeout_ms = None if timeout is None else _millis(timeout)
+        try:
+            outcome = _host().await_child(workflow_id, timeout_ms)
+        except Err as e:
+            raise Cancelled(str(_err_value(e))) from None
+        if outcome is None:
+            return None
+        return self._recorded(f"durable.child-result:{workflow_id}", outcome)
+
     def set_event(self, key: str, value: Any) -> None:
         """Publish ``value`` under ``key`` for observers (``durable-host
         get-event``); recorded as the step ``durable.event:KEY``, so a
