@@ -449,7 +449,28 @@ export async function durableFetch(resource, init = {}) {
   if (!headers.has('idempotency-key')) {
     headers.set('idempotency-key', requests === 1 ? step.idempotencyKey : `${step.idempotencyKey}/${requests}`);
   }
-  return fetch(resource, { ...init, headers });
+  try {
+    return await fetch(resource, { ...init, headers });
+  } catch (error) {
+    // The engine's message does not say why (a refusal by the host's
+    // allow-list looks like any network error): name the request and the flag.
+    const url = resource instanceof Request ? resource.url : String(resource);
+    const method = (init.method ?? (resource instanceof Request ? resource.method : 'GET')).toUpperCase();
+    throw new DurableError(
+      `${method} ${shown(url)} failed: ${String(error?.message ?? error).trim()}; if the host refused it, ` +
+        'grant its destination with --allow-http HOST[:PORT] (durable-host history lists the requests)',
+    );
+  }
+}
+
+/** `url` without its query and user, which may hold secrets. */
+function shown(url) {
+  try {
+    const parsed = new URL(url);
+    return `${parsed.protocol}//${parsed.host}${parsed.pathname}`;
+  } catch {
+    return url.split('?')[0];
+  }
 }
 export { durableFetch as fetch };
 

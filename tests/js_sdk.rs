@@ -22,6 +22,13 @@ const SERVICES: [&str; 4] = ["hr", "it", "iam", "mail"];
 
 /// `durable-host run` of the TypeScript onboarding for `id`, calling `service`.
 fn onboarding(scratch: &Scratch, service: &HttpService, id: &str, latency_ms: u64) -> Command {
+    let mut command = ungranted(scratch, service, id, latency_ms);
+    command.args(["--allow-http", service.address()]);
+    command
+}
+
+/// The same, without the grant of `service`'s address.
+fn ungranted(scratch: &Scratch, service: &HttpService, id: &str, latency_ms: u64) -> Command {
     let input = json!({
         "id": id,
         "name": "Ada Lovelace",
@@ -31,9 +38,7 @@ fn onboarding(scratch: &Scratch, service: &HttpService, id: &str, latency_ms: u6
         "services_url": service.url(),
     });
     let mut command = scratch.run(&js_guests().onboarding, id);
-    command
-        .args(["--input", &input.to_string(), "--json"])
-        .args(["--allow-http", service.address()]);
+    command.args(["--input", &input.to_string(), "--json"]);
     command
 }
 
@@ -101,6 +106,22 @@ fn typescript_onboarding_gives_the_rust_output_and_calls_each_service_once() {
         once_each(),
         "a finished workflow calls nothing"
     );
+}
+
+#[test]
+fn a_request_to_a_destination_not_granted_fails_its_step_naming_the_flag() {
+    let scratch = Scratch::new();
+    let service = HttpService::start();
+    let failed = run(&mut ungranted(&scratch, &service, "emp-r", 0))
+        .expect_code(1)
+        .json();
+    let error = failed["error"].as_str().unwrap();
+    let url = format!("{}/hr/create_record", service.url());
+    assert!(
+        error.starts_with(&format!("POST {url} failed: ")) && error.contains("--allow-http"),
+        "{error}"
+    );
+    assert!(service.calls().is_empty(), "refused before it was sent");
 }
 
 #[test]
