@@ -5,8 +5,6 @@ export type Json = null | boolean | number | string | Json[] | { [key: string]: 
 
 /** The code of an error that tells of a cancellation. */
 export const CANCELLED: 'cancelled';
-/** The code of the error for a signal whose value is not what was expected. */
-export const UNDECODABLE_SIGNAL: 'undecodable_signal';
 
 export interface ErrorOptions {
   /** A short stable code a caller can match on (`card_declined`), recorded with the message. */

@@ -15,8 +15,6 @@ import * as host from 'durable:workflow/durable-step@0.3.0';
 
 /** The code of an error that tells of a cancellation. */
 export const CANCELLED = 'cancelled';
-/** The code of the error `waitSignal` returns for a value that is not JSON of the expected kind. */
-export const UNDECODABLE_SIGNAL = 'undecodable_signal';
 
 /**
  * An error a step or a workflow ends with: a message and, optionally, a
@@ -57,10 +55,18 @@ export class CancelledError extends DurableError {
 const DEFAULT_RETRY = { maxAttempts: 1, initialBackoffMs: 100, maxBackoffMs: 30_000, multiplier: 2 };
 
 function retryPolicy(policy) {
-  const full = { ...DEFAULT_RETRY, ...(policy ?? {}) };
+  const given = Object.entries(policy ?? {}).filter(([, value]) => value !== undefined);
+  const full = { ...DEFAULT_RETRY, ...Object.fromEntries(given) };
   if (!Number.isInteger(full.maxAttempts) || full.maxAttempts < 1) {
     throw new TypeError(`retry.maxAttempts must be a whole number of at least 1, not ${full.maxAttempts}`);
   }
+  for (const field of ['initialBackoffMs', 'maxBackoffMs', 'multiplier']) {
+    if (typeof full[field] !== 'number' || !Number.isFinite(full[field]) || full[field] < 0) {
+      throw new TypeError(`retry.${field} must be a number of at least 0, not ${full[field]}`);
+    }
+  }
+  full.initialBackoffMs = Math.round(full.initialBackoffMs);
+  full.maxBackoffMs = Math.round(full.maxBackoffMs);
   return full;
 }
 
@@ -123,10 +129,13 @@ function toHost(error) {
   return { message: String(error), code: undefined };
 }
 
+/**
+ * A recorded error, as a replay throws it. Its code may be `cancelled` (a
+ * cancelled child's outcome, say) without this workflow being cancelled:
+ * only the host's own answers raise `CancelledError`.
+ */
 function fromHost(error) {
-  return error.code === CANCELLED
-    ? new CancelledError(error.message)
-    : new DurableError(error.message, { code: error.code });
+  return new DurableError(error.message, { code: error.code });
 }
 
 /** The reason an import's `result` error carried (thrown by the bindings). */
@@ -227,22 +236,25 @@ class Context {
     }
     let run = start.val;
     for (;;) {
+      // A flag, not `failure !== undefined`: `throw undefined` is a failure too.
+      let failed = false;
       let failure;
       let recorded;
       try {
         const value = await withCurrentStep(run, body);
         recorded = { tag: 'ok', val: encode(value, `the value of step \`${name}\``) };
       } catch (error) {
+        failed = true;
         failure = error;
       }
-      if (failure !== undefined && !isPermanent(failure) && run.failures + 1 < policy.maxAttempts) {
+      if (failed && !isPermanent(failure) && run.failures + 1 < policy.maxAttempts) {
         // The host records the failure, waits out the backoff durably and
         // announces the next attempt.
         const backoff = BigInt(backoffBefore(policy, run.failures + 2));
         run = host.recordAttempt(run.key, toHost(failure), backoff);
         continue;
       }
-      if (failure !== undefined) {
+      if (failed) {
         recorded = { tag: 'err', val: toHost(failure) };
       }
       host.finishStep(run.key, recorded);
@@ -360,14 +372,20 @@ class Context {
    * this workflow's own component when none is given.
    */
   async startChild(workflowId, input, options = {}) {
+    const child = {
+      workflowId,
+      deployment: options.deployment,
+      input: encode(input, `the input of child workflow ${workflowId}`),
+    };
     try {
-      host.startChild({
-        workflowId,
-        deployment: options.deployment,
-        input: encode(input, `the input of child workflow ${workflowId}`),
-      });
+      host.startChild(child);
     } catch (error) {
-      throw fromHost(thrownReason(error));
+      const reason = thrownReason(error);
+      if (typeof reason !== 'object' || reason === null) {
+        throw new DurableError(String(reason));
+      }
+      // Here the code `cancelled` is this workflow's own cancellation.
+      throw reason.code === CANCELLED ? new CancelledError(reason.message) : fromHost(reason);
     }
     return workflowId;
   }
@@ -408,7 +426,10 @@ const branches = new Map();
  * `const provisionLaptop = branch('provision_laptop', async (employee) => ...)`.
  * Calling the result with an input makes a call for `ctx.parallel`. The
  * body runs in a fresh instance of the workflow, so it gets only its input
- * (JSON) and must not use `ctx`. `options.retry` retries it as `step` does.
+ * (JSON) and must not use `ctx`. `options.retry` has the host retry a
+ * failed attempt, each in a fresh instance; the host cannot tell a
+ * `PermanentError` from its message, so a branch that must not be retried
+ * on some errors should have no retry policy.
  */
 export function branch(name, body, options = {}) {
   checkName(name, 'branch');
@@ -445,7 +466,7 @@ export async function durableFetch(resource, init = {}) {
     throw new PermanentError('fetch outside a step: wrap the request in ctx.step(...) so that it runs once');
   }
   requests += 1;
-  const headers = new Headers(init.headers);
+  const headers = new Headers(init.headers ?? (resource instanceof Request ? resource.headers : undefined));
   if (!headers.has('idempotency-key')) {
     headers.set('idempotency-key', requests === 1 ? step.idempotencyKey : `${step.idempotencyKey}/${requests}`);
   }

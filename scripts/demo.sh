@@ -46,8 +46,11 @@ else
     # free port, which prints each call it receives.
     target/release/mock-http 127.0.0.1:0 > "$demo/mock-http.log" &
     mock_http=$!
-    trap 'kill $mock_http 2>/dev/null' EXIT
-    until grep -q listening "$demo/mock-http.log"; do sleep 0.1; done
+    trap 'kill "$mock_http" 2>/dev/null || true' EXIT
+    until grep -q listening "$demo/mock-http.log"; do
+        kill -0 "$mock_http" 2>/dev/null || { echo "mock-http did not start: $(cat "$demo/mock-http.log")" >&2; exit 1; }
+        sleep 0.1
+    done
     services_url=$(sed -n 's/.*listening on //p' "$demo/mock-http.log")
     grants=(--allow-http "${services_url#http://}")
     # A call counts once per idempotency key: a repeat gets the first answer.

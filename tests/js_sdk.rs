@@ -316,11 +316,14 @@ fn a_thrown_error_is_recorded_with_its_type_message_and_code() {
         step(&history(&scratch, "thrown"), "broken#000001")["error"],
         error
     );
-    // Run again: the recorded error is replayed, not the step.
-    let again = run(&mut scenario(&scratch, "thrown", "thrown"))
+    // Killed right after the step's error was recorded: the resumed run
+    // replays the error, it does not run the step again.
+    run(scenario(&scratch, "thrown-2", "thrown").args(["--crash-after", "1"])).expect_code(3);
+    let resumed = run(&mut scenario(&scratch, "thrown-2", "thrown"))
         .expect_code(1)
         .json();
-    assert_eq!(again["error"], error);
+    assert_eq!(resumed["error"], error);
+    assert_eq!(resumed["steps"][0]["outcome"], "replayed", "{resumed}");
 
     let coded = run(&mut scenario(&scratch, "coded", "coded"))
         .expect_code(1)
@@ -350,6 +353,7 @@ fn now_random_and_uuid_are_recorded_and_replayed() {
         "{output}"
     );
     assert!(millis > 1_700_000_000_000, "{millis}");
+    assert_eq!(output["nowMs"], millis, "the recorded instant");
     let uuid = output["uuid"].as_str().unwrap();
     assert!(
         uuid.len() == 36 && uuid.as_bytes()[14] == b'4',
@@ -374,4 +378,32 @@ fn a_child_workflow_is_started_once_and_its_output_awaited() {
     assert_eq!(done["output"], json!({ "child": 2 }));
     let children = scratch.number("SELECT COUNT(*) FROM workflows WHERE parent_id = 'parent'");
     assert_eq!(children, 1);
+}
+
+#[test]
+fn a_cancellation_ends_a_sleep_and_the_compensation_still_runs() {
+    let scratch = Scratch::new();
+    js_guests();
+    let mut command = scratch.run(&js_guests().scenarios, "trip");
+    let input = json!({ "case": "compensate", "sleep_ms": 60_000 });
+    command.args(["--input", &input.to_string(), "--wait"]);
+    let started = Instant::now();
+    let child = spawn(&mut command);
+    durable_tests::wait_until("the durable sleep", Duration::from_secs(60), || {
+        let steps = scratch.try_steps("trip").unwrap_or_default();
+        steps.iter().any(|s| s.0 == "durable.sleep#000001")
+    });
+    run(&mut scratch.host(&["cancel", "trip"])).expect_code(0);
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(6), "ends cancelled");
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "the sleep ended early"
+    );
+    let history = history(&scratch, "trip");
+    assert_eq!(history["status"], "cancelled");
+    assert_eq!(
+        step(&history, "release#000001")["output"],
+        json!({ "released": "R-1", "type": "CancelledError", "code": "cancelled" })
+    );
 }

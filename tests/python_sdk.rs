@@ -25,7 +25,7 @@ const STEPS: [&str; 4] = [
 ];
 const SERVICES: [&str; 4] = ["hr", "it", "iam", "mail"];
 /// The latency of each mock service call in the kill tests.
-const SLOW_MS: u64 = 1000;
+const SLOW_MS: u64 = 2500;
 
 /// `durable-host run` of the Python onboarding for `id`.
 fn onboarding(scratch: &Scratch, id: &str, latency_ms: u64) -> Command {
@@ -510,7 +510,7 @@ fn durable_build_explains_a_module_without_a_workflow_in_one_line_and_a_hint() {
         "{stderr}"
     );
     assert!(
-        lines[lines.len() - 1].starts_with("hint: add @durable.workflow"),
+        lines[lines.len() - 1].starts_with("  hint: add @durable.workflow"),
         "{stderr}"
     );
     assert!(!dir.path().join("plain.wasm").exists());
@@ -524,7 +524,7 @@ fn durable_build_explains_a_module_without_a_workflow_in_one_line_and_a_hint() {
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&output.stderr),
-        "error: missing.py: no such file\nhint: give the path of the workflow's .py file\n"
+        "error: missing.py: no such file\n  hint: give the path of the workflow's .py file\n"
     );
 }
 

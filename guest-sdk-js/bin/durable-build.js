@@ -47,7 +47,7 @@ try {
   if (!(error instanceof BuildFailure)) {
     throw error;
   }
-  console.error(`durable-build: ${error.message}`);
+  console.error(`error: ${error.message}`);
   if (error.hint) {
     console.error(`  hint: ${error.hint}`);
   }
@@ -92,11 +92,11 @@ async function main() {
       await build({
         stdin: {
           // The component's exports, from the author's default export. The SDK
-          // is imported by its own path; the author's `durable-sdk` import
-          // resolves to the same file, so both share one module.
+          // is imported as the author's module imports it, so that both get
+          // one instance of it (its branches, its current step).
           contents: [
             `import workflow from ${JSON.stringify(entry)};`,
-            `import { __exports } from ${JSON.stringify(join(sdk, 'index.js'))};`,
+            "import { __exports } from 'durable-sdk';",
             'const exported = __exports(workflow);',
             'export const run = exported.run;',
             'export const runBranch = exported.runBranch;',
@@ -110,6 +110,8 @@ async function main() {
         platform: 'neutral',
         target: 'es2022',
         mainFields: ['module', 'main'],
+        // A module that does not import the SDK itself gets this one.
+        nodePaths: [dirname(sdk)],
         // The contract and WASI are the component's imports, not modules.
         external: ['durable:*', 'wasi:*'],
         outfile: bundle,
@@ -117,7 +119,7 @@ async function main() {
       });
     } catch (error) {
       const first = error.errors?.[0];
-      if (first?.location?.file === 'durable-entry.js') {
+      if (first?.location?.file === 'durable-entry.js' && first.text.includes('"default"')) {
         fail(
           `${entry} has no default export`,
           'export the workflow as its default: export default async function onboard(ctx, input) { ... }',
@@ -152,9 +154,13 @@ async function main() {
       const lines = String(error.message ?? error)
         .split('\n')
         .filter((line) => line.trim() && !line.includes('wizer'));
-      fail(lines.slice(0, 3).join('\n  '), 'the module failed while it was loaded; see the error above');
+      fail(lines.slice(0, 3).join('\n  '), 'the module threw while it was loaded, or the component could not be built');
     }
-    await writeFile(out, component);
+    try {
+      await writeFile(out, component);
+    } catch (error) {
+      fail(`cannot write ${out}: ${error.message}`, 'give -o a path in a directory that exists');
+    }
     const seconds = ((Date.now() - started) / 1000).toFixed(1);
     const megabytes = (component.byteLength / 1e6).toFixed(1);
     console.error(`durable-build: built ${out} (${megabytes} MB) in ${seconds} s`);

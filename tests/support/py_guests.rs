@@ -47,7 +47,9 @@ pub fn py_guests() -> &'static PyGuests {
             ),
             ("scenarios", tests.join("fixtures/python"), "scenarios.py"),
         ];
-        let stamp_of_sdk = stamp(&[sdk.join("src/durable"), workspace.join("guest-sdk/wit")]);
+        let stamp_of_sdk = stamp(&[sdk.join("src/durable"), workspace.join("guest-sdk/wit")])
+            // Its pins (componentize-py) too.
+            + &stamp(&[sdk.join("pyproject.toml")]);
         let mut builds = Vec::new();
         for (name, dir, app) in &sources {
             let wasm = root.join(format!("{name}-py.wasm"));

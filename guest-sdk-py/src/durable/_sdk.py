@@ -258,8 +258,9 @@ def _to_host_error(error: StepError):
 
 
 def _from_host_error(error) -> StepError:
-    if error.code == CANCELLED:
-        return Cancelled(error.message)
+    """A recorded error, as a replay raises it. Its code may be
+    ``cancelled`` (a cancelled child's outcome, say) without this workflow
+    being cancelled: only the host's own answers raise :class:`Cancelled`."""
     return StepError(error.message, error.code)
 
 
@@ -572,7 +573,11 @@ class Context:
         try:
             host.start_child(child)
         except Err as e:
-            raise _from_host_error(_err_value(e)) from None
+            error = _err_value(e)
+            # Here the code `cancelled` is this workflow's own cancellation.
+            if error.code == CANCELLED:
+                raise Cancelled(error.message) from None
+            raise _from_host_error(error) from None
         return workflow_id
 
     def await_child(

@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if e.details:
             print(e.details, file=sys.stderr)
         print(f"error: {e.cause}", file=sys.stderr)
-        print(f"hint: {e.hint}", file=sys.stderr)
+        print(f"  hint: {e.hint}", file=sys.stderr)
         return 1
     if not args.quiet:
         size = os.path.getsize(out) / 1e6
