@@ -9,16 +9,9 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use durable_tests::onboarding::{SERVICES, STEPS, once_each, wait_until_running};
 use durable_tests::{HttpService, Scratch, js_guests, run, spawn};
 use serde_json::{Value, json};
-
-const STEPS: [&str; 4] = [
-    "create_record",
-    "provision_laptop",
-    "provision_access",
-    "send_welcome_email",
-];
-const SERVICES: [&str; 4] = ["hr", "it", "iam", "mail"];
 
 /// `durable-host run` of the TypeScript onboarding for `id`, calling `service`.
 fn onboarding(scratch: &Scratch, service: &HttpService, id: &str, latency_ms: u64) -> Command {
@@ -63,10 +56,6 @@ fn count(service: &HttpService, distinct: bool) -> BTreeMap<String, usize> {
         *counts.entry(name.to_owned()).or_default() += 1;
     }
     counts
-}
-
-fn once_each() -> BTreeMap<String, usize> {
-    SERVICES.iter().map(|s| (s.to_string(), 1)).collect()
 }
 
 /// The Rust onboarding's output for `id`: the TypeScript one must match it.
@@ -136,11 +125,6 @@ fn a_crash_before_or_after_any_step_resumes_without_calling_a_service_twice() {
                 .args(["--crash", &format!("{step}:{point}")]))
             .expect_code(3);
             let at_crash = calls(&service);
-            let completed_at_crash = scratch
-                .steps("emp-c")
-                .iter()
-                .filter(|s| s.1 == "completed")
-                .count();
             let called = at_crash.get(SERVICES[index]).copied();
             assert_eq!(
                 called,
@@ -148,35 +132,20 @@ fn a_crash_before_or_after_any_step_resumes_without_calling_a_service_twice() {
                 "{context}: {at_crash:?}"
             );
 
-            let resumed = run(&mut onboarding(&scratch, &service, "emp-c", 0))
-                .expect_code(0)
-                .json();
-            assert_eq!(resumed["resumed"], true, "{context}");
-            assert_eq!(resumed["output"], expected, "{context}");
-            // A step done at the crash is not called again; its parallel
-            // sibling may have been in flight, and calls again with the
-            // same idempotency key.
-            assert_eq!(requests(&service), once_each(), "{context}");
-            let again = calls(&service);
-            for (service, count) in &at_crash {
-                let sibling_in_flight = matches!(index, 1 | 2)
-                    && matches!(service.as_str(), "it" | "iam")
-                    && service != SERVICES[index];
-                if !sibling_in_flight {
-                    assert_eq!(again[service], *count, "{service} after {context}");
-                }
-            }
-            let replayed = resumed["steps"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|s| s["outcome"] == "replayed")
-                .count();
-            assert_eq!(
-                replayed, completed_at_crash,
-                "{context}: the steps completed at the crash are replayed, no other"
+            // A step done at the crash is not called again; a step in flight
+            // (a parallel sibling) may call again, with the same
+            // idempotency key.
+            let mut resume = onboarding(&scratch, &service, "emp-c", 0);
+            let counted = || calls(&service);
+            durable_tests::onboarding::resume(
+                &scratch,
+                "emp-c",
+                &mut resume,
+                &counted,
+                &expected,
+                &context,
             );
-            assert!(scratch.integrity_ok());
+            assert_eq!(requests(&service), once_each(), "{context}");
         }
     }
 }
@@ -188,20 +157,7 @@ fn kill_during(step: &str) {
     let service = HttpService::start();
     let mut child = spawn(&mut onboarding(&scratch, &service, "emp-k", 1_500));
     let key = format!("{step}#000001");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !scratch
-        .try_steps("emp-k")
-        .unwrap_or_default()
-        .iter()
-        .any(|s| s.0 == key && s.1 == "running")
-    {
-        assert!(Instant::now() < deadline, "{key} never started");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the host ended before the kill"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until_running(&scratch, "emp-k", &key, &mut child, Duration::from_secs(60));
     child.kill().unwrap(); // SIGKILL
     assert!(!child.wait().unwrap().success());
     let running: Vec<String> = scratch

@@ -1,23 +1,11 @@
 //! The onboarding workflow end to end: an uninterrupted run, a crash at
 //! every step boundary, and a real SIGKILL in the middle of a slow step.
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use durable_tests::{Scratch, employee, resume_onboarding, run, spawn};
+use durable_tests::onboarding::{SERVICES, STEPS, once_each, wait_until_running};
+use durable_tests::{Scratch, employee, run, spawn};
 use serde_json::Value;
-
-const STEPS: [&str; 4] = [
-    "create_record",
-    "provision_laptop",
-    "provision_access",
-    "send_welcome_email",
-];
-const SERVICES: [&str; 4] = ["hr", "it", "iam", "mail"];
-
-fn once_each() -> BTreeMap<String, usize> {
-    SERVICES.iter().map(|s| (s.to_string(), 1)).collect()
-}
 
 /// The output of an uninterrupted run of `id`, from a scratch of its own.
 fn uninterrupted_output(id: &str) -> Value {
@@ -127,11 +115,12 @@ fn the_timeline_shows_the_provisioning_branches_overlapping() {
 }
 
 /// Resume `id` after a crash and check what the crash left; see
-/// [`durable_tests::resume_onboarding`].
+/// [`durable_tests::onboarding::resume`].
 fn resume_and_check(scratch: &Scratch, id: &str, expected: &Value, context: &str) {
     let mut resume = scratch.onboarding(id);
     resume.arg("--json");
-    resume_onboarding(scratch, id, &mut resume, expected, context);
+    let calls = || scratch.service_calls();
+    durable_tests::onboarding::resume(scratch, id, &mut resume, &calls, expected, context);
 }
 
 #[test]
@@ -225,25 +214,8 @@ fn sigkill_in_the_middle_of_a_slow_step_then_resume() {
     let mut child = spawn(&mut command);
 
     // Wait until provision_laptop is executing (its body is in its latency).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let steps = scratch.try_steps("emp-k").unwrap_or_default();
-        if steps
-            .iter()
-            .any(|s| s.0 == "provision_laptop#000001" && s.1 == "running")
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "provision_laptop never started: {steps:?}"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the host exited before it could be killed"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let key = "provision_laptop#000001";
+    wait_until_running(&scratch, "emp-k", key, &mut child, Duration::from_secs(30));
     child.kill().unwrap(); // SIGKILL
     let status = child.wait().unwrap();
     assert!(!status.success());

@@ -14,16 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use durable_tests::{Scratch, employee, py_guests, resume_onboarding, run, spawn};
+use durable_tests::onboarding::{SERVICES, STEPS, once_each, wait_until_running};
+use durable_tests::{Scratch, employee, py_guests, run, spawn};
 use serde_json::{Value, json};
 
-const STEPS: [&str; 4] = [
-    "create_record",
-    "provision_laptop",
-    "provision_access",
-    "send_welcome_email",
-];
-const SERVICES: [&str; 4] = ["hr", "it", "iam", "mail"];
 /// The latency of each mock service call in the kill tests.
 const SLOW_MS: u64 = 2500;
 
@@ -39,10 +33,6 @@ fn scenario(scratch: &Scratch, id: &str, input: Value) -> Command {
     let mut command = scratch.run(&py_guests().scenarios, id);
     command.args(["--input", &input.to_string()]);
     command
-}
-
-fn once_each() -> BTreeMap<String, usize> {
-    SERVICES.iter().map(|s| (s.to_string(), 1)).collect()
 }
 
 fn history_of(scratch: &Scratch, id: &str) -> Value {
@@ -115,11 +105,13 @@ fn same_output_and_service_calls_as_the_rust_onboarding_then_a_replay_runs_nothi
 }
 
 /// Resume `id` after a crash and check what the crash left; see
-/// [`durable_tests::resume_onboarding`].
+/// [`durable_tests::onboarding::resume`].
 fn resume_and_check(scratch: &Scratch, id: &str, latency_ms: u64, context: &str) {
     let mut resume = onboarding(scratch, id, latency_ms);
     resume.arg("--json");
-    resume_onboarding(scratch, id, &mut resume, &expected_output(id), context);
+    let calls = || scratch.service_calls();
+    let expected = expected_output(id);
+    durable_tests::onboarding::resume(scratch, id, &mut resume, &calls, &expected, context);
 }
 
 #[test]
@@ -169,19 +161,7 @@ fn kill_during(step: &str) {
     let scratch = Scratch::new();
     let mut child = spawn(&mut onboarding(&scratch, &id, SLOW_MS));
     let key = format!("{step}#000001");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let steps = scratch.try_steps(&id).unwrap_or_default();
-        if steps.iter().any(|s| s.0 == key && s.1 == "running") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{step} never started: {steps:?}");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the host exited before it could be killed"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until_running(&scratch, &id, &key, &mut child, Duration::from_secs(60));
     // Into the body's latency (SLOW_MS), well before its end.
     std::thread::sleep(Duration::from_millis(100));
     child.kill().unwrap(); // SIGKILL

@@ -21,6 +21,7 @@ mod js_guests;
 pub use js_guests::{JsGuests, js_guests};
 mod py_guests;
 pub use py_guests::{PyGuests, py_guests};
+pub mod onboarding;
 
 /// Paths of the built artefacts.
 pub struct Artifacts {
@@ -500,75 +501,6 @@ impl Scratch {
             .unwrap();
         result == "ok"
     }
-}
-
-/// The onboarding workflow's steps, and the mock service each one calls.
-pub const ONBOARDING_STEPS: [(&str, &str); 4] = [
-    ("create_record", "hr"),
-    ("provision_laptop", "it"),
-    ("provision_access", "iam"),
-    ("send_welcome_email", "mail"),
-];
-
-/// Resume the crashed onboarding workflow `id` with `resume` (its `run
-/// ... --json`, in any language) and check the promises against what the
-/// crash left: every step completed at the crash ran exactly once in all,
-/// every step in flight at most twice, every other step once, and the
-/// output is `expected`.
-pub fn resume_onboarding(
-    scratch: &Scratch,
-    id: &str,
-    resume: &mut Command,
-    expected: &Value,
-    context: &str,
-) {
-    let at_crash: BTreeMap<String, String> = scratch
-        .steps(id)
-        .into_iter()
-        .map(|(key, status, _)| (key.trim_end_matches("#000001").to_owned(), status))
-        .collect();
-    let resumed = run(resume).expect_code(0).json();
-    assert_eq!(&resumed["output"], expected, "output after {context}");
-    assert_eq!(resumed["resumed"], true, "{context}");
-    let calls = scratch.service_calls();
-    for (step, service) in ONBOARDING_STEPS {
-        let count = calls.get(service).copied().unwrap_or(0);
-        match at_crash.get(step).map(String::as_str) {
-            Some("running") => assert!(
-                (1..=2).contains(&count),
-                "{step} was in flight at {context}: ran {count} times"
-            ),
-            status => assert_eq!(
-                count, 1,
-                "{step} ({status:?} at {context}) must run exactly once"
-            ),
-        }
-    }
-    let replayed = resumed["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["outcome"] == "replayed")
-        .count();
-    let completed = at_crash
-        .values()
-        .filter(|status| *status == "completed")
-        .count();
-    assert_eq!(
-        replayed, completed,
-        "every step completed at {context} is replayed, no other"
-    );
-    for (key, status, attempts) in scratch.steps(id) {
-        let was_running = at_crash
-            .get(key.trim_end_matches("#000001"))
-            .is_some_and(|s| s == "running");
-        assert_eq!(
-            (status.as_str(), attempts),
-            ("completed", if was_running { 2 } else { 1 }),
-            "{key} after {context}"
-        );
-    }
-    assert!(scratch.integrity_ok());
 }
 
 /// The onboarding input for employee `id`, with `latency_ms` per service call.
