@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use durable_tests::{Scratch, artifacts, run, sha256_of, spawn};
+use durable_tests::{Scratch, artifacts, earlier_attempts, run, sha256_of, spawn};
 use serde_json::json;
 
 #[test]
@@ -334,18 +334,7 @@ fn retries_are_counted_and_recorded() {
         .expect_code(0)
         .json();
     let flaky = &history["steps"][0];
-    let earlier: Vec<(u64, &str, u64)> = flaky["earlier_attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["attempt"].as_u64().unwrap(),
-                a["error"].as_str().unwrap(),
-                a["backoff_ms"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let earlier = earlier_attempts(flaky);
     assert_eq!(
         earlier,
         [(1, "attempt 1 failed", 50), (2, "attempt 2 failed", 80)],

@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use durable_tests::onboarding::{SERVICES, STEPS, once_each, wait_until_running};
-use durable_tests::{Scratch, employee, py_guests, run, spawn};
+use durable_tests::{Scratch, earlier_attempts, employee, py_guests, run, spawn};
 use serde_json::{Value, json};
 
 /// The latency of each mock service call in the kill tests.
@@ -227,18 +227,7 @@ fn retries_are_recorded_and_a_permanent_error_is_not_retried() {
     );
     let history = history_of(&scratch, "retry");
     let flaky = &history["steps"][0];
-    let earlier: Vec<(u64, &str, u64)> = flaky["earlier_attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["attempt"].as_u64().unwrap(),
-                a["error"].as_str().unwrap(),
-                a["backoff_ms"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let earlier = earlier_attempts(flaky);
     assert_eq!(
         earlier,
         [

@@ -503,6 +503,22 @@ impl Scratch {
     }
 }
 
+/// A step's failed attempts in `history --json`: `(attempt, error, backoff_ms)`.
+pub fn earlier_attempts(step: &Value) -> Vec<(u64, &str, u64)> {
+    step["earlier_attempts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no earlier_attempts in {step}"))
+        .iter()
+        .map(|a| {
+            (
+                a["attempt"].as_u64().unwrap(),
+                a["error"].as_str().unwrap(),
+                a["backoff_ms"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// The onboarding input for employee `id`, with `latency_ms` per service call.
 pub fn employee(id: &str, latency_ms: u64) -> String {
     serde_json::json!({
