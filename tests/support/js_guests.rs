@@ -2,13 +2,15 @@
 //! of each npm project installed from its lockfile (`npm ci`, from npm's
 //! cache after the first time; it also refreshes the project's packed copy
 //! of the SDK), then the SDK's `durable-build`. Components go to
-//! `<target>/js-guests`.
+//! `<target>/js-guests`, and are built again only when the SDK, the
+//! contract or the project changed.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use crate::artifacts;
+use crate::stamp::stamp;
 
 /// Paths of the built JavaScript components.
 pub struct JsGuests {
@@ -31,25 +33,42 @@ pub fn js_guests() -> &'static JsGuests {
             .unwrap()
             .join("js-guests");
         std::fs::create_dir_all(&out).unwrap();
+        let sdk = workspace.join("guest-sdk-js");
+        // What a build reads besides its project (not the SDK's copy of
+        // the WIT, which npm's prepare step makes).
+        let sdk_sources = ["index.js", "index.d.ts", "package.json", "bin"]
+            .iter()
+            .map(|file| sdk.join(file))
+            .chain([workspace.join("guest-sdk/wit")])
+            .collect::<Vec<_>>();
+        let sdk_stamp = stamp(&sdk_sources);
         let example = workspace.join("workflows/onboarding-js");
-        let onboarding = build(&example, "onboarding.ts", &out.join("onboarding.wasm"));
-        // The SDK's TypeScript declarations type-check the example (strict).
-        command(
-            &example,
-            Command::new("npm").args(["run", "--silent", "check"]),
-        );
+        let onboarding = out.join("onboarding.wasm");
+        if build(&example, "onboarding.ts", &onboarding, &sdk_stamp) {
+            // The SDK's TypeScript declarations type-check the example (strict).
+            command(
+                &example,
+                Command::new("npm").args(["run", "--silent", "check"]),
+            );
+        }
+        let scenarios = out.join("js-scenarios.wasm");
+        let fixture = workspace.join("tests/fixtures/js-sdk");
+        build(&fixture, "scenarios.js", &scenarios, &sdk_stamp);
         JsGuests {
             onboarding,
-            scenarios: build(
-                &workspace.join("tests/fixtures/js-sdk"),
-                "scenarios.js",
-                &out.join("js-scenarios.wasm"),
-            ),
+            scenarios,
         }
     })
 }
 
-fn build(project: &Path, module: &str, out: &Path) -> PathBuf {
+/// Build `module` of `project` into `out`, unless it was built from the
+/// same sources; whether it was built.
+fn build(project: &Path, module: &str, out: &Path, sdk_stamp: &str) -> bool {
+    let stamp = format!("{sdk_stamp}-{}", stamp(&[project.to_owned()]));
+    let stamp_file = out.with_extension("stamp");
+    if out.is_file() && std::fs::read_to_string(&stamp_file).ok().as_deref() == Some(&stamp) {
+        return false;
+    }
     command(
         project,
         Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]),
@@ -61,7 +80,8 @@ fn build(project: &Path, module: &str, out: &Path) -> PathBuf {
             .arg("-o")
             .arg(out),
     );
-    out.to_owned()
+    std::fs::write(stamp_file, stamp).unwrap();
+    true
 }
 
 fn command(dir: &Path, command: &mut Command) {

@@ -22,6 +22,7 @@ pub use js_guests::{JsGuests, js_guests};
 mod py_guests;
 pub use py_guests::{PyGuests, py_guests};
 pub mod onboarding;
+mod stamp;
 
 /// Paths of the built artefacts.
 pub struct Artifacts {

@@ -4,12 +4,12 @@
 //! (about 20 MB downloaded once), then the SDK's `durable-build`. The SDK is
 //! reinstalled and the components rebuilt only when their sources changed.
 
-use std::hash::{DefaultHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use crate::artifacts;
+use crate::stamp::stamp;
 
 /// The Python components, built once per test binary.
 pub struct PyGuests {
@@ -154,34 +154,4 @@ fn checked(command: &mut Command, what: &str) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-}
-
-/// A hash of the contents of the files under `dirs` (build outputs and
-/// caches left out), to tell when something must be rebuilt.
-fn stamp(dirs: &[PathBuf]) -> String {
-    fn walk(path: &Path, files: &mut Vec<PathBuf>) {
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        if name == "__pycache__" || name == "build" || name.ends_with(".egg-info") {
-            return;
-        }
-        if path.is_dir() {
-            for entry in std::fs::read_dir(path).unwrap() {
-                walk(&entry.unwrap().path(), files);
-            }
-        } else if path.is_file() {
-            files.push(path.to_owned());
-        }
-    }
-    let mut hasher = DefaultHasher::new();
-    for dir in dirs {
-        let mut files = Vec::new();
-        walk(dir, &mut files);
-        files.sort();
-        for file in files {
-            let relative = file.strip_prefix(dir).unwrap();
-            hasher.write(relative.to_string_lossy().as_bytes());
-            hasher.write(&std::fs::read(&file).unwrap());
-        }
-    }
-    format!("{:016x}", hasher.finish())
 }
