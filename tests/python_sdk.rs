@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use durable_tests::onboarding::{SERVICES, STEPS, once_each, wait_until_running};
-use durable_tests::{Scratch, earlier_attempts, employee, py_guests, run, spawn};
+use durable_tests::{HttpService, Scratch, earlier_attempts, employee, py_guests, run, spawn};
 use serde_json::{Value, json};
 
 /// The latency of each mock service call in the kill tests.
@@ -546,4 +546,191 @@ fn a_child_workflow_is_started_once_and_its_output_awaited() {
     assert_eq!(done["output"], json!({"child": 2}));
     let children = scratch.number("SELECT COUNT(*) FROM workflows WHERE parent_id = 'parent'");
     assert_eq!(children, 1);
+}
+
+/// `durable-host run` of the HTTP fixture against `service` (granted).
+fn charge(scratch: &Scratch, service: &HttpService, id: &str, input: Value) -> Command {
+    let mut input = input;
+    input["url"] = json!(service.url());
+    let mut command = scratch.run(&py_guests().http, id);
+    command.args([
+        "--input",
+        &input.to_string(),
+        "--allow-http",
+        service.address(),
+    ]);
+    command
+}
+
+/// Each call's method, path, idempotency key and whether it repeated a key.
+fn http_calls(service: &HttpService) -> Vec<(String, String, String, bool)> {
+    service
+        .calls()
+        .into_iter()
+        .map(|c| {
+            (
+                c.method,
+                c.path,
+                c.idempotency_key.unwrap_or_default(),
+                c.repeat,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn http_requests_from_a_step_carry_its_idempotency_keys_and_are_not_sent_again() {
+    let scratch = Scratch::new();
+    let service = HttpService::start();
+    let done = run(charge(&scratch, &service, "pay-1", json!({})).arg("--json"))
+        .expect_code(0)
+        .json();
+    assert_eq!(
+        done["output"],
+        json!({"charge": "charges-1", "receipt": "receipts-2"})
+    );
+    let expected = vec![
+        (
+            "POST".into(),
+            "/v1/charges".into(),
+            "pay-1/pay#000001".into(),
+            false,
+        ),
+        (
+            "POST".into(),
+            "/v1/receipts".into(),
+            "pay-1/pay#000001/2".into(),
+            false,
+        ),
+    ];
+    assert_eq!(http_calls(&service), expected);
+    let bodies: Vec<_> = service.calls().into_iter().map(|c| c.body).collect();
+    assert_eq!(bodies, [r#"{"cents":500}"#, "paid"]);
+
+    let again = run(charge(&scratch, &service, "pay-1", json!({})).arg("--json"))
+        .expect_code(0)
+        .json();
+    assert_eq!(again["output"], done["output"]);
+    assert_eq!(
+        http_calls(&service),
+        expected,
+        "a finished step sends nothing"
+    );
+}
+
+#[test]
+fn a_step_killed_between_its_requests_sends_them_again_with_the_same_keys() {
+    let scratch = Scratch::new();
+    let service = HttpService::start();
+    let input = json!({"pause_s": 30});
+    let mut first = spawn(&mut charge(&scratch, &service, "pay-k", input.clone()));
+    durable_tests::wait_until("the first request", Duration::from_secs(60), || {
+        !service.calls().is_empty()
+    });
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    let resumed = run(charge(&scratch, &service, "pay-k", input).arg("--json"))
+        .expect_code(0)
+        .json();
+    // The same answer as the first time: the service knew the key.
+    assert_eq!(resumed["output"]["charge"], "charges-1");
+    assert_eq!(
+        http_calls(&service),
+        [
+            (
+                "POST".into(),
+                "/v1/charges".into(),
+                "pay-k/pay#000001".into(),
+                false
+            ),
+            (
+                "POST".into(),
+                "/v1/charges".into(),
+                "pay-k/pay#000001".into(),
+                true
+            ),
+            (
+                "POST".into(),
+                "/v1/receipts".into(),
+                "pay-k/pay#000001/2".into(),
+                false
+            ),
+        ]
+    );
+}
+
+#[test]
+fn http_failures_name_the_request_and_what_to_do() {
+    let scratch = Scratch::new();
+    let service = HttpService::start();
+    let url = service.url();
+
+    // A destination not granted: refused by the host, not retried, nothing sent.
+    let mut ungranted = scratch.run(&py_guests().http, "pay-r");
+    let input = json!({"url": url, "fail_status": 503});
+    ungranted.args(["--input", &input.to_string(), "--json"]);
+    let failed = run(&mut ungranted).expect_code(1).json();
+    let error = failed["error"].as_str().unwrap();
+    let address = service.address();
+    assert!(
+        error.contains(&format!(
+            "POST {url}/v1/charges was refused by the host: {address} is not among the \
+             workflow's HTTP destinations (grant it with --allow-http {address})"
+        )),
+        "{error}"
+    );
+    assert!(service.calls().is_empty(), "refused before it was sent");
+    let history = history_of(&scratch, "pay-r");
+    assert_eq!(history["steps"][0]["attempts"], 1, "{history}");
+
+    // A 503 is retried, with the URL shown without its query.
+    let failed =
+        run(charge(&scratch, &service, "pay-5", json!({"fail_status": 503})).arg("--json"))
+            .expect_code(1)
+            .json();
+    let message = format!("GET {url}/status/503 answered 503");
+    assert!(
+        failed["error"].as_str().unwrap().contains(&message),
+        "{failed}"
+    );
+    let history = history_of(&scratch, "pay-5");
+    assert_eq!(history["steps"][1]["attempts"], 3, "{history}");
+    assert!(!history.to_string().contains("secret"), "{history}");
+
+    // A 404 is permanent: one attempt.
+    run(&mut charge(
+        &scratch,
+        &service,
+        "pay-4",
+        json!({"fail_status": 404}),
+    ))
+    .expect_code(1);
+    let history = history_of(&scratch, "pay-4");
+    assert_eq!(history["steps"][1]["attempts"], 1, "{history}");
+}
+
+#[test]
+fn a_workflow_importing_durable_http_without_the_http_build_is_refused_with_the_flag() {
+    let scratch = Scratch::new();
+    let app = scratch.path().join("needs_http.py");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/python-http/charge.py"),
+        &app,
+    )
+    .unwrap();
+    let output = Command::new(&py_guests().python)
+        .args(["-m", "durable.build", "needs_http.py", "-o", "x.wasm"])
+        .current_dir(scratch.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("durable.http needs a component built with outbound HTTP")
+            && stderr.contains("hint: build with --http"),
+        "{stderr}"
+    );
+    assert!(!scratch.path().join("x.wasm").exists());
 }

@@ -19,6 +19,7 @@
 //! - [`metrics`]: what `serve` counts, for `GET /metrics`.
 //! - [`verify`]: replays stored histories against a new build, read-only.
 //! - [`versions`]: moves workflows to new code (`upgrade`, `fork`).
+//! - [`wit`]: the WIT the host implements, for guest toolchains.
 //!
 //! The `durable-host` binary adds the command line on top.
 
@@ -33,6 +34,7 @@ pub mod schedules;
 pub mod store;
 pub mod verify;
 pub mod versions;
+pub mod wit;
 
 /// A fresh identifier for one run of a workflow by one process.
 pub fn new_run_id() -> String {

@@ -113,6 +113,7 @@ fn main() -> ExitCode {
             component,
             cache_dir,
         } => cli::compile::compile(json, &component, cache_dir),
+        Command::Wit { dir } => cli::wit::write(json, &dir),
         Command::Deploy { list: true, .. } => cli::serve::list_deployments(db, json),
         Command::Deploy {
             name,

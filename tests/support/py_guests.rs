@@ -17,6 +17,9 @@ pub struct PyGuests {
     pub onboarding: PathBuf,
     /// `tests/fixtures/python`: the SDK's cases, by `{"case": ...}`.
     pub scenarios: PathBuf,
+    /// `tests/fixtures/python-http`: outbound HTTP, built with `--http`
+    /// against the host under test.
+    pub http: PathBuf,
     /// The virtualenv's python, with the SDK installed.
     pub python: PathBuf,
 }
@@ -46,14 +49,20 @@ pub fn py_guests() -> &'static PyGuests {
                 "onboarding.py",
             ),
             ("scenarios", tests.join("fixtures/python"), "scenarios.py"),
+            ("http", tests.join("fixtures/python-http"), "charge.py"),
         ];
+        let host = &artifacts().host;
         let stamp_of_sdk = stamp(&[sdk.join("src/durable"), workspace.join("guest-sdk/wit")])
             // Its pins (componentize-py) too.
             + &stamp(&[sdk.join("pyproject.toml")]);
         let mut builds = Vec::new();
         for (name, dir, app) in &sources {
             let wasm = root.join(format!("{name}-py.wasm"));
-            let stamp = format!("{stamp_of_sdk}-{}", stamp(std::slice::from_ref(dir)));
+            let mut stamp = format!("{stamp_of_sdk}-{}", stamp(std::slice::from_ref(dir)));
+            if *name == "http" {
+                // The host's WASI WIT, which the build takes, moves with wasmtime.
+                stamp += &crate::stamp::stamp(&[workspace.join("Cargo.lock")]);
+            }
             let stamp_file = root.join(format!("{name}-py.stamp"));
             if wasm.is_file() && std::fs::read_to_string(&stamp_file).ok() == Some(stamp.clone()) {
                 continue;
@@ -68,8 +77,8 @@ pub fn py_guests() -> &'static PyGuests {
                 }
             }
             eprintln!("py_guests: building {name} with durable-build");
-            // Both builds at once: each is mostly one core for ~10 s. The
-            // console script for one, `python -m` for the other.
+            // All builds at once: each is mostly one core for ~10 s. The
+            // console script for one, `python -m` for the others.
             let mut command = if *name == "onboarding" {
                 Command::new(python.with_file_name("durable-build"))
             } else {
@@ -77,6 +86,9 @@ pub fn py_guests() -> &'static PyGuests {
                 command.args(["-m", "durable.build"]);
                 command
             };
+            if *name == "http" {
+                command.arg("--http").arg("--host").arg(host);
+            }
             let child = command
                 .args([app, "-o"])
                 .arg(&wasm)
@@ -102,6 +114,7 @@ pub fn py_guests() -> &'static PyGuests {
         PyGuests {
             onboarding: root.join("onboarding-py.wasm"),
             scenarios: root.join("scenarios-py.wasm"),
+            http: root.join("http-py.wasm"),
             python,
         }
     })

@@ -1,7 +1,9 @@
 """``durable-build app.py -o app.wasm``: build a workflow component.
 
 Wraps componentize-py with the WIT contract shipped inside this package and
-the world ``workflow``, so an author only names their module. The author's
+the world ``workflow``, so an author only names their module (``--http``
+adds ``wasi:http``, with the WIT of the durable-host found; see
+:func:`host_wit`). The author's
 module is imported at build time (componentize-py snapshots the initialised
 interpreter), which is also what makes the branch functions it registers
 visible to the fresh instances the host runs branches in.
@@ -10,9 +12,11 @@ visible to the fresh instances the host runs branches in.
 from __future__ import annotations
 
 import argparse
+import json
 import keyword
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 WORLD = "workflow"
+HTTP_WORLD = "workflow-http"
 ENTRY = "durable_component_entry"
 # Top-level names the build uses itself: an app module cannot take them.
 RESERVED = {
@@ -70,6 +75,53 @@ def wit_dir() -> Path:
             "reinstall the SDK: pip install --force-reinstall durable-sdk",
         )
     return path
+
+
+def host_wit(host: str | None, into: Path) -> str:
+    """Write a WIT directory for an HTTP build into ``into``: this SDK's
+    contract, and WASI's packages as the durable-host that will run the
+    component links them (``durable-host wit``), so the build matches the
+    host's ``wasi:http``, and a world ``workflow-http``: ``workflow`` plus
+    ``wasi:http/outgoing-handler``. Returns that world's name. (One world:
+    componentize-py 0.25 fails on ``-w workflow -w wasi:http/imports``.)"""
+    exe = host or os.environ.get("DURABLE_HOST") or shutil.which("durable-host")
+    if not exe:
+        raise BuildError(
+            "--http builds against the wasi:http of the durable-host that runs the workflow, "
+            "and no durable-host was found",
+            "put durable-host on PATH, or pass --host PATH (or set DURABLE_HOST)",
+        )
+    try:
+        result = subprocess.run(
+            [exe, "--json", "wit", str(into)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+        )
+    except OSError as e:
+        raise BuildError(
+            f"cannot run {exe}: {e.strerror}", "pass --host PATH of durable-host"
+        ) from None
+    if result.returncode != 0:
+        lines = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()
+        hint = (
+            "use a durable-host that has the `wit` command (0.3.0 or later)"
+            if "unrecognized subcommand" in result.stderr
+            else "see the error above"
+        )
+        raise BuildError(f"`{exe} wit` failed: {lines[0]}", hint)
+    wasi = json.loads(result.stdout)["wasi"]
+    # The host may know a newer contract than this SDK was written for.
+    contract = wit_dir() / "durable.wit"
+    shutil.copyfile(contract, into / "durable.wit")
+    package = next(
+        line.strip() for line in contract.read_text().splitlines() if line.startswith("package ")
+    )
+    (into / "workflow-http.wit").write_text(
+        f"{package}\n\nworld {HTTP_WORLD} {{\n    include {WORLD};\n"
+        f"    import wasi:http/outgoing-handler@{wasi};\n}}\n"
+    )
+    return HTTP_WORLD
 
 
 def locate(app: str, python_path: Sequence[str]) -> tuple[str, list[Path]]:
@@ -165,8 +217,18 @@ def _details(output: str) -> str:
     return "\n".join(kept).strip()
 
 
-def build(app: str, output: str | None = None, python_path: Sequence[str] = ()) -> Path:
-    """Build ``app`` into a component; returns its path. Raises :class:`BuildError`."""
+def build(
+    app: str,
+    output: str | None = None,
+    python_path: Sequence[str] = (),
+    http: bool = False,
+    host: str | None = None,
+) -> Path:
+    """Build ``app`` into a component; returns its path. Raises :class:`BuildError`.
+
+    With ``http`` the component may import ``wasi:http`` (``durable.http``),
+    built against the WIT of the durable-host ``host`` (else $DURABLE_HOST,
+    else the one on PATH)."""
     module, search = locate(app, python_path)
     out = Path(output) if output else Path(f"{module.split('.')[-1]}.wasm")
     if out.parent and not out.parent.is_dir():
@@ -177,7 +239,12 @@ def build(app: str, output: str | None = None, python_path: Sequence[str] = ()) 
     command = componentize_command()
     with tempfile.TemporaryDirectory(prefix="durable-build-") as entry_dir:
         Path(entry_dir, f"{ENTRY}.py").write_text(ENTRY_SOURCE.format(module=module))
-        command += ["-d", str(wit_dir()), "-w", WORLD, "componentize", ENTRY]
+        if http:
+            wit = Path(entry_dir, "wit")
+            command += ["-d", str(wit), "-w", host_wit(host, wit)]
+        else:
+            command += ["-d", str(wit_dir()), "-w", WORLD]
+        command += ["componentize", ENTRY]
         command += ["-p", entry_dir]
         for directory in [*search, sdk_root]:
             command += ["-p", str(directory)]
@@ -194,6 +261,8 @@ def build(app: str, output: str | None = None, python_path: Sequence[str] = ()) 
             details = ""  # the cause says it all
         if "No module named" in cause:
             hint = "install the module into this environment, or add its directory with -p"
+        elif "durable-build --http" in cause:
+            hint = "build with --http (the workflow imports durable.http)"
         elif "defines no workflow" in cause:
             hint = "add @durable.workflow to the workflow function (def name(ctx, input))"
         elif "SyntaxError" in cause or "IndentationError" in cause:
@@ -220,11 +289,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         help="another directory to import modules from (repeatable)",
     )
+    parser.add_argument(
+        "--http",
+        action="store_true",
+        help="allow outbound HTTP from steps (durable.http); needs durable-host for its WIT",
+    )
+    parser.add_argument(
+        "--host",
+        metavar="PATH",
+        help="the durable-host whose wasi:http --http builds against "
+        "(default: $DURABLE_HOST, else durable-host on PATH)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     args = parser.parse_args(argv)
     started = time.monotonic()
     try:
-        out = build(args.app, args.output, args.python_path)
+        out = build(args.app, args.output, args.python_path, args.http, args.host)
     except BuildError as e:
         if e.details:
             print(e.details, file=sys.stderr)

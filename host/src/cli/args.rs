@@ -334,6 +334,19 @@ pub enum Command {
         cache_dir: Option<PathBuf>,
     },
 
+    /// Write the WIT this host implements into DIR: the `durable:workflow`
+    /// contract (DIR/durable.wit) and the WASI 0.2 packages the host links
+    /// (DIR/deps/*.wit).
+    ///
+    /// For guest toolchains that need WIT for every interface a component
+    /// imports: the Python SDK's `durable-build --http` runs it to build
+    /// against the host's own `wasi:http`. Files of those names in DIR are
+    /// replaced; nothing else there is touched.
+    Wit {
+        /// The directory to write (created when missing).
+        dir: PathBuf,
+    },
+
     /// Queue a workflow of a deployment for `durable-host serve` to run, and
     /// print its id (or, with --wait, its result).
     ///

@@ -14,6 +14,7 @@ mod table;
 mod timeline;
 pub mod verify;
 pub mod versions;
+pub mod wit;
 
 use std::process::ExitCode;
 
