@@ -17,3 +17,20 @@ cargo fmt --all -- --check
 cargo test --release "$@"
 # The guest SDK's own unit tests (its HTTP client), natively.
 cargo test --release -p durable-sdk --features http --lib
+[ $# -eq 0 ] || exit 0
+
+# The backend matrix: the suites about workflows rather than about the SQLite
+# file run again on PostgreSQL, each test in a schema of its own. CI always
+# runs them (and fails without PostgreSQL); elsewhere they are skipped, loudly,
+# when no PostgreSQL answers.
+pg_url=${DURABLE_TEST_POSTGRES_URL:-postgres://root@127.0.0.1:5432/test}
+postgres_suites=(onboarding operations replay http signals children schedules serve)
+if [ -n "${CI:-}" ] || [ -n "${DURABLE_TEST_POSTGRES_URL:-}" ] \
+    || { command -v pg_isready >/dev/null && pg_isready -q -d "$pg_url"; }; then
+    echo "test.sh: the backend matrix: ${postgres_suites[*]} on PostgreSQL ($pg_url)" >&2
+    DURABLE_TEST_BACKEND=postgres DURABLE_TEST_POSTGRES_URL=$pg_url \
+        cargo test --release -p durable-host -p durable-tests "${postgres_suites[@]/#/--test=}"
+else
+    echo "test.sh: SKIPPED the PostgreSQL backend matrix: no PostgreSQL answers at $pg_url" >&2
+    echo "test.sh: (set DURABLE_TEST_POSTGRES_URL to one; CI never skips it)" >&2
+fi

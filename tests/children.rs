@@ -22,14 +22,17 @@ fn start(scratch: &Scratch, id: &str, input: &Value, extra: &[&str]) -> durable_
 
 /// `(id, parent_id, status)` of every workflow, by id.
 fn family(scratch: &Scratch) -> Vec<(String, Option<String>, String)> {
-    let sql = scratch.sql();
-    let mut query = sql
-        .prepare("SELECT id, parent_id, status FROM workflows ORDER BY id")
-        .unwrap();
-    query
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-        .unwrap()
-        .map(Result::unwrap)
+    let text = |value: &Value| value.as_str().map(str::to_owned);
+    scratch
+        .query("SELECT id, parent_id, status FROM workflows ORDER BY id")
+        .into_iter()
+        .map(|row| {
+            (
+                text(&row[0]).unwrap(),
+                text(&row[1]),
+                text(&row[2]).unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -73,9 +76,12 @@ fn serve_runs_the_children_once_and_resumes_the_parent_also_after_a_kill() {
     // ledger directory that only the parent's deployment grants.
     let ticks = effects.iter().filter(|k| *k == "tick#000002").count();
     assert!(ticks >= 3, "{effects:?}");
-    let grants = scratch.pairs::<String>("SELECT id, grants FROM workflows WHERE parent_id = 'p'");
+    let grants = scratch.query("SELECT grants FROM workflows WHERE parent_id = 'p'");
     assert!(
-        grants.len() == 3 && grants.values().all(|g| g.contains("/ledger")),
+        grants.len() == 3
+            && grants
+                .iter()
+                .all(|g| g[0].as_str().unwrap().contains("/ledger")),
         "{grants:?}"
     );
 }

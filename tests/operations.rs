@@ -405,15 +405,11 @@ fn a_durable_sleep_resumed_after_a_kill_sleeps_only_what_is_left() {
     let resumed_at = Instant::now();
     run(&mut scratch.scenario("nap", input)).expect_code(0);
     let resumed_for = resumed_at.elapsed();
-    let (wake_at, after_started): (String, i64) = scratch
-        .sql()
-        .query_row(
-            "SELECT s.output_json, a.started_at FROM steps s, steps a
-             WHERE s.step_key = 'durable.sleep#000001' AND a.step_key = 'after_sleep#000001'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    let row = scratch.query(
+        "SELECT s.output_json, a.started_at FROM steps s, steps a
+         WHERE s.step_key = 'durable.sleep#000001' AND a.step_key = 'after_sleep#000001'",
+    );
+    let (wake_at, after_started) = (row[0][0].as_str().unwrap(), row[0][1].as_i64().unwrap());
     assert!(
         after_started >= wake_at.parse::<i64>().unwrap(),
         "it slept until the recorded wake-up time"
@@ -440,14 +436,8 @@ fn time_and_randomness_replay_identically() {
     ]
     .iter()
     .map(|key| {
-        scratch
-            .sql()
-            .query_row(
-                "SELECT output_json FROM steps WHERE step_key = ?1",
-                [key],
-                |r| r.get(0),
-            )
-            .unwrap()
+        let sql = format!("SELECT output_json FROM steps WHERE step_key = '{key}'");
+        scratch.strings(&sql).into_iter().next().unwrap()
     })
     .collect();
     std::thread::sleep(Duration::from_millis(20));
@@ -583,13 +573,6 @@ fn a_compiled_entry_swapped_for_another_components_is_not_run() {
         .args(["--cache-dir", &cache_arg]))
     .expect_code(0);
     assert_eq!(scratch.service_calls().values().sum::<usize>(), before + 4);
-    let status: String = scratch
-        .sql()
-        .query_row(
-            "SELECT component_sha256 FROM workflows WHERE id = 'second'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(status, onboarding_sha);
+    let recorded = scratch.strings("SELECT component_sha256 FROM workflows WHERE id = 'second'");
+    assert_eq!(recorded.into_iter().next().unwrap(), onboarding_sha);
 }

@@ -31,9 +31,17 @@ fn every_second(scratch: &Scratch, name: &str) {
 
 /// The workflows of schedule `name`, by id, with their status.
 fn ticks(scratch: &Scratch, name: &str) -> BTreeMap<String, String> {
-    scratch.pairs(&format!(
-        "SELECT id, status FROM workflows WHERE id LIKE '{name}@%' ORDER BY id"
-    ))
+    let sql = format!("SELECT id, status FROM workflows WHERE id LIKE '{name}@%' ORDER BY id");
+    scratch
+        .query(&sql)
+        .into_iter()
+        .map(|row| {
+            (
+                row[0].as_str().unwrap().to_owned(),
+                row[1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
 }
 
 #[test]

@@ -125,41 +125,25 @@ fn executions(scratch: &Scratch) -> BTreeMap<String, usize> {
 
 /// Steps recorded as completed, by idempotency key.
 fn completed_keys(scratch: &Scratch) -> BTreeSet<String> {
-    strings(
-        scratch,
-        "SELECT workflow_id || '/' || step_key FROM steps WHERE status = 'completed'",
-    )
-}
-
-/// The first column of every row of `sql`.
-fn strings(scratch: &Scratch, sql: &str) -> BTreeSet<String> {
-    let conn = scratch.sql();
-    let mut statement = conn.prepare(sql).unwrap();
-    statement
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    scratch.strings("SELECT workflow_id || '/' || step_key FROM steps WHERE status = 'completed'")
 }
 
 /// How many workflows have `status` (0 while the database is missing).
 fn count_status(scratch: &Scratch, status: &str) -> usize {
-    let Ok(conn) = rusqlite::Connection::open_with_flags(
-        scratch.db(),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    ) else {
-        return 0;
-    };
-    conn.query_row(
-        "SELECT count(*) FROM workflows WHERE status = ?1",
-        [status],
-        |r| r.get::<_, i64>(0),
-    )
-    .map_or(0, |n| n as usize)
+    status_counts(scratch).get(status).copied().unwrap_or(0) as usize
 }
 
 fn status_counts(scratch: &Scratch) -> BTreeMap<String, i64> {
-    scratch.pairs("SELECT status, count(*) FROM workflows GROUP BY status")
+    scratch
+        .query("SELECT status, count(*) FROM workflows GROUP BY status")
+        .into_iter()
+        .map(|row| {
+            (
+                row[0].as_str().unwrap().to_owned(),
+                row[1].as_i64().unwrap(),
+            )
+        })
+        .collect()
 }
 
 /// Wait until `count` workflows are completed, failing early (with the
@@ -211,23 +195,28 @@ fn assert_exactly_once(scratch: &Scratch, expected: &BTreeSet<String>) {
 /// Every workflow in `workflows` is completed with `items` completed steps
 /// and its output.
 fn assert_all_completed(scratch: &Scratch, workflows: &[(String, Value)], items: u32) {
-    let conn = scratch.sql();
-    let mut statement = conn
-        .prepare(
-            "SELECT status, output,
+    let recorded: BTreeMap<String, (Value, Value, i64)> = scratch
+        .query(
+            "SELECT id, status, output,
                     (SELECT count(*) FROM steps s
                      WHERE s.workflow_id = w.id AND s.status = 'completed')
-             FROM workflows w WHERE id = ?1",
+             FROM workflows w",
         )
-        .unwrap();
+        .into_iter()
+        .map(|row| {
+            let id = row[0].as_str().unwrap().to_owned();
+            (
+                id,
+                (row[1].clone(), row[2].clone(), row[3].as_i64().unwrap()),
+            )
+        })
+        .collect();
     let sum: u64 = (0..u64::from(items)).sum();
     for (id, _) in workflows {
-        let (status, output, steps): (String, Option<String>, i64) = statement
-            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .unwrap_or_else(|e| panic!("workflow {id}: {e}"));
+        let (status, output, steps) = &recorded[id];
         assert_eq!(status, "completed", "{id}");
-        assert_eq!(steps, i64::from(items), "{id}: completed steps");
-        let output: Value = serde_json::from_str(output.as_deref().unwrap_or("null")).unwrap();
+        assert_eq!(*steps, i64::from(items), "{id}: completed steps");
+        let output: Value = serde_json::from_str(output.as_str().unwrap_or("null")).unwrap();
         assert_eq!(output, json!({ "workflow_id": id, "sum": sum }), "{id}");
     }
 }
@@ -250,19 +239,15 @@ fn max_overlap(intervals: &[(i64, i64)]) -> usize {
 
 /// `(first step start, last step end)` of each workflow of `queue`.
 fn step_spans(scratch: &Scratch, queue: &str) -> Vec<(i64, i64)> {
-    let conn = scratch.sql();
-    let mut statement = conn
-        .prepare(
+    scratch
+        .query(&format!(
             "SELECT min(s.started_at), max(s.finished_at) FROM steps s
              JOIN workflows w ON w.id = s.workflow_id
-             WHERE w.queue = ?1 GROUP BY s.workflow_id",
-        )
-        .unwrap();
-    statement
-        .query_map([queue], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+             WHERE w.queue = '{queue}' GROUP BY s.workflow_id"
+        ))
+        .into_iter()
+        .map(|row| (row[0].as_i64().unwrap(), row[1].as_i64().unwrap()))
+        .collect()
 }
 
 fn percentile(sorted: &[i64], p: f64) -> i64 {
@@ -374,7 +359,8 @@ fn kill_9_in_the_middle_then_restart_completes_everything() {
     assert_integrity(&scratch);
 
     let re_executed: usize = executions.values().map(|n| n - 1).sum();
-    let takeovers = scratch.number("SELECT coalesce(sum(attempts - 1), 0) FROM steps");
+    let takeovers =
+        scratch.number("SELECT CAST(coalesce(sum(attempts - 1), 0) AS BIGINT) FROM steps");
     println!(
         "serve kill -9: at the kill {statuses_at_kill:?}, {steps_in_flight} steps in flight; \
          after restart all {count} completed in {:.2} s; {takeovers} steps taken over, \
@@ -493,7 +479,7 @@ fn sigterm_drains_at_step_boundaries_and_releases_leases() {
     assert_eq!(first.logged_ids("lease released").len(), count, "{log}");
     assert!(log.contains("abandoned=0"), "{log}");
     let steps_before = completed_keys(&scratch).len();
-    let first_runs = strings(&scratch, "SELECT DISTINCT run_id FROM steps");
+    let first_runs = scratch.strings("SELECT DISTINCT run_id FROM steps");
 
     let restarted = Instant::now();
     let second = Server::start(&scratch, "serve-2", &args);
@@ -501,18 +487,11 @@ fn sigterm_drains_at_step_boundaries_and_releases_leases() {
         "the new server to resume every workflow (leases released: no wait for --stale-after)",
         Duration::from_secs(20),
         || {
-            let conn = scratch.sql();
-            let mut statement = conn
-                .prepare(
-                    "SELECT DISTINCT workflow_id, run_id FROM steps WHERE status = 'completed'",
-                )
-                .unwrap();
-            let resumed: BTreeSet<String> = statement
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-                .unwrap()
-                .filter_map(Result::ok)
-                .filter(|(_, run)| !first_runs.contains(run))
-                .map(|(id, _)| id)
+            let resumed: BTreeSet<String> = scratch
+                .query("SELECT DISTINCT workflow_id, run_id FROM steps WHERE status = 'completed'")
+                .into_iter()
+                .filter(|row| !first_runs.contains(row[1].as_str().unwrap()))
+                .map(|row| row[0].as_str().unwrap().to_owned())
                 .collect();
             resumed.len() == count
         },
@@ -616,7 +595,7 @@ fn two_servers_on_one_database_run_disjoint_work() {
     assert_eq!(
         scratch.number(
             "SELECT count(*) FROM (SELECT workflow_id FROM steps
-             GROUP BY workflow_id HAVING count(DISTINCT run_id) > 1)"
+             GROUP BY workflow_id HAVING count(DISTINCT run_id) > 1) AS shared"
         ),
         0,
         "each workflow's steps were all run by one run"
@@ -649,6 +628,150 @@ fn two_servers_on_one_database_run_disjoint_work() {
         "serve: two servers ran {} and {} of {count} workflows",
         by_a.len(),
         by_b.len()
+    );
+}
+
+/// `(id, run_id)` of the workflows running under the server with `pid`.
+fn owned_by(scratch: &Scratch, pid: u32) -> BTreeMap<String, String> {
+    scratch
+        .query(&format!(
+            "SELECT id, run_id FROM workflows WHERE status = 'running' AND owner_pid = {pid}"
+        ))
+        .into_iter()
+        .map(|row| (text(&row[0]), text(&row[1])))
+        .collect()
+}
+
+fn text(value: &Value) -> String {
+    value.as_str().unwrap_or_default().to_owned()
+}
+
+/// Whether workflow `id` is no longer held by run `run_id`: taken over by
+/// another run, or ended.
+fn moved_on(scratch: &Scratch, id: &str, run_id: &str) -> bool {
+    let row = scratch.query(&format!(
+        "SELECT run_id, status FROM workflows WHERE id = '{id}'"
+    ));
+    text(&row[0][0]) != run_id || text(&row[0][1]) != "running"
+}
+
+/// Three workers on one database share the work; one is SIGKILLed in the
+/// middle and the survivors take its workflows over within its lease (they
+/// may do it sooner: on one machine they see its pid is gone), and every
+/// workflow completes with no completed step run again. On PostgreSQL this
+/// is the many-hosts set-up of README's *Scaling out*.
+#[test]
+fn three_workers_share_the_work_and_survivors_take_over_a_killed_one() {
+    let count = env_size("DURABLE_SERVE_WORKER_WORKFLOWS", 1000);
+    let items = 3;
+    let lease = Duration::from_secs(3);
+    let scratch = Scratch::new();
+    deploy_scenarios(&scratch);
+    let workflows = keyed("w", count, items, 20);
+    submit_all(&scratch, &workflows, &[]);
+    let args = ["--concurrency", "16", "--stale-after", "3s"];
+    let a = Server::start(&scratch, "worker-a", &args);
+    let mut b = Server::start(&scratch, "worker-b", &args);
+    let c = Server::start(&scratch, "worker-c", &args);
+    wait_until("a quarter of the workflows to complete", PATIENCE, || {
+        count_status(&scratch, "completed") >= count / 4
+    });
+    let orphans = owned_by(&scratch, b.pid());
+    b.kill9();
+    let killed = Instant::now();
+    let completed_at_kill = completed_keys(&scratch);
+    let executions_at_kill = executions(&scratch);
+    assert!(
+        !orphans.is_empty() && count_status(&scratch, "completed") < count,
+        "the kill must land while worker b runs workflows: {:?}",
+        status_counts(&scratch)
+    );
+    wait_until(
+        "the survivors to take over the killed worker's workflows",
+        PATIENCE,
+        || orphans.iter().all(|(id, run)| moved_on(&scratch, id, run)),
+    );
+    let taken_over_in = killed.elapsed();
+    wait_completed(&scratch, count, &[&a, &c]);
+
+    assert!(
+        taken_over_in <= lease + Duration::from_secs(1),
+        "the killed worker's {} workflows were taken over {taken_over_in:?} after the kill \
+         (lease {lease:?})",
+        orphans.len()
+    );
+    let executions = executions(&scratch);
+    for key in &completed_at_kill {
+        assert_eq!(
+            executions.get(key),
+            executions_at_kill.get(key),
+            "{key} was completed at the kill, yet ran again afterwards"
+        );
+    }
+    let expected = expected_keys(&workflows, items);
+    let ran: BTreeSet<String> = executions.keys().cloned().collect();
+    assert_eq!(ran, expected, "every step ran, and nothing else");
+    assert!(
+        executions.values().all(|&n| n <= 2),
+        "one kill repeats a step at most once"
+    );
+    assert_all_completed(&scratch, &workflows, items);
+    let by: Vec<usize> = [&a, &c]
+        .iter()
+        .map(|s| s.logged_ids("finished").len())
+        .collect();
+    assert!(by.iter().all(|&n| n > 0), "both survivors worked: {by:?}");
+    assert_integrity(&scratch);
+    println!(
+        "serve: 3 workers, {count} workflows; worker b killed holding {} of them, taken over \
+         in {:.2} s; the survivors finished {by:?}",
+        orphans.len(),
+        taken_over_in.as_secs_f64()
+    );
+}
+
+/// A worker frozen (SIGSTOP) past its lease loses its workflows to another;
+/// thawed after the other finished them, it writes nothing: every write of a
+/// run is fenced by its ownership.
+#[test]
+fn a_worker_frozen_past_its_lease_writes_nothing_once_thawed() {
+    let (count, items) = (4, 12);
+    let scratch = Scratch::new();
+    deploy_scenarios(&scratch);
+    let workflows = keyed("f", count, items, 150);
+    submit_all(&scratch, &workflows, &[]);
+    let args = ["--concurrency", "8", "--stale-after", "2s"];
+    let frozen = Server::start(&scratch, "frozen", &args);
+    wait_until("every workflow to complete a step", PATIENCE, || {
+        scratch.number("SELECT count(DISTINCT workflow_id) FROM steps WHERE status = 'completed'")
+            == count as i64
+    });
+    frozen.signal("-STOP");
+    let owned = owned_by(&scratch, frozen.pid());
+    assert_eq!(owned.len(), count, "the frozen worker held every workflow");
+
+    let successor = Server::start(&scratch, "successor", &args);
+    wait_completed(&scratch, count, &[&successor]);
+    let before = scratch.dump();
+    frozen.signal("-CONT");
+    // Long enough for the thawed runs to reach their next write and be fenced.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        scratch.dump(),
+        before,
+        "the thawed worker changed the database after losing its workflows"
+    );
+    assert_all_completed(&scratch, &workflows, items);
+    let executions = executions(&scratch);
+    assert!(
+        executions.values().all(|&n| n <= 2),
+        "a step ran more than once more after the freeze: {executions:?}"
+    );
+    let log = frozen.log();
+    assert!(
+        log.contains("lost") || log.contains("taken over"),
+        "the thawed worker says it lost its workflows:\n{}",
+        tail(&log, 20)
     );
 }
 
@@ -732,21 +855,20 @@ fn sleeping_workflows_are_unloaded_and_woken_when_due() {
     submit_all(&scratch, &short, &[]);
     wait_completed(&scratch, nappers, &[&server]);
 
-    let conn = scratch.sql();
-    let mut statement = conn
-        .prepare(
-            "SELECT w.id, CAST(z.output_json AS INTEGER), a.started_at, w.updated_at
+    let rows: Vec<(String, i64, i64, i64)> = scratch
+        .query(
+            "SELECT w.id, CAST(z.output_json AS BIGINT), a.started_at, w.updated_at
              FROM workflows w
              JOIN steps z ON z.workflow_id = w.id AND z.step_key = 'durable.sleep#000001'
              JOIN steps a ON a.workflow_id = w.id AND a.step_key = 'after#000001'
              WHERE w.id LIKE 'nap%'",
         )
-        .unwrap();
-    let rows: Vec<(String, i64, i64, i64)> = statement
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+        .into_iter()
+        .map(|r| {
+            let n = |i: usize| r[i].as_i64().unwrap();
+            (r[0].as_str().unwrap().to_owned(), n(1), n(2), n(3))
+        })
+        .collect();
     assert_eq!(rows.len(), nappers);
     let woken: BTreeSet<String> = server.logged_ids("woke up").into_iter().collect();
     let mut lateness = Vec::new();
@@ -1050,14 +1172,8 @@ fn deploy_keeps_every_version_and_workflows_keep_theirs() {
     // Idempotent start of the old one does not move it to the new version.
     start(&scratch, "app", "on-v1", &employee, &[]).expect_code(0);
     let sha_of = |id: &str| -> String {
-        scratch
-            .sql()
-            .query_row(
-                "SELECT component_sha256 FROM workflows WHERE id = ?1",
-                [id],
-                |r| r.get(0),
-            )
-            .unwrap()
+        let sql = format!("SELECT component_sha256 FROM workflows WHERE id = '{id}'");
+        scratch.strings(&sql).into_iter().next().unwrap()
     };
     assert_eq!(sha_of("on-v1"), onboarding_sha);
     assert_eq!(sha_of("on-v3"), scenarios_sha);

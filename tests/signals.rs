@@ -25,15 +25,17 @@ fn waits(items: u32, sleep_ms: u64, timeout_ms: Option<u64>) -> Value {
 
 /// Who took each signal sent to `id`, in the order sent.
 fn takers(scratch: &Scratch, id: &str) -> Vec<(String, Option<String>)> {
-    let sql = scratch.sql();
-    let mut query = sql
-        .prepare("SELECT signal_id, taken_by FROM signals WHERE workflow_id = ?1 ORDER BY seq")
-        .unwrap();
-    query
-        .query_map([id], |row| Ok((row.get(0)?, row.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
+    scratch
+        .query(&format!(
+            "SELECT signal_id, taken_by FROM signals WHERE workflow_id = '{id}' ORDER BY seq"
+        ))
+        .into_iter()
+        .map(|row| (text(&row[0]).unwrap(), text(&row[1])))
         .collect()
+}
+
+fn text(value: &Value) -> Option<String> {
+    value.as_str().map(str::to_owned)
 }
 
 #[test]

@@ -15,7 +15,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => return usage_error(&error),
     };
-    let (db, json) = (cli.db.as_path(), cli.json);
+    let (db, json) = (&cli.db, cli.json);
     let result = match cli.command {
         Command::Run(args) => cli::run::run(db, json, args),
         Command::List {

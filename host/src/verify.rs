@@ -10,7 +10,6 @@
 //! between steps does run, with the workflow's recorded environment and its
 //! directories made read-only. This module does not know the command line.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,10 +19,10 @@ use crate::engine::{
 };
 use crate::runtime::{Grants, Runtime, RuntimeError, WorkflowComponent};
 use crate::store::{
-    AttemptRecord, CheckpointStore, Deployment, Enqueued, Fork, LeaseRenewal, ListQuery, LogLine,
-    LogRecord, LogStream, Millis, NewWorkflow, Outcome, PublishedEvent, QueuedWorkflow, Reopen,
-    ScheduleRecord, SignalRecord, SignalSent, SqliteStore, StepBegin, StepEffect, StepKey,
-    StepRecord, StoreError, Takeover, Unload, Upgrade, WorkflowEnd, WorkflowEvent, WorkflowRecord,
+    AttemptRecord, CheckpointStore, Database, Deployment, Enqueued, Fork, LeaseRenewal, ListQuery,
+    LogLine, LogRecord, LogStream, Millis, NewWorkflow, Outcome, PublishedEvent, QueuedWorkflow,
+    Reopen, ScheduleRecord, SignalRecord, SignalSent, StepBegin, StepEffect, StepKey, StepRecord,
+    StoreError, Takeover, Unload, Upgrade, WorkflowEnd, WorkflowEvent, WorkflowRecord,
     WorkflowStatus, WorkflowSummary,
 };
 
@@ -100,8 +99,8 @@ pub enum VerifyError {
 
 /// Replays workflows of one database against one component.
 pub struct Verifier<'a> {
-    db: PathBuf,
-    store: SqliteStore,
+    db: Database,
+    store: Box<dyn CheckpointStore>,
     runtime: &'a Runtime,
     component: &'a WorkflowComponent,
     sha256: &'a str,
@@ -114,15 +113,15 @@ const PAGE: u32 = 500;
 
 impl<'a> Verifier<'a> {
     pub fn new(
-        db: &Path,
+        db: &Database,
         runtime: &'a Runtime,
         component: &'a WorkflowComponent,
         sha256: &'a str,
         timeout: Duration,
     ) -> Result<Self, VerifyError> {
         Ok(Self {
-            db: db.to_owned(),
-            store: SqliteStore::open_read_only(db)?,
+            db: db.clone(),
+            store: db.open_read_only()?,
             runtime,
             component,
             sha256,
@@ -347,15 +346,15 @@ impl RunObserver for Quiet {
 /// cancellation (so that the engine replays it, whatever its status), and
 /// every write accepted and dropped.
 pub struct ReadOnlyHistory {
-    db: PathBuf,
-    store: SqliteStore,
+    db: Database,
+    store: Box<dyn CheckpointStore>,
 }
 
 impl ReadOnlyHistory {
-    pub fn open(db: &Path) -> Result<Self, StoreError> {
+    pub fn open(db: &Database) -> Result<Self, StoreError> {
         Ok(Self {
-            db: db.to_owned(),
-            store: SqliteStore::open_read_only(db)?,
+            db: db.clone(),
+            store: db.open_read_only()?,
         })
     }
 }

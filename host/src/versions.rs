@@ -8,14 +8,13 @@
 //! everything here is an explicit operator's choice. Like [`control`](crate::control),
 //! this module knows the store and the runtime, not the command line.
 
-use std::path::Path;
 use std::time::Duration;
 
 use crate::control::{ControlError, new_workflow_id};
 use crate::engine::{MAX_NAME, owner_alive};
 use crate::runtime::{Runtime, WorkflowComponent};
 use crate::store::{
-    CheckpointStore, Deployment, Fork, SqliteStore, StoreError, Upgrade, WorkflowRecord,
+    CheckpointStore, Database, Deployment, Fork, StoreError, Upgrade, WorkflowRecord,
     WorkflowStatus, now_millis,
 };
 use crate::verify::{Selection, Verdict, Verifier, VerifyError};
@@ -45,7 +44,7 @@ pub const IN_FLIGHT: [WorkflowStatus; 5] = [
 /// component is `component`), each only if its history replays on it and
 /// no live run holds it; `each` hears every workflow's result.
 pub fn upgrade(
-    db: &Path,
+    db: &Database,
     runtime: &Runtime,
     target: &Deployment,
     component: &WorkflowComponent,
@@ -54,16 +53,16 @@ pub fn upgrade(
     mut each: impl FnMut(&WorkflowRecord, &UpgradeResult),
 ) -> Result<(), VerifyError> {
     let verifier = Verifier::new(db, runtime, component, &target.sha256, timeout)?;
-    let store = SqliteStore::open(db)?;
+    let store = db.open()?;
     verifier.select(selection, |workflow| {
-        let result = upgrade_one(&store, &verifier, target, &workflow)?;
+        let result = upgrade_one(store.as_ref(), &verifier, target, &workflow)?;
         each(&workflow, &result);
         Ok(())
     })
 }
 
 fn upgrade_one(
-    store: &SqliteStore,
+    store: &dyn CheckpointStore,
     verifier: &Verifier<'_>,
     target: &Deployment,
     workflow: &WorkflowRecord,

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod backend;
 mod http_service;
 pub use http_service::{HttpCall, HttpService};
 mod js_guests;
@@ -243,8 +244,11 @@ fn cargo(workspace: &Path, target: &Path, args: &[&str]) {
 
 /// A scratch directory with a database, a `services/` directory for the
 /// onboarding mock services and a `ledger/` directory for the scenarios.
+/// The database is `durable.db` in the directory, or a PostgreSQL schema of
+/// its own under `DURABLE_TEST_BACKEND=postgres` (see [`backend`]).
 pub struct Scratch {
     dir: tempfile::TempDir,
+    postgres: Option<backend::PgSchema>,
 }
 
 impl Default for Scratch {
@@ -258,15 +262,39 @@ impl Scratch {
         let dir = tempfile::tempdir().expect("create a scratch directory");
         std::fs::create_dir(dir.path().join("services")).unwrap();
         std::fs::create_dir(dir.path().join("ledger")).unwrap();
-        Self { dir }
+        let postgres = backend::on_postgres().then(backend::PgSchema::create);
+        Self { dir, postgres }
     }
 
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
 
+    /// The SQLite file, for the tests about what only a file has (its
+    /// locks, its pages, a full disk).
     pub fn db(&self) -> PathBuf {
+        assert!(
+            self.postgres.is_none(),
+            "this test is about the SQLite file: run it without DURABLE_TEST_BACKEND=postgres"
+        );
+        self.sqlite_file()
+    }
+
+    fn sqlite_file(&self) -> PathBuf {
         self.path().join("durable.db")
+    }
+
+    /// What `--db` is given: the file, or the PostgreSQL URL.
+    pub fn db_arg(&self) -> std::ffi::OsString {
+        match &self.postgres {
+            Some(schema) => schema.url().into(),
+            None => self.sqlite_file().into(),
+        }
+    }
+
+    /// Whether the database is PostgreSQL.
+    pub fn on_postgres(&self) -> bool {
+        self.postgres.is_some()
     }
 
     /// `durable-host run <component> --workflow-id <id> --db <scratch db>`,
@@ -278,7 +306,7 @@ impl Scratch {
             .arg("run")
             .arg(component)
             .args(["--workflow-id", workflow_id, "--db"])
-            .arg(self.db())
+            .arg(self.db_arg())
             .arg("--dir")
             .arg(format!(
                 "{}::/services",
@@ -321,7 +349,7 @@ impl Scratch {
             .current_dir(self.path())
             .args(args)
             .arg("--db")
-            .arg(self.db());
+            .arg(self.db_arg());
         command
     }
 
@@ -392,8 +420,66 @@ impl Scratch {
         rusqlite::Connection::open(self.db()).expect("open the scratch database")
     }
 
-    /// One integer from `sql`.
+    /// Every row of `sql` (a query both backends read alike, without
+    /// parameters), its values as JSON: integers, reals, text, null.
+    /// Empty while the SQLite file does not exist yet.
+    pub fn query(&self, sql: &str) -> Vec<Vec<Value>> {
+        if let Some(schema) = &self.postgres {
+            let rows = schema
+                .client()
+                .query(sql, &[])
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            return rows.iter().map(backend::json_row).collect();
+        }
+        if !self.sqlite_file().exists() {
+            return Vec::new();
+        }
+        let conn = rusqlite::Connection::open_with_flags(
+            self.sqlite_file(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("open the scratch database");
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        let mut statement = conn.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let columns = statement.column_count();
+        statement
+            .query_map([], |row| {
+                (0..columns)
+                    .map(|i| {
+                        Ok(match row.get::<_, rusqlite::types::Value>(i)? {
+                            rusqlite::types::Value::Null => Value::Null,
+                            rusqlite::types::Value::Integer(n) => n.into(),
+                            rusqlite::types::Value::Real(x) => x.into(),
+                            rusqlite::types::Value::Text(t) => t.into(),
+                            rusqlite::types::Value::Blob(b) => b.len().into(),
+                        })
+                    })
+                    .collect()
+            })
+            .and_then(|rows| rows.collect())
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// The first column of every row of `sql`, as text.
+    pub fn strings(&self, sql: &str) -> std::collections::BTreeSet<String> {
+        self.query(sql)
+            .into_iter()
+            .map(|row| match &row[0] {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            })
+            .collect()
+    }
+
+    /// One integer from `sql` (a query both backends read alike).
     pub fn number(&self, sql: &str) -> i64 {
+        if let Some(schema) = &self.postgres {
+            let row = schema
+                .client()
+                .query_one(sql, &[])
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            return backend::integer(&row);
+        }
         self.sql()
             .query_row(sql, [], |r| r.get(0))
             .unwrap_or_else(|e| panic!("{sql}: {e}"))
@@ -417,8 +503,25 @@ impl Scratch {
 
     /// Like [`Self::steps`], for polling a database that may not exist yet.
     pub fn try_steps(&self, workflow_id: &str) -> rusqlite::Result<Vec<(String, String, u32)>> {
+        if let Some(schema) = &self.postgres {
+            let rows = schema
+                .client()
+                .query(
+                    "SELECT step_key, status, attempts FROM steps WHERE workflow_id = $1 \
+                     ORDER BY sequence",
+                    &[&workflow_id],
+                )
+                .unwrap_or_default();
+            return Ok(rows
+                .iter()
+                .map(|row| {
+                    let attempts = backend::integer_at(row, 2);
+                    (row.get(0), row.get(1), attempts as u32)
+                })
+                .collect());
+        }
         let conn = rusqlite::Connection::open_with_flags(
-            self.db(),
+            self.sqlite_file(),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )?;
         let mut statement = conn.prepare(
@@ -452,6 +555,14 @@ impl Scratch {
 
     /// The recorded status of workflow `id`, if it exists.
     pub fn workflow_status(&self, id: &str) -> Option<String> {
+        if let Some(schema) = &self.postgres {
+            return schema
+                .client()
+                .query_opt("SELECT status FROM workflows WHERE id = $1", &[&id])
+                .ok()
+                .flatten()
+                .map(|row| row.get(0));
+        }
         self.sql()
             .query_row("SELECT status FROM workflows WHERE id = ?1", [id], |r| {
                 r.get(0)
@@ -461,6 +572,17 @@ impl Scratch {
 
     /// Every row of both tables, to prove that a refused run changed nothing.
     pub fn dump(&self) -> String {
+        if let Some(schema) = &self.postgres {
+            let mut client = schema.client();
+            let mut dump = String::new();
+            for table in ["workflows", "steps"] {
+                let sql = format!("SELECT t::text FROM {table} t ORDER BY 1");
+                for row in client.query(&sql, &[]).unwrap_or_default() {
+                    dump.push_str(&format!("{table}: {}\n", row.get::<_, String>(0)));
+                }
+            }
+            return dump;
+        }
         if !self.db().exists() {
             return String::new();
         }
@@ -495,7 +617,12 @@ impl Scratch {
         std::fs::write(self.path().join("ledger/order"), order).unwrap();
     }
 
+    /// SQLite's `integrity_check` of the file. PostgreSQL checks its own
+    /// pages; there, this only checks that the database answers.
     pub fn integrity_ok(&self) -> bool {
+        if let Some(schema) = &self.postgres {
+            return schema.client().query_one("SELECT 1", &[]).is_ok();
+        }
         let result: String = self
             .sql()
             .query_row("PRAGMA integrity_check", [], |row| row.get(0))

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use durable_host::engine::CrashPoint;
 use durable_host::runtime::{ComponentCache, DirGrant, Grants, HttpDestination, Sandbox};
-use durable_host::store::WorkflowStatus;
+use durable_host::store::{Database, WorkflowStatus};
 
 /// Run WebAssembly workflows durably: every step is checkpointed in SQLite,
 /// and a workflow that dies resumes where it stopped when run again.
@@ -17,9 +17,18 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 
-    /// The SQLite database holding workflows and checkpoints (created if missing).
-    #[arg(long, global = true, value_name = "PATH", default_value = "durable.db")]
-    pub db: PathBuf,
+    /// The database holding workflows and checkpoints: a SQLite file
+    /// (created if missing), or a PostgreSQL database shared by workers on
+    /// several hosts (postgres://USER[:PASSWORD]@HOST[:PORT]/DB).
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH|URL",
+        env = "DURABLE_DB",
+        default_value = "durable.db",
+        hide_env_values = true
+    )]
+    pub db: Database,
 
     /// Print JSON for scripts instead of text for people.
     #[arg(long, global = true)]

@@ -1,7 +1,6 @@
 //! `durable-host list`, `history`, `logs` and `cancel`: look at and steer
 //! workflows without running them.
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use serde_json::json;
@@ -12,7 +11,7 @@ use std::time::Duration;
 use durable_host::api::model::{LogLineView, WorkflowHistory, WorkflowListItem, sleep_until};
 use durable_host::engine::{CancelOutcome, cancel_workflow};
 use durable_host::store::{
-    CheckpointStore, ListQuery, LogRecord, LogStream, Millis, SqliteStore, StepRecord, StoreError,
+    CheckpointStore, Database, ListQuery, LogRecord, LogStream, Millis, StepRecord, StoreError,
     WorkflowStatus, WorkflowSummary, now_millis,
 };
 
@@ -25,13 +24,12 @@ const PREVIEW_CHARS: usize = 48;
 
 /// Open the database for reading what is there: a missing file is an
 /// error here, not a new empty database.
-pub(super) fn open_existing(db: &Path) -> anyhow::Result<SqliteStore> {
+pub(super) fn open_existing(db: &Database) -> anyhow::Result<Box<dyn CheckpointStore>> {
     anyhow::ensure!(
-        db.is_file(),
-        "no database at {}: nothing has run there yet (pass --db PATH to look elsewhere)",
-        db.display()
+        db.exists(),
+        "no database at {db}: nothing has run there yet (pass --db PATH to look elsewhere)"
     );
-    Ok(SqliteStore::open(db)?)
+    Ok(db.open()?)
 }
 
 /// Rows fetched per query when listing everything.
@@ -39,12 +37,12 @@ const LIST_PAGE: u32 = 1000;
 
 /// List the workflows `query` selects (its `limit` aside), at most `limit`.
 pub fn list(
-    db: &Path,
+    db: &Database,
     json_mode: bool,
     mut query: ListQuery,
     limit: Option<u32>,
 ) -> anyhow::Result<ExitCode> {
-    let store = open_existing(db)?;
+    let store = &*open_existing(db)?;
     query.limit = Some(limit.map_or(LIST_PAGE, |l| l.min(LIST_PAGE)));
     let mut left = limit;
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
@@ -69,7 +67,7 @@ pub fn list(
         } else if !page.is_empty() {
             let rows = page
                 .iter()
-                .map(|summary| list_row(&store, summary))
+                .map(|summary| list_row(store, summary))
                 .collect::<Result<Vec<_>, StoreError>>()?;
             let table = render(LIST_HEADER, &rows);
             // Each page is aligned on its own; the header comes once.
@@ -127,7 +125,10 @@ const LIST_HEADER: &[&str] = &[
     "UPDATED (UTC)",
 ];
 
-fn list_row(store: &SqliteStore, summary: &WorkflowSummary) -> Result<Vec<String>, StoreError> {
+fn list_row(
+    store: &dyn CheckpointStore,
+    summary: &WorkflowSummary,
+) -> Result<Vec<String>, StoreError> {
     let w = &summary.workflow;
     let mut notes = step_notes(summary);
     let until = match w.status {
@@ -167,7 +168,7 @@ fn list_row(store: &SqliteStore, summary: &WorkflowSummary) -> Result<Vec<String
 
 /// When a running workflow whose last recorded step is a completed
 /// `durable.sleep` wakes up, if that is still ahead.
-fn sleeping_until(store: &SqliteStore, id: &str) -> Result<Option<Millis>, StoreError> {
+fn sleeping_until(store: &dyn CheckpointStore, id: &str) -> Result<Option<Millis>, StoreError> {
     let steps = store.steps(id)?;
     let last = steps.iter().max_by_key(|step| step.sequence);
     Ok(last
@@ -190,7 +191,7 @@ fn step_notes(summary: &WorkflowSummary) -> String {
 }
 
 pub fn history(
-    db: &Path,
+    db: &Database,
     json_mode: bool,
     workflow_id: &str,
     timeline: bool,
@@ -200,7 +201,7 @@ pub fn history(
         "--timeline draws for people and --json prints for scripts: pick one \
          (--json has every step's start and end)"
     );
-    let store = open_existing(db)?;
+    let store = &*open_existing(db)?;
     let workflow = store
         .workflow(workflow_id)?
         .ok_or_else(|| StoreError::UnknownWorkflow {
@@ -208,7 +209,7 @@ pub fn history(
         })?;
     let steps = store.steps(workflow_id)?;
     if json_mode {
-        print_json(&WorkflowHistory::read(&store, &workflow, &steps, None)?);
+        print_json(&WorkflowHistory::read(store, &workflow, &steps, None)?);
         return Ok(ExitCode::from(exit::SUCCESS));
     }
     let attempts = store.attempts(workflow_id)?;
@@ -318,13 +319,13 @@ const LOG_PAGE: u32 = 1000;
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
 pub fn logs(
-    db: &Path,
+    db: &Database,
     json_mode: bool,
     workflow_id: &str,
     tail: Option<usize>,
     follow: bool,
 ) -> anyhow::Result<ExitCode> {
-    let store = open_existing(db)?;
+    let store = &*open_existing(db)?;
     let unknown = || StoreError::UnknownWorkflow {
         id: workflow_id.to_owned(),
     };
@@ -395,9 +396,9 @@ fn print_log(lines: &[LogRecord], json_mode: bool) -> std::io::Result<()> {
     stdout.flush()
 }
 
-pub fn cancel(db: &Path, json_mode: bool, workflow_id: &str) -> anyhow::Result<ExitCode> {
-    let store = open_existing(db)?;
-    let outcome = cancel_workflow(&store, workflow_id)?;
+pub fn cancel(db: &Database, json_mode: bool, workflow_id: &str) -> anyhow::Result<ExitCode> {
+    let store = &*open_existing(db)?;
+    let outcome = cancel_workflow(store, workflow_id)?;
     let (state, message) = match &outcome {
         CancelOutcome::Cancelled => ("cancelled", format!("workflow {workflow_id} cancelled")),
         CancelOutcome::Requested { run_id, owner } => (

@@ -265,10 +265,21 @@ fn engine_hint(error: &EngineError) -> Option<String> {
     }
 }
 
+/// A database named by URL (PostgreSQL), not a file.
+fn is_url(path: &str) -> bool {
+    path.contains("://")
+}
+
 fn store_hint(error: &StoreError) -> Option<String> {
     Some(match error {
         StoreError::Open { reason, .. } if missing_directory(reason) => {
             "create the directory first, or pass another --db PATH".to_owned()
+        }
+        StoreError::Open { path, .. } if is_url(path) => {
+            "--db postgres://USER[:PASSWORD]@HOST[:PORT]/DB \
+            must name a PostgreSQL database this user may create tables in (the tables go in \
+            the first schema of its search_path); check the server, the URL and the role"
+                .to_owned()
         }
         StoreError::Open { .. } => "--db must name a database file, or a new file in a \
             directory this user can write to; check the path and its permissions, or pass \

@@ -18,7 +18,7 @@ use durable_host::engine::{
 use durable_host::runtime::{
     ComponentFile, Grants, Runtime, RuntimeConfig, RuntimeError, WorkflowComponent,
 };
-use durable_host::store::{CheckpointStore, Failure, ListQuery, SqliteStore, WorkflowStatus};
+use durable_host::store::{CheckpointStore, Database, Failure, ListQuery, WorkflowStatus};
 
 use super::args::{ExecutionArgs, RunArgs};
 use super::exit;
@@ -54,9 +54,12 @@ impl InputError {
     }
 }
 
+/// A connection to the database, of either backend.
+type Store = Box<dyn CheckpointStore>;
+
 /// What every execution with one set of grants needs, checked and set up once.
 struct Executor {
-    db: PathBuf,
+    db: Database,
     grants: Grants,
     runtime: Runtime,
     stale_after: std::time::Duration,
@@ -64,7 +67,7 @@ struct Executor {
 }
 
 impl Executor {
-    fn new(db: &Path, grants: Grants, args: &ExecutionArgs) -> anyhow::Result<Self> {
+    fn new(db: &Database, grants: Grants, args: &ExecutionArgs) -> anyhow::Result<Self> {
         check_grants(db, &grants)?;
         let runtime = Runtime::new(RuntimeConfig {
             interruptible: grants.timeout().is_some(),
@@ -72,7 +75,7 @@ impl Executor {
             echo_output: true,
         })?;
         Ok(Self {
-            db: db.to_owned(),
+            db: db.clone(),
             grants,
             runtime,
             stale_after: args.stale_after,
@@ -82,11 +85,11 @@ impl Executor {
 
     /// The store for one run: `opened` if the database was opened already,
     /// else a new connection.
-    fn store(&self, opened: Option<SqliteStore>) -> anyhow::Result<Box<dyn CheckpointStore>> {
-        Ok(Box::new(match opened {
+    fn store(&self, opened: Option<Store>) -> anyhow::Result<Store> {
+        Ok(match opened {
             Some(store) => store,
-            None => SqliteStore::open(&self.db)?,
-        }))
+            None => self.db.open()?,
+        })
     }
 }
 
@@ -100,11 +103,11 @@ pub(super) fn given_grants(args: &ExecutionArgs) -> Grants {
 /// kept for the run: closing it here, as the last connection, would
 /// checkpoint and remove the WAL, which the run's own connection would then
 /// create again.
-fn recorded_grants(db: &Path, id: &str) -> anyhow::Result<(Option<SqliteStore>, Option<Grants>)> {
+fn recorded_grants(db: &Database, id: &str) -> anyhow::Result<(Option<Store>, Option<Grants>)> {
     if !db.exists() {
         return Ok((None, None));
     }
-    let store = SqliteStore::open(db)?;
+    let store = db.open()?;
     let grants = store
         .workflow(id)?
         .and_then(|w| w.grants)
@@ -114,9 +117,10 @@ fn recorded_grants(db: &Path, id: &str) -> anyhow::Result<(Option<SqliteStore>, 
 
 /// Every granted directory must exist, and none may hold the database: a
 /// guest that can write there can overwrite every workflow's checkpoints.
-pub(super) fn check_grants(db: &Path, grants: &Grants) -> anyhow::Result<()> {
-    let db_dir = std::path::absolute(db)
-        .ok()
+pub(super) fn check_grants(db: &Database, grants: &Grants) -> anyhow::Result<()> {
+    let db_dir = db
+        .sqlite_path()
+        .and_then(|path| std::path::absolute(path).ok())
         .and_then(|db| db.parent().and_then(|dir| dir.canonicalize().ok()));
     for dir in &grants.dirs {
         anyhow::ensure!(
@@ -132,14 +136,14 @@ pub(super) fn check_grants(db: &Path, grants: &Grants) -> anyhow::Result<()> {
                  workflow's checkpoints; keep the database outside the directories you grant \
                  (pass --db PATH, or grant a subdirectory)",
                 dir.host.display(),
-                db.display()
+                db
             );
         }
     }
     Ok(())
 }
 
-pub fn run(db: &Path, json_mode: bool, args: RunArgs) -> anyhow::Result<ExitCode> {
+pub fn run(db: &Database, json_mode: bool, args: RunArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let input = read_input(&args)?;
     let component = ComponentFile::read(&args.component)?;
@@ -222,14 +226,15 @@ enum Recovered {
 }
 
 pub fn recover(
-    db: &Path,
+    db: &Database,
     json_mode: bool,
     component_path: &Path,
     args: &ExecutionArgs,
 ) -> anyhow::Result<ExitCode> {
     let component = ComponentFile::read(component_path)?;
     let given = given_grants(args);
-    let candidates: Vec<(String, Option<String>)> = SqliteStore::open(db)?
+    let candidates: Vec<(String, Option<String>)> = db
+        .open()?
         .list_workflows(&ListQuery {
             status: Some(WorkflowStatus::Running),
             ..ListQuery::default()
@@ -391,7 +396,7 @@ fn recover_one(
 /// history, on `component` (fixed code is the usual reason), with the
 /// recorded grants or, when the command line names some, with those.
 pub fn resume(
-    db: &Path,
+    db: &Database,
     json_mode: bool,
     workflow_id: &str,
     component_path: &Path,
@@ -400,9 +405,8 @@ pub fn resume(
     let started = Instant::now();
     let component = ComponentFile::read(component_path)?;
     anyhow::ensure!(
-        db.is_file(),
-        "no database at {}: nothing has run there yet (pass --db PATH to look elsewhere)",
-        db.display()
+        db.exists(),
+        "no database at {db}: nothing has run there yet (pass --db PATH to look elsewhere)"
     );
     let given = given_grants(args);
     let (opened, recorded) = recorded_grants(db, workflow_id)?;

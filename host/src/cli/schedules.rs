@@ -1,7 +1,6 @@
 //! `durable-host schedule add|list|remove`: workflows started on a
 //! calendar by `serve` (see [`durable_host::schedules`]).
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use serde_json::json;
@@ -9,15 +8,19 @@ use serde_json::json;
 use durable_host::api::model::ScheduleView;
 use durable_host::control::DEFAULT_QUEUE;
 use durable_host::schedules::{self, NewSchedule};
-use durable_host::store::{CheckpointStore, SqliteStore, now_millis};
+use durable_host::store::{Database, now_millis};
 
 use super::args::ScheduleAction;
 use super::exit;
 use super::report::print_json;
 use super::table::{render, timestamp};
 
-pub fn schedule(db: &Path, json_mode: bool, action: ScheduleAction) -> anyhow::Result<ExitCode> {
-    let store = SqliteStore::open(db)?;
+pub fn schedule(
+    db: &Database,
+    json_mode: bool,
+    action: ScheduleAction,
+) -> anyhow::Result<ExitCode> {
+    let store = &*db.open()?;
     match action {
         ScheduleAction::Add {
             name,
@@ -27,7 +30,7 @@ pub fn schedule(db: &Path, json_mode: bool, action: ScheduleAction) -> anyhow::R
             queue,
         } => {
             let added = schedules::add(
-                &store,
+                store,
                 &NewSchedule {
                     name: &name,
                     cron: &cron,
@@ -92,7 +95,7 @@ pub fn schedule(db: &Path, json_mode: bool, action: ScheduleAction) -> anyhow::R
             }
         }
         ScheduleAction::Remove { name } => {
-            schedules::remove(&store, &name)?;
+            schedules::remove(store, &name)?;
             if json_mode {
                 print_json(&json!({"name": name, "removed": true}));
             } else {

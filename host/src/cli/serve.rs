@@ -16,7 +16,7 @@ use durable_host::control::{self, DEFAULT_QUEUE, Submission};
 use durable_host::metrics::Metrics;
 use durable_host::runtime::{ComponentFile, Runtime, RuntimeConfig};
 use durable_host::scheduler::{self, ServeConfig};
-use durable_host::store::{CheckpointStore, GroupCommitStore, SqliteStore};
+use durable_host::store::{Database, GroupCommitStore};
 
 use super::args::{CacheArgs, GrantArgs};
 use super::exit;
@@ -25,7 +25,7 @@ use super::run::{check_grants, exit_code, input_json};
 use super::table::{render, timestamp};
 
 pub fn deploy(
-    db: &Path,
+    db: &Database,
     json_mode: bool,
     name: &str,
     component: &Path,
@@ -42,8 +42,8 @@ pub fn deploy(
         cache: cache.cache(),
         echo_output: false,
     })?;
-    let store = SqliteStore::open(db)?;
-    let deployment = control::deploy(&store, &runtime, name, &file, &grants)?;
+    let store = &*db.open()?;
+    let deployment = control::deploy(store, &runtime, name, &file, &grants)?;
     if json_mode {
         print_json(&deployment_json(&deployment));
     } else {
@@ -58,8 +58,8 @@ pub fn deploy(
     Ok(ExitCode::from(exit::SUCCESS))
 }
 
-pub fn list_deployments(db: &Path, json_mode: bool) -> anyhow::Result<ExitCode> {
-    let deployments = SqliteStore::open(db)?.deployments(None)?;
+pub fn list_deployments(db: &Database, json_mode: bool) -> anyhow::Result<ExitCode> {
+    let deployments = db.open()?.deployments(None)?;
     if json_mode {
         print_json(&deployments.iter().map(deployment_json).collect::<Vec<_>>());
         return Ok(ExitCode::from(exit::SUCCESS));
@@ -107,11 +107,11 @@ pub struct StartArgs<'a> {
     pub wait_timeout: Option<Duration>,
 }
 
-pub fn start(db: &Path, json_mode: bool, args: &StartArgs<'_>) -> anyhow::Result<ExitCode> {
+pub fn start(db: &Database, json_mode: bool, args: &StartArgs<'_>) -> anyhow::Result<ExitCode> {
     let input = input_json(args.input, args.input_file)?.unwrap_or_else(|| "null".to_owned());
-    let store = SqliteStore::open(db)?;
+    let store = &*db.open()?;
     let submitted = control::submit(
-        &store,
+        store,
         &Submission {
             deployment: args.name,
             workflow_id: args.workflow_id,
@@ -141,7 +141,7 @@ pub fn start(db: &Path, json_mode: bool, args: &StartArgs<'_>) -> anyhow::Result
     }
     // A day is "forever" for a command line; the workflow itself goes on.
     let timeout = args.wait_timeout.unwrap_or(Duration::from_secs(24 * 3600));
-    let record = control::wait_for_end(&store, &id, timeout)?;
+    let record = control::wait_for_end(store, &id, timeout)?;
     match record.outcome() {
         Some(outcome) => {
             report::print_stored(&record, &outcome, json_mode, false);
@@ -182,7 +182,7 @@ pub struct ServeArgs {
     pub cache: CacheArgs,
 }
 
-pub fn serve(db: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
+pub fn serve(db: &Database, args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logs(args.json_logs);
     let shutdown = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

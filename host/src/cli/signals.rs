@@ -1,21 +1,21 @@
 //! `durable-host signal` and `get-event`: talking to a workflow while it
 //! runs (see [`durable_host::control`]).
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use serde_json::json;
 
 use durable_host::control::{self, Signal};
+use durable_host::store::Database;
 
 use super::exit;
 use super::inspect::open_existing;
 use super::report::print_json;
 
-pub fn signal(db: &Path, json_mode: bool, signal: &Signal<'_>) -> anyhow::Result<ExitCode> {
-    let store = open_existing(db)?;
-    let (sent, new) = control::send_signal(&store, signal)?;
+pub fn signal(db: &Database, json_mode: bool, signal: &Signal<'_>) -> anyhow::Result<ExitCode> {
+    let store = &*open_existing(db)?;
+    let (sent, new) = control::send_signal(store, signal)?;
     if json_mode {
         print_json(&json!({
             "workflow_id": sent.workflow_id,
@@ -39,14 +39,14 @@ pub fn signal(db: &Path, json_mode: bool, signal: &Signal<'_>) -> anyhow::Result
 }
 
 pub fn get_event(
-    db: &Path,
+    db: &Database,
     json_mode: bool,
     id: &str,
     key: &str,
     wait: Option<Duration>,
 ) -> anyhow::Result<ExitCode> {
-    let store = open_existing(db)?;
-    let event = control::published_event(&store, id, key, wait)?;
+    let store = &*open_existing(db)?;
+    let event = control::published_event(store, id, key, wait)?;
     if json_mode {
         let value: serde_json::Value = serde_json::from_str(&event.value)?;
         print_json(&json!({

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use durable_host::runtime::{ComponentFile, Runtime, RuntimeConfig};
-use durable_host::store::{StepKey, WorkflowStatus};
+use durable_host::store::{Database, StepKey, WorkflowStatus};
 use durable_host::verify::{Selection, Verdict, Verifier, WorkflowVerdict};
 use durable_host::versions::IN_FLIGHT;
 
@@ -35,7 +35,7 @@ pub fn selection(ids: Vec<String>, status: Option<WorkflowStatus>, all: bool) ->
 }
 
 pub fn verify(
-    db: &Path,
+    db: &Database,
     json_mode: bool,
     component: &Path,
     selection: Selection,
@@ -43,9 +43,8 @@ pub fn verify(
     cache: &CacheArgs,
 ) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
-        db.is_file(),
-        "no database at {}: there are no histories to verify (pass --db PATH)",
-        db.display()
+        db.exists(),
+        "no database at {db}: there are no histories to verify (pass --db PATH)"
     );
     let file = ComponentFile::read(component)?;
     let runtime = Runtime::new(RuntimeConfig {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use durable_host::runtime::{ComponentFile, Runtime, RuntimeConfig};
-use durable_host::store::{CheckpointStore, SqliteStore};
+use durable_host::store::{CheckpointStore, Database};
 use durable_host::verify::Selection;
 use durable_host::versions::{self, ForkRequest, IN_FLIGHT, UpgradeResult};
 
@@ -36,7 +36,7 @@ struct UpgradeJson {
 }
 
 pub fn upgrade(
-    db: &Path,
+    db: &Database,
     json_mode: bool,
     workflow_ids: Vec<String>,
     all: bool,
@@ -45,12 +45,11 @@ pub fn upgrade(
     cache: &CacheArgs,
 ) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
-        db.is_file(),
-        "no database at {}: there are no workflows to upgrade (pass --db PATH)",
-        db.display()
+        db.exists(),
+        "no database at {db}: there are no workflows to upgrade (pass --db PATH)"
     );
-    let store = SqliteStore::open(db)?;
-    let deployment = versions::deployment(&store, target)?;
+    let store = &*db.open()?;
+    let deployment = versions::deployment(store, target)?;
     let bytes = store.component(&deployment.sha256)?.ok_or_else(|| {
         anyhow::anyhow!(
             "the component of deployment {target} is missing from the database; deploy it again"
@@ -127,7 +126,7 @@ pub fn upgrade(
 }
 
 pub fn fork(
-    db: &Path,
+    db: &Database,
     json_mode: bool,
     source: &str,
     from_step: u32,
@@ -136,16 +135,15 @@ pub fn fork(
     cache: &CacheArgs,
 ) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
-        db.is_file(),
-        "no database at {}: there is no workflow to fork (pass --db PATH)",
-        db.display()
+        db.exists(),
+        "no database at {db}: there is no workflow to fork (pass --db PATH)"
     );
-    let store = SqliteStore::open(db)?;
+    let store = &*db.open()?;
     let sha256 = component
-        .map(|spec| component_sha256(&store, spec, cache))
+        .map(|spec| component_sha256(store, spec, cache))
         .transpose()?;
     let forked = versions::fork(
-        &store,
+        store,
         &ForkRequest {
             source,
             from_step,
@@ -174,7 +172,11 @@ pub fn fork(
 
 /// The component `spec` names: a .wasm file (checked and kept in the
 /// database) or a deployment.
-fn component_sha256(store: &SqliteStore, spec: &str, cache: &CacheArgs) -> anyhow::Result<String> {
+fn component_sha256(
+    store: &dyn CheckpointStore,
+    spec: &str,
+    cache: &CacheArgs,
+) -> anyhow::Result<String> {
     let path = Path::new(spec);
     if path.is_file() {
         let file = ComponentFile::read(path)?;

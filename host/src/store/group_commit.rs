@@ -13,9 +13,9 @@
 //! to wait for company. Reads use a small pool of connections, since WAL
 //! readers do not block the writer.
 //!
-//! The engine sees an ordinary store; batching is this module's business.
+//! The engine sees an ordinary store; batching is this module's business,
+//! and a backend only has to offer [`BatchWriter`].
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -23,10 +23,10 @@ use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
 use super::{
-    AttemptRecord, CheckpointStore, Claim, CommitObserver, Deployment, Enqueued, Fork,
+    AttemptRecord, CheckpointStore, Claim, CommitObserver, Database, Deployment, Enqueued, Fork,
     LeaseRenewal, ListQuery, LogLine, LogRecord, LogStream, Millis, NewWorkflow, Outcome, Owner,
-    PublishedEvent, QueuedWorkflow, Reopen, ScheduleRecord, SignalRecord, SignalSent, SqliteStore,
-    StepBegin, StepEffect, StepKey, StepRecord, StoreError, Takeover, Unload, Upgrade, WorkflowEnd,
+    PublishedEvent, QueuedWorkflow, Reopen, ScheduleRecord, SignalRecord, SignalSent, StepBegin,
+    StepEffect, StepKey, StepRecord, StoreError, Takeover, Unload, Upgrade, WorkflowEnd,
     WorkflowEvent, WorkflowRecord, WorkflowStatus, WorkflowSummary,
 };
 
@@ -39,6 +39,20 @@ const MAX_BATCH: usize = 512;
 /// wait for a core anyway (reads beyond them wait for a free connection).
 const MAX_READERS: usize = 8;
 
+/// A connection whose writes can share one transaction: what group commit
+/// needs of a backend.
+pub trait BatchWriter: CheckpointStore {
+    /// Open a transaction in which each following write is a savepoint, so
+    /// that a conflict undoes that write alone and [`Self::commit_batch`]
+    /// commits the rest at once. `flush`: the commit must be durable (a
+    /// step's result), not only a step's `running` mark.
+    fn begin_batch(&self, flush: bool) -> Result<(), StoreError>;
+
+    /// Commit the batch [`Self::begin_batch`] opened, or roll it back when
+    /// the commit fails.
+    fn commit_batch(&self) -> Result<(), StoreError>;
+}
+
 /// A checkpoint store whose writes are group-committed.
 #[derive(Clone)]
 pub struct GroupCommitStore {
@@ -46,7 +60,7 @@ pub struct GroupCommitStore {
 }
 
 struct Shared {
-    path: std::path::PathBuf,
+    database: Database,
     readers: Mutex<Readers>,
     /// A read connection was given back.
     reader_free: Condvar,
@@ -64,7 +78,7 @@ impl Drop for Shared {
 /// The write connection and who may use it: one committer at a time, the
 /// writer thread or a caller that found it idle.
 struct Writer {
-    store: Mutex<SqliteStore>,
+    store: Mutex<Box<dyn BatchWriter>>,
     queue: Mutex<Queue>,
     /// Wakes the writer thread: writes are waiting, a commit ended, or the
     /// store is closing.
@@ -77,7 +91,7 @@ struct Writer {
 /// The read connections: those free, and how many exist.
 #[derive(Default)]
 struct Readers {
-    free: Vec<SqliteStore>,
+    free: Vec<Box<dyn CheckpointStore>>,
     open: usize,
 }
 
@@ -104,20 +118,23 @@ struct Job {
     /// mark, which a later flush makes durable.
     flush: bool,
     /// Runs the write; answers the caller once the batch is committed.
-    work: Box<dyn FnOnce(&SqliteStore) -> Completion + Send>,
+    work: Write,
     /// Answers the caller with an error, without running.
     refuse: Box<dyn FnOnce(StoreError) + Send>,
 }
+
+/// Runs one write on the batch's connection.
+type Write = Box<dyn FnOnce(&dyn BatchWriter) -> Completion + Send>;
 
 /// Answers one caller with the commit's result.
 type Completion = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 
 impl GroupCommitStore {
-    /// Open the database at `path` (creating it and its tables if needed)
-    /// and start its writer.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Open `database` (creating its tables if needed) and start its
+    /// writer.
+    pub fn open(database: &Database) -> Result<Self, StoreError> {
         let writer = Arc::new(Writer {
-            store: Mutex::new(SqliteStore::open(path)?),
+            store: Mutex::new(database.open_batch_writer()?),
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
             stats: CommitStats::default(),
@@ -130,7 +147,7 @@ impl GroupCommitStore {
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             shared: Arc::new(Shared {
-                path: path.to_owned(),
+                database: database.clone(),
                 readers: Mutex::new(Readers::default()),
                 reader_free: Condvar::new(),
                 writer,
@@ -164,7 +181,7 @@ impl GroupCommitStore {
     fn submit<T: Send + 'static>(
         &self,
         flush: bool,
-        op: impl FnOnce(&SqliteStore) -> Result<T, StoreError> + Send + 'static,
+        op: impl FnOnce(&dyn BatchWriter) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (reply, answer) = mpsc::sync_channel::<Result<T, StoreError>>(1);
         let refused = reply.clone();
@@ -211,10 +228,10 @@ impl GroupCommitStore {
     /// Run `op` on a pooled read connection.
     fn read<T>(
         &self,
-        op: impl FnOnce(&SqliteStore) -> Result<T, StoreError>,
+        op: impl FnOnce(&dyn CheckpointStore) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let reader = self.take_reader()?;
-        let result = op(&reader);
+        let result = op(reader.as_ref());
         lock(&self.shared.readers).free.push(reader);
         self.shared.reader_free.notify_one();
         result
@@ -222,7 +239,7 @@ impl GroupCommitStore {
 
     /// A free read connection, a new one while there are fewer than
     /// [`MAX_READERS`], else the next one given back.
-    fn take_reader(&self) -> Result<SqliteStore, StoreError> {
+    fn take_reader(&self) -> Result<Box<dyn CheckpointStore>, StoreError> {
         let mut readers = lock(&self.shared.readers);
         loop {
             if let Some(reader) = readers.free.pop() {
@@ -231,7 +248,7 @@ impl GroupCommitStore {
             if readers.open < MAX_READERS {
                 readers.open += 1;
                 drop(readers);
-                let opened = SqliteStore::connect_existing(&self.shared.path);
+                let opened = self.shared.database.connect_reader();
                 if opened.is_err() {
                     lock(&self.shared.readers).open -= 1;
                     // A reader waiting for this slot may open one instead.
@@ -306,8 +323,10 @@ impl Writer {
         stats
             .writes
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let completions: Vec<Completion> =
-            batch.into_iter().map(|job| (job.work)(&store)).collect();
+        let completions: Vec<Completion> = batch
+            .into_iter()
+            .map(|job| (job.work)(store.as_ref()))
+            .collect();
         let writes = completions.len();
         let committed = store.commit_batch();
         if let Some(observer) = self.observer.get() {
@@ -821,7 +840,7 @@ impl OwnedStepBegin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::now_millis;
+    use crate::store::{SqliteStore, now_millis};
 
     fn owner() -> Owner {
         Owner {
@@ -836,7 +855,7 @@ mod tests {
     #[test]
     fn concurrent_writes_are_committed_and_each_caller_gets_its_own_answer() {
         let dir = tempfile::tempdir().unwrap();
-        let store = GroupCommitStore::open(&dir.path().join("db")).unwrap();
+        let store = GroupCommitStore::open(&Database::Sqlite(dir.path().join("db"))).unwrap();
         let threads: Vec<_> = (0..16)
             .map(|i| {
                 let store = store.clone();

@@ -2,17 +2,24 @@
 //!
 //! [`CheckpointStore`] is the whole of what the engine asks of a database, in
 //! terms of workflows and steps; every line of SQL lives behind it (see
-//! [`sqlite`]). It knows nothing of WebAssembly or of replay: it records
-//! what it is told, one transaction per state change, and reports conflicts
-//! instead of overwriting another run's work.
+//! [`sqlite`], and [`postgres`] for a database shared by several hosts). It
+//! knows nothing of WebAssembly or of replay: it records what it is told,
+//! one transaction per state change, and reports conflicts instead of
+//! overwriting another run's work.
 
+#[cfg(test)]
+mod conformance;
 pub mod group_commit;
+mod location;
+pub mod postgres;
 pub mod sqlite;
 
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use group_commit::GroupCommitStore;
+pub use group_commit::{BatchWriter, GroupCommitStore};
+pub use location::{BadDatabase, Database};
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// How a step or workflow ended: its JSON value, or its error.
@@ -693,6 +700,61 @@ impl StoreError {
             self,
             Self::DiskFull { .. } | Self::Io { .. } | Self::Replaced { .. }
         )
+    }
+}
+
+/// A step's (or workflow's) status, output, error message and error code
+/// for `outcome`, as the columns store them.
+pub(crate) fn split_outcome(
+    outcome: &Outcome,
+) -> (StepStatus, Option<&str>, Option<&str>, Option<&str>) {
+    match outcome {
+        Ok(output) => (StepStatus::Completed, Some(output.as_str()), None, None),
+        Err(failure) => (
+            StepStatus::Failed,
+            None,
+            Some(failure.message.as_str()),
+            failure.code.as_deref(),
+        ),
+    }
+}
+
+/// The fence every write of a run passes: `Ok(())` while `run_id` owns
+/// running workflow `id`, given its `(run_id, status)` as read in the
+/// write's own transaction (`None`: there is no such workflow); else the
+/// conflict to roll back with.
+pub(crate) fn check_owner(
+    id: &str,
+    run_id: &str,
+    row: Option<(String, String)>,
+) -> Result<(), StoreError> {
+    match row {
+        Some((owner, status)) if owner == run_id && status == "running" => Ok(()),
+        Some((owner, status)) => Err(StoreError::LostOwnership {
+            id: id.to_owned(),
+            owner: if owner == run_id {
+                format!("nobody: it is {status} now")
+            } else {
+                owner
+            },
+        }),
+        None => Err(StoreError::LostOwnership {
+            id: id.to_owned(),
+            owner: "(none: the workflow is gone)".to_owned(),
+        }),
+    }
+}
+
+/// The conflict for a claim that found workflow `id` changed, given its
+/// `(run_id, status)` as it is now (`None`: it is gone).
+pub(crate) fn lost_ownership(id: &str, row: Option<(String, String)>) -> StoreError {
+    StoreError::LostOwnership {
+        id: id.to_owned(),
+        owner: match row {
+            Some((run, status)) if status == "running" => run,
+            Some((run, status)) => format!("{run} (now {status})"),
+            None => "(none: the workflow is gone)".to_owned(),
+        },
     }
 }
 

@@ -23,11 +23,12 @@ use rusqlite::{
 };
 
 use super::{
-    AttemptRecord, CheckpointStore, ChildStart, Deployment, Enqueued, Fork, LOG_LINES_KEPT,
-    LeaseRenewal, ListQuery, LogLine, LogRecord, LogStream, Millis, NewWorkflow, Outcome, Owner,
-    PublishedEvent, QueuedWorkflow, Reopen, ScheduleRecord, SignalRecord, SignalSent, StepBegin,
-    StepEffect, StepKey, StepRecord, StepStatus, StoreError, Takeover, Unload, Upgrade, WaitingFor,
-    WorkflowEnd, WorkflowEvent, WorkflowRecord, WorkflowStatus, WorkflowSummary, now_millis,
+    AttemptRecord, BatchWriter, CheckpointStore, ChildStart, Deployment, Enqueued, Fork,
+    LOG_LINES_KEPT, LeaseRenewal, ListQuery, LogLine, LogRecord, LogStream, Millis, NewWorkflow,
+    Outcome, Owner, PublishedEvent, QueuedWorkflow, Reopen, ScheduleRecord, SignalRecord,
+    SignalSent, StepBegin, StepEffect, StepKey, StepRecord, StepStatus, StoreError, Takeover,
+    Unload, Upgrade, WaitingFor, WorkflowEnd, WorkflowEvent, WorkflowRecord, WorkflowStatus,
+    WorkflowSummary, now_millis, split_outcome,
 };
 
 mod schema;
@@ -60,7 +61,7 @@ pub struct SqliteStore {
     /// database deleted or replaced under a run would otherwise take its
     /// checkpoints into an unlinked file without a word.
     identity: FileIdentity,
-    /// Writes are savepoints of a batch: see [`SqliteStore::begin_batch`].
+    /// Writes are savepoints of a batch: see [`BatchWriter::begin_batch`].
     in_batch: std::cell::Cell<bool>,
     /// The connection's `synchronous` level, to set it only when it changes.
     synchronous: std::cell::Cell<&'static str>,
@@ -295,7 +296,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// One write of a batch (see [`Self::begin_batch`]): a savepoint, so
+    /// One write of a batch (see [`BatchWriter::begin_batch`]): a savepoint, so
     /// that a conflict or an error undoes this write alone.
     fn write_in_batch<T>(
         &self,
@@ -317,29 +318,6 @@ impl SqliteStore {
         }
         self.execute_cached("RELEASE write").map_err(fail)?;
         result.map_err(fail)?
-    }
-
-    /// Open a transaction in which the following writes are savepoints, so
-    /// that [`Self::commit_batch`] commits them all with one flush (group
-    /// commit). A batch that needs no flush commits with
-    /// `synchronous=NORMAL`.
-    pub(crate) fn begin_batch(&self, flush: bool) -> Result<(), StoreError> {
-        self.check_identity()?;
-        self.set_synchronous(if flush { "FULL" } else { "NORMAL" })?;
-        self.read(|| self.execute_cached("BEGIN IMMEDIATE"))?;
-        self.in_batch.set(true);
-        Ok(())
-    }
-
-    /// Commit the batch [`Self::begin_batch`] opened (or roll it back when
-    /// the commit fails).
-    pub(crate) fn commit_batch(&self) -> Result<(), StoreError> {
-        self.in_batch.set(false);
-        let committed = self.read(|| self.execute_cached("COMMIT"));
-        if committed.is_err() {
-            let _ = self.conn.execute_batch("ROLLBACK");
-        }
-        committed
     }
 
     /// Like [`Self::write`], with `synchronous=NORMAL` for this commit only.
@@ -389,7 +367,7 @@ impl SqliteStore {
         if let Err(lost) = Self::check_owner(tx, workflow_id, run_id)? {
             return Ok(Err(lost));
         }
-        let (status, output, error, code) = split_step_outcome(outcome);
+        let (status, output, error, code) = split_outcome(outcome);
         insert_log(tx, workflow_id, log)?;
         let updated = tx
             .prepare_cached(
@@ -488,21 +466,28 @@ impl SqliteStore {
             .prepare_cached("SELECT run_id, status FROM workflows WHERE id = ?1")?
             .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()?;
-        Ok(match row {
-            Some((owner, status)) if owner == run_id && status == "running" => Ok(()),
-            Some((owner, status)) => Err(StoreError::LostOwnership {
-                id: id.to_owned(),
-                owner: if owner == run_id {
-                    format!("nobody: it is {status} now")
-                } else {
-                    owner
-                },
-            }),
-            None => Err(StoreError::LostOwnership {
-                id: id.to_owned(),
-                owner: "(none: the workflow is gone)".to_owned(),
-            }),
-        })
+        Ok(super::check_owner(id, run_id, row))
+    }
+}
+
+impl BatchWriter for SqliteStore {
+    /// A transaction in which the following writes are savepoints; a batch
+    /// that needs no flush commits with `synchronous=NORMAL`.
+    fn begin_batch(&self, flush: bool) -> Result<(), StoreError> {
+        self.check_identity()?;
+        self.set_synchronous(if flush { "FULL" } else { "NORMAL" })?;
+        self.read(|| self.execute_cached("BEGIN IMMEDIATE"))?;
+        self.in_batch.set(true);
+        Ok(())
+    }
+
+    fn commit_batch(&self) -> Result<(), StoreError> {
+        self.in_batch.set(false);
+        let committed = self.read(|| self.execute_cached("COMMIT"));
+        if committed.is_err() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        committed
     }
 }
 
@@ -1614,7 +1599,7 @@ impl CheckpointStore for SqliteStore {
         run_id: &str,
         end: &WorkflowEnd<'_>,
     ) -> Result<(), StoreError> {
-        let (_, output, error, code) = split_step_outcome(end.outcome);
+        let (_, output, error, code) = split_outcome(end.outcome);
         let now = now_millis();
         self.write(|tx| {
             if let Err(lost) = Self::check_owner(tx, id, run_id)? {
@@ -1747,27 +1732,7 @@ fn lost_ownership(tx: &Connection, id: &str) -> rusqlite::Result<StoreError> {
         .prepare_cached("SELECT run_id, status FROM workflows WHERE id = ?1")?
         .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
-    Ok(StoreError::LostOwnership {
-        id: id.to_owned(),
-        owner: match owner {
-            Some((run, status)) if status == "running" => run,
-            Some((run, status)) => format!("{run} (now {status})"),
-            None => "(none: the workflow is gone)".to_owned(),
-        },
-    })
-}
-
-/// A step's status, output, error message and error code for `outcome`.
-fn split_step_outcome(outcome: &Outcome) -> (StepStatus, Option<&str>, Option<&str>, Option<&str>) {
-    match outcome {
-        Ok(output) => (StepStatus::Completed, Some(output.as_str()), None, None),
-        Err(failure) => (
-            StepStatus::Failed,
-            None,
-            Some(failure.message.as_str()),
-            failure.code.as_deref(),
-        ),
-    }
+    Ok(super::lost_ownership(id, owner))
 }
 
 const SIGNAL_COLUMNS: &str = "seq, workflow_id, name, signal_id, value, sent_at, taken_by";

@@ -1,0 +1,1900 @@
+//! [`CheckpointStore`] on a PostgreSQL database, which several hosts may
+//! share.
+//!
+//! This module owns the SQL of that backend: the tables (see [`schema`]),
+//! their versioned migrations, and one transaction per method, with the
+//! same meaning as [`super::sqlite`]'s, method by method. It knows nothing
+//! of WebAssembly, replay or scheduling.
+//!
+//! SQLite serializes every write with its single writer lock; PostgreSQL
+//! runs transactions side by side (READ COMMITTED). So where a SQLite write
+//! reads a row and then decides (the ownership fence, a signal against the
+//! workflow's status, the count of a history), this backend reads the
+//! workflow's row `FOR UPDATE` first: writes to one workflow queue behind
+//! each other as they would in SQLite, and two hosts cannot both win.
+//! Conditional `UPDATE`s (a claim, a lease renewal) need no lock of their
+//! own: PostgreSQL re-checks their condition on the row as committed. A
+//! deadlock or serialization failure is retried, like SQLite's busy
+//! database.
+//!
+//! Tables live in the connection's current schema (its `search_path`), so
+//! several stores, or tests, can share one database in separate schemas.
+//!
+//! Behind [`super::GroupCommitStore`], the writes of many runs share one
+//! transaction and one commit, each in a savepoint (see [`batch`]).
+//!
+//! Not (yet) here: TLS, connection pooling, and LISTEN/NOTIFY for waking a
+//! `serve` without polling.
+
+mod batch;
+mod connection;
+mod schema;
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::Duration;
+
+use postgres::{Client, Row};
+
+use super::{
+    AttemptRecord, CheckpointStore, ChildStart, Deployment, Enqueued, Fork, LOG_LINES_KEPT,
+    LeaseRenewal, ListQuery, LogLine, LogRecord, LogStream, Millis, NewWorkflow, Outcome, Owner,
+    PublishedEvent, QueuedWorkflow, Reopen, ScheduleRecord, SignalRecord, SignalSent, StepBegin,
+    StepEffect, StepKey, StepRecord, StepStatus, StoreError, Takeover, Unload, Upgrade, WaitingFor,
+    WorkflowEnd, WorkflowEvent, WorkflowRecord, WorkflowStatus, WorkflowSummary, now_millis,
+    split_outcome,
+};
+/// A URL as messages may show it (see [`super::Database`]).
+pub(crate) use connection::redact;
+use connection::{Connection, Session, Target, get, get_u32, storable};
+use schema::{MIGRATIONS, SCHEMA, SCHEMA_VERSION, VERSION_TABLE};
+
+const WORKFLOW_COLUMNS: &str = "id, component_sha256, input, status, output, error, run_id, \
+     owner_pid, owner_host, lease_expires_at, cancel_requested, created_at, updated_at, \
+     owner_boot, owner_pid_ns, owner_started, takeovers, progress_mark, grants, error_code, \
+     queue, deployment, wake_at, parent_id, waiting_for";
+
+/// How many columns [`WORKFLOW_COLUMNS`] selects.
+const WORKFLOW_COLUMN_COUNT: usize = 25;
+
+const STEP_COLUMNS: &str = "step_key, sequence, name, status, output_json, error, attempts, \
+     run_id, started_at, finished_at, failures, error_code, input_fingerprint";
+
+const SIGNAL_COLUMNS: &str = "seq, workflow_id, name, signal_id, value, sent_at, taken_by";
+
+/// Attempts of a write that PostgreSQL aborted for a deadlock or a
+/// serialization failure (it runs again from the start).
+const BUSY_RETRIES: u32 = 8;
+const BACKOFF_START: Duration = Duration::from_millis(2);
+const BACKOFF_CAP: Duration = Duration::from_millis(250);
+
+/// A write of the store: a transaction, or a savepoint of a batch.
+type Tx<'a> = Session<'a, Client>;
+
+/// A checkpoint store in a PostgreSQL database: one connection, used by one
+/// thread at a time ([`CheckpointStore::reopen`] gives another).
+///
+/// TLS is not supported yet: the connection is made without it
+/// (`NoTls`), so use it on a trusted network or through a local socket.
+pub struct PostgresStore {
+    target: Target,
+    conn: Mutex<Connection>,
+}
+
+impl PostgresStore {
+    /// Connect to the database at `url` (`postgres://user@host:port/db`,
+    /// or `key=value` pairs) and create, or bring up to date, the tables in
+    /// its current schema. A server that cannot be reached is an
+    /// [`StoreError::Open`] naming the URL (never its password).
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        let store = Self::connect(Target::parse(url)?)?;
+        store.create_schema()?;
+        Ok(store)
+    }
+
+    fn connect(target: Target) -> Result<Self, StoreError> {
+        let conn = target.connect()?;
+        Ok(Self {
+            target,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// The connection, connected again if the last one was lost (a server
+    /// restart): the operation that saw it break failed, the next one works.
+    /// Not while a batch is open on it, though: a new connection would lose
+    /// the batch's writes so far and commit the rest alone. The batch's
+    /// writes and its commit fail instead, and the next batch connects.
+    fn connection(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+        let mut conn = self.lock();
+        if conn.client.is_closed() && !conn.in_batch() {
+            *conn = self.target.connect()?;
+        }
+        Ok(conn)
+    }
+
+    /// The connection as it is, even broken.
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while the lock was held undid the write it was in (see
+        // `Connection::write`): the connection is sound.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Name the database in errors about it.
+    fn explain(&self, error: StoreError) -> StoreError {
+        let path = self.target.shown.clone();
+        match error {
+            StoreError::DiskFull { .. } => StoreError::DiskFull { path },
+            StoreError::Io { reason, .. } => StoreError::Io { path, reason },
+            other => other,
+        }
+    }
+
+    /// Run a read, outside any transaction but a batch's.
+    fn read<T>(
+        &self,
+        body: impl FnOnce(&mut Session<'_, Client>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.connection()?;
+        conn.read(body).map_err(|e| self.explain(e))
+    }
+
+    /// Run `body` as one write and commit it: in a transaction of its own,
+    /// or, while a batch is open, in a savepoint of the batch (see
+    /// [`batch`]). A body that answers `Err` (a conflict it found) is undone
+    /// and returns it.
+    fn write<T>(
+        &self,
+        body: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.write_retrying(true, body)
+    }
+
+    /// Like [`Self::write`], committed without waiting for the flush: a
+    /// crash may forget it, and the next (flushed) commit of this server
+    /// makes it durable, since the log is flushed in order. For marking
+    /// steps running, as SQLite's `synchronous=NORMAL` commit does. In a
+    /// batch, the batch decides.
+    fn write_unflushed<T>(
+        &self,
+        body: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.write_retrying(false, body)
+    }
+
+    /// A write, run again while PostgreSQL aborts it for a deadlock or a
+    /// serialization failure (in a batch, only its savepoint is undone and
+    /// run again).
+    fn write_retrying<T>(
+        &self,
+        flush: bool,
+        mut body: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut backoff = BACKOFF_START;
+        for attempt in 1..=BUSY_RETRIES {
+            let result = self.connection()?.write(flush, &mut body);
+            match result {
+                Err(StoreError::Busy { .. }) if attempt < BUSY_RETRIES => {
+                    thread::sleep(backoff);
+                    backoff = (backoff * 2).min(BACKOFF_CAP);
+                }
+                Err(StoreError::Busy { .. }) => return Err(StoreError::Busy { attempts: attempt }),
+                other => return other.map_err(|e| self.explain(e)),
+            }
+        }
+        Err(StoreError::Busy {
+            attempts: BUSY_RETRIES,
+        })
+    }
+
+    /// Create the tables in a new schema, or bring older ones up to
+    /// [`SCHEMA_VERSION`] with [`MIGRATIONS`]; refuse newer ones. Under an
+    /// advisory lock (per schema), so that processes opening at once do not
+    /// race.
+    fn create_schema(&self) -> Result<(), StoreError> {
+        // Up to date (every open after the first): no lock, no write.
+        if self.read(stored_version)? == Some(SCHEMA_VERSION) {
+            return Ok(());
+        }
+        self.write(|tx| {
+            let schema: Option<String> = get(&tx.query_one("SELECT current_schema()", &[])?, 0)?;
+            let Some(schema) = schema else {
+                return Err(StoreError::Open {
+                    path: self.target.shown.clone(),
+                    reason: "its search_path names no schema that exists: create the schema, \
+                             or set search_path (e.g. `?options=-csearch_path%3DNAME`)"
+                        .to_owned(),
+                });
+            };
+            tx.query_one(
+                "SELECT pg_advisory_xact_lock(hashtext('durable-host schema ' || $1::TEXT))",
+                &[&schema],
+            )?;
+            // Another process may have created or upgraded it while we
+            // waited for the lock.
+            match stored_version(tx)? {
+                None => {
+                    tx.batch(VERSION_TABLE)?;
+                    tx.batch(SCHEMA)?;
+                    tx.execute(
+                        "INSERT INTO durable_schema (version) VALUES ($1)",
+                        &[&SCHEMA_VERSION],
+                    )?;
+                }
+                Some(found) => {
+                    for (_, migration) in MIGRATIONS.iter().filter(|(to, _)| *to > found) {
+                        tx.batch(migration)?;
+                    }
+                    tx.execute("UPDATE durable_schema SET version = $1", &[&SCHEMA_VERSION])?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Inside a write: lock workflow `id`'s row for the rest of the
+    /// transaction and check that `run_id` owns it, running. This is the
+    /// fence every write of a run passes (see [`super::check_owner`]).
+    fn check_owner(tx: &mut Tx<'_>, id: &str, run_id: &str) -> Result<(), StoreError> {
+        let row = tx.query_opt(
+            "SELECT run_id, status FROM workflows WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )?;
+        let row = row.map(|row| Ok::<_, StoreError>((get(&row, 0)?, get(&row, 1)?)));
+        super::check_owner(id, run_id, row.transpose()?)
+    }
+
+    /// Inside a write: the conflict for a claim of workflow `id` that
+    /// matched nothing.
+    fn lost_ownership(tx: &mut Tx<'_>, id: &str) -> Result<StoreError, StoreError> {
+        let row = tx.query_opt("SELECT run_id, status FROM workflows WHERE id = $1", &[&id])?;
+        let row = row.map(|row| Ok::<_, StoreError>((get(&row, 0)?, get(&row, 1)?)));
+        Ok(super::lost_ownership(id, row.transpose()?))
+    }
+
+    /// Inside a write: record how step `key` ended (see
+    /// [`CheckpointStore::finish_step`]).
+    fn finish_step_in(
+        tx: &mut Tx<'_>,
+        workflow_id: &str,
+        run_id: &str,
+        key: &StepKey,
+        outcome: &Outcome,
+        log: &[LogLine],
+    ) -> Result<(), StoreError> {
+        Self::check_owner(tx, workflow_id, run_id)?;
+        let (status, output, error, code) = split_outcome(outcome);
+        let (error, code) = (error.map(storable), code.map(storable));
+        insert_log(tx, workflow_id, log)?;
+        let updated = tx.execute(
+            "UPDATE steps SET status = $4, output_json = $5, error = $6, finished_at = $7,
+                 error_code = $8
+             WHERE workflow_id = $1 AND step_key = $2 AND run_id = $3 AND status = 'running'",
+            &[
+                &workflow_id,
+                &key.as_str(),
+                &run_id,
+                &status.as_str(),
+                &output,
+                &error,
+                &now_millis(),
+                &code,
+            ],
+        )?;
+        if updated == 0 {
+            return Err(StoreError::Backend(format!(
+                "step {key} of workflow {workflow_id} is not running in run {run_id}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Inside a write: how step `key` of `workflow_id` changes something
+    /// else in the same transaction.
+    fn apply_effect(
+        tx: &mut Tx<'_>,
+        workflow_id: &str,
+        key: &StepKey,
+        effect: &StepEffect,
+    ) -> Result<(), StoreError> {
+        match effect {
+            StepEffect::TakeSignal { seq } => {
+                let taken = tx.execute(
+                    "UPDATE signals SET taken_by = $3
+                     WHERE seq = $1 AND workflow_id = $2 AND taken_by IS NULL",
+                    &[seq, &workflow_id, &key.as_str()],
+                )?;
+                if taken == 0 {
+                    return Err(StoreError::Backend(format!(
+                        "signal {seq} of workflow {workflow_id} was taken already"
+                    )));
+                }
+            }
+            StepEffect::StartChild(child) => Self::insert_child(tx, workflow_id, child)?,
+            StepEffect::Publish { key: event, value } => {
+                tx.execute(
+                    "INSERT INTO published_events (workflow_id, key, value, step_key, published_at)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (workflow_id, key) DO UPDATE SET value = excluded.value,
+                         step_key = excluded.step_key, published_at = excluded.published_at",
+                    &[&workflow_id, event, value, &key.as_str(), &now_millis()],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Inside a write: workflow `id` ended; the workflows waiting for it
+    /// (its parent, or a fork of its parent) look at once.
+    fn wake_waiters(tx: &mut Tx<'_>, id: &str, now: Millis) -> Result<(), StoreError> {
+        tx.execute(
+            "UPDATE workflows SET wake_at = $2 WHERE status = 'waiting' AND waiting_for = $1",
+            &[&WaitingFor::Child(id.to_owned()).stored(), &now],
+        )?;
+        Ok(())
+    }
+
+    /// Inside a write: queue `child` of `parent`.
+    fn insert_child(tx: &mut Tx<'_>, parent: &str, child: &ChildStart) -> Result<(), StoreError> {
+        let inserted = tx.execute(
+            "INSERT INTO workflows
+                 (id, component_sha256, input, status, run_id, owner_pid, owner_host,
+                  lease_expires_at, created_at, updated_at, grants, queue, deployment, parent_id)
+             VALUES ($1, $2, $3, 'queued', '', 0, '', 0, $4, $4, $5, $6, $7, $8)
+             ON CONFLICT (id) DO NOTHING",
+            &[
+                &child.id,
+                &child.component_sha256,
+                &child.input,
+                &now_millis(),
+                &child.grants,
+                &child.queue,
+                &child.deployment,
+                &parent,
+            ],
+        )?;
+        if inserted == 0 {
+            return Err(StoreError::WorkflowExists {
+                id: child.id.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Inside a write: the signal `signal_id` of workflow `workflow_id`.
+    fn signal_by_id(
+        tx: &mut Tx<'_>,
+        workflow_id: &str,
+        signal_id: &str,
+    ) -> Result<Option<SignalRecord>, StoreError> {
+        tx.query_opt(
+            &format!(
+                "SELECT {SIGNAL_COLUMNS} FROM signals WHERE workflow_id = $1 AND signal_id = $2"
+            ),
+            &[&workflow_id, &signal_id],
+        )?
+        .map(|row| signal_from_row(&row))
+        .transpose()
+    }
+
+    /// The workflow `id`, read in `session`.
+    fn workflow_in<C: postgres::GenericClient>(
+        session: &mut Session<'_, C>,
+        id: &str,
+    ) -> Result<Option<WorkflowRecord>, StoreError> {
+        session
+            .query_opt(
+                &format!("SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE id = $1"),
+                &[&id],
+            )?
+            .map(|row| workflow_from_row(&row))
+            .transpose()
+    }
+}
+
+/// The schema's version, or `None` when it has no tables yet; refuses a
+/// version newer than this build knows.
+fn stored_version<C: postgres::GenericClient>(
+    session: &mut Session<'_, C>,
+) -> Result<Option<i64>, StoreError> {
+    // A plain query of the catalog, under this statement's snapshot:
+    // `to_regclass` would look in caches that may not have heard yet of the
+    // table another process created while this one waited for the lock.
+    let exists: bool = get(
+        &session.query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                 WHERE c.relname = 'durable_schema' AND n.nspname = current_schema())",
+            &[],
+        )?,
+        0,
+    )?;
+    if !exists {
+        return Ok(None);
+    }
+    let row = session.query_opt("SELECT version FROM durable_schema", &[])?;
+    let Some(row) = row else {
+        return Err(StoreError::Backend(
+            "the table durable_schema has lost its version row".to_owned(),
+        ));
+    };
+    let found: i64 = get(&row, 0)?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(Some(found))
+}
+
+fn insert_event(
+    tx: &mut Tx<'_>,
+    workflow_id: &str,
+    run_id: &str,
+    kind: &str,
+    detail: &str,
+    at: Millis,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO workflow_events (workflow_id, at, kind, detail, run_id)
+         VALUES ($1, $2, $3, $4, $5)",
+        &[&workflow_id, &at, &kind, &detail, &run_id],
+    )?;
+    Ok(())
+}
+
+/// Append `log` to workflow `id`'s log, dropping the lines that fall out of
+/// the last [`LOG_LINES_KEPT`]. The caller holds the workflow's row lock
+/// (its ownership check), so the numbering is not raced.
+fn insert_log(tx: &mut Tx<'_>, id: &str, log: &[LogLine]) -> Result<(), StoreError> {
+    if log.is_empty() {
+        return Ok(());
+    }
+    let last: i64 = get(
+        &tx.query_one(
+            "SELECT coalesce(max(seq), 0) FROM workflow_logs WHERE workflow_id = $1",
+            &[&id],
+        )?,
+        0,
+    )?;
+    let mut seq = last;
+    for line in log {
+        seq += 1;
+        tx.execute(
+            "INSERT INTO workflow_logs (workflow_id, seq, at, stream, step_key, line)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &id,
+                &seq,
+                &line.at,
+                &line.stream.as_str(),
+                &line.step.as_ref().map(StepKey::as_str),
+                &storable(&line.text),
+            ],
+        )?;
+    }
+    if seq > LOG_LINES_KEPT {
+        tx.execute(
+            "DELETE FROM workflow_logs WHERE workflow_id = $1 AND seq <= $2",
+            &[&id, &(seq - LOG_LINES_KEPT)],
+        )?;
+    }
+    Ok(())
+}
+
+impl CheckpointStore for PostgresStore {
+    fn reopen(&self) -> Result<Box<dyn CheckpointStore>, StoreError> {
+        Ok(Box::new(Self::connect(self.target.clone())?))
+    }
+
+    fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError> {
+        self.read(|s| Self::workflow_in(s, id))
+    }
+
+    fn steps(&self, workflow_id: &str) -> Result<Vec<StepRecord>, StoreError> {
+        self.steps_page(workflow_id, 0, u32::MAX)
+    }
+
+    fn steps_page(
+        &self,
+        workflow_id: &str,
+        after: u32,
+        limit: u32,
+    ) -> Result<Vec<StepRecord>, StoreError> {
+        self.read(|s| {
+            s.query(
+                &format!(
+                    "SELECT {STEP_COLUMNS} FROM steps WHERE workflow_id = $1 AND sequence > $2
+                     ORDER BY sequence LIMIT $3"
+                ),
+                &[&workflow_id, &i64::from(after), &i64::from(limit)],
+            )?
+            .iter()
+            .map(step_from_row)
+            .collect()
+        })
+    }
+
+    fn attempts(&self, workflow_id: &str) -> Result<Vec<AttemptRecord>, StoreError> {
+        self.read(|s| {
+            s.query(
+                "SELECT step_key, attempt, error, run_id, ended_at, interrupted, backoff_ms
+                 FROM step_attempts WHERE workflow_id = $1 ORDER BY step_key, attempt",
+                &[&workflow_id],
+            )?
+            .iter()
+            .map(|row| {
+                Ok(AttemptRecord {
+                    key: StepKey::from_stored(get(row, 0)?),
+                    attempt: get_u32(row, 1)?,
+                    error: get(row, 2)?,
+                    run_id: get(row, 3)?,
+                    ended_at: get(row, 4)?,
+                    interrupted: get(row, 5)?,
+                    backoff_ms: get(row, 6)?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn events(&self, workflow_id: &str) -> Result<Vec<WorkflowEvent>, StoreError> {
+        self.read(|s| {
+            s.query(
+                "SELECT at, kind, detail, run_id FROM workflow_events
+                 WHERE workflow_id = $1 ORDER BY at, seq",
+                &[&workflow_id],
+            )?
+            .iter()
+            .map(|row| {
+                Ok(WorkflowEvent {
+                    at: get(row, 0)?,
+                    kind: get(row, 1)?,
+                    detail: get(row, 2)?,
+                    run_id: get(row, 3)?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn create_workflow(&self, workflow: &NewWorkflow<'_>) -> Result<(), StoreError> {
+        let now = now_millis();
+        let claim = workflow.claim;
+        let owner = claim.owner;
+        self.write(|tx| {
+            let inserted = tx.execute(
+                "INSERT INTO workflows
+                     (id, component_sha256, input, status, run_id, owner_pid, owner_host,
+                      lease_expires_at, created_at, updated_at, owner_boot, owner_pid_ns,
+                      owner_started, grants)
+                 VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $8, $8, $9, $10, $11, $12)
+                 ON CONFLICT (id) DO NOTHING",
+                &[
+                    &workflow.id,
+                    &workflow.component_sha256,
+                    &workflow.input,
+                    &claim.run_id,
+                    &i64::from(owner.pid),
+                    &owner.host,
+                    &claim.lease_until,
+                    &now,
+                    &owner.boot_id,
+                    &owner.pid_ns,
+                    &owner.started,
+                    &workflow.grants,
+                ],
+            )?;
+            if inserted == 0 {
+                return Err(StoreError::WorkflowExists {
+                    id: workflow.id.to_owned(),
+                });
+            }
+            if let Some(bytes) = workflow.component {
+                tx.execute(
+                    "INSERT INTO components (sha256, bytes, created_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (sha256) DO NOTHING",
+                    &[&workflow.component_sha256, &bytes, &now],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn claim_workflow(&self, id: &str, takeover: &Takeover<'_>) -> Result<(), StoreError> {
+        let now = now_millis();
+        let claim = takeover.claim;
+        let owner = claim.owner;
+        self.write(|tx| {
+            let claimed = tx.execute(
+                "UPDATE workflows SET run_id = $3, owner_pid = $4, owner_host = $5,
+                     lease_expires_at = $6, component_sha256 = $7, updated_at = $8,
+                     owner_boot = $9, owner_pid_ns = $10, owner_started = $11,
+                     takeovers = $12, progress_mark = $13, status = 'running', wake_at = NULL
+                 WHERE id = $1 AND run_id = $2 AND lease_expires_at = $14
+                   AND status IN ('running', 'queued', 'sleeping', 'waiting')",
+                &[
+                    &id,
+                    &takeover.previous_run,
+                    &claim.run_id,
+                    &i64::from(owner.pid),
+                    &owner.host,
+                    &claim.lease_until,
+                    &takeover.component_sha256,
+                    &now,
+                    &owner.boot_id,
+                    &owner.pid_ns,
+                    &owner.started,
+                    &i64::from(takeover.takeovers),
+                    &i64::from(takeover.progress_mark),
+                    &takeover.observed_lease,
+                ],
+            )?;
+            if claimed == 0 {
+                return Err(Self::lost_ownership(tx, id)?);
+            }
+            for (kind, detail) in takeover.events {
+                insert_event(tx, id, claim.run_id, kind, detail, now)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn reopen_workflow(&self, id: &str, reopen: &Reopen<'_>) -> Result<(), StoreError> {
+        let now = now_millis();
+        let claim = reopen.claim;
+        let owner = claim.owner;
+        self.write(|tx| {
+            let reopened = tx.execute(
+                "UPDATE workflows SET status = 'running', output = NULL, error = NULL,
+                     error_code = NULL,
+                     run_id = $3, owner_pid = $4, owner_host = $5, lease_expires_at = $6,
+                     updated_at = $7, owner_boot = $8, owner_pid_ns = $9, owner_started = $10,
+                     takeovers = 0, component_sha256 = $11,
+                     grants = coalesce($12, grants)
+                 WHERE id = $1 AND run_id = $2 AND status IN ('failed', 'suspended')",
+                &[
+                    &id,
+                    &reopen.expected_run,
+                    &claim.run_id,
+                    &i64::from(owner.pid),
+                    &owner.host,
+                    &claim.lease_until,
+                    &now,
+                    &owner.boot_id,
+                    &owner.pid_ns,
+                    &owner.started,
+                    &reopen.component_sha256,
+                    &reopen.grants,
+                ],
+            )?;
+            if reopened == 0 {
+                return Err(Self::lost_ownership(tx, id)?);
+            }
+            insert_event(tx, id, claim.run_id, "resumed", reopen.detail, now)
+        })
+    }
+
+    fn renew_lease(
+        &self,
+        id: &str,
+        run_id: &str,
+        lease_until: Millis,
+    ) -> Result<LeaseRenewal, StoreError> {
+        self.write(|tx| renew_one(tx, id, run_id, lease_until))
+    }
+
+    fn request_cancel(&self, id: &str) -> Result<WorkflowRecord, StoreError> {
+        let now = now_millis();
+        let workflow = self.write(|tx| {
+            let requested = tx.execute(
+                "UPDATE workflows SET cancel_requested = TRUE
+                 WHERE id = $1 AND status = 'running' AND NOT cancel_requested",
+                &[&id],
+            )?;
+            if requested == 1 {
+                insert_event(tx, id, "", "cancel_requested", "durable-host cancel", now)?;
+            }
+            Self::workflow_in(tx, id)
+        })?;
+        workflow.ok_or_else(|| StoreError::UnknownWorkflow { id: id.to_owned() })
+    }
+
+    fn list_workflows(&self, query: &ListQuery) -> Result<Vec<WorkflowSummary>, StoreError> {
+        let status = query.status.map(WorkflowStatus::as_str);
+        let limit = query.limit.map(i64::from);
+        self.read(|s| {
+            s.query(
+                &format!(
+                    "SELECT {WORKFLOW_COLUMNS}, c.steps, c.completed, c.failed, c.running
+                     FROM workflows w
+                     CROSS JOIN LATERAL (
+                         SELECT count(*) AS steps,
+                                count(*) FILTER (WHERE s.status = 'completed') AS completed,
+                                count(*) FILTER (WHERE s.status = 'failed') AS failed,
+                                count(*) FILTER (WHERE s.status = 'running') AS running
+                         FROM steps s WHERE s.workflow_id = w.id) c
+                     WHERE ($1::TEXT IS NULL OR w.status = $1)
+                       AND ($4::TEXT IS NULL OR strpos(w.id, $4) > 0)
+                       AND ($2::TEXT IS NULL OR EXISTS (
+                            SELECT 1 FROM workflows a WHERE a.id = $2
+                                AND (w.created_at < a.created_at
+                                     OR (w.created_at = a.created_at AND w.id > a.id))))
+                     ORDER BY w.created_at DESC, w.id
+                     LIMIT $3"
+                ),
+                &[&status, &query.after, &limit, &query.id_contains],
+            )?
+            .iter()
+            .map(|row| {
+                Ok(WorkflowSummary {
+                    workflow: workflow_from_row(row)?,
+                    steps: get_u32(row, WORKFLOW_COLUMN_COUNT)?,
+                    completed_steps: get_u32(row, WORKFLOW_COLUMN_COUNT + 1)?,
+                    failed_steps: get_u32(row, WORKFLOW_COLUMN_COUNT + 2)?,
+                    running_steps: get_u32(row, WORKFLOW_COLUMN_COUNT + 3)?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn put_component(&self, sha256: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let now = now_millis();
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO components (sha256, bytes, created_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (sha256) DO NOTHING",
+                &[&sha256, &bytes, &now],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn component(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(|s| {
+            s.query_opt("SELECT bytes FROM components WHERE sha256 = $1", &[&sha256])?
+                .map(|row| get(&row, 0))
+                .transpose()
+        })
+    }
+
+    fn deploy(&self, name: &str, sha256: &str, grants: &str) -> Result<Deployment, StoreError> {
+        let now = now_millis();
+        self.write(|tx| {
+            // Two deploys of a name at once would both count the same next
+            // version: they take turns (readers are not blocked).
+            tx.batch("LOCK TABLE deployments IN SHARE ROW EXCLUSIVE MODE")?;
+            let version: i64 = get(
+                &tx.query_one(
+                    "SELECT coalesce(max(version), 0) + 1 FROM deployments WHERE name = $1",
+                    &[&name],
+                )?,
+                0,
+            )?;
+            tx.execute(
+                "INSERT INTO deployments (name, version, sha256, grants, created_at)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[&name, &version, &sha256, &grants, &now],
+            )?;
+            Ok(Deployment {
+                name: name.to_owned(),
+                version: u32::try_from(version).map_err(|_| {
+                    StoreError::Backend(format!("deployment {name} has too many versions"))
+                })?,
+                sha256: sha256.to_owned(),
+                grants: grants.to_owned(),
+                created_at: now,
+            })
+        })
+    }
+
+    fn deployments(&self, name: Option<&str>) -> Result<Vec<Deployment>, StoreError> {
+        self.read(|s| {
+            s.query(
+                "SELECT name, version, sha256, grants, created_at FROM deployments
+                 WHERE $1::TEXT IS NULL OR name = $1 ORDER BY name, version DESC",
+                &[&name],
+            )?
+            .iter()
+            .map(|row| {
+                Ok(Deployment {
+                    name: get(row, 0)?,
+                    version: get_u32(row, 1)?,
+                    sha256: get(row, 2)?,
+                    grants: get(row, 3)?,
+                    created_at: get(row, 4)?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn fork_workflow(&self, fork: &Fork<'_>) -> Result<WorkflowRecord, StoreError> {
+        let now = now_millis();
+        self.write(|tx| {
+            let inserted = tx.execute(
+                "INSERT INTO workflows
+                     (id, component_sha256, input, status, run_id, owner_pid, owner_host,
+                      lease_expires_at, created_at, updated_at, grants, queue, deployment)
+                 SELECT $2::TEXT, $3::TEXT, input, 'queued', '', 0, '', 0, $4::BIGINT,
+                        $4::BIGINT, grants, queue, deployment
+                 FROM workflows WHERE id = $1
+                 ON CONFLICT (id) DO NOTHING",
+                &[&fork.source, &fork.id, &fork.component_sha256, &now],
+            )?;
+            if inserted == 0 {
+                let source_exists = tx
+                    .query_opt("SELECT 1 FROM workflows WHERE id = $1", &[&fork.source])?
+                    .is_some();
+                return Err(if source_exists {
+                    StoreError::WorkflowExists {
+                        id: fork.id.to_owned(),
+                    }
+                } else {
+                    StoreError::UnknownWorkflow {
+                        id: fork.source.to_owned(),
+                    }
+                });
+            }
+            tx.execute(
+                "INSERT INTO steps (workflow_id, step_key, sequence, name, status, output_json,
+                     error, attempts, run_id, started_at, finished_at, failures, error_code,
+                     input_fingerprint)
+                 SELECT $2::TEXT, step_key, sequence, name, status, output_json, error, attempts,
+                     run_id, started_at, finished_at, failures, error_code, input_fingerprint
+                 FROM steps WHERE workflow_id = $1 AND sequence <= $3 AND status <> 'running'",
+                &[&fork.source, &fork.id, &i64::from(fork.keep_through)],
+            )?;
+            // What the copied steps published stands for the fork too: a
+            // `durable.event:KEY` step's value is the event's value.
+            tx.execute(
+                "INSERT INTO published_events (workflow_id, key, value, step_key, published_at)
+                 SELECT workflow_id, substr(name, 15), output_json, step_key, finished_at
+                 FROM steps s
+                 WHERE workflow_id = $1 AND name LIKE 'durable.event:%' AND status = 'completed'
+                   AND sequence = (SELECT max(sequence) FROM steps
+                                   WHERE workflow_id = $1 AND name = s.name
+                                     AND status = 'completed')",
+                &[&fork.id],
+            )?;
+            insert_event(tx, fork.id, "", "forked", fork.detail, now)?;
+            Self::workflow_in(tx, fork.id)?.ok_or_else(|| {
+                StoreError::Backend(format!("the fork {} vanished as it was made", fork.id))
+            })
+        })
+    }
+
+    fn upgrade_workflow(&self, upgrade: &Upgrade<'_>) -> Result<bool, StoreError> {
+        let now = now_millis();
+        let observed = upgrade.observed;
+        self.write(|tx| {
+            // Hold the row while counting its history: a run that still
+            // writes steps (its lease lapsed) waits, or has written them.
+            tx.query_opt(
+                "SELECT 1 FROM workflows WHERE id = $1 FOR UPDATE",
+                &[&observed.id],
+            )?;
+            let steps: i64 = get(
+                &tx.query_one(
+                    "SELECT count(*) FROM steps WHERE workflow_id = $1",
+                    &[&observed.id],
+                )?,
+                0,
+            )?;
+            if steps != upgrade.verified_steps as i64 {
+                return Ok(false);
+            }
+            let switched = tx.execute(
+                "UPDATE workflows SET component_sha256 = $3, updated_at = $4
+                 WHERE id = $1 AND component_sha256 = $2 AND status = $5 AND run_id = $6
+                   AND lease_expires_at = $7",
+                &[
+                    &observed.id,
+                    &observed.component_sha256,
+                    &upgrade.to_sha256,
+                    &now,
+                    &observed.status.as_str(),
+                    &observed.run_id,
+                    &observed.lease_expires_at,
+                ],
+            )?;
+            if switched == 1 {
+                // The update matched the observed run: it is still the owner.
+                let (id, run_id) = (&observed.id, &observed.run_id);
+                insert_event(tx, id, run_id, "upgraded", upgrade.detail, now)?;
+            }
+            Ok(switched == 1)
+        })
+    }
+
+    fn suspend_unclaimed(
+        &self,
+        observed: &WorkflowRecord,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let now = now_millis();
+        self.write(|tx| {
+            let suspended = tx.execute(
+                "UPDATE workflows SET status = 'suspended', error = $5, error_code = NULL,
+                     output = NULL, wake_at = NULL, lease_expires_at = 0, updated_at = $6
+                 WHERE id = $1 AND status = $2 AND run_id = $3 AND lease_expires_at = $4",
+                &[
+                    &observed.id,
+                    &observed.status.as_str(),
+                    &observed.run_id,
+                    &observed.lease_expires_at,
+                    &reason,
+                    &now,
+                ],
+            )?;
+            if suspended == 1 {
+                insert_event(tx, &observed.id, &observed.run_id, "suspended", reason, now)?;
+            }
+            Ok(suspended == 1)
+        })
+    }
+
+    fn queue_depths(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(|s| {
+            s.query(
+                "SELECT queue, count(*) FROM workflows WHERE status = 'queued'
+                 GROUP BY queue ORDER BY queue",
+                &[],
+            )?
+            .iter()
+            .map(|row| Ok((get(row, 0)?, get::<i64>(row, 1)?.max(0) as u64)))
+            .collect()
+        })
+    }
+
+    fn status_counts(&self) -> Result<Vec<(WorkflowStatus, u64)>, StoreError> {
+        self.read(|s| {
+            let rows = s.query(
+                "SELECT status, count(*) FROM workflows GROUP BY status ORDER BY status",
+                &[],
+            )?;
+            let mut counts = Vec::new();
+            for row in &rows {
+                let status: String = get(row, 0)?;
+                let count: i64 = get(row, 1)?;
+                // A status this binary does not know (a newer schema's) is
+                // left out rather than failing the whole count.
+                if let Some(status) = WorkflowStatus::parse(&status) {
+                    counts.push((status, count.max(0) as u64));
+                }
+            }
+            Ok(counts)
+        })
+    }
+
+    fn add_schedule(&self, schedule: &ScheduleRecord) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let added = tx.execute(
+                "INSERT INTO schedules (name, cron, deployment, input, queue, next_tick, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (name) DO NOTHING",
+                &[
+                    &schedule.name,
+                    &schedule.cron,
+                    &schedule.deployment,
+                    &schedule.input,
+                    &schedule.queue,
+                    &schedule.next_tick,
+                    &schedule.created_at,
+                ],
+            )?;
+            Ok(added == 1)
+        })
+    }
+
+    fn remove_schedule(&self, name: &str) -> Result<bool, StoreError> {
+        self.write(|tx| Ok(tx.execute("DELETE FROM schedules WHERE name = $1", &[&name])? == 1))
+    }
+
+    fn schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError> {
+        self.read(|s| {
+            s.query(
+                "SELECT name, cron, deployment, input, queue, next_tick, created_at
+                 FROM schedules ORDER BY next_tick, name",
+                &[],
+            )?
+            .iter()
+            .map(|row| {
+                Ok(ScheduleRecord {
+                    name: get(row, 0)?,
+                    cron: get(row, 1)?,
+                    deployment: get(row, 2)?,
+                    input: get(row, 3)?,
+                    queue: get(row, 4)?,
+                    next_tick: get(row, 5)?,
+                    created_at: get(row, 6)?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn advance_schedule(&self, name: &str, from: Millis, to: Millis) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let moved = tx.execute(
+                "UPDATE schedules SET next_tick = $3 WHERE name = $1 AND next_tick = $2",
+                &[&name, &from, &to],
+            )?;
+            Ok(moved == 1)
+        })
+    }
+
+    fn enqueue_workflow(&self, workflow: &QueuedWorkflow<'_>) -> Result<Enqueued, StoreError> {
+        let now = now_millis();
+        self.write(|tx| {
+            let inserted = tx.execute(
+                "INSERT INTO workflows
+                     (id, component_sha256, input, status, run_id, owner_pid, owner_host,
+                      lease_expires_at, created_at, updated_at, grants, queue, deployment)
+                 VALUES ($1, $2, $3, 'queued', '', 0, '', 0, $4, $4, $5, $6, $7)
+                 ON CONFLICT (id) DO NOTHING",
+                &[
+                    &workflow.id,
+                    &workflow.component_sha256,
+                    &workflow.input,
+                    &now,
+                    &workflow.grants,
+                    &workflow.queue,
+                    &workflow.deployment,
+                ],
+            )?;
+            let record = Self::workflow_in(tx, workflow.id)?.ok_or_else(|| {
+                StoreError::Backend(format!(
+                    "workflow {} vanished as it was queued",
+                    workflow.id
+                ))
+            })?;
+            Ok(if inserted == 1 {
+                Enqueued::Created(Box::new(record))
+            } else {
+                Enqueued::Existing(Box::new(record))
+            })
+        })
+    }
+
+    fn ready_workflows(
+        &self,
+        queue: &str,
+        now: Millis,
+        limit: u32,
+    ) -> Result<Vec<WorkflowRecord>, StoreError> {
+        // Taken-over and due ones before new ones, oldest first within
+        // each, so that work already begun finishes first. `SKIP LOCKED`:
+        // rows another host is claiming this instant are left to it (its
+        // claim is the fence; this only spares it a lost race). `$2` is
+        // the room left; `$3`, when used, the time.
+        let kinds = [
+            "status = 'running' AND lease_expires_at < $3 AND queue = $1
+             ORDER BY lease_expires_at, id",
+            "status IN ('sleeping', 'waiting') AND wake_at <= $3 AND queue = $1
+             ORDER BY wake_at, id",
+            "status = 'queued' AND queue = $1 ORDER BY created_at, id",
+        ];
+        self.write(|tx| {
+            let mut ready = Vec::new();
+            for condition in kinds {
+                let room = i64::from(limit) - ready.len() as i64;
+                if room <= 0 {
+                    break;
+                }
+                let sql = format!(
+                    "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE {condition}
+                     LIMIT $2 FOR UPDATE SKIP LOCKED"
+                );
+                let rows = if condition.contains("$3") {
+                    tx.query(&sql, &[&queue, &room, &now])?
+                } else {
+                    tx.query(&sql, &[&queue, &room])?
+                };
+                for row in &rows {
+                    ready.push(workflow_from_row(row)?);
+                }
+            }
+            Ok(ready)
+        })
+    }
+
+    fn running_on_host(
+        &self,
+        queue: &str,
+        host: &str,
+        boot_id: &str,
+        now: Millis,
+        limit: u32,
+    ) -> Result<Vec<WorkflowRecord>, StoreError> {
+        self.read(|s| {
+            s.query(
+                &format!(
+                    "SELECT {WORKFLOW_COLUMNS} FROM workflows
+                     WHERE status = 'running' AND lease_expires_at >= $4 AND queue = $1
+                       AND owner_host = $2 AND owner_boot = $3
+                     ORDER BY lease_expires_at, id LIMIT $5"
+                ),
+                &[&queue, &host, &boot_id, &now, &i64::from(limit)],
+            )?
+            .iter()
+            .map(workflow_from_row)
+            .collect()
+        })
+    }
+
+    fn next_wake(&self, queue: &str) -> Result<Option<Millis>, StoreError> {
+        self.read(|s| {
+            get(
+                &s.query_one(
+                    "SELECT min(wake_at) FROM workflows
+                     WHERE status IN ('sleeping', 'waiting') AND queue = $1",
+                    &[&queue],
+                )?,
+                0,
+            )
+        })
+    }
+
+    fn unload_workflow(
+        &self,
+        id: &str,
+        run_id: &str,
+        unload: &Unload<'_>,
+    ) -> Result<bool, StoreError> {
+        let status = match unload.waiting_for {
+            Some(_) => WorkflowStatus::Waiting,
+            None => WorkflowStatus::Sleeping,
+        };
+        let waiting_for = unload.waiting_for.map(WaitingFor::stored);
+        let now = now_millis();
+        self.write(|tx| {
+            Self::check_owner(tx, id, run_id)?;
+            // A cancellation asked for since the run last read it: unloading
+            // would leave it to nobody. The run ends the workflow instead.
+            let unloaded = tx.execute(
+                "UPDATE workflows SET status = $2, wake_at = $3, lease_expires_at = 0,
+                     updated_at = $4, takeovers = 0, waiting_for = $5
+                 WHERE id = $1 AND (NOT cancel_requested OR $6)",
+                &[
+                    &id,
+                    &status.as_str(),
+                    &unload.wake_at,
+                    &now,
+                    &waiting_for,
+                    &unload.despite_cancel,
+                ],
+            )?;
+            if unloaded == 0 {
+                return Ok(false);
+            }
+            // What it waits for came after this run last looked (a signal
+            // or a child's end only wakes workflows already waiting):
+            // resume at once.
+            if what_came(tx, id, unload.waiting_for)? {
+                tx.execute(
+                    "UPDATE workflows SET wake_at = $2 WHERE id = $1",
+                    &[&id, &now],
+                )?;
+            }
+            Ok(true)
+        })
+    }
+
+    fn children(&self, id: &str) -> Result<Vec<WorkflowRecord>, StoreError> {
+        self.read(|s| {
+            s.query(
+                &format!(
+                    "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE parent_id = $1
+                     ORDER BY created_at, id"
+                ),
+                &[&id],
+            )?
+            .iter()
+            .map(workflow_from_row)
+            .collect()
+        })
+    }
+
+    fn cancel_idle_workflow(
+        &self,
+        id: &str,
+        status: WorkflowStatus,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let now = now_millis();
+        self.write(|tx| {
+            let cancelled = tx.execute(
+                "UPDATE workflows SET status = 'cancelled', error = $3, error_code = NULL,
+                     output = NULL, wake_at = NULL, cancel_requested = TRUE, updated_at = $4
+                 WHERE id = $1 AND status = $2
+                   AND status IN ('queued', 'sleeping', 'waiting', 'suspended')",
+                &[&id, &status.as_str(), &reason, &now],
+            )?;
+            if cancelled == 1 {
+                insert_event(tx, id, "", "cancelled", &format!("while {status}"), now)?;
+                Self::wake_waiters(tx, id, now)?;
+            }
+            Ok(cancelled == 1)
+        })
+    }
+
+    fn release_workflow(&self, id: &str, run_id: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE workflows SET lease_expires_at = 0
+                 WHERE id = $1 AND run_id = $2 AND status = 'running'",
+                &[&id, &run_id],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn renew_leases(
+        &self,
+        runs: &[(String, String)],
+        lease_until: Millis,
+    ) -> Result<Vec<LeaseRenewal>, StoreError> {
+        let ids: Vec<&str> = runs.iter().map(|(id, _)| id.as_str()).collect();
+        let run_ids: Vec<&str> = runs.iter().map(|(_, run_id)| run_id.as_str()).collect();
+        // One statement for the whole heartbeat, rather than two round trips
+        // per run; answers in the order asked.
+        self.write(|tx| {
+            tx.query(
+                "WITH wanted AS (
+                     SELECT * FROM unnest($1::TEXT[], $2::TEXT[]) WITH ORDINALITY
+                         AS t (id, run_id, n)
+                 ), renewed AS (
+                     UPDATE workflows w SET lease_expires_at = $3 FROM wanted
+                     WHERE w.id = wanted.id AND w.run_id = wanted.run_id
+                       AND w.status = 'running'
+                     RETURNING w.id, w.run_id
+                 )
+                 SELECT EXISTS (SELECT 1 FROM renewed r
+                                WHERE r.id = wanted.id AND r.run_id = wanted.run_id),
+                        coalesce(w.cancel_requested, FALSE)
+                 FROM wanted LEFT JOIN workflows w ON w.id = wanted.id
+                 ORDER BY wanted.n",
+                &[&ids, &run_ids, &lease_until],
+            )?
+            .iter()
+            .map(|row| {
+                Ok(LeaseRenewal {
+                    owned: get(row, 0)?,
+                    cancel_requested: get(row, 1)?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn record_attempt(
+        &self,
+        workflow_id: &str,
+        run_id: &str,
+        key: &StepKey,
+        error: &str,
+        backoff_ms: i64,
+    ) -> Result<(), StoreError> {
+        let now = now_millis();
+        let error = storable(error);
+        self.write(|tx| {
+            Self::check_owner(tx, workflow_id, run_id)?;
+            let inserted = tx.execute(
+                "INSERT INTO step_attempts
+                     (workflow_id, step_key, attempt, error, run_id, ended_at, backoff_ms)
+                 SELECT workflow_id, step_key, attempts, $4::TEXT, run_id, $5::BIGINT,
+                        $6::BIGINT
+                 FROM steps
+                 WHERE workflow_id = $1 AND step_key = $2 AND run_id = $3
+                   AND status = 'running' AND attempts > failures",
+                &[
+                    &workflow_id,
+                    &key.as_str(),
+                    &run_id,
+                    &error,
+                    &now,
+                    &backoff_ms,
+                ],
+            )?;
+            if inserted == 0 {
+                return Err(StoreError::Backend(format!(
+                    "step {key} of workflow {workflow_id} has no attempt in progress to record"
+                )));
+            }
+            tx.execute(
+                "UPDATE steps SET failures = failures + 1, error = $3
+                 WHERE workflow_id = $1 AND step_key = $2",
+                &[&workflow_id, &key.as_str(), &error],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn begin_retry(
+        &self,
+        workflow_id: &str,
+        run_id: &str,
+        key: &StepKey,
+    ) -> Result<(), StoreError> {
+        self.write_unflushed(|tx| {
+            Self::check_owner(tx, workflow_id, run_id)?;
+            tx.execute(
+                "UPDATE steps SET attempts = attempts + 1
+                 WHERE workflow_id = $1 AND step_key = $2 AND run_id = $3 AND status = 'running'",
+                &[&workflow_id, &key.as_str(), &run_id],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn begin_steps(&self, workflow_id: &str, steps: &[StepBegin<'_>]) -> Result<(), StoreError> {
+        let Some(run_id) = steps.first().map(|step| step.run_id) else {
+            return Ok(());
+        };
+        self.write_unflushed(|tx| {
+            Self::check_owner(tx, workflow_id, run_id)?;
+            for step in steps {
+                begin_step(tx, workflow_id, step)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn finish_step(
+        &self,
+        workflow_id: &str,
+        run_id: &str,
+        key: &StepKey,
+        outcome: &Outcome,
+        log: &[LogLine],
+        effect: Option<&StepEffect>,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            Self::finish_step_in(tx, workflow_id, run_id, key, outcome, log)?;
+            match effect {
+                Some(effect) => Self::apply_effect(tx, workflow_id, key, effect),
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn send_signal(&self, signal: &SignalRecord) -> Result<SignalSent, StoreError> {
+        self.write(|tx| {
+            // The row lock orders the signal with the workflow's end and
+            // with its unload (which looks for signals that came).
+            let status: Option<String> = tx
+                .query_opt(
+                    "SELECT status FROM workflows WHERE id = $1 FOR UPDATE",
+                    &[&signal.workflow_id],
+                )?
+                .map(|row| get(&row, 0))
+                .transpose()?;
+            let status = match status.as_deref().map(WorkflowStatus::parse) {
+                None => {
+                    return Err(StoreError::UnknownWorkflow {
+                        id: signal.workflow_id.clone(),
+                    });
+                }
+                Some(Some(status)) => status,
+                Some(None) => return Err(StoreError::Backend("unknown status".into())),
+            };
+            if let Some(sent) = Self::signal_by_id(tx, &signal.workflow_id, &signal.signal_id)? {
+                return Ok(SignalSent::Duplicate(sent));
+            }
+            if status.is_final() {
+                return Err(StoreError::WorkflowEnded {
+                    id: signal.workflow_id.clone(),
+                    status,
+                });
+            }
+            let row = tx.query_one(
+                &format!(
+                    "INSERT INTO signals (workflow_id, name, signal_id, value, sent_at)
+                     VALUES ($1, $2, $3, $4, $5) RETURNING {SIGNAL_COLUMNS}"
+                ),
+                &[
+                    &signal.workflow_id,
+                    &signal.name,
+                    &signal.signal_id,
+                    &signal.value,
+                    &signal.sent_at,
+                ],
+            )?;
+            // A workflow waiting for it is resumed to take it.
+            tx.execute(
+                "UPDATE workflows SET wake_at = $2
+                 WHERE id = $1 AND status = 'waiting' AND waiting_for = $3",
+                &[
+                    &signal.workflow_id,
+                    &signal.sent_at,
+                    &WaitingFor::Signal(signal.name.clone()).stored(),
+                ],
+            )?;
+            Ok(SignalSent::Kept(signal_from_row(&row)?))
+        })
+    }
+
+    fn next_signal(
+        &self,
+        workflow_id: &str,
+        name: &str,
+    ) -> Result<Option<SignalRecord>, StoreError> {
+        self.read(|s| {
+            s.query_opt(
+                &format!(
+                    "SELECT {SIGNAL_COLUMNS} FROM signals
+                     WHERE workflow_id = $1 AND name = $2 AND taken_by IS NULL
+                     ORDER BY seq LIMIT 1"
+                ),
+                &[&workflow_id, &name],
+            )?
+            .map(|row| signal_from_row(&row))
+            .transpose()
+        })
+    }
+
+    fn signals(&self, workflow_id: &str) -> Result<Vec<SignalRecord>, StoreError> {
+        self.read(|s| {
+            s.query(
+                &format!(
+                    "SELECT {SIGNAL_COLUMNS} FROM signals WHERE workflow_id = $1 ORDER BY seq"
+                ),
+                &[&workflow_id],
+            )?
+            .iter()
+            .map(signal_from_row)
+            .collect()
+        })
+    }
+
+    fn published_events(&self, workflow_id: &str) -> Result<Vec<PublishedEvent>, StoreError> {
+        self.read(|s| {
+            s.query(
+                "SELECT key, value, step_key, published_at FROM published_events
+                 WHERE workflow_id = $1 ORDER BY key",
+                &[&workflow_id],
+            )?
+            .iter()
+            .map(|row| {
+                Ok(PublishedEvent {
+                    key: get(row, 0)?,
+                    value: get(row, 1)?,
+                    step_key: StepKey::from_stored(get(row, 2)?),
+                    published_at: get(row, 3)?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn finish_workflow(
+        &self,
+        id: &str,
+        run_id: &str,
+        end: &WorkflowEnd<'_>,
+    ) -> Result<(), StoreError> {
+        let (_, output, error, code) = split_outcome(end.outcome);
+        let (error, code) = (error.map(storable), code.map(storable));
+        let now = now_millis();
+        self.write(|tx| {
+            Self::check_owner(tx, id, run_id)?;
+            insert_log(tx, id, end.log)?;
+            let reason = error.as_deref().unwrap_or("the workflow ended");
+            for key in end.interrupted_steps {
+                tx.execute(
+                    "INSERT INTO step_attempts
+                         (workflow_id, step_key, attempt, error, run_id, ended_at, interrupted)
+                     SELECT workflow_id, step_key, attempts, $3::TEXT, run_id, $4::BIGINT, TRUE
+                     FROM steps
+                     WHERE workflow_id = $1 AND step_key = $2 AND status = 'running'
+                       AND attempts > failures
+                     ON CONFLICT DO NOTHING",
+                    &[&id, &key.as_str(), &reason, &now],
+                )?;
+            }
+            if end.status == WorkflowStatus::Suspended {
+                insert_event(tx, id, run_id, "suspended", reason, now)?;
+            }
+            tx.execute(
+                "UPDATE workflows SET status = $3, output = $4, error = $5, updated_at = $6,
+                     error_code = $7
+                 WHERE id = $1 AND run_id = $2",
+                &[
+                    &id,
+                    &run_id,
+                    &end.status.as_str(),
+                    &output,
+                    &error,
+                    &now,
+                    &code,
+                ],
+            )?;
+            if end.status.is_final() {
+                Self::wake_waiters(tx, id, now)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn append_log(&self, id: &str, run_id: &str, log: &[LogLine]) -> Result<(), StoreError> {
+        if log.is_empty() {
+            return Ok(());
+        }
+        self.write(|tx| {
+            Self::check_owner(tx, id, run_id)?;
+            insert_log(tx, id, log)
+        })
+    }
+
+    fn logs(&self, id: &str, after_seq: i64, limit: u32) -> Result<Vec<LogRecord>, StoreError> {
+        self.read(|s| {
+            s.query(
+                "SELECT seq, at, stream, step_key, line FROM workflow_logs
+                 WHERE workflow_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                &[&id, &after_seq, &i64::from(limit)],
+            )?
+            .iter()
+            .map(log_record)
+            .collect()
+        })
+    }
+
+    fn stream_logs(&self, id: &str, stream: LogStream) -> Result<Vec<LogRecord>, StoreError> {
+        self.read(|s| {
+            s.query(
+                "SELECT seq, at, stream, step_key, line FROM workflow_logs
+                 WHERE workflow_id = $1 AND stream = $2 ORDER BY seq",
+                &[&id, &stream.as_str()],
+            )?
+            .iter()
+            .map(log_record)
+            .collect()
+        })
+    }
+}
+
+/// Inside a write: extend `run_id`'s lease on workflow `id` (see
+/// [`CheckpointStore::renew_lease`]).
+fn renew_one(
+    tx: &mut Tx<'_>,
+    id: &str,
+    run_id: &str,
+    lease_until: Millis,
+) -> Result<LeaseRenewal, StoreError> {
+    let renewed = tx.execute(
+        "UPDATE workflows SET lease_expires_at = $3
+         WHERE id = $1 AND run_id = $2 AND status = 'running'",
+        &[&id, &run_id, &lease_until],
+    )?;
+    let cancel_requested = tx
+        .query_opt(
+            "SELECT cancel_requested FROM workflows WHERE id = $1",
+            &[&id],
+        )?
+        .map(|row| get(&row, 0))
+        .transpose()?
+        .unwrap_or(false);
+    Ok(LeaseRenewal {
+        owned: renewed == 1,
+        cancel_requested,
+    })
+}
+
+/// Inside a write that holds the workflow's row: mark `step` running.
+fn begin_step(tx: &mut Tx<'_>, workflow_id: &str, step: &StepBegin<'_>) -> Result<(), StoreError> {
+    if step.attempt > 1 {
+        // A step taken over from a dead run whose last attempt had begun
+        // (not one waiting out a retry's backoff): that attempt goes into
+        // the attempt history as interrupted before the row is reused.
+        tx.execute(
+            "INSERT INTO step_attempts
+                 (workflow_id, step_key, attempt, error, run_id, ended_at, interrupted)
+             SELECT workflow_id, step_key, attempts, 'interrupted: the run executing it died',
+                    run_id, $3::BIGINT, TRUE
+             FROM steps WHERE workflow_id = $1 AND step_key = $2 AND status = 'running'
+               AND attempts > failures
+             ON CONFLICT DO NOTHING",
+            &[&workflow_id, &step.key.as_str(), &step.started_at],
+        )?;
+    }
+    // A finished step is never reopened: the upsert only touches a row that
+    // is still running.
+    let written = tx.execute(
+        "INSERT INTO steps (workflow_id, step_key, sequence, name, status, attempts,
+                            run_id, started_at, input_fingerprint)
+         VALUES ($1, $2, $3, $4, 'running', $5, $6, $7, $8)
+         ON CONFLICT (workflow_id, step_key) DO UPDATE SET
+             attempts = excluded.attempts, run_id = excluded.run_id,
+             started_at = excluded.started_at,
+             input_fingerprint = excluded.input_fingerprint
+         WHERE steps.status = 'running' AND excluded.attempts > steps.attempts",
+        &[
+            &workflow_id,
+            &step.key.as_str(),
+            &i64::from(step.sequence),
+            &step.name,
+            &i64::from(step.attempt),
+            &step.run_id,
+            &step.started_at,
+            &step.input_fingerprint,
+        ],
+    )?;
+    if written == 0 {
+        return Err(StoreError::Backend(format!(
+            "step {} of workflow {workflow_id} was recorded by another run since this one read \
+             the history (finished, or begun again)",
+            step.key
+        )));
+    }
+    Ok(())
+}
+
+/// Inside a write that holds workflow `id`'s row: whether what it is about
+/// to wait for is there already (an untaken signal of that name, the
+/// child's end).
+fn what_came(
+    tx: &mut Tx<'_>,
+    id: &str,
+    waiting_for: Option<&WaitingFor>,
+) -> Result<bool, StoreError> {
+    match waiting_for {
+        None => Ok(false),
+        // Signals are sent under the same row lock: none is in flight.
+        Some(WaitingFor::Signal(name)) => get(
+            &tx.query_one(
+                "SELECT EXISTS (SELECT 1 FROM signals
+                     WHERE workflow_id = $1 AND name = $2 AND taken_by IS NULL)",
+                &[&id, name],
+            )?,
+            0,
+        ),
+        // The child ends under its own row lock: `FOR SHARE` waits for an
+        // end being committed, which would otherwise look for this
+        // workflow before it is waiting, and miss it.
+        Some(WaitingFor::Child(child)) => {
+            let status: Option<String> = tx
+                .query_opt(
+                    "SELECT status FROM workflows WHERE id = $1 FOR SHARE",
+                    &[child],
+                )?
+                .map(|row| get(&row, 0))
+                .transpose()?;
+            Ok(status
+                .as_deref()
+                .and_then(WorkflowStatus::parse)
+                .is_some_and(WorkflowStatus::is_final))
+        }
+    }
+}
+
+/// A row of `SELECT seq, at, stream, step_key, line FROM workflow_logs`.
+fn log_record(row: &Row) -> Result<LogRecord, StoreError> {
+    let stream: String = get(row, 2)?;
+    Ok(LogRecord {
+        seq: get(row, 0)?,
+        line: LogLine {
+            at: get(row, 1)?,
+            // The table's CHECK admits only these names.
+            stream: LogStream::parse(&stream).unwrap_or(LogStream::Log),
+            step: get::<Option<String>>(row, 3)?.map(StepKey::from_stored),
+            text: get(row, 4)?,
+        },
+    })
+}
+
+fn signal_from_row(row: &Row) -> Result<SignalRecord, StoreError> {
+    Ok(SignalRecord {
+        seq: get(row, 0)?,
+        workflow_id: get(row, 1)?,
+        name: get(row, 2)?,
+        signal_id: get(row, 3)?,
+        value: get(row, 4)?,
+        sent_at: get(row, 5)?,
+        taken_by: get::<Option<String>>(row, 6)?.map(StepKey::from_stored),
+    })
+}
+
+fn workflow_from_row(row: &Row) -> Result<WorkflowRecord, StoreError> {
+    Ok(WorkflowRecord {
+        id: get(row, 0)?,
+        component_sha256: get(row, 1)?,
+        input: get(row, 2)?,
+        status: parse_column(row, 3, WorkflowStatus::parse)?,
+        output: get(row, 4)?,
+        error: get(row, 5)?,
+        run_id: get(row, 6)?,
+        owner: Owner {
+            pid: get_u32(row, 7)?,
+            host: get(row, 8)?,
+            boot_id: get(row, 13)?,
+            pid_ns: get(row, 14)?,
+            started: get(row, 15)?,
+        },
+        lease_expires_at: get(row, 9)?,
+        cancel_requested: get(row, 10)?,
+        created_at: get(row, 11)?,
+        updated_at: get(row, 12)?,
+        takeovers: get_u32(row, 16)?,
+        progress_mark: get_u32(row, 17)?,
+        grants: get(row, 18)?,
+        error_code: get(row, 19)?,
+        queue: get(row, 20)?,
+        deployment: get(row, 21)?,
+        wake_at: get(row, 22)?,
+        parent_id: get(row, 23)?,
+        waiting_for: get::<Option<String>>(row, 24)?
+            .as_deref()
+            .and_then(WaitingFor::from_stored),
+    })
+}
+
+fn step_from_row(row: &Row) -> Result<StepRecord, StoreError> {
+    Ok(StepRecord {
+        key: StepKey::from_stored(get(row, 0)?),
+        sequence: get_u32(row, 1)?,
+        name: get(row, 2)?,
+        status: parse_column(row, 3, StepStatus::parse)?,
+        output_json: get(row, 4)?,
+        error: get(row, 5)?,
+        attempts: get_u32(row, 6)?,
+        run_id: get(row, 7)?,
+        started_at: get(row, 8)?,
+        finished_at: get(row, 9)?,
+        failures: get_u32(row, 10)?,
+        error_code: get(row, 11)?,
+        input_fingerprint: get(row, 12)?,
+    })
+}
+
+fn parse_column<T>(row: &Row, index: usize, parse: fn(&str) -> Option<T>) -> Result<T, StoreError> {
+    let text: String = get(row, index)?;
+    parse(&text).ok_or_else(|| StoreError::Backend(format!("unknown status `{text}`")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::conformance::TestSchema;
+
+    #[test]
+    fn the_workflow_column_count_matches_the_columns() {
+        assert_eq!(WORKFLOW_COLUMNS.split(',').count(), WORKFLOW_COLUMN_COUNT);
+    }
+
+    /// A client on `schema`, outside the store.
+    fn client(schema: &TestSchema) -> Client {
+        postgres::Client::connect(&schema.url, postgres::NoTls).unwrap()
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let Some(schema) = TestSchema::create() else {
+            return;
+        };
+        drop(PostgresStore::open(&schema.url).unwrap());
+        client(&schema)
+            .execute(
+                "UPDATE durable_schema SET version = $1",
+                &[&(SCHEMA_VERSION + 1)],
+            )
+            .unwrap();
+        match PostgresStore::open(&schema.url) {
+            Err(StoreError::NewerSchema { found, supported }) => {
+                assert_eq!((found, supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
+            }
+            other => panic!("expected NewerSchema, got {:?}", other.err()),
+        }
+    }
+
+    #[test]
+    fn processes_opening_a_new_schema_at_once_create_it_once() {
+        let Some(schema) = TestSchema::create() else {
+            return;
+        };
+        let opened: Vec<_> = thread::scope(|scope| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| scope.spawn(|| PostgresStore::open(&schema.url).map(drop)))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(opened.iter().all(Result::is_ok), "{opened:?}");
+        let version: i64 = client(&schema)
+            .query_one("SELECT version FROM durable_schema", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn an_unreachable_server_is_named_without_its_password() {
+        let url = "postgres://me:s3cret@127.0.0.1:1/test?connect_timeout=2";
+        match PostgresStore::open(url) {
+            Err(error @ StoreError::Open { .. }) => {
+                let message = error.to_string();
+                assert!(!message.contains("s3cret"), "{message}");
+                assert!(message.contains("me:***@127.0.0.1:1/test"), "{message}");
+                assert!(
+                    message.contains("cannot reach the PostgreSQL server"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected Open, got {:?}", other.err()),
+        }
+        assert!(matches!(
+            PostgresStore::open("postgres://[not a url"),
+            Err(StoreError::Open { .. })
+        ));
+    }
+
+    #[test]
+    fn a_search_path_without_a_schema_is_explained() {
+        let Some(schema) = TestSchema::create() else {
+            return;
+        };
+        let url = schema.url.replace("dh_test_", "dh_missing_");
+        match PostgresStore::open(&url) {
+            Err(StoreError::Open { reason, .. }) => {
+                assert!(reason.contains("names no schema"), "{reason}");
+            }
+            other => panic!("expected Open, got {:?}", other.err()),
+        }
+    }
+
+    #[test]
+    fn a_lost_connection_fails_one_operation_then_reconnects() {
+        let Some(schema) = TestSchema::create() else {
+            return;
+        };
+        let store = PostgresStore::open(&schema.url).unwrap();
+        let pid: i32 = store
+            .conn
+            .lock()
+            .unwrap()
+            .client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .unwrap()
+            .get(0);
+        client(&schema)
+            .execute("SELECT pg_terminate_backend($1)", &[&pid])
+            .unwrap();
+        match store.workflow("wf") {
+            Err(error @ StoreError::Io { .. }) => assert!(error.is_storage_failure()),
+            other => panic!("expected Io, got {other:?}"),
+        }
+        assert_eq!(store.workflow("wf").unwrap(), None);
+    }
+
+    #[test]
+    fn a_write_that_panics_is_undone() {
+        let Some(schema) = TestSchema::create() else {
+            return;
+        };
+        let store = PostgresStore::open(&schema.url).unwrap();
+        let add = |tx: &mut Tx<'_>, name: &str| {
+            tx.execute(
+                "INSERT INTO schedules (name, cron, deployment, input, queue, next_tick,
+                     created_at)
+                 VALUES ($1, '* * * * *', 'd', '1', 'q', 0, 0)",
+                &[&name],
+            )
+        };
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            store.write(|tx| -> Result<(), StoreError> {
+                add(tx, "undone")?;
+                panic!("a bug in the middle of a write")
+            })
+        }));
+        assert!(panicked.is_err());
+        store.write(|tx| add(tx, "kept")).unwrap();
+        let names: Vec<String> = client(&schema)
+            .query("SELECT name FROM schedules", &[])
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert_eq!(names, ["kept"]);
+    }
+}
