@@ -272,14 +272,14 @@ fn is_url(path: &str) -> bool {
 
 fn store_hint(error: &StoreError) -> Option<String> {
     Some(match error {
-        StoreError::Open { reason, .. } if missing_directory(reason) => {
-            "create the directory first, or pass another --db PATH".to_owned()
-        }
         StoreError::Open { path, .. } if is_url(path) => {
             "--db postgres://USER[:PASSWORD]@HOST[:PORT]/DB \
             must name a PostgreSQL database this user may create tables in (the tables go in \
             the first schema of its search_path); check the server, the URL and the role"
                 .to_owned()
+        }
+        StoreError::Open { reason, .. } if missing_directory(reason) => {
+            "create the directory first, or pass another --db PATH".to_owned()
         }
         StoreError::Open { .. } => "--db must name a database file, or a new file in a \
             directory this user can write to; check the path and its permissions, or pass \
@@ -314,6 +314,10 @@ fn store_hint(error: &StoreError) -> Option<String> {
         StoreError::DiskFull { path } => format!(
             "free space on the disk holding {path} and run the same command again; nothing \
              committed is lost"
+        ),
+        StoreError::Io { path, .. } if is_url(path) => format!(
+            "the connection to {path} broke off; what was committed stands: run the same \
+             command again once the server answers"
         ),
         StoreError::Io { path, .. } => format!(
             "check {path} and its disk (the system log may name the device); what was committed \
@@ -417,6 +421,16 @@ mod tests {
         assert!(!denied.contains("create the directory"), "{denied}");
         assert!(denied.contains("permissions"), "{denied}");
         assert_eq!(exit_code(&open("anything")), exit::USER_ERROR);
+        // A PostgreSQL database that "does not exist" is no directory to create.
+        let server = anyhow::Error::from(StoreError::Open {
+            path: "postgres://me@db/work".into(),
+            reason: "cannot reach the PostgreSQL server: database \"work\" does not exist".into(),
+        });
+        let hint = hint(&server).unwrap();
+        assert!(
+            hint.contains("postgres://") && !hint.contains("directory"),
+            "{hint}"
+        );
     }
 
     #[test]
