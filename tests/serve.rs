@@ -775,6 +775,67 @@ fn a_worker_frozen_past_its_lease_writes_nothing_once_thawed() {
     );
 }
 
+/// On PostgreSQL, an idle worker hears of a workflow queued, and of a
+/// signal sent, by another process at once (NOTIFY), not at its next poll:
+/// here the poll is 30 s away.
+#[test]
+fn an_idle_worker_hears_of_work_from_another_process_at_once() {
+    let scratch = Scratch::new();
+    if !scratch.on_postgres() {
+        // SQLite has no notifications: its `serve` polls (50 ms by default).
+        return;
+    }
+    deploy_scenarios(&scratch);
+    let server = Server::start(&scratch, "serve", &["--poll-interval", "30s"]);
+    wait_until("serve to listen", Duration::from_secs(30), || {
+        server.log().contains("notified=true")
+    });
+    // The first workflow compiles the component: wait it out.
+    start(
+        &scratch,
+        SCENARIOS,
+        "warm",
+        &json!({"scenario": "keyed", "items": 1}),
+        &[],
+    )
+    .expect_code(0);
+    wait_completed(&scratch, 1, &[&server]);
+
+    let submitted = Instant::now();
+    start(
+        &scratch,
+        SCENARIOS,
+        "quick",
+        &json!({"scenario": "keyed", "items": 1}),
+        &[],
+    )
+    .expect_code(0);
+    wait_completed(&scratch, 2, &[&server]);
+    let queued_to_done = submitted.elapsed();
+
+    let waits = json!({"scenario": "signals", "items": 1, "sleep_ms": 0, "timeout_ms": null});
+    start(&scratch, SCENARIOS, "waiter", &waits, &[]).expect_code(0);
+    wait_until("the waiter to be unloaded", Duration::from_secs(10), || {
+        scratch.workflow_status("waiter").as_deref() == Some("waiting")
+    });
+    let signalled = Instant::now();
+    run(&mut scratch.host(&["signal", "waiter", "go", "--data", "1"])).expect_code(0);
+    wait_completed(&scratch, 3, &[&server]);
+    let signal_to_done = signalled.elapsed();
+    for (what, took) in [("queued", queued_to_done), ("signalled", signal_to_done)] {
+        assert!(
+            took < Duration::from_secs(5),
+            "a workflow {what} elsewhere finished {took:?} later: the worker waited for its poll"
+        );
+    }
+    println!(
+        "serve on PostgreSQL, polling every 30 s: queued to completed {} ms, signal to \
+         completed {} ms",
+        queued_to_done.as_millis(),
+        signal_to_done.as_millis()
+    );
+}
+
 /// Thousands of workflows sleeping at once are rows, not threads or memory;
 /// `list --status sleeping` counts them; short sleepers are woken after
 /// their due time (never before) and complete.

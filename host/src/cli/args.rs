@@ -438,9 +438,12 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
         cancel_grace: Duration,
 
-        /// How often to look for work submitted by other processes.
-        #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = parse_duration)]
-        poll_interval: Duration,
+        /// How often to look for work submitted by other processes
+        /// [default: 50ms; 1s on PostgreSQL, whose notifications wake
+        /// every worker within milliseconds, so that polling is only the
+        /// fallback].
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        poll_interval: Option<Duration>,
 
         /// Log lines as JSON objects instead of text.
         #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]

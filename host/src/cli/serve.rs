@@ -173,7 +173,8 @@ pub struct ServeArgs {
     pub stale_after: Duration,
     pub shutdown_grace: Duration,
     pub cancel_grace: Duration,
-    pub poll_interval: Duration,
+    /// `None`: the backend's default.
+    pub poll_interval: Option<Duration>,
     pub json_logs: bool,
     /// Serve the HTTP API on this address.
     pub listen: Option<String>,
@@ -224,7 +225,10 @@ pub fn serve(db: &Database, args: ServeArgs) -> anyhow::Result<ExitCode> {
             stale_after: args.stale_after,
             shutdown_grace: args.shutdown_grace,
             cancel_grace: args.cancel_grace,
-            poll_interval: args.poll_interval,
+            poll_interval: args.poll_interval.unwrap_or(match db {
+                Database::Sqlite(_) => Duration::from_millis(50),
+                Database::Postgres(_) => Duration::from_secs(1),
+            }),
             cache: args.cache.cache(),
             metrics,
         },

@@ -37,8 +37,8 @@ use crate::runtime::{
 };
 use crate::schedules;
 use crate::store::{
-    CheckpointStore, CommitObserver, GroupCommitStore, Millis, StoreError, WorkflowRecord,
-    WorkflowStatus, now_millis,
+    CheckpointStore, CommitObserver, Database, GroupCommitStore, Millis, StoreError,
+    WorkflowRecord, WorkflowStatus, now_millis,
 };
 use leases::SharedLeases;
 
@@ -129,16 +129,17 @@ pub fn serve(
         schedules_due: None,
         schedules_read: None,
     };
-    let (done_tx, done_rx) = mpsc::channel::<Finished>();
-    tracing::info!(queues = ?config.queues, "serving");
+    let (done_tx, done_rx) = mpsc::channel::<Event>();
+    let listener = listen_for_work(shared.store.database(), done_tx.clone(), &shutdown)?;
+    tracing::info!(queues = ?config.queues, notified = listener.is_some(), "serving");
     while !shutdown.load(Ordering::Relaxed) {
         dispatcher.dispatch(config, &done_tx)?;
         let wait = dispatcher.wait_time(config)?;
         match done_rx.recv_timeout(wait) {
-            Ok(finished) => {
-                dispatcher.finished(finished);
-                while let Ok(finished) = done_rx.try_recv() {
-                    dispatcher.finished(finished);
+            Ok(event) => {
+                dispatcher.handle(event);
+                while let Ok(event) = done_rx.try_recv() {
+                    dispatcher.handle(event);
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -159,8 +160,8 @@ pub fn serve(
         if left.is_zero() {
             break;
         }
-        if let Ok(finished) = done_rx.recv_timeout(left) {
-            dispatcher.finished(finished);
+        if let Ok(event) = done_rx.recv_timeout(left) {
+            dispatcher.handle(event);
         }
     }
     dispatcher.summary.abandoned = dispatcher.in_flight.len();
@@ -172,6 +173,9 @@ pub fn serve(
     }
     drop(stop_renewing);
     let _ = renewer.join();
+    if let Some(listener) = listener {
+        let _ = listener.join();
+    }
     let stats = shared.store.stats();
     dispatcher.summary.writes = stats.writes.load(Ordering::Relaxed);
     dispatcher.summary.commits = stats.commits.load(Ordering::Relaxed);
@@ -191,6 +195,74 @@ struct Shared {
     components: Mutex<HashMap<String, WorkflowComponent>>,
     cancel_grace: Duration,
     metrics: Arc<Metrics>,
+}
+
+/// What wakes the dispatcher.
+enum Event {
+    /// A run ended.
+    Finished(Finished),
+    /// The database says work may have become ready (see [`listen_for_work`]).
+    WorkMayBeReady,
+}
+
+/// How long the work listener waits before it looks at the shutdown flag.
+const LISTEN_TICK: Duration = Duration::from_millis(250);
+
+/// Longest pause between attempts to listen again after losing the
+/// database's notifications.
+const LISTEN_BACKOFF_CAP: Duration = Duration::from_secs(5);
+
+/// Wake the dispatcher whenever the database says work may have become
+/// ready (PostgreSQL's NOTIFY), until shutdown, so that a worker hears of a
+/// workflow queued, signalled or woken on another host within milliseconds
+/// rather than at its next poll. `None` for a database that cannot tell
+/// (SQLite): polling finds the work there. Lost notifications are listened
+/// for again with backoff; meanwhile polling goes on.
+fn listen_for_work(
+    database: &Database,
+    wake: Sender<Event>,
+    shutdown: &ShutdownFlag,
+) -> Result<Option<thread::JoinHandle<()>>, ServeError> {
+    let Some(mut listener) = database.work_listener()? else {
+        return Ok(None);
+    };
+    let (database, shutdown) = (database.clone(), Arc::clone(shutdown));
+    let listen = move || {
+        while !shutdown.load(Ordering::Relaxed) {
+            match listener.wait(LISTEN_TICK) {
+                Ok(true) => {
+                    if wake.send(Event::WorkMayBeReady).is_err() {
+                        return;
+                    }
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "lost the database's work notifications; polling until they are back");
+                    let mut backoff = LISTEN_TICK;
+                    loop {
+                        thread::sleep(backoff);
+                        if shutdown.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        match database.work_listener() {
+                            Ok(Some(again)) => {
+                                listener = again;
+                                tracing::info!("hearing the database's work notifications again");
+                                break;
+                            }
+                            Ok(None) => return,
+                            Err(_) => backoff = (backoff * 2).min(LISTEN_BACKOFF_CAP),
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let handle = thread::Builder::new()
+        .name("work-listener".to_owned())
+        .spawn(listen)
+        .map_err(|e| StoreError::Backend(format!("cannot start the work listener: {e}")))?;
+    Ok(Some(handle))
 }
 
 /// A run that ended, for the dispatcher.
@@ -248,11 +320,7 @@ const ORPHAN_SCAN: Duration = Duration::from_secs(1);
 
 impl Dispatcher {
     /// Start as many ready workflows as the queues have room for.
-    fn dispatch(
-        &mut self,
-        config: &ServeConfig,
-        done: &Sender<Finished>,
-    ) -> Result<(), ServeError> {
+    fn dispatch(&mut self, config: &ServeConfig, done: &Sender<Event>) -> Result<(), ServeError> {
         if self.paused.is_some_and(|(until, _)| Instant::now() < until) {
             return Ok(());
         }
@@ -349,7 +417,7 @@ impl Dispatcher {
             .collect())
     }
 
-    fn start(&mut self, workflow: WorkflowRecord, done: Sender<Finished>) {
+    fn start(&mut self, workflow: WorkflowRecord, done: Sender<Event>) {
         *self.running.entry(workflow.queue.clone()).or_default() += 1;
         self.in_flight.insert(workflow.id.clone());
         self.summary.started += 1;
@@ -361,8 +429,16 @@ impl Dispatcher {
                 workflow_id: workflow.id.clone(),
                 end: execute(&shared, &workflow),
             };
-            let _ = done.send(finished);
+            let _ = done.send(Event::Finished(finished));
         }));
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Finished(finished) => self.finished(finished),
+            // The next dispatch reads what is ready.
+            Event::WorkMayBeReady => {}
+        }
     }
 
     fn finished(&mut self, finished: Finished) {

@@ -31,7 +31,7 @@ use super::{
 };
 
 /// At most this many writes share a transaction: bounds the latency the
-/// last of them sees.
+/// last of them sees. A backend may allow fewer ([`BatchWriter::max_batch`]).
 const MAX_BATCH: usize = 512;
 
 /// At most this many read connections, each with its page cache and
@@ -51,6 +51,11 @@ pub trait BatchWriter: CheckpointStore {
     /// Commit the batch [`Self::begin_batch`] opened, or roll it back when
     /// the commit fails.
     fn commit_batch(&self) -> Result<(), StoreError>;
+
+    /// How many writes may share a batch.
+    fn max_batch(&self) -> usize {
+        MAX_BATCH
+    }
 }
 
 /// A checkpoint store whose writes are group-committed.
@@ -79,6 +84,8 @@ impl Drop for Shared {
 /// writer thread or a caller that found it idle.
 struct Writer {
     store: Mutex<Box<dyn BatchWriter>>,
+    /// The store's [`BatchWriter::max_batch`].
+    max_batch: usize,
     queue: Mutex<Queue>,
     /// Wakes the writer thread: writes are waiting, a commit ended, or the
     /// store is closing.
@@ -133,8 +140,10 @@ impl GroupCommitStore {
     /// Open `database` (creating its tables if needed) and start its
     /// writer.
     pub fn open(database: &Database) -> Result<Self, StoreError> {
+        let store = database.open_batch_writer()?;
         let writer = Arc::new(Writer {
-            store: Mutex::new(database.open_batch_writer()?),
+            max_batch: store.max_batch(),
+            store: Mutex::new(store),
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
             stats: CommitStats::default(),
@@ -154,6 +163,11 @@ impl GroupCommitStore {
                 thread: Mutex::new(Some(thread)),
             }),
         })
+    }
+
+    /// The database this store writes to.
+    pub fn database(&self) -> &Database {
+        &self.shared.database
     }
 
     /// Tell `observer` of every commit from now on (set once).
@@ -283,7 +297,7 @@ impl Writer {
                     queue = self.wake.wait(queue).unwrap_or_else(|e| e.into_inner());
                 }
                 queue.committing = true;
-                let take = queue.waiting.len().min(MAX_BATCH);
+                let take = queue.waiting.len().min(self.max_batch);
                 queue.waiting.drain(..take).collect()
             };
             self.commit(batch);

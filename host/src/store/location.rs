@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use super::postgres::redact;
-use super::{BatchWriter, CheckpointStore, PostgresStore, SqliteStore, StoreError};
+use super::{BatchWriter, CheckpointStore, PostgresStore, SqliteStore, StoreError, WorkListener};
 
 /// A database of workflows and checkpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +95,16 @@ impl Database {
         Ok(match self {
             Self::Sqlite(path) => Box::new(SqliteStore::connect_existing(path)?),
             Self::Postgres(url) => Box::new(PostgresStore::open(url)?),
+        })
+    }
+
+    /// A listener that hears when work may have become ready, for a
+    /// database that can tell (PostgreSQL's NOTIFY); `None` for SQLite,
+    /// whose `serve` polls a file it shares with no other host.
+    pub fn work_listener(&self) -> Result<Option<Box<dyn WorkListener>>, StoreError> {
+        Ok(match self {
+            Self::Sqlite(_) => None,
+            Self::Postgres(url) => Some(Box::new(PostgresStore::listen_for_work(url)?)),
         })
     }
 

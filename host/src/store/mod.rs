@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use group_commit::{BatchWriter, GroupCommitStore};
 pub use location::{BadDatabase, Database};
-pub use postgres::PostgresStore;
+pub use postgres::{PostgresStore, PostgresWorkListener};
 pub use sqlite::SqliteStore;
 
 /// How a step or workflow ended: its JSON value, or its error.
@@ -756,6 +756,16 @@ pub(crate) fn lost_ownership(id: &str, row: Option<(String, String)>) -> StoreEr
             None => "(none: the workflow is gone)".to_owned(),
         },
     }
+}
+
+/// Hears that work may have become ready in the database: a workflow
+/// queued, a wake-up time set or moved, a lease given back, whoever did it
+/// (another process, another host). A hint, not a promise: the one who
+/// listens still reads what is ready, and polls as well.
+pub trait WorkListener: Send {
+    /// Wait at most `timeout` for news: `true` when some came (all news so
+    /// far is taken at once), `false` when the time ran out.
+    fn wait(&mut self, timeout: std::time::Duration) -> Result<bool, StoreError>;
 }
 
 /// Told of each commit a batching store makes (for metrics).

@@ -1,5 +1,6 @@
 //! [`BatchWriter`] for PostgreSQL: the writes of a batch share one
-//! transaction, and one commit.
+//! transaction, and one commit. For now a batch holds one write (see
+//! `max_batch`): with more, two workers' batches can deadlock.
 //!
 //! [`super::super::GroupCommitStore`] hands the writes of many concurrent
 //! runs to one connection. Between [`BatchWriter::begin_batch`] (`BEGIN`)
@@ -28,6 +29,15 @@ impl BatchWriter for PostgresStore {
     fn begin_batch(&self, flush: bool) -> Result<(), StoreError> {
         let mut conn = self.connection()?;
         conn.begin_batch(flush).map_err(|e| self.explain(e))
+    }
+
+    /// One write per transaction. The writes of a batch would hold their
+    /// row locks until it commits, and the batches of two workers could
+    /// then wait on each other (one claims A then B, the other B then A):
+    /// PostgreSQL breaks such a cycle only after its deadlock timeout, by
+    /// failing a write. SQLite has one writer and no such cycle.
+    fn max_batch(&self) -> usize {
+        1
     }
 
     fn commit_batch(&self) -> Result<(), StoreError> {

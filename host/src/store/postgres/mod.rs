@@ -23,12 +23,17 @@
 //! Behind [`super::GroupCommitStore`], the writes of many runs share one
 //! transaction and one commit, each in a savepoint (see [`batch`]).
 //!
-//! Not (yet) here: TLS, connection pooling, and LISTEN/NOTIFY for waking a
-//! `serve` without polling.
+//! Workers hear of new work through NOTIFY (see [`listen`] and the
+//! triggers in [`schema`]). Not (yet) here: TLS, connection pooling, and
+//! batches of more than one write (see `BatchWriter::max_batch` in
+//! `batch`).
 
 mod batch;
 mod connection;
+mod listen;
 mod schema;
+
+pub use listen::PostgresWorkListener;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
@@ -90,6 +95,12 @@ impl PostgresStore {
         let store = Self::connect(Target::parse(url)?)?;
         store.create_schema()?;
         Ok(store)
+    }
+
+    /// A listener for the work notifications of the database at `url`, on
+    /// a connection of its own.
+    pub fn listen_for_work(url: &str) -> Result<PostgresWorkListener, StoreError> {
+        PostgresWorkListener::open(&Target::parse(url)?)
     }
 
     fn connect(target: Target) -> Result<Self, StoreError> {

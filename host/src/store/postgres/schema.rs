@@ -178,6 +178,28 @@ CREATE TABLE signals (
 );
 CREATE INDEX signals_untaken ON signals (workflow_id, name, seq) WHERE taken_by IS NULL;
 
+-- Tell the workers that LISTEN on `durable_work` (the payload is this
+-- schema) that work may have become ready: a workflow queued, a wake-up
+-- time set or moved (a sleep, a signal or a child's end waking a waiter), a
+-- lease given back. Statement order inside a transaction does not matter:
+-- PostgreSQL delivers a notification at commit, once per payload.
+CREATE FUNCTION durable_work_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('durable_work', TG_TABLE_SCHEMA);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER workflows_queued AFTER INSERT ON workflows
+    FOR EACH ROW WHEN (NEW.status = 'queued')
+    EXECUTE FUNCTION durable_work_notify();
+CREATE TRIGGER workflows_ready AFTER UPDATE ON workflows
+    FOR EACH ROW WHEN (
+        (NEW.status = 'queued' AND OLD.status <> 'queued')
+        OR NEW.wake_at IS DISTINCT FROM OLD.wake_at
+        OR NEW.lease_expires_at < OLD.lease_expires_at
+    )
+    EXECUTE FUNCTION durable_work_notify();
+
 -- The last value a workflow published under each key, for observers.
 CREATE TABLE published_events (
     workflow_id  TEXT NOT NULL,
