@@ -170,6 +170,14 @@ fn wait_completed(scratch: &Scratch, count: usize, servers: &[&Server]) {
     }
 }
 
+/// Wait until each of the `count` workflows has completed a step.
+fn wait_each_completed_a_step(scratch: &Scratch, count: usize) {
+    wait_until("every workflow to complete a step", PATIENCE, || {
+        scratch.number("SELECT count(DISTINCT workflow_id) FROM steps WHERE status = 'completed'")
+            == count as i64
+    });
+}
+
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -386,10 +394,7 @@ fn restart_after_kill_9_takes_over_dead_owners_without_waiting_for_leases() {
     submit_all(&scratch, &workflows, &[]);
     let args = ["--concurrency", "16", "--stale-after", "30s"];
     let mut first = Server::start(&scratch, "serve-1", &args);
-    wait_until("every workflow to complete a step", PATIENCE, || {
-        scratch.number("SELECT count(DISTINCT workflow_id) FROM steps WHERE status = 'completed'")
-            == count as i64
-    });
+    wait_each_completed_a_step(&scratch, count);
     first.kill9();
     assert_eq!(count_status(&scratch, "running"), count);
 
@@ -437,10 +442,7 @@ fn sigterm_drains_at_step_boundaries_and_releases_leases() {
         "5s",
     ];
     let mut first = Server::start(&scratch, "serve-1", &args);
-    wait_until("every workflow to complete a step", PATIENCE, || {
-        scratch.number("SELECT count(DISTINCT workflow_id) FROM steps WHERE status = 'completed'")
-            == count as i64
-    });
+    wait_each_completed_a_step(&scratch, count);
 
     let signalled = Instant::now();
     first.signal("-TERM");
@@ -742,10 +744,7 @@ fn a_worker_frozen_past_its_lease_writes_nothing_once_thawed() {
     submit_all(&scratch, &workflows, &[]);
     let args = ["--concurrency", "8", "--stale-after", "2s"];
     let frozen = Server::start(&scratch, "frozen", &args);
-    wait_until("every workflow to complete a step", PATIENCE, || {
-        scratch.number("SELECT count(DISTINCT workflow_id) FROM steps WHERE status = 'completed'")
-            == count as i64
-    });
+    wait_each_completed_a_step(&scratch, count);
     frozen.signal("-STOP");
     let owned = owned_by(&scratch, frozen.pid());
     assert_eq!(owned.len(), count, "the frozen worker held every workflow");

@@ -88,24 +88,14 @@ fn client(url: &str) -> Client {
     })
 }
 
-/// The integer in the first column (any integer type, NULL as 0).
-pub fn integer(row: &postgres::Row) -> i64 {
-    integer_at(row, 0)
-}
-
-/// The integer in column `index` (any integer type, NULL as 0).
-pub fn integer_at(row: &postgres::Row, index: usize) -> i64 {
-    row.try_get::<_, Option<i64>>(index)
-        .or_else(|_| {
-            row.try_get::<_, Option<i32>>(index)
-                .map(|v| v.map(i64::from))
-        })
-        .or_else(|_| {
-            row.try_get::<_, Option<bool>>(index)
-                .map(|v| v.map(i64::from))
-        })
-        .unwrap_or_else(|e| panic!("column {index} is not an integer: {e}"))
-        .unwrap_or(0)
+/// A value of [`json_row`] that must be an integer (NULL as 0).
+pub fn integer(value: &serde_json::Value) -> i64 {
+    match value {
+        serde_json::Value::Null => 0,
+        other => other
+            .as_i64()
+            .unwrap_or_else(|| panic!("not an integer: {other}")),
+    }
 }
 
 /// A row as JSON values (integers, reals, text, booleans as 0/1, null),

@@ -478,7 +478,7 @@ impl Scratch {
                 .client()
                 .query_one(sql, &[])
                 .unwrap_or_else(|e| panic!("{sql}: {e}"));
-            return backend::integer(&row);
+            return backend::integer(&backend::json_row(&row)[0]);
         }
         self.sql()
             .query_row(sql, [], |r| r.get(0))
@@ -515,7 +515,7 @@ impl Scratch {
             return Ok(rows
                 .iter()
                 .map(|row| {
-                    let attempts = backend::integer_at(row, 2);
+                    let attempts = backend::integer(&backend::json_row(row)[2]);
                     (row.get(0), row.get(1), attempts as u32)
                 })
                 .collect());

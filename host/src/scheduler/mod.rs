@@ -37,7 +37,7 @@ use crate::runtime::{
 };
 use crate::schedules;
 use crate::store::{
-    CheckpointStore, CommitObserver, Database, GroupCommitStore, Millis, StoreError,
+    CheckpointStore, CommitObserver, Database, GroupCommitStore, Millis, StoreError, WorkListener,
     WorkflowRecord, WorkflowStatus, now_millis,
 };
 use leases::SharedLeases;
@@ -238,22 +238,11 @@ fn listen_for_work(
                 Ok(false) => {}
                 Err(error) => {
                     tracing::warn!(%error, "lost the database's work notifications; polling until they are back");
-                    let mut backoff = LISTEN_TICK;
-                    loop {
-                        thread::sleep(backoff);
-                        if shutdown.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        match database.work_listener() {
-                            Ok(Some(again)) => {
-                                listener = again;
-                                tracing::info!("hearing the database's work notifications again");
-                                break;
-                            }
-                            Ok(None) => return,
-                            Err(_) => backoff = (backoff * 2).min(LISTEN_BACKOFF_CAP),
-                        }
-                    }
+                    let Some(again) = listen_again(&database, &shutdown) else {
+                        return;
+                    };
+                    listener = again;
+                    tracing::info!("hearing the database's work notifications again");
                 }
             }
         }
@@ -263,6 +252,22 @@ fn listen_for_work(
         .spawn(listen)
         .map_err(|e| StoreError::Backend(format!("cannot start the work listener: {e}")))?;
     Ok(Some(handle))
+}
+
+/// A new listener once the database takes one, trying with backoff; `None`
+/// at shutdown.
+fn listen_again(database: &Database, shutdown: &AtomicBool) -> Option<Box<dyn WorkListener>> {
+    let mut backoff = LISTEN_TICK;
+    loop {
+        thread::sleep(backoff);
+        if shutdown.load(Ordering::Relaxed) {
+            return None;
+        }
+        match database.work_listener() {
+            Ok(listener) => return listener,
+            Err(_) => backoff = (backoff * 2).min(LISTEN_BACKOFF_CAP),
+        }
+    }
 }
 
 /// A run that ended, for the dispatcher.

@@ -64,10 +64,7 @@ impl fmt::Display for Database {
 impl Database {
     /// Open it, creating the file or the tables when missing.
     pub fn open(&self) -> Result<Box<dyn CheckpointStore>, StoreError> {
-        Ok(match self {
-            Self::Sqlite(path) => Box::new(SqliteStore::open(path)?),
-            Self::Postgres(url) => Box::new(PostgresStore::open(url)?),
-        })
+        Ok(self.open_batch_writer()?)
     }
 
     /// Open it to read histories without changing them: SQLite opens the
@@ -81,7 +78,8 @@ impl Database {
         })
     }
 
-    /// The connection group commit writes through (see [`super::group_commit`]).
+    /// The connection group commit writes through (see [`super::group_commit`]);
+    /// [`Self::open`] is the same connection, seen as a plain store.
     pub(crate) fn open_batch_writer(&self) -> Result<Box<dyn BatchWriter>, StoreError> {
         Ok(match self {
             Self::Sqlite(path) => Box::new(SqliteStore::open(path)?),
