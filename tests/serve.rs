@@ -21,7 +21,10 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use durable_tests::{Run, Scratch, Server, artifacts, employee, run, sha256_of, wait_until};
+use durable_tests::backend::postgres_address;
+use durable_tests::{
+    Run, Scratch, Server, TcpProxy, artifacts, employee, run, sha256_of, wait_until,
+};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------
@@ -771,6 +774,103 @@ fn a_worker_frozen_past_its_lease_writes_nothing_once_thawed() {
         log.contains("lost") || log.contains("taken over"),
         "the thawed worker says it lost its workflows:\n{}",
         tail(&log, 20)
+    );
+}
+
+/// PostgreSQL goes out of reach for a few seconds while two workers run
+/// (every connection breaks, new ones are turned away: a restart, or a
+/// network cut): the workers say so, wait for it with backoff, and carry
+/// on when it answers. Nothing is lost, no step completed before the cut
+/// runs again, and the workers need neither a restart nor a takeover.
+#[test]
+fn workers_wait_out_a_database_outage_and_carry_on() {
+    let scratch = Scratch::new();
+    if !scratch.on_postgres() {
+        // A SQLite file has no server to lose.
+        return;
+    }
+    let (count, items) = (40, 12);
+    deploy_scenarios(&scratch);
+    let workflows = keyed("o", count, items, 30);
+    submit_all(&scratch, &workflows, &[]);
+    let proxy = TcpProxy::start(&postgres_address());
+    let db = scratch.db_arg_through(&proxy);
+    let serve = |name: &str| {
+        let mut command = std::process::Command::new(&artifacts().host);
+        command.current_dir(scratch.path()).args([
+            "serve",
+            "--db",
+            &db,
+            "--concurrency",
+            "16",
+            "--stale-after",
+            "30s",
+        ]);
+        Server::spawn(&mut command, scratch.path(), name)
+    };
+    let (mut a, mut b) = (serve("worker-a"), serve("worker-b"));
+    wait_each_completed_a_step(&scratch, count);
+
+    proxy.cut();
+    let completed_at_cut = completed_keys(&scratch);
+    let executions_at_cut = executions(&scratch);
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        a.wait_exit(Duration::ZERO).is_none() && b.wait_exit(Duration::ZERO).is_none(),
+        "the workers outlive the outage:\n{}\n---\n{}",
+        tail(&a.log(), 20),
+        tail(&b.log(), 20)
+    );
+    proxy.restore();
+    let restored = Instant::now();
+    wait_completed(&scratch, count, &[&a, &b]);
+    let finished = restored.elapsed();
+
+    let executions = executions(&scratch);
+    for key in &completed_at_cut {
+        assert_eq!(
+            executions.get(key),
+            executions_at_cut.get(key),
+            "{key} was completed before the outage, yet ran again"
+        );
+    }
+    assert!(
+        executions.values().all(|&n| n <= 2),
+        "a step ran more than once more: {executions:?}"
+    );
+    assert_all_completed(&scratch, &workflows, items);
+    let logs = [a.log(), b.log()];
+    for log in &logs {
+        assert!(
+            log.contains("PostgreSQL is out of reach") && log.contains("PostgreSQL answers again"),
+            "each worker reports the outage and its end:\n{}",
+            tail(log, 30)
+        );
+    }
+    let takeovers =
+        scratch.number("SELECT CAST(coalesce(sum(takeovers), 0) AS BIGINT) FROM workflows");
+    let repeated: usize = executions.values().map(|n| n - 1).sum();
+    let stopped: Vec<&str> = logs
+        .iter()
+        .flat_map(|l| l.lines().filter(|line| line.contains("run stopped")))
+        .collect();
+    println!(
+        "outage of 4 s: all {count} workflows completed {:.2} s after it ended; \
+         {repeated} step bodies ran again, {} runs stopped, {takeovers} takeovers\n{}",
+        finished.as_secs_f64(),
+        stopped.len(),
+        stopped.join("\n")
+    );
+    for worker in [&a, &b] {
+        worker.signal("-TERM");
+    }
+    assert!(
+        a.wait_exit(Duration::from_secs(30))
+            .is_some_and(|s| s.success())
+    );
+    assert!(
+        b.wait_exit(Duration::from_secs(30))
+            .is_some_and(|s| s.success())
     );
 }
 

@@ -25,6 +25,26 @@ pub fn postgres_url() -> String {
     std::env::var("DURABLE_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
 }
 
+/// The `host:port` the server of [`postgres_url`] listens on (port 5432
+/// when the URL names none).
+pub fn postgres_address() -> String {
+    let url = postgres_url();
+    let (_, authority, _) = split_authority(&url);
+    if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:5432")
+    }
+}
+
+/// `url` as what comes before its host, the host (and port), and the rest.
+fn split_authority(url: &str) -> (&str, &str, &str) {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let start = start + url[start..].find('@').map_or(0, |i| i + 1);
+    let end = start + url[start..].find(['/', '?']).unwrap_or(url.len() - start);
+    (&url[..start], &url[start..end], &url[end..])
+}
+
 /// A schema of its own for one test, dropped with it: `--db` points the
 /// host at it through the connection's `search_path`.
 pub struct PgSchema {
@@ -59,6 +79,13 @@ impl PgSchema {
             "{}{separator}options=-csearch_path%3D{}",
             self.base, self.name
         )
+    }
+
+    /// [`Self::url`] with the server reached at `127.0.0.1:port` (a proxy).
+    pub fn url_through(&self, port: u16) -> String {
+        let url = self.url();
+        let (before, _, after) = split_authority(&url);
+        format!("{before}127.0.0.1:{port}{after}")
     }
 
     /// A connection whose unqualified table names are this schema's.

@@ -23,6 +23,8 @@ pub use js_guests::{JsGuests, js_guests};
 mod py_guests;
 pub use py_guests::{PyGuests, py_guests};
 pub mod onboarding;
+mod proxy;
+pub use proxy::TcpProxy;
 mod stamp;
 
 /// Paths of the built artefacts.
@@ -290,6 +292,16 @@ impl Scratch {
             Some(schema) => schema.url().into(),
             None => self.sqlite_file().into(),
         }
+    }
+
+    /// `--db` for a host that reaches the scratch PostgreSQL schema
+    /// through `proxy` (see [`TcpProxy`]).
+    pub fn db_arg_through(&self, proxy: &TcpProxy) -> String {
+        let schema = self
+            .postgres
+            .as_ref()
+            .expect("a proxy stands before PostgreSQL only");
+        schema.url_through(proxy.port())
     }
 
     /// Whether the database is PostgreSQL.

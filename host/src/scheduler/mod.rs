@@ -133,8 +133,19 @@ pub fn serve(
     let listener = listen_for_work(shared.store.database(), done_tx.clone(), &shutdown)?;
     tracing::info!(queues = ?config.queues, notified = listener.is_some(), "serving");
     while !shutdown.load(Ordering::Relaxed) {
-        dispatcher.dispatch(config, &done_tx)?;
-        let wait = dispatcher.wait_time(config)?;
+        let looked = dispatcher
+            .dispatch(config, &done_tx)
+            .and_then(|()| dispatcher.wait_time(config));
+        let wait = match looked {
+            Ok(wait) => wait,
+            // The database is out of reach for longer than the store waits,
+            // or cannot be written: keep the runs going, look again later.
+            Err(ServeError::Store(error)) if error.is_storage_failure() => {
+                tracing::warn!(%error, "cannot read the queues");
+                dispatcher.storage_failed()
+            }
+            Err(error) => return Err(error),
+        };
         match done_rx.recv_timeout(wait) {
             Ok(event) => {
                 dispatcher.handle(event);
@@ -391,7 +402,7 @@ impl Dispatcher {
                 self.schedules_due = None;
                 match error {
                     ControlError::Store(error) if error.is_storage_failure() => {
-                        self.storage_failed()
+                        self.storage_failed();
                     }
                     error => tracing::warn!(%error, "cannot read or queue the schedules"),
                 }
@@ -464,7 +475,9 @@ impl Dispatcher {
             _ => {}
         }
         match finished.end {
-            RunEnd::StorageFailed => self.storage_failed(),
+            RunEnd::StorageFailed => {
+                self.storage_failed();
+            }
             RunEnd::Ran(_) => {
                 if self.paused.take().is_some() {
                     tracing::info!("the database can be written again: runs resume");
@@ -476,7 +489,8 @@ impl Dispatcher {
 
     /// The database could not be written: no new runs (nor schedule
     /// ticks) for a pause that doubles at each failure in a row.
-    fn storage_failed(&mut self) {
+    /// Pause new runs after a storage failure; how long.
+    fn storage_failed(&mut self) -> Duration {
         let pause = self.paused.map_or(STORAGE_BACKOFF.0, |(_, pause)| {
             (pause * 2).min(STORAGE_BACKOFF.1)
         });
@@ -490,6 +504,7 @@ impl Dispatcher {
             );
             self.paused = Some((until, pause));
         }
+        pause
     }
 
     /// How long to wait for a run to end before looking again: until the
@@ -671,7 +686,16 @@ fn execute(shared: &Shared, workflow: &WorkflowRecord) -> RunEnd {
         Err(error) => {
             tracing::error!(workflow_id = id, %error, "run stopped");
             match &error {
-                RuntimeError::Engine(EngineError::Store(e)) => RunEnd::of_store(e),
+                RuntimeError::Engine(EngineError::Store(e)) if e.is_storage_failure() => {
+                    // The database failed under the run (a commit whose
+                    // answer was lost, a full disk): hand the workflow to
+                    // whoever comes next once it can be written, rather
+                    // than after its lease; it resumes from what was stored.
+                    if shared.store.release_workflow(id, &run_id).is_ok() {
+                        tracing::info!(workflow_id = id, "lease released");
+                    }
+                    RunEnd::StorageFailed
+                }
                 _ => RunEnd::NotRun,
             }
         }

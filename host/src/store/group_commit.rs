@@ -1,22 +1,31 @@
-//! Group commit: the writes of many concurrent runs share one transaction
-//! and one flush.
+//! Group commit: the writes of many concurrent runs share one flush.
 //!
-//! A [`GroupCommitStore`] is a [`CheckpointStore`] whose writes share one
-//! connection. A write that finds nobody committing and nothing waiting
-//! commits at once on its caller's thread: a lone workflow's steps pay no
-//! hand-off to another thread and back. Writes that arrive
-//! while a commit is in progress wait for the writer thread, which takes
-//! every write waiting when it is free, runs each in a savepoint of one
-//! transaction (so a conflict undoes that write alone), commits once, and
-//! only then answers each caller: a write still returns only when it is
-//! durable, but a hundred of them cost one fsync. Nobody holds a batch open
-//! to wait for company. Reads use a small pool of connections, since WAL
-//! readers do not block the writer.
+//! A [`GroupCommitStore`] is a [`CheckpointStore`] for many runs at once;
+//! how it shares commits depends on the backend.
 //!
-//! The engine sees an ordinary store; batching is this module's business,
-//! and a backend only has to offer [`BatchWriter`].
+//! SQLite has one writer, so its writes share one connection ([`Writer`]).
+//! A write that finds nobody committing and nothing waiting commits at once
+//! on its caller's thread: a lone workflow's steps pay no hand-off to
+//! another thread and back. Writes that arrive while a commit is in
+//! progress wait for the writer thread, which takes every write waiting
+//! when it is free, runs each in a savepoint of one transaction (so a
+//! conflict undoes that write alone), commits once, and only then answers
+//! each caller: a write still returns only when it is durable, but a
+//! hundred of them cost one fsync. Nobody holds a batch open to wait for
+//! company.
+//!
+//! PostgreSQL runs transactions side by side and flushes the commits that
+//! wait at the same time together, so there each write is a transaction of
+//! its own on a pooled connection. (Runs sharing a transaction would hold
+//! each other's row locks until it committed, and two workers' batches
+//! could deadlock.)
+//!
+//! Reads use the pool too: WAL readers do not block SQLite's writer.
+//!
+//! The engine sees an ordinary store; sharing commits is this module's
+//! business, and a backend with batches only has to offer [`BatchWriter`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
@@ -31,16 +40,18 @@ use super::{
 };
 
 /// At most this many writes share a transaction: bounds the latency the
-/// last of them sees. A backend may allow fewer ([`BatchWriter::max_batch`]).
+/// last of them sees.
 const MAX_BATCH: usize = 512;
 
-/// At most this many read connections, each with its page cache and
-/// statements: reads take microseconds, so more readers than this would
-/// wait for a core anyway (reads beyond them wait for a free connection).
-const MAX_READERS: usize = 8;
+/// At most this many pooled connections, each with its page cache and
+/// statements: SQLite's reads take microseconds, so more readers than this
+/// would wait for a core anyway; PostgreSQL's reads and writes wait for the
+/// server, so more of them can be in flight (beyond these, they wait for a
+/// free connection).
+const MAX_CONNECTIONS: (usize, usize) = (8, 16);
 
-/// A connection whose writes can share one transaction: what group commit
-/// needs of a backend.
+/// A connection whose writes can share one transaction: what batches need
+/// of a backend.
 pub trait BatchWriter: CheckpointStore {
     /// Open a transaction in which each following write is a savepoint, so
     /// that a conflict undoes that write alone and [`Self::commit_batch`]
@@ -51,11 +62,6 @@ pub trait BatchWriter: CheckpointStore {
     /// Commit the batch [`Self::begin_batch`] opened, or roll it back when
     /// the commit fails.
     fn commit_batch(&self) -> Result<(), StoreError>;
-
-    /// How many writes may share a batch.
-    fn max_batch(&self) -> usize {
-        MAX_BATCH
-    }
 }
 
 /// A checkpoint store whose writes are group-committed.
@@ -66,17 +72,41 @@ pub struct GroupCommitStore {
 
 struct Shared {
     database: Database,
-    readers: Mutex<Readers>,
-    /// A read connection was given back.
-    reader_free: Condvar,
-    writer: Arc<Writer>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    /// The pooled connections, and how many there may be.
+    pool: Mutex<Pool>,
+    max_connections: usize,
+    /// A pooled connection was given back.
+    connection_free: Condvar,
+    writes: Writes,
+    commits: Arc<Commits>,
+}
+
+/// The commits made, counted, and who is told of them.
+#[derive(Default)]
+struct Commits {
+    stats: CommitStats,
+    /// Told of every commit, once set (`serve`'s metrics).
+    observer: OnceLock<Arc<dyn CommitObserver>>,
+}
+
+/// How writes are committed.
+enum Writes {
+    /// Through one connection, many in one transaction (SQLite).
+    Batched {
+        writer: Arc<Writer>,
+        thread: Mutex<Option<JoinHandle<()>>>,
+    },
+    /// Each in a transaction of its own on a pooled connection
+    /// (PostgreSQL). Set once the store is closed.
+    Pooled { closed: AtomicBool },
 }
 
 impl Drop for Shared {
     /// The last handle is gone: the writer thread ends once it is idle.
     fn drop(&mut self) {
-        self.writer.stop();
+        if let Writes::Batched { writer, .. } = &self.writes {
+            writer.stop();
+        }
     }
 }
 
@@ -84,20 +114,16 @@ impl Drop for Shared {
 /// writer thread or a caller that found it idle.
 struct Writer {
     store: Mutex<Box<dyn BatchWriter>>,
-    /// The store's [`BatchWriter::max_batch`].
-    max_batch: usize,
     queue: Mutex<Queue>,
     /// Wakes the writer thread: writes are waiting, a commit ended, or the
     /// store is closing.
     wake: Condvar,
-    stats: CommitStats,
-    /// Told of every commit, once set (`serve`'s metrics).
-    observer: OnceLock<Arc<dyn CommitObserver>>,
+    commits: Arc<Commits>,
 }
 
-/// The read connections: those free, and how many exist.
+/// The pooled connections: those free, and how many exist.
 #[derive(Default)]
-struct Readers {
+struct Pool {
     free: Vec<Box<dyn CheckpointStore>>,
     open: usize,
 }
@@ -131,7 +157,7 @@ struct Job {
 }
 
 /// Runs one write on the batch's connection.
-type Write = Box<dyn FnOnce(&dyn BatchWriter) -> Completion + Send>;
+type Write = Box<dyn FnOnce(&dyn CheckpointStore) -> Completion + Send>;
 
 /// Answers one caller with the commit's result.
 type Completion = Box<dyn FnOnce(Option<&StoreError>) + Send>;
@@ -140,27 +166,48 @@ impl GroupCommitStore {
     /// Open `database` (creating its tables if needed) and start its
     /// writer.
     pub fn open(database: &Database) -> Result<Self, StoreError> {
-        let store = database.open_batch_writer()?;
-        let writer = Arc::new(Writer {
-            max_batch: store.max_batch(),
-            store: Mutex::new(store),
-            queue: Mutex::new(Queue::default()),
-            wake: Condvar::new(),
-            stats: CommitStats::default(),
-            observer: OnceLock::new(),
-        });
-        let thread_writer = Arc::clone(&writer);
-        let thread = thread::Builder::new()
-            .name("group-commit".to_owned())
-            .spawn(move || thread_writer.write_batches())
-            .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
+        let commits = Arc::new(Commits::default());
+        let (writes, pool, max_connections) = match database.open_batch_writer()? {
+            Some(store) => {
+                let writer = Arc::new(Writer {
+                    store: Mutex::new(store),
+                    queue: Mutex::new(Queue::default()),
+                    wake: Condvar::new(),
+                    commits: Arc::clone(&commits),
+                });
+                let thread_writer = Arc::clone(&writer);
+                let thread = thread::Builder::new()
+                    .name("group-commit".to_owned())
+                    .spawn(move || thread_writer.write_batches())
+                    .map_err(|e| {
+                        StoreError::Backend(format!("cannot start the writer thread: {e}"))
+                    })?;
+                let writes = Writes::Batched {
+                    writer,
+                    thread: Mutex::new(Some(thread)),
+                };
+                (writes, Pool::default(), MAX_CONNECTIONS.0)
+            }
+            None => {
+                // This first connection has created the tables; it is the
+                // pool's first.
+                let first = database.open()?;
+                let pool = Pool {
+                    free: vec![first],
+                    open: 1,
+                };
+                let closed = AtomicBool::new(false);
+                (Writes::Pooled { closed }, pool, MAX_CONNECTIONS.1)
+            }
+        };
         Ok(Self {
             shared: Arc::new(Shared {
                 database: database.clone(),
-                readers: Mutex::new(Readers::default()),
-                reader_free: Condvar::new(),
-                writer,
-                thread: Mutex::new(Some(thread)),
+                pool: Mutex::new(pool),
+                max_connections,
+                connection_free: Condvar::new(),
+                writes,
+                commits,
             }),
         })
     }
@@ -172,31 +219,48 @@ impl GroupCommitStore {
 
     /// Tell `observer` of every commit from now on (set once).
     pub fn observe_commits(&self, observer: Arc<dyn CommitObserver>) {
-        let _ = self.shared.writer.observer.set(observer);
+        let _ = self.shared.commits.observer.set(observer);
     }
 
     /// What the writer has done so far.
     pub fn stats(&self) -> &CommitStats {
-        &self.shared.writer.stats
+        &self.shared.commits.stats
     }
 
     /// Wait for the writes in flight, then stop the writer. Writes after
     /// this fail.
     pub fn close(&self) {
-        self.shared.writer.stop();
-        if let Some(thread) = lock(&self.shared.thread).take() {
-            let _ = thread.join();
+        match &self.shared.writes {
+            Writes::Batched { writer, thread } => {
+                writer.stop();
+                if let Some(thread) = lock(thread).take() {
+                    let _ = thread.join();
+                }
+            }
+            Writes::Pooled { closed } => closed.store(true, Ordering::SeqCst),
         }
     }
 
-    /// Run `op` on the write connection, at once when nothing else is being
-    /// written, else in the writer's next batch, and return its result once
-    /// it is durable.
+    /// Run `op` as one write and return its result once it is durable: on
+    /// the write connection, at once when nothing else is being written,
+    /// else in the writer's next batch; or on a pooled connection.
     fn submit<T: Send + 'static>(
         &self,
         flush: bool,
-        op: impl FnOnce(&dyn BatchWriter) -> Result<T, StoreError> + Send + 'static,
+        op: impl FnOnce(&dyn CheckpointStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        let writer = match &self.shared.writes {
+            Writes::Batched { writer, .. } => writer,
+            Writes::Pooled { closed } => {
+                if closed.load(Ordering::SeqCst) {
+                    return Err(stopped());
+                }
+                let started = Instant::now();
+                let result = self.read(op);
+                self.shared.commits.committed(1, flush, started);
+                return result;
+            }
+        };
         let (reply, answer) = mpsc::sync_channel::<Result<T, StoreError>>(1);
         let refused = reply.clone();
         let job = Job {
@@ -214,12 +278,9 @@ impl GroupCommitStore {
                 let _ = refused.send(Err(error));
             }),
         };
-        let writer = &self.shared.writer;
         let mut queue = lock(&writer.queue);
         if queue.closed {
-            return Err(StoreError::Backend(
-                "the database writer has stopped (the server is shutting down)".to_owned(),
-            ));
+            return Err(stopped());
         }
         if queue.committing || !queue.waiting.is_empty() {
             queue.waiting.push(job);
@@ -239,42 +300,62 @@ impl GroupCommitStore {
         })
     }
 
-    /// Run `op` on a pooled read connection.
+    /// Run `op` on a pooled connection.
     fn read<T>(
         &self,
         op: impl FnOnce(&dyn CheckpointStore) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let reader = self.take_reader()?;
-        let result = op(reader.as_ref());
-        lock(&self.shared.readers).free.push(reader);
-        self.shared.reader_free.notify_one();
+        let connection = self.take_connection()?;
+        let result = op(connection.as_ref());
+        lock(&self.shared.pool).free.push(connection);
+        self.shared.connection_free.notify_one();
         result
     }
 
-    /// A free read connection, a new one while there are fewer than
-    /// [`MAX_READERS`], else the next one given back.
-    fn take_reader(&self) -> Result<Box<dyn CheckpointStore>, StoreError> {
-        let mut readers = lock(&self.shared.readers);
+    /// A free pooled connection, a new one while there are fewer than the
+    /// most allowed, else the next one given back.
+    fn take_connection(&self) -> Result<Box<dyn CheckpointStore>, StoreError> {
+        let mut pool = lock(&self.shared.pool);
         loop {
-            if let Some(reader) = readers.free.pop() {
-                return Ok(reader);
+            if let Some(connection) = pool.free.pop() {
+                return Ok(connection);
             }
-            if readers.open < MAX_READERS {
-                readers.open += 1;
-                drop(readers);
+            if pool.open < self.shared.max_connections {
+                pool.open += 1;
+                drop(pool);
                 let opened = self.shared.database.connect_reader();
                 if opened.is_err() {
-                    lock(&self.shared.readers).open -= 1;
-                    // A reader waiting for this slot may open one instead.
-                    self.shared.reader_free.notify_one();
+                    lock(&self.shared.pool).open -= 1;
+                    // A caller waiting for this slot may open one instead.
+                    self.shared.connection_free.notify_one();
                 }
                 return opened;
             }
-            readers = self
+            pool = self
                 .shared
-                .reader_free
-                .wait(readers)
+                .connection_free
+                .wait(pool)
                 .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// The error of a write after [`GroupCommitStore::close`].
+fn stopped() -> StoreError {
+    StoreError::Backend("the database writer has stopped (the server is shutting down)".to_owned())
+}
+
+impl Commits {
+    /// Count a commit of `writes` writes that began at `started`.
+    fn committed(&self, writes: usize, flush: bool, started: Instant) {
+        let stats = &self.stats;
+        stats.writes.fetch_add(writes as u64, Ordering::Relaxed);
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        if flush {
+            stats.flushed_commits.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(observer) = self.observer.get() {
+            observer.committed(writes, started.elapsed());
         }
     }
 }
@@ -297,7 +378,7 @@ impl Writer {
                     queue = self.wake.wait(queue).unwrap_or_else(|e| e.into_inner());
                 }
                 queue.committing = true;
-                let take = queue.waiting.len().min(self.max_batch);
+                let take = queue.waiting.len().min(MAX_BATCH);
                 queue.waiting.drain(..take).collect()
             };
             self.commit(batch);
@@ -333,23 +414,13 @@ impl Writer {
             }
             return;
         }
-        let stats = &self.stats;
-        stats
-            .writes
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let completions: Vec<Completion> = batch
             .into_iter()
             .map(|job| (job.work)(store.as_ref()))
             .collect();
         let writes = completions.len();
         let committed = store.commit_batch();
-        if let Some(observer) = self.observer.get() {
-            observer.committed(writes, started.elapsed());
-        }
-        stats.commits.fetch_add(1, Ordering::Relaxed);
-        if flush {
-            stats.flushed_commits.fetch_add(1, Ordering::Relaxed);
-        }
+        self.commits.committed(writes, flush, started);
         for complete in completions {
             complete(committed.as_ref().err());
         }

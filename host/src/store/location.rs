@@ -64,7 +64,10 @@ impl fmt::Display for Database {
 impl Database {
     /// Open it, creating the file or the tables when missing.
     pub fn open(&self) -> Result<Box<dyn CheckpointStore>, StoreError> {
-        Ok(self.open_batch_writer()?)
+        Ok(match self {
+            Self::Sqlite(path) => Box::new(SqliteStore::open(path)?),
+            Self::Postgres(url) => Box::new(PostgresStore::open(url)?),
+        })
     }
 
     /// Open it to read histories without changing them: SQLite opens the
@@ -78,21 +81,24 @@ impl Database {
         })
     }
 
-    /// The connection group commit writes through (see [`super::group_commit`]);
-    /// [`Self::open`] is the same connection, seen as a plain store.
-    pub(crate) fn open_batch_writer(&self) -> Result<Box<dyn BatchWriter>, StoreError> {
+    /// The connection group commit batches writes on (see
+    /// [`super::group_commit`]), opened as [`Self::open`] does; `None` for
+    /// PostgreSQL, whose writes go side by side, each in a transaction of
+    /// its own.
+    pub(crate) fn open_batch_writer(&self) -> Result<Option<Box<dyn BatchWriter>>, StoreError> {
         Ok(match self {
-            Self::Sqlite(path) => Box::new(SqliteStore::open(path)?),
-            Self::Postgres(url) => Box::new(PostgresStore::open(url)?),
+            Self::Sqlite(path) => Some(Box::new(SqliteStore::open(path)?)),
+            Self::Postgres(_) => None,
         })
     }
 
     /// Another connection to a database opened already (its tables are up
-    /// to date), for reading beside the writer.
+    /// to date): for reading beside the writer (SQLite), for reading and
+    /// writing (PostgreSQL).
     pub(crate) fn connect_reader(&self) -> Result<Box<dyn CheckpointStore>, StoreError> {
         Ok(match self {
             Self::Sqlite(path) => Box::new(SqliteStore::connect_existing(path)?),
-            Self::Postgres(url) => Box::new(PostgresStore::open(url)?),
+            Self::Postgres(url) => Box::new(PostgresStore::connect_existing(url)?),
         })
     }
 

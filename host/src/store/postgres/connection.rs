@@ -6,10 +6,9 @@
 //! module).
 //!
 //! Transactions are plain `BEGIN`/`COMMIT` statements on the client rather
-//! than the client's `Transaction` object, so that one path serves a write
-//! alone (a transaction of its own) and a write of a batch (a savepoint of
-//! the batch's transaction, see [`super::batch`]): the connection knows
-//! which, since it knows whether a batch is open on it.
+//! than the client's `Transaction` object, so that a write can tell a
+//! connection lost before its commit (nothing was written: run it again)
+//! from one lost during it (it may have been written).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -70,34 +69,48 @@ impl Target {
         Ok(Connection {
             client,
             statements: HashMap::new(),
-            batch: Batch::Off,
         })
     }
 }
 
-/// A client with the statements it has prepared, and the batch open on it.
+impl Target {
+    /// Name the database in errors about it.
+    pub(super) fn explain(&self, error: StoreError) -> StoreError {
+        let path = self.shown.clone();
+        match error {
+            StoreError::DiskFull { .. } => StoreError::DiskFull { path },
+            StoreError::Io { reason, .. } => StoreError::Io { path, reason },
+            other => other,
+        }
+    }
+
+    /// A new connection in place of one that was lost: failing to make it
+    /// means the server is still out of reach (it answered before).
+    pub(super) fn reconnect(&self) -> Result<Connection, StoreError> {
+        self.connect().map_err(|error| match error {
+            StoreError::Open { reason, .. } => lost_connection(&reason),
+            other => other,
+        })
+    }
+}
+
+/// A client with the statements it has prepared.
 pub(super) struct Connection {
     pub(super) client: Client,
     /// Prepared once per connection, by SQL text: a statement's parse and
     /// plan lookup cost a round trip each time otherwise.
     statements: HashMap<String, Statement>,
-    /// Lives and dies with this connection: a new connection has no batch,
-    /// so a batch never goes on, or commits, on a connection other than the
-    /// one it began on.
-    batch: Batch,
 }
 
-/// Whether a batch is open on a connection.
-enum Batch {
-    /// None: each write is a transaction of its own.
-    Off,
-    /// Each write is a savepoint of the batch's transaction.
-    Open,
-    /// A statement outside any savepoint failed (the connection broke): the
-    /// batch's transaction is lost, or aborted, and PostgreSQL would answer
-    /// its `COMMIT` by rolling it back. Its writes and its commit fail with
-    /// this error.
-    Aborted(StoreError),
+/// Why a write failed, as far as running it again goes.
+pub(super) enum WriteFailure {
+    /// Nothing was committed: a conflict the write found, a deadlock, or a
+    /// connection lost before the commit (the server rolls back what a
+    /// lost session had open).
+    NotCommitted(StoreError),
+    /// The connection was lost after the commit was sent: the write may
+    /// have been committed, or not.
+    InDoubt(StoreError),
 }
 
 /// The statements that open a write and end it, keeping or undoing it.
@@ -107,111 +120,63 @@ struct Bracket {
     undo: &'static str,
 }
 
-/// A write alone, in a transaction of its own.
+/// A write in a transaction of its own.
 const TRANSACTION: Bracket = Bracket {
     open: "BEGIN",
     keep: "COMMIT",
     undo: "ROLLBACK",
 };
 
-/// A write alone, committed without waiting for the flush.
+/// A write committed without waiting for the flush.
 const UNFLUSHED_TRANSACTION: Bracket = Bracket {
     open: "BEGIN; SET LOCAL synchronous_commit = off",
     ..TRANSACTION
 };
 
-/// A write of a batch: a savepoint, so that its failure undoes it alone.
-const SAVEPOINT: Bracket = Bracket {
-    open: "SAVEPOINT w",
-    keep: "RELEASE SAVEPOINT w",
-    undo: "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w",
-};
-
 impl Connection {
-    /// Whether a batch is open on this connection (even one whose
-    /// transaction was lost).
-    pub(super) fn in_batch(&self) -> bool {
-        !matches!(self.batch, Batch::Off)
-    }
-
-    /// Run `body`, reads outside any transaction but the open batch's. A
-    /// read that fails in a batch fails the batch: it may have aborted the
-    /// batch's transaction.
+    /// Run `body` (reads outside any transaction).
     pub(super) fn read<T>(
         &mut self,
         body: impl FnOnce(&mut Session<'_, Client>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let result = body(&mut self.session());
-        self.outside_savepoint(result)
+        body(&mut self.session())
     }
 
-    /// Run `body` as one write: in a transaction of its own, committed
-    /// (`flush`: waiting for the flush), or, while a batch is open, in a
-    /// savepoint of the batch, which the batch commits. An `Err` from `body`
-    /// (a conflict it found), or a panic, undoes the write.
+    /// Run `body` as one write in a transaction of its own, committed
+    /// (`flush`: waiting for the flush). An `Err` from `body` (a conflict
+    /// it found), or a panic, undoes the write.
     pub(super) fn write<T>(
         &mut self,
         flush: bool,
         body: &mut impl FnMut(&mut Session<'_, Client>) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let bracket = match &self.batch {
-            Batch::Off if flush => &TRANSACTION,
-            Batch::Off => &UNFLUSHED_TRANSACTION,
-            // The batch's flush decides, not this write's: a `SET LOCAL`
-            // here would outlive the savepoint and make the whole batch's
-            // commit asynchronous.
-            Batch::Open => &SAVEPOINT,
-            Batch::Aborted(cause) => return Err(cause.clone()),
+    ) -> Result<T, WriteFailure> {
+        let bracket = if flush {
+            &TRANSACTION
+        } else {
+            &UNFLUSHED_TRANSACTION
         };
-        self.run(bracket.open)?;
+        self.run(bracket.open).map_err(WriteFailure::NotCommitted)?;
         let result = panic::catch_unwind(AssertUnwindSafe(|| body(&mut self.session())))
             .unwrap_or_else(|panic| {
                 let _ = self.run(bracket.undo);
                 panic::resume_unwind(panic)
             });
         match result {
-            Ok(value) => self.run(bracket.keep).map(|()| value),
+            Ok(value) => match self.run(bracket.keep) {
+                Ok(()) => Ok(value),
+                Err(error) if self.client.is_closed() || error.is_storage_failure() => {
+                    Err(WriteFailure::InDoubt(error))
+                }
+                // The server answered: it refused the commit.
+                Err(error) => Err(WriteFailure::NotCommitted(error)),
+            },
             Err(conflict) => {
-                // Only a broken connection fails to undo; a batch then
-                // reports it at its commit.
+                // Only a broken connection fails to undo, and the server
+                // rolls back the lost session's transaction itself.
                 let _ = self.run(bracket.undo);
-                Err(conflict)
+                Err(WriteFailure::NotCommitted(conflict))
             }
         }
-    }
-
-    /// Open a batch: a transaction whose writes are savepoints, committed
-    /// without waiting for the flush unless `flush`.
-    pub(super) fn begin_batch(&mut self, flush: bool) -> Result<(), StoreError> {
-        if self.in_batch() {
-            // The last batch was never committed (its committer panicked):
-            // nobody was told it was, so it goes.
-            self.batch = Batch::Off;
-            self.run(TRANSACTION.undo)?;
-        }
-        let begin = if flush {
-            &TRANSACTION
-        } else {
-            &UNFLUSHED_TRANSACTION
-        };
-        self.run(begin.open)?;
-        self.batch = Batch::Open;
-        Ok(())
-    }
-
-    /// Commit the open batch, or roll it back and say why it failed.
-    pub(super) fn commit_batch(&mut self) -> Result<(), StoreError> {
-        let committed = match std::mem::replace(&mut self.batch, Batch::Off) {
-            Batch::Open => self.run(TRANSACTION.keep),
-            Batch::Aborted(cause) => Err(cause),
-            Batch::Off => Err(StoreError::Backend(
-                "no batch is open on this connection".to_owned(),
-            )),
-        };
-        if committed.is_err() {
-            let _ = self.run(TRANSACTION.undo);
-        }
-        committed
     }
 
     /// A session on the client, in whatever transaction is open.
@@ -222,19 +187,9 @@ impl Connection {
         }
     }
 
-    /// Run `sql` (transaction control), outside any savepoint.
+    /// Run `sql` (transaction control).
     fn run(&mut self, sql: &str) -> Result<(), StoreError> {
-        let result = self.client.batch_execute(sql).map_err(store_error);
-        self.outside_savepoint(result)
-    }
-
-    /// `result` of statements outside any savepoint: an error aborted the
-    /// open batch, if any (PostgreSQL refuses every statement after it).
-    fn outside_savepoint<T>(&mut self, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        if let (Err(error), Batch::Open) = (&result, &self.batch) {
-            self.batch = Batch::Aborted(error.clone());
-        }
-        result
+        self.client.batch_execute(sql).map_err(store_error)
     }
 }
 
@@ -365,8 +320,16 @@ pub(super) fn store_error(error: postgres::Error) -> StoreError {
 fn lost_connection(reason: &str) -> StoreError {
     StoreError::Io {
         path: String::new(),
-        reason: format!("the connection to the server was lost: {reason}"),
+        reason: format!("{LOST}: {reason}"),
     }
+}
+
+const LOST: &str = "the connection to the server was lost";
+
+/// Whether `error` says the server is out of reach (rather than refusing
+/// what was asked).
+pub(super) fn is_lost_connection(error: &StoreError) -> bool {
+    matches!(error, StoreError::Io { reason, .. } if reason.starts_with(LOST))
 }
 
 /// Why connecting to `shown` failed, worded for the person who gave the URL.

@@ -20,17 +20,21 @@
 //! Tables live in the connection's current schema (its `search_path`), so
 //! several stores, or tests, can share one database in separate schemas.
 //!
-//! Behind [`super::GroupCommitStore`], the writes of many runs share one
-//! transaction and one commit, each in a savepoint (see [`batch`]).
+//! Each write is a transaction of its own. Behind
+//! [`super::GroupCommitStore`], the writes of many runs go through a pool
+//! of connections side by side, and the server flushes the commits that
+//! wait at the same time together: PostgreSQL's own group commit. (Sharing
+//! one transaction between runs, as SQLite's batches do, would hold each
+//! run's row locks until the batch committed, and two workers' batches
+//! could then deadlock.)
 //!
-//! Workers hear of new work through NOTIFY (see [`listen`] and the
-//! triggers in [`schema`]). Not (yet) here: TLS, connection pooling, and
-//! batches of more than one write (see `BatchWriter::max_batch` in
-//! `batch`).
+//! When the server goes out of reach, operations wait for it and carry on
+//! (see [`outage`]). Workers hear of new work through NOTIFY (see
+//! [`listen`] and the triggers in [`schema`]). Not here: TLS.
 
-mod batch;
 mod connection;
 mod listen;
+mod outage;
 mod schema;
 
 pub use listen::PostgresWorkListener;
@@ -51,7 +55,8 @@ use super::{
 };
 /// A URL as messages may show it (see [`super::Database`]).
 pub(crate) use connection::redact;
-use connection::{Connection, Session, Target, get, get_u32, storable};
+use connection::{Connection, Session, Target, WriteFailure, get, get_u32, storable};
+use outage::{Outage, in_doubt};
 use schema::{MIGRATIONS, SCHEMA, SCHEMA_VERSION, VERSION_TABLE};
 
 const WORKFLOW_COLUMNS: &str = "id, component_sha256, input, status, output, error, run_id, \
@@ -103,6 +108,27 @@ impl PostgresStore {
         PostgresWorkListener::open(&Target::parse(url)?)
     }
 
+    /// Another connection to a database a store of this process opened
+    /// already (its tables are up to date): a pool's. While the server is
+    /// out of reach, this waits for it, as operations do (see [`Outage`]).
+    pub fn connect_existing(url: &str) -> Result<Self, StoreError> {
+        let target = Target::parse(url)?;
+        let mut outage = Outage::default();
+        loop {
+            match target.reconnect() {
+                Ok(conn) => {
+                    outage.over(&target.shown);
+                    return Ok(Self {
+                        target,
+                        conn: Mutex::new(conn),
+                    });
+                }
+                Err(error) if outage.wait(&target.shown, &error) => {}
+                Err(error) => return Err(target.explain(error)),
+            }
+        }
+    }
+
     fn connect(target: Target) -> Result<Self, StoreError> {
         let conn = target.connect()?;
         Ok(Self {
@@ -111,49 +137,40 @@ impl PostgresStore {
         })
     }
 
-    /// The connection, connected again if the last one was lost (a server
-    /// restart): the operation that saw it break failed, the next one works.
-    /// Not while a batch is open on it, though: a new connection would lose
-    /// the batch's writes so far and commit the rest alone. The batch's
-    /// writes and its commit fail instead, and the next batch connects.
+    /// The connection, connected again if the last one was lost.
     fn connection(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
-        let mut conn = self.lock();
-        if conn.client.is_closed() && !conn.in_batch() {
-            *conn = self.target.connect()?;
+        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        // A panic while the lock was held undid the write it was in (see
+        // `Connection::write`): the connection is sound.
+        if conn.client.is_closed() {
+            *conn = self.target.reconnect()?;
         }
         Ok(conn)
     }
 
-    /// The connection as it is, even broken.
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic while the lock was held undid the write it was in (see
-        // `Connection::write`): the connection is sound.
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Name the database in errors about it.
-    fn explain(&self, error: StoreError) -> StoreError {
-        let path = self.target.shown.clone();
-        match error {
-            StoreError::DiskFull { .. } => StoreError::DiskFull { path },
-            StoreError::Io { reason, .. } => StoreError::Io { path, reason },
-            other => other,
+    /// Run a read, outside any transaction; again, on a new connection,
+    /// while the server is out of reach (see [`Outage`]).
+    fn read<T>(
+        &self,
+        mut body: impl FnMut(&mut Session<'_, Client>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut outage = Outage::default();
+        loop {
+            let result = self.connection().and_then(|mut conn| conn.read(&mut body));
+            match result {
+                Ok(value) => {
+                    outage.over(&self.target.shown);
+                    return Ok(value);
+                }
+                Err(error) if outage.wait(&self.target.shown, &error) => {}
+                Err(error) => return Err(self.target.explain(error)),
+            }
         }
     }
 
-    /// Run a read, outside any transaction but a batch's.
-    fn read<T>(
-        &self,
-        body: impl FnOnce(&mut Session<'_, Client>) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let mut conn = self.connection()?;
-        conn.read(body).map_err(|e| self.explain(e))
-    }
-
-    /// Run `body` as one write and commit it: in a transaction of its own,
-    /// or, while a batch is open, in a savepoint of the batch (see
-    /// [`batch`]). A body that answers `Err` (a conflict it found) is undone
-    /// and returns it.
+    /// Run `body` as one write in a transaction of its own and commit it.
+    /// A body that answers `Err` (a conflict it found) is undone and
+    /// returns it.
     fn write<T>(
         &self,
         body: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
@@ -164,8 +181,7 @@ impl PostgresStore {
     /// Like [`Self::write`], committed without waiting for the flush: a
     /// crash may forget it, and the next (flushed) commit of this server
     /// makes it durable, since the log is flushed in order. For marking
-    /// steps running, as SQLite's `synchronous=NORMAL` commit does. In a
-    /// batch, the batch decides.
+    /// steps running, as SQLite's `synchronous=NORMAL` commit does.
     fn write_unflushed<T>(
         &self,
         body: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
@@ -174,28 +190,46 @@ impl PostgresStore {
     }
 
     /// A write, run again while PostgreSQL aborts it for a deadlock or a
-    /// serialization failure (in a batch, only its savepoint is undone and
-    /// run again).
+    /// serialization failure, and while the server is out of reach before
+    /// the commit (see [`Outage`]). A connection lost during the commit is
+    /// an error: the write may have been made, and running it again could
+    /// make it twice.
     fn write_retrying<T>(
         &self,
         flush: bool,
         mut body: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut backoff = BACKOFF_START;
-        for attempt in 1..=BUSY_RETRIES {
-            let result = self.connection()?.write(flush, &mut body);
-            match result {
-                Err(StoreError::Busy { .. }) if attempt < BUSY_RETRIES => {
+        let mut busy = 0;
+        let mut outage = Outage::default();
+        loop {
+            let result = self
+                .connection()
+                .map_err(WriteFailure::NotCommitted)
+                .and_then(|mut conn| conn.write(flush, &mut body));
+            let error = match result {
+                Ok(value) => {
+                    outage.over(&self.target.shown);
+                    return Ok(value);
+                }
+                Err(WriteFailure::InDoubt(error)) => {
+                    return Err(self.target.explain(in_doubt(error)));
+                }
+                Err(WriteFailure::NotCommitted(error)) => error,
+            };
+            match error {
+                StoreError::Busy { .. } => {
+                    busy += 1;
+                    if busy == BUSY_RETRIES {
+                        return Err(StoreError::Busy { attempts: busy });
+                    }
                     thread::sleep(backoff);
                     backoff = (backoff * 2).min(BACKOFF_CAP);
                 }
-                Err(StoreError::Busy { .. }) => return Err(StoreError::Busy { attempts: attempt }),
-                other => return other.map_err(|e| self.explain(e)),
+                error if outage.wait(&self.target.shown, &error) => {}
+                error => return Err(self.target.explain(error)),
             }
         }
-        Err(StoreError::Busy {
-            attempts: BUSY_RETRIES,
-        })
     }
 
     /// Create the tables in a new schema, or bring older ones up to
@@ -1854,28 +1888,58 @@ mod tests {
         }
     }
 
+    /// The server process behind `store`'s connection.
+    fn backend_pid(store: &PostgresStore) -> i32 {
+        store
+            .read(|s| Ok(s.query_one("SELECT pg_backend_pid()", &[])?.get(0)))
+            .unwrap()
+    }
+
+    fn terminate(schema: &TestSchema, pid: i32) {
+        client(schema)
+            .execute("SELECT pg_terminate_backend($1)", &[&pid])
+            .unwrap();
+    }
+
     #[test]
-    fn a_lost_connection_fails_one_operation_then_reconnects() {
+    fn an_operation_whose_connection_was_lost_connects_again_and_carries_on() {
         let Some(schema) = TestSchema::create() else {
             return;
         };
         let store = PostgresStore::open(&schema.url).unwrap();
-        let pid: i32 = store
-            .conn
-            .lock()
-            .unwrap()
-            .client
-            .query_one("SELECT pg_backend_pid()", &[])
-            .unwrap()
-            .get(0);
-        client(&schema)
-            .execute("SELECT pg_terminate_backend($1)", &[&pid])
-            .unwrap();
-        match store.workflow("wf") {
-            Err(error @ StoreError::Io { .. }) => assert!(error.is_storage_failure()),
-            other => panic!("expected Io, got {other:?}"),
-        }
+        let first = backend_pid(&store);
+        terminate(&schema, first);
         assert_eq!(store.workflow("wf").unwrap(), None);
+        assert_ne!(backend_pid(&store), first);
+    }
+
+    #[test]
+    fn a_write_whose_connection_broke_before_its_commit_runs_again_once() {
+        let Some(schema) = TestSchema::create() else {
+            return;
+        };
+        let store = PostgresStore::open(&schema.url).unwrap();
+        let mut attempts = 0;
+        store
+            .write(|tx| {
+                attempts += 1;
+                tx.execute(
+                    "INSERT INTO schedules (name, cron, deployment, input, queue, next_tick, \
+                     created_at) VALUES ('s', '* * * * * *', 'd', 'null', 'default', 0, 0)",
+                    &[],
+                )?;
+                if attempts == 1 {
+                    let pid: i32 = get(&tx.query_one("SELECT pg_backend_pid()", &[])?, 0)?;
+                    terminate(&schema, pid);
+                    // The session is gone: this statement fails, and the
+                    // insert above was never committed.
+                    tx.query_one("SELECT 1", &[])?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(attempts, 2);
+        assert_eq!(store.schedules().unwrap().len(), 1);
     }
 
     #[test]
