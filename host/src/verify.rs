@@ -431,6 +431,10 @@ impl CheckpointStore for ReadOnlyHistory {
         Ok(None)
     }
 
+    fn next_lease_expiry(&self, _: &str, _: Millis) -> Result<Option<Millis>, StoreError> {
+        Ok(None)
+    }
+
     fn logs(&self, id: &str, after_seq: i64, limit: u32) -> Result<Vec<LogRecord>, StoreError> {
         self.store.logs(id, after_seq, limit)
     }

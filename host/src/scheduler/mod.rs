@@ -521,8 +521,16 @@ impl Dispatcher {
             wait = wait.min(Duration::from_millis(due.saturating_sub(now).max(0) as u64));
         }
         for (queue, _) in &config.queues {
-            if let Some(wake_at) = self.shared.store.next_wake(queue)? {
-                let until = Duration::from_millis(wake_at.saturating_sub(now).max(0) as u64);
+            // A sleeper coming due, and a lease running out: a worker that
+            // died on another host is taken over as its lease expires, not
+            // at the next poll.
+            let store = &self.shared.store;
+            let due = [
+                store.next_wake(queue)?,
+                store.next_lease_expiry(queue, now)?,
+            ];
+            for at in due.into_iter().flatten() {
+                let until = Duration::from_millis(at.saturating_sub(now).max(0) as u64);
                 wait = wait.min(until);
             }
         }

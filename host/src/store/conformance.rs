@@ -190,6 +190,7 @@ macro_rules! contract {
 
 contract!(
     create_and_read_back,
+    the_next_lease_to_expire,
     a_takeover_needs_the_observed_run_and_lease,
     concurrent_takeovers_have_one_winner,
     a_run_that_lost_ownership_changes_nothing,
@@ -1014,6 +1015,31 @@ fn ready_work_in_order(store: &dyn CheckpointStore) {
     assert!(store.ready_workflows("none", now, 10).unwrap().is_empty());
     assert_eq!(store.next_wake("default").unwrap(), Some(now - 5));
     assert_eq!(store.next_wake("emails").unwrap(), None);
+}
+
+fn the_next_lease_to_expire(store: &dyn CheckpointStore) {
+    let now = now_millis();
+    assert_eq!(store.next_lease_expiry("default", now).unwrap(), None);
+    let first = start(store, "first", "r1");
+    start(store, "second", "r2");
+    assert_eq!(
+        store.next_lease_expiry("default", now).unwrap(),
+        Some(first.lease_expires_at)
+    );
+    assert_eq!(store.next_lease_expiry("emails", now).unwrap(), None);
+    // Expired, or given back: up for takeover already, not to wait for.
+    store.release_workflow("first", "r1").unwrap();
+    let second = store.workflow("second").unwrap().unwrap();
+    assert_eq!(
+        store.next_lease_expiry("default", now).unwrap(),
+        Some(second.lease_expires_at)
+    );
+    assert_eq!(
+        store
+            .next_lease_expiry("default", second.lease_expires_at)
+            .unwrap(),
+        None
+    );
 }
 
 fn running_on_host(store: &dyn CheckpointStore) {

@@ -703,6 +703,10 @@ impl CheckpointStore for GroupCommitStore {
         self.read(|store| store.next_wake(queue))
     }
 
+    fn next_lease_expiry(&self, queue: &str, now: Millis) -> Result<Option<Millis>, StoreError> {
+        self.read(|store| store.next_lease_expiry(queue, now))
+    }
+
     fn unload_workflow(
         &self,
         id: &str,

@@ -919,6 +919,11 @@ pub trait CheckpointStore: Send {
     /// The earliest time a sleeping or waiting workflow of `queue` is due, if any.
     fn next_wake(&self, queue: &str) -> Result<Option<Millis>, StoreError>;
 
+    /// The earliest lease of a running workflow of `queue` that expires
+    /// after `now`, if any: should its owner have died where nobody can see
+    /// (another host), the workflow is up for takeover then.
+    fn next_lease_expiry(&self, queue: &str, now: Millis) -> Result<Option<Millis>, StoreError>;
+
     /// Unload running workflow `id` of `run_id` as `unload` says: it
     /// becomes `sleeping`, or `waiting` for what it waits for (and due at
     /// once if that came since the run last looked: a signal of that name,

@@ -1183,6 +1183,19 @@ impl CheckpointStore for PostgresStore {
         })
     }
 
+    fn next_lease_expiry(&self, queue: &str, now: Millis) -> Result<Option<Millis>, StoreError> {
+        self.read(|s| {
+            get(
+                &s.query_one(
+                    "SELECT min(lease_expires_at) FROM workflows
+                     WHERE status = 'running' AND queue = $1 AND lease_expires_at > $2",
+                    &[&queue, &now],
+                )?,
+                0,
+            )
+        })
+    }
+
     fn unload_workflow(
         &self,
         id: &str,

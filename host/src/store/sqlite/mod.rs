@@ -1179,6 +1179,17 @@ impl CheckpointStore for SqliteStore {
         })
     }
 
+    fn next_lease_expiry(&self, queue: &str, now: Millis) -> Result<Option<Millis>, StoreError> {
+        self.read(|| {
+            self.conn
+                .prepare_cached(
+                    "SELECT min(lease_expires_at) FROM workflows
+                     WHERE status = 'running' AND queue = ?1 AND lease_expires_at > ?2",
+                )?
+                .query_row(params![queue, now], |row| row.get(0))
+        })
+    }
+
     fn unload_workflow(
         &self,
         id: &str,
