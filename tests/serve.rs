@@ -798,11 +798,13 @@ fn a_worker_frozen_past_its_lease_writes_nothing_once_thawed() {
     );
 }
 
-/// PostgreSQL goes out of reach for a few seconds while two workers run
-/// (every connection breaks, new ones are turned away: a restart, or a
-/// network cut): the workers say so, wait for it with backoff, and carry
-/// on when it answers. Nothing is lost, no step completed before the cut
-/// runs again, and the workers need neither a restart nor a takeover.
+/// While two workers run, the network to PostgreSQL stalls for 3 s
+/// (nothing passes, nothing breaks), then PostgreSQL goes out of reach for
+/// 4 s (every connection breaks, new ones are turned away: a restart, or a
+/// network cut): the workers wait, say so, retry with backoff, and carry
+/// on when it answers. Nothing is lost, no step completed before the
+/// outage runs again, and the workers need neither a restart nor a
+/// takeover.
 #[test]
 fn workers_wait_out_a_database_outage_and_carry_on() {
     let scratch = Scratch::new();
@@ -810,9 +812,9 @@ fn workers_wait_out_a_database_outage_and_carry_on() {
         // A SQLite file has no server to lose.
         return;
     }
-    let (count, items) = (40, 12);
+    let (count, items) = (40, 30);
     deploy_scenarios(&scratch);
-    let workflows = keyed("o", count, items, 30);
+    let workflows = keyed("o", count, items, 100);
     submit_all(&scratch, &workflows, &[]);
     let proxy = TcpProxy::start(&postgres_address());
     let db = scratch.db_arg_through(&proxy);
@@ -831,6 +833,15 @@ fn workers_wait_out_a_database_outage_and_carry_on() {
     };
     let (mut a, mut b) = (serve("worker-a"), serve("worker-b"));
     wait_each_completed_a_step(&scratch, count);
+
+    proxy.freeze();
+    std::thread::sleep(Duration::from_secs(3));
+    proxy.thaw();
+    let steps = || scratch.number("SELECT count(*) FROM steps WHERE status = 'completed'");
+    let thawed = steps();
+    wait_until("steps to complete after the stall", PATIENCE, || {
+        steps() > thawed + 20
+    });
 
     proxy.cut();
     let completed_at_cut = completed_keys(&scratch);
@@ -876,7 +887,7 @@ fn workers_wait_out_a_database_outage_and_carry_on() {
         .flat_map(|l| l.lines().filter(|line| line.contains("run stopped")))
         .collect();
     println!(
-        "outage of 4 s: all {count} workflows completed {:.2} s after it ended; \
+        "stall of 3 s, outage of 4 s: all {count} workflows completed {:.2} s after it ended; \
          {repeated} step bodies ran again, {} runs stopped, {takeovers} takeovers\n{}",
         finished.as_secs_f64(),
         stopped.len(),

@@ -1,14 +1,16 @@
 //! A TCP proxy between the host and its PostgreSQL server that a test can
-//! cut: every connection through it breaks, and new ones are turned away,
-//! until the test lets them through again. That is what a worker sees when
-//! the server restarts or the network drops, without touching a server
-//! other tests share.
+//! cut (every connection through it breaks, and new ones are turned away,
+//! until the test lets them through again: what a worker sees when the
+//! server restarts) or freeze (nothing passes either way, and nothing
+//! breaks: a network that stalls). Without touching a server other tests
+//! share.
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
 /// A proxy listening on a loopback port, forwarding to `upstream`.
 pub struct TcpProxy {
@@ -20,6 +22,8 @@ struct Shared {
     upstream: SocketAddr,
     /// Cut: connections are turned away.
     cut: AtomicBool,
+    /// Frozen: bytes wait in the proxy.
+    frozen: Arc<AtomicBool>,
     /// Both ends of every connection made, to break them when cut.
     open: Mutex<Vec<TcpStream>>,
 }
@@ -38,6 +42,7 @@ impl TcpProxy {
         let shared = Arc::new(Shared {
             upstream,
             cut: AtomicBool::new(false),
+            frozen: Arc::new(AtomicBool::new(false)),
             open: Mutex::new(Vec::new()),
         });
         let accepting = Arc::clone(&shared);
@@ -68,6 +73,15 @@ impl TcpProxy {
     pub fn restore(&self) {
         self.shared.cut.store(false, Ordering::SeqCst);
     }
+
+    /// Hold every byte, both ways, until [`Self::thaw`].
+    pub fn freeze(&self) {
+        self.shared.frozen.store(true, Ordering::SeqCst);
+    }
+
+    pub fn thaw(&self) {
+        self.shared.frozen.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Drop for TcpProxy {
@@ -84,16 +98,26 @@ impl Shared {
         open.push(client.try_clone()?);
         open.push(server.try_clone()?);
         drop(open);
-        pump(client.try_clone()?, server.try_clone()?);
-        pump(server, client);
+        pump(client.try_clone()?, server.try_clone()?, &self.frozen);
+        pump(server, client, &self.frozen);
         Ok(())
     }
 }
 
-/// Copy `from` to `to` until either ends, then end both.
-fn pump(mut from: TcpStream, mut to: TcpStream) {
+/// Copy `from` to `to`, holding what was read while `frozen`, until either
+/// ends; then end both.
+fn pump(mut from: TcpStream, mut to: TcpStream, frozen: &Arc<AtomicBool>) {
+    let frozen = Arc::clone(frozen);
     thread::spawn(move || {
-        let _ = io::copy(&mut from, &mut to);
+        let mut buffer = [0; 16 * 1024];
+        while let Ok(read @ 1..) = from.read(&mut buffer) {
+            while frozen.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(5));
+            }
+            if to.write_all(&buffer[..read]).is_err() {
+                break;
+            }
+        }
         let _ = from.shutdown(Shutdown::Both);
         let _ = to.shutdown(Shutdown::Both);
     });

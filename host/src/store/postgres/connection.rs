@@ -26,6 +26,19 @@ use crate::store::StoreError;
 /// unless the URL says (`connect_timeout`): the default is to wait forever.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long sent data may go unacknowledged before the connection counts
+/// as broken, and how soon an idle one is probed (three probes, 5 s apart),
+/// unless the URL says (`tcp_user_timeout`, `keepalives_idle`...): by
+/// default a connection to a server that vanished without a word (a dead
+/// host, a black-holed network) hangs for many minutes, and so would the
+/// worker, where it should wait for the server as after a restart.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_PROBES: (Duration, u32) = (Duration::from_secs(5), 3);
+/// The client's own default for `keepalives_idle`, which cannot tell
+/// whether the URL set it.
+const CLIENT_KEEPALIVE_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+
 /// Set on every connection: the server ends a session that sits inside a
 /// transaction this long. Ours run statement after statement, so only a
 /// frozen or cut-off worker does that, and its row locks would otherwise
@@ -53,6 +66,18 @@ impl Target {
         })?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(TCP_USER_TIMEOUT);
+        }
+        if config.get_keepalives_idle() == CLIENT_KEEPALIVE_IDLE {
+            config.keepalives_idle(KEEPALIVE_IDLE);
+        }
+        if config.get_keepalives_interval().is_none() {
+            config.keepalives_interval(KEEPALIVE_PROBES.0);
+        }
+        if config.get_keepalives_retries().is_none() {
+            config.keepalives_retries(KEEPALIVE_PROBES.1);
         }
         Ok(Self { config, shown })
     }
