@@ -16,6 +16,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::str::FromStr;
 use std::time::Duration;
 
+use postgres::config::SslMode;
 use postgres::error::SqlState;
 use postgres::types::ToSql;
 use postgres::{Client, Config, GenericClient, NoTls, Row, Statement};
@@ -64,6 +65,15 @@ impl Target {
             path: shown.clone(),
             reason: format!("not a PostgreSQL connection URL: {e}"),
         })?;
+        if config.get_ssl_mode() == SslMode::Require {
+            return Err(StoreError::Open {
+                path: shown,
+                reason: "sslmode=require asks for TLS, which this durable-host does not \
+                         support yet: connect over a trusted network or a local socket \
+                         (sslmode=disable), or through a TLS tunnel"
+                    .to_owned(),
+            });
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -430,6 +440,17 @@ fn redact_query(tail: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_that_requires_tls_is_refused_with_the_reason() {
+        let Err(StoreError::Open { path, reason }) =
+            Target::parse("postgres://me:secret@db/work?sslmode=require")
+        else {
+            panic!("sslmode=require must be refused");
+        };
+        assert_eq!(path, "postgres://me:***@db/work?sslmode=require");
+        assert!(reason.contains("does not support yet"), "{reason}");
+    }
 
     #[test]
     fn passwords_are_never_shown() {
