@@ -23,10 +23,15 @@
 //!   ten-step workflows per second and the flushed commits per workflow,
 //!   submissions per second over HTTP, a lone long workflow's per-step cost,
 //!   the memory of many sleeping workflows and how late timers fire, and
-//!   the time to recover from `kill -9` with many workflows in flight.
+//!   the time to recover from `kill -9` with many workflows in flight;
+//! - the PostgreSQL backend (see [`postgres`]): per-step cost against a raw
+//!   PostgreSQL commit, workflows per second with 1, 2 and 4 `serve`
+//!   workers beside SQLite, and how soon survivors take over a killed
+//!   worker's workflows.
 //!
 //! ```text
-//! cargo run --release -p durable-bench [-- --quick] [--json] [--steps N] [--serve-only]
+//! cargo run --release -p durable-bench [-- --quick] [--json] [--steps N]
+//!     [--serve-only | --postgres-only]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -37,9 +42,11 @@ use durable_tests::{Scratch, artifacts};
 use serde_json::{Value, json};
 
 mod languages;
+mod postgres;
 mod serve;
 
-const USAGE: &str = "usage: durable-bench [--quick] [--json] [--steps N] [--serve-only]";
+const USAGE: &str =
+    "usage: durable-bench [--quick] [--json] [--steps N] [--serve-only | --postgres-only]";
 
 /// Steps of each workflow in the many-workflows measurement.
 const WORKFLOW_STEPS: u32 = 10;
@@ -68,6 +75,10 @@ struct Sizes {
     in_flight: usize,
     /// Workflows waiting for a signal, each then sent one.
     signalled: usize,
+    /// Workflows queued for 1, 2 and 4 workers, on each backend.
+    pg_workflows: usize,
+    /// Workflows in flight on the worker killed in the takeover measurement.
+    takeover_in_flight: usize,
 }
 
 struct Options {
@@ -75,6 +86,7 @@ struct Options {
     json: bool,
     steps: Option<u32>,
     serve_only: bool,
+    postgres_only: bool,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -83,12 +95,14 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
         json: false,
         steps: None,
         serve_only: false,
+        postgres_only: false,
     };
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => options.quick = true,
             "--json" => options.json = true,
             "--serve-only" => options.serve_only = true,
+            "--postgres-only" => options.postgres_only = true,
             "--steps" => {
                 let n = args.next().ok_or("--steps needs a number")?;
                 match n.parse() {
@@ -98,6 +112,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
             }
             other => return Err(format!("unknown argument {other}")),
         }
+    }
+    if options.serve_only && options.postgres_only {
+        return Err("--serve-only and --postgres-only exclude each other".into());
     }
     Ok(options)
 }
@@ -134,6 +151,8 @@ fn main() {
             nappers: 50,
             in_flight: 200,
             signalled: 100,
+            pg_workflows: 200,
+            takeover_in_flight: 8,
         }
     } else {
         Sizes {
@@ -148,6 +167,8 @@ fn main() {
             nappers: 200,
             in_flight: 1_000,
             signalled: 500,
+            pg_workflows: 1_000,
+            takeover_in_flight: 16,
         }
     };
     if let Some(steps) = options.steps {
@@ -157,7 +178,6 @@ fn main() {
     artifacts();
     let machine = machine();
     let bench = Bench::new(sizes);
-    let sizes = &bench.sizes;
     let mut report = Report {
         rows: Vec::new(),
         results: serde_json::Map::new(),
@@ -167,6 +187,50 @@ fn main() {
         "measuring ({}):",
         if options.quick { "quick" } else { "full" }
     );
+    if !options.postgres_only {
+        sqlite_measurements(&bench, &mut report, &machine, options.serve_only);
+    }
+    let pg_server = if options.serve_only {
+        None
+    } else {
+        postgres::measurements(&bench, &mut report)
+    };
+
+    let temp = std::env::temp_dir();
+    if options.json {
+        let document = json!({
+            "machine": {
+                "cores": machine.cores,
+                "cpu": machine.cpu,
+                "temp_dir": temp,
+                "postgres": pg_server.as_ref().map(postgres::PgServer::json),
+            },
+            "quick": options.quick,
+            "results": report.results,
+        });
+        println!("{document}");
+    } else {
+        let server = pg_server
+            .map(|server| format!("; {}", server.describe()))
+            .unwrap_or_default();
+        println!(
+            "Machine: {} cores, {}; every SQLite database (baseline included) in a temp dir \
+             under {}{server}.\n",
+            machine.cores,
+            machine.cpu,
+            temp.display()
+        );
+        println!("| measurement | result | compared |\n|---|---|---|");
+        for (label, value, comparison) in &report.rows {
+            println!("| {label} | {value} | {comparison} |");
+        }
+    }
+}
+
+/// The SQLite baselines, then the one-shot measurements and the other
+/// languages' (unless `serve_only`), then `serve`'s.
+fn sqlite_measurements(bench: &Bench, report: &mut Report, machine: &Machine, serve_only: bool) {
+    let sizes = &bench.sizes;
     let full_before = raw_commit(sizes.commits, "FULL");
     let normal = raw_commit(sizes.commits, "NORMAL");
     report.add(
@@ -184,35 +248,14 @@ fn main() {
         json!({"us": us(normal), "ratio_to_full": ratio(normal, full_before)}),
     );
 
-    let full = if options.serve_only {
+    let full = if serve_only {
         full_before
     } else {
-        let rust = one_shot(&bench, &mut report, full_before, &machine);
-        other_languages(&bench, &mut report, &rust);
+        let rust = one_shot(bench, report, full_before, machine);
+        other_languages(bench, report, &rust);
         rust.full
     };
-    serve_measurements(&bench, &mut report, full);
-
-    let temp = std::env::temp_dir();
-    if options.json {
-        let document = json!({
-            "machine": {"cores": machine.cores, "cpu": machine.cpu, "temp_dir": temp},
-            "quick": options.quick,
-            "results": report.results,
-        });
-        println!("{document}");
-    } else {
-        println!(
-            "Machine: {} cores, {}; every database (baseline included) in a temp dir under {}.\n",
-            machine.cores,
-            machine.cpu,
-            temp.display()
-        );
-        println!("| measurement | result | compared |\n|---|---|---|");
-        for (label, value, comparison) in &report.rows {
-            println!("| {label} | {value} | {comparison} |");
-        }
-    }
+    serve_measurements(bench, report, full);
 }
 
 /// What [`one_shot`] measured that later measurements compare with.
@@ -232,7 +275,7 @@ fn one_shot(
     machine: &Machine,
 ) -> OneShot {
     let sizes = &bench.sizes;
-    let (steps_run, empty) = bench.steps();
+    let (steps_run, empty) = bench.steps(&Scratch::new());
     let step = steps_run.saturating_sub(empty) / sizes.steps;
     // fsync latency drifts on virtual disks: take the baseline again right
     // after the steps, and compare with the mean of both.
@@ -439,7 +482,8 @@ fn serve_measurements(bench: &Bench, report: &mut Report, full: Duration) {
     serve::warm_up(cache);
 
     let before = raw_commit(sizes.commits, "FULL");
-    let (step, cpu, stopped) = serve::lone_workflow(cache, sizes.steps, sizes.repeats);
+    let (step, cpu, stopped) =
+        serve::lone_workflow(&Scratch::new(), cache, sizes.steps, sizes.repeats);
     let around = (before + raw_commit(sizes.commits, "FULL")) / 2;
     report.add(
         "serve_lone_step",
@@ -473,7 +517,7 @@ fn serve_measurements(bench: &Bench, report: &mut Report, full: Duration) {
     let mut submissions = None;
     for (items, count) in [(1, sizes.serve_single), (10, sizes.serve_ten)] {
         for concurrency in [16, 64] {
-            let run = serve::throughput(cache, items, count, concurrency);
+            let run = serve::throughput(&Scratch::new(), cache, items, count, concurrency, 1);
             let per_workflow = Duration::from_secs_f64(1.0 / run.rate());
             let flushed = run.stopped.per("flushed_commits", count);
             let commits = run.stopped.per("commits", count);
@@ -792,13 +836,12 @@ impl Bench {
     }
 
     /// Best time of a new workflow of N trivial steps, and of one with none
-    /// (per step: the difference over N).
-    fn steps(&self) -> (Duration, Duration) {
-        let scratch = Scratch::new();
-        let empty = self.empty_run(&scratch);
+    /// (per step: the difference over N), on `scratch`'s database.
+    fn steps(&self, scratch: &Scratch) -> (Duration, Duration) {
+        let empty = self.empty_run(scratch);
         let steps = best(self.sizes.repeats, |i| {
             let (elapsed, code) =
-                self.run_steps(&scratch, &format!("steps-{i}"), self.sizes.steps, &[]);
+                self.run_steps(scratch, &format!("steps-{i}"), self.sizes.steps, &[]);
             assert_eq!(code, Some(0));
             elapsed
         });

@@ -3,15 +3,17 @@
 //! HTTP API (`POST /v1/workflows`, a few client threads on keep-alive
 //! connections) or with `durable-host start`, and `serve` processes started,
 //! stopped with SIGTERM or killed with SIGKILL. What happened is read back
-//! from the database (read-only) and from `serve`'s log, whose last line
+//! from the scratch's database (SQLite, opened read-only, or PostgreSQL)
+//! and from `serve`'s log, whose last line
 //! (`stopped ... writes=N commits=N flushed_commits=N`) says how many
 //! commits the run's writes shared and how many of those were flushed.
 //!
 //! - throughput: N workflows queued before `serve` starts (through a first
 //!   `serve --concurrency 0`, which runs nothing: its API only queues),
-//!   then the time from starting `serve` to the last completion, the
-//!   flushed commits per workflow, and the server's CPU time by thread
-//!   (from `/proc`: how many cores were busy, how busy the writer was);
+//!   then the time from starting `serve` (one, or several workers on one
+//!   database) to the last completion, the flushed commits per workflow,
+//!   and the servers' CPU time by thread (from `/proc`: how many cores
+//!   were busy, how busy the writer was);
 //! - submissions per second over HTTP, measured while queuing those;
 //! - per-step cost of a lone long workflow inside `serve`;
 //! - memory of many sleeping workflows (and, as a control, of a server
@@ -23,13 +25,14 @@
 //! one `serve` run ([`warm_up`]): `serve` compiles with other engine
 //! settings than `run` and `deploy`, so their cache entries do not serve it.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use durable_tests::{Scratch, artifacts};
+use durable_tests::{Scratch, artifacts, backend};
 use serde_json::{Value, json};
 
 /// The name the scenarios guest is deployed under.
@@ -38,9 +41,9 @@ const DEPLOYMENT: &str = "scenarios";
 /// connection.
 pub const CLIENT_THREADS: usize = 8;
 /// The longest any wait of this module may take before the bench gives up.
-const PATIENCE: Duration = Duration::from_secs(300);
+pub const PATIENCE: Duration = Duration::from_secs(300);
 /// How often the database is polled while waiting.
-const POLL: Duration = Duration::from_millis(5);
+pub const POLL: Duration = Duration::from_millis(5);
 
 /// A `durable-host serve` process on a scratch database, logging (at info)
 /// to a file. Killed when dropped, so that a failing bench leaves no server
@@ -55,13 +58,35 @@ pub struct Server {
 impl Server {
     /// `durable-host serve --db <scratch db> <args> --cache-dir <cache>`.
     pub fn start(scratch: &Scratch, cache: &Path, name: &str, args: &[&str]) -> Self {
+        Self::start_under(&[], scratch, cache, name, args)
+    }
+
+    /// [`Self::start`] run by `prefix` (`unshare ...`, which then is the
+    /// process [`Self::pid`] names and [`Self::kill9`] kills), if any.
+    pub fn start_under(
+        prefix: &[&str],
+        scratch: &Scratch,
+        cache: &Path,
+        name: &str,
+        args: &[&str],
+    ) -> Self {
         let log = scratch.path().join(format!("{name}.log"));
+        let mut serve = scratch.host(&["serve"]);
+        serve.args(args).arg("--cache-dir").arg(cache);
+        let mut command = match prefix.split_first() {
+            None => serve,
+            Some((program, prefix_args)) => {
+                let mut wrapped = Command::new(program);
+                wrapped
+                    .args(prefix_args)
+                    .arg(serve.get_program())
+                    .args(serve.get_args())
+                    .current_dir(scratch.path());
+                wrapped
+            }
+        };
         let spawned_ms = now_ms();
-        let child = scratch
-            .host(&["serve"])
-            .args(args)
-            .arg("--cache-dir")
-            .arg(cache)
+        let child = command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -225,6 +250,19 @@ impl Stopped {
     }
 }
 
+/// The figures of several servers, added up.
+impl std::iter::Sum for Stopped {
+    fn sum<I: Iterator<Item = Self>>(servers: I) -> Self {
+        let mut fields = BTreeMap::new();
+        for server in servers {
+            for (key, value) in server.fields {
+                *fields.entry(key).or_insert(0) += value;
+            }
+        }
+        Self { fields }
+    }
+}
+
 /// CPU seconds (user + system) of a process, and of its live threads by name.
 #[derive(Debug, Default, Clone)]
 pub struct Cpu {
@@ -240,6 +278,20 @@ impl Cpu {
 
     pub fn json(&self) -> Value {
         json!({"total_s": self.total, "threads_s": self.threads})
+    }
+}
+
+/// The CPU times of several servers, added up.
+impl std::iter::Sum for Cpu {
+    fn sum<I: Iterator<Item = Self>>(servers: I) -> Self {
+        let mut all = Self::default();
+        for server in servers {
+            all.total += server.total;
+            for (name, seconds) in server.threads {
+                *all.threads.entry(name).or_insert(0.0) += seconds;
+            }
+        }
+        all
     }
 }
 
@@ -267,59 +319,64 @@ fn clock_ticks() -> f64 {
     })
 }
 
-/// A read-only connection to the scratch database, for polling.
-pub struct Db(rusqlite::Connection);
+/// A connection to the scratch database (read-only on SQLite), kept open
+/// for polling, on either backend.
+pub struct Db(RefCell<durable_tests::Connection>);
 
 impl Db {
-    pub fn open(path: &Path) -> Self {
-        let conn =
-            rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .expect("open the database read-only");
-        conn.busy_timeout(Duration::from_secs(5)).unwrap();
-        Self(conn)
+    pub fn open(scratch: &Scratch) -> Self {
+        Self(RefCell::new(
+            scratch
+                .connect()
+                .expect("the database exists once deployed"),
+        ))
+    }
+
+    /// Rows of `sql`, each as its integers (0 for NULL). On PostgreSQL,
+    /// `sum(...)` must be cast to BIGINT.
+    pub fn rows(&self, sql: &str) -> Vec<Vec<i64>> {
+        self.0
+            .borrow_mut()
+            .query(sql)
+            .iter()
+            .map(|row| row.iter().map(backend::integer).collect())
+            .collect()
     }
 
     /// One integer (0 for NULL) from `sql`.
     pub fn number(&self, sql: &str) -> i64 {
-        self.0
-            .query_row(sql, [], |r| r.get::<_, Option<i64>>(0))
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-            .unwrap_or(0)
+        self.rows(sql)
+            .first()
+            .and_then(|row| row.first().copied())
+            .unwrap_or_else(|| panic!("{sql}: no row"))
     }
 
     pub fn count(&self, status: &str) -> usize {
-        self.0
-            .prepare_cached("SELECT count(*) FROM workflows WHERE status = ?1")
-            .unwrap()
-            .query_row([status], |r| r.get::<_, i64>(0))
-            .unwrap() as usize
-    }
-
-    /// Rows of `sql`, each as its integers.
-    pub fn rows(&self, sql: &str) -> Vec<Vec<i64>> {
-        let mut statement = self.0.prepare(sql).unwrap();
-        let columns = statement.column_count();
-        statement
-            .query_map([], |row| {
-                (0..columns)
-                    .map(|i| row.get::<_, Option<i64>>(i).map(|v| v.unwrap_or(0)))
-                    .collect()
-            })
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
+        self.number(&format!(
+            "SELECT count(*) FROM workflows WHERE status = '{status}'"
+        )) as usize
     }
 
     /// Poll until `count(status) >= n`; panics (with the server's log) if a
     /// workflow failed or was suspended, or after [`PATIENCE`].
     pub fn wait_count(&self, status: &str, n: usize, server: &Server) {
         let deadline = Instant::now() + PATIENCE;
-        while self.count(status) < n {
-            let stuck = self.count("failed") + self.count("suspended");
+        // One query per poll: on PostgreSQL each is a round trip.
+        let sql = format!(
+            "SELECT CAST(sum(CASE WHEN status = '{status}' THEN 1 ELSE 0 END) AS BIGINT),
+                    CAST(sum(CASE WHEN status IN ('failed', 'suspended') THEN 1 ELSE 0 END)
+                         AS BIGINT)
+             FROM workflows"
+        );
+        loop {
+            let counts = &self.rows(&sql)[0];
+            let (done, stuck) = (counts[0] as usize, counts[1]);
+            if done >= n {
+                return;
+            }
             if stuck > 0 || Instant::now() > deadline {
                 panic!(
-                    "waiting for {n} workflows {status}: {} are, {stuck} failed or suspended\n{}",
-                    self.count(status),
+                    "waiting for {n} workflows {status}: {done} are, {stuck} failed or suspended\n{}",
                     tail(&server.log(), 20)
                 );
             }
@@ -404,7 +461,7 @@ pub fn submit(addr: &str, workflows: &[(String, Value)]) -> Duration {
 fn serving(cache: &Path) -> (Scratch, Db, Server, String) {
     let scratch = Scratch::new();
     deploy(&scratch, cache);
-    let db = Db::open(&scratch.db());
+    let db = Db::open(&scratch);
     let mut server = Server::start(
         &scratch,
         cache,
@@ -426,7 +483,7 @@ fn http_agent() -> ureq::Agent {
 }
 
 /// `count` workflows `<prefix><n>` with `input`.
-fn workflows(prefix: &str, count: usize, input: &Value) -> Vec<(String, Value)> {
+pub fn workflows(prefix: &str, count: usize, input: &Value) -> Vec<(String, Value)> {
     (0..count)
         .map(|n| (format!("{prefix}{n:06}"), input.clone()))
         .collect()
@@ -435,7 +492,7 @@ fn workflows(prefix: &str, count: usize, input: &Value) -> Vec<(String, Value)> 
 /// Queue `workflows` through a `serve --concurrency 0` (its API queues,
 /// its scheduler runs nothing); the submission time and that server's
 /// figures.
-fn queue_over_http(
+pub fn queue_over_http(
     scratch: &Scratch,
     cache: &Path,
     workflows: &[(String, Value)],
@@ -450,7 +507,7 @@ fn queue_over_http(
     submitter.wait_serving();
     let took = submit(&addr, workflows);
     let stopped = submitter.stop();
-    let queued = Db::open(&scratch.db()).count("queued");
+    let queued = Db::open(scratch).count("queued");
     assert_eq!(queued, workflows.len(), "every submission is queued");
     (took, stopped)
 }
@@ -468,22 +525,23 @@ pub fn warm_up(cache: &Path) {
     );
     let mut server = Server::start(&scratch, cache, "serve", &[]);
     server.wait_serving();
-    Db::open(&scratch.db()).wait_count("completed", 1, &server);
+    Db::open(&scratch).wait_count("completed", 1, &server);
     server.stop();
 }
 
-/// Workflows per second through one `serve`.
+/// Workflows per second through `serve` (one process, or several workers
+/// on one database).
 pub struct Throughput {
     pub workflows: usize,
     /// Queuing them over HTTP (the server running nothing).
     pub submit: Duration,
     pub submit_stopped: Stopped,
-    /// From starting `serve` to the last completion.
+    /// From starting (the first) `serve` to the last completion.
     pub wall: Duration,
-    /// From starting `serve` to the first step's start (process start,
-    /// opening the database, loading the component).
+    /// From starting (the first) `serve` to the first step's start
+    /// (process start, opening the database, loading the component).
     pub startup: Duration,
-    /// The server's CPU time once every workflow completed.
+    /// The servers' CPU time once every workflow completed.
     pub cpu: Cpu,
     pub stopped: Stopped,
 }
@@ -503,25 +561,38 @@ impl Throughput {
     }
 }
 
-/// `workflows` workflows of `items` trivial steps queued, then one `serve
-/// --concurrency N` started and timed to the last completion (the
-/// database's completion times against the process's start).
-pub fn throughput(cache: &Path, items: u32, count: usize, concurrency: usize) -> Throughput {
-    let scratch = Scratch::new();
-    deploy(&scratch, cache);
+/// `count` workflows of `items` trivial steps queued on `scratch` (a new
+/// one, deployed here), then `workers` processes of `serve --concurrency
+/// N` started one after another and timed from the first start to the
+/// last completion (the database's completion times against the first
+/// process's start); their CPU times and figures are summed.
+pub fn throughput(
+    scratch: &Scratch,
+    cache: &Path,
+    items: u32,
+    count: usize,
+    concurrency: usize,
+    workers: usize,
+) -> Throughput {
+    deploy(scratch, cache);
     let queued = workflows("wf-", count, &json!({"scenario": "steps", "items": items}));
-    let (submit, submit_stopped) = queue_over_http(&scratch, cache, &queued);
-    let db = Db::open(&scratch.db());
-    let server = Server::start(
-        &scratch,
-        cache,
-        "serve",
-        &["--concurrency", &concurrency.to_string()],
-    );
-    db.wait_count("completed", count, &server);
-    let cpu = server.cpu();
-    let spawned_ms = server.spawned_ms;
-    let stopped = server.stop();
+    let (submit, submit_stopped) = queue_over_http(scratch, cache, &queued);
+    let db = Db::open(scratch);
+    let concurrency = concurrency.to_string();
+    let servers: Vec<Server> = (0..workers)
+        .map(|n| {
+            let name = if workers == 1 {
+                "serve".to_owned()
+            } else {
+                format!("serve-{n}")
+            };
+            Server::start(scratch, cache, &name, &["--concurrency", &concurrency])
+        })
+        .collect();
+    db.wait_count("completed", count, &servers[0]);
+    let cpu = servers.iter().map(Server::cpu).sum();
+    let spawned_ms = servers[0].spawned_ms;
+    let stopped = servers.into_iter().map(Server::stop).sum();
     let last = db.number("SELECT max(updated_at) FROM workflows");
     let first_step = db.number("SELECT min(started_at) FROM steps");
     Throughput {
@@ -539,18 +610,22 @@ pub fn throughput(cache: &Path, items: u32, count: usize, concurrency: usize) ->
 /// `serve` (`--concurrency 1`, `repeats` such workflows queued one after
 /// another): the time between its first and last step results over the
 /// steps between them, from the database's times; the best workflow.
-pub fn lone_workflow(cache: &Path, steps: u32, repeats: u32) -> (Duration, Cpu, Stopped) {
-    let scratch = Scratch::new();
-    deploy(&scratch, cache);
+pub fn lone_workflow(
+    scratch: &Scratch,
+    cache: &Path,
+    steps: u32,
+    repeats: u32,
+) -> (Duration, Cpu, Stopped) {
+    deploy(scratch, cache);
     for i in 0..repeats {
         start(
-            &scratch,
+            scratch,
             &format!("lone-{i}"),
             &json!({"scenario": "steps", "items": steps}),
         );
     }
-    let db = Db::open(&scratch.db());
-    let mut server = Server::start(&scratch, cache, "serve", &["--concurrency", "1"]);
+    let db = Db::open(scratch);
+    let mut server = Server::start(scratch, cache, "serve", &["--concurrency", "1"]);
     server.wait_serving();
     db.wait_count("completed", repeats as usize, &server);
     let cpu = server.cpu();
@@ -756,7 +831,7 @@ pub fn recovery(cache: &Path, count: usize, steps: u32, step_ms: u64) -> Recover
         &json!({"scenario": "slow", "items": steps, "sleep_ms": step_ms}),
     );
     queue_over_http(&scratch, cache, &queued);
-    let db = Db::open(&scratch.db());
+    let db = Db::open(&scratch);
     let concurrency = count.to_string();
     let mut first = Server::start(&scratch, cache, "first", &["--concurrency", &concurrency]);
     let dead_pid = first.pid();
@@ -833,18 +908,18 @@ pub fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
 }
 
-fn millis_between(from_ms: i64, to_ms: i64) -> Duration {
+pub fn millis_between(from_ms: i64, to_ms: i64) -> Duration {
     Duration::from_millis((to_ms - from_ms).max(0) as u64)
 }
 
-fn tail(text: &str, lines: usize) -> String {
+pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }

@@ -261,10 +261,21 @@ impl Default for Scratch {
 
 impl Scratch {
     pub fn new() -> Self {
+        Self::with_postgres(backend::on_postgres())
+    }
+
+    /// A scratch on PostgreSQL (a schema of its own, see [`backend`])
+    /// whatever `DURABLE_TEST_BACKEND` says: for the bench, which measures
+    /// both backends in one run. Panics when PostgreSQL cannot be reached.
+    pub fn on_postgres_schema() -> Self {
+        Self::with_postgres(true)
+    }
+
+    fn with_postgres(postgres: bool) -> Self {
         let dir = tempfile::tempdir().expect("create a scratch directory");
         std::fs::create_dir(dir.path().join("services")).unwrap();
         std::fs::create_dir(dir.path().join("ledger")).unwrap();
-        let postgres = backend::on_postgres().then(backend::PgSchema::create);
+        let postgres = postgres.then(backend::PgSchema::create);
         Self { dir, postgres }
     }
 
@@ -432,19 +443,14 @@ impl Scratch {
         rusqlite::Connection::open(self.db()).expect("open the scratch database")
     }
 
-    /// Every row of `sql` (a query both backends read alike, without
-    /// parameters), its values as JSON: integers, reals, text, null.
-    /// Empty while the SQLite file does not exist yet.
-    pub fn query(&self, sql: &str) -> Vec<Vec<Value>> {
+    /// A connection to the scratch database (read-only on SQLite), for
+    /// many queries; `None` while the SQLite file does not exist yet.
+    pub fn connect(&self) -> Option<Connection> {
         if let Some(schema) = &self.postgres {
-            let rows = schema
-                .client()
-                .query(sql, &[])
-                .unwrap_or_else(|e| panic!("{sql}: {e}"));
-            return rows.iter().map(backend::json_row).collect();
+            return Some(Connection::Postgres(schema.client()));
         }
         if !self.sqlite_file().exists() {
-            return Vec::new();
+            return None;
         }
         let conn = rusqlite::Connection::open_with_flags(
             self.sqlite_file(),
@@ -452,24 +458,14 @@ impl Scratch {
         )
         .expect("open the scratch database");
         conn.busy_timeout(Duration::from_secs(5)).unwrap();
-        let mut statement = conn.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
-        let columns = statement.column_count();
-        statement
-            .query_map([], |row| {
-                (0..columns)
-                    .map(|i| {
-                        Ok(match row.get::<_, rusqlite::types::Value>(i)? {
-                            rusqlite::types::Value::Null => Value::Null,
-                            rusqlite::types::Value::Integer(n) => n.into(),
-                            rusqlite::types::Value::Real(x) => x.into(),
-                            rusqlite::types::Value::Text(t) => t.into(),
-                            rusqlite::types::Value::Blob(b) => b.len().into(),
-                        })
-                    })
-                    .collect()
-            })
-            .and_then(|rows| rows.collect())
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        Some(Connection::Sqlite(conn))
+    }
+
+    /// Every row of `sql` (see [`Connection::query`]), on a connection of
+    /// its own. Empty while the SQLite file does not exist yet.
+    pub fn query(&self, sql: &str) -> Vec<Vec<Value>> {
+        self.connect()
+            .map_or_else(Vec::new, |mut conn| conn.query(sql))
     }
 
     /// The first column of every row of `sql`, as text.
@@ -640,6 +636,49 @@ impl Scratch {
             .query_row("PRAGMA integrity_check", [], |row| row.get(0))
             .unwrap();
         result == "ok"
+    }
+}
+
+/// An open connection to a scratch database ([`Scratch::connect`]):
+/// polling through it spares PostgreSQL a new server process per query.
+pub enum Connection {
+    Sqlite(rusqlite::Connection),
+    Postgres(postgres::Client),
+}
+
+impl Connection {
+    /// Every row of `sql` (a query both backends read alike, without
+    /// parameters), its values as JSON: integers, reals, text, null.
+    pub fn query(&mut self, sql: &str) -> Vec<Vec<Value>> {
+        let conn = match self {
+            Self::Postgres(client) => {
+                let rows = client
+                    .query(sql, &[])
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                return rows.iter().map(backend::json_row).collect();
+            }
+            Self::Sqlite(conn) => conn,
+        };
+        let mut statement = conn
+            .prepare_cached(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let columns = statement.column_count();
+        statement
+            .query_map([], |row| {
+                (0..columns)
+                    .map(|i| {
+                        Ok(match row.get::<_, rusqlite::types::Value>(i)? {
+                            rusqlite::types::Value::Null => Value::Null,
+                            rusqlite::types::Value::Integer(n) => n.into(),
+                            rusqlite::types::Value::Real(x) => x.into(),
+                            rusqlite::types::Value::Text(t) => t.into(),
+                            rusqlite::types::Value::Blob(b) => b.len().into(),
+                        })
+                    })
+                    .collect()
+            })
+            .and_then(|rows| rows.collect())
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 }
 

@@ -184,6 +184,11 @@ pub struct ApiServer {
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     stopping: Arc<AtomicBool>,
+    /// Outlives the runtime (fields drop after [`ApiServer`]'s `drop`):
+    /// the last handle on the store closes its PostgreSQL connections,
+    /// whose synchronous client runs a runtime of its own for that, which
+    /// cannot start inside the API's.
+    _store: GroupCommitStore,
 }
 
 /// Bind `config.addr` and serve the API on `store`, on threads of its own.
@@ -223,7 +228,7 @@ pub fn start(
         .to_json()
         .map_err(|e| ApiStartError::Threads(format!("cannot write the OpenAPI document: {e}")))?;
     let state = ApiState {
-        store,
+        store: store.clone(),
         runtime: Arc::new(runtime),
         draining: shutdown,
         stopping: Arc::clone(&stopping),
@@ -267,6 +272,7 @@ pub fn start(
         server: Some(server),
         stop: Some(stop),
         stopping,
+        _store: store,
     })
 }
 

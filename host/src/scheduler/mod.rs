@@ -641,7 +641,12 @@ fn execute(shared: &Shared, workflow: &WorkflowRecord) -> RunEnd {
         observer,
     ) {
         Ok(Opened::Ready(run)) => run,
-        Ok(Opened::Finished(record)) => return RunEnd::Ran(record.status),
+        // Ended by this run (suspended after too many takeovers), or
+        // finished elsewhere since it was read as ready: not ours to count.
+        Ok(Opened::Finished(record)) if record.run_id == run_id => {
+            return RunEnd::Ran(record.status);
+        }
+        Ok(Opened::Finished(_)) => return RunEnd::NotRun,
         // Another process claimed it first: its run, not ours.
         Err(EngineError::OwnedElsewhere { .. }) => return RunEnd::NotRun,
         Err(error) => {
