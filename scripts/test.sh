@@ -19,12 +19,15 @@ cargo test --release "$@"
 cargo test --release -p durable-sdk --features http --lib
 [ $# -eq 0 ] || exit 0
 
-# The backend matrix: the suites about workflows rather than about the SQLite
-# file run again on PostgreSQL, each test in a schema of its own. CI always
-# runs them (and fails without PostgreSQL); elsewhere they are skipped, loudly,
-# when no PostgreSQL answers.
+# The backend matrix: the integration suites run again on PostgreSQL, each
+# test in a schema of its own; their tests about the SQLite file itself (its
+# locks, pages, permissions, a full disk) return early there. Not in it:
+# console, contracts and js_guest, about the browser and guest builds rather
+# than storage. CI always runs them (and fails without PostgreSQL); elsewhere
+# they are skipped, loudly, when no PostgreSQL answers.
 pg_url=${DURABLE_TEST_POSTGRES_URL:-postgres://root@127.0.0.1:5432/test}
-postgres_suites=(onboarding operations replay http signals children schedules serve)
+postgres_suites=(onboarding operations replay http signals children schedules serve
+    api cli errors ownership parallel verify torture serve_torture hardening js_sdk python_sdk)
 if [ -n "${CI:-}" ] || [ -n "${DURABLE_TEST_POSTGRES_URL:-}" ] \
     || { command -v pg_isready >/dev/null && pg_isready -q -d "$pg_url"; }; then
     echo "test.sh: the backend matrix: ${postgres_suites[*]} on PostgreSQL ($pg_url)" >&2

@@ -259,7 +259,6 @@ fn reply(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply
 /// What must not change when a request is refused: every row of the
 /// workflow tables, and how many deployments and components there are.
 fn snapshot(scratch: &Scratch) -> String {
-    let conn = scratch.sql();
     let mut text = scratch.dump();
     for table in [
         "deployments",
@@ -267,9 +266,7 @@ fn snapshot(scratch: &Scratch) -> String {
         "workflow_events",
         "step_attempts",
     ] {
-        let count: i64 = conn
-            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-            .unwrap();
+        let count = scratch.number(&format!("SELECT count(*) FROM {table}"));
         text.push_str(&format!("{table}: {count}\n"));
     }
     text
@@ -1128,7 +1125,7 @@ fn a_non_loopback_address_needs_a_token() {
         stderr.contains("refusing to listen on 0.0.0.0:0") && stderr.contains("--token-file"),
         "{stderr}"
     );
-    assert!(!scratch.db().exists(), "nothing was created");
+    assert!(scratch.tables().is_empty(), "nothing was created");
 
     let empty = scratch.path().join("empty-token");
     std::fs::write(&empty, "\n").unwrap();
@@ -1162,7 +1159,7 @@ fn a_non_loopback_address_needs_a_token() {
     run(&mut scratch.host(&["serve", "--token-file", empty.to_str().unwrap()])).expect_code(2);
     let bad = run(&mut scratch.host(&["serve", "--listen", "nowhere"])).expect_code(2);
     assert!(bad.stderr().contains("HOST:PORT"), "{}", bad.stderr());
-    assert!(!scratch.db().exists(), "nothing was created");
+    assert!(scratch.tables().is_empty(), "nothing was created");
 }
 
 /// The OpenAPI document lists every endpoint, and each answers with a

@@ -8,8 +8,7 @@
 //! kill (SIGKILL), freeze (SIGSTOP/SIGCONT) or starve (a full tmpfs, a
 //! memory budget) a real process.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -66,26 +65,11 @@ fn text(bytes: &[u8]) -> String {
 }
 
 /// Every row of every table, to prove that a process wrote nothing.
-fn dump_all(db: &Path) -> String {
-    let conn = rusqlite::Connection::open(db).expect("open the database");
+fn dump_all(scratch: &Scratch) -> String {
     let mut dump = String::new();
     for table in ["workflows", "steps", "step_attempts", "workflow_events"] {
-        let mut statement = conn
-            .prepare(&format!("SELECT * FROM {table} ORDER BY 1, 2, 3"))
-            .unwrap_or_else(|e| panic!("table {table}: {e}"));
-        let columns = statement.column_count();
-        let rows = statement
-            .query_map([], |row| {
-                (0..columns)
-                    .map(|i| {
-                        row.get::<_, rusqlite::types::Value>(i)
-                            .map(|v| format!("{v:?}"))
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .unwrap();
-        for row in rows {
-            dump.push_str(&format!("{table}: {}\n", row.unwrap().join(" | ")));
+        for row in scratch.query(&format!("SELECT * FROM {table} ORDER BY 1, 2, 3")) {
+            dump.push_str(&format!("{table}: {row:?}\n"));
         }
     }
     dump
@@ -115,7 +99,7 @@ fn plain_run(scratch: &Scratch, id: &str) -> Command {
         .arg("run")
         .arg(&artifacts().scenarios)
         .args(["--workflow-id", id, "--db"])
-        .arg(scratch.db())
+        .arg(scratch.db_arg())
         .stdin(Stdio::null());
     command
 }
@@ -136,47 +120,45 @@ fn completed_steps(scratch: &Scratch, id: &str) -> usize {
 
 /// `(status, error, attempts, failures)` of step `key` of `id`.
 fn step_row(scratch: &Scratch, id: &str, key: &str) -> (String, Option<String>, u32, u32) {
-    scratch
-        .sql()
-        .query_row(
-            "SELECT status, error, attempts, failures FROM steps
-             WHERE workflow_id = ?1 AND step_key = ?2",
-            [id, key],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .unwrap_or_else(|e| panic!("step {key} of {id}: {e}"))
+    let rows = scratch.query(&format!(
+        "SELECT status, error, attempts, failures FROM steps
+         WHERE workflow_id = '{id}' AND step_key = '{key}'"
+    ));
+    let row = rows
+        .first()
+        .unwrap_or_else(|| panic!("no step {key} of {id}"));
+    let count = |i: usize| row[i].as_u64().unwrap() as u32;
+    let error = row[1].as_str().map(str::to_owned);
+    (
+        row[0].as_str().unwrap().to_owned(),
+        error,
+        count(2),
+        count(3),
+    )
 }
 
 /// `(attempt, error, interrupted, backoff_ms)` of every recorded earlier
 /// attempt of step `key` of `id`.
 fn attempt_rows(scratch: &Scratch, id: &str, key: &str) -> Vec<(u32, String, bool, Option<i64>)> {
-    let conn = scratch.sql();
-    let mut statement = conn
-        .prepare(
+    scratch
+        .query(&format!(
             "SELECT attempt, error, interrupted, backoff_ms FROM step_attempts
-             WHERE workflow_id = ?1 AND step_key = ?2 ORDER BY attempt",
-        )
-        .unwrap();
-    statement
-        .query_map([id, key], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? != 0, r.get(3)?))
+             WHERE workflow_id = '{id}' AND step_key = '{key}' ORDER BY attempt"
+        ))
+        .into_iter()
+        .map(|r| {
+            let attempt = r[0].as_u64().unwrap() as u32;
+            let error = r[1].as_str().unwrap().to_owned();
+            (attempt, error, r[2].as_i64().unwrap() != 0, r[3].as_i64())
         })
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+        .collect()
 }
 
-/// Event kinds recorded for `id`, oldest first.
-fn event_kinds(scratch: &Scratch, id: &str) -> Vec<String> {
-    let conn = scratch.sql();
-    let mut statement = conn
-        .prepare("SELECT kind FROM workflow_events WHERE workflow_id = ?1 ORDER BY at, rowid")
-        .unwrap();
-    statement
-        .query_map([id], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+/// Event kinds recorded for `id`.
+fn event_kinds(scratch: &Scratch, id: &str) -> BTreeSet<String> {
+    scratch.strings(&format!(
+        "SELECT kind FROM workflow_events WHERE workflow_id = '{id}'"
+    ))
 }
 
 /// Lines of `/ledger/<key>.executions` written by the `plan_*` scenarios.
@@ -202,19 +184,57 @@ fn effect_counts(scratch: &Scratch) -> BTreeMap<String, usize> {
 // 1. Fencing
 
 /// Freeze `pid` at a point where it is between two steps: no step of `id`
-/// is running and it holds no write lock on the database. Returns false
-/// (and lets it run again) when the freeze caught it elsewhere.
+/// is running and it holds no lock: SQLite's write lock, or on PostgreSQL
+/// a transaction (which the server would end under it, failing the run in
+/// another way than the fencing). Returns false (and lets it run again)
+/// when the freeze caught it elsewhere.
 fn freeze_between_steps(scratch: &Scratch, id: &str, pid: u32) -> bool {
     signal(pid, "-STOP");
     wait_until("the process to stop", Duration::from_secs(10), || {
         all_threads_stopped(pid)
     });
     let steps = scratch.steps(id);
-    if steps.iter().all(|s| s.1 == "completed") && is_write_lock_free(&scratch.db()) {
+    let unlocked = if scratch.on_postgres() {
+        !in_a_postgres_transaction(scratch, pid)
+    } else {
+        is_write_lock_free(&scratch.db())
+    };
+    if steps.iter().all(|s| s.1 == "completed") && unlocked {
         return true;
     }
     signal(pid, "-CONT");
     false
+}
+
+/// Whether a PostgreSQL session of process `pid` is inside a transaction
+/// (or a statement): its sessions found by the local ports of its sockets.
+fn in_a_postgres_transaction(scratch: &Scratch, pid: u32) -> bool {
+    let sockets: BTreeSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|link| {
+            let inode = link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?;
+            Some(inode.to_owned())
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            // `sl local_address(IP:PORT, hex) ... inode` (the tenth field).
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() > 9 && sockets.contains(fields[9]) {
+                let port = fields[1].rsplit(':').next().unwrap();
+                ports.push(u16::from_str_radix(port, 16).unwrap().to_string());
+            }
+        }
+    }
+    assert!(!ports.is_empty(), "process {pid} has no connection");
+    let busy = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE client_port IN ({}) AND state <> 'idle'",
+        ports.join(", ")
+    );
+    scratch.number(&busy) > 0
 }
 
 #[test]
@@ -263,7 +283,7 @@ fn a_run_frozen_between_steps_past_its_lease_writes_nothing_after_a_takeover() {
         assert_eq!(successor["status"], "completed");
         let expected: usize = (0..STEPS).sum();
         assert_eq!(successor["output"], json!(expected));
-        let dump = dump_all(&scratch.db());
+        let dump = dump_all(&scratch);
         let effects = scratch.effects();
 
         // The frozen run wakes up: it must stop with exit 8 and write nothing.
@@ -284,7 +304,7 @@ fn a_run_frozen_between_steps_past_its_lease_writes_nothing_after_a_takeover() {
             text(&output.stdout)
         );
         assert_eq!(
-            dump_all(&scratch.db()),
+            dump_all(&scratch),
             dump,
             "iteration {iteration}: the run that lost its lease changed the database"
         );
@@ -321,18 +341,19 @@ fn max_memory_is_a_budget_for_all_branches_together() {
     let error = failed["error"].as_str().unwrap_or_default();
     assert!(error.contains("--max-memory"), "{error}");
     let branch_rows = || -> Vec<(String, String)> {
-        let conn = scratch.sql();
-        let mut statement = conn
-            .prepare(
+        scratch
+            .query(
                 "SELECT step_key, status FROM steps
                  WHERE workflow_id = 'mem' AND name = 'mem' ORDER BY sequence",
             )
-            .unwrap();
-        statement
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
+            .into_iter()
+            .map(|r| {
+                (
+                    r[0].as_str().unwrap().to_owned(),
+                    r[1].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
     };
     let branches = branch_rows();
     assert_eq!(branches.len(), 8, "{branches:?}");
@@ -506,14 +527,7 @@ fn a_run_outside_does_not_take_over_a_live_owner_in_a_pid_namespace() {
         scratch.effects().len() == 1
     });
     let before = scratch.steps("ns-in");
-    let owner_pid: u32 = scratch
-        .sql()
-        .query_row(
-            "SELECT owner_pid FROM workflows WHERE id = 'ns-in'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let owner_pid = scratch.number("SELECT owner_pid FROM workflows WHERE id = 'ns-in'");
 
     let refused = run(&mut scratch.scenario("ns-in", input.clone())).expect_code(5);
     assert!(
@@ -605,10 +619,14 @@ fn durable_sleeps_do_not_count_against_the_timeout() {
 #[test]
 fn granting_the_directory_that_holds_the_database_is_refused() {
     let scratch = Scratch::new();
+    if scratch.on_postgres() {
+        // About the SQLite file: a guest granted the directory that holds it.
+        return;
+    }
     // A database with a workflow in it, in the scratch directory.
     run(&mut scratch.scenario("kept", json!({"scenario": "loop", "items": 1}))).expect_code(0);
     let bytes = std::fs::read(scratch.db()).unwrap();
-    let dump = dump_all(&scratch.db());
+    let dump = dump_all(&scratch);
 
     // `--dir .` in the directory of the default ./durable.db.
     let refused = run(Command::new(&artifacts().host)
@@ -651,7 +669,7 @@ fn granting_the_directory_that_holds_the_database_is_refused() {
         bytes,
         "durable.db untouched"
     );
-    assert_eq!(dump_all(&scratch.db()), dump);
+    assert_eq!(dump_all(&scratch), dump);
     assert_eq!(
         std::fs::read(&nested).unwrap(),
         nested_bytes,
@@ -663,6 +681,10 @@ fn granting_the_directory_that_holds_the_database_is_refused() {
 #[test]
 fn a_database_deleted_under_a_run_stops_it_with_a_storage_failure() {
     let scratch = Scratch::new();
+    if scratch.on_postgres() {
+        // About the SQLite file: deleted from under a run.
+        return;
+    }
     let input = json!({"scenario": "hold", "items": 2, "sleep_ms": 1500});
     let child = spawn(&mut scratch.scenario("doomed-db", input));
     wait_until("the first step to run", Duration::from_secs(30), || {
@@ -690,6 +712,10 @@ fn a_database_deleted_under_a_run_stops_it_with_a_storage_failure() {
 #[test]
 fn a_database_replaced_under_a_run_stops_it_and_the_copy_is_resumable() {
     let scratch = Scratch::new();
+    if scratch.on_postgres() {
+        // About the SQLite file: replaced under a run by a copy.
+        return;
+    }
     let input = json!({"scenario": "hold", "items": 2, "sleep_ms": 1500});
     let child = spawn(&mut scratch.scenario("swapped", input));
     wait_until("the first step to run", Duration::from_secs(30), || {
@@ -705,7 +731,7 @@ fn a_database_replaced_under_a_run_stops_it_and_the_copy_is_resumable() {
         let _ = std::fs::remove_file(format!("{}{suffix}", scratch.db().display()));
     }
     std::fs::rename(&copy, scratch.db()).unwrap();
-    let replaced = dump_all(&scratch.db());
+    let replaced = dump_all(&scratch);
 
     let output = wait_output(child, Duration::from_secs(60));
     let stderr = text(&output.stderr);
@@ -717,7 +743,7 @@ fn a_database_replaced_under_a_run_stops_it_and_the_copy_is_resumable() {
         text(&output.stdout)
     );
     assert_eq!(
-        dump_all(&scratch.db()),
+        dump_all(&scratch),
         replaced,
         "nothing went into the new file"
     );
@@ -740,6 +766,10 @@ fn a_database_replaced_under_a_run_stops_it_and_the_copy_is_resumable() {
 #[test]
 fn a_full_disk_stops_the_run_with_a_storage_failure_and_loses_nothing_committed() {
     let scratch = Scratch::new();
+    if scratch.on_postgres() {
+        // About the SQLite file: its disk fills up.
+        return;
+    }
     let mount = scratch.path().join("tmpfs");
     let out = scratch.path().join("out");
     std::fs::create_dir(&mount).unwrap();
@@ -876,7 +906,7 @@ fn starting_a_workflow_needs_an_explicit_input() {
     let refused = run(&mut plain_run(&scratch, "nothing")).expect_code(2);
     let stderr = refused.stderr();
     assert!(stderr.contains("no --input"), "{stderr}");
-    if scratch.db().exists() {
+    if scratch.tables().contains("workflows") {
         assert!(
             scratch.workflow_status("nothing").is_none(),
             "no workflow row"
@@ -949,7 +979,7 @@ fn a_panic_between_steps_suspends_and_resume_continues_it() {
     let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
     assert!(kinds.contains(&"suspended"), "{history}");
     assert!(kinds.contains(&"resumed"), "{history}");
-    assert!(event_kinds(&scratch, "boom").contains(&"resumed".to_owned()));
+    assert!(event_kinds(&scratch, "boom").contains("resumed"));
 }
 
 // ---------------------------------------------------------------------------
@@ -986,7 +1016,7 @@ fn a_resume_uses_the_recorded_grants_and_refuses_other_ones() {
     );
 
     // Another directory: refused, naming the difference, and nothing written.
-    let before = dump_all(&scratch.db());
+    let before = dump_all(&scratch);
     let other = scratch.path().join("services");
     let refused = run(plain_run(&scratch, "regranted").args([
         "--dir",
@@ -998,7 +1028,7 @@ fn a_resume_uses_the_recorded_grants_and_refuses_other_ones() {
     let stderr = refused.stderr();
     assert!(stderr.contains("--dir"), "{stderr}");
     assert!(stderr.contains(&other.display().to_string()), "{stderr}");
-    assert_eq!(dump_all(&scratch.db()), before);
+    assert_eq!(dump_all(&scratch), before);
     assert_eq!(effect_counts(&scratch).get("b#000001"), Some(&1));
 }
 
@@ -1043,15 +1073,9 @@ fn a_step_killed_during_its_backoff_keeps_counting_its_failures() {
         "the first failure to be recorded",
         Duration::from_secs(30),
         || {
-            scratch.db().exists()
+            scratch.tables().contains("step_attempts")
                 && scratch
-                    .sql()
-                    .query_row(
-                        "SELECT count(*) FROM step_attempts WHERE workflow_id = 'backoff'",
-                        [],
-                        |r| r.get::<_, i64>(0),
-                    )
-                    .unwrap_or(0)
+                    .number("SELECT count(*) FROM step_attempts WHERE workflow_id = 'backoff'")
                     == 1
         },
     );

@@ -47,10 +47,8 @@ fn a_live_owner_is_named_and_a_dead_one_is_taken_over_at_once() {
 fn an_owner_on_another_host_is_respected_until_its_lease_expires() {
     let scratch = Scratch::new();
     run(scratch.onboarding("remote").args(["--crash-after", "1"])).expect_code(3);
-    let conn = scratch.sql();
-    let far_future =
-        "UPDATE workflows SET owner_host = 'elsewhere', lease_expires_at = 9999999999999";
-    conn.execute(far_future, []).unwrap();
+    scratch
+        .execute("UPDATE workflows SET owner_host = 'elsewhere', lease_expires_at = 9999999999999");
     let refused = run(&mut scratch.run(&artifacts().onboarding, "remote")).expect_code(5);
     assert!(
         refused.stderr().contains("on elsewhere"),
@@ -58,8 +56,7 @@ fn an_owner_on_another_host_is_respected_until_its_lease_expires() {
         refused.stderr()
     );
 
-    conn.execute("UPDATE workflows SET lease_expires_at = 1", [])
-        .unwrap();
+    scratch.execute("UPDATE workflows SET lease_expires_at = 1");
     run(&mut scratch.run(&artifacts().onboarding, "remote")).expect_code(0);
 }
 
@@ -70,16 +67,7 @@ fn the_heartbeat_keeps_the_lease_ahead_of_stale_after() {
     command.args(["--stale-after", "1s"]);
     let mut child = spawn(&mut command);
     scratch.wait_for_step("beat", "create_record", "running");
-    let lease = || -> i64 {
-        scratch
-            .sql()
-            .query_row(
-                "SELECT lease_expires_at FROM workflows WHERE id = 'beat'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap()
-    };
+    let lease = || scratch.number("SELECT lease_expires_at FROM workflows WHERE id = 'beat'");
     let first = lease();
     std::thread::sleep(Duration::from_millis(700));
     let second = lease();
@@ -98,13 +86,7 @@ fn a_frozen_owner_that_lost_its_lease_stops_at_its_next_write() {
     scratch.wait_for_step("frozen", "create_record", "running");
     signal(frozen.id(), "-STOP");
     // Its lease runs out (as it would after --stale-after) while it is stopped.
-    scratch
-        .sql()
-        .execute(
-            "UPDATE workflows SET lease_expires_at = 1, owner_host = 'elsewhere'",
-            [],
-        )
-        .unwrap();
+    scratch.execute("UPDATE workflows SET lease_expires_at = 1, owner_host = 'elsewhere'");
     let successor = run(scratch.run(&artifacts().onboarding, "frozen").arg("--json"))
         .expect_code(0)
         .json();
@@ -169,14 +151,8 @@ fn resuming_with_another_component_needs_permission() {
     .expect_code(0)
     .json();
     assert_eq!(allowed["output"]["total"], 30);
-    let pinned: String = scratch
-        .sql()
-        .query_row(
-            "SELECT component_sha256 FROM workflows WHERE id = 'pin'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let pinned = scratch.strings("SELECT component_sha256 FROM workflows WHERE id = 'pin'");
+    let pinned = pinned.into_iter().next().unwrap();
     assert!(
         !before.contains(&pinned),
         "the workflow is now pinned to the new component"
@@ -251,6 +227,10 @@ fn an_oversized_step_result_suspends_the_workflow_clearly() {
 #[test]
 fn a_corrupt_database_is_reported_and_left_as_it_was() {
     let scratch = Scratch::new();
+    if scratch.on_postgres() {
+        // About the SQLite file: its pages damaged.
+        return;
+    }
     run(&mut scratch.onboarding("c1")).expect_code(0);
     let mut bytes = std::fs::read(scratch.db()).unwrap();
     // Keep the header (so SQLite opens it) and damage the pages behind it.
@@ -278,6 +258,10 @@ fn a_corrupt_database_is_reported_and_left_as_it_was() {
 #[test]
 fn a_database_path_that_is_a_directory() {
     let scratch = Scratch::new();
+    if scratch.on_postgres() {
+        // About the SQLite file's path.
+        return;
+    }
     let mut command = Command::new(&artifacts().host);
     command
         .current_dir(scratch.path())
@@ -299,6 +283,10 @@ fn a_database_path_that_is_a_directory() {
 #[test]
 fn a_read_only_database_is_reported() {
     let scratch = Scratch::new();
+    if scratch.on_postgres() {
+        // About the SQLite file: its permissions.
+        return;
+    }
     run(&mut scratch.onboarding("ro1")).expect_code(0);
     let db = scratch.db();
     // Permissions do not bind root (as in CI); the immutable attribute does.
@@ -350,6 +338,10 @@ fn unknown_workflows_and_missing_databases() {
             "{}",
             result.stderr()
         );
+    }
+    if scratch.on_postgres() {
+        // The rest is about SQLite files: a missing one is not created.
+        return;
     }
     let result = run(Command::new(&artifacts().host)
         .current_dir(scratch.path())

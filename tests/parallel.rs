@@ -147,15 +147,12 @@ fn two_cpu_bound_branches_overlap_in_time() {
         json!({"scenario": "parallel", "items": 2, "burn_ms": 400}),
     ))
     .expect_code(0);
-    let (start_a, end_a, start_b, end_b): (i64, i64, i64, i64) = scratch
-        .sql()
-        .query_row(
-            "SELECT a.started_at, a.finished_at, b.started_at, b.finished_at FROM steps a, steps b
-             WHERE a.step_key = 'work#000001' AND b.step_key = 'work#000002'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .unwrap();
+    let rows = scratch.query(
+        "SELECT a.started_at, a.finished_at, b.started_at, b.finished_at FROM steps a, steps b
+         WHERE a.step_key = 'work#000001' AND b.step_key = 'work#000002'",
+    );
+    let time = |i: usize| rows[0][i].as_i64().unwrap();
+    let (start_a, end_a, start_b, end_b) = (time(0), time(1), time(2), time(3));
     let overlap = end_a.min(end_b) - start_a.max(start_b);
     assert!(
         overlap > 0,
@@ -194,8 +191,7 @@ fn many_processes_share_one_database() {
         PROCESSES * WORKFLOWS,
         started.elapsed()
     );
-    let conn = scratch.sql();
-    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let count = |sql: &str| scratch.number(sql);
     assert_eq!(
         count("SELECT count(*) FROM workflows WHERE status = 'completed'"),
         (PROCESSES * WORKFLOWS) as i64

@@ -14,26 +14,11 @@ use durable_tests::{Rng, Scratch, artifacts, employee, env_number, run, spawn, t
 
 /// Steps recorded as completed, by idempotency key.
 fn completed_steps(scratch: &Scratch) -> BTreeSet<String> {
-    let conn = scratch.sql();
     // A runner killed before it created the tables leaves none to read.
-    let tables: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'steps'",
-            [],
-            |row| row.get(0),
-        )
-        .unwrap();
-    if tables == 0 {
+    if !scratch.tables().contains("steps") {
         return BTreeSet::new();
     }
-    let mut statement = conn
-        .prepare("SELECT workflow_id || '/' || step_key FROM steps WHERE status = 'completed'")
-        .unwrap();
-    statement
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    scratch.strings("SELECT workflow_id || '/' || step_key FROM steps WHERE status = 'completed'")
 }
 
 fn start(scratch: &Scratch, id: &str, latency_ms: u64) -> Child {
@@ -135,7 +120,8 @@ fn onboarding_survives_random_kills_and_concurrent_runners() {
     }
     assert!(scratch.integrity_ok());
 
-    let takeovers = scratch.number("SELECT coalesce(sum(attempts - 1), 0) FROM steps");
+    let takeovers =
+        scratch.number("SELECT CAST(coalesce(sum(attempts - 1), 0) AS BIGINT) FROM steps");
     let re_executions: usize = executions.values().map(|n| n - 1).sum();
     println!(
         "torture: {kills} kills, {concurrent_starts} double starts, {takeovers} step takeovers, \

@@ -21,6 +21,22 @@ fn histories() -> Scratch {
     scratch
 }
 
+/// What a command that writes nothing leaves as it was: the SQLite file's
+/// bytes; on PostgreSQL, the workflow tables' rows and the recorded events.
+fn fingerprint(scratch: &Scratch) -> String {
+    if !scratch.on_postgres() {
+        return sha256_of(&scratch.db());
+    }
+    let events = scratch.number("SELECT count(*) FROM workflow_events");
+    format!("{}workflow_events: {events}", scratch.dump())
+}
+
+/// The component workflow `id` is pinned to.
+fn component_of(scratch: &Scratch, id: &str) -> String {
+    let sql = format!("SELECT component_sha256 FROM workflows WHERE id = '{id}'");
+    scratch.strings(&sql).into_iter().next().unwrap()
+}
+
 /// `verify --json` with `args`: its exit code and its verdicts by workflow.
 fn verify(scratch: &Scratch, feature: Option<&str>, args: &[&str]) -> (Option<i32>, Vec<Value>) {
     let component = version(feature);
@@ -42,7 +58,7 @@ fn verify(scratch: &Scratch, feature: Option<&str>, args: &[&str]) -> (Option<i3
 #[test]
 fn new_builds_are_judged_against_recorded_histories_without_touching_them() {
     let scratch = histories();
-    let before = sha256_of(&scratch.db());
+    let before = fingerprint(&scratch);
     let effects_before = scratch.effects();
 
     // The same code, and code that only adds a step at the end: a resume
@@ -136,7 +152,7 @@ fn new_builds_are_judged_against_recorded_histories_without_touching_them() {
     assert_eq!(verdicts[0]["verdict"], "diverged");
 
     // Nothing ran and nothing changed.
-    assert_eq!(sha256_of(&scratch.db()), before, "the database was written");
+    assert_eq!(fingerprint(&scratch), before, "the database was written");
     assert_eq!(scratch.effects(), effects_before);
     let status = scratch.workflow_status("in-flight");
     assert_eq!(status.as_deref(), Some("running"));
@@ -216,11 +232,7 @@ fn upgrade_moves_only_workflows_whose_history_replays_and_records_it() {
         "{}",
         finished.stdout()
     );
-    let before = scratch.sql().query_row(
-        "SELECT component_sha256 FROM workflows WHERE id = 'in-flight'",
-        [],
-        |row| row.get::<_, String>(0),
-    );
+    let before = component_of(&scratch, "in-flight");
 
     // The appending build replays it: switched, recorded, and it finishes
     // on the new code (its new step included).
@@ -232,15 +244,8 @@ fn upgrade_moves_only_workflows_whose_history_replays_and_records_it() {
         "{}",
         moved.stdout()
     );
-    let after: String = scratch
-        .sql()
-        .query_row(
-            "SELECT component_sha256 FROM workflows WHERE id = 'in-flight'",
-            [],
-            |row| row.get(0),
-        )
-        .unwrap();
-    assert_ne!(Ok(after.clone()), before);
+    let after = component_of(&scratch, "in-flight");
+    assert_ne!(after, before);
     assert_eq!(after, sha256_of(&append));
     let history = run(&mut scratch.host(&["history", "in-flight", "--json"])).json();
     let events = history["events"].as_array().unwrap();
@@ -378,11 +383,7 @@ fn verify_beside_a_running_server_changes_nothing() {
     // Verify while the server works through them: every verdict is about
     // the history as it was read, and nothing is written.
     let mut rounds = 0;
-    while scratch.sql().query_row(
-        "SELECT count(*) FROM workflows WHERE status != 'completed'",
-        [],
-        |row| row.get::<_, i64>(0),
-    ) != Ok(0)
+    while scratch.number("SELECT count(*) FROM workflows WHERE status != 'completed'") != 0
         || rounds == 0
     {
         let (code, verdicts) = verify(&scratch, Some("append"), &["--all"]);
@@ -390,28 +391,11 @@ fn verify_beside_a_running_server_changes_nothing() {
         rounds += 1;
         assert!(rounds < 200, "the server did not finish");
     }
-    let events: i64 = scratch
-        .sql()
-        .query_row("SELECT count(*) FROM workflow_events", [], |row| row.get(0))
-        .unwrap();
+    let events = scratch.number("SELECT count(*) FROM workflow_events");
     assert_eq!(events, 0, "verify recorded something");
-    let outputs: Vec<String> = scratch
-        .sql()
-        .prepare("SELECT output FROM workflows ORDER BY id")
-        .unwrap()
-        .query_map([], |row| row.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert_eq!(outputs, vec!["3".to_owned(); 20]);
-    let component: i64 = scratch
-        .sql()
-        .query_row(
-            "SELECT count(DISTINCT component_sha256) FROM workflows",
-            [],
-            |row| row.get(0),
-        )
-        .unwrap();
+    let outputs = scratch.query("SELECT output FROM workflows ORDER BY id");
+    assert_eq!(outputs, vec![vec![Value::from("3")]; 20]);
+    let component = scratch.number("SELECT count(DISTINCT component_sha256) FROM workflows");
     assert_eq!(component, 1, "verify moved a workflow");
     drop(server);
 }
@@ -423,13 +407,10 @@ fn serve_suspends_a_workflow_whose_code_no_longer_replays_instead_of_retrying_it
     // holds, as code that is not deterministic would.
     let insert = version(Some("insert"));
     run(&mut scratch.host(&["deploy", "v", insert.to_str().unwrap()])).expect_code(0);
-    scratch
-        .sql()
-        .execute(
-            "UPDATE workflows SET component_sha256 = ?1 WHERE id = 'in-flight'",
-            [sha256_of(&insert)],
-        )
-        .unwrap();
+    scratch.execute(&format!(
+        "UPDATE workflows SET component_sha256 = '{}' WHERE id = 'in-flight'",
+        sha256_of(&insert)
+    ));
     let steps_before = scratch.steps("in-flight");
     let server = durable_tests::Server::start(&scratch, "serve", &[]);
     durable_tests::wait_until(

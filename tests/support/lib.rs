@@ -493,6 +493,32 @@ impl Scratch {
             .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
+    /// Run `sql` (statements both backends accept, `;`-separated) on one
+    /// connection: for tests that tamper with the rows as another tool could.
+    pub fn execute(&self, sql: &str) {
+        if let Some(schema) = &self.postgres {
+            schema
+                .client()
+                .batch_execute(sql)
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            return;
+        }
+        let conn = self.sql();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        conn.execute_batch(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// The names of the database's tables: none until a command created
+    /// them (nor while the SQLite file does not exist).
+    pub fn tables(&self) -> std::collections::BTreeSet<String> {
+        self.strings(if self.on_postgres() {
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        } else {
+            "SELECT name FROM sqlite_master WHERE type = 'table'"
+        })
+    }
+
     /// The rows of a two-column `sql`, the first column as the key.
     pub fn pairs<V: rusqlite::types::FromSql>(&self, sql: &str) -> BTreeMap<String, V> {
         let conn = self.sql();

@@ -339,6 +339,10 @@ pub(super) fn store_error(error: postgres::Error) -> StoreError {
     } else if *code == SqlState::READ_ONLY_SQL_TRANSACTION {
         StoreError::ReadOnly(db.message().to_owned())
     } else if code.code().starts_with("08")
+        // A session frozen inside a transaction past the server's limit
+        // (see SESSION_SETTINGS) was ended by it: connect again, and the
+        // write finds out whether its run still owns the workflow.
+        || *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
         || *code == SqlState::ADMIN_SHUTDOWN
         || *code == SqlState::CRASH_SHUTDOWN
         || *code == SqlState::CANNOT_CONNECT_NOW
