@@ -519,17 +519,6 @@ impl Scratch {
         })
     }
 
-    /// The rows of a two-column `sql`, the first column as the key.
-    pub fn pairs<V: rusqlite::types::FromSql>(&self, sql: &str) -> BTreeMap<String, V> {
-        let conn = self.sql();
-        let mut statement = conn.prepare(sql).unwrap();
-        statement
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-    }
-
     /// `(step_key, status, attempts)` of every step of `workflow_id`, in order.
     pub fn steps(&self, workflow_id: &str) -> Vec<(String, String, u32)> {
         self.try_steps(workflow_id).expect("read the steps table")
