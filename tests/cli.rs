@@ -213,11 +213,6 @@ fn a_full_disk_is_a_storage_failure() {
 #[test]
 fn too_many_open_files_is_a_user_error_with_the_limit_to_raise() {
     let scratch = Scratch::new();
-    if scratch.on_postgres() {
-        // TODO(postgres): the host panics (exit 101) in the postgres crate's
-        // connect, which unwraps the runtime it cannot create without a descriptor.
-        return;
-    }
     run(&mut scratch.scenario("seed", json!({"scenario": "loop", "items": 1}))).expect_code(0);
     // stdin (closed for the dynamic loader, reopened on /dev/null by Rust's
     // start-up), stdout and stderr take the three descriptors allowed: none

@@ -94,6 +94,7 @@ impl Target {
 
     /// A new connection.
     pub(super) fn connect(&self) -> Result<Connection, StoreError> {
+        self.descriptors_left()?;
         let mut client = self
             .config
             .connect(NoTls)
@@ -109,6 +110,25 @@ impl Target {
 }
 
 impl Target {
+    /// The synchronous client starts a runtime of its own (an epoll and a
+    /// waker descriptor) before it opens its socket, and panics when it
+    /// cannot: check that there is room first, so that a low open-file
+    /// limit is an error with its hint rather than a panic.
+    fn descriptors_left(&self) -> Result<(), StoreError> {
+        const EMFILE: i32 = 24;
+        const ENFILE: i32 = 23;
+        let probes: Result<Vec<std::fs::File>, std::io::Error> =
+            (0..3).map(|_| std::fs::File::open("/dev/null")).collect();
+        match probes {
+            Err(error) if matches!(error.raw_os_error(), Some(EMFILE | ENFILE)) => {
+                Err(StoreError::TooManyFiles {
+                    path: self.shown.clone(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Name the database in errors about it.
     pub(super) fn explain(&self, error: StoreError) -> StoreError {
         let path = self.shown.clone();
