@@ -227,8 +227,9 @@ impl GroupCommitStore {
         &self.shared.commits.stats
     }
 
-    /// Wait for the writes in flight, then stop the writer. Writes after
-    /// this fail.
+    /// Stop taking writes: those after this fail. Batched writes in
+    /// flight are committed first (this waits for the writer thread);
+    /// pooled ones finish on their callers' threads.
     pub fn close(&self) {
         match &self.shared.writes {
             Writes::Batched { writer, thread } => {

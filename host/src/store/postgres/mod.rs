@@ -137,12 +137,14 @@ impl PostgresStore {
         })
     }
 
-    /// The connection, connected again if the last one was lost.
-    fn connection(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+    /// The connection, connected again if the last one was lost, or
+    /// `fresh`: after the server was out of reach, a connection the client
+    /// has not yet seen closed is not to be trusted either.
+    fn connection(&self, fresh: bool) -> Result<MutexGuard<'_, Connection>, StoreError> {
         let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         // A panic while the lock was held undid the write it was in (see
         // `Connection::write`): the connection is sound.
-        if conn.client.is_closed() {
+        if fresh || conn.client.is_closed() {
             *conn = self.target.reconnect()?;
         }
         Ok(conn)
@@ -156,7 +158,9 @@ impl PostgresStore {
     ) -> Result<T, StoreError> {
         let mut outage = Outage::default();
         loop {
-            let result = self.connection().and_then(|mut conn| conn.read(&mut body));
+            let result = self
+                .connection(outage.waiting())
+                .and_then(|mut conn| conn.read(&mut body));
             match result {
                 Ok(value) => {
                     outage.over(&self.target.shown);
@@ -204,7 +208,7 @@ impl PostgresStore {
         let mut outage = Outage::default();
         loop {
             let result = self
-                .connection()
+                .connection(outage.waiting())
                 .map_err(WriteFailure::NotCommitted)
                 .and_then(|mut conn| conn.write(flush, &mut body));
             let error = match result {

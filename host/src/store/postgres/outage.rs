@@ -56,6 +56,12 @@ impl Outage {
         true
     }
 
+    /// Whether this operation found the server out of reach and waits for
+    /// it: the next try connects afresh.
+    pub(super) fn waiting(&self) -> bool {
+        self.since.is_some()
+    }
+
     /// The operation ended for another reason than reach: if it had waited,
     /// the server answers again.
     pub(super) fn over(&mut self, shown: &str) {
