@@ -58,10 +58,7 @@ fn each_tick_runs_once_across_servers_kills_and_restarts() {
     first.kill9();
     // A tick whose step was in flight on the killed server may run it again
     // (at least once); one whose step had completed must not.
-    let completed_at_kill = scratch.strings(
-        "SELECT workflow_id || '/' || step_key FROM steps \
-         WHERE status = 'completed' AND workflow_id LIKE 'every@%'",
-    );
+    let completed_at_kill = scratch.completed_steps();
     let executions_at_kill = scratch.step_executions();
     let seen = ticks(&scratch, "every").len();
     wait_until("three more ticks", Duration::from_secs(30), || {

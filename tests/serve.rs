@@ -126,11 +126,6 @@ fn executions(scratch: &Scratch) -> BTreeMap<String, usize> {
     counts
 }
 
-/// Steps recorded as completed, by idempotency key.
-fn completed_keys(scratch: &Scratch) -> BTreeSet<String> {
-    scratch.strings("SELECT workflow_id || '/' || step_key FROM steps WHERE status = 'completed'")
-}
-
 /// How many workflows have `status` (0 while the database is missing).
 fn count_status(scratch: &Scratch, status: &str) -> usize {
     status_counts(scratch).get(status).copied().unwrap_or(0) as usize
@@ -330,7 +325,7 @@ fn kill_9_in_the_middle_then_restart_completes_everything() {
     });
     first.kill9();
 
-    let completed_at_kill = completed_keys(&scratch);
+    let completed_at_kill = scratch.completed_steps();
     let executions_at_kill = executions(&scratch);
     let statuses_at_kill = status_counts(&scratch);
     let steps_in_flight = scratch.number("SELECT count(*) FROM steps WHERE status = 'running'");
@@ -479,11 +474,11 @@ fn sigterm_drains_at_step_boundaries_and_releases_leases() {
     );
     // Stopped at a boundary: every step that ran is recorded, none more.
     let ran: BTreeSet<String> = executions(&scratch).into_keys().collect();
-    assert_eq!(ran, completed_keys(&scratch));
+    assert_eq!(ran, scratch.completed_steps());
     let log = first.log();
     assert_eq!(first.logged_ids("lease released").len(), count, "{log}");
     assert!(log.contains("abandoned=0"), "{log}");
-    let steps_before = completed_keys(&scratch).len();
+    let steps_before = scratch.completed_steps().len();
     let first_runs = scratch.strings("SELECT DISTINCT run_id FROM steps");
 
     let restarted = Instant::now();
@@ -638,9 +633,14 @@ fn two_servers_on_one_database_run_disjoint_work() {
 
 /// `(id, run_id)` of the workflows running under the server with `pid`.
 fn owned_by(scratch: &Scratch, pid: u32) -> BTreeMap<String, String> {
+    running_where(scratch, &format!("owner_pid = {pid}"))
+}
+
+/// `(id, run_id)` of the running workflows whose owner meets `condition`.
+fn running_where(scratch: &Scratch, condition: &str) -> BTreeMap<String, String> {
     scratch
         .query(&format!(
-            "SELECT id, run_id FROM workflows WHERE status = 'running' AND owner_pid = {pid}"
+            "SELECT id, run_id FROM workflows WHERE status = 'running' AND {condition}"
         ))
         .into_iter()
         .map(|row| (text(&row[0]), text(&row[1])))
@@ -693,19 +693,13 @@ fn three_workers_share_the_work_and_survivors_take_over_a_killed_one() {
     });
     // Worker b's pid is its namespace's: its workflows are those running
     // under another owner than a and c.
-    let orphans: BTreeMap<String, String> = scratch
-        .query(&format!(
-            "SELECT id, run_id FROM workflows WHERE status = 'running' \
-             AND owner_pid NOT IN ({}, {})",
-            a.pid(),
-            c.pid()
-        ))
-        .into_iter()
-        .map(|row| (text(&row[0]), text(&row[1])))
-        .collect();
+    let orphans = running_where(
+        &scratch,
+        &format!("owner_pid NOT IN ({}, {})", a.pid(), c.pid()),
+    );
     b.kill9();
     let killed = Instant::now();
-    let completed_at_kill = completed_keys(&scratch);
+    let completed_at_kill = scratch.completed_steps();
     let executions_at_kill = executions(&scratch);
     assert!(
         !orphans.is_empty() && count_status(&scratch, "completed") < count,
@@ -844,7 +838,7 @@ fn workers_wait_out_a_database_outage_and_carry_on() {
     });
 
     proxy.cut();
-    let completed_at_cut = completed_keys(&scratch);
+    let completed_at_cut = scratch.completed_steps();
     let executions_at_cut = executions(&scratch);
     std::thread::sleep(Duration::from_secs(4));
     assert!(

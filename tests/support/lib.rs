@@ -468,6 +468,12 @@ impl Scratch {
             .map_or_else(Vec::new, |mut conn| conn.query(sql))
     }
 
+    /// The steps recorded as completed, by idempotency key
+    /// (`<workflow id>/<step key>`, as [`Self::step_executions`] counts them).
+    pub fn completed_steps(&self) -> std::collections::BTreeSet<String> {
+        self.strings("SELECT workflow_id || '/' || step_key FROM steps WHERE status = 'completed'")
+    }
+
     /// The first column of every row of `sql`, as text.
     pub fn strings(&self, sql: &str) -> std::collections::BTreeSet<String> {
         self.query(sql)

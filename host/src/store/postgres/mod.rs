@@ -56,7 +56,7 @@ use super::{
 /// A URL as messages may show it (see [`super::Database`]).
 pub(crate) use connection::redact;
 use connection::{Connection, Session, Target, WriteFailure, get, get_u32, storable};
-use outage::{Outage, in_doubt};
+use outage::{Outage, in_doubt, waiting_out};
 use schema::{MIGRATIONS, SCHEMA, SCHEMA_VERSION, VERSION_TABLE};
 
 const WORKFLOW_COLUMNS: &str = "id, component_sha256, input, status, output, error, run_id, \
@@ -113,20 +113,12 @@ impl PostgresStore {
     /// out of reach, this waits for it, as operations do (see [`Outage`]).
     pub fn connect_existing(url: &str) -> Result<Self, StoreError> {
         let target = Target::parse(url)?;
-        let mut outage = Outage::default();
-        loop {
-            match target.reconnect() {
-                Ok(conn) => {
-                    outage.over(&target.shown);
-                    return Ok(Self {
-                        target,
-                        conn: Mutex::new(conn),
-                    });
-                }
-                Err(error) if outage.wait(&target.shown, &error) => {}
-                Err(error) => return Err(target.explain(error)),
-            }
-        }
+        let conn =
+            waiting_out(&target.shown, |_| target.reconnect()).map_err(|e| target.explain(e))?;
+        Ok(Self {
+            target,
+            conn: Mutex::new(conn),
+        })
     }
 
     fn connect(target: Target) -> Result<Self, StoreError> {
@@ -156,20 +148,11 @@ impl PostgresStore {
         &self,
         mut body: impl FnMut(&mut Session<'_, Client>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut outage = Outage::default();
-        loop {
-            let result = self
-                .connection(outage.waiting())
-                .and_then(|mut conn| conn.read(&mut body));
-            match result {
-                Ok(value) => {
-                    outage.over(&self.target.shown);
-                    return Ok(value);
-                }
-                Err(error) if outage.wait(&self.target.shown, &error) => {}
-                Err(error) => return Err(self.target.explain(error)),
-            }
-        }
+        waiting_out(&self.target.shown, |fresh| {
+            self.connection(fresh)
+                .and_then(|mut conn| conn.read(&mut body))
+        })
+        .map_err(|e| self.target.explain(e))
     }
 
     /// Run `body` as one write in a transaction of its own and commit it.

@@ -28,6 +28,27 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from
 /// comes back, however many connections saw it.
 static OUT_OF_REACH: Mutex<Option<HashMap<String, Instant>>> = Mutex::new(None);
 
+/// Run `attempt` until it succeeds, fails for another reason than reach,
+/// or the server stays away past [`PATIENCE`]; `attempt` is told whether to
+/// connect afresh (after the server was out of reach). For what is safe to
+/// run again; writes decide for themselves (see `write_retrying`).
+pub(super) fn waiting_out<T>(
+    shown: &str,
+    mut attempt: impl FnMut(bool) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let mut outage = Outage::default();
+    loop {
+        match attempt(outage.waiting()) {
+            Ok(value) => {
+                outage.over(shown);
+                return Ok(value);
+            }
+            Err(error) if outage.wait(shown, &error) => {}
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 /// One operation's wait for a server out of reach.
 #[derive(Default)]
 pub(super) struct Outage {
