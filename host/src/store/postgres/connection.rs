@@ -16,10 +16,12 @@ use std::panic::{self, AssertUnwindSafe};
 use std::str::FromStr;
 use std::time::Duration;
 
-use postgres::config::SslMode;
 use postgres::error::SqlState;
 use postgres::types::ToSql;
 use postgres::{Client, Config, GenericClient, NoTls, Row, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::tls;
 
 use crate::store::StoreError;
 
@@ -54,6 +56,8 @@ pub(super) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 #[derive(Clone)]
 pub(super) struct Target {
     config: Config,
+    /// `None`: without TLS (see [`tls`]).
+    tls: Option<MakeRustlsConnect>,
     pub(super) shown: String,
 }
 
@@ -61,19 +65,14 @@ impl Target {
     /// Parse `url` (a `postgres://` URL or `key=value` pairs).
     pub(super) fn parse(url: &str) -> Result<Self, StoreError> {
         let shown = redact(url);
-        let mut config = Config::from_str(url).map_err(|e| StoreError::Open {
+        let refused = |reason: String| StoreError::Open {
             path: shown.clone(),
-            reason: format!("not a PostgreSQL connection URL: {e}"),
-        })?;
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(StoreError::Open {
-                path: shown,
-                reason: "sslmode=require asks for TLS, which this durable-host does not \
-                         support yet: connect over a trusted network or a local socket \
-                         (sslmode=disable), or through a TLS tunnel"
-                    .to_owned(),
-            });
-        }
+            reason,
+        };
+        let security = tls::security(url).map_err(refused)?;
+        let mut config = Config::from_str(&security.url)
+            .map_err(|e| refused(format!("not a PostgreSQL connection URL: {e}")))?;
+        config.ssl_mode(security.mode);
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -89,16 +88,21 @@ impl Target {
         if config.get_keepalives_retries().is_none() {
             config.keepalives_retries(KEEPALIVE_PROBES.1);
         }
-        Ok(Self { config, shown })
+        Ok(Self {
+            config,
+            tls: security.connector,
+            shown,
+        })
     }
 
     /// A new connection.
     pub(super) fn connect(&self) -> Result<Connection, StoreError> {
         self.descriptors_left()?;
-        let mut client = self
-            .config
-            .connect(NoTls)
-            .map_err(|e| unreachable(&self.shown, &e))?;
+        let client = match &self.tls {
+            Some(tls) => self.config.connect(tls.clone()),
+            None => self.config.connect(NoTls),
+        };
+        let mut client = client.map_err(|e| unreachable(&self.shown, &e))?;
         client
             .batch_execute(SESSION_SETTINGS)
             .map_err(store_error)?;
@@ -168,25 +172,48 @@ pub(super) enum WriteFailure {
     InDoubt(StoreError),
 }
 
-/// The statements that open a write and end it, keeping or undoing it.
+/// How a write is committed.
+#[derive(Clone, Copy)]
+pub(super) enum Commit {
+    /// In a transaction of its own, waiting for the flush.
+    Flushed,
+    /// In a transaction of its own, without waiting for the flush: a crash
+    /// of the server may forget it, and its next flushed commit makes it
+    /// durable, since the log is flushed in order.
+    Unflushed,
+    /// The write is one statement, which the server commits on its own:
+    /// one round trip where a transaction takes three or more. A
+    /// connection lost during it leaves the write in doubt, as one lost
+    /// during a `COMMIT` does.
+    Alone,
+}
+
+/// The statements that open a write in a transaction and end it, keeping
+/// or undoing it.
 struct Bracket {
     open: &'static str,
     keep: &'static str,
     undo: &'static str,
 }
 
-/// A write in a transaction of its own.
-const TRANSACTION: Bracket = Bracket {
-    open: "BEGIN",
-    keep: "COMMIT",
-    undo: "ROLLBACK",
-};
-
-/// A write committed without waiting for the flush.
-const UNFLUSHED_TRANSACTION: Bracket = Bracket {
-    open: "BEGIN; SET LOCAL synchronous_commit = off",
-    ..TRANSACTION
-};
+impl Commit {
+    fn bracket(self) -> Option<&'static Bracket> {
+        const FLUSHED: Bracket = Bracket {
+            open: "BEGIN",
+            keep: "COMMIT",
+            undo: "ROLLBACK",
+        };
+        const UNFLUSHED: Bracket = Bracket {
+            open: "BEGIN; SET LOCAL synchronous_commit = off",
+            ..FLUSHED
+        };
+        match self {
+            Commit::Flushed => Some(&FLUSHED),
+            Commit::Unflushed => Some(&UNFLUSHED),
+            Commit::Alone => None,
+        }
+    }
+}
 
 impl Connection {
     /// Run `body` (reads outside any transaction).
@@ -197,18 +224,17 @@ impl Connection {
         body(&mut self.session())
     }
 
-    /// Run `body` as one write in a transaction of its own, committed
-    /// (`flush`: waiting for the flush). An `Err` from `body` (a conflict
-    /// it found), or a panic, undoes the write.
+    /// Run `body` as one write, committed as `commit` says. An `Err` from
+    /// `body` (a conflict it found), or a panic, undoes a write in a
+    /// transaction; a write [`Commit::Alone`] answers `Err` only for what
+    /// its one statement did not change.
     pub(super) fn write<T>(
         &mut self,
-        flush: bool,
+        commit: Commit,
         body: &mut impl FnMut(&mut Session<'_, Client>) -> Result<T, StoreError>,
     ) -> Result<T, WriteFailure> {
-        let bracket = if flush {
-            &TRANSACTION
-        } else {
-            &UNFLUSHED_TRANSACTION
+        let Some(bracket) = commit.bracket() else {
+            return body(&mut self.session()).map_err(|error| self.failure_sent(error));
         };
         self.run(bracket.open).map_err(WriteFailure::NotCommitted)?;
         let result = panic::catch_unwind(AssertUnwindSafe(|| body(&mut self.session())))
@@ -217,20 +243,27 @@ impl Connection {
                 panic::resume_unwind(panic)
             });
         match result {
-            Ok(value) => match self.run(bracket.keep) {
-                Ok(()) => Ok(value),
-                Err(error) if self.client.is_closed() || error.is_storage_failure() => {
-                    Err(WriteFailure::InDoubt(error))
-                }
-                // The server answered: it refused the commit.
-                Err(error) => Err(WriteFailure::NotCommitted(error)),
-            },
+            Ok(value) => self
+                .run(bracket.keep)
+                .map(|()| value)
+                .map_err(|error| self.failure_sent(error)),
             Err(conflict) => {
                 // Only a broken connection fails to undo, and the server
                 // rolls back the lost session's transaction itself.
                 let _ = self.run(bracket.undo);
                 Err(WriteFailure::NotCommitted(conflict))
             }
+        }
+    }
+
+    /// What `error` means for a statement that commits (a `COMMIT`, or a
+    /// statement alone) once it was sent.
+    fn failure_sent(&self, error: StoreError) -> WriteFailure {
+        if self.client.is_closed() || error.is_storage_failure() {
+            WriteFailure::InDoubt(error)
+        } else {
+            // The server answered: it refused the write.
+            WriteFailure::NotCommitted(error)
         }
     }
 
@@ -393,16 +426,26 @@ pub(super) fn is_lost_connection(error: &StoreError) -> bool {
 
 /// Why connecting to `shown` failed, worded for the person who gave the URL.
 fn unreachable(shown: &str, error: &postgres::Error) -> StoreError {
+    let source = std::error::Error::source(error)
+        .map(|source| format!(": {source}"))
+        .unwrap_or_default();
+    // The client's errors have no kind to match, only their words.
+    if error.to_string() == "error performing TLS handshake" {
+        return StoreError::Open {
+            path: shown.to_owned(),
+            reason: format!(
+                "TLS with the PostgreSQL server failed{source} (sslmode=verify-full wants the \
+                 server's certificate to name the URL's host and to chain to a root in \
+                 sslrootcert, verify-ca only the chain; require and prefer check nothing \
+                 without sslrootcert)"
+            ),
+        };
+    }
     let reason = match error.as_db_error() {
         // The server answered: a missing database or role, a refused login.
         Some(db) => db.message().to_owned(),
         // It did not: nobody listens there, or the network is down.
-        None => format!(
-            "{error}{}",
-            std::error::Error::source(error)
-                .map(|source| format!(": {source}"))
-                .unwrap_or_default()
-        ),
+        None => format!("{error}{source}"),
     };
     StoreError::Open {
         path: shown.to_owned(),
@@ -466,14 +509,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_url_that_requires_tls_is_refused_with_the_reason() {
+    fn a_tls_mode_this_host_does_not_know_is_refused_with_the_reason() {
         let Err(StoreError::Open { path, reason }) =
-            Target::parse("postgres://me:secret@db/work?sslmode=require")
+            Target::parse("postgres://me:secret@db/work?sslmode=allow")
         else {
-            panic!("sslmode=require must be refused");
+            panic!("sslmode=allow must be refused");
         };
-        assert_eq!(path, "postgres://me:***@db/work?sslmode=require");
-        assert!(reason.contains("does not support yet"), "{reason}");
+        assert_eq!(path, "postgres://me:***@db/work?sslmode=allow");
+        assert!(reason.contains("verify-full"), "{reason}");
     }
 
     #[test]

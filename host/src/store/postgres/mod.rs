@@ -30,12 +30,14 @@
 //!
 //! When the server goes out of reach, operations wait for it and carry on
 //! (see [`outage`]). Workers hear of new work through NOTIFY (see
-//! [`listen`] and the triggers in [`schema`]). Not here: TLS.
+//! [`listen`] and the triggers in [`schema`]). TLS follows libpq's
+//! `sslmode` and `sslrootcert` (see [`tls`]).
 
 mod connection;
 mod listen;
 mod outage;
 mod schema;
+mod tls;
 
 pub use listen::PostgresWorkListener;
 
@@ -55,7 +57,7 @@ use super::{
 };
 /// A URL as messages may show it (see [`super::Database`]).
 pub(crate) use connection::redact;
-use connection::{Connection, Session, Target, WriteFailure, get, get_u32, storable};
+use connection::{Commit, Connection, Session, Target, WriteFailure, get, get_u32, storable};
 use outage::{Outage, in_doubt, waiting_out};
 use schema::{MIGRATIONS, SCHEMA, SCHEMA_VERSION, VERSION_TABLE};
 
@@ -78,14 +80,14 @@ const BUSY_RETRIES: u32 = 8;
 const BACKOFF_START: Duration = Duration::from_millis(2);
 const BACKOFF_CAP: Duration = Duration::from_millis(250);
 
-/// A write of the store: a transaction, or a savepoint of a batch.
+/// A write of the store: a transaction, or a statement alone.
 type Tx<'a> = Session<'a, Client>;
+
+/// Whether a write in doubt was made (see [`PostgresStore::write_alone`]).
+type MadeTest<'a, T> = dyn FnMut(&mut Tx<'_>) -> Result<Option<T>, StoreError> + 'a;
 
 /// A checkpoint store in a PostgreSQL database: one connection, used by one
 /// thread at a time ([`CheckpointStore::reopen`] gives another).
-///
-/// TLS is not supported yet: the connection is made without it
-/// (`NoTls`), so use it on a trusted network or through a local socket.
 pub struct PostgresStore {
     target: Target,
     conn: Mutex<Connection>,
@@ -162,42 +164,74 @@ impl PostgresStore {
         &self,
         body: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.write_retrying(true, body)
+        self.write_retrying(Commit::Flushed, body, None)
     }
 
-    /// Like [`Self::write`], committed without waiting for the flush: a
-    /// crash may forget it, and the next (flushed) commit of this server
-    /// makes it durable, since the log is flushed in order. For marking
-    /// steps running, as SQLite's `synchronous=NORMAL` commit does.
+    /// Like [`Self::write`], committed without waiting for the flush (see
+    /// [`Commit::Unflushed`]). For marking steps running, as SQLite's
+    /// `synchronous=NORMAL` commit does.
     fn write_unflushed<T>(
         &self,
         body: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.write_retrying(false, body)
+        self.write_retrying(Commit::Unflushed, body, None)
+    }
+
+    /// A write of the one statement `body` runs, committed on its own (see
+    /// [`Commit::Alone`]). Should the connection be lost while it runs,
+    /// `made` reads, once the server answers again, whether it was made
+    /// (`Some`, what `body` would have answered) or not (`None`: it runs
+    /// again), so that a run carries on through an outage as it does
+    /// between transactions.
+    fn write_alone<T>(
+        &self,
+        body: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
+        mut made: impl FnMut(&mut Tx<'_>) -> Result<Option<T>, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.write_retrying(Commit::Alone, body, Some(&mut made))
     }
 
     /// A write, run again while PostgreSQL aborts it for a deadlock or a
     /// serialization failure, and while the server is out of reach before
     /// the commit (see [`Outage`]). A connection lost during the commit is
-    /// an error: the write may have been made, and running it again could
-    /// make it twice.
+    /// an error, unless `made` can tell whether the write was made: running
+    /// it again blindly could make it twice.
     fn write_retrying<T>(
         &self,
-        flush: bool,
+        commit: Commit,
         mut body: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
+        mut made: Option<&mut MadeTest<'_, T>>,
     ) -> Result<T, StoreError> {
         let mut backoff = BACKOFF_START;
         let mut busy = 0;
         let mut outage = Outage::default();
+        // Whether the last try's connection was lost during its commit.
+        let mut doubt = false;
         loop {
             let result = self
                 .connection(outage.waiting())
                 .map_err(WriteFailure::NotCommitted)
-                .and_then(|mut conn| conn.write(flush, &mut body));
+                .and_then(|mut conn| {
+                    if let (true, Some(made)) = (doubt, made.as_mut()) {
+                        match conn.read(|tx| made(tx)) {
+                            Ok(Some(value)) => return Ok(value),
+                            Ok(None) => doubt = false,
+                            Err(error) => return Err(WriteFailure::NotCommitted(error)),
+                        }
+                    }
+                    conn.write(commit, &mut body)
+                });
             let error = match result {
                 Ok(value) => {
                     outage.over(&self.target.shown);
                     return Ok(value);
+                }
+                Err(WriteFailure::InDoubt(error)) if made.is_some() => {
+                    doubt = true;
+                    if outage.wait(&self.target.shown, &error) {
+                        continue;
+                    }
+                    return Err(self.target.explain(in_doubt(error)));
                 }
                 Err(WriteFailure::InDoubt(error)) => {
                     return Err(self.target.explain(in_doubt(error)));
@@ -213,7 +247,10 @@ impl PostgresStore {
                     thread::sleep(backoff);
                     backoff = (backoff * 2).min(BACKOFF_CAP);
                 }
+                // Still in doubt: the server is out of reach again before
+                // `made` could tell.
                 error if outage.wait(&self.target.shown, &error) => {}
+                error if doubt => return Err(self.target.explain(in_doubt(error))),
                 error => return Err(self.target.explain(error)),
             }
         }
@@ -284,24 +321,31 @@ impl PostgresStore {
         Ok(super::lost_ownership(id, row.transpose()?))
     }
 
-    /// Inside a write: record how step `key` ended (see
-    /// [`CheckpointStore::finish_step`]).
+    /// Inside a write, or as one alone: record how step `key` ended (see
+    /// [`CheckpointStore::finish_step`]), fenced as [`Self::check_owner`]
+    /// fences, in one statement: the workflow's row is locked first, and
+    /// the step changes only if `run_id` owns it.
     fn finish_step_in(
         tx: &mut Tx<'_>,
         workflow_id: &str,
         run_id: &str,
         key: &StepKey,
         outcome: &Outcome,
-        log: &[LogLine],
     ) -> Result<(), StoreError> {
-        Self::check_owner(tx, workflow_id, run_id)?;
         let (status, output, error, code) = split_outcome(outcome);
         let (error, code) = (error.map(storable), code.map(storable));
-        insert_log(tx, workflow_id, log)?;
-        let updated = tx.execute(
-            "UPDATE steps SET status = $4, output_json = $5, error = $6, finished_at = $7,
-                 error_code = $8
-             WHERE workflow_id = $1 AND step_key = $2 AND run_id = $3 AND status = 'running'",
+        let row = tx.query_opt(
+            "WITH owner AS (
+                 SELECT run_id, status FROM workflows WHERE id = $1 FOR UPDATE
+             ), finished AS (
+                 UPDATE steps SET status = $4, output_json = $5, error = $6, finished_at = $7,
+                     error_code = $8
+                 WHERE workflow_id = $1 AND step_key = $2 AND run_id = $3 AND status = 'running'
+                   AND EXISTS (SELECT 1 FROM owner
+                               WHERE owner.run_id = $3 AND owner.status = 'running')
+                 RETURNING 1
+             )
+             SELECT run_id, status, (SELECT count(*) FROM finished) FROM owner",
             &[
                 &workflow_id,
                 &key.as_str(),
@@ -313,12 +357,30 @@ impl PostgresStore {
                 &code,
             ],
         )?;
+        let (owner, updated) = fenced(row)?;
+        super::check_owner(workflow_id, run_id, owner)?;
         if updated == 0 {
             return Err(StoreError::Backend(format!(
                 "step {key} of workflow {workflow_id} is not running in run {run_id}"
             )));
         }
         Ok(())
+    }
+
+    /// Whether step `key` is as `run_id` left it when it finished it: the
+    /// test of a finish whose commit is in doubt.
+    fn finished_by(
+        tx: &mut Tx<'_>,
+        workflow_id: &str,
+        run_id: &str,
+        key: &StepKey,
+    ) -> Result<Option<()>, StoreError> {
+        let row = tx.query_opt(
+            "SELECT 1 FROM steps
+             WHERE workflow_id = $1 AND step_key = $2 AND run_id = $3 AND status <> 'running'",
+            &[&workflow_id, &key.as_str(), &run_id],
+        )?;
+        Ok(row.map(|_| ()))
     }
 
     /// Inside a write: how step `key` of `workflow_id` changes something
@@ -1376,16 +1438,20 @@ impl CheckpointStore for PostgresStore {
     }
 
     fn begin_steps(&self, workflow_id: &str, steps: &[StepBegin<'_>]) -> Result<(), StoreError> {
-        let Some(run_id) = steps.first().map(|step| step.run_id) else {
-            return Ok(());
-        };
-        self.write_unflushed(|tx| {
-            Self::check_owner(tx, workflow_id, run_id)?;
-            for step in steps {
-                begin_step(tx, workflow_id, step)?;
-            }
-            Ok(())
-        })
+        match steps {
+            [] => Ok(()),
+            // The common case, one statement: a round trip.
+            [step] => self.write_alone(
+                |tx| begin_step(tx, workflow_id, step),
+                |tx| begun(tx, workflow_id, step),
+            ),
+            // Branches begin together or not at all.
+            steps => self.write_unflushed(|tx| {
+                steps
+                    .iter()
+                    .try_for_each(|step| begin_step(tx, workflow_id, step))
+            }),
+        }
     }
 
     fn finish_step(
@@ -1397,8 +1463,16 @@ impl CheckpointStore for PostgresStore {
         log: &[LogLine],
         effect: Option<&StepEffect>,
     ) -> Result<(), StoreError> {
+        if log.is_empty() && effect.is_none() {
+            // The common case, one statement: a round trip and the flush.
+            return self.write_alone(
+                |tx| Self::finish_step_in(tx, workflow_id, run_id, key, outcome),
+                |tx| Self::finished_by(tx, workflow_id, run_id, key),
+            );
+        }
         self.write(|tx| {
-            Self::finish_step_in(tx, workflow_id, run_id, key, outcome, log)?;
+            Self::finish_step_in(tx, workflow_id, run_id, key, outcome)?;
+            insert_log(tx, workflow_id, log)?;
             match effect {
                 Some(effect) => Self::apply_effect(tx, workflow_id, key, effect),
                 None => Ok(()),
@@ -1628,34 +1702,44 @@ fn renew_one(
     })
 }
 
-/// Inside a write that holds the workflow's row: mark `step` running.
+/// Inside a write, or as one alone: mark `step` running, fenced as
+/// [`PostgresStore::check_owner`] fences, in one statement that also asks
+/// not to wait for the flush (see [`Commit::Unflushed`]).
 fn begin_step(tx: &mut Tx<'_>, workflow_id: &str, step: &StepBegin<'_>) -> Result<(), StoreError> {
-    if step.attempt > 1 {
-        // A step taken over from a dead run whose last attempt had begun
-        // (not one waiting out a retry's backoff): that attempt goes into
-        // the attempt history as interrupted before the row is reused.
-        tx.execute(
-            "INSERT INTO step_attempts
+    // Parts of one statement see the history as it was when it began: the
+    // attempt a step taken over from a dead run had begun (not one waiting
+    // out a retry's backoff) goes into the attempt history as interrupted,
+    // as it was before the row is reused. A finished step is never
+    // reopened: the upsert only touches a row that is still running.
+    let row = tx.query_opt(
+        "WITH owner AS (
+             SELECT run_id, status FROM workflows WHERE id = $1 FOR UPDATE
+         ), fence AS (
+             SELECT 1 FROM owner WHERE run_id = $6::TEXT AND status = 'running'
+         ), interrupted AS (
+             INSERT INTO step_attempts
                  (workflow_id, step_key, attempt, error, run_id, ended_at, interrupted)
              SELECT workflow_id, step_key, attempts, 'interrupted: the run executing it died',
-                    run_id, $3::BIGINT, TRUE
-             FROM steps WHERE workflow_id = $1 AND step_key = $2 AND status = 'running'
+                    run_id, $7::BIGINT, TRUE
+             FROM steps
+             WHERE $5::BIGINT > 1 AND EXISTS (SELECT 1 FROM fence)
+               AND workflow_id = $1::TEXT AND step_key = $2::TEXT AND status = 'running'
                AND attempts > failures
-             ON CONFLICT DO NOTHING",
-            &[&workflow_id, &step.key.as_str(), &step.started_at],
-        )?;
-    }
-    // A finished step is never reopened: the upsert only touches a row that
-    // is still running.
-    let written = tx.execute(
-        "INSERT INTO steps (workflow_id, step_key, sequence, name, status, attempts,
-                            run_id, started_at, input_fingerprint)
-         VALUES ($1, $2, $3, $4, 'running', $5, $6, $7, $8)
-         ON CONFLICT (workflow_id, step_key) DO UPDATE SET
-             attempts = excluded.attempts, run_id = excluded.run_id,
-             started_at = excluded.started_at,
-             input_fingerprint = excluded.input_fingerprint
-         WHERE steps.status = 'running' AND excluded.attempts > steps.attempts",
+             ON CONFLICT DO NOTHING
+         ), begun AS (
+             INSERT INTO steps (workflow_id, step_key, sequence, name, status, attempts,
+                                run_id, started_at, input_fingerprint)
+             SELECT $1, $2, $3::BIGINT, $4::TEXT, 'running', $5, $6, $7, $8::TEXT FROM fence
+             ON CONFLICT (workflow_id, step_key) DO UPDATE SET
+                 attempts = excluded.attempts, run_id = excluded.run_id,
+                 started_at = excluded.started_at,
+                 input_fingerprint = excluded.input_fingerprint
+             WHERE steps.status = 'running' AND excluded.attempts > steps.attempts
+             RETURNING 1
+         )
+         SELECT run_id, status, (SELECT count(*) FROM begun),
+                set_config('synchronous_commit', 'off', TRUE)
+         FROM owner",
         &[
             &workflow_id,
             &step.key.as_str(),
@@ -1667,6 +1751,8 @@ fn begin_step(tx: &mut Tx<'_>, workflow_id: &str, step: &StepBegin<'_>) -> Resul
             &step.input_fingerprint,
         ],
     )?;
+    let (owner, written) = fenced(row)?;
+    super::check_owner(workflow_id, step.run_id, owner)?;
     if written == 0 {
         return Err(StoreError::Backend(format!(
             "step {} of workflow {workflow_id} was recorded by another run since this one read \
@@ -1675,6 +1761,37 @@ fn begin_step(tx: &mut Tx<'_>, workflow_id: &str, step: &StepBegin<'_>) -> Resul
         )));
     }
     Ok(())
+}
+
+/// Whether `step` is running as its begin left it: the test of a begin
+/// whose commit is in doubt.
+fn begun(
+    tx: &mut Tx<'_>,
+    workflow_id: &str,
+    step: &StepBegin<'_>,
+) -> Result<Option<()>, StoreError> {
+    let row = tx.query_opt(
+        "SELECT 1 FROM steps
+         WHERE workflow_id = $1 AND step_key = $2 AND run_id = $3 AND status = 'running'
+           AND attempts = $4",
+        &[
+            &workflow_id,
+            &step.key.as_str(),
+            &step.run_id,
+            &i64::from(step.attempt),
+        ],
+    )?;
+    Ok(row.map(|_| ()))
+}
+
+/// What a fenced write's statement answered: the workflow's `(run_id,
+/// status)` as its lock found them (`None`: it is gone), and how many rows
+/// it wrote.
+fn fenced(row: Option<Row>) -> Result<(Option<(String, String)>, i64), StoreError> {
+    match row {
+        Some(row) => Ok((Some((get(&row, 0)?, get(&row, 1)?)), get(&row, 2)?)),
+        None => Ok((None, 0)),
+    }
 }
 
 /// Inside a write that holds workflow `id`'s row: whether what it is about
@@ -1803,6 +1920,7 @@ fn parse_column<T>(row: &Row, index: usize, parse: fn(&str) -> Option<T>) -> Res
 mod tests {
     use super::*;
     use crate::store::conformance::TestSchema;
+    use std::path::Path;
 
     #[test]
     fn the_workflow_column_count_matches_the_columns() {
@@ -1940,6 +2058,145 @@ mod tests {
             .unwrap();
         assert_eq!(attempts, 2);
         assert_eq!(store.schedules().unwrap().len(), 1);
+    }
+
+    /// A write alone on `store` that inserts schedule `name`; on its first
+    /// try, `cut` ends its own session (before the insert or after it, as
+    /// `cut_after` says), and the connection is lost with the write in
+    /// doubt. Answers how often the insert was tried and how often
+    /// `made` was asked.
+    fn write_alone_cut(schema: &TestSchema, store: &PostgresStore, cut_after: bool) -> (u32, u32) {
+        let (mut tries, mut asked) = (0, 0);
+        let cut = |tx: &mut Tx<'_>| -> Result<(), StoreError> {
+            let pid: i32 = get(&tx.query_one("SELECT pg_backend_pid()", &[])?, 0)?;
+            terminate(schema, pid);
+            tx.query_one("SELECT 1", &[]).map(|_| ())
+        };
+        let insert = "INSERT INTO schedules (name, cron, deployment, input, queue, next_tick, \
+                      created_at) VALUES ('s', '* * * * * *', 'd', 'null', 'default', 0, 0)";
+        store
+            .write_alone(
+                |tx| {
+                    tries += 1;
+                    if tries == 1 && !cut_after {
+                        cut(tx)?;
+                    }
+                    tx.execute(insert, &[])?;
+                    if tries == 1 && cut_after {
+                        cut(tx)?;
+                    }
+                    Ok(())
+                },
+                |tx| {
+                    asked += 1;
+                    let found = tx.query_opt("SELECT 1 FROM schedules WHERE name = 's'", &[])?;
+                    Ok(found.map(|_| ()))
+                },
+            )
+            .unwrap();
+        assert_eq!(store.schedules().unwrap().len(), 1);
+        (tries, asked)
+    }
+
+    #[test]
+    fn a_write_alone_cut_off_before_it_was_made_runs_again_once() {
+        let Some(schema) = TestSchema::create() else {
+            return;
+        };
+        let store = PostgresStore::open(&schema.url).unwrap();
+        assert_eq!(write_alone_cut(&schema, &store, false), (2, 1));
+    }
+
+    #[test]
+    fn a_write_alone_cut_off_after_it_was_made_is_not_made_twice() {
+        let Some(schema) = TestSchema::create() else {
+            return;
+        };
+        let store = PostgresStore::open(&schema.url).unwrap();
+        assert_eq!(write_alone_cut(&schema, &store, true), (1, 1));
+    }
+
+    /// `url` with `key=value` added, in either form of URL.
+    fn with_param(url: &str, param: &str) -> String {
+        match (url.contains("://"), url.contains('?')) {
+            (true, true) => format!("{url}&{param}"),
+            (true, false) => format!("{url}?{param}"),
+            (false, _) => format!("{url} {param}"),
+        }
+    }
+
+    /// Whether `store`'s connection is encrypted.
+    fn encrypted(store: &PostgresStore) -> bool {
+        store
+            .read(|s| {
+                get(
+                    &s.query_one(
+                        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                        &[],
+                    )?,
+                    0,
+                )
+            })
+            .unwrap()
+    }
+
+    fn refusal(url: &str) -> String {
+        match PostgresStore::open(url) {
+            Err(StoreError::Open { reason, .. }) => reason,
+            Err(other) => panic!("refused for another reason: {other}"),
+            Ok(_) => panic!("{url} was accepted"),
+        }
+    }
+
+    #[test]
+    fn tls_follows_sslmode_and_sslrootcert_as_libpq_does() {
+        let Some(schema) = TestSchema::create() else {
+            return;
+        };
+        let setting = |name: &str| -> String {
+            client(&schema)
+                .query_one(&format!("SHOW {name}"), &[])
+                .unwrap()
+                .get(0)
+        };
+        assert_eq!(
+            setting("ssl"),
+            "on",
+            "this test needs the PostgreSQL server to offer TLS (ssl = on, as Debian sets it up)"
+        );
+        let url = |params: &str| with_param(&schema.url, params);
+
+        // Without sslmode, no TLS, as before this host knew TLS.
+        assert!(!encrypted(&PostgresStore::open(&schema.url).unwrap()));
+        assert!(encrypted(
+            &PostgresStore::open(&url("sslmode=require")).unwrap()
+        ));
+        assert!(encrypted(
+            &PostgresStore::open(&url("sslmode=prefer")).unwrap()
+        ));
+
+        // The server's own (self-signed) certificate as the root: the chain
+        // holds, but it is not issued to 127.0.0.1.
+        let own = setting("ssl_cert_file");
+        let store = PostgresStore::open(&url(&format!("sslmode=verify-ca&sslrootcert={own}")));
+        assert!(encrypted(&store.unwrap()));
+        let reason = refusal(&url(&format!("sslmode=verify-full&sslrootcert={own}")));
+        assert!(
+            reason.contains("TLS with the PostgreSQL server failed"),
+            "{reason}"
+        );
+        assert!(reason.contains("127.0.0.1"), "{reason}");
+
+        // Roots that did not sign it, given to `require`, are checked too.
+        let bundle = "/etc/ssl/certs/ca-certificates.crt";
+        if Path::new(bundle).is_file() {
+            let reason = refusal(&url(&format!("sslmode=require&sslrootcert={bundle}")));
+            assert!(reason.contains("certificate"), "{reason}");
+        }
+        let reason = refusal(&url(
+            "sslmode=verify-full&sslrootcert=/nonexistent/root.crt",
+        ));
+        assert!(reason.contains("/nonexistent/root.crt"), "{reason}");
     }
 
     #[test]
