@@ -412,6 +412,7 @@ impl CheckpointStore for ReadOnlyHistory {
         _: &str,
         _: Millis,
         _: u32,
+        _: &[&str],
     ) -> Result<Vec<WorkflowRecord>, StoreError> {
         Ok(Vec::new())
     }

@@ -348,11 +348,15 @@ impl Dispatcher {
             if free == 0 {
                 continue;
             }
-            // Ask for more than the room: some may be in flight already.
-            let limit = (free + busy) as u32;
-            let mut ready = self.shared.store.ready_workflows(queue, now, limit)?;
+            // Not the runs in flight here that have not claimed yet: the
+            // store may reserve what it answers with (see the trait).
+            let skip: Vec<&str> = self.in_flight.iter().map(String::as_str).collect();
+            let mut ready = self
+                .shared
+                .store
+                .ready_workflows(queue, now, free as u32, &skip)?;
             if self.last_orphan_scan.elapsed() >= ORPHAN_SCAN {
-                ready.extend(self.orphans(queue, now, limit)?);
+                ready.extend(self.orphans(queue, now, (free + busy) as u32)?);
             }
             let fresh: Vec<WorkflowRecord> = ready
                 .into_iter()

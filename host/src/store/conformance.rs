@@ -257,7 +257,7 @@ fn start(store: &dyn CheckpointStore, id: &str, run: &str) -> WorkflowRecord {
 }
 
 /// Take `workflow` (as last read) over for `run`.
-fn take_over(
+pub(crate) fn take_over(
     store: &dyn CheckpointStore,
     workflow: &WorkflowRecord,
     run: &str,
@@ -345,7 +345,7 @@ fn end(
     )
 }
 
-fn enqueue(store: &dyn CheckpointStore, id: &str, queue: &str, input: &str) -> Enqueued {
+pub(crate) fn enqueue(store: &dyn CheckpointStore, id: &str, queue: &str, input: &str) -> Enqueued {
     store.put_component("c1", b"\0asm-c1").unwrap();
     store
         .enqueue_workflow(&QueuedWorkflow {
@@ -389,7 +389,7 @@ fn signal(workflow_id: &str, name: &str, signal_id: &str, value: &str) -> Signal
     }
 }
 
-fn ids(workflows: &[WorkflowRecord]) -> Vec<&str> {
+pub(crate) fn ids(workflows: &[WorkflowRecord]) -> Vec<&str> {
     workflows.iter().map(|w| w.id.as_str()).collect()
 }
 
@@ -753,17 +753,17 @@ fn leases_renew_expire_and_release(store: &dyn CheckpointStore) {
 
     // Running with a lease that runs: not ready; once it expires, ready.
     assert_eq!(
-        ids(&store.ready_workflows("default", now, 10).unwrap()),
+        ids(&store.ready_workflows("default", now, 10, &[]).unwrap()),
         Vec::<&str>::new()
     );
     let later = now + 3 * LEASE + 1;
     assert_eq!(
-        ids(&store.ready_workflows("default", later, 10).unwrap()).len(),
+        ids(&store.ready_workflows("default", later, 10, &[]).unwrap()).len(),
         2
     );
     // A released lease is ready at once, and claimable.
     store.release_workflow("wf", "r1").unwrap();
-    let ready = store.ready_workflows("default", now, 10).unwrap();
+    let ready = store.ready_workflows("default", now, 10, &[]).unwrap();
     assert_eq!(ids(&ready), ["wf"]);
     assert_eq!(ready[0].lease_expires_at, 0);
     assert!(is_lost(take_over(store, &workflow, "r2")));
@@ -998,21 +998,31 @@ fn ready_work_in_order(store: &dyn CheckpointStore) {
     start(store, "later", "r3");
     unload(store, "later", "r3", None, Some(now + LEASE)).unwrap();
 
-    let ready = store.ready_workflows("default", now, 10).unwrap();
-    assert_eq!(ids(&ready), ["expired", "sleeper", "q1", "q2"]);
+    // Each call may reserve the queued ones it answers with (PostgreSQL
+    // does): the next, past the reservation, gets them again.
+    let mut at = now;
+    let mut ready = |limit, skip: &[&str]| {
+        let ready = store.ready_workflows("default", at, limit, skip).unwrap();
+        at += RESERVATION_MS + 1;
+        ids(&ready)
+            .iter()
+            .map(|id| id.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ready(10, &[]), ["expired", "sleeper", "q1", "q2"]);
+    assert_eq!(ready(3, &[]), ["expired", "sleeper", "q1"]);
+    assert_eq!(ready(1, &[]), ["expired"]);
+    assert_eq!(ready(3, &["sleeper", "q1"]), ["expired", "q2"]);
     assert_eq!(
-        ids(&store.ready_workflows("default", now, 3).unwrap()),
-        ["expired", "sleeper", "q1"]
-    );
-    assert_eq!(
-        ids(&store.ready_workflows("default", now, 1).unwrap()),
-        ["expired"]
-    );
-    assert_eq!(
-        ids(&store.ready_workflows("emails", now, 10).unwrap()),
+        ids(&store.ready_workflows("emails", now, 10, &[]).unwrap()),
         ["other-queue"]
     );
-    assert!(store.ready_workflows("none", now, 10).unwrap().is_empty());
+    assert!(
+        store
+            .ready_workflows("none", now, 10, &[])
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(store.next_wake("default").unwrap(), Some(now - 5));
     assert_eq!(store.next_wake("emails").unwrap(), None);
 }
@@ -1084,11 +1094,11 @@ fn unload_sleep_and_wake(store: &dyn CheckpointStore) {
     assert_eq!(store.next_wake("default").unwrap(), Some(wake));
     assert!(
         store
-            .ready_workflows("default", wake - 1, 10)
+            .ready_workflows("default", wake - 1, 10, &[])
             .unwrap()
             .is_empty()
     );
-    let ready = store.ready_workflows("default", wake, 10).unwrap();
+    let ready = store.ready_workflows("default", wake, 10, &[]).unwrap();
     assert_eq!(ids(&ready), ["wf"]);
     // Resumed by a takeover: running again, not due any more.
     take_over(store, &ready[0], "r2").unwrap();
@@ -1118,7 +1128,9 @@ fn unload_sleep_and_wake(store: &dyn CheckpointStore) {
         Some(sent.sent_at)
     );
     assert_eq!(
-        ids(&store.ready_workflows("default", sent.sent_at, 10).unwrap()),
+        ids(&store
+            .ready_workflows("default", sent.sent_at, 10, &[])
+            .unwrap()),
         ["wf"]
     );
 }
@@ -1379,13 +1391,17 @@ fn children(store: &dyn CheckpointStore) {
     assert_eq!(parent.status, WorkflowStatus::Waiting);
 
     // Waiting for a child that has ended already: due at once.
-    let ready = store.ready_workflows("default", now_millis(), 10).unwrap();
+    let ready = store
+        .ready_workflows("default", now_millis(), 10, &[])
+        .unwrap();
     take_over(store, &ready[0], "r2").unwrap();
     assert!(unload(store, "parent", "r2", Some(&waits), None).unwrap());
     assert!(store.workflow("parent").unwrap().unwrap().wake_at.is_some());
 
     // A queued child cancelled: its waiting parent is due too.
-    let ready = store.ready_workflows("default", now_millis(), 10).unwrap();
+    let ready = store
+        .ready_workflows("default", now_millis(), 10, &[])
+        .unwrap();
     take_over(store, &ready[0], "r3").unwrap();
     enqueue(store, "child2", "kids", "1");
     let waits2 = WaitingFor::Child("child2".into());

@@ -685,8 +685,9 @@ impl CheckpointStore for GroupCommitStore {
         queue: &str,
         now: Millis,
         limit: u32,
+        skip: &[&str],
     ) -> Result<Vec<WorkflowRecord>, StoreError> {
-        self.read(|store| store.ready_workflows(queue, now, limit))
+        self.read(|store| store.ready_workflows(queue, now, limit, skip))
     }
 
     fn running_on_host(

@@ -214,6 +214,12 @@ pub struct LogRecord {
 /// new ones come, so that a chatty guest cannot fill the disk.
 pub const LOG_LINES_KEPT: i64 = 10_000;
 
+/// How long a queued workflow that [`CheckpointStore::ready_workflows`]
+/// handed to one worker is kept from the others: long enough to open and
+/// claim it, short enough that a worker dying with it delays it little
+/// (the others poll, and take it once this lapses).
+pub const RESERVATION_MS: Millis = 2_000;
+
 /// A workflow as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkflowRecord {
@@ -895,13 +901,22 @@ pub trait CheckpointStore: Send {
     fn enqueue_workflow(&self, workflow: &QueuedWorkflow<'_>) -> Result<Enqueued, StoreError>;
 
     /// Workflows of `queue` a `serve` may take now, oldest first, at most
-    /// `limit`: queued ones, sleeping ones that are due, and running ones
-    /// whose lease expired at `now`.
+    /// `limit`, leaving out those in `skip` (the caller's own, in flight):
+    /// running ones whose lease expired at `now`, sleeping ones that are
+    /// due, and queued ones.
+    ///
+    /// A backend that several hosts share (PostgreSQL) reserves the queued
+    /// ones it answers with until `now` + [`RESERVATION_MS`]: until the
+    /// caller claims them or the reservation lapses, other callers are not
+    /// given them, so that workers woken together do not all open the same
+    /// workflows. The claim stays the fence (a reservation is the lease a
+    /// claim observes); SQLite's single writer needs none.
     fn ready_workflows(
         &self,
         queue: &str,
         now: Millis,
         limit: u32,
+        skip: &[&str],
     ) -> Result<Vec<WorkflowRecord>, StoreError>;
 
     /// Running workflows of `queue` whose lease still runs, owned by

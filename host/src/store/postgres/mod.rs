@@ -50,10 +50,10 @@ use postgres::{Client, Row};
 use super::{
     AttemptRecord, CheckpointStore, ChildStart, Deployment, Enqueued, Fork, LOG_LINES_KEPT,
     LeaseRenewal, ListQuery, LogLine, LogRecord, LogStream, Millis, NewWorkflow, Outcome, Owner,
-    PublishedEvent, QueuedWorkflow, Reopen, ScheduleRecord, SignalRecord, SignalSent, StepBegin,
-    StepEffect, StepKey, StepRecord, StepStatus, StoreError, Takeover, Unload, Upgrade, WaitingFor,
-    WorkflowEnd, WorkflowEvent, WorkflowRecord, WorkflowStatus, WorkflowSummary, now_millis,
-    split_outcome,
+    PublishedEvent, QueuedWorkflow, RESERVATION_MS, Reopen, ScheduleRecord, SignalRecord,
+    SignalSent, StepBegin, StepEffect, StepKey, StepRecord, StepStatus, StoreError, Takeover,
+    Unload, Upgrade, WaitingFor, WorkflowEnd, WorkflowEvent, WorkflowRecord, WorkflowStatus,
+    WorkflowSummary, now_millis, split_outcome,
 };
 /// A URL as messages may show it (see [`super::Database`]).
 pub(crate) use connection::redact;
@@ -1158,39 +1158,58 @@ impl CheckpointStore for PostgresStore {
         queue: &str,
         now: Millis,
         limit: u32,
+        skip: &[&str],
     ) -> Result<Vec<WorkflowRecord>, StoreError> {
         // Taken-over and due ones before new ones, oldest first within
         // each, so that work already begun finishes first. `SKIP LOCKED`:
         // rows another host is claiming this instant are left to it (its
         // claim is the fence; this only spares it a lost race). `$2` is
-        // the room left; `$3`, when used, the time.
+        // the room left; `$3` the time; `$4` the ids to leave out.
         let kinds = [
             "status = 'running' AND lease_expires_at < $3 AND queue = $1
-             ORDER BY lease_expires_at, id",
+             AND NOT (id = ANY($4)) ORDER BY lease_expires_at, id",
             "status IN ('sleeping', 'waiting') AND wake_at <= $3 AND queue = $1
-             ORDER BY wake_at, id",
-            "status = 'queued' AND queue = $1 ORDER BY created_at, id",
+             AND NOT (id = ANY($4)) ORDER BY wake_at, id",
         ];
+        let reserved_until = now + RESERVATION_MS;
         self.write(|tx| {
             let mut ready = Vec::new();
+            let room = |ready: &Vec<WorkflowRecord>| i64::from(limit) - ready.len() as i64;
             for condition in kinds {
-                let room = i64::from(limit) - ready.len() as i64;
-                if room <= 0 {
-                    break;
+                if room(&ready) <= 0 {
+                    return Ok(ready);
                 }
                 let sql = format!(
                     "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE {condition}
                      LIMIT $2 FOR UPDATE SKIP LOCKED"
                 );
-                let rows = if condition.contains("$3") {
-                    tx.query(&sql, &[&queue, &room, &now])?
-                } else {
-                    tx.query(&sql, &[&queue, &room])?
-                };
-                for row in &rows {
+                for row in &tx.query(&sql, &[&queue, &room(&ready), &now, &skip])? {
                     ready.push(workflow_from_row(row)?);
                 }
             }
+            if room(&ready) <= 0 {
+                return Ok(ready);
+            }
+            // Queued ones are reserved for this caller (see the trait):
+            // workers woken by the same notification take different ones.
+            let rows = tx.query(
+                &format!(
+                    "UPDATE workflows SET lease_expires_at = $5
+                     WHERE id IN (
+                         SELECT id FROM workflows
+                         WHERE status = 'queued' AND queue = $1 AND lease_expires_at < $3
+                           AND NOT (id = ANY($4))
+                         ORDER BY created_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)
+                     RETURNING {WORKFLOW_COLUMNS}"
+                ),
+                &[&queue, &room(&ready), &now, &skip, &reserved_until],
+            )?;
+            let mut queued = rows
+                .iter()
+                .map(workflow_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            queued.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+            ready.extend(queued);
             Ok(ready)
         })
     }
@@ -2197,6 +2216,36 @@ mod tests {
             "sslmode=verify-full&sslrootcert=/nonexistent/root.crt",
         ));
         assert!(reason.contains("/nonexistent/root.crt"), "{reason}");
+    }
+
+    #[test]
+    fn workers_asking_together_are_handed_different_queued_workflows() {
+        use crate::store::conformance::{enqueue, ids, take_over};
+        let Some(schema) = TestSchema::create() else {
+            return;
+        };
+        let (a, b) = (
+            PostgresStore::open(&schema.url).unwrap(),
+            PostgresStore::open(&schema.url).unwrap(),
+        );
+        for id in ["q1", "q2", "q3"] {
+            enqueue(&a, id, "default", "1");
+        }
+        let now = now_millis();
+        let first = a.ready_workflows("default", now, 2, &[]).unwrap();
+        assert_eq!(ids(&first), ["q1", "q2"]);
+        assert_eq!(
+            ids(&b.ready_workflows("default", now, 10, &[]).unwrap()),
+            ["q3"]
+        );
+        // The worker handed one claims it; the others keep off it until
+        // the reservation lapses, then may have it (q2: its worker died).
+        take_over(&a, &a.workflow("q1").unwrap().unwrap(), "r1").unwrap();
+        let lapsed = now + RESERVATION_MS + 1;
+        assert_eq!(
+            ids(&b.ready_workflows("default", lapsed, 10, &[]).unwrap()),
+            ["q2", "q3"]
+        );
     }
 
     #[test]

@@ -1121,8 +1121,12 @@ impl CheckpointStore for SqliteStore {
         queue: &str,
         now: Millis,
         limit: u32,
+        skip: &[&str],
     ) -> Result<Vec<WorkflowRecord>, StoreError> {
-        self.read(|| {
+        // Enough to leave `skip` out afterwards (a handful: the caller's
+        // runs that have not claimed yet).
+        let wanted = i64::from(limit) + skip.len() as i64;
+        let ready: Vec<WorkflowRecord> = self.read(|| {
             // Three index scans (the partial indexes in `schema`, named:
             // the planner would rather take the one on status), oldest
             // first within each: taken-over and due ones before new ones, so
@@ -1142,9 +1146,14 @@ impl CheckpointStore for SqliteStore {
                              ORDER BY created_at LIMIT ?3)
                      ) LIMIT ?3"
                 ))?
-                .query_map(params![queue, now, limit], workflow_from_row)?
+                .query_map(params![queue, now, wanted], workflow_from_row)?
                 .collect()
-        })
+        })?;
+        Ok(ready
+            .into_iter()
+            .filter(|workflow| !skip.contains(&workflow.id.as_str()))
+            .take(limit as usize)
+            .collect())
     }
 
     fn running_on_host(
