@@ -328,3 +328,52 @@ fn the_guest_sees_only_what_the_command_line_grants() {
         output["connect"]
     );
 }
+
+#[test]
+fn postgres_over_tls_runs_and_a_certificate_that_does_not_pass_is_refused_in_one_line() {
+    let scratch = Scratch::new();
+    if !scratch.on_postgres() {
+        // About the connection to a PostgreSQL server.
+        return;
+    }
+    let url = scratch.db_arg().into_string().unwrap();
+    let with = |params: &str| {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}{params}")
+    };
+    let host = |args: &[&str], db: &str| {
+        let mut command = std::process::Command::new(&artifacts().host);
+        command
+            .current_dir(scratch.path())
+            .args(args)
+            .args(["--db", db]);
+        run(&mut command)
+    };
+    let scenario = artifacts().scenarios.to_str().unwrap().to_owned();
+    let input = json!({"scenario": "steps", "items": 3}).to_string();
+    let args = [
+        "run",
+        scenario.as_str(),
+        "--workflow-id",
+        "tls",
+        "--input",
+        input.as_str(),
+    ];
+    host(&args, &with("sslmode=require")).expect_code(0);
+    assert_eq!(scratch.workflow_status("tls").as_deref(), Some("completed"));
+
+    // The server's certificate (Debian's, self-signed) as the only root:
+    // verify-ca passes, verify-full finds it is not issued to 127.0.0.1.
+    let mut client = scratch.connect().unwrap();
+    let cert = client.query("SHOW ssl_cert_file")[0][0].clone();
+    let cert = cert.as_str().unwrap();
+    let list = ["list", "--json"];
+    host(&list, &with(&format!("sslmode=verify-ca&sslrootcert={cert}"))).expect_code(0);
+    let refused = host(&list, &with(&format!("sslmode=verify-full&sslrootcert={cert}")));
+    assert_user_error(&refused, "TLS with the PostgreSQL server failed");
+    assert!(refused.stderr().contains("127.0.0.1"), "{}", refused.stderr());
+    assert_user_error(
+        &host(&list, &with("sslmode=verify-full")),
+        "needs the roots to check the server's certificate against",
+    );
+}
