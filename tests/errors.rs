@@ -368,10 +368,21 @@ fn postgres_over_tls_runs_and_a_certificate_that_does_not_pass_is_refused_in_one
     let cert = client.query("SHOW ssl_cert_file")[0][0].clone();
     let cert = cert.as_str().unwrap();
     let list = ["list", "--json"];
-    host(&list, &with(&format!("sslmode=verify-ca&sslrootcert={cert}"))).expect_code(0);
-    let refused = host(&list, &with(&format!("sslmode=verify-full&sslrootcert={cert}")));
+    host(
+        &list,
+        &with(&format!("sslmode=verify-ca&sslrootcert={cert}")),
+    )
+    .expect_code(0);
+    let refused = host(
+        &list,
+        &with(&format!("sslmode=verify-full&sslrootcert={cert}")),
+    );
     assert_user_error(&refused, "TLS with the PostgreSQL server failed");
-    assert!(refused.stderr().contains("127.0.0.1"), "{}", refused.stderr());
+    assert!(
+        refused.stderr().contains("127.0.0.1"),
+        "{}",
+        refused.stderr()
+    );
     assert_user_error(
         &host(&list, &with("sslmode=verify-full")),
         "needs the roots to check the server's certificate against",
