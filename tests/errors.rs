@@ -379,6 +379,11 @@ fn postgres_over_tls_runs_and_a_certificate_that_does_not_pass_is_refused_in_one
     );
     assert_user_error(&refused, "TLS with the PostgreSQL server failed");
     assert!(
+        refused.stderr().contains("hint: give sslrootcert=PATH"),
+        "{}",
+        refused.stderr()
+    );
+    assert!(
         refused.stderr().contains("127.0.0.1"),
         "{}",
         refused.stderr()

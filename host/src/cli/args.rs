@@ -19,7 +19,8 @@ pub struct Cli {
 
     /// The database holding workflows and checkpoints: a SQLite file
     /// (created if missing), or a PostgreSQL database shared by workers on
-    /// several hosts (postgres://USER[:PASSWORD]@HOST[:PORT]/DB).
+    /// several hosts (postgres://USER[:PASSWORD]@HOST[:PORT]/DB; for TLS,
+    /// add ?sslmode=verify-full&sslrootcert=CA.pem, as with libpq).
     #[arg(
         long,
         global = true,

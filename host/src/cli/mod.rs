@@ -272,6 +272,14 @@ fn is_url(path: &str) -> bool {
 
 fn store_hint(error: &StoreError) -> Option<String> {
     Some(match error {
+        StoreError::Open { path, reason }
+            if is_url(path) && (reason.contains("TLS") || reason.contains("ssl")) =>
+        {
+            "give sslrootcert=PATH, the PEM file of the root that signed the server's \
+            certificate, and the host name the certificate names (verify-full), or use \
+            sslmode=verify-ca, which checks the signature only; see README, TLS to the server"
+                .to_owned()
+        }
         StoreError::Open { path, .. } if is_url(path) => {
             "--db postgres://USER[:PASSWORD]@HOST[:PORT]/DB \
             must name a PostgreSQL database this user may create tables in (the tables go in \
