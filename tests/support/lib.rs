@@ -230,7 +230,29 @@ fn target_dir(workspace: &Path) -> PathBuf {
 
 fn cargo(workspace: &Path, target: &Path, args: &[&str]) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let status = Command::new(&cargo)
+    let mut command = Command::new(&cargo);
+    // Without what cargo set for this test binary: build scripts that
+    // watch a variable (ring's watches CARGO_MANIFEST_DIR) would otherwise
+    // run again, and rebuild what depends on them, once for `cargo test`
+    // and once for this build.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || matches!(
+                &*name,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "OUT_DIR"
+            )
+        {
+            command.env_remove(&*name);
+        }
+    }
+    let status = command
         .args(args)
         .arg("--target-dir")
         .arg(target)
