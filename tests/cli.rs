@@ -536,3 +536,42 @@ fn compile_into_a_directory_others_may_write_is_refused_with_a_hint() {
     assert!(hint.contains("--cache-dir DIR"), "{hint}");
     assert!(cache_entries(&cache).is_empty());
 }
+
+#[test]
+fn a_reader_that_stops_early_is_no_error_for_list_and_history() {
+    let scratch = Scratch::new();
+    // A history of 1,500 steps and a list of 512 workflows: far more
+    // output than a pipe holds.
+    run(&mut scratch.scenario("w", json!({"scenario": "steps", "items": 1500}))).expect_code(0);
+    let mut doubling = String::from("CREATE TEMP TABLE copies AS SELECT * FROM workflows;");
+    for round in 0..9 {
+        // Ids stay unique: each is `w` and a distinct set of round digits.
+        doubling.push_str(&format!(
+            "CREATE TEMP TABLE more AS SELECT * FROM copies; \
+             UPDATE more SET id = id || '{round}'; \
+             INSERT INTO copies SELECT * FROM more; DROP TABLE more;"
+        ));
+    }
+    doubling.push_str("INSERT INTO workflows SELECT * FROM copies WHERE id <> 'w';");
+    scratch.execute(&doubling);
+    for args in [
+        &["list", "--all"][..],
+        &["list", "--all", "--json"],
+        &["history", "w"],
+        &["history", "w", "--json"],
+    ] {
+        let mut child = scratch
+            .host(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = [0; 16];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}

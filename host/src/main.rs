@@ -16,6 +16,13 @@ fn main() -> ExitCode {
         Err(error) => return usage_error(&error),
     };
     let (db, json) = (&cli.db, cli.json);
+    // A reader that stopped reading (`list | head`) is no error for a
+    // command that only prints what it read; one that changes something
+    // still says where it was cut off.
+    let only_prints = matches!(
+        cli.command,
+        Command::List { .. } | Command::History { .. } | Command::Logs { .. }
+    );
     let result = match cli.command {
         Command::Run(args) => cli::run::run(db, json, args),
         Command::List {
@@ -178,7 +185,10 @@ fn main() -> ExitCode {
             },
         ),
     };
-    result.unwrap_or_else(|error| cli::report_error(&error, json))
+    match result {
+        Err(error) if only_prints && cli::is_broken_pipe(&error) => ExitCode::SUCCESS,
+        result => result.unwrap_or_else(|error| cli::report_error(&error, json)),
+    }
 }
 
 /// A command line clap refused (or `--help`, `--version`). With `--json`

@@ -213,22 +213,27 @@ pub fn history(
         return Ok(ExitCode::from(exit::SUCCESS));
     }
     let attempts = store.attempts(workflow_id)?;
+    // Written, not printed: a reader that stops early (`| head`) ends the
+    // command quietly (see main) instead of a panic.
+    let mut out = std::io::stdout().lock();
     if timeline {
         let style = timeline::Style::for_stdout();
-        print!(
+        write!(
+            out,
             "{}",
             timeline::render(&workflow, &steps, &attempts, now_millis(), &style)
-        );
+        )?;
         return Ok(ExitCode::from(exit::SUCCESS));
     }
     let events = store.events(workflow_id)?;
-    println!(
+    writeln!(
+        out,
         "workflow {} {} (run {}, started {} UTC)",
         preview(&workflow.id, MAX_CELL_CHARS),
         workflow.status,
         workflow.run_id,
         timestamp(workflow.created_at)
-    );
+    )?;
     let rows: Vec<Vec<String>> = steps
         .iter()
         .map(|step| {
@@ -248,59 +253,63 @@ pub fn history(
             ]
         })
         .collect();
-    print!(
+    write!(
+        out,
         "{}",
         render(
             &["#", "STEP", "STATUS", "ATTEMPTS", "DURATION", "RESULT"],
             &rows
         )
-    );
+    )?;
     if !attempts.is_empty() {
-        println!("earlier attempts:");
+        writeln!(out, "earlier attempts:")?;
         for attempt in &attempts {
             let how = match (attempt.interrupted, attempt.backoff_ms) {
                 (true, _) => "interrupted".to_owned(),
                 (false, Some(ms)) => format!("failed, retried after {ms} ms"),
                 (false, None) => "failed".to_owned(),
             };
-            println!(
+            writeln!(
+                out,
                 "  {} attempt {} {how} ({} UTC, run {}): {}",
                 preview(attempt.key.as_str(), MAX_CELL_CHARS),
                 attempt.attempt,
                 timestamp(attempt.ended_at),
                 attempt.run_id,
                 preview(&attempt.error, 2 * PREVIEW_CHARS)
-            );
+            )?;
         }
     }
     let requests = store.stream_logs(workflow_id, LogStream::Http)?;
     if !requests.is_empty() {
-        println!("http requests:");
+        writeln!(out, "http requests:")?;
         for request in &requests {
             let step = request.line.step.as_ref().map_or("-", |key| key.as_str());
-            println!(
+            writeln!(
+                out,
                 "  {} UTC  {}  {}",
                 timestamp(request.line.at),
                 preview(step, MAX_CELL_CHARS),
                 // A refusal says why and which flag allows it: keep it whole.
                 preview(&request.line.text, 8 * PREVIEW_CHARS)
-            );
+            )?;
         }
     }
     if !events.is_empty() {
-        println!("events:");
+        writeln!(out, "events:")?;
         for event in &events {
-            println!(
+            writeln!(
+                out,
                 "  {} UTC  {}  {}",
                 timestamp(event.at),
                 event.kind,
                 preview(&event.detail, 2 * PREVIEW_CHARS)
-            );
+            )?;
         }
     }
     match workflow.outcome() {
-        Some(Ok(output)) => println!("output: {output}"),
-        Some(Err(error)) => println!("error: {error}"),
+        Some(Ok(output)) => writeln!(out, "output: {output}")?,
+        Some(Err(error)) => writeln!(out, "error: {error}")?,
         None => {}
     }
     Ok(ExitCode::from(exit::SUCCESS))

@@ -57,6 +57,18 @@ pub fn report_error(error: &anyhow::Error, json_mode: bool) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// Whether `error` is standard output closed by its reader.
+pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::BrokenPipe;
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .map(std::io::Error::kind)
+            .or_else(|| cause.downcast_ref::<serde_json::Error>()?.io_error_kind())
+            == Some(BrokenPipe)
+    })
+}
+
 /// Print an error as the `--json` error document on stdout.
 pub fn print_json_error(message: &str, hint: Option<&str>, exit_code: u8) {
     report::print_json(&error_json(message, hint, exit_code));
