@@ -1,5 +1,6 @@
 //! One thread keeps the leases of all of a server's runs alive, in one
-//! transaction per round, instead of a heartbeat thread per run.
+//! transaction per round, instead of a heartbeat thread per run; and a
+//! check, at start, that this host's clock agrees with the database's.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -148,4 +149,73 @@ impl Drop for Untrack {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How far this host's clock may stray from the database server's before
+/// `serve` warns.
+const CLOCK_SKEW_WARNING: Millis = 1_000;
+
+/// Warn when this host's clock and the database server's (see
+/// [`CheckpointStore::server_clock`]) disagree: leases are written by one
+/// host's clock and judged by another's, so a skew shortens or stretches
+/// every lease another host sees, and one near `stale_after` hands a live
+/// worker's workflows to a second worker.
+pub fn check_clock(store: &dyn CheckpointStore, stale_after: Duration) {
+    let before = now_millis();
+    let server = store.server_clock();
+    let after = now_millis();
+    match server {
+        Ok(Some(server)) => {
+            if let Some(warning) = clock_skew(before, server, after, stale_after) {
+                tracing::warn!("{warning}");
+            }
+        }
+        Ok(None) => {}
+        Err(error) => tracing::debug!(%error, "could not read the database server's clock"),
+    }
+}
+
+/// The warning for a skew between this host's clock, read `before` and
+/// `after` asking, and the `server`'s, if it is surely larger than
+/// [`CLOCK_SKEW_WARNING`].
+fn clock_skew(
+    before: Millis,
+    server: Millis,
+    after: Millis,
+    stale_after: Duration,
+) -> Option<String> {
+    let skew = (before + after) / 2 - server;
+    let uncertainty = (after - before) / 2;
+    if skew.abs() - uncertainty <= CLOCK_SKEW_WARNING {
+        return None;
+    }
+    Some(format!(
+        "this host's clock is {:.1} s {} the database server's: leases are judged by other \
+         hosts' clocks, so keep every host in sync (NTP, chrony); a skew near --stale-after \
+         ({} s) lets another worker take over this one's live workflows",
+        skew.abs() as f64 / 1000.0,
+        if skew > 0 { "ahead of" } else { "behind" },
+        stale_after.as_secs()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clock_skew_is_named_only_when_it_is_surely_past_a_second() {
+        let lease = Duration::from_secs(30);
+        assert_eq!(clock_skew(10_000, 10_020, 10_040, lease), None);
+        // 1.5 s, but the answer took 2 s: it may be 0.5 s.
+        assert_eq!(clock_skew(10_000, 9_500, 12_000, lease), None);
+        let ahead = clock_skew(10_000, 7_990, 10_020, lease).unwrap();
+        assert!(
+            ahead.starts_with("this host's clock is 2.0 s ahead of"),
+            "{ahead}"
+        );
+        assert!(ahead.contains("(30 s)"), "{ahead}");
+        let behind = clock_skew(10_000, 15_000, 10_000, lease).unwrap();
+        assert!(behind.contains("5.0 s behind"), "{behind}");
+    }
 }

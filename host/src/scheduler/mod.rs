@@ -106,6 +106,7 @@ pub fn serve(
         echo_output: false,
     })?;
     store.observe_commits(Arc::clone(&config.metrics) as Arc<dyn CommitObserver>);
+    leases::check_clock(&store, config.stale_after);
     let leases = SharedLeases::new(config.stale_after);
     let (stop_renewing, renewals_stopped) = mpsc::channel::<()>();
     let renewer = leases.start_renewing(Box::new(store.clone()), renewals_stopped);

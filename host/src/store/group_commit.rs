@@ -709,6 +709,10 @@ impl CheckpointStore for GroupCommitStore {
         self.read(|store| store.next_lease_expiry(queue, now))
     }
 
+    fn server_clock(&self) -> Result<Option<Millis>, StoreError> {
+        self.read(|store| store.server_clock())
+    }
+
     fn unload_workflow(
         &self,
         id: &str,

@@ -939,6 +939,14 @@ pub trait CheckpointStore: Send {
     /// (another host), the workflow is up for takeover then.
     fn next_lease_expiry(&self, queue: &str, now: Millis) -> Result<Option<Millis>, StoreError>;
 
+    /// The database server's clock, now, for a backend that several hosts
+    /// share (PostgreSQL); `None` for one on this host. A lease is written
+    /// by its owner's clock and read by every other host's, so `serve`
+    /// checks that they agree.
+    fn server_clock(&self) -> Result<Option<Millis>, StoreError> {
+        Ok(None)
+    }
+
     /// Unload running workflow `id` of `run_id` as `unload` says: it
     /// becomes `sleeping`, or `waiting` for what it waits for (and due at
     /// once if that came since the run last looked: a signal of that name,

@@ -1264,6 +1264,13 @@ impl CheckpointStore for PostgresStore {
         })
     }
 
+    fn server_clock(&self) -> Result<Option<Millis>, StoreError> {
+        self.read(|s| {
+            let now = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT";
+            Ok(Some(get(&s.query_one(now, &[])?, 0)?))
+        })
+    }
+
     fn unload_workflow(
         &self,
         id: &str,
@@ -2246,6 +2253,17 @@ mod tests {
             ids(&b.ready_workflows("default", lapsed, 10, &[]).unwrap()),
             ["q2", "q3"]
         );
+    }
+
+    #[test]
+    fn the_server_clock_is_read_for_the_skew_check() {
+        let Some(schema) = TestSchema::create() else {
+            return;
+        };
+        let store = PostgresStore::open(&schema.url).unwrap();
+        let server = store.server_clock().unwrap().unwrap();
+        // The same machine: the same clock, give or take the round trip.
+        assert!((server - now_millis()).abs() < 1_000, "{server}");
     }
 
     #[test]
