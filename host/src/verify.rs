@@ -10,6 +10,7 @@
 //! between steps does run, with the workflow's recorded environment and its
 //! directories made read-only. This module does not know the command line.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -412,7 +413,7 @@ impl CheckpointStore for ReadOnlyHistory {
         _: &str,
         _: Millis,
         _: u32,
-        _: &[&str],
+        _: &HashSet<String>,
     ) -> Result<Vec<WorkflowRecord>, StoreError> {
         Ok(Vec::new())
     }

@@ -351,11 +351,10 @@ impl Dispatcher {
             }
             // Not the runs in flight here that have not claimed yet: the
             // store may reserve what it answers with (see the trait).
-            let skip: Vec<&str> = self.in_flight.iter().map(String::as_str).collect();
-            let mut ready = self
-                .shared
-                .store
-                .ready_workflows(queue, now, free as u32, &skip)?;
+            let mut ready =
+                self.shared
+                    .store
+                    .ready_workflows(queue, now, free as u32, &self.in_flight)?;
             if self.last_orphan_scan.elapsed() >= ORPHAN_SCAN {
                 ready.extend(self.orphans(queue, now, (free + busy) as u32)?);
             }

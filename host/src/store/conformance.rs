@@ -753,17 +753,24 @@ fn leases_renew_expire_and_release(store: &dyn CheckpointStore) {
 
     // Running with a lease that runs: not ready; once it expires, ready.
     assert_eq!(
-        ids(&store.ready_workflows("default", now, 10, &[]).unwrap()),
+        ids(&store
+            .ready_workflows("default", now, 10, &HashSet::new())
+            .unwrap()),
         Vec::<&str>::new()
     );
     let later = now + 3 * LEASE + 1;
     assert_eq!(
-        ids(&store.ready_workflows("default", later, 10, &[]).unwrap()).len(),
+        ids(&store
+            .ready_workflows("default", later, 10, &HashSet::new())
+            .unwrap())
+        .len(),
         2
     );
     // A released lease is ready at once, and claimable.
     store.release_workflow("wf", "r1").unwrap();
-    let ready = store.ready_workflows("default", now, 10, &[]).unwrap();
+    let ready = store
+        .ready_workflows("default", now, 10, &HashSet::new())
+        .unwrap();
     assert_eq!(ids(&ready), ["wf"]);
     assert_eq!(ready[0].lease_expires_at, 0);
     assert!(is_lost(take_over(store, &workflow, "r2")));
@@ -1002,7 +1009,8 @@ fn ready_work_in_order(store: &dyn CheckpointStore) {
     // does): the next, past the reservation, gets them again.
     let mut at = now;
     let mut ready = |limit, skip: &[&str]| {
-        let ready = store.ready_workflows("default", at, limit, skip).unwrap();
+        let skip = skip.iter().map(|id| id.to_string()).collect();
+        let ready = store.ready_workflows("default", at, limit, &skip).unwrap();
         at += RESERVATION_MS + 1;
         ids(&ready)
             .iter()
@@ -1014,12 +1022,14 @@ fn ready_work_in_order(store: &dyn CheckpointStore) {
     assert_eq!(ready(1, &[]), ["expired"]);
     assert_eq!(ready(3, &["sleeper", "q1"]), ["expired", "q2"]);
     assert_eq!(
-        ids(&store.ready_workflows("emails", now, 10, &[]).unwrap()),
+        ids(&store
+            .ready_workflows("emails", now, 10, &HashSet::new())
+            .unwrap()),
         ["other-queue"]
     );
     assert!(
         store
-            .ready_workflows("none", now, 10, &[])
+            .ready_workflows("none", now, 10, &HashSet::new())
             .unwrap()
             .is_empty()
     );
@@ -1094,11 +1104,13 @@ fn unload_sleep_and_wake(store: &dyn CheckpointStore) {
     assert_eq!(store.next_wake("default").unwrap(), Some(wake));
     assert!(
         store
-            .ready_workflows("default", wake - 1, 10, &[])
+            .ready_workflows("default", wake - 1, 10, &HashSet::new())
             .unwrap()
             .is_empty()
     );
-    let ready = store.ready_workflows("default", wake, 10, &[]).unwrap();
+    let ready = store
+        .ready_workflows("default", wake, 10, &HashSet::new())
+        .unwrap();
     assert_eq!(ids(&ready), ["wf"]);
     // Resumed by a takeover: running again, not due any more.
     take_over(store, &ready[0], "r2").unwrap();
@@ -1129,7 +1141,7 @@ fn unload_sleep_and_wake(store: &dyn CheckpointStore) {
     );
     assert_eq!(
         ids(&store
-            .ready_workflows("default", sent.sent_at, 10, &[])
+            .ready_workflows("default", sent.sent_at, 10, &HashSet::new())
             .unwrap()),
         ["wf"]
     );
@@ -1392,7 +1404,7 @@ fn children(store: &dyn CheckpointStore) {
 
     // Waiting for a child that has ended already: due at once.
     let ready = store
-        .ready_workflows("default", now_millis(), 10, &[])
+        .ready_workflows("default", now_millis(), 10, &HashSet::new())
         .unwrap();
     take_over(store, &ready[0], "r2").unwrap();
     assert!(unload(store, "parent", "r2", Some(&waits), None).unwrap());
@@ -1400,7 +1412,7 @@ fn children(store: &dyn CheckpointStore) {
 
     // A queued child cancelled: its waiting parent is due too.
     let ready = store
-        .ready_workflows("default", now_millis(), 10, &[])
+        .ready_workflows("default", now_millis(), 10, &HashSet::new())
         .unwrap();
     take_over(store, &ready[0], "r3").unwrap();
     enqueue(store, "child2", "kids", "1");

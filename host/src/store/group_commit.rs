@@ -25,6 +25,7 @@
 //! The engine sees an ordinary store; sharing commits is this module's
 //! business, and a backend with batches only has to offer [`BatchWriter`].
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -685,7 +686,7 @@ impl CheckpointStore for GroupCommitStore {
         queue: &str,
         now: Millis,
         limit: u32,
-        skip: &[&str],
+        skip: &HashSet<String>,
     ) -> Result<Vec<WorkflowRecord>, StoreError> {
         self.read(|store| store.ready_workflows(queue, now, limit, skip))
     }

@@ -14,6 +14,7 @@ mod location;
 pub mod postgres;
 pub mod sqlite;
 
+use std::collections::HashSet;
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -916,7 +917,7 @@ pub trait CheckpointStore: Send {
         queue: &str,
         now: Millis,
         limit: u32,
-        skip: &[&str],
+        skip: &HashSet<String>,
     ) -> Result<Vec<WorkflowRecord>, StoreError>;
 
     /// Running workflows of `queue` whose lease still runs, owned by

@@ -41,6 +41,7 @@ mod tls;
 
 pub use listen::PostgresWorkListener;
 
+use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::Duration;
@@ -1158,55 +1159,61 @@ impl CheckpointStore for PostgresStore {
         queue: &str,
         now: Millis,
         limit: u32,
-        skip: &[&str],
+        skip: &HashSet<String>,
     ) -> Result<Vec<WorkflowRecord>, StoreError> {
         // Taken-over and due ones before new ones, oldest first within
         // each, so that work already begun finishes first. `SKIP LOCKED`:
         // rows another host is claiming this instant are left to it (its
         // claim is the fence; this only spares it a lost race). `$2` is
-        // the room left; `$3` the time; `$4` the ids to leave out.
+        // how many to read; `$3` the time.
         let kinds = [
             "status = 'running' AND lease_expires_at < $3 AND queue = $1
-             AND NOT (id = ANY($4)) ORDER BY lease_expires_at, id",
+             ORDER BY lease_expires_at, id",
             "status IN ('sleeping', 'waiting') AND wake_at <= $3 AND queue = $1
-             AND NOT (id = ANY($4)) ORDER BY wake_at, id",
+             ORDER BY wake_at, id",
         ];
         let reserved_until = now + RESERVATION_MS;
+        let wanted = |room: usize| (room + skip.len()) as i64;
         self.write(|tx| {
             let mut ready = Vec::new();
-            let room = |ready: &Vec<WorkflowRecord>| i64::from(limit) - ready.len() as i64;
             for condition in kinds {
-                if room(&ready) <= 0 {
+                let room = limit as usize - ready.len();
+                if room == 0 {
                     return Ok(ready);
                 }
                 let sql = format!(
                     "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE {condition}
                      LIMIT $2 FOR UPDATE SKIP LOCKED"
                 );
-                for row in &tx.query(&sql, &[&queue, &room(&ready), &now, &skip])? {
-                    ready.push(workflow_from_row(row)?);
+                for row in &tx.query(&sql, &[&queue, &wanted(room), &now])? {
+                    let workflow = workflow_from_row(row)?;
+                    if !skip.contains(&workflow.id) && ready.len() < limit as usize {
+                        ready.push(workflow);
+                    }
                 }
             }
-            if room(&ready) <= 0 {
+            let room = limit as usize - ready.len();
+            if room == 0 {
                 return Ok(ready);
             }
             // Queued ones are reserved for this caller (see the trait):
             // workers woken by the same notification take different ones.
+            // The caller's own runs in flight hold theirs, or have claimed.
             let rows = tx.query(
                 &format!(
-                    "UPDATE workflows SET lease_expires_at = $5
+                    "UPDATE workflows SET lease_expires_at = $4
                      WHERE id IN (
                          SELECT id FROM workflows
                          WHERE status = 'queued' AND queue = $1 AND lease_expires_at < $3
-                           AND NOT (id = ANY($4))
                          ORDER BY created_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)
                      RETURNING {WORKFLOW_COLUMNS}"
                 ),
-                &[&queue, &room(&ready), &now, &skip, &reserved_until],
+                &[&queue, &(room as i64), &now, &reserved_until],
             )?;
             let mut queued = rows
                 .iter()
                 .map(workflow_from_row)
+                .filter(|workflow| workflow.as_ref().map_or(true, |w| !skip.contains(&w.id)))
                 .collect::<Result<Vec<_>, _>>()?;
             queued.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
             ready.extend(queued);
@@ -2239,10 +2246,14 @@ mod tests {
             enqueue(&a, id, "default", "1");
         }
         let now = now_millis();
-        let first = a.ready_workflows("default", now, 2, &[]).unwrap();
+        let first = a
+            .ready_workflows("default", now, 2, &HashSet::new())
+            .unwrap();
         assert_eq!(ids(&first), ["q1", "q2"]);
         assert_eq!(
-            ids(&b.ready_workflows("default", now, 10, &[]).unwrap()),
+            ids(&b
+                .ready_workflows("default", now, 10, &HashSet::new())
+                .unwrap()),
             ["q3"]
         );
         // The worker handed one claims it; the others keep off it until
@@ -2250,7 +2261,9 @@ mod tests {
         take_over(&a, &a.workflow("q1").unwrap().unwrap(), "r1").unwrap();
         let lapsed = now + RESERVATION_MS + 1;
         assert_eq!(
-            ids(&b.ready_workflows("default", lapsed, 10, &[]).unwrap()),
+            ids(&b
+                .ready_workflows("default", lapsed, 10, &HashSet::new())
+                .unwrap()),
             ["q2", "q3"]
         );
     }

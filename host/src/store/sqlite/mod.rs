@@ -13,6 +13,7 @@
 //! therefore pays one flush, not two; a power cut can only forget that a step
 //! had begun, which re-executes it, as any in-flight step may be.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::thread;
 use std::time::Duration;
@@ -1121,10 +1122,9 @@ impl CheckpointStore for SqliteStore {
         queue: &str,
         now: Millis,
         limit: u32,
-        skip: &[&str],
+        skip: &HashSet<String>,
     ) -> Result<Vec<WorkflowRecord>, StoreError> {
-        // Enough to leave `skip` out afterwards (a handful: the caller's
-        // runs that have not claimed yet).
+        // Enough to leave `skip` out afterwards.
         let wanted = i64::from(limit) + skip.len() as i64;
         let ready: Vec<WorkflowRecord> = self.read(|| {
             // Three index scans (the partial indexes in `schema`, named:
@@ -1151,7 +1151,7 @@ impl CheckpointStore for SqliteStore {
         })?;
         Ok(ready
             .into_iter()
-            .filter(|workflow| !skip.contains(&workflow.id.as_str()))
+            .filter(|workflow| !skip.contains(&workflow.id))
             .take(limit as usize)
             .collect())
     }
