@@ -49,16 +49,23 @@ impl SharedLeases {
             .spawn(move || {
                 let interval = renewal_interval(leases.stale_after);
                 while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(interval) {
-                    if let Err(error) = leases.renew(store.as_ref()) {
+                    match leases.renew(store.as_ref()) {
+                        Ok(taken) => {
+                            for workflow_id in taken {
+                                tracing::warn!(workflow_id, "lost the lease to another run");
+                            }
+                        }
                         // The next round tries again; a lease outlives a few.
-                        tracing::warn!(%error, "renewing leases failed");
+                        Err(error) => tracing::warn!(%error, "renewing leases failed"),
                     }
                 }
             })
             .expect("spawn the lease thread")
     }
 
-    fn renew(&self, store: &dyn CheckpointStore) -> Result<(), StoreError> {
+    /// One round: renew every armed lease and tell each run what its
+    /// renewal answered; the workflows another run has taken over since.
+    fn renew(&self, store: &dyn CheckpointStore) -> Result<Vec<String>, StoreError> {
         let tracked: Vec<(String, String, Arc<LeaseSignals>)> = lock(&self.runs)
             .values()
             .filter(|run| run.signals.armed())
@@ -71,7 +78,7 @@ impl SharedLeases {
             })
             .collect();
         if tracked.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let runs: Vec<(String, String)> = tracked
             .iter()
@@ -79,13 +86,14 @@ impl SharedLeases {
             .collect();
         let until = now_millis() + self.stale_after.as_millis() as Millis;
         let renewals = store.renew_leases(&runs, until)?;
-        for ((workflow_id, _, signals), renewal) in tracked.iter().zip(renewals) {
-            if !renewal.owned && !signals.lost() {
-                tracing::warn!(workflow_id, "lost the lease to another run");
+        let mut taken = Vec::new();
+        for ((workflow_id, run_id, signals), renewal) in tracked.into_iter().zip(renewals) {
+            if !renewal.owned && !signals.lost() && taken_over(store, &workflow_id, &run_id) {
+                taken.push(workflow_id);
             }
             signals.update(renewal);
         }
-        Ok(())
+        Ok(taken)
     }
 
     /// Ask every run to stop at its next step boundary (a graceful
@@ -147,6 +155,18 @@ impl Drop for Untrack {
     }
 }
 
+/// Whether a lease that was not renewed went to another run. A round takes
+/// its list of runs before its statement, which may wait for the row locks
+/// of runs writing meanwhile: a run that ended its workflow (or put it to
+/// sleep, or released it) in between is not renewed either, and that is no
+/// loss to report.
+fn taken_over(store: &dyn CheckpointStore, workflow_id: &str, run_id: &str) -> bool {
+    match store.workflow(workflow_id) {
+        Ok(Some(workflow)) => workflow.run_id != run_id,
+        Ok(None) | Err(_) => true,
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -202,6 +222,42 @@ fn clock_skew(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::conformance::{end, start, take_over};
+    use crate::store::{SqliteStore, WorkflowStatus};
+
+    #[test]
+    fn a_round_reports_only_workflows_another_run_took_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("durable.db")).unwrap();
+        let leases = SharedLeases::new(Duration::from_secs(30));
+        let guards: Vec<LeaseGuard> = ["kept", "ended", "taken"]
+            .into_iter()
+            .map(|id| {
+                start(&store, id, "r1");
+                let guard = leases.keep(&store, id, "r1").unwrap();
+                guard.arm();
+                guard
+            })
+            .collect();
+        // Between a round's list and its statement, one run ends its own
+        // workflow and another run takes one over.
+        end(
+            &store,
+            "ended",
+            "r1",
+            WorkflowStatus::Completed,
+            Ok("1".into()),
+        )
+        .unwrap();
+        let taken = store.workflow("taken").unwrap().unwrap();
+        take_over(&store, &taken, "r2").unwrap();
+
+        assert_eq!(leases.renew(&store).unwrap(), ["taken"]);
+        let lost: Vec<bool> = guards.iter().map(|g| g.signals().lost()).collect();
+        assert_eq!(lost, [false, true, true], "every run hears its renewal");
+        // Said once: the next round knows the run heard it.
+        assert!(leases.renew(&store).unwrap().is_empty());
+    }
 
     #[test]
     fn a_clock_skew_is_named_only_when_it_is_surely_past_a_second() {

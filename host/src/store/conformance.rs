@@ -236,7 +236,7 @@ fn owner(host: &str) -> Owner {
 const LEASE: Millis = 60_000;
 
 /// Create running workflow `id` owned by `run`.
-fn start(store: &dyn CheckpointStore, id: &str, run: &str) -> WorkflowRecord {
+pub(crate) fn start(store: &dyn CheckpointStore, id: &str, run: &str) -> WorkflowRecord {
     let owner = owner("h1");
     let claim = Claim {
         run_id: run,
@@ -326,7 +326,7 @@ fn line(text: &str, stream: LogStream) -> LogLine {
     }
 }
 
-fn end(
+pub(crate) fn end(
     store: &dyn CheckpointStore,
     id: &str,
     run: &str,

@@ -8,7 +8,7 @@
 //! overwriting another run's work.
 
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;
 pub mod group_commit;
 mod location;
 pub mod postgres;
