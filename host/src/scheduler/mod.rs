@@ -115,6 +115,7 @@ pub fn serve(
         runtime,
         leases,
         components: Mutex::new(HashMap::new()),
+        opening: Mutex::new(HashSet::new()),
         cancel_grace: config.cancel_grace,
         metrics: Arc::clone(&config.metrics),
     });
@@ -134,9 +135,17 @@ pub fn serve(
     let listener = listen_for_work(shared.store.database(), done_tx.clone(), &shutdown)?;
     tracing::info!(queues = ?config.queues, notified = listener.is_some(), "serving");
     while !shutdown.load(Ordering::Relaxed) {
-        let looked = dispatcher
-            .dispatch(config, &done_tx)
-            .and_then(|()| dispatcher.wait_time(config));
+        let looked = dispatcher.dispatch(config, &done_tx).and_then(|()| {
+            // A run that ended meanwhile left room: look again at once,
+            // without reading when the next timer is due.
+            match done_rx.try_recv() {
+                Ok(event) => {
+                    dispatcher.handle(event);
+                    Ok(Duration::ZERO)
+                }
+                Err(_) => dispatcher.wait_time(config),
+            }
+        });
         let wait = match looked {
             Ok(wait) => wait,
             // The database is out of reach for longer than the store waits,
@@ -205,6 +214,10 @@ struct Shared {
     leases: Arc<SharedLeases>,
     /// Compiled components by sha256: compiled once per server.
     components: Mutex<HashMap<String, WorkflowComponent>>,
+    /// Workflows handed to a worker that has not opened (claimed) them
+    /// yet: of the runs in flight, the only ones the store may still
+    /// answer as ready.
+    opening: Mutex<HashSet<String>>,
     cancel_grace: Duration,
     metrics: Arc<Metrics>,
 }
@@ -349,12 +362,15 @@ impl Dispatcher {
             if free == 0 {
                 continue;
             }
-            // Not the runs in flight here that have not claimed yet: the
-            // store may reserve what it answers with (see the trait).
-            let mut ready =
-                self.shared
-                    .store
-                    .ready_workflows(queue, now, free as u32, &self.in_flight)?;
+            // Only the runs here that have not claimed theirs yet can still
+            // look ready (the others are running under a lease this process
+            // renews): leaving out all in flight would read a row more for
+            // each, to throw it away.
+            let opening = lock(&self.shared.opening).clone();
+            let mut ready = self
+                .shared
+                .store
+                .ready_workflows(queue, now, free as u32, &opening)?;
             if self.last_orphan_scan.elapsed() >= ORPHAN_SCAN {
                 ready.extend(self.orphans(queue, now, (free + busy) as u32)?);
             }
@@ -440,6 +456,7 @@ impl Dispatcher {
     fn start(&mut self, workflow: WorkflowRecord, done: Sender<Event>) {
         *self.running.entry(workflow.queue.clone()).or_default() += 1;
         self.in_flight.insert(workflow.id.clone());
+        lock(&self.shared.opening).insert(workflow.id.clone());
         self.summary.started += 1;
         self.shared.metrics.run_started(&workflow.queue);
         let shared = Arc::clone(&self.shared);
@@ -606,6 +623,10 @@ impl Workers {
 /// Run `workflow` until it ends, sleeps or stops.
 fn execute(shared: &Shared, workflow: &WorkflowRecord) -> RunEnd {
     let id = workflow.id.as_str();
+    let opening = Opening {
+        set: &shared.opening,
+        id,
+    };
     let component = match compiled(shared, &workflow.component_sha256) {
         Ok(component) => component,
         Err(error) => {
@@ -661,6 +682,7 @@ fn execute(shared: &Shared, workflow: &WorkflowRecord) -> RunEnd {
             };
         }
     };
+    drop(opening);
     match workflow.status {
         WorkflowStatus::Queued => tracing::info!(workflow_id = id, run_id, "started"),
         WorkflowStatus::Sleeping => {
@@ -716,6 +738,19 @@ fn execute(shared: &Shared, workflow: &WorkflowRecord) -> RunEnd {
                 _ => RunEnd::NotRun,
             }
         }
+    }
+}
+
+/// A workflow in [`Shared::opening`], taken out when dropped: once its run
+/// opened it, or gave up before.
+struct Opening<'a> {
+    set: &'a Mutex<HashSet<String>>,
+    id: &'a str,
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        lock(self.set).remove(self.id);
     }
 }
 

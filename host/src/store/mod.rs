@@ -902,9 +902,9 @@ pub trait CheckpointStore: Send {
     fn enqueue_workflow(&self, workflow: &QueuedWorkflow<'_>) -> Result<Enqueued, StoreError>;
 
     /// Workflows of `queue` a `serve` may take now, oldest first, at most
-    /// `limit`, leaving out those in `skip` (the caller's own, in flight):
-    /// running ones whose lease expired at `now`, sleeping ones that are
-    /// due, and queued ones.
+    /// `limit`, leaving out those in `skip` (the caller's own runs that
+    /// have not claimed theirs yet): running ones whose lease expired at
+    /// `now`, sleeping ones that are due, and queued ones.
     ///
     /// A backend that several hosts share (PostgreSQL) reserves the queued
     /// ones it answers with until `now` + [`RESERVATION_MS`]: until the
