@@ -2,18 +2,20 @@
 //! run that lost its lease, the run-wide memory budget, the bound on
 //! takeovers, owners in other pid namespaces, idempotency keys, timeouts,
 //! protection of the database, a full disk, input checks, suspension and
-//! resume, recorded grants, retries, and the replay-silent log.
+//! resume, recorded grants, retries, the replay-silent log, and a host with
+//! no memory for an instance.
 //!
 //! Every test drives the real `durable-host` binary; the durability tests
 //! kill (SIGKILL), freeze (SIGSTOP/SIGCONT) or starve (a full tmpfs, a
-//! memory budget) a real process.
+//! memory budget, an address-space limit) a real process.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use durable_tests::{
-    Scratch, all_threads_stopped, artifacts, is_write_lock_free, run, signal, spawn, wait_until,
+    Scratch, Server, all_threads_stopped, artifacts, is_write_lock_free, run, signal, spawn,
+    wait_until,
 };
 use serde_json::{Value, json};
 
@@ -1282,4 +1284,130 @@ fn guest_output_is_kept_per_workflow_once_across_a_crash() {
     // An unknown workflow is an error, not an empty log.
     let unknown = run(&mut scratch.host(&["logs", "nobody"])).expect_code(2);
     assert!(unknown.stderr().contains("nobody"), "{}", unknown.stderr());
+}
+
+// ---------------------------------------------------------------------------
+// 14. A host with no memory for an instance
+
+/// An address-space limit under the 4 GiB an instance reserves for its
+/// memory: the host cannot create one, as when it is out of memory.
+const NO_MEMORY: &[&str] = &["prlimit", "--as=3000000000", "--"];
+
+/// How long a server may take to get somewhere on a busy machine.
+const PATIENCE: Duration = Duration::from_secs(180);
+
+#[test]
+fn a_run_the_host_has_no_memory_for_records_nothing_and_says_what_to_do() {
+    let scratch = Scratch::new();
+    let input = json!({"scenario": "steps", "items": 2});
+    let mut starved = scratch.scenario("starved", input.clone());
+    starved.arg("--json");
+    let refused = run(&mut wrapped(NO_MEMORY, &starved))
+        .expect_code(13)
+        .json();
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    let hint = refused["error"]["hint"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("could not allocate memory for an instance of the workflow"),
+        "{refused}"
+    );
+    assert!(hint.contains("ulimit -v"), "{refused}");
+    // Not the guest's fault: nothing recorded against it (not suspended).
+    assert_eq!(scratch.workflow_status("starved"), None);
+    // Once there is memory, the same command runs it.
+    run(&mut scratch.scenario("starved", input)).expect_code(0);
+    assert_eq!(
+        scratch.workflow_status("starved").as_deref(),
+        Some("completed")
+    );
+    assert_eq!(completed_steps(&scratch, "starved"), 2);
+}
+
+#[test]
+fn a_branch_the_host_has_no_memory_for_is_left_for_the_next_run_not_failed() {
+    let scratch = Scratch::new();
+    let input = json!({"scenario": "parallel", "items": 2, "sleep_ms": 1, "burn_ms": 0});
+    // Room for the workflow's instance (~4 GiB of address space), not for a
+    // branch's beside it.
+    let room_for_one = ["prlimit", "--as=6442450944", "--"];
+    let stopped = run(&mut wrapped(
+        &room_for_one,
+        &scratch.scenario("branches", input.clone()),
+    ))
+    .expect_code(13);
+    assert!(
+        stopped.stderr().contains("could not allocate memory"),
+        "{}",
+        stopped.stderr()
+    );
+    // Not the workflow's answer: its branch steps are left in flight.
+    assert_eq!(
+        scratch.workflow_status("branches").as_deref(),
+        Some("running")
+    );
+    let steps = scratch.try_steps("branches").unwrap_or_default();
+    assert!(steps.iter().all(|s| s.1 != "failed"), "{steps:?}");
+    // The next run, with memory, takes them over and finishes.
+    run(&mut scratch.scenario("branches", input)).expect_code(0);
+    assert_eq!(
+        scratch.workflow_status("branches").as_deref(),
+        Some("completed")
+    );
+    assert_eq!(completed_steps(&scratch, "branches"), 2);
+}
+
+#[test]
+fn serve_with_no_memory_for_instances_leaves_workflows_as_they_were_and_backs_off() {
+    let scratch = Scratch::new();
+    scratch.deploy("scenarios", &artifacts().scenarios);
+    let input = json!({"scenario": "steps", "items": 2}).to_string();
+    run(&mut scratch.host(&[
+        "start",
+        "scenarios",
+        "--workflow-id",
+        "queued",
+        "--input",
+        &input,
+    ]))
+    .expect_code(0);
+    let mut starved = Server::spawn(
+        &mut wrapped(NO_MEMORY, &scratch.host(&["serve"])),
+        scratch.path(),
+        "serve-starved",
+    );
+    wait_until(
+        "serve to report it has no memory for instances",
+        PATIENCE,
+        || starved.log().contains("no memory for new instances"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let log = starved.log();
+    assert!(
+        starved.wait_exit(Duration::ZERO).is_none(),
+        "serve stopped:\n{log}"
+    );
+    // Pauses of 0.1, 0.2, 0.4, 0.8, 1.6 s between tries: a handful in about
+    // 2 s, not one after another as fast as it can.
+    let tries = log.matches("could not allocate memory").count();
+    assert!(
+        (1..=8).contains(&tries),
+        "{tries} tries in about 2 s:\n{log}"
+    );
+    assert!(!log.contains("suspended"), "{log}");
+    assert_eq!(
+        scratch.workflow_status("queued").as_deref(),
+        Some("queued"),
+        "{log}"
+    );
+    starved.signal("-TERM");
+    assert!(
+        starved.wait_exit(PATIENCE).is_some(),
+        "serve did not stop:\n{log}"
+    );
+    // With memory, a server runs it.
+    let server = Server::start(&scratch, "serve", &[]);
+    wait_until("the workflow to complete", PATIENCE, || {
+        scratch.workflow_status("queued").as_deref() == Some("completed")
+    });
+    assert_eq!(completed_steps(&scratch, "queued"), 2, "{}", server.log());
 }

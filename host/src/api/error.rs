@@ -177,10 +177,16 @@ impl From<RuntimeError> for ApiError {
                 "a workflow imports `durable:workflow/durable-step` and exports `run` (the `workflow` world in wit/); in Rust, write it with durable-sdk and `durable_sdk::workflow!`"
             }
             RuntimeError::Engine(e) => return e.into(),
-            RuntimeError::Dir { .. }
-            | RuntimeError::Grants(_)
-            | RuntimeError::Instantiate(_)
-            | RuntimeError::Setup(_) => return Self::internal(message),
+            RuntimeError::HostMemory { .. } => {
+                return Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    message,
+                    Some(crate::runtime::HOST_MEMORY_HINT),
+                );
+            }
+            RuntimeError::Dir { .. } | RuntimeError::Grants(_) | RuntimeError::Setup(_) => {
+                return Self::internal(message);
+            }
         };
         Self::bad_request(message, hint)
     }

@@ -52,7 +52,10 @@ Exit codes:
  10  the workflow is sleeping (a long durable sleep) until the time printed: run it again then, or let `serve` continue it
  11  `start --wait`: the workflow had not finished when --wait-timeout ran out (it goes on)
  12  the workflow is waiting for a signal (`durable-host signal`) or a child workflow: run it
-     again once the signal is sent (or the child ended), or let `serve` continue it";
+     again once the signal is sent (or the child ended), or let `serve` continue it
+ 13  the host had no memory (or thread) for an instance of the workflow (out of memory, `ulimit -v`,
+     `ulimit -u`): the run stopped; what was recorded stands (nothing, if the workflow could not
+     start); run it again once there is memory";
 
 /// `durable-host schedule ...`.
 #[derive(Debug, Subcommand)]

@@ -38,6 +38,7 @@ pub mod exit {
     pub const SLEEPING: u8 = 10;
     pub const STILL_RUNNING: u8 = 11;
     pub const WAITING: u8 = 12;
+    pub const HOST_MEMORY: u8 = 13;
 }
 
 /// Print `error` as `error: <cause>` plus a hint where one helps, and pick
@@ -88,9 +89,13 @@ fn exit_code(error: &anyhow::Error) -> u8 {
             StoreError::LostOwnership { .. } => return exit::OWNERSHIP_LOST,
             // Lost the race to create the workflow: another run has it.
             StoreError::WorkflowExists { .. } => return exit::OWNED_ELSEWHERE,
+            StoreError::NoThread { .. } => return exit::HOST_MEMORY,
             e if e.is_storage_failure() => return exit::STORAGE_FAILURE,
             _ => {}
         }
+    }
+    if let Some(RuntimeError::HostMemory { .. }) = runtime_error(error) {
+        return exit::HOST_MEMORY;
     }
     match engine_error(error) {
         Some(e) if e.is_non_determinism() => exit::NON_DETERMINISM,
@@ -229,7 +234,8 @@ fn runtime_hint(error: &RuntimeError) -> Option<String> {
             recorded ones are used); to change them, `durable-host resume` a failed or \
             suspended workflow with the new ones"
             .to_owned(),
-        RuntimeError::Engine(_) | RuntimeError::Instantiate(_) | RuntimeError::Setup(_) => return None,
+        RuntimeError::HostMemory { .. } => durable_host::runtime::HOST_MEMORY_HINT.to_owned(),
+        RuntimeError::Engine(_) | RuntimeError::Setup(_) => return None,
     })
 }
 
@@ -350,6 +356,10 @@ fn store_hint(error: &StoreError) -> Option<String> {
         StoreError::TooManyFiles { .. } => {
             "raise the open-file limit (ulimit -n) and run the same command again".to_owned()
         }
+        StoreError::NoThread { .. } => "the host is short of memory or threads: free memory, \
+            or lift `ulimit -v` and `ulimit -u`, then run the same command again (nothing was \
+            written)"
+            .to_owned(),
         StoreError::Backend(_) => return None,
     })
 }

@@ -238,7 +238,7 @@ impl LeaseKeeper for OwnHeartbeat {
             workflow_id.to_owned(),
             run_id.to_owned(),
             self.stale_after,
-        );
+        )?;
         Ok(LeaseGuard::new(
             Arc::clone(&heartbeat.signals),
             Box::new(heartbeat),
@@ -255,6 +255,15 @@ pub fn renewal_interval(stale_after: Duration) -> Duration {
     (stale_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(2))
 }
 
+/// The error of a thread the host could not start (short of memory, or of
+/// threads): before the run writes anything, so nothing is left behind.
+pub fn no_thread(what: &'static str, error: &std::io::Error) -> StoreError {
+    StoreError::NoThread {
+        what,
+        reason: error.to_string(),
+    }
+}
+
 /// Renews one run's lease in the background until dropped.
 struct Heartbeat {
     signals: Arc<LeaseSignals>,
@@ -268,7 +277,7 @@ impl Heartbeat {
         workflow_id: String,
         run_id: String,
         stale_after: Duration,
-    ) -> Self {
+    ) -> Result<Self, StoreError> {
         let signals = Arc::new(LeaseSignals::default());
         let (stop, stopped) = mpsc::channel::<()>();
         let interval = renewal_interval(stale_after);
@@ -293,12 +302,12 @@ impl Heartbeat {
                     }
                 }
             })
-            .expect("spawn the heartbeat thread");
-        Self {
+            .map_err(|e| no_thread("the thread that renews the lease", &e))?;
+        Ok(Self {
             signals,
             stop: Some(stop),
             thread: Some(thread),
-        }
+        })
     }
 }
 

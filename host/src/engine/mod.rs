@@ -30,7 +30,7 @@ pub use children::{
 };
 pub use crash::{CrashPlan, CrashPoint};
 pub use lease::{
-    LeaseGuard, LeaseKeeper, LeaseSignals, OwnHeartbeat, owner_alive, renewal_interval,
+    LeaseGuard, LeaseKeeper, LeaseSignals, OwnHeartbeat, no_thread, owner_alive, renewal_interval,
     this_process,
 };
 pub use pending_log::{MAX_LOG_LINE, PendingLog};

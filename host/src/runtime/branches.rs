@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::guest_output::GuestOutput;
 use super::host::Role;
 use super::limits::LimitExceeded;
-use super::{RunLimits, Sandbox, WorkflowComponent, limit_exceeded, trap_reason};
+use super::{HostMemory, RunLimits, Sandbox, WorkflowComponent, limit_exceeded, trap_reason};
 use crate::bindings::v0_3::durable_step::RetryPolicy;
 use crate::engine::{StepRun, WorkflowRun};
 use crate::store::{Failure, LogLine, Outcome};
@@ -37,14 +37,26 @@ pub struct BranchJob {
     pub retry: Option<RetryPolicy>,
 }
 
+/// Why a branch stopped with no outcome to record: the run ends, and a
+/// later run executes the branch again.
+#[derive(Debug, thiserror::Error)]
+enum Interrupted {
+    /// A limit of the run (time, memory).
+    #[error(transparent)]
+    Limit(#[from] LimitExceeded),
+    /// The host had no memory for the branch's instance.
+    #[error(transparent)]
+    HostMemory(#[from] HostMemory),
+}
+
 /// What a branch thread asks of the workflow's thread.
 enum Report {
-    /// The branch ended with this outcome, or was stopped by a limit of
-    /// the run (which is not the branch's answer: it is not recorded).
+    /// The branch ended with this outcome, or was interrupted (which is not
+    /// the branch's answer: it is not recorded).
     Finished {
         index: usize,
         step: StepRun,
-        outcome: Result<Outcome, LimitExceeded>,
+        outcome: Result<Outcome, Interrupted>,
         /// What the branch printed, for the workflow's log.
         log: Vec<LogLine>,
     },
@@ -80,9 +92,10 @@ impl BranchRunner {
 
     /// Execute `jobs` concurrently. Every write goes through `run` on this
     /// thread; `done` hears each branch's outcome once it is recorded. A
-    /// branch stopped by a limit (time, memory) is left unfinished, and the
-    /// run ends with that limit once the other branches are recorded, so
-    /// that a resume with other limits executes it again.
+    /// branch stopped by a limit (time, memory), or for which the host had
+    /// no memory, is left unfinished, and the run ends with that once the
+    /// other branches are recorded, so that a resume (with other limits, or
+    /// on a host with memory) executes it again.
     pub fn run_all(
         &self,
         jobs: Vec<BranchJob>,
@@ -93,10 +106,11 @@ impl BranchRunner {
         let queue = Mutex::new(jobs.into_iter());
         let (reports, received) = mpsc::channel();
         thread::scope(|scope| {
+            let mut started = 0;
             for _ in 0..workers {
                 let reports = reports.clone();
                 let queue = &queue;
-                scope.spawn(move || {
+                let spawned = thread::Builder::new().spawn_scoped(scope, move || {
                     loop {
                         let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
                         let Some(job) = next else { break };
@@ -117,9 +131,21 @@ impl BranchRunner {
                         }
                     }
                 });
+                // Fewer threads share the queue; none at all stops the run
+                // as for an instance the host has no memory for.
+                match spawned {
+                    Ok(_) => started += 1,
+                    Err(error) if started == 0 => {
+                        return Err(HostMemory(format!(
+                            "cannot start a thread for the parallel steps: {error}"
+                        ))
+                        .into());
+                    }
+                    Err(_) => break,
+                }
             }
             drop(reports);
-            let mut limit = None;
+            let mut interrupted = None;
             for report in received {
                 match report {
                     Report::Finished {
@@ -133,12 +159,12 @@ impl BranchRunner {
                         done(index, outcome);
                     }
                     Report::Finished {
-                        outcome: Err(exceeded),
+                        outcome: Err(why),
                         log,
                         ..
                     } => {
                         run.capture_output(log);
-                        limit.get_or_insert(exceeded);
+                        interrupted.get_or_insert(why);
                     }
                     Report::Failed {
                         step,
@@ -161,8 +187,9 @@ impl BranchRunner {
                     }
                 }
             }
-            match limit {
-                Some(exceeded) => Err(exceeded.into()),
+            match interrupted {
+                Some(Interrupted::Limit(exceeded)) => Err(exceeded.into()),
+                Some(Interrupted::HostMemory(starved)) => Err(starved.into()),
                 None => Ok(()),
             }
         })
@@ -176,12 +203,12 @@ impl BranchRunner {
         mut step: StepRun,
         job: &BranchJob,
         reports: &Sender<Report>,
-    ) -> Option<(StepRun, Result<Outcome, LimitExceeded>, Vec<LogLine>)> {
+    ) -> Option<(StepRun, Result<Outcome, Interrupted>, Vec<LogLine>)> {
         loop {
             let (outcome, log) = self.run_one(&step, job);
             let outcome = match outcome {
                 Ok(outcome) => outcome,
-                Err(limit) => return Some((step, Err(limit), log)),
+                Err(why) => return Some((step, Err(why), log)),
             };
             let retry = match (&outcome, &job.retry) {
                 (Err(_), Some(policy)) if step.failures + 1 < policy.max_attempts => policy,
@@ -216,13 +243,12 @@ impl BranchRunner {
     }
 
     /// Run one attempt of a branch to its outcome (a trap fails this
-    /// branch only), or to the limit of the run that stopped it; with the
-    /// lines it printed.
+    /// branch only), or to what interrupted it; with the lines it printed.
     fn run_one(
         &self,
         step: &StepRun,
         job: &BranchJob,
-    ) -> (Result<Outcome, LimitExceeded>, Vec<LogLine>) {
+    ) -> (Result<Outcome, Interrupted>, Vec<LogLine>) {
         let output = GuestOutput::new(self.echo_output);
         let outcome = self.attempt(step, job, &output);
         let mut log = output.take_lines(true);
@@ -237,7 +263,7 @@ impl BranchRunner {
         step: &StepRun,
         job: &BranchJob,
         output: &GuestOutput,
-    ) -> Result<Outcome, LimitExceeded> {
+    ) -> Result<Outcome, Interrupted> {
         let pre = &self.component.pre;
         let mut store = match self
             .limits
@@ -248,18 +274,21 @@ impl BranchRunner {
         };
         let workflow = match pre.instantiate(&mut store) {
             Ok(workflow) => workflow,
-            Err(e) => match limit_exceeded(&e) {
-                Some(limit) => return Err(limit.at_start()),
-                None => {
-                    let reason = format!("cannot start an instance for the branch: {e}");
-                    return Ok(Err(Failure::new(reason)));
+            Err(e) => {
+                if let Some(limit) = limit_exceeded(&e) {
+                    return Err(limit.at_start().into());
                 }
-            },
+                if let Some(starved) = HostMemory::of(&e) {
+                    return Err(starved.into());
+                }
+                let reason = format!("cannot start an instance for the branch: {e}");
+                return Ok(Err(Failure::new(reason)));
+            }
         };
         match workflow.call_run_branch(&mut store, &job.entry, step, &job.input) {
             Ok(outcome) => Ok(outcome),
             Err(trap) => match limit_exceeded(&trap) {
-                Some(limit) => Err(limit),
+                Some(limit) => Err(limit.into()),
                 None => Ok(Err(Failure::new(trap_reason(&trap, output)))),
             },
         }

@@ -71,8 +71,13 @@ pub enum RuntimeError {
     },
     #[error("cannot grant directory {host} to the guest: {reason}")]
     Dir { host: PathBuf, reason: String },
-    #[error("cannot start the workflow instance: {0}")]
-    Instantiate(String),
+    /// The host could not allocate what a new instance needs (its memory,
+    /// or the address space its guard regions reserve): the run stopped,
+    /// without recording the failure against the workflow. What it had
+    /// recorded stands (nothing, when the workflow's own instance could not
+    /// start); a later run goes on from there.
+    #[error("the host could not allocate memory for an instance of the workflow: {reason}")]
+    HostMemory { reason: String },
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error("cannot set up the WebAssembly engine: {0}")]
@@ -80,6 +85,11 @@ pub enum RuntimeError {
     #[error(transparent)]
     Grants(#[from] GrantsError),
 }
+
+/// What to do about [`RuntimeError::HostMemory`].
+pub const HOST_MEMORY_HINT: &str = "each instance reserves about 4 GiB of address space for \
+    its memory (guard pages, not RAM): lift the address-space limit (`ulimit -v unlimited`) \
+    or free memory on the host, then run it again; it goes on from what was recorded";
 
 /// Why a component cannot run here as a workflow.
 #[derive(Debug, thiserror::Error)]
@@ -223,17 +233,24 @@ impl Runtime {
             .map_err(setup)?;
         v0_1::durable_step::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
             .map_err(setup)?;
-        let ticker_stop = config.interruptible.then(|| {
+        let ticker_stop = if config.interruptible {
             let stop = Arc::new(AtomicBool::new(false));
             let (engine, ticker_stop) = (engine.clone(), Arc::clone(&stop));
-            thread::spawn(move || {
-                while !ticker_stop.load(Ordering::Relaxed) {
-                    thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
-                }
-            });
-            stop
-        });
+            thread::Builder::new()
+                .name("epoch".to_owned())
+                .spawn(move || {
+                    while !ticker_stop.load(Ordering::Relaxed) {
+                        thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| {
+                    RuntimeError::Setup(format!("cannot start the thread that keeps time: {e}"))
+                })?;
+            Some(stop)
+        } else {
+            None
+        };
         Ok(Self {
             engine,
             linker,
@@ -306,9 +323,12 @@ impl Runtime {
         ));
         let role = Role::Workflow { run, branches };
         let mut store = limits.store(&self.engine, &sandbox, &output, role)?;
-        let result = component
-            .pre
-            .instantiate(&mut store)
+        let instance = component.pre.instantiate(&mut store);
+        // Before the guest ran: not its fault, nothing to record against it.
+        if let Some(HostMemory(reason)) = instance.as_ref().err().and_then(HostMemory::of) {
+            return Err(RuntimeError::HostMemory { reason });
+        }
+        let result = instance
             .map_err(starting)
             .and_then(|workflow| workflow.call_run(&mut store, &input));
         let Role::Workflow { mut run, .. } = store.into_data().role else {
@@ -321,6 +341,16 @@ impl Runtime {
             Ok(outcome) => return Ok(run.complete(outcome)?),
             Err(trap) => trap,
         };
+        // A branch the host had no memory for: stop as after a storage
+        // failure, its step left for the next run to execute.
+        if let Some(HostMemory(reason)) = trap
+            .chain()
+            .find_map(|cause| cause.downcast_ref::<HostMemory>())
+        {
+            return Err(RuntimeError::HostMemory {
+                reason: reason.clone(),
+            });
+        }
         match trap.downcast::<EngineError>() {
             Ok(EngineError::Cancelled { .. }) => Ok(run.cancel()?),
             Ok(EngineError::Unloading { wake_at }) => Ok(run.unload(wake_at)?),
@@ -392,6 +422,36 @@ fn limit_exceeded(trap: &wasmtime::Error) -> Option<LimitExceeded> {
     trap.chain()
         .find_map(|cause| cause.downcast_ref::<LimitExceeded>())
         .cloned()
+}
+
+/// An instance the host had no memory for, which stops the run without
+/// recording anything against the workflow ([`RuntimeError::HostMemory`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct HostMemory(String);
+
+impl HostMemory {
+    /// Whether creating an instance failed with `error` because the host
+    /// had no memory to give it: an `mmap` refused (`ENOMEM`, also under
+    /// `ulimit -v`) or an allocation wasmtime could not make. A guest's own
+    /// memory limit is not this ([`limit_exceeded`]).
+    fn of(error: &wasmtime::Error) -> Option<Self> {
+        let starved = error.chain().any(|cause| {
+            cause.downcast_ref::<wasmtime::OutOfMemory>().is_some()
+                || cause.downcast_ref::<rustix::io::Errno>() == Some(&rustix::io::Errno::NOMEM)
+                || cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::OutOfMemory)
+        });
+        let (outer, root) = (error.to_string(), error.root_cause().to_string());
+        starved.then(|| {
+            Self(if outer == root {
+                root
+            } else {
+                format!("{outer}: {root}")
+            })
+        })
+    }
 }
 
 /// An error creating an instance. A memory limit met there says so: a

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use crate::engine::{LeaseGuard, LeaseKeeper, LeaseSignals, renewal_interval};
+use crate::engine::{LeaseGuard, LeaseKeeper, LeaseSignals, no_thread, renewal_interval};
 use crate::store::{CheckpointStore, Millis, StoreError, now_millis};
 
 /// The leases of every run of this process.
@@ -42,7 +42,7 @@ impl SharedLeases {
         self: &Arc<Self>,
         store: Box<dyn CheckpointStore>,
         stop: Receiver<()>,
-    ) -> JoinHandle<()> {
+    ) -> Result<JoinHandle<()>, StoreError> {
         let leases = Arc::clone(self);
         thread::Builder::new()
             .name("leases".to_owned())
@@ -60,7 +60,7 @@ impl SharedLeases {
                     }
                 }
             })
-            .expect("spawn the lease thread")
+            .map_err(|e| no_thread("the thread that renews leases", &e))
     }
 
     /// One round: renew every armed lease and tell each run what its

@@ -109,7 +109,7 @@ pub fn serve(
     leases::check_clock(&store, config.stale_after);
     let leases = SharedLeases::new(config.stale_after);
     let (stop_renewing, renewals_stopped) = mpsc::channel::<()>();
-    let renewer = leases.start_renewing(Box::new(store.clone()), renewals_stopped);
+    let renewer = leases.start_renewing(Box::new(store.clone()), renewals_stopped)?;
     let shared = Arc::new(Shared {
         store,
         runtime,
@@ -152,7 +152,7 @@ pub fn serve(
             // or cannot be written: keep the runs going, look again later.
             Err(ServeError::Store(error)) if error.is_storage_failure() => {
                 tracing::warn!(%error, "cannot read the queues");
-                dispatcher.storage_failed()
+                dispatcher.starved(Shortage::Storage)
             }
             Err(error) => return Err(error),
         };
@@ -308,23 +308,33 @@ enum RunEnd {
     Ran(WorkflowStatus),
     /// Nothing ran: another process had it, or it could not be opened.
     NotRun,
-    /// The database could not be written (a full disk, an I/O error): new
-    /// runs wait a while rather than fail at once, again and again.
-    StorageFailed,
+    /// The host ran short of what runs need: new runs wait a while rather
+    /// than fail at once, again and again.
+    Starved(Shortage),
+}
+
+/// What the host ran short of.
+#[derive(Debug, Clone, Copy)]
+enum Shortage {
+    /// The database could not be written (a full disk, an I/O error).
+    Storage,
+    /// Memory (or a thread) for a new instance could not be had: the
+    /// workflow is handed back as it stood, nothing recorded against it.
+    Memory,
 }
 
 impl RunEnd {
     fn of_store(error: &StoreError) -> Self {
         if error.is_storage_failure() {
-            Self::StorageFailed
+            Self::Starved(Shortage::Storage)
         } else {
             Self::NotRun
         }
     }
 }
 
-/// The first pause of new runs after a storage failure, and the longest.
-const STORAGE_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
+/// The first pause of new runs after the host ran short, and the longest.
+const STARVED_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
 
 struct Dispatcher {
     shared: Arc<Shared>,
@@ -336,9 +346,9 @@ struct Dispatcher {
     last_orphan_scan: Instant,
     workers: Workers,
     summary: ServeSummary,
-    /// After storage failures: no new runs until then, and the pause that
-    /// led to it (doubled at each failure in a row).
-    paused: Option<(Instant, Duration)>,
+    /// After the host ran short: no new runs until then, the pause that
+    /// led to it (doubled at each shortage in a row), and what it lacked.
+    paused: Option<(Instant, Duration, Shortage)>,
     /// The soonest tick of a schedule, as last read.
     schedules_due: Option<Millis>,
     /// When the schedules were last read (other processes add them too).
@@ -351,7 +361,10 @@ const ORPHAN_SCAN: Duration = Duration::from_secs(1);
 impl Dispatcher {
     /// Start as many ready workflows as the queues have room for.
     fn dispatch(&mut self, config: &ServeConfig, done: &Sender<Event>) -> Result<(), ServeError> {
-        if self.paused.is_some_and(|(until, _)| Instant::now() < until) {
+        if self
+            .paused
+            .is_some_and(|(until, ..)| Instant::now() < until)
+        {
             return Ok(());
         }
         let now = now_millis();
@@ -422,7 +435,7 @@ impl Dispatcher {
                 self.schedules_due = None;
                 match error {
                     ControlError::Store(error) if error.is_storage_failure() => {
-                        self.storage_failed();
+                        self.starved(Shortage::Storage);
                     }
                     error => tracing::warn!(%error, "cannot read or queue the schedules"),
                 }
@@ -496,34 +509,46 @@ impl Dispatcher {
             _ => {}
         }
         match finished.end {
-            RunEnd::StorageFailed => {
-                self.storage_failed();
+            RunEnd::Starved(shortage) => {
+                self.starved(shortage);
             }
-            RunEnd::Ran(_) => {
-                if self.paused.take().is_some() {
+            RunEnd::Ran(_) => match self.paused.take() {
+                Some((.., Shortage::Storage)) => {
                     tracing::info!("the database can be written again: runs resume");
                 }
-            }
+                Some((.., Shortage::Memory)) => {
+                    tracing::info!("instances can be created again: runs resume");
+                }
+                None => {}
+            },
             RunEnd::NotRun => {}
         }
     }
 
-    /// The database could not be written: no new runs (nor schedule
-    /// ticks) for a pause that doubles at each failure in a row.
-    /// Pause new runs after a storage failure; how long.
-    fn storage_failed(&mut self) -> Duration {
-        let pause = self.paused.map_or(STORAGE_BACKOFF.0, |(_, pause)| {
-            (pause * 2).min(STORAGE_BACKOFF.1)
+    /// The host ran short of `shortage`: no new runs (nor schedule ticks)
+    /// for a pause that doubles at each shortage in a row; how long.
+    fn starved(&mut self, shortage: Shortage) -> Duration {
+        let pause = self.paused.map_or(STARVED_BACKOFF.0, |(_, pause, _)| {
+            (pause * 2).min(STARVED_BACKOFF.1)
         });
         let until = Instant::now() + pause;
         // Runs failing together extend one pause, said once.
-        if self.paused.is_none_or(|(was, _)| was < Instant::now()) {
-            tracing::warn!(
-                pause_ms = pause.as_millis() as u64,
-                "the database cannot be written: no new runs for a while (what was \
-                 committed stands; runs resume once it can be written again)"
-            );
-            self.paused = Some((until, pause));
+        if self.paused.is_none_or(|(was, ..)| was < Instant::now()) {
+            let pause_ms = pause.as_millis() as u64;
+            match shortage {
+                Shortage::Storage => tracing::warn!(
+                    pause_ms,
+                    "the database cannot be written: no new runs for a while (what was \
+                     committed stands; runs resume once it can be written again)"
+                ),
+                Shortage::Memory => tracing::warn!(
+                    pause_ms,
+                    "the host has no memory for new instances: no new runs for a while \
+                     (the workflows are handed back as they stood; runs resume once \
+                     instances can be created again)"
+                ),
+            }
+            self.paused = Some((until, pause, shortage));
         }
         pause
     }
@@ -533,11 +558,13 @@ impl Dispatcher {
     fn wait_time(&self, config: &ServeConfig) -> Result<Duration, ServeError> {
         let now = now_millis();
         let mut wait = config.poll_interval;
-        if let Some((until, _)) = self.paused {
+        if let Some((until, ..)) = self.paused {
             wait = wait.min(until.saturating_duration_since(Instant::now()));
         }
         // While paused, schedules wait with the runs.
-        let paused = self.paused.is_some_and(|(until, _)| Instant::now() < until);
+        let paused = self
+            .paused
+            .is_some_and(|(until, ..)| Instant::now() < until);
         if let Some(due) = self.schedules_due.filter(|_| !paused) {
             wait = wait.min(Duration::from_millis(due.saturating_sub(now).max(0) as u64));
         }
@@ -733,7 +760,15 @@ fn execute(shared: &Shared, workflow: &WorkflowRecord) -> RunEnd {
                     if shared.store.release_workflow(id, &run_id).is_ok() {
                         tracing::info!(workflow_id = id, "lease released");
                     }
-                    RunEnd::StorageFailed
+                    RunEnd::Starved(Shortage::Storage)
+                }
+                RuntimeError::HostMemory { .. } => {
+                    // A branch found no memory: hand the workflow to
+                    // whoever comes next, as after a storage failure. (When
+                    // its own instance found none, nothing was claimed and
+                    // this changes nothing.)
+                    let _ = shared.store.release_workflow(id, &run_id);
+                    RunEnd::Starved(Shortage::Memory)
                 }
                 _ => RunEnd::NotRun,
             }

@@ -694,6 +694,10 @@ pub enum StoreError {
     Replaced { path: String },
     #[error("too many open files: cannot open the database {path}")]
     TooManyFiles { path: String },
+    /// A thread a run needs beside the store (its lease's) could not be
+    /// started: the host is short of memory or threads. Before any write.
+    #[error("the host could not start {what}: {reason}")]
+    NoThread { what: &'static str, reason: String },
     #[error("database error: {0}")]
     Backend(String),
 }
