@@ -220,6 +220,11 @@ impl From<StoreError> for ApiError {
                 error.to_string(),
                 Some("the workflow changed while the request was handled; send it again"),
             ),
+            StoreError::HostMemory { .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                error.to_string(),
+                Some("the server's host is short of memory; send the request again shortly"),
+            ),
             _ => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("storage failure: {error}"),

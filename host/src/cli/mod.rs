@@ -89,7 +89,7 @@ fn exit_code(error: &anyhow::Error) -> u8 {
             StoreError::LostOwnership { .. } => return exit::OWNERSHIP_LOST,
             // Lost the race to create the workflow: another run has it.
             StoreError::WorkflowExists { .. } => return exit::OWNED_ELSEWHERE,
-            StoreError::NoThread { .. } => return exit::HOST_MEMORY,
+            StoreError::HostMemory { .. } => return exit::HOST_MEMORY,
             e if e.is_storage_failure() => return exit::STORAGE_FAILURE,
             _ => {}
         }
@@ -356,9 +356,8 @@ fn store_hint(error: &StoreError) -> Option<String> {
         StoreError::TooManyFiles { .. } => {
             "raise the open-file limit (ulimit -n) and run the same command again".to_owned()
         }
-        StoreError::NoThread { .. } => "the host is short of memory or threads: free memory, \
-            or lift `ulimit -v` and `ulimit -u`, then run the same command again (nothing was \
-            written)"
+        StoreError::HostMemory { .. } => "free memory on the host, or lift `ulimit -v` (and \
+            `ulimit -u` for threads), then run the same command again; nothing was written"
             .to_owned(),
         StoreError::Backend(_) => return None,
     })

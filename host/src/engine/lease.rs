@@ -257,8 +257,9 @@ pub fn renewal_interval(stale_after: Duration) -> Duration {
 
 /// The error of a thread the host could not start (short of memory, or of
 /// threads): before the run writes anything, so nothing is left behind.
+/// `what`: starting it, e.g. "starting the thread that renews leases".
 pub fn no_thread(what: &'static str, error: &std::io::Error) -> StoreError {
-    StoreError::NoThread {
+    StoreError::HostMemory {
         what,
         reason: error.to_string(),
     }
@@ -302,7 +303,7 @@ impl Heartbeat {
                     }
                 }
             })
-            .map_err(|e| no_thread("the thread that renews the lease", &e))?;
+            .map_err(|e| no_thread("starting the thread that renews the lease", &e))?;
         Ok(Self {
             signals,
             stop: Some(stop),

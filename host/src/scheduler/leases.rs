@@ -60,7 +60,7 @@ impl SharedLeases {
                     }
                 }
             })
-            .map_err(|e| no_thread("the thread that renews leases", &e))
+            .map_err(|e| no_thread("starting the thread that renews leases", &e))
     }
 
     /// One round: renew every armed lease and tell each run what its

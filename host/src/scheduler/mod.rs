@@ -19,6 +19,7 @@
 pub mod leases;
 
 use std::collections::{HashMap, HashSet};
+use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
@@ -325,10 +326,19 @@ enum Shortage {
 
 impl RunEnd {
     fn of_store(error: &StoreError) -> Self {
+        Shortage::of(error).map_or(Self::NotRun, Self::Starved)
+    }
+}
+
+impl Shortage {
+    /// What `error` says the host ran short of, if anything.
+    fn of(error: &StoreError) -> Option<Self> {
         if error.is_storage_failure() {
-            Self::Starved(Shortage::Storage)
+            Some(Self::Storage)
+        } else if error.is_host_memory() {
+            Some(Self::Memory)
         } else {
-            Self::NotRun
+            None
         }
     }
 }
@@ -473,14 +483,35 @@ impl Dispatcher {
         self.summary.started += 1;
         self.shared.metrics.run_started(&workflow.queue);
         let shared = Arc::clone(&self.shared);
-        self.workers.run(Box::new(move || {
+        let (queue, workflow_id) = (workflow.queue.clone(), workflow.id.clone());
+        let refused = self.workers.run(Box::new(move || {
+            // A run that panics (a dependency that cannot start its threads,
+            // say) must still free its slot, and not be retried at once.
+            let end = panic::catch_unwind(AssertUnwindSafe(|| execute(&shared, &workflow)))
+                .unwrap_or_else(|_| {
+                    tracing::error!(
+                        workflow_id = workflow.id,
+                        "the run panicked (the host short of memory or threads, or a bug); \
+                         its workflow goes on from what was recorded"
+                    );
+                    RunEnd::Starved(Shortage::Memory)
+                });
             let finished = Finished {
                 queue: workflow.queue.clone(),
                 workflow_id: workflow.id.clone(),
-                end: execute(&shared, &workflow),
+                end,
             };
             let _ = done.send(Event::Finished(finished));
         }));
+        if refused.is_err() {
+            // No thread to run it: left as it was, for when there is one.
+            lock(&self.shared.opening).remove(&workflow_id);
+            self.finished(Finished {
+                queue,
+                workflow_id,
+                end: RunEnd::Starved(Shortage::Memory),
+            });
+        }
     }
 
     fn handle(&mut self, event: Event) {
@@ -615,7 +646,9 @@ impl Workers {
         }
     }
 
-    fn run(&mut self, job: Job) {
+    /// Hand `job` to an idle thread or a new one; `Err` gives it back
+    /// when there is no thread at all to run it (none could be started).
+    fn run(&mut self, job: Job) -> Result<(), Job> {
         // Claim an idle worker, or start one.
         let claimed = self
             .idle
@@ -640,10 +673,18 @@ impl Workers {
                 });
             match spawned {
                 Ok(_) => self.threads += 1,
-                Err(error) => tracing::error!(%error, "cannot start a thread to run workflows"),
+                Err(error) => {
+                    tracing::error!(%error, "cannot start a thread to run workflows");
+                    // The job would wait for a thread that never comes.
+                    if self.threads == 0 {
+                        return Err(job);
+                    }
+                }
             }
         }
+        // A busy thread takes it once its run ends.
         let _ = self.jobs.send(job);
+        Ok(())
     }
 }
 
@@ -752,15 +793,18 @@ fn execute(shared: &Shared, workflow: &WorkflowRecord) -> RunEnd {
         Err(error) => {
             tracing::error!(workflow_id = id, %error, "run stopped");
             match &error {
-                RuntimeError::Engine(EngineError::Store(e)) if e.is_storage_failure() => {
+                RuntimeError::Engine(EngineError::Store(e))
+                    if let Some(shortage) = Shortage::of(e) =>
+                {
                     // The database failed under the run (a commit whose
-                    // answer was lost, a full disk): hand the workflow to
-                    // whoever comes next once it can be written, rather
-                    // than after its lease; it resumes from what was stored.
+                    // answer was lost, a full disk), or the host had no
+                    // memory for it: hand the workflow to whoever comes next
+                    // once it can go on, rather than after its lease; it
+                    // resumes from what was stored.
                     if shared.store.release_workflow(id, &run_id).is_ok() {
                         tracing::info!(workflow_id = id, "lease released");
                     }
-                    RunEnd::Starved(Shortage::Storage)
+                    RunEnd::Starved(shortage)
                 }
                 RuntimeError::HostMemory { .. } => {
                     // A branch found no memory: hand the workflow to

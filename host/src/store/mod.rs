@@ -694,10 +694,11 @@ pub enum StoreError {
     Replaced { path: String },
     #[error("too many open files: cannot open the database {path}")]
     TooManyFiles { path: String },
-    /// A thread a run needs beside the store (its lease's) could not be
-    /// started: the host is short of memory or threads. Before any write.
-    #[error("the host could not start {what}: {reason}")]
-    NoThread { what: &'static str, reason: String },
+    /// The host is short of memory (or of threads) for `what`: the
+    /// database's own allocations, or a thread a run needs beside the
+    /// store (its lease's). Nothing was written.
+    #[error("the host is short of memory: {what} failed: {reason}")]
+    HostMemory { what: &'static str, reason: String },
     #[error("database error: {0}")]
     Backend(String),
 }
@@ -706,6 +707,12 @@ impl StoreError {
     /// The database itself failed (a full disk, an I/O error, the file
     /// replaced), as opposed to a conflict or a refusal: what was committed
     /// stands, and the same operation may work once it is fixed.
+    /// The host is short of memory: a later try may succeed, as after a
+    /// storage failure.
+    pub fn is_host_memory(&self) -> bool {
+        matches!(self, Self::HostMemory { .. })
+    }
+
     pub fn is_storage_failure(&self) -> bool {
         matches!(
             self,

@@ -1880,6 +1880,10 @@ fn store_error(error: rusqlite::Error) -> StoreError {
             path: String::new(),
             reason: error.to_string(),
         },
+        Some(ErrorCode::OutOfMemory) => StoreError::HostMemory {
+            what: "a database statement",
+            reason: error.to_string(),
+        },
         _ => StoreError::Backend(error.to_string()),
     }
 }
