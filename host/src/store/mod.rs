@@ -704,15 +704,15 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// The database itself failed (a full disk, an I/O error, the file
-    /// replaced), as opposed to a conflict or a refusal: what was committed
-    /// stands, and the same operation may work once it is fixed.
     /// The host is short of memory: a later try may succeed, as after a
     /// storage failure.
     pub fn is_host_memory(&self) -> bool {
         matches!(self, Self::HostMemory { .. })
     }
 
+    /// The database itself failed (a full disk, an I/O error, the file
+    /// replaced), as opposed to a conflict or a refusal: what was committed
+    /// stands, and the same operation may work once it is fixed.
     pub fn is_storage_failure(&self) -> bool {
         matches!(
             self,
