@@ -1353,6 +1353,19 @@ impl WorkflowRun {
         })
     }
 
+    /// End the run without finishing the workflow, in order (the host had
+    /// no memory for a branch): its lease is given up, so that the next run
+    /// takes over at once and does not count this one among runs that died.
+    /// Its steps in flight are left for that run. A store that fails here
+    /// changes nothing: the lease then runs out as after a crash.
+    pub fn release(mut self) {
+        if let Some(lease) = self.lease.take() {
+            // Renewals stop first, or one could extend the lease given up.
+            drop(lease);
+            let _ = self.store.release_workflow(&self.workflow_id, &self.run_id);
+        }
+    }
+
     /// The run stopped at a step boundary because it was cancelled.
     pub fn cancel(self) -> Result<RunReport, EngineError> {
         self.end(Err(Failure::new(CANCELLED)), WorkflowStatus::Cancelled)

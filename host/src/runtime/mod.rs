@@ -341,15 +341,15 @@ impl Runtime {
             Ok(outcome) => return Ok(run.complete(outcome)?),
             Err(trap) => trap,
         };
-        // A branch the host had no memory for: stop as after a storage
-        // failure, its step left for the next run to execute.
+        // A branch the host had no memory for: hand the workflow back, its
+        // step left for the next run to execute.
         if let Some(HostMemory(reason)) = trap
             .chain()
             .find_map(|cause| cause.downcast_ref::<HostMemory>())
         {
-            return Err(RuntimeError::HostMemory {
-                reason: reason.clone(),
-            });
+            let reason = reason.clone();
+            run.release();
+            return Err(RuntimeError::HostMemory { reason });
         }
         match trap.downcast::<EngineError>() {
             Ok(EngineError::Cancelled { .. }) => Ok(run.cancel()?),

@@ -806,14 +806,10 @@ fn execute(shared: &Shared, workflow: &WorkflowRecord) -> RunEnd {
                     }
                     RunEnd::Starved(shortage)
                 }
-                RuntimeError::HostMemory { .. } => {
-                    // A branch found no memory: hand the workflow to
-                    // whoever comes next, as after a storage failure. (When
-                    // its own instance found none, nothing was claimed and
-                    // this changes nothing.)
-                    let _ = shared.store.release_workflow(id, &run_id);
-                    RunEnd::Starved(Shortage::Memory)
-                }
+                // The runtime handed the workflow back already (when the
+                // workflow's own instance found no memory, nothing was
+                // claimed).
+                RuntimeError::HostMemory { .. } => RunEnd::Starved(Shortage::Memory),
                 _ => RunEnd::NotRun,
             }
         }

@@ -775,7 +775,11 @@ fn leases_renew_expire_and_release(store: &dyn CheckpointStore) {
     assert_eq!(ready[0].lease_expires_at, 0);
     assert!(is_lost(take_over(store, &workflow, "r2")));
     take_over(store, &ready[0], "r2").unwrap();
-    assert_eq!(store.workflow("wf").unwrap().unwrap().run_id, "r2");
+    let taken = store.workflow("wf").unwrap().unwrap();
+    assert_eq!((taken.run_id.as_str(), taken.takeovers), ("r2", 1));
+    // Given back in order: not a run that died, so the count starts again.
+    store.release_workflow("wf", "r2").unwrap();
+    assert_eq!(store.workflow("wf").unwrap().unwrap().takeovers, 0);
 }
 
 fn cancel(store: &dyn CheckpointStore) {

@@ -982,7 +982,9 @@ pub trait CheckpointStore: Send {
     ) -> Result<bool, StoreError>;
 
     /// Give up `run_id`'s lease on running workflow `id` (a graceful
-    /// shutdown): another process may take it over at once.
+    /// shutdown, a host out of memory): another process may take it over at
+    /// once. The run ended in order, so the count of runs that died in a row
+    /// starts again.
     fn release_workflow(&self, id: &str, run_id: &str) -> Result<(), StoreError>;
 
     /// Extend the leases of many runs at once, as [`CheckpointStore::renew_lease`]

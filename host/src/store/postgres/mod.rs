@@ -1364,7 +1364,7 @@ impl CheckpointStore for PostgresStore {
     fn release_workflow(&self, id: &str, run_id: &str) -> Result<(), StoreError> {
         self.write(|tx| {
             tx.execute(
-                "UPDATE workflows SET lease_expires_at = 0
+                "UPDATE workflows SET lease_expires_at = 0, takeovers = 0
                  WHERE id = $1 AND run_id = $2 AND status = 'running'",
                 &[&id, &run_id],
             )?;

@@ -1299,7 +1299,7 @@ impl CheckpointStore for SqliteStore {
     fn release_workflow(&self, id: &str, run_id: &str) -> Result<(), StoreError> {
         self.write(|tx| {
             tx.prepare_cached(
-                "UPDATE workflows SET lease_expires_at = 0
+                "UPDATE workflows SET lease_expires_at = 0, takeovers = 0
                  WHERE id = ?1 AND run_id = ?2 AND status = 'running'",
             )?
             .execute(params![id, run_id])?;
