@@ -425,6 +425,63 @@ fn restart_after_kill_9_takes_over_dead_owners_without_waiting_for_leases() {
 /// workflows at once (long before `--stale-after` 30 s) without running a
 /// step twice.
 #[test]
+fn a_workflow_that_cannot_run_is_suspended_or_held_back_not_retried_at_once() {
+    let scratch = Scratch::new();
+    deploy_scenarios(&scratch);
+    // A deployment whose granted directory is gone once its workflow starts.
+    let gone = scratch.path().join("gone");
+    std::fs::create_dir(&gone).unwrap();
+    let grant = format!("{}::/gone", gone.display());
+    deploy(
+        &scratch,
+        "needs-dir",
+        &artifacts().scenarios,
+        &["--dir", &grant],
+    );
+    std::fs::remove_dir(&gone).unwrap();
+    let steps = json!({ "scenario": "steps", "items": 1 });
+    start(&scratch, "needs-dir", "held", &steps, &[]).expect_code(0);
+    let server = Server::start(&scratch, "serve", &[]);
+
+    // No run of this code takes this input: suspended with the reason, so
+    // that `start --wait` answers instead of waiting on a retry loop.
+    let refused = start(
+        &scratch,
+        SCENARIOS,
+        "refused",
+        &json!({ "oops": 1 }),
+        &["--wait", "--wait-timeout", "60s"],
+    )
+    .expect_code(7);
+    assert!(
+        refused.stdout().contains("suspended") && refused.stdout().contains("refused its input"),
+        "{}",
+        refused.stdout()
+    );
+    assert_eq!(scratch.number("SELECT count(*) FROM steps"), 0);
+
+    // A run that stops on an error of its own is tried again after a hold
+    // that doubles (1 s, 2 s...), not thousands of times a second.
+    std::thread::sleep(Duration::from_millis(2500));
+    let tries = server.log().matches("cannot grant directory").count();
+    assert!(
+        (1..=3).contains(&tries),
+        "{tries} tries in 2.5 s:\n{}",
+        server.log()
+    );
+    assert!(server.log().contains("held back before its next run"));
+    // Once the directory is back, it runs.
+    std::fs::create_dir(&gone).unwrap();
+    wait_until("the held workflow to complete", PATIENCE, || {
+        scratch.workflow_status("held").as_deref() == Some("completed")
+    });
+    assert_eq!(
+        scratch.workflow_status("refused").as_deref(),
+        Some("suspended")
+    );
+}
+
+#[test]
 fn sigterm_drains_at_step_boundaries_and_releases_leases() {
     let (count, items) = (6, 20);
     let scratch = Scratch::new();

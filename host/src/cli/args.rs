@@ -46,7 +46,8 @@ Exit codes:
      `verify`, `upgrade`: some selected workflow does not replay on the new code
   5  the workflow is being run by another live process (left untouched)
   6  the workflow was cancelled
-  7  suspended: the workflow's code trapped or panicked; recorded as suspended, resumable
+  7  suspended: the workflow's code trapped or panicked (or, queued with `start`, refused its input);
+     recorded as suspended, resumable
   8  this run lost ownership of the workflow to another run mid-way and stopped (what it committed stands)
   9  storage failure (disk full, I/O error, database replaced): steps may have run; what was committed stands; run again once fixed
  10  the workflow is sleeping (a long durable sleep) until the time printed: run it again then, or let `serve` continue it

@@ -129,6 +129,7 @@ pub fn serve(
         workers: Workers::new(config.queues.iter().map(|(_, limit)| *limit).sum()),
         summary: ServeSummary::default(),
         paused: None,
+        held: HashMap::new(),
         schedules_due: None,
         schedules_read: None,
     };
@@ -307,8 +308,11 @@ struct Finished {
 enum RunEnd {
     /// It ran, and left the workflow with this status.
     Ran(WorkflowStatus),
-    /// Nothing ran: another process had it, or it could not be opened.
+    /// Nothing ran: another process had it, or the server is stopping.
     NotRun,
+    /// It stopped on an error of its own, logged (a component that does not
+    /// compile, a database error): held back a while, not retried at once.
+    Stopped,
     /// The host ran short of what runs need: new runs wait a while rather
     /// than fail at once, again and again.
     Starved(Shortage),
@@ -326,7 +330,7 @@ enum Shortage {
 
 impl RunEnd {
     fn of_store(error: &StoreError) -> Self {
-        Shortage::of(error).map_or(Self::NotRun, Self::Starved)
+        Shortage::of(error).map_or(Self::Stopped, Self::Starved)
     }
 }
 
@@ -346,6 +350,10 @@ impl Shortage {
 /// The first pause of new runs after the host ran short, and the longest.
 const STARVED_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
 
+/// The first hold of a workflow whose run stopped on an error, and the
+/// longest (each one in a row doubles it).
+const HOLD_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(60));
+
 struct Dispatcher {
     shared: Arc<Shared>,
     /// Runs in progress per queue.
@@ -359,6 +367,9 @@ struct Dispatcher {
     /// After the host ran short: no new runs until then, the pause that
     /// led to it (doubled at each shortage in a row), and what it lacked.
     paused: Option<(Instant, Duration, Shortage)>,
+    /// Workflows whose last run stopped on an error: not started again
+    /// before then, and the hold that led to it.
+    held: HashMap<String, (Instant, Duration)>,
     /// The soonest tick of a schedule, as last read.
     schedules_due: Option<Millis>,
     /// When the schedules were last read (other processes add them too).
@@ -377,6 +388,11 @@ impl Dispatcher {
         {
             return Ok(());
         }
+        // A hold that ran out no longer skips its workflow, but is kept a
+        // while to double the next one if its run stops again.
+        let looked = Instant::now();
+        self.held
+            .retain(|_, (until, _)| looked < *until + HOLD_BACKOFF.1);
         let now = now_millis();
         self.fire_schedules(config, now);
         for (queue, concurrency) in &config.queues {
@@ -389,11 +405,17 @@ impl Dispatcher {
             // look ready (the others are running under a lease this process
             // renews): leaving out all in flight would read a row more for
             // each, to throw it away.
-            let opening = lock(&self.shared.opening).clone();
+            let mut skip = lock(&self.shared.opening).clone();
+            skip.extend(
+                self.held
+                    .iter()
+                    .filter(|(_, (until, _))| looked < *until)
+                    .map(|(id, _)| id.clone()),
+            );
             let mut ready = self
                 .shared
                 .store
-                .ready_workflows(queue, now, free as u32, &opening)?;
+                .ready_workflows(queue, now, free as u32, &skip)?;
             if self.last_orphan_scan.elapsed() >= ORPHAN_SCAN {
                 ready.extend(self.orphans(queue, now, (free + busy) as u32)?);
             }
@@ -529,6 +551,7 @@ impl Dispatcher {
         self.in_flight.remove(&finished.workflow_id);
         if let RunEnd::Ran(status) = finished.end {
             self.shared.metrics.run_ended(status);
+            self.held.remove(&finished.workflow_id);
         }
         match finished.end {
             RunEnd::Ran(WorkflowStatus::Completed) => self.summary.completed += 1,
@@ -552,6 +575,19 @@ impl Dispatcher {
                 }
                 None => {}
             },
+            RunEnd::Stopped => {
+                let hold = match self.held.get(&finished.workflow_id) {
+                    Some((_, hold)) => (*hold * 2).min(HOLD_BACKOFF.1),
+                    None => HOLD_BACKOFF.0,
+                };
+                tracing::info!(
+                    workflow_id = finished.workflow_id,
+                    hold_ms = hold.as_millis() as u64,
+                    "held back before its next run"
+                );
+                self.held
+                    .insert(finished.workflow_id, (Instant::now() + hold, hold));
+            }
             RunEnd::NotRun => {}
         }
     }
@@ -701,7 +737,7 @@ fn execute(shared: &Shared, workflow: &WorkflowRecord) -> RunEnd {
             tracing::error!(workflow_id = id, %error, "cannot load the workflow's component");
             return match &error {
                 ServeError::Store(e) => RunEnd::of_store(e),
-                ServeError::Runtime(_) => RunEnd::NotRun,
+                ServeError::Runtime(_) => RunEnd::Stopped,
             };
         }
     };
@@ -746,7 +782,7 @@ fn execute(shared: &Shared, workflow: &WorkflowRecord) -> RunEnd {
             tracing::error!(workflow_id = id, %error, "cannot open the workflow");
             return match &error {
                 EngineError::Store(e) => RunEnd::of_store(e),
-                _ => RunEnd::NotRun,
+                _ => RunEnd::Stopped,
             };
         }
     };
@@ -787,9 +823,21 @@ fn execute(shared: &Shared, workflow: &WorkflowRecord) -> RunEnd {
             RunEnd::NotRun
         }
         Err(RuntimeError::Engine(EngineError::OwnedElsewhere { .. })) => RunEnd::NotRun,
-        Err(RuntimeError::Engine(error)) if error.is_non_determinism() => {
-            suspend_diverged(shared, workflow, &error.to_string())
-        }
+        Err(RuntimeError::Engine(error)) if error.is_non_determinism() => suspend_unclaimed(
+            shared,
+            workflow,
+            &error.to_string(),
+            "suspended: its code no longer replays its history",
+        ),
+        // No run of this code will take this input: a person must look.
+        Err(RuntimeError::Engine(error @ EngineError::InputRejected { .. })) => suspend_unclaimed(
+            shared,
+            workflow,
+            &format!(
+                "{error}; cancel it, or `durable-host resume {id} NEW.wasm` with code that takes it"
+            ),
+            "suspended: the workflow refused its input",
+        ),
         Err(error) => {
             tracing::error!(workflow_id = id, %error, "run stopped");
             match &error {
@@ -810,7 +858,11 @@ fn execute(shared: &Shared, workflow: &WorkflowRecord) -> RunEnd {
                 // workflow's own instance found no memory, nothing was
                 // claimed).
                 RuntimeError::HostMemory { .. } => RunEnd::Starved(Shortage::Memory),
-                _ => RunEnd::NotRun,
+                // Another run has it now: theirs.
+                RuntimeError::Engine(EngineError::Store(StoreError::LostOwnership { .. })) => {
+                    RunEnd::NotRun
+                }
+                _ => RunEnd::Stopped,
             }
         }
     }
@@ -829,24 +881,26 @@ impl Drop for Opening<'_> {
     }
 }
 
-/// The workflow's code no longer replays its history: suspend it, its steps
-/// untouched, rather than retry it forever; `durable-host resume` continues
-/// it on code that replays (`verify` finds such code).
-fn suspend_diverged(shared: &Shared, workflow: &WorkflowRecord, reason: &str) -> RunEnd {
+/// The workflow cannot go on on its code (which no longer replays its
+/// history, or refuses its input): suspend it, its steps untouched, rather
+/// than retry it forever; `durable-host resume` continues it on code that
+/// can (`verify` finds such code). `what` is the line logged.
+fn suspend_unclaimed(
+    shared: &Shared,
+    workflow: &WorkflowRecord,
+    reason: &str,
+    what: &str,
+) -> RunEnd {
     let id = workflow.id.as_str();
     match shared.store.suspend_unclaimed(workflow, reason) {
         Ok(true) => {
-            tracing::warn!(
-                workflow_id = id,
-                reason,
-                "suspended: its code no longer replays its history"
-            );
+            tracing::warn!(workflow_id = id, reason, "{what}");
             RunEnd::Ran(WorkflowStatus::Suspended)
         }
         // Someone else took it up meanwhile: theirs to judge.
         Ok(false) => RunEnd::NotRun,
         Err(error) => {
-            tracing::error!(workflow_id = id, %error, "cannot suspend the diverged workflow");
+            tracing::error!(workflow_id = id, %error, "cannot suspend the workflow");
             RunEnd::of_store(&error)
         }
     }
