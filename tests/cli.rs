@@ -575,3 +575,36 @@ fn a_reader_that_stops_early_is_no_error_for_list_and_history() {
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn a_listing_cursor_or_limit_that_selects_nothing_is_an_error_not_an_empty_page() {
+    let scratch = Scratch::new();
+    run(&mut scratch.scenario("w", json!({"scenario": "steps", "items": 1}))).expect_code(0);
+    // A mistyped cursor must not look like the end of the listing.
+    let unknown = run(&mut scratch.host(&["list", "--after", "nope"])).expect_code(2);
+    assert!(
+        unknown.stderr().contains("--after names no workflow")
+            && unknown.stderr().contains("hint:"),
+        "{}",
+        unknown.stderr()
+    );
+    run(&mut scratch.host(&["list", "--limit", "0"])).expect_code(2);
+    let after_last = run(&mut scratch.host(&["list", "--after", "w", "--json"]))
+        .expect_code(0)
+        .json();
+    assert_eq!(after_last, json!([]));
+
+    // `@` would make a deployment impossible to name in `upgrade --to NAME@SHA`.
+    let mut deploy = scratch.host(&["deploy", "a@b"]);
+    deploy.arg(&artifacts().scenarios);
+    let refused = run(&mut deploy).expect_code(2);
+    assert!(
+        refused.stderr().contains("`@` separates"),
+        "{}",
+        refused.stderr()
+    );
+    let deployments = run(&mut scratch.host(&["deploy", "--list", "--json"]))
+        .expect_code(0)
+        .json();
+    assert_eq!(deployments, json!([]), "nothing deployed");
+}

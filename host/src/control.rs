@@ -98,6 +98,13 @@ pub fn deploy(
     grants: &Grants,
 ) -> Result<Deployment, ControlError> {
     check_name("the deployment name", name)?;
+    if name.contains('@') {
+        return Err(ControlError::InvalidName {
+            what: "the deployment name",
+            value: name.chars().take(80).collect(),
+            reason: "`@` separates a deployment's name from its version (`upgrade --to NAME@SHA`)",
+        });
+    }
     runtime.compile(component)?;
     store.put_component(component.sha256(), component.bytes())?;
     Ok(store.deploy(name, component.sha256(), &grants.to_json())?)

@@ -142,7 +142,7 @@ impl From<ControlError> for ApiError {
             ),
             ControlError::InvalidName { .. } => Self::bad_request(
                 message,
-                "use a printable name of at most 1,024 bytes, without control characters",
+                "use a printable name of at most 1,024 bytes, without control characters (nor `@` in a deployment or schedule name)",
             ),
             ControlError::Refused { .. } => Self::new(StatusCode::CONFLICT, message, None),
             // Its reason says what a cron expression looks like.

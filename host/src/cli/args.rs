@@ -115,8 +115,9 @@ pub enum Command {
         #[arg(long, value_parser = parse_status)]
         status: Option<WorkflowStatus>,
 
-        /// At most this many workflows.
-        #[arg(long, value_name = "N", default_value_t = 50)]
+        /// At most this many workflows (1 or more).
+        #[arg(long, value_name = "N", default_value_t = 50,
+              value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
 
         /// Only workflows after this one in the listing (the last id of the

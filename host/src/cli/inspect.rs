@@ -43,6 +43,15 @@ pub fn list(
     limit: Option<u32>,
 ) -> anyhow::Result<ExitCode> {
     let store = &*open_existing(db)?;
+    // A mistyped cursor must not look like the end of the listing.
+    if let Some(after) = &query.after
+        && store.workflow(after)?.is_none()
+    {
+        return Err(
+            anyhow::Error::new(StoreError::UnknownWorkflow { id: after.clone() })
+                .context("--after names no workflow"),
+        );
+    }
     query.limit = Some(limit.map_or(LIST_PAGE, |l| l.min(LIST_PAGE)));
     let mut left = limit;
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());

@@ -185,7 +185,9 @@ fn control_hint(error: &ControlError) -> Option<String> {
             "keep large data elsewhere and pass a reference to it".to_owned()
         }
         ControlError::InvalidName { .. } => {
-            "use a printable name of at most 1,024 bytes".to_owned()
+            "use a printable name of at most 1,024 bytes (no `@` in a deployment or schedule \
+             name)"
+                .to_owned()
         }
         // Its reason says what would work.
         ControlError::Refused { .. }
