@@ -577,7 +577,7 @@ fn a_reader_that_stops_early_is_no_error_for_list_and_history() {
 }
 
 #[test]
-fn a_listing_cursor_or_limit_that_selects_nothing_is_an_error_not_an_empty_page() {
+fn names_that_select_nothing_or_could_not_be_named_again_are_refused_with_a_hint() {
     let scratch = Scratch::new();
     run(&mut scratch.scenario("w", json!({"scenario": "steps", "items": 1}))).expect_code(0);
     // A mistyped cursor must not look like the end of the listing.
@@ -593,6 +593,17 @@ fn a_listing_cursor_or_limit_that_selects_nothing_is_an_error_not_an_empty_page(
         .expect_code(0)
         .json();
     assert_eq!(after_last, json!([]));
+    let mut verify = scratch.host(&["verify"]);
+    verify
+        .arg(&artifacts().scenarios)
+        .args(["--workflow-id", "nope"]);
+    let unknown = run(&mut verify).expect_code(2);
+    assert!(
+        unknown.stderr().contains("workflow nope does not exist")
+            && unknown.stderr().contains("hint: `durable-host list`"),
+        "{}",
+        unknown.stderr()
+    );
 
     // `@` would make a deployment impossible to name in `upgrade --to NAME@SHA`.
     let mut deploy = scratch.host(&["deploy", "a@b"]);
@@ -607,4 +618,33 @@ fn a_listing_cursor_or_limit_that_selects_nothing_is_an_error_not_an_empty_page(
         .expect_code(0)
         .json();
     assert_eq!(deployments, json!([]), "nothing deployed");
+}
+
+#[test]
+fn a_reader_that_went_away_changes_no_exit_code_and_stops_no_run() {
+    let scratch = Scratch::new();
+    let slow = json!({"scenario": "slow", "items": 3, "sleep_ms": 50});
+    let mut deployments = scratch.host(&["deploy", "--list"]);
+    let mut schedules = scratch.host(&["schedule", "list"]);
+    for (name, command) in [
+        ("run", &mut scratch.scenario("piped", slow)),
+        ("deploy --list", &mut deployments),
+        ("schedule list", &mut schedules),
+    ] {
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Closed before the command writes anything: every write fails.
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{name}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+    }
+    assert_eq!(
+        scratch.workflow_status("piped").as_deref(),
+        Some("completed")
+    );
 }

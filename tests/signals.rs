@@ -358,8 +358,29 @@ fn a_waiting_workflow_is_cancelled_at_once_and_bad_signals_are_refused() {
         unknown.stderr()
     );
     let missing = run(&mut scratch.host(&["get-event", "idle", "nope"])).expect_code(2);
-    assert!(missing.stderr().contains("hint:"), "{}", missing.stderr());
+    assert!(
+        missing.stderr().contains("hint: `--wait DURATION` waits"),
+        "{}",
+        missing.stderr()
+    );
+    // A wait that ran out says so, and does not suggest the flag it had.
+    let waited =
+        run(&mut scratch.host(&["get-event", "idle", "nope", "--wait", "200ms"])).expect_code(2);
+    assert!(
+        waited.stderr().contains("after a wait of 0.2 s")
+            && waited.stderr().contains("hint: wait longer"),
+        "{}",
+        waited.stderr()
+    );
     run(&mut scratch.host(&["cancel", "idle"])).expect_code(0);
+    // An ended workflow publishes nothing more: no wait is worth it.
+    let ended =
+        run(&mut scratch.host(&["get-event", "idle", "nope", "--wait", "5s"])).expect_code(2);
+    assert!(
+        ended.stderr().contains("has ended") && ended.stderr().contains("durable-host history"),
+        "{}",
+        ended.stderr()
+    );
     assert_eq!(
         scratch.workflow_status("idle").as_deref(),
         Some("cancelled")

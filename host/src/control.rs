@@ -32,12 +32,14 @@ pub enum ControlError {
     /// what one looks like.
     #[error("{reason}")]
     InvalidSchedule { reason: String },
-    #[error("workflow {id} has published no event `{key}`")]
+    #[error("workflow {id} has published no event `{key}`{}", event_wait(*.ended, .waited))]
     UnknownEvent {
         id: String,
         key: String,
         /// The workflow has ended: it will publish nothing more.
         ended: bool,
+        /// How long the caller waited for it, if at all.
+        waited: Option<Duration>,
     },
     #[error("workflow {id} exists with another input")]
     InputConflict { id: String },
@@ -284,12 +286,23 @@ pub fn published_event(
                     id: id.to_owned(),
                     key: key.to_owned(),
                     ended: workflow.status.is_final(),
+                    waited: wait.filter(|wait| !wait.is_zero()),
                 });
             }
             None => std::thread::sleep(
                 RESULT_POLL.min(deadline.saturating_duration_since(Instant::now())),
             ),
         }
+    }
+}
+
+/// What [`ControlError::UnknownEvent`] adds: why no more waiting helps, or
+/// how long it waited.
+fn event_wait(ended: bool, waited: &Option<Duration>) -> String {
+    match waited {
+        _ if ended => " and has ended: it publishes nothing more".to_owned(),
+        Some(waited) => format!(" after a wait of {} s", waited.as_secs_f64()),
+        None => String::new(),
     }
 }
 

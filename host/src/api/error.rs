@@ -120,10 +120,14 @@ impl From<ControlError> for ApiError {
                 message,
                 Some("GET /v1/schedules lists the schedules there are"),
             ),
-            ControlError::UnknownEvent { .. } => Self::new(
+            ControlError::UnknownEvent { ended, .. } => Self::new(
                 StatusCode::NOT_FOUND,
                 message,
-                Some("`?wait=30s` waits up to that long for the workflow to publish it"),
+                Some(if ended {
+                    "GET /v1/workflows/{id}/steps shows the durable.event steps it recorded"
+                } else {
+                    "`?wait=30s` waits up to that long for the workflow to publish it"
+                }),
             ),
             ControlError::InputConflict { .. } => Self::new(
                 StatusCode::CONFLICT,

@@ -422,7 +422,8 @@ pub enum Command {
     /// --shutdown-grace and releases their leases; a second signal exits at
     /// once. Logs go to stderr (RUST_LOG filters them).
     Serve {
-        /// How many workflows of the `default` queue run at once.
+        /// How many workflows of the `default` queue run at once (0: none;
+        /// the server then runs only its --queue queues and answers the API).
         #[arg(long, value_name = "N", default_value_t = 64)]
         concurrency: usize,
 
@@ -505,7 +506,8 @@ pub enum Command {
         key: String,
 
         /// Wait until the workflow publishes it (or ends), at most this
-        /// long; without it, a key not yet published is an error.
+        /// long (a bare `--wait`: an hour); without it, a key not yet
+        /// published is an error.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration, num_args = 0..=1,
               default_missing_value = "1h")]
         wait: Option<Duration>,

@@ -72,14 +72,14 @@ pub fn compile(
             "duration_ms": (seconds * 1000.0).round() as u64,
         }));
     } else if compiled_now {
-        println!(
+        outln!(
             "compiled {} (component {}, {mib:.1} MiB) in {seconds:.2} s into {}",
             component.display(),
             &file.sha256()[..12],
             dir.display()
         );
     } else {
-        println!(
+        outln!(
             "{} (component {}) was compiled already: loaded from {} in {seconds:.2} s",
             component.display(),
             &file.sha256()[..12],

@@ -422,7 +422,8 @@ pub fn cancel(db: &Database, json_mode: bool, workflow_id: &str) -> anyhow::Resu
         CancelOutcome::Requested { run_id, owner } => (
             "requested",
             format!(
-                "workflow {workflow_id}: cancel requested; run {run_id} ({owner}) stops at its next step"
+                "workflow {workflow_id}: cancel requested; run {run_id} ({owner}) stops at its next \
+                 step (if it returns before one, it ends as it returned)"
             ),
         ),
         CancelOutcome::AlreadyFinished(status) => (
@@ -433,7 +434,7 @@ pub fn cancel(db: &Database, json_mode: bool, workflow_id: &str) -> anyhow::Resu
     if json_mode {
         print_json(&json!({ "workflow_id": workflow_id, "cancel": state }));
     } else {
-        println!("{message}");
+        outln!("{message}");
     }
     Ok(ExitCode::from(exit::SUCCESS))
 }

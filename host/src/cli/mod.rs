@@ -2,6 +2,21 @@
 //! engine and the runtime together, and turns errors into a one-line cause,
 //! a hint and an exit code.
 
+/// `println!` for a command's answer, which does not panic when the reader
+/// of stdout went away (`| head`): see [`write_stdout`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` that does not panic, as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*))
+    };
+}
+
 pub mod args;
 pub mod compile;
 pub mod inspect;
@@ -22,6 +37,7 @@ use durable_host::control::ControlError;
 use durable_host::engine::EngineError;
 use durable_host::runtime::{RuntimeError, WorldMismatch};
 use durable_host::store::StoreError;
+use durable_host::verify::VerifyError;
 
 /// Exit codes, as documented in `--help` (see [`args::EXIT_CODES`]).
 pub mod exit {
@@ -56,6 +72,14 @@ pub fn report_error(error: &anyhow::Error, json_mode: bool) -> ExitCode {
         print_json_error(&message, hint.as_deref(), code);
     }
     ExitCode::from(code)
+}
+
+/// Write `text` to stdout, ignoring a failure: a reader that stopped
+/// reading is its own choice, what the command did stands, and the exit
+/// code must still say how it went (`println!` would panic with 101).
+pub fn write_stdout(text: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().lock().write_fmt(text);
 }
 
 /// Whether `error` is standard output closed by its reader.
@@ -110,10 +134,15 @@ fn find<T: std::error::Error + Send + Sync + 'static>(error: &anyhow::Error) -> 
 
 /// The runtime error behind `error`, also when the control layer passed it on.
 fn runtime_error(error: &anyhow::Error) -> Option<&RuntimeError> {
-    find::<RuntimeError>(error).or_else(|| match find::<ControlError>(error)? {
-        ControlError::Runtime(runtime) => Some(runtime),
-        _ => None,
-    })
+    find::<RuntimeError>(error)
+        .or_else(|| match find::<ControlError>(error)? {
+            ControlError::Runtime(runtime) => Some(runtime),
+            _ => None,
+        })
+        .or_else(|| match find::<VerifyError>(error)? {
+            VerifyError::Runtime(runtime) => Some(runtime),
+            VerifyError::Store(_) => None,
+        })
 }
 
 /// The engine error behind `error`, also when the runtime or the control
@@ -142,25 +171,22 @@ fn store_error(error: &anyhow::Error) -> Option<&StoreError> {
             ControlError::Store(store) => Some(store),
             _ => None,
         })
+        .or_else(|| match find::<VerifyError>(error)? {
+            VerifyError::Store(store) => Some(store),
+            VerifyError::Runtime(_) => None,
+        })
 }
 
+/// The first hint a layer has for `error`: the engine's, the runtime's,
+/// the store's, then the control layer's.
 fn hint(error: &anyhow::Error) -> Option<String> {
-    if let Some(e) = engine_error(error) {
-        return engine_hint(e);
-    }
-    if let Some(e) = runtime_error(error) {
-        return runtime_hint(e);
-    }
-    if let Some(e) = store_error(error) {
-        return store_hint(e);
-    }
-    if let Some(e) = find::<ControlError>(error) {
-        return control_hint(e);
-    }
-    if let Some(e) = find::<compile::CompileError>(error) {
-        return Some(e.hint().to_owned());
-    }
-    find::<run::InputError>(error).map(|e| e.hint().to_owned())
+    engine_error(error)
+        .and_then(engine_hint)
+        .or_else(|| runtime_error(error).and_then(runtime_hint))
+        .or_else(|| store_error(error).and_then(store_hint))
+        .or_else(|| find::<ControlError>(error).and_then(control_hint))
+        .or_else(|| find::<compile::CompileError>(error).map(|e| e.hint().to_owned()))
+        .or_else(|| find::<run::InputError>(error).map(|e| e.hint().to_owned()))
 }
 
 fn control_hint(error: &ControlError) -> Option<String> {
@@ -171,15 +197,26 @@ fn control_hint(error: &ControlError) -> Option<String> {
         ControlError::UnknownSchedule { .. } => {
             "`durable-host schedule list` shows the schedules there are".to_owned()
         }
-        ControlError::UnknownEvent { id, .. } => format!(
-            "`--wait` waits for the workflow to publish it; `durable-host history {id}` shows \
-             the durable.event steps it recorded"
-        ),
+        ControlError::UnknownEvent {
+            id, ended, waited, ..
+        } => match (ended, waited) {
+            (true, _) => {
+                format!("`durable-host history {id}` shows the durable.event steps it recorded")
+            }
+            (false, Some(_)) => "wait longer with `--wait DURATION` (a bare `--wait` waits \
+                                 an hour)"
+                .to_owned(),
+            (false, None) => "`--wait DURATION` waits for the workflow to publish it (a bare \
+                              `--wait` waits an hour)"
+                .to_owned(),
+        },
         ControlError::InputConflict { .. } => "an id names one workflow: start it with the input \
             it has (`durable-host history ID`), or pick another --workflow-id"
             .to_owned(),
         ControlError::InvalidInput { .. } => {
-            "pass JSON and quote it for the shell, e.g. --input '{\"id\": 1}'".to_owned()
+            "pass JSON and quote it for the shell, e.g. '{\"id\": 1}'; a plain string needs \
+             its own quotes: '\"text\"'"
+                .to_owned()
         }
         ControlError::TooLarge { .. } => {
             "keep large data elsewhere and pass a reference to it".to_owned()

@@ -168,9 +168,9 @@ pub fn millis(duration: Duration) -> String {
 /// The header printed before a run's steps.
 pub fn print_start(workflow_id: &str, run_id: &str, recorded_steps: Option<usize>) {
     match recorded_steps {
-        None => println!("workflow {workflow_id}: starting (run {run_id})"),
+        None => outln!("workflow {workflow_id}: starting (run {run_id})"),
         Some(n) => {
-            println!("workflow {workflow_id}: resuming with {n} recorded step(s) (run {run_id})")
+            outln!("workflow {workflow_id}: resuming with {n} recorded step(s) (run {run_id})")
         }
     }
 }
@@ -200,7 +200,7 @@ pub fn print_report(report: &RunReport, elapsed: Duration, json_mode: bool) {
     let count = |f: fn(&StepEventKind) -> bool| report.events.iter().filter(|e| f(&e.kind)).count();
     let executed = count(|k| matches!(k, StepEventKind::Executed { .. }));
     let replayed = count(|k| matches!(k, StepEventKind::Replayed { .. }));
-    println!(
+    outln!(
         "workflow {} {} in {}: {executed} step(s) executed, {replayed} replayed",
         report.workflow_id,
         report.status,
@@ -240,22 +240,24 @@ pub fn print_stored(workflow: &WorkflowRecord, outcome: &Outcome, json_mode: boo
         return;
     }
     match status {
-        WorkflowStatus::Suspended => println!(
-            "workflow {id} is suspended; nothing ran (`durable-host resume {id} COMPONENT` \
+        WorkflowStatus::Suspended => outln!(
+            "workflow {id} {is}suspended{nothing_ran} (`durable-host resume {id} COMPONENT` \
              continues it once the cause is fixed)",
-            id = workflow.id
+            id = workflow.id,
+            is = if already { "is " } else { "" },
+            nothing_ran = if already { "; nothing ran" } else { "" },
         ),
-        _ if already => println!(
+        _ if already => outln!(
             "workflow {} already {status}; nothing ran (stored result below)",
             workflow.id
         ),
-        _ => println!("workflow {} {status}", workflow.id),
+        _ => outln!("workflow {} {status}", workflow.id),
     }
     print_outcome(outcome);
 }
 
 fn print_sleeping(wake_at: Millis) {
-    println!(
+    outln!(
         "sleeping until {} UTC: run it again then (or now: it sleeps on), or let \
          `durable-host serve` continue it",
         timestamp(wake_at)
@@ -275,7 +277,7 @@ fn print_waiting(id: &str, waiting_for: &WaitingFor, deadline: Option<Millis>) {
              {child}`); then run this one again"
         ),
     };
-    println!(
+    outln!(
         "waiting for {waiting_for}{until}: {what_to_do}, or let `durable-host serve` continue it"
     );
 }
@@ -290,8 +292,8 @@ fn waiting_json(waiting_for: &WaitingFor) -> Value {
 
 fn print_outcome(outcome: &Outcome) {
     match outcome {
-        Ok(output) => println!("output: {output}"),
-        Err(error) => println!("error: {error}"),
+        Ok(output) => outln!("output: {output}"),
+        Err(error) => outln!("error: {error}"),
     }
 }
 

@@ -29,12 +29,12 @@ use super::report::{self, Progress};
 pub enum InputError {
     #[error("--input is not valid JSON: {0}")]
     InvalidJson(serde_json::Error),
-    #[error("{path} does not hold valid JSON: {source}")]
+    #[error("{path} does not hold valid JSON")]
     InvalidJsonFile {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("cannot read --input-file {path}: {source}")]
+    #[error("cannot read --input-file {path}")]
     Unreadable {
         path: PathBuf,
         source: std::io::Error,
@@ -244,7 +244,7 @@ pub fn recover(
         .map(|summary| (summary.workflow.id, summary.workflow.grants))
         .collect();
     if !json_mode {
-        println!(
+        outln!(
             "recovering {} unfinished workflow(s) started by {}",
             candidates.len(),
             component.path().display()
@@ -260,7 +260,7 @@ pub fn recover(
             Ok(grants) => grants,
             Err(refused) => {
                 if !json_mode {
-                    println!("workflow {id} skipped: {refused}");
+                    outln!("workflow {id} skipped: {refused}");
                 }
                 results.push((id, Recovered::Skipped(refused.to_string())));
                 continue;
@@ -317,7 +317,7 @@ pub fn recover(
             "workflows": workflows,
         }));
     } else {
-        println!(
+        outln!(
             "recovered {}: {completed} completed, {failed} failed, {cancelled} cancelled, \
              {suspended} suspended, {skipped} skipped",
             results.len()
@@ -385,7 +385,7 @@ fn recover_one(
         // the recovery of the others.
         Err(error) => {
             if !json_mode {
-                println!("workflow {id} skipped: {error}");
+                outln!("workflow {id} skipped: {error}");
             }
             Ok(Recovered::Skipped(error.to_string()))
         }

@@ -48,7 +48,7 @@ pub fn schedule(
                 } else {
                     format!(" in queue `{}`", added.queue)
                 };
-                println!(
+                outln!(
                     "schedule {name} added: `{}` runs {deployment}{queue}; first tick {} UTC, as \
                      workflow {} (a `durable-host serve` on this database starts it)",
                     added.cron,
@@ -62,7 +62,7 @@ pub fn schedule(
             if json_mode {
                 print_json(&all.iter().map(ScheduleView::from).collect::<Vec<_>>());
             } else if all.is_empty() {
-                println!(
+                outln!(
                     "no schedules (`durable-host schedule add NAME --cron EXPR --deployment D` \
                      adds one)"
                 );
@@ -79,7 +79,7 @@ pub fn schedule(
                         ]
                     })
                     .collect();
-                print!(
+                out!(
                     "{}",
                     render(
                         &[
@@ -99,7 +99,7 @@ pub fn schedule(
             if json_mode {
                 print_json(&json!({"name": name, "removed": true}));
             } else {
-                println!("schedule {name} removed; the workflows it started are left alone");
+                outln!("schedule {name} removed; the workflows it started are left alone");
             }
         }
     }

@@ -47,7 +47,7 @@ pub fn deploy(
     if json_mode {
         print_json(&deployment_json(&deployment));
     } else {
-        println!(
+        outln!(
             "deployed {} version {} (component {}): `durable-host start {}` runs it",
             deployment.name,
             deployment.version,
@@ -65,7 +65,7 @@ pub fn list_deployments(db: &Database, json_mode: bool) -> anyhow::Result<ExitCo
         return Ok(ExitCode::from(exit::SUCCESS));
     }
     if deployments.is_empty() {
-        println!("no deployments (`durable-host deploy NAME FILE.wasm` makes one)");
+        outln!("no deployments (`durable-host deploy NAME FILE.wasm` makes one)");
         return Ok(ExitCode::from(exit::SUCCESS));
     }
     let rows: Vec<Vec<String>> = deployments
@@ -79,7 +79,7 @@ pub fn list_deployments(db: &Database, json_mode: bool) -> anyhow::Result<ExitCo
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         render(&["NAME", "VERSION", "COMPONENT", "DEPLOYED (UTC)"], &rows)
     );
@@ -129,13 +129,13 @@ pub fn start(db: &Database, json_mode: bool, args: &StartArgs<'_>) -> anyhow::Re
                 "queue": submitted.workflow.queue,
             }));
         } else if submitted.created {
-            println!("{id}");
+            outln!("{id}");
         } else {
             eprintln!(
                 "workflow {id} already exists with this input ({}); nothing new was queued",
                 submitted.workflow.status
             );
-            println!("{id}");
+            outln!("{id}");
         }
         return Ok(ExitCode::from(exit::SUCCESS));
     }
@@ -144,7 +144,9 @@ pub fn start(db: &Database, json_mode: bool, args: &StartArgs<'_>) -> anyhow::Re
     let record = control::wait_for_end(store, &id, timeout)?;
     match record.outcome() {
         Some(outcome) => {
-            report::print_stored(&record, &outcome, json_mode, false);
+            // Ended before this command: it only reads the stored result.
+            let already = submitted.workflow.outcome().is_some();
+            report::print_stored(&record, &outcome, json_mode, already);
             Ok(exit_code(record.status))
         }
         None => {
@@ -155,7 +157,7 @@ pub fn start(db: &Database, json_mode: bool, args: &StartArgs<'_>) -> anyhow::Re
                     "finished": false,
                 }));
             } else {
-                println!(
+                outln!(
                     "workflow {id} is still {} after {}; it goes on (`durable-host history {id}`)",
                     record.status,
                     super::report::millis(timeout)

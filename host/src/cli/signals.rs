@@ -25,14 +25,17 @@ pub fn signal(db: &Database, json_mode: bool, signal: &Signal<'_>) -> anyhow::Re
             "duplicate": !new,
         }));
     } else if new {
-        println!(
+        outln!(
             "signal `{}` ({}) sent to workflow {}",
-            sent.name, sent.signal_id, sent.workflow_id
+            sent.name,
+            sent.signal_id,
+            sent.workflow_id
         );
     } else {
-        println!(
+        outln!(
             "signal {} was sent to workflow {} before; this one was ignored",
-            sent.signal_id, sent.workflow_id
+            sent.signal_id,
+            sent.workflow_id
         );
     }
     Ok(ExitCode::from(exit::SUCCESS))
@@ -57,7 +60,7 @@ pub fn get_event(
             "published_at_ms": event.published_at,
         }));
     } else {
-        println!("{}", event.value);
+        outln!("{}", event.value);
     }
     Ok(ExitCode::from(exit::SUCCESS))
 }

@@ -78,7 +78,7 @@ pub fn verify(
             seconds,
         });
     } else {
-        println!(
+        outln!(
             "verified {} workflows ({} recorded steps, {:.0} steps/s): {} compatible, {} diverged, \
              {} with a changed input, {} undecodable, {} trapped, {} ended early, {} unverifiable",
             summary.workflows,

@@ -78,20 +78,20 @@ pub fn upgrade(
                 UpgradeResult::Upgraded { recorded_steps } => {
                     moved += 1;
                     if !json_mode {
-                        println!("{id}  upgraded (its {recorded_steps} recorded steps replay)");
+                        outln!("{id}  upgraded (its {recorded_steps} recorded steps replay)");
                     }
                     ("upgraded", None)
                 }
                 UpgradeResult::AlreadyThere => {
                     if !json_mode {
-                        println!("{id}  already on it");
+                        outln!("{id}  already on it");
                     }
                     ("already_there", None)
                 }
                 UpgradeResult::Refused(reason) => {
                     refused += 1;
                     if !json_mode {
-                        println!("{id}  left on its code: {reason}");
+                        outln!("{id}  left on its code: {reason}");
                     }
                     ("refused", Some(reason.clone()))
                 }
@@ -113,9 +113,10 @@ pub fn upgrade(
             "refused": refused,
         }));
     } else {
-        println!(
+        outln!(
             "{moved} upgraded to {} version {}, {refused} left on their code",
-            deployment.name, deployment.version
+            deployment.name,
+            deployment.version
         );
     }
     Ok(ExitCode::from(if refused == 0 {
@@ -161,10 +162,12 @@ pub fn fork(
             "component_sha256": forked.component_sha256,
         }));
     } else {
-        println!(
+        outln!(
             "forked {source} from step {from_step} as {} (queued in `{}`: `durable-host serve` \
              runs it, or `durable-host run COMPONENT --workflow-id {}`)",
-            forked.id, forked.queue, forked.id
+            forked.id,
+            forked.queue,
+            forked.id
         );
     }
     Ok(ExitCode::from(exit::SUCCESS))

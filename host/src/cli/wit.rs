@@ -23,7 +23,7 @@ pub fn write(json_mode: bool, dir: &Path) -> anyhow::Result<ExitCode> {
             "wasi": wasi,
         }));
     } else {
-        println!(
+        outln!(
             "wrote durable:workflow@{contract} and WASI {wasi} ({} files) into {}",
             files.len(),
             dir.display()
