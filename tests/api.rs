@@ -1542,6 +1542,8 @@ fn metrics_count_runs_steps_commits_queues_and_timers() {
         value(r#"durable_queue_depth{queue="nobody-serves-this"}"#),
         1.0
     );
+    // A served queue that is empty reads 0 rather than vanishing.
+    assert_eq!(value(r#"durable_queue_depth{queue="default"}"#), 0.0);
     assert_eq!(value("durable_takeovers_total"), 0.0);
     assert_eq!(server.stop(), Some(0));
 }
@@ -1582,6 +1584,12 @@ fn signals_and_published_events_over_http() {
         .json;
     assert_eq!(again["duplicate"], true);
     assert_eq!(again["value"], json!({"n": 1}), "the first one stands");
+    // A signal's value may be as large as an input (16 MiB), not only the
+    // 2 MB a body gets by default.
+    let big = json!({"value": "x".repeat(3 << 20)});
+    server
+        .post_json("/v1/workflows/asks/signals/big", &big)
+        .expect(202);
     server
         .post_json("/v1/workflows/asks/signals/go", &json!({}))
         .expect(202);
@@ -1593,6 +1601,7 @@ fn signals_and_published_events_over_http() {
         .as_array()
         .unwrap()
         .iter()
+        .filter(|s| s["name"] == "go")
         .map(|s| &s["taken_by"])
         .collect();
     assert_eq!(

@@ -443,3 +443,73 @@ fn serve_suspends_a_workflow_whose_code_no_longer_replays_instead_of_retrying_it
         Some("completed")
     );
 }
+
+#[test]
+fn upgrade_and_fork_keep_to_the_deployment_they_are_given() {
+    let scratch = Scratch::new();
+    let deploy = |name: &str, component: &std::path::Path| {
+        run(&mut scratch.host(&["deploy", name, component.to_str().unwrap()])).expect_code(0);
+    };
+    deploy("payments", &durable_tests::artifacts().scenarios);
+    deploy("reports", &version(None));
+    let input = r#"{"scenario": "steps", "items": 2}"#;
+    run(&mut scratch.host(&[
+        "start",
+        "payments",
+        "--workflow-id",
+        "pay-1",
+        "--input",
+        input,
+    ]))
+    .expect_code(0);
+    let before = component_of(&scratch, "pay-1");
+
+    // With no step recorded it would "replay" on any code: --all leaves
+    // another deployment's workflow alone, and naming it is refused.
+    let all = run(&mut scratch.host(&["upgrade", "--all", "--to", "reports", "--json"]))
+        .expect_code(0)
+        .json();
+    assert_eq!(all["upgraded"], 0, "{all}");
+    assert_eq!(component_of(&scratch, "pay-1"), before);
+    let named = run(&mut scratch.host(&["upgrade", "pay-1", "--to", "reports"])).expect_code(4);
+    assert!(
+        named.stdout().contains("belongs to deployment `payments`"),
+        "{}",
+        named.stdout()
+    );
+    assert_eq!(component_of(&scratch, "pay-1"), before);
+
+    // A fork onto a deployment is labelled with it, not with its source's.
+    run(&mut scratch.host(&[
+        "fork",
+        "pay-1",
+        "--from-step",
+        "1",
+        "--workflow-id",
+        "pay-2",
+        "--component",
+        "reports",
+    ]))
+    .expect_code(0);
+    let listed = run(&mut scratch.host(&["list", "--json"]))
+        .expect_code(0)
+        .json();
+    let deployment_of = |id: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["workflow_id"] == id)
+            .map(|w| w["deployment"].clone())
+    };
+    assert_eq!(
+        deployment_of("pay-2"),
+        Some(Value::from("reports")),
+        "{listed}"
+    );
+    assert_eq!(
+        deployment_of("pay-1"),
+        Some(Value::from("payments")),
+        "{listed}"
+    );
+}

@@ -47,6 +47,9 @@ pub struct Metrics {
     commit_writes: Histogram,
     commit_seconds: Histogram,
     queue_depth: Family<QueueLabel, Gauge>,
+    /// The queues this server serves: their depth reads 0 when empty,
+    /// rather than vanishing from the scrape.
+    served: Vec<String>,
 }
 
 impl Default for Metrics {
@@ -110,6 +113,7 @@ impl Default for Metrics {
             commit_writes,
             commit_seconds,
             queue_depth,
+            served: Vec::new(),
         }
     }
 }
@@ -149,9 +153,22 @@ impl Metrics {
         self.timer_lateness.observe(late.as_secs_f64());
     }
 
+    /// Report a depth for each of `queues`, empty or not.
+    pub fn serving(mut self, queues: impl IntoIterator<Item = String>) -> Self {
+        self.served = queues.into_iter().collect();
+        self
+    }
+
     /// The text for a scrape, with the queue depths read from `store` now.
     pub fn render(&self, store: &dyn CheckpointStore) -> Result<String, StoreError> {
         self.queue_depth.clear();
+        for queue in &self.served {
+            self.queue_depth
+                .get_or_create(&QueueLabel {
+                    queue: queue.clone(),
+                })
+                .set(0);
+        }
         for (queue, depth) in store.queue_depths()? {
             self.queue_depth
                 .get_or_create(&QueueLabel { queue })

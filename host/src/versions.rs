@@ -8,6 +8,7 @@
 //! everything here is an explicit operator's choice. Like [`control`](crate::control),
 //! this module knows the store and the runtime, not the command line.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::control::{ControlError, new_workflow_id};
@@ -54,42 +55,73 @@ pub fn upgrade(
 ) -> Result<(), VerifyError> {
     let verifier = Verifier::new(db, runtime, component, &target.sha256, timeout)?;
     let store = db.open()?;
+    let versions: HashSet<String> = store
+        .deployments(Some(&target.name))?
+        .into_iter()
+        .map(|version| version.sha256)
+        .collect();
+    let named = matches!(selection, Selection::Ids(_));
     verifier.select(selection, |workflow| {
-        let result = upgrade_one(store.as_ref(), &verifier, target, &workflow)?;
+        let result = match &workflow.deployment {
+            // `--all` (or a status) selects the deployment's own workflows.
+            Some(other) if *other != target.name && !named => return Ok(()),
+            Some(other) if *other != target.name => UpgradeResult::Refused(format!(
+                "it belongs to deployment `{other}`: `upgrade --to {other}` moves it to that \
+                 deployment's newest code"
+            )),
+            _ => {
+                // Started by `run` on code that is no version of the
+                // target's: only a recorded history can show it is the
+                // same workflow (one with no step replays on any code).
+                let unproven = !named
+                    && workflow.deployment.is_none()
+                    && !versions.contains(&workflow.component_sha256);
+                match upgrade_one(store.as_ref(), &verifier, target, &workflow, unproven)? {
+                    Some(result) => result,
+                    None => return Ok(()),
+                }
+            }
+        };
         each(&workflow, &result);
         Ok(())
     })
 }
 
+/// Move `workflow` to `target` if its history replays there; `None` when it
+/// is `unproven` to be the target's workflow and has no history to show it.
 fn upgrade_one(
     store: &dyn CheckpointStore,
     verifier: &Verifier<'_>,
     target: &Deployment,
     workflow: &WorkflowRecord,
-) -> Result<UpgradeResult, VerifyError> {
+    unproven: bool,
+) -> Result<Option<UpgradeResult>, VerifyError> {
     if workflow.component_sha256 == target.sha256 {
-        return Ok(UpgradeResult::AlreadyThere);
+        return Ok(Some(UpgradeResult::AlreadyThere));
     }
     if workflow.outcome().is_some() && workflow.status != WorkflowStatus::Suspended {
-        return Ok(UpgradeResult::Refused(format!(
+        return Ok(Some(UpgradeResult::Refused(format!(
             "it has {}: there is nothing left to run",
             match workflow.status {
                 WorkflowStatus::Completed => "completed",
                 WorkflowStatus::Failed => "failed (`durable-host resume` continues it on new code)",
                 _ => "been cancelled",
             }
-        )));
+        ))));
     }
     if workflow.status == WorkflowStatus::Running && owner_alive(workflow, now_millis()) {
-        return Ok(UpgradeResult::Refused(format!(
+        return Ok(Some(UpgradeResult::Refused(format!(
             "run {} of {} is running it now; upgrade it once it sleeps, or after that server \
              stops (its code is in that process's memory)",
             workflow.run_id, workflow.owner
-        )));
+        ))));
     }
     let verdict = verifier.verify(workflow.clone())?;
+    if unproven && verdict.recorded_steps == 0 {
+        return Ok(None);
+    }
     if let Some(reason) = incompatibility(&verdict.verdict) {
-        return Ok(UpgradeResult::Refused(reason));
+        return Ok(Some(UpgradeResult::Refused(reason)));
     }
     let detail = format!(
         "from component {} to {} (deployment {} version {}), verified against its {} recorded \
@@ -106,7 +138,7 @@ fn upgrade_one(
         to_sha256: &target.sha256,
         detail: &detail,
     })?;
-    Ok(if switched {
+    Ok(Some(if switched {
         UpgradeResult::Upgraded {
             recorded_steps: verdict.recorded_steps,
         }
@@ -114,7 +146,7 @@ fn upgrade_one(
         UpgradeResult::Refused(
             "it changed while it was being verified (a run took it up); run upgrade again".into(),
         )
-    })
+    }))
 }
 
 /// Why a verdict does not allow an upgrade, if it does not.
@@ -163,6 +195,9 @@ pub struct ForkRequest<'a> {
     pub id: Option<&'a str>,
     /// Its component (kept in the database already); the source's when `None`.
     pub component_sha256: Option<&'a str>,
+    /// The deployment that component is a version of, when one was named:
+    /// the fork is labelled with it rather than with the source's.
+    pub deployment: Option<&'a str>,
 }
 
 /// Start a new workflow from `request.source`'s history: the same input,
@@ -233,6 +268,7 @@ pub fn fork(
         id: &id,
         keep_through: request.from_step - 1,
         component_sha256: component,
+        deployment: request.deployment,
         detail: &detail,
     })?)
 }

@@ -136,9 +136,9 @@ fn body_error(status: StatusCode, text: &str) -> ApiError {
         ApiError::new(
             status,
             format!(
-                "the body is too large: at most {} MiB for a deployment, {} MiB for a submission",
-                DEPLOY_BODY_LIMIT >> 20,
-                SUBMIT_BODY_LIMIT >> 20
+                "the body is too large: at most {} MiB ({} MiB for a deployment's component)",
+                SUBMIT_BODY_LIMIT >> 20,
+                DEPLOY_BODY_LIMIT >> 20
             ),
             Some("keep large data elsewhere and pass a reference to it"),
         )
@@ -666,6 +666,7 @@ pub async fn fork_workflow(
                 from_step: request.from_step,
                 id: request.workflow_id.as_deref(),
                 component_sha256: component.as_ref().map(|d| d.sha256.as_str()),
+                deployment: component.as_ref().map(|d| d.name.as_str()),
             },
         )?)
     })

@@ -60,8 +60,9 @@ use crate::store::GroupCommitStore;
 
 /// The largest component `POST /v1/deployments` takes.
 pub const DEPLOY_BODY_LIMIT: usize = 64 << 20;
-/// The largest `POST /v1/workflows` body: the largest input, written
-/// compactly, and room for the other fields and the body's own spacing.
+/// The largest JSON body (`POST /v1/workflows`, a signal, a schedule, a
+/// fork): the largest input or value, written compactly, and room for the
+/// other fields and the body's own spacing.
 pub const SUBMIT_BODY_LIMIT: usize = MAX_INPUT + (1 << 20);
 /// After the scheduler stopped, how long requests in flight may take.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -331,14 +332,17 @@ fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(handlers::workflow_logs))
         .routes(routes!(handlers::workflow_result))
         .routes(routes!(handlers::cancel_workflow))
-        .routes(routes!(handlers::fork_workflow))
-        .routes(routes!(handlers::send_signal))
+        .routes(routes!(handlers::fork_workflow).layer(DefaultBodyLimit::max(SUBMIT_BODY_LIMIT)))
+        .routes(routes!(handlers::send_signal).layer(DefaultBodyLimit::max(SUBMIT_BODY_LIMIT)))
         .routes(routes!(handlers::published_event))
         .routes(
             routes!(handlers::deploy, handlers::list_deployments)
                 .layer(DefaultBodyLimit::max(DEPLOY_BODY_LIMIT)),
         )
-        .routes(routes!(handlers::list_schedules, handlers::add_schedule))
+        .routes(
+            routes!(handlers::list_schedules, handlers::add_schedule)
+                .layer(DefaultBodyLimit::max(SUBMIT_BODY_LIMIT)),
+        )
         .routes(routes!(handlers::remove_schedule))
         .routes(routes!(handlers::health))
         .routes(routes!(handlers::openapi))

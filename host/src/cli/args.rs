@@ -223,7 +223,10 @@ pub enum Command {
         workflow_ids: Vec<String>,
 
         /// Every workflow that has not finished (queued, running, sleeping,
-        /// waiting, suspended).
+        /// waiting, suspended) and is TARGET's: started from its deployment,
+        /// or by `run` on a version of its code or with recorded steps its
+        /// code replays. Other deployments' workflows are left alone (and
+        /// refused when named).
         #[arg(long, conflicts_with = "workflow_ids")]
         all: bool,
 

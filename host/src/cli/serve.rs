@@ -210,7 +210,7 @@ pub fn serve(db: &Database, args: ServeArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let store = GroupCommitStore::open(db)?;
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::default().serving(queues.iter().map(|(name, _)| name.clone())));
     let api = match api_config {
         Some(config) => Some(api::start(
             store.clone(),

@@ -140,8 +140,8 @@ pub fn fork(
         "no database at {db}: there is no workflow to fork (pass --db PATH)"
     );
     let store = &*db.open()?;
-    let sha256 = component
-        .map(|spec| component_sha256(store, spec, cache))
+    let target = component
+        .map(|spec| component_of(store, spec, cache))
         .transpose()?;
     let forked = versions::fork(
         store,
@@ -149,7 +149,8 @@ pub fn fork(
             source,
             from_step,
             id: new_id,
-            component_sha256: sha256.as_deref(),
+            component_sha256: target.as_ref().map(|(sha256, _)| sha256.as_str()),
+            deployment: target.as_ref().and_then(|(_, name)| name.as_deref()),
         },
     )?;
     if json_mode {
@@ -175,17 +176,18 @@ pub fn fork(
 
 /// The component `spec` names: a .wasm file (checked and kept in the
 /// database) or a deployment.
-fn component_sha256(
+fn component_of(
     store: &dyn CheckpointStore,
     spec: &str,
     cache: &CacheArgs,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, Option<String>)> {
     let path = Path::new(spec);
     if path.is_file() {
         let file = ComponentFile::read(path)?;
         runtime(cache)?.compile(&file)?;
         store.put_component(file.sha256(), file.bytes())?;
-        return Ok(file.sha256().to_owned());
+        return Ok((file.sha256().to_owned(), None));
     }
-    Ok(versions::deployment(store, spec)?.sha256)
+    let deployment = versions::deployment(store, spec)?;
+    Ok((deployment.sha256, Some(deployment.name)))
 }

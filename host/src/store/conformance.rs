@@ -1514,10 +1514,12 @@ fn fork(store: &dyn CheckpointStore) {
             id: "copy",
             keep_through: 4,
             component_sha256: "c9",
+            deployment: Some("fixed"),
             detail: "from src at 4",
         })
         .unwrap();
     assert_eq!(forked.status, WorkflowStatus::Queued);
+    assert_eq!(forked.deployment.as_deref(), Some("fixed"));
     assert_eq!(forked.component_sha256, "c9");
     assert_eq!(forked.input, "{\"n\":1}");
     assert_eq!(forked.grants.as_deref(), Some("{}"));
@@ -1547,10 +1549,16 @@ fn fork(store: &dyn CheckpointStore) {
             id: "short",
             keep_through: 1,
             component_sha256: "c1",
+            deployment: None,
             detail: "",
         })
         .unwrap();
     assert_eq!(store.steps(&short.id).unwrap().len(), 1);
+    // No deployment named: the source's label, whatever it is.
+    assert_eq!(
+        short.deployment,
+        store.workflow("src").unwrap().unwrap().deployment
+    );
     assert!(store.published_events("short").unwrap().is_empty());
     assert!(matches!(
         store.fork_workflow(&Fork {
@@ -1558,6 +1566,7 @@ fn fork(store: &dyn CheckpointStore) {
             id: "copy",
             keep_through: 1,
             component_sha256: "c1",
+            deployment: None,
             detail: "",
         }),
         Err(StoreError::WorkflowExists { .. })
@@ -1568,6 +1577,7 @@ fn fork(store: &dyn CheckpointStore) {
             id: "new",
             keep_through: 1,
             component_sha256: "c1",
+            deployment: None,
             detail: "",
         }),
         Err(StoreError::UnknownWorkflow { .. })

@@ -593,13 +593,14 @@ impl CheckpointStore for GroupCommitStore {
             fork.component_sha256.to_owned(),
             fork.detail.to_owned(),
         );
-        let keep_through = fork.keep_through;
+        let (keep_through, deployment) = (fork.keep_through, fork.deployment.map(str::to_owned));
         self.submit(true, move |store| {
             store.fork_workflow(&Fork {
                 source: &source,
                 id: &id,
                 keep_through,
                 component_sha256: &sha,
+                deployment: deployment.as_deref(),
                 detail: &detail,
             })
         })

@@ -509,6 +509,8 @@ pub struct Fork<'a> {
     /// the caller checks they are); later ones run again.
     pub keep_through: u32,
     pub component_sha256: &'a str,
+    /// The deployment it runs on, when named; the source's otherwise.
+    pub deployment: Option<&'a str>,
     /// Recorded as the new workflow's `forked` event.
     pub detail: &'a str,
 }

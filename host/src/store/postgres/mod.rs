@@ -914,10 +914,16 @@ impl CheckpointStore for PostgresStore {
                      (id, component_sha256, input, status, run_id, owner_pid, owner_host,
                       lease_expires_at, created_at, updated_at, grants, queue, deployment)
                  SELECT $2::TEXT, $3::TEXT, input, 'queued', '', 0, '', 0, $4::BIGINT,
-                        $4::BIGINT, grants, queue, deployment
+                        $4::BIGINT, grants, queue, coalesce($5::TEXT, deployment)
                  FROM workflows WHERE id = $1
                  ON CONFLICT (id) DO NOTHING",
-                &[&fork.source, &fork.id, &fork.component_sha256, &now],
+                &[
+                    &fork.source,
+                    &fork.id,
+                    &fork.component_sha256,
+                    &now,
+                    &fork.deployment,
+                ],
             )?;
             if inserted == 0 {
                 let source_exists = tx

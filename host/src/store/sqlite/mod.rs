@@ -870,11 +870,18 @@ impl CheckpointStore for SqliteStore {
                     "INSERT INTO workflows
                          (id, component_sha256, input, status, run_id, owner_pid, owner_host,
                           lease_expires_at, created_at, updated_at, grants, queue, deployment)
-                     SELECT ?2, ?3, input, 'queued', '', 0, '', 0, ?4, ?4, grants, queue, deployment
+                     SELECT ?2, ?3, input, 'queued', '', 0, '', 0, ?4, ?4, grants, queue,
+                            coalesce(?5, deployment)
                      FROM workflows WHERE id = ?1
                      ON CONFLICT (id) DO NOTHING",
                 )?
-                .execute(params![fork.source, fork.id, fork.component_sha256, now])?;
+                .execute(params![
+                    fork.source,
+                    fork.id,
+                    fork.component_sha256,
+                    now,
+                    fork.deployment
+                ])?;
             if inserted == 0 {
                 let source_exists = tx
                     .prepare_cached("SELECT 1 FROM workflows WHERE id = ?1")?
