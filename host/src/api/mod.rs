@@ -208,6 +208,7 @@ pub fn start(
         interruptible: false,
         cache: config.cache,
         echo_output: false,
+        pooled_runs: None,
     })?;
     let bind_error = |e: std::io::Error| ApiStartError::Bind {
         addr: config.addr,

@@ -53,6 +53,7 @@ pub fn compile(
         interruptible: false,
         cache: Some(cache),
         echo_output: false,
+        pooled_runs: None,
     })?;
     let started = Instant::now();
     let compiled = runtime.compile(&file)?;

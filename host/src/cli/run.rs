@@ -73,6 +73,7 @@ impl Executor {
             interruptible: grants.timeout().is_some(),
             cache: args.cache.cache(),
             echo_output: true,
+            pooled_runs: None,
         })?;
         Ok(Self {
             db: db.clone(),

@@ -41,6 +41,7 @@ pub fn deploy(
         interruptible: false,
         cache: cache.cache(),
         echo_output: false,
+        pooled_runs: None,
     })?;
     let store = &*db.open()?;
     let deployment = control::deploy(store, &runtime, name, &file, &grants)?;

@@ -51,6 +51,7 @@ pub fn verify(
         interruptible: true,
         cache: cache.cache(),
         echo_output: false,
+        pooled_runs: None,
     })?;
     let compiled = runtime.compile(&file)?;
     let verifier = Verifier::new(db, &runtime, &compiled, file.sha256(), timeout)?;

@@ -23,6 +23,7 @@ fn runtime(cache: &CacheArgs) -> anyhow::Result<Runtime> {
         interruptible: true,
         cache: cache.cache(),
         echo_output: false,
+        pooled_runs: None,
     })?)
 }
 

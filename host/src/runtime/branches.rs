@@ -18,7 +18,7 @@ use crate::store::{Failure, LogLine, Outcome};
 
 /// At most this many branch instances run at once; more branches wait for a
 /// free thread. Memory is bounded by the run's budget, threads by this.
-const MAX_BRANCH_THREADS: usize = 16;
+pub(super) const MAX_BRANCH_THREADS: usize = 16;
 
 /// Runs the branches of a parallel call.
 pub struct BranchRunner {

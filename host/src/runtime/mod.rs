@@ -13,8 +13,9 @@
 //! time and memory, `grants` what a workflow was granted, `http` outbound
 //! HTTP (its allow-list and the record of each request), `cache` compiled
 //! components, `imports` what a component imports (read before compiling),
-//! `contract` which release of the contract a component was built against
-//! and `compat` the imports of the earlier releases.
+//! `contract` which release of the contract a component was built against,
+//! `compat` the imports of the earlier releases and `pool` the instance
+//! pool `serve` reserves for its runs.
 
 mod branches;
 mod cache;
@@ -26,6 +27,7 @@ mod host;
 mod http;
 mod imports;
 mod limits;
+mod pool;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -34,7 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
@@ -205,43 +207,86 @@ pub struct RuntimeConfig {
     /// Copy what guests print to this process's stderr as they print it
     /// (`run`); it is kept in the workflow's log either way.
     pub echo_output: bool,
+    /// Take instances from a pool reserved up front for this many runs at
+    /// once (`serve`; see [`pool`]) rather than map each afresh.
+    pub pooled_runs: Option<usize>,
 }
 
-/// The wasmtime engine and a linker providing WASI 0.2 and `durable-step`.
+/// The wasmtime engines and their linkers providing WASI 0.2 and
+/// `durable-step`.
 pub struct Runtime {
-    engine: Engine,
-    linker: Linker<HostState>,
+    /// Instances from a pool reserved up front (`serve`; see [`pool`]),
+    /// when one was asked for and could be reserved.
+    pooled: Option<Linked>,
+    /// Instances mapped one by one: `run`, and components the pool's slots
+    /// cannot hold.
+    mapped: Linked,
+    /// Why the pool asked for could not be reserved.
+    pool_refused: Option<String>,
     config: RuntimeConfig,
     /// Stops the epoch ticker thread (present with a timeout) when dropped.
     ticker_stop: Option<Arc<AtomicBool>>,
 }
 
+/// An engine, and a linker of every import a workflow may use.
+struct Linked {
+    engine: Engine,
+    linker: Linker<HostState>,
+}
+
+impl Linked {
+    fn new(wasmtime_config: &mut Config) -> wasmtime::Result<Self> {
+        wasmtime_config.epoch_interruption(true);
+        let engine = Engine::new(wasmtime_config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        http::add_to_linker(&mut linker)?;
+        limits::enforce_deadline_in_poll(&mut linker)?;
+        // Every release of the contract, each under its own versioned name.
+        v0_3::Workflow::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)?;
+        v0_2::durable_step::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)?;
+        v0_1::durable_step::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)?;
+        Ok(Self { engine, linker })
+    }
+}
+
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
         let setup = |e: wasmtime::Error| RuntimeError::Setup(e.to_string());
-        let mut wasmtime_config = Config::new();
-        wasmtime_config.epoch_interruption(true);
-        let engine = Engine::new(&wasmtime_config).map_err(setup)?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(setup)?;
-        http::add_to_linker(&mut linker).map_err(setup)?;
-        limits::enforce_deadline_in_poll(&mut linker).map_err(setup)?;
-        // Every release of the contract, each under its own versioned name.
-        v0_3::Workflow::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
-            .map_err(setup)?;
-        v0_2::durable_step::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
-            .map_err(setup)?;
-        v0_1::durable_step::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
-            .map_err(setup)?;
+        let mapped = Linked::new(&mut Config::new()).map_err(setup)?;
+        let (pooled, pool_refused) = match config.pooled_runs {
+            None => (None, None),
+            Some(runs) => match pool::config(runs) {
+                None => (
+                    None,
+                    Some(format!(
+                        "{runs} runs need more address space than a process has"
+                    )),
+                ),
+                Some(pool) => {
+                    let mut pooled = Config::new();
+                    pooled.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+                    match Linked::new(&mut pooled) {
+                        Ok(linked) => (Some(linked), None),
+                        Err(e) => (None, Some(format!("{:#}", e))),
+                    }
+                }
+            },
+        };
         let ticker_stop = if config.interruptible {
             let stop = Arc::new(AtomicBool::new(false));
-            let (engine, ticker_stop) = (engine.clone(), Arc::clone(&stop));
+            let ticker_stop = Arc::clone(&stop);
+            let engines: Vec<Engine> = pooled
+                .iter()
+                .chain([&mapped])
+                .map(|linked| linked.engine.clone())
+                .collect();
             thread::Builder::new()
                 .name("epoch".to_owned())
                 .spawn(move || {
                     while !ticker_stop.load(Ordering::Relaxed) {
                         thread::sleep(EPOCH_TICK);
-                        engine.increment_epoch();
+                        engines.iter().for_each(Engine::increment_epoch);
                     }
                 })
                 .map_err(|e| {
@@ -252,11 +297,18 @@ impl Runtime {
             None
         };
         Ok(Self {
-            engine,
-            linker,
+            pooled,
+            mapped,
+            pool_refused,
             config,
             ticker_stop,
         })
+    }
+
+    /// Why the instance pool asked for ([`RuntimeConfig::pooled_runs`]) could
+    /// not be reserved: instances are then mapped one by one.
+    pub fn pool_refused(&self) -> Option<&str> {
+        self.pool_refused.as_deref()
     }
 
     /// Compile `file` (or load it from the cache) and check it against the
@@ -276,14 +328,33 @@ impl Runtime {
             reason: e.root_cause().to_string(),
         };
         let (component, cache_use) = match &self.config.cache {
-            Some(cache) => cache.load_or_compile(&self.engine, &file.sha256, &file.bytes),
-            None => wasmtime::component::Component::new(&self.engine, &file.bytes)
+            Some(cache) => cache.load_or_compile(&self.mapped.engine, &file.sha256, &file.bytes),
+            None => Component::new(&self.mapped.engine, &file.bytes)
                 .map(|component| (component, CacheUse::NotStored("no cache".into()))),
         }
         .map_err(invalid)?;
+        // Both engines compile alike: the pool's loads the same code, and
+        // refuses a component its slots cannot hold (its instances are then
+        // mapped).
+        let pooled = self.pooled.as_ref().and_then(|pooled| {
+            let code = component.serialize().ok()?;
+            // SAFETY: these bytes were serialized from a compilation by this
+            // process a moment ago.
+            match unsafe { Component::deserialize(&pooled.engine, &code) } {
+                Ok(component) => Some((pooled, component)),
+                Err(error) => {
+                    tracing::info!(
+                        component = %file.path.display(),
+                        "its instances are mapped one by one, not pooled: {error:#}"
+                    );
+                    None
+                }
+            }
+        });
+        let (linked, component) = pooled.unwrap_or((&self.mapped, component));
         let not_a_workflow =
             |e: wasmtime::Error| wrong_world(WorldMismatch::NotAWorkflow(e.to_string()));
-        let instance_pre = self
+        let instance_pre = linked
             .linker
             .instantiate_pre(&component)
             .map_err(not_a_workflow)?;
@@ -322,7 +393,7 @@ impl Runtime {
             self.config.echo_output,
         ));
         let role = Role::Workflow { run, branches };
-        let mut store = limits.store(&self.engine, &sandbox, &output, role)?;
+        let mut store = limits.store(component.pre.engine(), &sandbox, &output, role)?;
         let instance = component.pre.instantiate(&mut store);
         // Before the guest ran: not its fault, nothing to record against it.
         if let Some(HostMemory(reason)) = instance.as_ref().err().and_then(HostMemory::of) {

@@ -101,11 +101,24 @@ pub fn serve(
     config: &ServeConfig,
     shutdown: ShutdownFlag,
 ) -> Result<ServeSummary, ServeError> {
+    let runs: usize = config
+        .queues
+        .iter()
+        .map(|(_, concurrency)| concurrency)
+        .sum();
     let runtime = Runtime::new(RuntimeConfig {
         interruptible: true,
         cache: config.cache.clone(),
         echo_output: false,
+        pooled_runs: (runs > 0).then_some(runs),
     })?;
+    if let Some(reason) = runtime.pool_refused() {
+        tracing::info!(
+            runs,
+            "no instance pool for this many runs ({reason}): instances are mapped one by one, \
+             which is slower for short workflows"
+        );
+    }
     store.observe_commits(Arc::clone(&config.metrics) as Arc<dyn CommitObserver>);
     leases::check_clock(&store, config.stale_after);
     let leases = SharedLeases::new(config.stale_after);
