@@ -6,7 +6,7 @@
 //! each first write to a page of the memory image, copied on write) flushes
 //! the other core's TLB by interrupt. For thousands of short workflows a
 //! second that was the largest single cost of `serve`: a quarter of its CPU
-//! in a profile, and single-step workflows ran ~1.7x faster pooled. A pooled
+//! in a profile, and single-step workflows ran ~1.6x faster pooled. A pooled
 //! slot stays mapped: when its instance is dropped, only the pages the guest
 //! wrote (found with the kernel's `PAGEMAP_SCAN` where it has one) are reset
 //! in place from the image, and the next instance of the same component
