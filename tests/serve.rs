@@ -484,6 +484,42 @@ fn a_workflow_that_cannot_run_is_suspended_or_held_back_not_retried_at_once() {
 }
 
 #[test]
+fn parallel_branches_run_in_serve_within_the_runs_memory_budget() {
+    // The workflow's own instance comes from serve's pool, its branches'
+    // are mapped one by one: both share the run's --max-memory budget.
+    let scratch = Scratch::new();
+    deploy_scenarios(&scratch);
+    deploy(
+        &scratch,
+        "budgeted",
+        &artifacts().scenarios,
+        &["--max-memory", "256MiB"],
+    );
+    let _server = Server::start(&scratch, "serve", &["--concurrency", "2"]);
+    let wait = ["--wait", "--wait-timeout", "120s"];
+    // More branches than run at once (16), each in an instance of its own.
+    let many = json!({"scenario": "parallel", "items": 40, "sleep_ms": 1, "burn_ms": 0});
+    start(&scratch, SCENARIOS, "many", &many, &wait).expect_code(0);
+    assert_eq!(
+        scratch.number(
+            "SELECT count(*) FROM steps WHERE workflow_id = 'many' AND status = 'completed'"
+        ),
+        40
+    );
+    // 8 branches of 120 MiB held at once: at most two fit 256 MiB.
+    let hungry = json!({"scenario": "mem_branches", "items": 8, "mib": 120, "hold_ms": 2000});
+    let failed = start(&scratch, "budgeted", "hungry", &hungry, &wait).expect_code(1);
+    assert!(
+        failed.stdout().contains("--max-memory"),
+        "{}",
+        failed.stdout()
+    );
+    // A workflow after them starts from a clean instance, and completes.
+    let steps = json!({ "scenario": "steps", "items": 2 });
+    start(&scratch, SCENARIOS, "after", &steps, &wait).expect_code(0);
+}
+
+#[test]
 fn sigterm_drains_at_step_boundaries_and_releases_leases() {
     let (count, items) = (6, 20);
     let scratch = Scratch::new();

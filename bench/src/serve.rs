@@ -22,8 +22,7 @@
 //! - recovery after `kill -9` of a `serve` with many workflows in flight.
 //!
 //! Every server uses the bench's compiled-component cache, filled first by
-//! one `serve` run ([`warm_up`]): `serve` compiles with other engine
-//! settings than `run` and `deploy`, so their cache entries do not serve it.
+//! one `serve` run ([`warm_up`]), so that no measured server compiles.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

@@ -427,6 +427,10 @@ pub enum Command {
     Serve {
         /// How many workflows of the `default` queue run at once (0: none;
         /// the server then runs only its --queue queues and answers the API).
+        /// Instances come from a pool reserved for all queues' runs at once
+        /// (address space, not memory: ~8 GiB per run); past about 10,000
+        /// runs it cannot be reserved and instances are mapped one by one,
+        /// slower.
         #[arg(long, value_name = "N", default_value_t = 64)]
         concurrency: usize,
 

@@ -18,7 +18,7 @@ use crate::store::{Failure, LogLine, Outcome};
 
 /// At most this many branch instances run at once; more branches wait for a
 /// free thread. Memory is bounded by the run's budget, threads by this.
-pub(super) const MAX_BRANCH_THREADS: usize = 16;
+const MAX_BRANCH_THREADS: usize = 16;
 
 /// Runs the branches of a parallel call.
 pub struct BranchRunner {
@@ -264,7 +264,16 @@ impl BranchRunner {
         job: &BranchJob,
         output: &GuestOutput,
     ) -> Result<Outcome, Interrupted> {
-        let pre = &self.component.pre;
+        let pre = match self.component.branch_pre() {
+            Ok(pre) => pre,
+            Err(e) => {
+                if let Some(starved) = HostMemory::of(&e) {
+                    return Err(starved.into());
+                }
+                let reason = format!("cannot load the component for the branch: {e}");
+                return Ok(Err(Failure::new(reason)));
+            }
+        };
         let mut store = match self
             .limits
             .store(pre.engine(), &self.sandbox, output, Role::Branch)

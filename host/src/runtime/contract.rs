@@ -48,6 +48,13 @@ impl ContractPre {
         }
     }
 
+    pub fn component(&self) -> &wasmtime::component::Component {
+        match self {
+            Self::StepErrors(pre) => pre.instance_pre().component(),
+            Self::TextErrors(pre) => pre.instance_pre().component(),
+        }
+    }
+
     pub fn instantiate(
         &self,
         store: &mut wasmtime::Store<HostState>,

@@ -31,8 +31,8 @@ mod pool;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread;
 
 use sha2::{Digest, Sha256};
@@ -165,7 +165,13 @@ impl ComponentFile {
 /// A compiled component, checked to be a workflow and ready to instantiate.
 #[derive(Clone)]
 pub struct WorkflowComponent {
+    /// For the workflow's own instances: pooled when the runtime has a pool
+    /// that holds the component.
     pre: ContractPre,
+    /// With a pooled `pre`: the engine that maps branch instances one by one
+    /// (the pool holds one instance per run), and the component loaded into
+    /// it on the first branch.
+    mapped: Option<(Arc<Linked>, Arc<OnceLock<ContractPre>>)>,
     cache_use: CacheUse,
 }
 
@@ -173,6 +179,21 @@ impl WorkflowComponent {
     /// Whether it was compiled, and whether its compiled form was kept.
     pub fn cache_use(&self) -> &CacheUse {
         &self.cache_use
+    }
+
+    /// The component for branch instances, which are mapped one by one.
+    fn branch_pre(&self) -> wasmtime::Result<ContractPre> {
+        let Some((mapped, loaded)) = &self.mapped else {
+            return Ok(self.pre.clone());
+        };
+        if let Some(pre) = loaded.get() {
+            return Ok(pre.clone());
+        }
+        let code = self.pre.component().serialize()?;
+        // SAFETY: serialized from this process's own compilation just now.
+        let component = unsafe { Component::deserialize(&mapped.engine, &code) }?;
+        let pre = ContractPre::new(mapped.linker.instantiate_pre(&component)?)?;
+        Ok(loaded.get_or_init(|| pre).clone())
     }
 }
 
@@ -218,9 +239,9 @@ pub struct Runtime {
     /// Instances from a pool reserved up front (`serve`; see [`pool`]),
     /// when one was asked for and could be reserved.
     pooled: Option<Linked>,
-    /// Instances mapped one by one: `run`, and components the pool's slots
-    /// cannot hold.
-    mapped: Linked,
+    /// Instances mapped one by one: `run`, parallel branches, and
+    /// components the pool's slots cannot hold.
+    mapped: Arc<Linked>,
     /// Why the pool asked for could not be reserved.
     pool_refused: Option<String>,
     config: RuntimeConfig,
@@ -253,7 +274,7 @@ impl Linked {
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
         let setup = |e: wasmtime::Error| RuntimeError::Setup(e.to_string());
-        let mapped = Linked::new(&mut Config::new()).map_err(setup)?;
+        let mapped = Arc::new(Linked::new(&mut Config::new()).map_err(setup)?);
         let (pooled, pool_refused) = match config.pooled_runs {
             None => (None, None),
             Some(runs) => match pool::config(runs) {
@@ -278,7 +299,7 @@ impl Runtime {
             let ticker_stop = Arc::clone(&stop);
             let engines: Vec<Engine> = pooled
                 .iter()
-                .chain([&mapped])
+                .chain([&*mapped])
                 .map(|linked| linked.engine.clone())
                 .collect();
             thread::Builder::new()
@@ -337,10 +358,11 @@ impl Runtime {
         // refuses a component its slots cannot hold (its instances are then
         // mapped).
         let pooled = self.pooled.as_ref().and_then(|pooled| {
-            let code = component.serialize().ok()?;
-            // SAFETY: these bytes were serialized from a compilation by this
-            // process a moment ago.
-            match unsafe { Component::deserialize(&pooled.engine, &code) } {
+            let loaded = component.serialize().and_then(|code| {
+                // SAFETY: serialized from this process's own compilation just now.
+                unsafe { Component::deserialize(&pooled.engine, &code) }
+            });
+            match loaded {
                 Ok(component) => Some((pooled, component)),
                 Err(error) => {
                     tracing::info!(
@@ -351,6 +373,9 @@ impl Runtime {
                 }
             }
         });
+        let mapped = pooled
+            .is_some()
+            .then(|| (Arc::clone(&self.mapped), Arc::new(OnceLock::new())));
         let (linked, component) = pooled.unwrap_or((&self.mapped, component));
         let not_a_workflow =
             |e: wasmtime::Error| wrong_world(WorldMismatch::NotAWorkflow(e.to_string()));
@@ -359,7 +384,11 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(not_a_workflow)?;
         let pre = ContractPre::new(instance_pre).map_err(not_a_workflow)?;
-        Ok(WorkflowComponent { pre, cache_use })
+        Ok(WorkflowComponent {
+            pre,
+            mapped,
+            cache_use,
+        })
     }
 
     /// Execute `run` in a new instance of `component`, with what `grants`
@@ -504,11 +533,15 @@ struct HostMemory(String);
 impl HostMemory {
     /// Whether creating an instance failed with `error` because the host
     /// had no memory to give it: an `mmap` refused (`ENOMEM`, also under
-    /// `ulimit -v`) or an allocation wasmtime could not make. A guest's own
-    /// memory limit is not this ([`limit_exceeded`]).
+    /// `ulimit -v`) or an allocation wasmtime could not make, or a pool
+    /// out of slots (it is sized not to run out). A guest's own memory
+    /// limit is not this ([`limit_exceeded`]).
     fn of(error: &wasmtime::Error) -> Option<Self> {
         let starved = error.chain().any(|cause| {
             cause.downcast_ref::<wasmtime::OutOfMemory>().is_some()
+                || cause
+                    .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                    .is_some()
                 || cause.downcast_ref::<rustix::io::Errno>() == Some(&rustix::io::Errno::NOMEM)
                 || cause
                     .downcast_ref::<std::io::Error>()

@@ -12,39 +12,41 @@
 //! in place from the image, and the next instance of the same component
 //! finds its memory ready.
 //!
+//! The pool holds each run's own instance, one slot per run a server may
+//! hold at once, every slot able to grow to the 4 GiB an unpooled memory
+//! may (address space, not RAM): it cannot run out. Parallel branches,
+//! rarer and up to 16 per run, are mapped one by one: pooled, the slots a
+//! burst of them used would keep their resident pages after it.
+//!
 //! What stays resident is bounded: at most [`KEEP_RESIDENT`] per slot, only
 //! pages a guest wrote, and only in the slots in use at one time (a slot
 //! that held the component before is taken first).
 //!
-//! The pool is sized so that it cannot run out: every run a server may hold
-//! at once, each with its parallel branches, every slot able to grow to the
-//! 4 GiB an unpooled memory may (address space, not RAM). Where it cannot be
-//! reserved (an address-space limit, a very large `--concurrency`), or a
-//! component does not fit its slots, instances are mapped one by one, as
-//! `run` does: slower, never refused.
+//! Where the pool cannot be reserved (an address-space limit, a very large
+//! `--concurrency`), or a component does not fit its slots, instances are
+//! mapped one by one, as `run` does: slower, never refused.
 
 use wasmtime::{Enabled, PoolingAllocationConfig};
 
-use super::branches::MAX_BRANCH_THREADS;
-
 /// Bytes of each memory slot reset in place, and kept resident, when its
 /// instance is dropped; beyond that, pages are given back to the system.
-/// A single-step Rust workflow writes less than a quarter of it: 256 KiB,
-/// 1, 2 and 4 MiB ran alike. Where the kernel cannot tell written pages
-/// apart, all of it is reset, so it stays small.
-const KEEP_RESIDENT: usize = 1 << 20;
+/// A single-step Rust workflow writes less: 256 KiB, 1, 2 and 4 MiB ran
+/// alike. Where the kernel cannot tell written pages apart, all of it is
+/// reset, so it stays small.
+const KEEP_RESIDENT: usize = 512 << 10;
 
-/// Memories, tables and core instances one component may hold in a slot.
-/// A component with more runs unpooled.
+/// Memories, tables and core instances one component may hold in a slot,
+/// and the entries a table may grow to (wasmtime's default is 20,000). A
+/// component with more runs unpooled.
 const MEMORIES_PER_COMPONENT: u32 = 2;
 const TABLES_PER_COMPONENT: u32 = 8;
 const CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+const TABLE_ELEMENTS: usize = 100_000;
 
-/// A pool for `runs` runs at once, each with up to [`MAX_BRANCH_THREADS`]
-/// branch instances beside its own; `None` when that is more than one
-/// process may address.
+/// A pool for the instances of `runs` runs at once; `None` when that is
+/// more than can be counted.
 pub(super) fn config(runs: usize) -> Option<PoolingAllocationConfig> {
-    let instances = u32::try_from(runs.checked_mul(1 + MAX_BRANCH_THREADS)?).ok()?;
+    let instances = u32::try_from(runs).ok()?;
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(instances)
         .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
@@ -56,6 +58,7 @@ pub(super) fn config(runs: usize) -> Option<PoolingAllocationConfig> {
         // Only async calls use stacks of their own; workflows run on threads.
         .total_stacks(0)
         .max_memory_size(1 << 32)
+        .table_elements(TABLE_ELEMENTS)
         .linear_memory_keep_resident(KEEP_RESIDENT)
         .table_keep_resident(KEEP_RESIDENT)
         .pagemap_scan(Enabled::Auto)
@@ -89,11 +92,13 @@ mod tests {
     }
 
     #[test]
-    fn a_pool_holds_every_instance_its_runs_may_have_at_once() {
-        let engine = pooled_engine(1);
-        let component = Component::new(&engine, with_memories(1)).unwrap();
+    fn a_pool_holds_an_instance_for_each_of_its_runs() {
+        let runs = 5;
+        let engine = pooled_engine(runs);
+        let component =
+            Component::new(&engine, with_memories(MEMORIES_PER_COMPONENT as usize)).unwrap();
         let linker = wasmtime::component::Linker::<()>::new(&engine);
-        let stores: Vec<_> = (0..1 + MAX_BRANCH_THREADS)
+        let stores: Vec<_> = (0..runs)
             .map(|_| {
                 let mut store = wasmtime::Store::new(&engine, ());
                 linker.instantiate(&mut store, &component).unwrap();

@@ -115,7 +115,7 @@ pub fn serve(
     if let Some(reason) = runtime.pool_refused() {
         tracing::info!(
             runs,
-            "no instance pool for this many runs ({reason}): instances are mapped one by one, \
+            "cannot reserve the instance pool ({reason}): instances are mapped one by one, \
              which is slower for short workflows"
         );
     }
