@@ -478,6 +478,24 @@ fn upgrade_and_fork_keep_to_the_deployment_they_are_given() {
         named.stdout()
     );
     assert_eq!(component_of(&scratch, "pay-1"), before);
+    // A version that is not there is named as such, with where to look.
+    let missing =
+        run(&mut scratch.host(&["upgrade", "pay-1", "--to", "reports@deadbeef"])).expect_code(2);
+    assert!(
+        missing.stderr().contains(
+            "deployment `reports` has no version whose component's sha256 starts with `deadbeef`"
+        ) && missing.stderr().contains("deploy --list"),
+        "{}",
+        missing.stderr()
+    );
+    let unknown =
+        run(&mut scratch.host(&["upgrade", "pay-1", "--to", "nope@deadbeef"])).expect_code(2);
+    assert!(
+        unknown.stderr().contains("no deployment named `nope`"),
+        "{}",
+        unknown.stderr()
+    );
+    assert_eq!(component_of(&scratch, "pay-1"), before);
 
     // A fork onto a deployment is labelled with it, not with its source's.
     run(&mut scratch.host(&[

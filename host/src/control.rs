@@ -26,6 +26,8 @@ pub const DEFAULT_QUEUE: &str = "default";
 pub enum ControlError {
     #[error("no deployment named `{name}`")]
     UnknownDeployment { name: String },
+    #[error("deployment `{name}` has no version whose component's sha256 starts with `{sha}`")]
+    UnknownVersion { name: String, sha: String },
     #[error("no schedule named `{name}`")]
     UnknownSchedule { name: String },
     /// A cron expression that does not parse or never ticks: why, and

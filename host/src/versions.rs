@@ -280,11 +280,17 @@ pub fn deployment(store: &dyn CheckpointStore, spec: &str) -> Result<Deployment,
         Some((name, sha)) => (name, Some(sha)),
         None => (spec, None),
     };
-    store
-        .deployments(Some(name))?
+    let versions = store.deployments(Some(name))?;
+    if versions.is_empty() {
+        return Err(ControlError::UnknownDeployment {
+            name: name.to_owned(),
+        });
+    }
+    versions
         .into_iter()
         .find(|d| sha.is_none_or(|sha| !sha.is_empty() && d.sha256.starts_with(sha)))
-        .ok_or_else(|| ControlError::UnknownDeployment {
-            name: spec.to_owned(),
+        .ok_or_else(|| ControlError::UnknownVersion {
+            name: name.to_owned(),
+            sha: sha.unwrap_or_default().to_owned(),
         })
 }

@@ -115,6 +115,11 @@ impl From<ControlError> for ApiError {
                     "GET /v1/deployments lists the deployments there are; `durable-host deploy NAME FILE.wasm` or POST /v1/deployments?name=NAME makes one",
                 ),
             ),
+            ControlError::UnknownVersion { .. } => Self::new(
+                StatusCode::NOT_FOUND,
+                message,
+                Some("GET /v1/deployments lists each version with its component's sha256"),
+            ),
             ControlError::UnknownSchedule { .. } => Self::new(
                 StatusCode::NOT_FOUND,
                 message,

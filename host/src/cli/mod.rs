@@ -194,6 +194,9 @@ fn control_hint(error: &ControlError) -> Option<String> {
         ControlError::UnknownDeployment { .. } => "`durable-host deploy NAME FILE.wasm` makes \
             one; `durable-host deploy --list` shows those there are"
             .to_owned(),
+        ControlError::UnknownVersion { .. } => "`durable-host deploy --list` shows each version \
+            with the start of its component's sha256"
+            .to_owned(),
         ControlError::UnknownSchedule { .. } => {
             "`durable-host schedule list` shows the schedules there are".to_owned()
         }
