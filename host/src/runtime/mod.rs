@@ -189,9 +189,7 @@ impl WorkflowComponent {
         if let Some(pre) = loaded.get() {
             return Ok(pre.clone());
         }
-        let code = self.pre.component().serialize()?;
-        // SAFETY: serialized from this process's own compilation just now.
-        let component = unsafe { Component::deserialize(&mapped.engine, &code) }?;
+        let component = mapped.load(self.pre.component())?;
         let pre = ContractPre::new(mapped.linker.instantiate_pre(&component)?)?;
         Ok(loaded.get_or_init(|| pre).clone())
     }
@@ -268,6 +266,14 @@ impl Linked {
         v0_2::durable_step::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)?;
         v0_1::durable_step::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)?;
         Ok(Self { engine, linker })
+    }
+
+    /// `component`, compiled by another engine of the same settings, loaded
+    /// into this one (a pool refuses one its slots cannot hold).
+    fn load(&self, component: &Component) -> wasmtime::Result<Component> {
+        let code = component.serialize()?;
+        // SAFETY: serialized from this process's own compilation just now.
+        unsafe { Component::deserialize(&self.engine, &code) }
     }
 }
 
@@ -357,12 +363,10 @@ impl Runtime {
         // Both engines compile alike: the pool's loads the same code, and
         // refuses a component its slots cannot hold (its instances are then
         // mapped).
-        let pooled = self.pooled.as_ref().and_then(|pooled| {
-            let loaded = component.serialize().and_then(|code| {
-                // SAFETY: serialized from this process's own compilation just now.
-                unsafe { Component::deserialize(&pooled.engine, &code) }
-            });
-            match loaded {
+        let pooled = self
+            .pooled
+            .as_ref()
+            .and_then(|pooled| match pooled.load(&component) {
                 Ok(component) => Some((pooled, component)),
                 Err(error) => {
                     tracing::info!(
@@ -371,8 +375,7 @@ impl Runtime {
                     );
                     None
                 }
-            }
-        });
+            });
         let mapped = pooled
             .is_some()
             .then(|| (Arc::clone(&self.mapped), Arc::new(OnceLock::new())));

@@ -139,7 +139,7 @@ pub fn serve(
         in_flight: HashSet::new(),
         // At start: scan at once.
         last_orphan_scan: Instant::now() - ORPHAN_SCAN,
-        workers: Workers::new(config.queues.iter().map(|(_, limit)| *limit).sum()),
+        workers: Workers::new(runs),
         summary: ServeSummary::default(),
         paused: None,
         held: HashMap::new(),
