@@ -516,6 +516,8 @@ fn a_run_that_lost_ownership_changes_nothing(store: &dyn CheckpointStore) {
     // Every write of the old run r1 is fenced off.
     let log = [line("late", LogStream::Stdout)];
     assert!(is_lost(begin(store, "wf", "r1", "b", 2, 1)));
+    assert!(is_lost(begin(store, "wf", "r1", "a", 1, 2)));
+    assert!(is_lost(finish(store, "wf", "r1", &key, Ok("1".into()))));
     assert!(is_lost(store.finish_step(
         "wf",
         "r1",
@@ -553,6 +555,10 @@ fn a_run_that_lost_ownership_changes_nothing(store: &dyn CheckpointStore) {
     )
     .unwrap();
     match store.append_log("wf", "r2", &log) {
+        Err(StoreError::LostOwnership { owner, .. }) => assert!(owner.contains("failed")),
+        other => panic!("expected LostOwnership, got {other:?}"),
+    }
+    match begin(store, "wf", "r2", "b", 2, 1) {
         Err(StoreError::LostOwnership { owner, .. }) => assert!(owner.contains("failed")),
         other => panic!("expected LostOwnership, got {other:?}"),
     }
@@ -623,10 +629,12 @@ fn steps_begin_finish_and_replay(store: &dyn CheckpointStore) {
     );
 
     // A finished step is never begun or finished again.
-    assert!(matches!(
-        begin(store, "wf", "r1", "a", 1, 2),
-        Err(StoreError::Backend(_))
-    ));
+    for attempt in [1, 2] {
+        assert!(matches!(
+            begin(store, "wf", "r1", "a", 1, attempt),
+            Err(StoreError::Backend(_))
+        ));
+    }
     assert!(matches!(
         finish(store, "wf", "r1", &a, Ok("2".into())),
         Err(StoreError::Backend(_))

@@ -310,22 +310,28 @@ impl PostgresStore {
             "SELECT run_id, status FROM workflows WHERE id = $1 FOR UPDATE",
             &[&id],
         )?;
-        let row = row.map(|row| Ok::<_, StoreError>((get(&row, 0)?, get(&row, 1)?)));
-        super::check_owner(id, run_id, row.transpose()?)
+        super::check_owner(id, run_id, owner(row)?)
+    }
+
+    /// Inside a write: workflow `id`'s `(run_id, status)` as they are now
+    /// (`None`: it is gone), unlocked: what a write that matched nothing
+    /// reads to say why. An owner that changed since cannot be `run_id`
+    /// again, so the answer stands.
+    fn owner_now(tx: &mut Tx<'_>, id: &str) -> Result<Option<(String, String)>, StoreError> {
+        owner(tx.query_opt("SELECT run_id, status FROM workflows WHERE id = $1", &[&id])?)
     }
 
     /// Inside a write: the conflict for a claim of workflow `id` that
     /// matched nothing.
     fn lost_ownership(tx: &mut Tx<'_>, id: &str) -> Result<StoreError, StoreError> {
-        let row = tx.query_opt("SELECT run_id, status FROM workflows WHERE id = $1", &[&id])?;
-        let row = row.map(|row| Ok::<_, StoreError>((get(&row, 0)?, get(&row, 1)?)));
-        Ok(super::lost_ownership(id, row.transpose()?))
+        Ok(super::lost_ownership(id, Self::owner_now(tx, id)?))
     }
 
     /// Inside a write, or as one alone: record how step `key` ended (see
     /// [`CheckpointStore::finish_step`]), fenced as [`Self::check_owner`]
-    /// fences, in one statement: the workflow's row is locked first, and
-    /// the step changes only if `run_id` owns it.
+    /// fences, in one statement: the workflow's row is locked first (the
+    /// `EXISTS` runs once, before the scan), and the step changes only if
+    /// `run_id` owns it. Only a finish that changed nothing reads why.
     fn finish_step_in(
         tx: &mut Tx<'_>,
         workflow_id: &str,
@@ -335,18 +341,12 @@ impl PostgresStore {
     ) -> Result<(), StoreError> {
         let (status, output, error, code) = split_outcome(outcome);
         let (error, code) = (error.map(storable), code.map(storable));
-        let row = tx.query_opt(
-            "WITH owner AS (
-                 SELECT run_id, status FROM workflows WHERE id = $1 FOR UPDATE
-             ), finished AS (
-                 UPDATE steps SET status = $4, output_json = $5, error = $6, finished_at = $7,
-                     error_code = $8
-                 WHERE workflow_id = $1 AND step_key = $2 AND run_id = $3 AND status = 'running'
-                   AND EXISTS (SELECT 1 FROM owner
-                               WHERE owner.run_id = $3 AND owner.status = 'running')
-                 RETURNING 1
-             )
-             SELECT run_id, status, (SELECT count(*) FROM finished) FROM owner",
+        let updated = tx.execute(
+            "UPDATE steps SET status = $4, output_json = $5, error = $6, finished_at = $7,
+                 error_code = $8
+             WHERE workflow_id = $1 AND step_key = $2 AND run_id = $3 AND status = 'running'
+               AND EXISTS (SELECT 1 FROM workflows
+                           WHERE id = $1 AND run_id = $3 AND status = 'running' FOR UPDATE)",
             &[
                 &workflow_id,
                 &key.as_str(),
@@ -358,14 +358,13 @@ impl PostgresStore {
                 &code,
             ],
         )?;
-        let (owner, updated) = fenced(row)?;
-        super::check_owner(workflow_id, run_id, owner)?;
-        if updated == 0 {
-            return Err(StoreError::Backend(format!(
-                "step {key} of workflow {workflow_id} is not running in run {run_id}"
-            )));
+        if updated == 1 {
+            return Ok(());
         }
-        Ok(())
+        super::check_owner(workflow_id, run_id, Self::owner_now(tx, workflow_id)?)?;
+        Err(StoreError::Backend(format!(
+            "step {key} of workflow {workflow_id} is not running in run {run_id}"
+        )))
     }
 
     /// Whether step `key` is as `run_id` left it when it finished it: the
@@ -1743,14 +1742,25 @@ fn renew_one(
 
 /// Inside a write, or as one alone: mark `step` running, fenced as
 /// [`PostgresStore::check_owner`] fences, in one statement that also asks
-/// not to wait for the flush (see [`Commit::Unflushed`]).
+/// not to wait for the flush (see [`Commit::Unflushed`]) and answers a row
+/// only if it wrote the step. Only a begin that wrote nothing reads why.
 fn begin_step(tx: &mut Tx<'_>, workflow_id: &str, step: &StepBegin<'_>) -> Result<(), StoreError> {
-    // Parts of one statement see the history as it was when it began: the
-    // attempt a step taken over from a dead run had begun (not one waiting
-    // out a retry's backoff) goes into the attempt history as interrupted,
-    // as it was before the row is reused. A finished step is never
-    // reopened: the upsert only touches a row that is still running.
-    let row = tx.query_opt(
+    // A first attempt, the common case, is a plain insert: there is no
+    // earlier attempt to record, and a row already there was recorded by
+    // another run. Parts of the second statement see the history as it was
+    // when it began: the attempt a step taken over from a dead run had
+    // begun (not one waiting out a retry's backoff) goes into the attempt
+    // history as interrupted, as it was before the row is reused. A
+    // finished step is never reopened: the upsert only touches a row that
+    // is still running.
+    let sql = if step.attempt == 1 {
+        "INSERT INTO steps (workflow_id, step_key, sequence, name, status, attempts,
+                            run_id, started_at, input_fingerprint)
+         SELECT $1, $2, $3::BIGINT, $4::TEXT, 'running', $5, $6, $7, $8::TEXT
+         FROM workflows WHERE id = $1 AND run_id = $6::TEXT AND status = 'running' FOR UPDATE
+         ON CONFLICT DO NOTHING
+         RETURNING set_config('synchronous_commit', 'off', TRUE)"
+    } else {
         "WITH owner AS (
              SELECT run_id, status FROM workflows WHERE id = $1 FOR UPDATE
          ), fence AS (
@@ -1761,7 +1771,7 @@ fn begin_step(tx: &mut Tx<'_>, workflow_id: &str, step: &StepBegin<'_>) -> Resul
              SELECT workflow_id, step_key, attempts, 'interrupted: the run executing it died',
                     run_id, $7::BIGINT, TRUE
              FROM steps
-             WHERE $5::BIGINT > 1 AND EXISTS (SELECT 1 FROM fence)
+             WHERE EXISTS (SELECT 1 FROM fence)
                AND workflow_id = $1::TEXT AND step_key = $2::TEXT AND status = 'running'
                AND attempts > failures
              ON CONFLICT DO NOTHING
@@ -1776,9 +1786,10 @@ fn begin_step(tx: &mut Tx<'_>, workflow_id: &str, step: &StepBegin<'_>) -> Resul
              WHERE steps.status = 'running' AND excluded.attempts > steps.attempts
              RETURNING 1
          )
-         SELECT run_id, status, (SELECT count(*) FROM begun),
-                set_config('synchronous_commit', 'off', TRUE)
-         FROM owner",
+         SELECT set_config('synchronous_commit', 'off', TRUE) FROM begun"
+    };
+    let written = tx.query_opt(
+        sql,
         &[
             &workflow_id,
             &step.key.as_str(),
@@ -1790,16 +1801,19 @@ fn begin_step(tx: &mut Tx<'_>, workflow_id: &str, step: &StepBegin<'_>) -> Resul
             &step.input_fingerprint,
         ],
     )?;
-    let (owner, written) = fenced(row)?;
-    super::check_owner(workflow_id, step.run_id, owner)?;
-    if written == 0 {
-        return Err(StoreError::Backend(format!(
-            "step {} of workflow {workflow_id} was recorded by another run since this one read \
-             the history (finished, or begun again)",
-            step.key
-        )));
+    if written.is_some() {
+        return Ok(());
     }
-    Ok(())
+    super::check_owner(
+        workflow_id,
+        step.run_id,
+        PostgresStore::owner_now(tx, workflow_id)?,
+    )?;
+    Err(StoreError::Backend(format!(
+        "step {} of workflow {workflow_id} was recorded by another run since this one read \
+         the history (finished, or begun again)",
+        step.key
+    )))
 }
 
 /// Whether `step` is running as its begin left it: the test of a begin
@@ -1823,14 +1837,11 @@ fn begun(
     Ok(row.map(|_| ()))
 }
 
-/// What a fenced write's statement answered: the workflow's `(run_id,
-/// status)` as its lock found them (`None`: it is gone), and how many rows
-/// it wrote.
-fn fenced(row: Option<Row>) -> Result<(Option<(String, String)>, i64), StoreError> {
-    match row {
-        Some(row) => Ok((Some((get(&row, 0)?, get(&row, 1)?)), get(&row, 2)?)),
-        None => Ok((None, 0)),
-    }
+/// The `(run_id, status)` a query of a workflow's owner answered (`None`:
+/// it is gone).
+fn owner(row: Option<Row>) -> Result<Option<(String, String)>, StoreError> {
+    row.map(|row| Ok((get(&row, 0)?, get(&row, 1)?)))
+        .transpose()
 }
 
 /// Inside a write that holds workflow `id`'s row: whether what it is about
