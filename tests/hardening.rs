@@ -1286,6 +1286,34 @@ fn guest_output_is_kept_per_workflow_once_across_a_crash() {
     assert!(unknown.stderr().contains("nobody"), "{}", unknown.stderr());
 }
 
+/// `durable-host run ... 2>&1 | head -1`: whoever reads the run's stderr
+/// goes away while the guest still prints. The echo is a courtesy: the
+/// output is kept in the database all the same, the workflow completes,
+/// and an error still ends with its exit code, not a panic's.
+#[test]
+fn a_run_whose_stderr_nobody_reads_completes_and_keeps_its_output() {
+    let scratch = Scratch::new();
+    let unread = |command: &mut Command| {
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("durable-host starts");
+        drop(child.stderr.take());
+        child.wait().expect("durable-host ends").code()
+    };
+    let input = json!({"scenario": "output"});
+    assert_eq!(unread(&mut scratch.scenario("unread", input)), Some(0));
+    assert_eq!(
+        log_lines(&scratch, "unread").len(),
+        8,
+        "every line kept, as when someone reads"
+    );
+    let status = run(&mut scratch.host(&["history", "unread", "--json"])).expect_code(0);
+    assert_eq!(status.json()["status"], "completed");
+    assert_eq!(unread(&mut scratch.host(&["logs", "nobody"])), Some(2));
+}
+
 // ---------------------------------------------------------------------------
 // 14. A host with no memory for an instance
 

@@ -47,7 +47,7 @@ pub fn compile(
     let file = ComponentFile::read(component)?;
     let mib = file.bytes().len() as f64 / f64::from(1 << 20);
     if !json_mode && std::io::stderr().is_terminal() {
-        eprintln!("compiling {} ({mib:.1} MiB)...", component.display());
+        errln!("compiling {} ({mib:.1} MiB)...", component.display());
     }
     let runtime = Runtime::new(RuntimeConfig {
         interruptible: false,

@@ -17,6 +17,14 @@ macro_rules! out {
     };
 }
 
+/// `eprintln!` that does not panic when the reader of stderr went away
+/// (`2>&1 | head`): see [`write_ignoring`].
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_ignoring(std::io::stderr(), format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 pub mod args;
 pub mod compile;
 pub mod inspect;
@@ -64,9 +72,9 @@ pub fn report_error(error: &anyhow::Error, json_mode: bool) -> ExitCode {
     let message = format!("{error:#}");
     let hint = hint(error);
     let code = exit_code(error);
-    eprintln!("error: {message}");
+    errln!("error: {message}");
     if let Some(hint) = &hint {
-        eprintln!("  hint: {hint}");
+        errln!("  hint: {hint}");
     }
     if json_mode {
         print_json_error(&message, hint.as_deref(), code);
@@ -74,12 +82,16 @@ pub fn report_error(error: &anyhow::Error, json_mode: bool) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Write `text` to stdout, ignoring a failure: a reader that stopped
+/// Write `text` to stdout, ignoring a failure (see [`write_ignoring`]).
+pub fn write_stdout(text: std::fmt::Arguments<'_>) {
+    write_ignoring(std::io::stdout().lock(), text);
+}
+
+/// Write `text` to `out`, ignoring a failure: a reader that stopped
 /// reading is its own choice, what the command did stands, and the exit
 /// code must still say how it went (`println!` would panic with 101).
-pub fn write_stdout(text: std::fmt::Arguments<'_>) {
-    use std::io::Write as _;
-    let _ = std::io::stdout().lock().write_fmt(text);
+pub fn write_ignoring(mut out: impl std::io::Write, text: std::fmt::Arguments<'_>) {
+    let _ = out.write_fmt(text);
 }
 
 /// Whether `error` is standard output closed by its reader.

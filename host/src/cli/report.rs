@@ -116,7 +116,7 @@ impl RunObserver for Progress {
     fn log(&mut self, workflow_id: &str, message: &str) {
         // The log goes with the guest's own output, on stderr: stdout stays
         // the command's answer (and `--json`'s document).
-        eprintln!("[{workflow_id}] {message}");
+        errln!("[{workflow_id}] {message}");
     }
 
     fn run_ended(&mut self, _workflow_id: &str) {

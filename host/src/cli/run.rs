@@ -203,10 +203,10 @@ pub fn run(db: &Database, json_mode: bool, args: RunArgs) -> anyhow::Result<Exit
             CrashPoint::AfterCheckpoints(_) => "this run committed fewer checkpoints",
             CrashPoint::Before(_) | CrashPoint::After(_) => "no such step ran in this run",
         };
-        eprintln!("warning: {point} was never reached ({why})");
+        errln!("warning: {point} was never reached ({why})");
     }
     if !unreached.is_empty() {
-        eprintln!(
+        errln!(
             "  hint: `durable-host history {}` lists the steps by key; a crash point names a \
              step (its first call) or a key like `name#000002`; built-in steps are named \
              `durable.now`, `durable.sleep`, `durable.random` and `durable.uuid`; a step \
@@ -492,7 +492,7 @@ fn crash_plan(args: &RunArgs) -> CrashPlan {
     let mut points = args.crash.clone();
     points.extend(args.crash_after.map(CrashPoint::AfterCheckpoints));
     CrashPlan::new(points, |point| {
-        eprintln!("durable-host: simulated crash {point}");
+        errln!("durable-host: simulated crash {point}");
         // No destructors, no rollback, no close: what `kill -9` leaves behind.
         std::process::exit(exit::SIMULATED_CRASH);
     })

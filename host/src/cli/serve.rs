@@ -132,7 +132,7 @@ pub fn start(db: &Database, json_mode: bool, args: &StartArgs<'_>) -> anyhow::Re
         } else if submitted.created {
             outln!("{id}");
         } else {
-            eprintln!(
+            errln!(
                 "workflow {id} already exists with this input ({}); nothing new was queued",
                 submitted.workflow.status
             );

@@ -97,8 +97,10 @@ impl GuestOutput {
             }
         }
         drop(captured);
+        // The echo is a courtesy to whoever watches: a reader of the
+        // host's stderr that went away must not fail the guest's write.
         if self.echo {
-            io::stderr().write_all(bytes)?;
+            let _ = io::stderr().write_all(bytes);
         }
         Ok(())
     }
@@ -107,7 +109,7 @@ impl GuestOutput {
     /// with the step it belongs to when known.
     pub fn record(&self, stream: LogStream, step: Option<StepKey>, text: String) {
         if self.echo {
-            eprintln!("[{stream}] {text}");
+            let _ = writeln!(io::stderr(), "[{stream}] {text}");
         }
         let mut captured = self.captured.lock().unwrap_or_else(|e| e.into_inner());
         captured.lines.push(LogLine {
