@@ -258,14 +258,18 @@ pub fn serve(db: &Database, args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(exit::SUCCESS))
 }
 
-/// Logs on stderr, filtered by `RUST_LOG` (default: info).
+/// Logs on stderr, filtered by `RUST_LOG` (default: info). A log line
+/// that cannot be written (the reader of stderr went away) is dropped:
+/// tracing's fallback would report it on that same stderr with a panic,
+/// taking down the thread that logged (a run, or the scheduler itself).
 fn init_logs(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     if json {
         builder.json().init();
     } else {
