@@ -329,9 +329,8 @@ impl PostgresStore {
 
     /// Inside a write, or as one alone: record how step `key` ended (see
     /// [`CheckpointStore::finish_step`]), fenced as [`Self::check_owner`]
-    /// fences, in one statement: the workflow's row is locked first (the
-    /// `EXISTS` runs once, before the scan), and the step changes only if
-    /// `run_id` owns it. Only a finish that changed nothing reads why.
+    /// fences, in one statement ([`FINISH_STEP`]). Only a finish that
+    /// changed nothing reads why.
     fn finish_step_in(
         tx: &mut Tx<'_>,
         workflow_id: &str,
@@ -342,11 +341,7 @@ impl PostgresStore {
         let (status, output, error, code) = split_outcome(outcome);
         let (error, code) = (error.map(storable), code.map(storable));
         let updated = tx.execute(
-            "UPDATE steps SET status = $4, output_json = $5, error = $6, finished_at = $7,
-                 error_code = $8
-             WHERE workflow_id = $1 AND step_key = $2 AND run_id = $3 AND status = 'running'
-               AND EXISTS (SELECT 1 FROM workflows
-                           WHERE id = $1 AND run_id = $3 AND status = 'running' FOR UPDATE)",
+            FINISH_STEP,
             &[
                 &workflow_id,
                 &key.as_str(),
@@ -1740,53 +1735,87 @@ fn renew_one(
     })
 }
 
+// The statements of a step, each committed on its own in the common case
+// (see [`Commit::Alone`]). Each finds the workflow's row by its key alone,
+// locked `FOR UPDATE` in a CTE the planner keeps apart, and checks the
+// owner on that row: with the owner's conditions beside the key, stale
+// statistics (taken when little was running) can make the planner prefer
+// an index of running workflows and read every one of them on each step.
+// Each answers only whether it wrote.
+
+/// Marks a step's first attempt running (`$1` workflow, `$2` key, `$3`
+/// sequence, `$4` name, `$5` attempt, `$6` run, `$7` start, `$8` input
+/// fingerprint), without waiting for the flush (see [`Commit::Unflushed`]).
+/// There is no earlier attempt to record, and a row already there was
+/// recorded by another run: nothing is written then.
+const BEGIN_FIRST_ATTEMPT: &str = "
+    WITH owner AS (
+        SELECT run_id, status FROM workflows WHERE id = $1 FOR UPDATE
+    )
+    INSERT INTO steps (workflow_id, step_key, sequence, name, status, attempts,
+                       run_id, started_at, input_fingerprint)
+    SELECT $1, $2, $3::BIGINT, $4::TEXT, 'running', $5, $6, $7, $8::TEXT
+    FROM owner WHERE owner.run_id = $6::TEXT AND owner.status = 'running'
+    ON CONFLICT DO NOTHING
+    RETURNING set_config('synchronous_commit', 'off', TRUE)";
+
+/// Marks a step running again (a retry, or a step taken over from a dead
+/// run), with the same parameters as [`BEGIN_FIRST_ATTEMPT`]. Parts of one
+/// statement see the history as it was when it began: the attempt a step
+/// taken over from a dead run had begun (not one waiting out a retry's
+/// backoff) goes into the attempt history as interrupted, as it was before
+/// the row is reused. A finished step is never reopened: the upsert only
+/// touches a row that is still running.
+const BEGIN_AGAIN: &str = "
+    WITH owner AS (
+        SELECT run_id, status FROM workflows WHERE id = $1 FOR UPDATE
+    ), fence AS (
+        SELECT 1 FROM owner WHERE run_id = $6::TEXT AND status = 'running'
+    ), interrupted AS (
+        INSERT INTO step_attempts
+            (workflow_id, step_key, attempt, error, run_id, ended_at, interrupted)
+        SELECT workflow_id, step_key, attempts, 'interrupted: the run executing it died',
+               run_id, $7::BIGINT, TRUE
+        FROM steps
+        WHERE EXISTS (SELECT 1 FROM fence)
+          AND workflow_id = $1::TEXT AND step_key = $2::TEXT AND status = 'running'
+          AND attempts > failures
+        ON CONFLICT DO NOTHING
+    ), begun AS (
+        INSERT INTO steps (workflow_id, step_key, sequence, name, status, attempts,
+                           run_id, started_at, input_fingerprint)
+        SELECT $1, $2, $3::BIGINT, $4::TEXT, 'running', $5, $6, $7, $8::TEXT FROM fence
+        ON CONFLICT (workflow_id, step_key) DO UPDATE SET
+            attempts = excluded.attempts, run_id = excluded.run_id,
+            started_at = excluded.started_at,
+            input_fingerprint = excluded.input_fingerprint
+        WHERE steps.status = 'running' AND excluded.attempts > steps.attempts
+        RETURNING 1
+    )
+    SELECT set_config('synchronous_commit', 'off', TRUE) FROM begun";
+
+/// Records how a step ended (`$1` workflow, `$2` key, `$3` run, `$4`
+/// status, `$5` output, `$6` error, `$7` end, `$8` error code), if `$3`
+/// owns the workflow and the step still runs in it. The `EXISTS` runs
+/// once, before the step is read: the workflow's row is locked first.
+const FINISH_STEP: &str = "
+    WITH owner AS (
+        SELECT run_id, status FROM workflows WHERE id = $1 FOR UPDATE
+    )
+    UPDATE steps SET status = $4, output_json = $5, error = $6, finished_at = $7,
+        error_code = $8
+    WHERE workflow_id = $1 AND step_key = $2 AND run_id = $3 AND status = 'running'
+      AND EXISTS (SELECT 1 FROM owner WHERE owner.run_id = $3 AND owner.status = 'running')";
+
 /// Inside a write, or as one alone: mark `step` running, fenced as
-/// [`PostgresStore::check_owner`] fences, in one statement that also asks
-/// not to wait for the flush (see [`Commit::Unflushed`]) and answers a row
-/// only if it wrote the step. Only a begin that wrote nothing reads why.
+/// [`PostgresStore::check_owner`] fences, in one statement
+/// ([`BEGIN_FIRST_ATTEMPT`] or [`BEGIN_AGAIN`]). Only a begin that wrote
+/// nothing reads why.
 fn begin_step(tx: &mut Tx<'_>, workflow_id: &str, step: &StepBegin<'_>) -> Result<(), StoreError> {
-    // A first attempt, the common case, is a plain insert: there is no
-    // earlier attempt to record, and a row already there was recorded by
-    // another run. Parts of the second statement see the history as it was
-    // when it began: the attempt a step taken over from a dead run had
-    // begun (not one waiting out a retry's backoff) goes into the attempt
-    // history as interrupted, as it was before the row is reused. A
-    // finished step is never reopened: the upsert only touches a row that
-    // is still running.
     let sql = if step.attempt == 1 {
-        "INSERT INTO steps (workflow_id, step_key, sequence, name, status, attempts,
-                            run_id, started_at, input_fingerprint)
-         SELECT $1, $2, $3::BIGINT, $4::TEXT, 'running', $5, $6, $7, $8::TEXT
-         FROM workflows WHERE id = $1 AND run_id = $6::TEXT AND status = 'running' FOR UPDATE
-         ON CONFLICT DO NOTHING
-         RETURNING set_config('synchronous_commit', 'off', TRUE)"
+        BEGIN_FIRST_ATTEMPT
     } else {
-        "WITH owner AS (
-             SELECT run_id, status FROM workflows WHERE id = $1 FOR UPDATE
-         ), fence AS (
-             SELECT 1 FROM owner WHERE run_id = $6::TEXT AND status = 'running'
-         ), interrupted AS (
-             INSERT INTO step_attempts
-                 (workflow_id, step_key, attempt, error, run_id, ended_at, interrupted)
-             SELECT workflow_id, step_key, attempts, 'interrupted: the run executing it died',
-                    run_id, $7::BIGINT, TRUE
-             FROM steps
-             WHERE EXISTS (SELECT 1 FROM fence)
-               AND workflow_id = $1::TEXT AND step_key = $2::TEXT AND status = 'running'
-               AND attempts > failures
-             ON CONFLICT DO NOTHING
-         ), begun AS (
-             INSERT INTO steps (workflow_id, step_key, sequence, name, status, attempts,
-                                run_id, started_at, input_fingerprint)
-             SELECT $1, $2, $3::BIGINT, $4::TEXT, 'running', $5, $6, $7, $8::TEXT FROM fence
-             ON CONFLICT (workflow_id, step_key) DO UPDATE SET
-                 attempts = excluded.attempts, run_id = excluded.run_id,
-                 started_at = excluded.started_at,
-                 input_fingerprint = excluded.input_fingerprint
-             WHERE steps.status = 'running' AND excluded.attempts > steps.attempts
-             RETURNING 1
-         )
-         SELECT set_config('synchronous_commit', 'off', TRUE) FROM begun"
+        BEGIN_AGAIN
     };
     let written = tx.query_opt(
         sql,
@@ -1980,6 +2009,69 @@ mod tests {
     /// A client on `schema`, outside the store.
     fn client(schema: &TestSchema) -> Client {
         postgres::Client::connect(&schema.url, postgres::NoTls).unwrap()
+    }
+
+    /// The step statements find the workflow's row by its key whatever the
+    /// statistics say. Taken when little was running, they once made the
+    /// planner read every running workflow's row on each step.
+    #[test]
+    fn step_statements_find_the_workflow_by_its_key_with_stale_statistics() {
+        let Some(schema) = TestSchema::create() else {
+            return;
+        };
+        drop(PostgresStore::open(&schema.url).unwrap());
+        let mut client = client(&schema);
+        client
+            .batch_execute(
+                "INSERT INTO workflows (id, component_sha256, input, status, run_id, owner_pid,
+                                        owner_host, lease_expires_at, created_at, updated_at)
+                 SELECT 'w' || i, 'sha', '{}', 'completed', 'r' || i, 1, 'h', 0, 0, 0
+                 FROM generate_series(1, 20000) i;
+                 ANALYZE workflows;
+                 UPDATE workflows SET status = 'running'
+                 WHERE id IN (SELECT 'w' || i FROM generate_series(1, 2000) i);
+                 SET plan_cache_mode = force_generic_plan;",
+            )
+            .unwrap();
+        let statements = [
+            (
+                "begin",
+                BEGIN_FIRST_ATTEMPT,
+                "('w7', 'k', 1, 'n', 1, 'r7', 5, NULL)",
+            ),
+            (
+                "begin_again",
+                BEGIN_AGAIN,
+                "('w7', 'k', 1, 'n', 2, 'r7', 5, NULL)",
+            ),
+            (
+                "finish",
+                FINISH_STEP,
+                "('w7', 'k', 'r7', 'completed', '1', NULL, 5, NULL)",
+            ),
+        ];
+        for (name, sql, arguments) in statements {
+            client
+                .batch_execute(&format!("PREPARE {name} AS {sql}"))
+                .unwrap();
+            let plan: String = client
+                .simple_query(&format!("EXPLAIN EXECUTE {name} {arguments}"))
+                .unwrap()
+                .into_iter()
+                .filter_map(|message| match message {
+                    postgres::SimpleQueryMessage::Row(row) => Some(row.get(0)?.to_owned()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            assert!(
+                plan.contains("Index Scan using workflows_pkey on workflows"),
+                "{name}:\n{plan}"
+            );
+            for other in ["workflows_leases", "workflows_by_status"] {
+                assert!(!plan.contains(other), "{name}:\n{plan}");
+            }
+        }
     }
 
     #[test]
