@@ -608,8 +608,6 @@ fn sigterm_drains_at_step_boundaries_and_releases_leases() {
     );
 }
 
-/// A second signal during a long drain exits at once (130), leaving the
-/// step in flight to the next server.
 /// `durable-host serve 2>&1 | head`, or a log collector that went away:
 /// the server can no longer write its log, and goes on serving (a log
 /// line that cannot be written used to panic the thread that wrote it,
@@ -618,33 +616,12 @@ fn sigterm_drains_at_step_boundaries_and_releases_leases() {
 fn a_server_whose_log_nobody_reads_keeps_serving() {
     let scratch = Scratch::new();
     deploy_scenarios(&scratch);
-    let mut child = scratch
-        .host(&["serve", "--concurrency", "4"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start durable-host serve");
-    drop(child.stderr.take());
+    let mut server = Server::start_unread(&scratch, &["--concurrency", "4"]);
     let workflows = keyed("unread", 20, 3, 0);
     submit_all(&scratch, &workflows, &[]);
-    let served = std::panic::catch_unwind(|| wait_completed(&scratch, workflows.len(), &[]));
-    durable_tests::signal(child.id(), "-TERM");
-    let deadline = Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    if let Err(panic) = served {
-        let _ = child.kill();
-        std::panic::resume_unwind(panic);
-    }
+    wait_completed(&scratch, workflows.len(), &[&server]);
+    server.signal("-TERM");
+    let status = server.wait_exit(PATIENCE);
     assert_all_completed(&scratch, &workflows, 3);
     assert_eq!(
         status.and_then(|s| s.code()),
@@ -653,6 +630,8 @@ fn a_server_whose_log_nobody_reads_keeps_serving() {
     );
 }
 
+/// A second signal during a long drain exits at once (130), leaving the
+/// step in flight to the next server.
 #[test]
 fn second_signal_during_a_drain_exits_at_once() {
     let scratch = Scratch::new();

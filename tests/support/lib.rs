@@ -940,6 +940,26 @@ impl Server {
         }
     }
 
+    /// `durable-host serve --db <scratch db> <args>` whose log nobody
+    /// reads: its stderr is a pipe whose reading end is closed at once, as
+    /// when `serve 2>&1 | head` has ended. [`Self::log`] is empty.
+    pub fn start_unread(scratch: &Scratch, args: &[&str]) -> Self {
+        let mut child = scratch
+            .host(&["serve"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start durable-host serve");
+        drop(child.stderr.take());
+        Self {
+            child,
+            log: scratch.path().join("unread.log"),
+            started: Instant::now(),
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
