@@ -283,7 +283,7 @@ pub(crate) fn take_over(
 }
 
 /// Begin step `name#1` at `sequence`, attempt `attempt`, for `run`.
-fn begin(
+pub(crate) fn begin(
     store: &dyn CheckpointStore,
     id: &str,
     run: &str,
@@ -307,7 +307,7 @@ fn begin(
     Ok(key)
 }
 
-fn finish(
+pub(crate) fn finish(
     store: &dyn CheckpointStore,
     id: &str,
     run: &str,

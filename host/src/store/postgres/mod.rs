@@ -593,10 +593,7 @@ impl CheckpointStore for PostgresStore {
     ) -> Result<Vec<StepRecord>, StoreError> {
         self.read(|s| {
             s.query(
-                &format!(
-                    "SELECT {STEP_COLUMNS} FROM steps WHERE workflow_id = $1 AND sequence > $2
-                     ORDER BY sequence LIMIT $3"
-                ),
+                &steps_page_sql(),
                 &[&workflow_id, &i64::from(after), &i64::from(limit)],
             )?
             .iter()
@@ -1866,6 +1863,16 @@ fn begun(
     Ok(row.map(|_| ()))
 }
 
+/// A page of a workflow's history (`$1` workflow, after sequence `$2`, at
+/// most `$3` steps). `sequence > 0` is the condition of the index it reads.
+fn steps_page_sql() -> String {
+    format!(
+        "SELECT {STEP_COLUMNS} FROM steps
+         WHERE workflow_id = $1 AND sequence > $2 AND sequence > 0
+         ORDER BY sequence LIMIT $3"
+    )
+}
+
 /// The `(run_id, status)` a query of a workflow's owner answered (`None`:
 /// it is gone).
 fn owner(row: Option<Row>) -> Result<Option<(String, String)>, StoreError> {
@@ -2011,6 +2018,73 @@ mod tests {
         postgres::Client::connect(&schema.url, postgres::NoTls).unwrap()
     }
 
+    /// The plan `client` (under `plan_cache_mode = force_generic_plan`)
+    /// makes of `sql` prepared as `name`, executed with `arguments`.
+    fn generic_plan(client: &mut Client, name: &str, sql: &str, arguments: &str) -> String {
+        client
+            .batch_execute(&format!("PREPARE {name} AS {sql}"))
+            .unwrap();
+        client
+            .simple_query(&format!("EXPLAIN EXECUTE {name} {arguments}"))
+            .unwrap()
+            .into_iter()
+            .filter_map(|message| match message {
+                postgres::SimpleQueryMessage::Row(row) => Some(row.get(0)?.to_owned()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The step statements find the step by its key on a new table (no
+    /// statistics yet), where the planner once took the history's index
+    /// and read every step of the workflow to find one: each result cost
+    /// more than the last through the first run on a new database. The
+    /// history's pages still read that index.
+    #[test]
+    fn step_statements_find_the_step_by_its_key_on_a_new_table() {
+        use crate::store::conformance::{begin, finish, start};
+        let Some(schema) = TestSchema::create() else {
+            return;
+        };
+        let store = PostgresStore::open(&schema.url).unwrap();
+        start(&store, "w7", "r7");
+        let key = begin(&store, "w7", "r7", "a", 1, 1).unwrap();
+        finish(&store, "w7", "r7", &key, Ok("1".into())).unwrap();
+        let mut client = client(&schema);
+        client
+            .batch_execute("SET plan_cache_mode = force_generic_plan")
+            .unwrap();
+        let statements = [
+            (
+                "begin_again",
+                BEGIN_AGAIN,
+                "('w7', 'k', 2, 'n', 2, 'r7', 5, NULL)",
+            ),
+            (
+                "finish",
+                FINISH_STEP,
+                "('w7', 'k', 'r7', 'completed', '1', NULL, 5, NULL)",
+            ),
+        ];
+        for (name, sql, arguments) in statements {
+            let plan = generic_plan(&mut client, name, sql, arguments);
+            assert!(plan.contains("steps_pkey on steps"), "{name}:\n{plan}");
+            assert!(!plan.contains("steps_by_sequence"), "{name}:\n{plan}");
+        }
+        client
+            .batch_execute(
+                "INSERT INTO steps (workflow_id, step_key, sequence, name, status, attempts,
+                                    run_id, started_at)
+                 SELECT 'w' || (i % 50), 'k#' || i, i, 'k', 'completed', 1, 'r', 0
+                 FROM generate_series(2, 20000) i;
+                 ANALYZE steps;",
+            )
+            .unwrap();
+        let page = generic_plan(&mut client, "page", &steps_page_sql(), "('w7', 100, 50)");
+        assert!(page.contains("steps_by_sequence"), "page:\n{page}");
+    }
+
     /// The step statements find the workflow's row by its key whatever the
     /// statistics say. Taken when little was running, they once made the
     /// planner read every running workflow's row on each step.
@@ -2051,19 +2125,7 @@ mod tests {
             ),
         ];
         for (name, sql, arguments) in statements {
-            client
-                .batch_execute(&format!("PREPARE {name} AS {sql}"))
-                .unwrap();
-            let plan: String = client
-                .simple_query(&format!("EXPLAIN EXECUTE {name} {arguments}"))
-                .unwrap()
-                .into_iter()
-                .filter_map(|message| match message {
-                    postgres::SimpleQueryMessage::Row(row) => Some(row.get(0)?.to_owned()),
-                    _ => None,
-                })
-                .collect::<Vec<_>>()
-                .join("\n");
+            let plan = generic_plan(&mut client, name, sql, arguments);
             assert!(
                 plan.contains("Index Scan using workflows_pkey on workflows"),
                 "{name}:\n{plan}"
@@ -2092,6 +2154,58 @@ mod tests {
             }
             other => panic!("expected NewerSchema, got {:?}", other.err()),
         }
+    }
+
+    /// A schema made by version 1 (steps with a foreign key to workflows)
+    /// is brought to version 2 when a newer build opens it, keeping what it
+    /// holds; the steps' statements then run without the key's check.
+    #[test]
+    fn a_version_1_schema_is_migrated_and_keeps_its_history() {
+        use crate::store::conformance::{begin, finish, start};
+        let Some(schema) = TestSchema::create() else {
+            return;
+        };
+        let store = PostgresStore::open(&schema.url).unwrap();
+        start(&store, "wf", "r1");
+        let key = begin(&store, "wf", "r1", "a", 1, 1).unwrap();
+        finish(&store, "wf", "r1", &key, Ok("1".into())).unwrap();
+        drop(store);
+        let foreign_keys = |client: &mut Client| -> i64 {
+            client
+                .query_one(
+                    "SELECT count(*) FROM pg_constraint
+                     WHERE conrelid = 'steps'::regclass AND contype = 'f'",
+                    &[],
+                )
+                .unwrap()
+                .get(0)
+        };
+        let mut admin = client(&schema);
+        assert_eq!(foreign_keys(&mut admin), 0);
+        admin
+            .batch_execute(
+                "ALTER TABLE steps ADD CONSTRAINT steps_workflow_id_fkey
+                     FOREIGN KEY (workflow_id) REFERENCES workflows (id);
+                 UPDATE durable_schema SET version = 1",
+            )
+            .unwrap();
+
+        let store = PostgresStore::open(&schema.url).unwrap();
+        let version: i64 = admin
+            .query_one("SELECT version FROM durable_schema", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(foreign_keys(&mut admin), 0);
+        let steps = store.steps("wf").unwrap();
+        assert_eq!(steps.len(), 1);
+        assert_eq!(steps[0].output_json.as_deref(), Some("1"));
+        let key = begin(&store, "wf", "r1", "b", 2, 1).unwrap();
+        finish(&store, "wf", "r1", &key, Ok("2".into())).unwrap();
+        // Without the key, a step of a workflow that is not there is still
+        // refused: the statement finds no owner.
+        assert!(begin(&store, "nobody", "r1", "a", 1, 1).is_err());
+        assert_eq!(store.steps("nobody").unwrap().len(), 0);
     }
 
     #[test]
