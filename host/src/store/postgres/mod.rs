@@ -306,11 +306,27 @@ impl PostgresStore {
     /// transaction and check that `run_id` owns it, running. This is the
     /// fence every write of a run passes (see [`super::check_owner`]).
     fn check_owner(tx: &mut Tx<'_>, id: &str, run_id: &str) -> Result<(), StoreError> {
-        let row = tx.query_opt(
+        super::check_owner(id, run_id, Self::locked_owner(tx, id)?)
+    }
+
+    /// Inside a write: lock workflow `id`'s row for the rest of the
+    /// transaction and read its `(run_id, status)` (`None`: it is gone).
+    ///
+    /// Writes to one workflow find its row by the key alone, like this, and
+    /// check the rest here or on the row they locked: with a status beside
+    /// the key (`status = 'running'`), stale statistics (taken when little
+    /// was running, or none on a new database) can make the planner read
+    /// an index of every running or waiting workflow to find one.
+    fn locked_owner(tx: &mut Tx<'_>, id: &str) -> Result<Option<(String, String)>, StoreError> {
+        owner(tx.query_opt(
             "SELECT run_id, status FROM workflows WHERE id = $1 FOR UPDATE",
             &[&id],
-        )?;
-        super::check_owner(id, run_id, owner(row)?)
+        )?)
+    }
+
+    /// Whether `(run_id, status)` is `run_id` running.
+    fn is_running_in(owner: Option<&(String, String)>, run_id: &str) -> bool {
+        owner.is_some_and(|(owner, status)| owner == run_id && status == "running")
     }
 
     /// Inside a write: workflow `id`'s `(run_id, status)` as they are now
@@ -774,12 +790,20 @@ impl CheckpointStore for PostgresStore {
     fn request_cancel(&self, id: &str) -> Result<WorkflowRecord, StoreError> {
         let now = now_millis();
         let workflow = self.write(|tx| {
-            let requested = tx.execute(
-                "UPDATE workflows SET cancel_requested = TRUE
-                 WHERE id = $1 AND status = 'running' AND NOT cancel_requested",
-                &[&id],
-            )?;
-            if requested == 1 {
+            // By its key alone (see `locked_owner`).
+            let running = tx
+                .query_opt(
+                    "SELECT status = 'running' AND NOT cancel_requested FROM workflows
+                     WHERE id = $1 FOR UPDATE",
+                    &[&id],
+                )?
+                .map(|row| get::<bool>(&row, 0))
+                .transpose()?;
+            if running == Some(true) {
+                tx.execute(
+                    "UPDATE workflows SET cancel_requested = TRUE WHERE id = $1",
+                    &[&id],
+                )?;
                 insert_event(tx, id, "", "cancel_requested", "durable-host cancel", now)?;
             }
             Self::workflow_in(tx, id)
@@ -1360,11 +1384,12 @@ impl CheckpointStore for PostgresStore {
 
     fn release_workflow(&self, id: &str, run_id: &str) -> Result<(), StoreError> {
         self.write(|tx| {
-            tx.execute(
-                "UPDATE workflows SET lease_expires_at = 0, takeovers = 0
-                 WHERE id = $1 AND run_id = $2 AND status = 'running'",
-                &[&id, &run_id],
-            )?;
+            if Self::is_running_in(Self::locked_owner(tx, id)?.as_ref(), run_id) {
+                tx.execute(
+                    "UPDATE workflows SET lease_expires_at = 0, takeovers = 0 WHERE id = $1",
+                    &[&id],
+                )?;
+            }
             Ok(())
         })
     }
@@ -1514,13 +1539,14 @@ impl CheckpointStore for PostgresStore {
         self.write(|tx| {
             // The row lock orders the signal with the workflow's end and
             // with its unload (which looks for signals that came).
-            let status: Option<String> = tx
+            let found: Option<(String, Option<String>)> = tx
                 .query_opt(
-                    "SELECT status FROM workflows WHERE id = $1 FOR UPDATE",
+                    "SELECT status, waiting_for FROM workflows WHERE id = $1 FOR UPDATE",
                     &[&signal.workflow_id],
                 )?
-                .map(|row| get(&row, 0))
+                .map(|row| Ok::<_, StoreError>((get(&row, 0)?, get(&row, 1)?)))
                 .transpose()?;
+            let (status, waiting_for) = found.unzip();
             let status = match status.as_deref().map(WorkflowStatus::parse) {
                 None => {
                     return Err(StoreError::UnknownWorkflow {
@@ -1552,16 +1578,17 @@ impl CheckpointStore for PostgresStore {
                     &signal.sent_at,
                 ],
             )?;
-            // A workflow waiting for it is resumed to take it.
-            tx.execute(
-                "UPDATE workflows SET wake_at = $2
-                 WHERE id = $1 AND status = 'waiting' AND waiting_for = $3",
-                &[
-                    &signal.workflow_id,
-                    &signal.sent_at,
-                    &WaitingFor::Signal(signal.name.clone()).stored(),
-                ],
-            )?;
+            // A workflow waiting for it is resumed to take it. Its row is
+            // found by its key alone (see `locked_owner`): many workflows
+            // may wait for a signal of the same name.
+            if status == WorkflowStatus::Waiting
+                && waiting_for.flatten() == Some(WaitingFor::Signal(signal.name.clone()).stored())
+            {
+                tx.execute(
+                    "UPDATE workflows SET wake_at = $2 WHERE id = $1",
+                    &[&signal.workflow_id, &signal.sent_at],
+                )?;
+            }
             Ok(SignalSent::Kept(signal_from_row(&row)?))
         })
     }
@@ -1713,22 +1740,28 @@ fn renew_one(
     run_id: &str,
     lease_until: Millis,
 ) -> Result<LeaseRenewal, StoreError> {
-    let renewed = tx.execute(
-        "UPDATE workflows SET lease_expires_at = $3
-         WHERE id = $1 AND run_id = $2 AND status = 'running'",
-        &[&id, &run_id, &lease_until],
-    )?;
-    let cancel_requested = tx
-        .query_opt(
-            "SELECT cancel_requested FROM workflows WHERE id = $1",
-            &[&id],
-        )?
-        .map(|row| get(&row, 0))
-        .transpose()?
-        .unwrap_or(false);
+    // By its key alone (see `PostgresStore::locked_owner`).
+    let Some(row) = tx.query_opt(
+        "SELECT run_id, status, cancel_requested FROM workflows WHERE id = $1 FOR UPDATE",
+        &[&id],
+    )?
+    else {
+        return Ok(LeaseRenewal {
+            owned: false,
+            cancel_requested: false,
+        });
+    };
+    let owner: (String, String) = (get(&row, 0)?, get(&row, 1)?);
+    let owned = PostgresStore::is_running_in(Some(&owner), run_id);
+    if owned {
+        tx.execute(
+            "UPDATE workflows SET lease_expires_at = $2 WHERE id = $1",
+            &[&id, &lease_until],
+        )?;
+    }
     Ok(LeaseRenewal {
-        owned: renewed == 1,
-        cancel_requested,
+        owned,
+        cancel_requested: get(&row, 2)?,
     })
 }
 
