@@ -748,14 +748,17 @@ impl CheckpointStore for PostgresStore {
         let claim = reopen.claim;
         let owner = claim.owner;
         self.write(|tx| {
+            // By its key alone (see `locked_owner`).
             let reopened = tx.execute(
-                "UPDATE workflows SET status = 'running', output = NULL, error = NULL,
+                "WITH found AS (SELECT * FROM workflows WHERE id = $1 FOR UPDATE)
+                 UPDATE workflows SET status = 'running', output = NULL, error = NULL,
                      error_code = NULL,
                      run_id = $3, owner_pid = $4, owner_host = $5, lease_expires_at = $6,
                      updated_at = $7, owner_boot = $8, owner_pid_ns = $9, owner_started = $10,
                      takeovers = 0, component_sha256 = $11,
                      grants = coalesce($12, grants)
-                 WHERE id = $1 AND run_id = $2 AND status IN ('failed', 'suspended')",
+                 WHERE id = $1 AND EXISTS (SELECT 1 FROM found
+                     WHERE run_id = $2 AND status IN ('failed', 'suspended'))",
                 &[
                     &id,
                     &reopen.expected_run,
@@ -1003,9 +1006,11 @@ impl CheckpointStore for PostgresStore {
                 return Ok(false);
             }
             let switched = tx.execute(
-                "UPDATE workflows SET component_sha256 = $3, updated_at = $4
-                 WHERE id = $1 AND component_sha256 = $2 AND status = $5 AND run_id = $6
-                   AND lease_expires_at = $7",
+                "WITH found AS (SELECT * FROM workflows WHERE id = $1 FOR UPDATE)
+                 UPDATE workflows SET component_sha256 = $3, updated_at = $4
+                 WHERE id = $1 AND EXISTS (SELECT 1 FROM found
+                     WHERE component_sha256 = $2 AND status = $5 AND run_id = $6
+                       AND lease_expires_at = $7)",
                 &[
                     &observed.id,
                     &observed.component_sha256,
@@ -1032,10 +1037,13 @@ impl CheckpointStore for PostgresStore {
     ) -> Result<bool, StoreError> {
         let now = now_millis();
         self.write(|tx| {
+            // By its key alone (see `locked_owner`).
             let suspended = tx.execute(
-                "UPDATE workflows SET status = 'suspended', error = $5, error_code = NULL,
+                "WITH found AS (SELECT * FROM workflows WHERE id = $1 FOR UPDATE)
+                 UPDATE workflows SET status = 'suspended', error = $5, error_code = NULL,
                      output = NULL, wake_at = NULL, lease_expires_at = 0, updated_at = $6
-                 WHERE id = $1 AND status = $2 AND run_id = $3 AND lease_expires_at = $4",
+                 WHERE id = $1 AND EXISTS (SELECT 1 FROM found
+                     WHERE status = $2 AND run_id = $3 AND lease_expires_at = $4)",
                 &[
                     &observed.id,
                     &observed.status.as_str(),
@@ -1367,11 +1375,14 @@ impl CheckpointStore for PostgresStore {
     ) -> Result<bool, StoreError> {
         let now = now_millis();
         self.write(|tx| {
+            // By its key alone (see `locked_owner`).
             let cancelled = tx.execute(
-                "UPDATE workflows SET status = 'cancelled', error = $3, error_code = NULL,
+                "WITH found AS (SELECT * FROM workflows WHERE id = $1 FOR UPDATE)
+                 UPDATE workflows SET status = 'cancelled', error = $3, error_code = NULL,
                      output = NULL, wake_at = NULL, cancel_requested = TRUE, updated_at = $4
-                 WHERE id = $1 AND status = $2
-                   AND status IN ('queued', 'sleeping', 'waiting', 'suspended')",
+                 WHERE id = $1 AND EXISTS (SELECT 1 FROM found
+                     WHERE status = $2
+                       AND status IN ('queued', 'sleeping', 'waiting', 'suspended'))",
                 &[&id, &status.as_str(), &reason, &now],
             )?;
             if cancelled == 1 {
