@@ -22,14 +22,27 @@ use super::{exit, timeline};
 /// Characters of output shown per step in `history`'s table.
 const PREVIEW_CHARS: usize = 48;
 
-/// Open the database for reading what is there: a missing file is an
-/// error here, not a new empty database.
+/// Open the database to act on what is there (`cancel`, `signal`): a
+/// missing file is an error here, not a new empty database.
 pub(super) fn open_existing(db: &Database) -> anyhow::Result<Box<dyn CheckpointStore>> {
+    ensure_exists(db)?;
+    Ok(db.open()?)
+}
+
+/// Open the database to read what is there (`list`, `history`, `logs`,
+/// `get-event`): a missing file is an error, and PostgreSQL's tables are
+/// read as they are (see [`Database::open_to_read`]).
+pub(super) fn open_to_read(db: &Database) -> anyhow::Result<Box<dyn CheckpointStore>> {
+    ensure_exists(db)?;
+    Ok(db.open_to_read()?)
+}
+
+fn ensure_exists(db: &Database) -> anyhow::Result<()> {
     anyhow::ensure!(
         db.exists(),
         "no database at {db}: nothing has run there yet (pass --db PATH to look elsewhere)"
     );
-    Ok(db.open()?)
+    Ok(())
 }
 
 /// Rows fetched per query when listing everything.
@@ -42,7 +55,7 @@ pub fn list(
     mut query: ListQuery,
     limit: Option<u32>,
 ) -> anyhow::Result<ExitCode> {
-    let store = &*open_existing(db)?;
+    let store = &*open_to_read(db)?;
     // A mistyped cursor must not look like the end of the listing.
     if let Some(after) = &query.after
         && store.workflow(after)?.is_none()
@@ -210,7 +223,7 @@ pub fn history(
         "--timeline draws for people and --json prints for scripts: pick one \
          (--json has every step's start and end)"
     );
-    let store = &*open_existing(db)?;
+    let store = &*open_to_read(db)?;
     let workflow = store
         .workflow(workflow_id)?
         .ok_or_else(|| StoreError::UnknownWorkflow {
@@ -343,7 +356,7 @@ pub fn logs(
     tail: Option<usize>,
     follow: bool,
 ) -> anyhow::Result<ExitCode> {
-    let store = &*open_existing(db)?;
+    let store = &*open_to_read(db)?;
     let unknown = || StoreError::UnknownWorkflow {
         id: workflow_id.to_owned(),
     };

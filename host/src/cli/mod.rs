@@ -369,10 +369,16 @@ fn store_hint(error: &StoreError) -> Option<String> {
             "--db must name a durable-host database or a new file; this file was left untouched"
                 .to_owned()
         }
-        StoreError::ReadOnly(_) => "make the database file and its directory writable, or pass \
-            another --db PATH"
+        StoreError::ReadOnly(_) => "make the database writable by this user (a SQLite file and \
+            its directory; a PostgreSQL role and server that take writes), or pass another --db"
             .to_owned(),
-        StoreError::NewerSchema { .. } => "use the durable-host version that created it".to_owned(),
+        StoreError::NoTables { .. } => "check the URL's database and search_path against the \
+            workers' --db; the first command there that writes (`run`, `serve`, `deploy`) \
+            creates the tables"
+            .to_owned(),
+        StoreError::NewerSchema { .. } => "use a durable-host as new as the one that created or \
+            last upgraded the tables"
+            .to_owned(),
         StoreError::Busy { .. } => {
             "other processes kept the database locked; run again once they are done".to_owned()
         }

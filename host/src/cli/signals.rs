@@ -10,7 +10,7 @@ use durable_host::control::{self, Signal};
 use durable_host::store::Database;
 
 use super::exit;
-use super::inspect::open_existing;
+use super::inspect::{open_existing, open_to_read};
 use super::report::print_json;
 
 pub fn signal(db: &Database, json_mode: bool, signal: &Signal<'_>) -> anyhow::Result<ExitCode> {
@@ -48,7 +48,7 @@ pub fn get_event(
     key: &str,
     wait: Option<Duration>,
 ) -> anyhow::Result<ExitCode> {
-    let store = &*open_existing(db)?;
+    let store = &*open_to_read(db)?;
     let event = control::published_event(store, id, key, wait)?;
     if json_mode {
         let value: serde_json::Value = serde_json::from_str(&event.value)?;

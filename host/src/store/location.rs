@@ -71,14 +71,26 @@ impl Database {
     }
 
     /// Open it to read histories without changing them: SQLite opens the
-    /// file read-only, so this is safe beside a running `serve`. (A
-    /// PostgreSQL connection is a normal one: readers never block writers
-    /// there, and [`crate::verify`] only reads.)
+    /// file read-only, so this is safe beside a running `serve`;
+    /// PostgreSQL's transactions are read-only, and an older schema is
+    /// read, not upgraded (see [`PostgresStore::open_read_only`]).
     pub fn open_read_only(&self) -> Result<Box<dyn CheckpointStore>, StoreError> {
         Ok(match self {
             Self::Sqlite(path) => Box::new(SqliteStore::open_read_only(path)?),
-            Self::Postgres(url) => Box::new(PostgresStore::open(url)?),
+            Self::Postgres(url) => Box::new(PostgresStore::open_read_only(url)?),
         })
+    }
+
+    /// Open it for a command that only reads (`list`, `history`, `logs`):
+    /// as [`Self::open`] for SQLite (its one file is upgraded where it
+    /// lies), as [`Self::open_read_only`] for PostgreSQL, whose tables may
+    /// be shared with workers of an older build that a read must not lock
+    /// out by upgrading them.
+    pub fn open_to_read(&self) -> Result<Box<dyn CheckpointStore>, StoreError> {
+        match self {
+            Self::Sqlite(_) => self.open(),
+            Self::Postgres(_) => self.open_read_only(),
+        }
     }
 
     /// The connection group commit batches writes on (see

@@ -674,8 +674,10 @@ pub enum StoreError {
     NotADatabase { path: String, reason: String },
     #[error("the database is read-only: {0}")]
     ReadOnly(String),
+    #[error("{path} holds no durable-host tables: nothing has run there yet")]
+    NoTables { path: String },
     #[error(
-        "the database was created by a newer durable-host (schema version {found}, this build knows {supported})"
+        "the database's tables were made by a newer durable-host (schema version {found}, this build knows {supported})"
     )]
     NewerSchema { found: i64, supported: i64 },
     #[error("the database stayed locked by other writers through {attempts} attempts")]

@@ -59,6 +59,9 @@ pub(super) struct Target {
     /// `None`: without TLS (see [`tls`]).
     tls: Option<MakeRustlsConnect>,
     pub(super) shown: String,
+    /// Every connection's transactions are read-only: the server refuses
+    /// any write.
+    read_only: bool,
 }
 
 impl Target {
@@ -92,7 +95,16 @@ impl Target {
             config,
             tls: security.connector,
             shown,
+            read_only: false,
         })
+    }
+
+    /// The same target, for connections that may only read.
+    pub(super) fn read_only(self) -> Self {
+        Self {
+            read_only: true,
+            ..self
+        }
     }
 
     /// A new connection.
@@ -106,6 +118,11 @@ impl Target {
         client
             .batch_execute(SESSION_SETTINGS)
             .map_err(store_error)?;
+        if self.read_only {
+            client
+                .batch_execute("SET default_transaction_read_only = on")
+                .map_err(store_error)?;
+        }
         Ok(Connection {
             client,
             statements: HashMap::new(),

@@ -60,7 +60,7 @@ use super::{
 pub(crate) use connection::redact;
 use connection::{Commit, Connection, Session, Target, WriteFailure, get, get_u32, storable};
 use outage::{Outage, in_doubt, waiting_out};
-use schema::{MIGRATIONS, SCHEMA, SCHEMA_VERSION, VERSION_TABLE};
+use schema::{MIGRATIONS, READABLE_FROM, SCHEMA, SCHEMA_VERSION, VERSION_TABLE};
 
 const WORKFLOW_COLUMNS: &str = "id, component_sha256, input, status, output, error, run_id, \
      owner_pid, owner_host, lease_expires_at, cancel_requested, created_at, updated_at, \
@@ -103,6 +103,34 @@ impl PostgresStore {
         let store = Self::connect(Target::parse(url)?)?;
         store.create_schema()?;
         Ok(store)
+    }
+
+    /// Open the database at `url` to read what is there, changing nothing:
+    /// the connection's transactions are read-only, and tables of an older
+    /// schema are read as they are, not upgraded (that is for a command
+    /// that writes), so a read beside workers of an older build leaves
+    /// them their schema. A schema without tables, older than this build
+    /// reads ([`READABLE_FROM`]) or newer than it knows is refused.
+    pub fn open_read_only(url: &str) -> Result<Self, StoreError> {
+        let store = Self::connect(Target::parse(url)?.read_only())?;
+        let refused = |reason: String| StoreError::Open {
+            path: store.target.shown.clone(),
+            reason,
+        };
+        match store.read(stored_version)? {
+            None => Err(StoreError::NoTables {
+                path: store.target.shown.clone(),
+            }),
+            Some(found) if found > SCHEMA_VERSION => Err(StoreError::NewerSchema {
+                found,
+                supported: SCHEMA_VERSION,
+            }),
+            Some(found) if found < READABLE_FROM => Err(refused(format!(
+                "its tables are version {found}; any command of this durable-host that writes \
+                 upgrades them to version {SCHEMA_VERSION} first"
+            ))),
+            Some(_) => Ok(store),
+        }
     }
 
     /// A listener for the work notifications of the database at `url`, on
@@ -2250,6 +2278,57 @@ mod tests {
         // refused: the statement finds no owner.
         assert!(begin(&store, "nobody", "r1", "a", 1, 1).is_err());
         assert_eq!(store.steps("nobody").unwrap().len(), 0);
+    }
+
+    /// A read-only open (`verify`, `list`, `history`) reads an older schema
+    /// as it is and writes nothing: workers of the older build sharing it
+    /// are not locked out by a read.
+    #[test]
+    fn a_read_only_open_reads_an_older_schema_and_changes_nothing() {
+        use crate::store::conformance::{begin, finish, start};
+        let Some(schema) = TestSchema::create() else {
+            return;
+        };
+        match PostgresStore::open_read_only(&schema.url) {
+            Err(StoreError::NoTables { .. }) => {}
+            other => panic!("expected NoTables, got {:?}", other.err()),
+        }
+        let store = PostgresStore::open(&schema.url).unwrap();
+        start(&store, "wf", "r1");
+        let key = begin(&store, "wf", "r1", "a", 1, 1).unwrap();
+        finish(&store, "wf", "r1", &key, Ok("1".into())).unwrap();
+        drop(store);
+        let mut admin = client(&schema);
+        let version = |admin: &mut Client| -> i64 {
+            admin
+                .query_one("SELECT version FROM durable_schema", &[])
+                .unwrap()
+                .get(0)
+        };
+        admin
+            .execute("UPDATE durable_schema SET version = $1", &[&READABLE_FROM])
+            .unwrap();
+
+        let reader = PostgresStore::open_read_only(&schema.url).unwrap();
+        assert_eq!(reader.steps("wf").unwrap().len(), 1);
+        assert_eq!(reader.workflow("wf").unwrap().unwrap().id, "wf");
+        assert!(matches!(
+            reader.request_cancel("wf"),
+            Err(StoreError::ReadOnly(_))
+        ));
+        assert_eq!(version(&mut admin), READABLE_FROM);
+        assert!(!reader.workflow("wf").unwrap().unwrap().cancel_requested);
+
+        admin
+            .execute(
+                "UPDATE durable_schema SET version = $1",
+                &[&(SCHEMA_VERSION + 1)],
+            )
+            .unwrap();
+        assert!(matches!(
+            PostgresStore::open_read_only(&schema.url).err(),
+            Some(StoreError::NewerSchema { .. })
+        ));
     }
 
     #[test]

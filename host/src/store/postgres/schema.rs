@@ -14,6 +14,11 @@
 /// Bumped whenever the tables change; older hosts refuse newer schemas.
 pub const SCHEMA_VERSION: i64 = 2;
 
+/// The oldest schema whose tables this build reads as they are, without
+/// upgrading them (see `PostgresStore::open_read_only`): version 2 changed
+/// an index and a constraint, not what is stored.
+pub const READABLE_FROM: i64 = 1;
+
 /// The version table, created before anything else.
 pub const VERSION_TABLE: &str = "
 -- The schema's version: one row.
@@ -224,6 +229,6 @@ CREATE TABLE published_events (
 pub const MIGRATIONS: &[(i64, &str)] = &[(
     2,
     "ALTER TABLE steps DROP CONSTRAINT IF EXISTS steps_workflow_id_fkey;
-     DROP INDEX steps_by_sequence;
+     DROP INDEX IF EXISTS steps_by_sequence;
      CREATE INDEX steps_by_sequence ON steps (workflow_id, sequence) WHERE sequence > 0;",
 )];
