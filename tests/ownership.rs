@@ -314,7 +314,9 @@ fn a_read_only_database_is_reported() {
         result.stderr()
     );
     assert!(
-        result.stderr().contains("hint: make the database file"),
+        result
+            .stderr()
+            .contains("hint: make the database writable by this user (a SQLite file"),
         "{}",
         result.stderr()
     );
