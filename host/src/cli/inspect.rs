@@ -23,10 +23,11 @@ use super::{exit, timeline};
 const PREVIEW_CHARS: usize = 48;
 
 /// Open the database to act on what is there (`cancel`, `signal`): a
-/// missing file is an error here, not a new empty database.
+/// missing file, or a schema without tables, is an error here, not a new
+/// empty database.
 pub(super) fn open_existing(db: &Database) -> anyhow::Result<Box<dyn CheckpointStore>> {
     ensure_exists(db)?;
-    Ok(db.open()?)
+    Ok(db.open_existing()?)
 }
 
 /// Open the database to read what is there (`list`, `history`, `logs`,

@@ -20,7 +20,11 @@ pub fn schedule(
     json_mode: bool,
     action: ScheduleAction,
 ) -> anyhow::Result<ExitCode> {
-    let store = &*db.open()?;
+    // Listing only reads (see `Database::open_to_read`).
+    let store = &*match action {
+        ScheduleAction::List => db.open_to_read()?,
+        _ => db.open()?,
+    };
     match action {
         ScheduleAction::Add {
             name,

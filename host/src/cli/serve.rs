@@ -60,7 +60,7 @@ pub fn deploy(
 }
 
 pub fn list_deployments(db: &Database, json_mode: bool) -> anyhow::Result<ExitCode> {
-    let deployments = db.open()?.deployments(None)?;
+    let deployments = db.open_to_read()?.deployments(None)?;
     if json_mode {
         print_json(&deployments.iter().map(deployment_json).collect::<Vec<_>>());
         return Ok(ExitCode::from(exit::SUCCESS));

@@ -81,6 +81,17 @@ impl Database {
         })
     }
 
+    /// Open it for a command that acts on what is there (`cancel`,
+    /// `signal`): as [`Self::open`], except that a PostgreSQL schema without
+    /// tables is [`StoreError::NoTables`] rather than made (a SQLite file's
+    /// existence is for the caller to check).
+    pub fn open_existing(&self) -> Result<Box<dyn CheckpointStore>, StoreError> {
+        match self {
+            Self::Sqlite(_) => self.open(),
+            Self::Postgres(url) => Ok(Box::new(PostgresStore::open_with_tables(url)?)),
+        }
+    }
+
     /// Open it for a command that only reads (`list`, `history`, `logs`):
     /// as [`Self::open`] for SQLite (its one file is upgraded where it
     /// lies), as [`Self::open_read_only`] for PostgreSQL, whose tables may

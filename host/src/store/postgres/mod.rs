@@ -105,6 +105,25 @@ impl PostgresStore {
         Ok(store)
     }
 
+    /// Open the database at `url` for a command that acts on what is there
+    /// (`cancel`, `signal`): as [`Self::open`], except that a schema
+    /// without tables is [`StoreError::NoTables`], not made, so that such a
+    /// command on a mistyped URL or `search_path` leaves nothing behind.
+    pub fn open_with_tables(url: &str) -> Result<Self, StoreError> {
+        let store = Self::connect(Target::parse(url)?)?;
+        if store.read(stored_version)?.is_none() {
+            return Err(store.no_tables());
+        }
+        store.create_schema()?;
+        Ok(store)
+    }
+
+    fn no_tables(&self) -> StoreError {
+        StoreError::NoTables {
+            path: self.target.shown.clone(),
+        }
+    }
+
     /// Open the database at `url` to read what is there, changing nothing:
     /// the connection's transactions are read-only, and tables of an older
     /// schema are read as they are, not upgraded (that is for a command
@@ -118,9 +137,7 @@ impl PostgresStore {
             reason,
         };
         match store.read(stored_version)? {
-            None => Err(StoreError::NoTables {
-                path: store.target.shown.clone(),
-            }),
+            None => Err(store.no_tables()),
             Some(found) if found > SCHEMA_VERSION => Err(StoreError::NewerSchema {
                 found,
                 supported: SCHEMA_VERSION,
@@ -2289,9 +2306,16 @@ mod tests {
         let Some(schema) = TestSchema::create() else {
             return;
         };
-        match PostgresStore::open_read_only(&schema.url) {
-            Err(StoreError::NoTables { .. }) => {}
-            other => panic!("expected NoTables, got {:?}", other.err()),
+        // Neither a read nor a command that acts on what is there (a
+        // cancel) makes tables in an empty schema.
+        for open in [
+            PostgresStore::open_with_tables,
+            PostgresStore::open_read_only,
+        ] {
+            match open(&schema.url) {
+                Err(StoreError::NoTables { .. }) => {}
+                other => panic!("expected NoTables, got {:?}", other.err()),
+            }
         }
         let store = PostgresStore::open(&schema.url).unwrap();
         start(&store, "wf", "r1");
