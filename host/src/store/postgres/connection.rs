@@ -48,6 +48,9 @@ const CLIENT_KEEPALIVE_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
 /// stop every other worker that touches those workflows until it came back.
 const SESSION_SETTINGS: &str = "SET idle_in_transaction_session_timeout = '5s'";
 
+/// Set besides [`SESSION_SETTINGS`] on a read-only target's connections.
+const READ_ONLY_SETTING: &str = "SET default_transaction_read_only = on";
+
 /// Parameters of a statement, as the client takes them.
 pub(super) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
@@ -115,14 +118,12 @@ impl Target {
             None => self.config.connect(NoTls),
         };
         let mut client = client.map_err(|e| unreachable(&self.shown, &e))?;
-        client
-            .batch_execute(SESSION_SETTINGS)
-            .map_err(store_error)?;
-        if self.read_only {
-            client
-                .batch_execute("SET default_transaction_read_only = on")
-                .map_err(store_error)?;
-        }
+        let settings = if self.read_only {
+            Cow::Owned(format!("{SESSION_SETTINGS}; {READ_ONLY_SETTING}"))
+        } else {
+            Cow::Borrowed(SESSION_SETTINGS)
+        };
+        client.batch_execute(&settings).map_err(store_error)?;
         Ok(Connection {
             client,
             statements: HashMap::new(),

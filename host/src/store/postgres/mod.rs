@@ -101,7 +101,7 @@ impl PostgresStore {
     /// [`StoreError::Open`] naming the URL (never its password).
     pub fn open(url: &str) -> Result<Self, StoreError> {
         let store = Self::connect(Target::parse(url)?)?;
-        store.create_schema()?;
+        store.create_schema(store.read(stored_version)?)?;
         Ok(store)
     }
 
@@ -111,10 +111,11 @@ impl PostgresStore {
     /// command on a mistyped URL or `search_path` leaves nothing behind.
     pub fn open_with_tables(url: &str) -> Result<Self, StoreError> {
         let store = Self::connect(Target::parse(url)?)?;
-        if store.read(stored_version)?.is_none() {
+        let found = store.read(stored_version)?;
+        if found.is_none() {
             return Err(store.no_tables());
         }
-        store.create_schema()?;
+        store.create_schema(found)?;
         Ok(store)
     }
 
@@ -136,12 +137,9 @@ impl PostgresStore {
             path: store.target.shown.clone(),
             reason,
         };
+        // `stored_version` refuses a newer schema.
         match store.read(stored_version)? {
             None => Err(store.no_tables()),
-            Some(found) if found > SCHEMA_VERSION => Err(StoreError::NewerSchema {
-                found,
-                supported: SCHEMA_VERSION,
-            }),
             Some(found) if found < READABLE_FROM => Err(refused(format!(
                 "its tables are version {found}; any command of this durable-host that writes \
                  upgrades them to version {SCHEMA_VERSION} first"
@@ -306,9 +304,10 @@ impl PostgresStore {
     /// [`SCHEMA_VERSION`] with [`MIGRATIONS`]; refuse newer ones. Under an
     /// advisory lock (per schema), so that processes opening at once do not
     /// race.
-    fn create_schema(&self) -> Result<(), StoreError> {
+    /// `found`: the version [`stored_version`] read as the store opened.
+    fn create_schema(&self, found: Option<i64>) -> Result<(), StoreError> {
         // Up to date (every open after the first): no lock, no write.
-        if self.read(stored_version)? == Some(SCHEMA_VERSION) {
+        if found == Some(SCHEMA_VERSION) {
             return Ok(());
         }
         self.write(|tx| {
@@ -2107,6 +2106,25 @@ mod tests {
         postgres::Client::connect(&schema.url, postgres::NoTls).unwrap()
     }
 
+    /// The schema version `client` finds recorded.
+    fn recorded_version(client: &mut Client) -> i64 {
+        client
+            .query_one("SELECT version FROM durable_schema", &[])
+            .unwrap()
+            .get(0)
+    }
+
+    /// A store on `schema` with workflow `id`, run by `run`, and its step
+    /// `a#1` finished with `1`.
+    fn one_finished_step(schema: &TestSchema, id: &str, run: &str) -> PostgresStore {
+        use crate::store::conformance::{begin, finish, start};
+        let store = PostgresStore::open(&schema.url).unwrap();
+        start(&store, id, run);
+        let key = begin(&store, id, run, "a", 1, 1).unwrap();
+        finish(&store, id, run, &key, Ok("1".into())).unwrap();
+        store
+    }
+
     /// The plan `client` (under `plan_cache_mode = force_generic_plan`)
     /// makes of `sql` prepared as `name`, executed with `arguments`.
     fn generic_plan(client: &mut Client, name: &str, sql: &str, arguments: &str) -> String {
@@ -2132,14 +2150,10 @@ mod tests {
     /// history's pages still read that index.
     #[test]
     fn step_statements_find_the_step_by_its_key_on_a_new_table() {
-        use crate::store::conformance::{begin, finish, start};
         let Some(schema) = TestSchema::create() else {
             return;
         };
-        let store = PostgresStore::open(&schema.url).unwrap();
-        start(&store, "w7", "r7");
-        let key = begin(&store, "w7", "r7", "a", 1, 1).unwrap();
-        finish(&store, "w7", "r7", &key, Ok("1".into())).unwrap();
+        let _store = one_finished_step(&schema, "w7", "r7");
         let mut client = client(&schema);
         client
             .batch_execute("SET plan_cache_mode = force_generic_plan")
@@ -2250,15 +2264,11 @@ mod tests {
     /// holds; the steps' statements then run without the key's check.
     #[test]
     fn a_version_1_schema_is_migrated_and_keeps_its_history() {
-        use crate::store::conformance::{begin, finish, start};
+        use crate::store::conformance::{begin, finish};
         let Some(schema) = TestSchema::create() else {
             return;
         };
-        let store = PostgresStore::open(&schema.url).unwrap();
-        start(&store, "wf", "r1");
-        let key = begin(&store, "wf", "r1", "a", 1, 1).unwrap();
-        finish(&store, "wf", "r1", &key, Ok("1".into())).unwrap();
-        drop(store);
+        drop(one_finished_step(&schema, "wf", "r1"));
         let foreign_keys = |client: &mut Client| -> i64 {
             client
                 .query_one(
@@ -2280,11 +2290,7 @@ mod tests {
             .unwrap();
 
         let store = PostgresStore::open(&schema.url).unwrap();
-        let version: i64 = admin
-            .query_one("SELECT version FROM durable_schema", &[])
-            .unwrap()
-            .get(0);
-        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(recorded_version(&mut admin), SCHEMA_VERSION);
         assert_eq!(foreign_keys(&mut admin), 0);
         let steps = store.steps("wf").unwrap();
         assert_eq!(steps.len(), 1);
@@ -2302,7 +2308,6 @@ mod tests {
     /// are not locked out by a read.
     #[test]
     fn a_read_only_open_reads_an_older_schema_and_changes_nothing() {
-        use crate::store::conformance::{begin, finish, start};
         let Some(schema) = TestSchema::create() else {
             return;
         };
@@ -2317,18 +2322,8 @@ mod tests {
                 other => panic!("expected NoTables, got {:?}", other.err()),
             }
         }
-        let store = PostgresStore::open(&schema.url).unwrap();
-        start(&store, "wf", "r1");
-        let key = begin(&store, "wf", "r1", "a", 1, 1).unwrap();
-        finish(&store, "wf", "r1", &key, Ok("1".into())).unwrap();
-        drop(store);
+        drop(one_finished_step(&schema, "wf", "r1"));
         let mut admin = client(&schema);
-        let version = |admin: &mut Client| -> i64 {
-            admin
-                .query_one("SELECT version FROM durable_schema", &[])
-                .unwrap()
-                .get(0)
-        };
         admin
             .execute("UPDATE durable_schema SET version = $1", &[&READABLE_FROM])
             .unwrap();
@@ -2340,7 +2335,7 @@ mod tests {
             reader.request_cancel("wf"),
             Err(StoreError::ReadOnly(_))
         ));
-        assert_eq!(version(&mut admin), READABLE_FROM);
+        assert_eq!(recorded_version(&mut admin), READABLE_FROM);
         assert!(!reader.workflow("wf").unwrap().unwrap().cancel_requested);
 
         admin
@@ -2367,11 +2362,7 @@ mod tests {
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert!(opened.iter().all(Result::is_ok), "{opened:?}");
-        let version: i64 = client(&schema)
-            .query_one("SELECT version FROM durable_schema", &[])
-            .unwrap()
-            .get(0);
-        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(recorded_version(&mut client(&schema)), SCHEMA_VERSION);
     }
 
     #[test]
