@@ -10,6 +10,7 @@ use wasmtime::Engine;
 use wasmtime::component::InstancePre;
 
 use super::host::HostState;
+use super::memory_image;
 use crate::bindings::{v0_1, v0_3};
 use crate::engine::StepRun;
 use crate::store::{Failure, Outcome};
@@ -55,10 +56,13 @@ impl ContractPre {
         }
     }
 
+    /// A new instance, the component's memory images made first (see
+    /// [`memory_image`]).
     pub fn instantiate(
         &self,
         store: &mut wasmtime::Store<HostState>,
     ) -> wasmtime::Result<ContractInstance> {
+        memory_image(self.component())?;
         Ok(match self {
             Self::StepErrors(pre) => ContractInstance::StepErrors(pre.instantiate(store)?),
             Self::TextErrors(pre) => ContractInstance::TextErrors(pre.instantiate(store)?),

@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -536,10 +537,15 @@ struct HostMemory(String);
 impl HostMemory {
     /// Whether creating an instance failed with `error` because the host
     /// had no memory to give it: an `mmap` refused (`ENOMEM`, also under
-    /// `ulimit -v`) or an allocation wasmtime could not make, or a pool
-    /// out of slots (it is sized not to run out). A guest's own memory
-    /// limit is not this ([`limit_exceeded`]).
+    /// `ulimit -v`) or an allocation wasmtime could not make, a pool out of
+    /// slots (it is sized not to run out), or a memory image the kernel
+    /// kept refusing ([`memory_image`]). A guest's own memory limit is not
+    /// this ([`limit_exceeded`]).
     fn of(error: &wasmtime::Error) -> Option<Self> {
+        if let Some(HostMemory(reason)) = error.chain().find_map(|c| c.downcast_ref::<HostMemory>())
+        {
+            return Some(Self(reason.clone()));
+        }
         let starved = error.chain().any(|cause| {
             cause.downcast_ref::<wasmtime::OutOfMemory>().is_some()
                 || cause
@@ -559,6 +565,55 @@ impl HostMemory {
             })
         })
     }
+}
+
+/// How many times a component's memory image is made before the run gives
+/// up ([`memory_image`]), and the pause between two tries.
+const IMAGE_TRIES: u32 = 4;
+const IMAGE_PAUSE: Duration = Duration::from_millis(100);
+
+/// Make `component`'s copy-on-write memory images, once per loaded
+/// component, before its first instance (where wasmtime would otherwise
+/// make them).
+///
+/// On Linux an image is a memfd sealed read-only, and the kernel refuses
+/// the seal (`EBUSY`) while it still holds a reference to one of the new
+/// pages after waiting a while for them: a passing state of a loaded host,
+/// which the first instance would report as the guest's trap, suspending
+/// the workflow. So a busy image is made again, from a new memfd; one that
+/// stays busy stops the run as a host without memory does, recording
+/// nothing against the workflow.
+pub(super) fn memory_image(component: &Component) -> wasmtime::Result<()> {
+    retry_busy(|| component.initialize_copy_on_write_image())
+}
+
+/// `make`, tried up to [`IMAGE_TRIES`] times while it fails with `EBUSY`.
+fn retry_busy(mut make: impl FnMut() -> wasmtime::Result<()>) -> wasmtime::Result<()> {
+    let busy = |error: &wasmtime::Error| {
+        error.chain().any(|cause| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(|e| e.raw_os_error())
+                == Some(rustix::io::Errno::BUSY.raw_os_error())
+        })
+    };
+    for _ in 1..IMAGE_TRIES {
+        match make() {
+            Err(error) if busy(&error) => thread::sleep(IMAGE_PAUSE),
+            done => return done,
+        }
+    }
+    make().map_err(|error| {
+        if busy(&error) {
+            HostMemory(format!(
+                "the kernel refused to seal its memory image {IMAGE_TRIES} times: {}",
+                error.root_cause()
+            ))
+            .into()
+        } else {
+            error
+        }
+    })
 }
 
 /// An error creating an instance. A memory limit met there says so: a
@@ -630,5 +685,66 @@ impl Sandbox {
                 })?;
         }
         Ok(builder.build())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::io;
+
+    use super::*;
+
+    /// As wasmtime reports a refused seal: the memfd crate's error, with
+    /// the kernel's errno as its source.
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot add seals to the memfd")]
+    struct AddSeals(#[source] io::Error);
+
+    fn refused(errno: rustix::io::Errno) -> wasmtime::Error {
+        AddSeals(io::Error::from_raw_os_error(errno.raw_os_error())).into()
+    }
+
+    #[test]
+    fn a_memory_image_the_kernel_calls_busy_is_made_again() {
+        let tries = Cell::new(0);
+        let made = retry_busy(|| {
+            tries.set(tries.get() + 1);
+            match tries.get() {
+                1 | 2 => Err(refused(rustix::io::Errno::BUSY)),
+                _ => Ok(()),
+            }
+        });
+        assert!(made.is_ok(), "{made:?}");
+        assert_eq!(tries.get(), 3);
+    }
+
+    #[test]
+    fn a_memory_image_that_stays_busy_stops_the_run_as_the_host_s_shortage() {
+        let tries = Cell::new(0);
+        let error = retry_busy(|| {
+            tries.set(tries.get() + 1);
+            Err(refused(rustix::io::Errno::BUSY))
+        })
+        .unwrap_err();
+        assert_eq!(tries.get(), IMAGE_TRIES);
+        let HostMemory(reason) = HostMemory::of(&error).expect("the host's, not the guest's");
+        assert!(
+            reason.contains("seal its memory image 4 times")
+                && reason.contains("Device or resource busy"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn any_other_failure_of_a_memory_image_is_not_tried_again() {
+        let tries = Cell::new(0);
+        let error = retry_busy(|| {
+            tries.set(tries.get() + 1);
+            Err(refused(rustix::io::Errno::PERM))
+        })
+        .unwrap_err();
+        assert_eq!(tries.get(), 1);
+        assert!(HostMemory::of(&error).is_none(), "{error:?}");
     }
 }
