@@ -735,10 +735,25 @@ fn two_servers_on_one_database_run_disjoint_work() {
         by_a.len(),
         by_b.len()
     );
-    for server in [&a, &b] {
+    // Each counts the runs it began, not the workflows another one won.
+    for (mut server, finished) in [(a, by_a.len()), (b, by_b.len())] {
+        server.signal("-TERM");
+        assert!(server.wait_exit(Duration::from_secs(30)).is_some());
         let log = server.log();
         let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
         assert!(errors.is_empty(), "a server logged errors: {errors:#?}");
+        let started = log
+            .lines()
+            .filter(|line| line.contains("stopped"))
+            .find_map(|line| {
+                line.split_once(" started=")?
+                    .1
+                    .split(' ')
+                    .next()?
+                    .parse()
+                    .ok()
+            });
+        assert_eq!(started, Some(finished), "{log}");
     }
     assert_integrity(&scratch);
     println!(

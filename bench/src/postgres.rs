@@ -242,11 +242,13 @@ pub fn measurements(bench: &Bench, report: &mut Report) -> Option<PgServer> {
         let pg = throughput(Scratch::on_postgres_schema());
         let busy = |run: &serve::Throughput| run.cpu.total / run.wall.as_secs_f64();
         // More than one when workers open the same workflow and all but
-        // one of them find it claimed, or finished, already.
+        // one of them find it claimed, or finished, already (`lost`).
         let starts = |run: &serve::Throughput| {
-            run.stopped
-                .per("started", count)
-                .map_or("?".into(), |n| format!("{n:.2}"))
+            let stopped = &run.stopped;
+            let opened = stopped.get("started").zip(stopped.get("lost"));
+            opened.map_or("?".into(), |(started, lost)| {
+                format!("{:.2}", (started + lost) as f64 / count as f64)
+            })
         };
         report.add(
             &format!("pg_workflows_{workers}_workers"),

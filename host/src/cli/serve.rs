@@ -243,6 +243,7 @@ pub fn serve(db: &Database, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let summary = served?;
     tracing::info!(
         started = summary.started,
+        lost = summary.lost,
         completed = summary.completed,
         failed = summary.failed,
         suspended = summary.suspended,

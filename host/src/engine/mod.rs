@@ -259,6 +259,10 @@ pub trait RunObserver: Send {
     /// A step finished, was replayed, or was interrupted.
     fn step_event(&mut self, workflow_id: &str, event: &StepEvent);
 
+    /// The run became the workflow's owner (before its first write): from
+    /// here on the run is this process's, not another's that got there first.
+    fn claimed(&mut self, _workflow_id: &str) {}
+
     /// A step's body is about to execute.
     fn step_started(&mut self, _workflow_id: &str, _key: &StepKey, _attempt: u32) {}
 
@@ -783,6 +787,7 @@ impl WorkflowRun {
         self.claim = ClaimKind::Done { resumed };
         lease.arm();
         self.lease = Some(lease);
+        self.observer.claimed(&self.workflow_id);
         Ok(())
     }
 

@@ -64,7 +64,11 @@ pub struct ServeConfig {
 /// What a server did, for its last log line.
 #[derive(Debug, Default, Clone)]
 pub struct ServeSummary {
+    /// Runs this server began (claimed the workflow).
     pub started: u64,
+    /// Runs another process got to first: it claimed the workflow between
+    /// this server's read and its run's claim, or finished it.
+    pub lost: u64,
     pub completed: u64,
     pub failed: u64,
     pub suspended: u64,
@@ -314,6 +318,9 @@ fn listen_again(database: &Database, shutdown: &AtomicBool) -> Option<Box<dyn Wo
 struct Finished {
     queue: String,
     workflow_id: String,
+    /// The run opened the workflow: it began here, whatever its end (not
+    /// when another process had it first).
+    begun: bool,
     end: RunEnd,
 }
 
@@ -321,8 +328,10 @@ struct Finished {
 enum RunEnd {
     /// It ran, and left the workflow with this status.
     Ran(WorkflowStatus),
-    /// Nothing ran: another process had it, or the server is stopping.
+    /// Nothing ran: the server is stopping, or the run lost its lease.
     NotRun,
+    /// Another process claimed the workflow first, or finished it.
+    Lost,
     /// It stopped on an error of its own, logged (a component that does not
     /// compile, a database error): held back a while, not retried at once.
     Stopped,
@@ -515,25 +524,26 @@ impl Dispatcher {
         *self.running.entry(workflow.queue.clone()).or_default() += 1;
         self.in_flight.insert(workflow.id.clone());
         lock(&self.shared.opening).insert(workflow.id.clone());
-        self.summary.started += 1;
-        self.shared.metrics.run_started(&workflow.queue);
         let shared = Arc::clone(&self.shared);
         let (queue, workflow_id) = (workflow.queue.clone(), workflow.id.clone());
         let refused = self.workers.run(Box::new(move || {
             // A run that panics (a dependency that cannot start its threads,
             // say) must still free its slot, and not be retried at once.
-            let end = panic::catch_unwind(AssertUnwindSafe(|| execute(&shared, &workflow)))
-                .unwrap_or_else(|_| {
-                    tracing::error!(
-                        workflow_id = workflow.id,
-                        "the run panicked (the host short of memory or threads, or a bug); \
+            let mut begun = false;
+            let end =
+                panic::catch_unwind(AssertUnwindSafe(|| execute(&shared, &workflow, &mut begun)))
+                    .unwrap_or_else(|_| {
+                        tracing::error!(
+                            workflow_id = workflow.id,
+                            "the run panicked (the host short of memory or threads, or a bug); \
                          its workflow goes on from what was recorded"
-                    );
-                    RunEnd::Starved(Shortage::Memory)
-                });
+                        );
+                        RunEnd::Starved(Shortage::Memory)
+                    });
             let finished = Finished {
                 queue: workflow.queue.clone(),
                 workflow_id: workflow.id.clone(),
+                begun,
                 end,
             };
             let _ = done.send(Event::Finished(finished));
@@ -544,6 +554,7 @@ impl Dispatcher {
             self.finished(Finished {
                 queue,
                 workflow_id,
+                begun: false,
                 end: RunEnd::Starved(Shortage::Memory),
             });
         }
@@ -562,6 +573,9 @@ impl Dispatcher {
             *count = count.saturating_sub(1);
         }
         self.in_flight.remove(&finished.workflow_id);
+        if finished.begun {
+            self.summary.started += 1;
+        }
         if let RunEnd::Ran(status) = finished.end {
             self.shared.metrics.run_ended(status);
             self.held.remove(&finished.workflow_id);
@@ -602,6 +616,7 @@ impl Dispatcher {
                     .insert(finished.workflow_id, (Instant::now() + hold, hold));
             }
             RunEnd::NotRun => {}
+            RunEnd::Lost => self.summary.lost += 1,
         }
     }
 
@@ -738,7 +753,8 @@ impl Workers {
 }
 
 /// Run `workflow` until it ends, sleeps or stops.
-fn execute(shared: &Shared, workflow: &WorkflowRecord) -> RunEnd {
+/// `begun` is set once the run has opened the workflow as its own.
+fn execute(shared: &Shared, workflow: &WorkflowRecord, begun: &mut bool) -> RunEnd {
     let id = workflow.id.as_str();
     let opening = Opening {
         set: &shared.opening,
@@ -773,8 +789,12 @@ fn execute(shared: &Shared, workflow: &WorkflowRecord) -> RunEnd {
         grants: None,
         component: None,
     };
+    let claimed = Arc::new(AtomicBool::new(false));
     let observer = Box::new(LogObserver {
         metrics: Arc::clone(&shared.metrics),
+        opened: Some(workflow.clone()),
+        run_id: run_id.clone(),
+        claimed: Arc::clone(&claimed),
     });
     let run = match WorkflowRun::open(
         Box::new(shared.store.clone()),
@@ -786,11 +806,11 @@ fn execute(shared: &Shared, workflow: &WorkflowRecord) -> RunEnd {
         // Ended by this run (suspended after too many takeovers), or
         // finished elsewhere since it was read as ready: not ours to count.
         Ok(Opened::Finished(record)) if record.run_id == run_id => {
+            *begun = true;
             return RunEnd::Ran(record.status);
         }
-        Ok(Opened::Finished(_)) => return RunEnd::NotRun,
-        // Another process claimed it first: its run, not ours.
-        Err(EngineError::OwnedElsewhere { .. }) => return RunEnd::NotRun,
+        Ok(Opened::Finished(_)) => return RunEnd::Lost,
+        Err(EngineError::OwnedElsewhere { .. }) => return lost(id),
         Err(error) => {
             tracing::error!(workflow_id = id, %error, "cannot open the workflow");
             return match &error {
@@ -800,29 +820,22 @@ fn execute(shared: &Shared, workflow: &WorkflowRecord) -> RunEnd {
         }
     };
     drop(opening);
-    match workflow.status {
-        WorkflowStatus::Queued => tracing::info!(workflow_id = id, run_id, "started"),
-        WorkflowStatus::Sleeping => {
-            if let Some(wake_at) = workflow.wake_at {
-                let late = (now_millis() - wake_at).max(0) as u64;
-                shared.metrics.timer_fired(Duration::from_millis(late));
-            }
-            tracing::info!(workflow_id = id, run_id, "woke up")
-        }
-        WorkflowStatus::Waiting => {
-            tracing::info!(
-                workflow_id = id,
-                run_id,
-                waiting_for = workflow.waiting_for.as_ref().map(ToString::to_string),
-                "resumed to look for what it waits for"
-            )
-        }
-        _ => {
-            shared.metrics.takeover();
-            tracing::info!(workflow_id = id, run_id, "taking over")
-        }
-    }
-    match shared.runtime.run(&component, &grants, run) {
+    let end = run_opened(shared, workflow, &component, &grants, run, &run_id);
+    *begun = claimed.load(Ordering::Relaxed);
+    end
+}
+
+/// The run of a workflow `execute` opened, to its end.
+fn run_opened(
+    shared: &Shared,
+    workflow: &WorkflowRecord,
+    component: &WorkflowComponent,
+    grants: &Grants,
+    run: Box<WorkflowRun>,
+    run_id: &str,
+) -> RunEnd {
+    let id = workflow.id.as_str();
+    match shared.runtime.run(component, grants, run) {
         Ok(report) => {
             log_report(&report);
             RunEnd::Ran(report.status)
@@ -835,7 +848,7 @@ fn execute(shared: &Shared, workflow: &WorkflowRecord) -> RunEnd {
             tracing::info!(workflow_id = id, "stopped for shutdown; lease released");
             RunEnd::NotRun
         }
-        Err(RuntimeError::Engine(EngineError::OwnedElsewhere { .. })) => RunEnd::NotRun,
+        Err(RuntimeError::Engine(EngineError::OwnedElsewhere { .. })) => lost(id),
         Err(RuntimeError::Engine(error)) if error.is_non_determinism() => suspend_unclaimed(
             shared,
             workflow,
@@ -958,12 +971,54 @@ fn log_report(report: &RunReport) {
     }
 }
 
-/// Step events as debug logs, and counted.
+/// Another process claimed the workflow between this server's read and
+/// its run's claim (several servers on one database): theirs.
+fn lost(id: &str) -> RunEnd {
+    tracing::debug!(workflow_id = id, "another process claimed it first");
+    RunEnd::Lost
+}
+
+/// Step events as debug logs, and counted; the run's claim logged and
+/// counted as the run's start here.
 struct LogObserver {
     metrics: Arc<Metrics>,
+    /// The workflow as the run opened it, until the run claims it.
+    opened: Option<WorkflowRecord>,
+    run_id: String,
+    /// Set once the run claims the workflow.
+    claimed: Arc<AtomicBool>,
 }
 
 impl RunObserver for LogObserver {
+    fn claimed(&mut self, workflow_id: &str) {
+        let Some(workflow) = self.opened.take() else {
+            return;
+        };
+        self.claimed.store(true, Ordering::Relaxed);
+        self.metrics.run_started(&workflow.queue);
+        let run_id = self.run_id.as_str();
+        match workflow.status {
+            WorkflowStatus::Queued => tracing::info!(workflow_id, run_id, "started"),
+            WorkflowStatus::Sleeping => {
+                if let Some(wake_at) = workflow.wake_at {
+                    let late = (now_millis() - wake_at).max(0) as u64;
+                    self.metrics.timer_fired(Duration::from_millis(late));
+                }
+                tracing::info!(workflow_id, run_id, "woke up")
+            }
+            WorkflowStatus::Waiting => tracing::info!(
+                workflow_id,
+                run_id,
+                waiting_for = workflow.waiting_for.as_ref().map(ToString::to_string),
+                "resumed to look for what it waits for"
+            ),
+            _ => {
+                self.metrics.takeover();
+                tracing::info!(workflow_id, run_id, "taking over")
+            }
+        }
+    }
+
     fn step_event(&mut self, workflow_id: &str, event: &StepEvent) {
         self.metrics.step(event);
         tracing::debug!(workflow_id, step = %event.key, event = ?event.kind, "step");
