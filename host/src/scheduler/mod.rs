@@ -842,7 +842,7 @@ fn run_opened(
         }
         Err(RuntimeError::Engine(EngineError::Stopping { .. })) => {
             // Shutting down: hand the workflow to whoever comes next.
-            if let Err(error) = shared.store.release_workflow(id, &run_id) {
+            if let Err(error) = shared.store.release_workflow(id, run_id) {
                 tracing::warn!(workflow_id = id, %error, "cannot release the workflow's lease");
             }
             tracing::info!(workflow_id = id, "stopped for shutdown; lease released");
@@ -875,7 +875,7 @@ fn run_opened(
                     // memory for it: hand the workflow to whoever comes next
                     // once it can go on, rather than after its lease; it
                     // resumes from what was stored.
-                    if shared.store.release_workflow(id, &run_id).is_ok() {
+                    if shared.store.release_workflow(id, run_id).is_ok() {
                         tracing::info!(workflow_id = id, "lease released");
                     }
                     RunEnd::Starved(shortage)
