@@ -1,11 +1,15 @@
 //! Workflows built against earlier releases of the `durable:workflow`
 //! contract keep running unchanged: the onboarding workflow as the SDK of
 //! each release built it (from the repository's history) starts, crashes,
-//! resumes, runs under `serve` and is cancelled on today's host.
+//! resumes, runs under `serve` and is cancelled on today's host. And a
+//! workflow of another repository builds against a vendored copy of the
+//! SDK.
 
 use std::time::Duration;
 
-use durable_tests::{Scratch, Server, employee, released_onboarding, run, spawn, wait_until};
+use durable_tests::{
+    Scratch, Server, employee, released_onboarding, run, spawn, vendored_sdk_workflow, wait_until,
+};
 use serde_json::json;
 
 const RELEASES: [&str; 2] = ["0.1.0", "0.2.0"];
@@ -115,4 +119,19 @@ fn an_older_build_is_stopped_by_a_cancellation() {
             "contract {release}"
         );
     }
+}
+
+/// README, *From another repository*: the SDK may be vendored as a copy of
+/// `guest-sdk/`, which must then build outside this workspace.
+#[test]
+fn a_workflow_builds_with_a_vendored_copy_of_the_sdk() {
+    let component = vendored_sdk_workflow();
+    let scratch = Scratch::new();
+    let report = run(scratch
+        .run(&component, "greet-1")
+        .args(["--input", "\"Ada\"", "--json"]))
+    .expect_code(0)
+    .json();
+    assert_eq!(report["status"], "completed");
+    assert_eq!(report["output"], "hello, Ada");
 }

@@ -215,6 +215,65 @@ incremental = false
     copy
 }
 
+/// A workflow of another repository with the SDK vendored into it: a copy
+/// of `guest-sdk/` beside a crate of its own, outside this workspace (its
+/// own `[workspace]`, as a repository is: the directory is under this
+/// one's target). Built with this workspace's lock file into its target
+/// directory, so that it reuses the crates the guests already built. Its
+/// `run` greets its input in a step.
+pub fn vendored_sdk_workflow() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let root = target_dir(workspace).join("vendored-sdk");
+    let repo = root.join("repo");
+    let _ = std::fs::remove_dir_all(&repo);
+    std::fs::create_dir_all(repo.join("src")).unwrap();
+    let copied = Command::new("cp")
+        .arg("-R")
+        .arg(workspace.join("guest-sdk"))
+        .arg(repo.join("durable-sdk"))
+        .status()
+        .expect("run cp");
+    assert!(copied.success(), "cp -R guest-sdk failed");
+    std::fs::copy(workspace.join("Cargo.lock"), repo.join("Cargo.lock")).unwrap();
+    std::fs::write(
+        repo.join("Cargo.toml"),
+        r#"[package]
+name = "greeter"
+version = "0.1.0"
+edition = "2024"
+
+[lib]
+crate-type = ["cdylib"]
+
+[dependencies]
+durable-sdk = { path = "durable-sdk" }
+serde = { version = "1", features = ["derive"] }
+
+[workspace]
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        repo.join("src/lib.rs"),
+        r#"use durable_sdk::{Context, Error};
+
+fn greet(ctx: &Context, name: String) -> Result<String, Error> {
+    ctx.step("greet", || Ok(format!("hello, {name}")))
+}
+
+durable_sdk::workflow!(greet);
+"#,
+    )
+    .unwrap();
+    let target = target_dir(workspace);
+    cargo(
+        &repo,
+        &target,
+        &["build", "--release", "--target", "wasm32-wasip2"],
+    );
+    target.join("wasm32-wasip2/release/greeter.wasm")
+}
+
 /// The target directory of the build that produced this test binary
 /// (`<target>/<profile>/deps/<test>`), unless overridden.
 fn target_dir(workspace: &Path) -> PathBuf {
