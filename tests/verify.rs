@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use durable_tests::{Scratch, run, sha256_of, version};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// A workflow left in flight in step `c` (its steps `a` and `b` recorded),
 /// and one that completed.
@@ -207,11 +207,24 @@ fn new_builds_are_judged_against_recorded_histories_without_touching_them() {
 #[test]
 fn upgrade_moves_only_workflows_whose_history_replays_and_records_it() {
     let scratch = histories();
+    // Started by `run` on code no deployment has, and not replaying on the
+    // inserting build: nothing shows it is this deployment's workflow, so
+    // `--all` does not select it (README, *Deploying a new version*).
     run(&mut scratch.host(&["deploy", "v", version(Some("insert")).to_str().unwrap()]))
         .expect_code(0);
+    let unselected = run(&mut scratch.host(&["upgrade", "--all", "--to", "v", "--json"]))
+        .expect_code(0)
+        .json();
+    assert_eq!(unselected["workflows"], json!([]), "{unselected}");
 
-    // The inserting build is refused for the in-flight workflow, with why;
+    // Once the code that started it is a version of the deployment, it is
+    // the deployment's: the inserting build is refused for it, with why;
     // the finished one has nothing to move.
+    let base = version(None);
+    let inserting = version(Some("insert"));
+    for component in [&base, &inserting] {
+        run(&mut scratch.host(&["deploy", "v", component.to_str().unwrap()])).expect_code(0);
+    }
     let refused = run(&mut scratch.host(&["upgrade", "--all", "--to", "v", "--json"]))
         .expect_code(4)
         .json();
@@ -252,7 +265,7 @@ fn upgrade_moves_only_workflows_whose_history_replays_and_records_it() {
     assert!(
         events
             .iter()
-            .any(|e| e["kind"] == "upgraded" && e["detail"].as_str().unwrap().contains("version 2")),
+            .any(|e| e["kind"] == "upgraded" && e["detail"].as_str().unwrap().contains("version 4")),
         "{history}"
     );
     // A crash on the new code, then a resume: still on it, and done.

@@ -71,8 +71,9 @@ pub fn upgrade(
             )),
             _ => {
                 // Started by `run` on code that is no version of the
-                // target's: only a recorded history can show it is the
-                // same workflow (one with no step replays on any code).
+                // target's: only a recorded history that replays can show
+                // it is the same workflow (one with no step replays on any
+                // code); otherwise it is not selected.
                 let unproven = !named
                     && workflow.deployment.is_none()
                     && !versions.contains(&workflow.component_sha256);
@@ -88,7 +89,8 @@ pub fn upgrade(
 }
 
 /// Move `workflow` to `target` if its history replays there; `None` when it
-/// is `unproven` to be the target's workflow and has no history to show it.
+/// is `unproven` to be the target's workflow and its history does not show
+/// it (none recorded, or one that does not replay).
 fn upgrade_one(
     store: &dyn CheckpointStore,
     verifier: &Verifier<'_>,
@@ -117,10 +119,11 @@ fn upgrade_one(
         ))));
     }
     let verdict = verifier.verify(workflow.clone())?;
-    if unproven && verdict.recorded_steps == 0 {
+    let refusal = incompatibility(&verdict.verdict);
+    if unproven && (verdict.recorded_steps == 0 || refusal.is_some()) {
         return Ok(None);
     }
-    if let Some(reason) = incompatibility(&verdict.verdict) {
+    if let Some(reason) = refusal {
         return Ok(Some(UpgradeResult::Refused(reason)));
     }
     let detail = format!(
