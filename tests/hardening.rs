@@ -900,6 +900,21 @@ fn an_input_of_the_wrong_shape_records_nothing() {
     .expect_code(0)
     .json();
     assert_eq!(started["status"], "completed");
+
+    // A recorded workflow resumed on code that does not take its input:
+    // the hint is not to reuse its id, which stays taken.
+    run(&mut scratch.scenario("failed", json!({"scenario": "fail"}))).expect_code(1);
+    let onboarding = durable_tests::artifacts().onboarding.clone();
+    let refused =
+        run(&mut scratch.host(&["resume", "failed", onboarding.to_str().unwrap()])).expect_code(2);
+    let stderr = refused.stderr();
+    assert!(
+        stderr.contains("refused its input")
+            && stderr.contains("resume it with code that does, or cancel it")
+            && !stderr.contains("can be used again"),
+        "{stderr}"
+    );
+    assert_eq!(scratch.workflow_status("failed").as_deref(), Some("failed"));
 }
 
 #[test]

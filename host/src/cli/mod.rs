@@ -306,9 +306,16 @@ fn engine_hint(error: &EngineError) -> Option<String> {
              id with `durable-host list`"
                 .to_owned(),
         ),
-        EngineError::InputRejected { .. } => Some(
+        EngineError::InputRejected {
+            recorded: false, ..
+        } => Some(
             "pass an input of the shape the workflow expects; nothing was recorded, so the same \
              --workflow-id can be used again"
+                .to_owned(),
+        ),
+        EngineError::InputRejected { recorded: true, .. } => Some(
+            "this code does not take the input the workflow was started with (nothing was \
+             recorded by this run): resume it with code that does, or cancel it"
                 .to_owned(),
         ),
         EngineError::NotResumable { .. } => Some(

@@ -97,7 +97,12 @@ pub enum EngineError {
     #[error("workflow {workflow_id} does not exist, and no --input was given to start it")]
     InputRequired { workflow_id: String },
     #[error("the workflow refused its input: {reason}")]
-    InputRejected { reason: String },
+    InputRejected {
+        reason: String,
+        /// The workflow was already recorded (a resume, a takeover): its
+        /// id stays taken, with the input it was started with.
+        recorded: bool,
+    },
     #[error("{what} is {size} bytes, more than the {limit} bytes allowed")]
     TooLarge {
         what: String,
@@ -954,6 +959,15 @@ impl WorkflowRun {
 
     pub fn workflow_id(&self) -> &str {
         &self.workflow_id
+    }
+
+    /// The guest refused its input (`reason`): the run stops before
+    /// writing anything.
+    pub fn input_rejected(&self, reason: String) -> EngineError {
+        EngineError::InputRejected {
+            reason,
+            recorded: !matches!(self.claim, ClaimKind::Create),
+        }
     }
 
     /// Whether the guest is still walking recorded history: the code it

@@ -411,7 +411,7 @@ impl durable_step::Host for HostState {
     }
 
     fn reject_input(&mut self, reason: String) -> wasmtime::Result<()> {
-        Err(EngineError::InputRejected { reason }.into())
+        Err(self.run()?.0.input_rejected(reason).into())
     }
 
     fn value_mismatch(
