@@ -363,9 +363,10 @@ fn a_waiting_workflow_is_cancelled_at_once_and_bad_signals_are_refused() {
         "{}",
         missing.stderr()
     );
-    // A wait that ran out says so, and does not suggest the flag it had.
+    // A wait that ran out says so, does not suggest the flag it had, and
+    // exits as `start --wait` does: not yet, rather than not at all.
     let waited =
-        run(&mut scratch.host(&["get-event", "idle", "nope", "--wait", "200ms"])).expect_code(2);
+        run(&mut scratch.host(&["get-event", "idle", "nope", "--wait", "200ms"])).expect_code(11);
     assert!(
         waited.stderr().contains("after a wait of 0.2 s")
             && waited.stderr().contains("hint: wait longer"),

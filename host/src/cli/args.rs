@@ -51,7 +51,8 @@ Exit codes:
   8  this run lost ownership of the workflow to another run mid-way and stopped (what it committed stands)
   9  storage failure (disk full, I/O error, database replaced): steps may have run; what was committed stands; run again once fixed
  10  the workflow is sleeping (a long durable sleep) until the time printed: run it again then, or let `serve` continue it
- 11  `start --wait`: the workflow had not finished when --wait-timeout ran out (it goes on)
+ 11  `start --wait`: the workflow had not finished when --wait-timeout ran out (it goes on);
+     `get-event --wait`: it had not published the event when the wait ran out
  12  the workflow is waiting for a signal (`durable-host signal`) or a child workflow: run it
      again once the signal is sent (or the child ended), or let `serve` continue it
  13  the host had no memory (or thread) for an instance of the workflow (out of memory, `ulimit -v`,
@@ -513,8 +514,9 @@ pub enum Command {
         key: String,
 
         /// Wait until the workflow publishes it (or ends), at most this
-        /// long (a bare `--wait`: an hour); without it, a key not yet
-        /// published is an error.
+        /// long (a bare `--wait`: an hour; exit 11 when it runs out while
+        /// the workflow goes on); without it, a key not yet published is
+        /// an error.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration, num_args = 0..=1,
               default_missing_value = "1h")]
         wait: Option<Duration>,

@@ -133,6 +133,15 @@ fn exit_code(error: &anyhow::Error) -> u8 {
     if let Some(RuntimeError::HostMemory { .. }) = runtime_error(error) {
         return exit::HOST_MEMORY;
     }
+    // Not yet, rather than not at all: a script waits again.
+    if let Some(ControlError::UnknownEvent {
+        ended: false,
+        waited: Some(_),
+        ..
+    }) = find::<ControlError>(error)
+    {
+        return exit::STILL_RUNNING;
+    }
     match engine_error(error) {
         Some(e) if e.is_non_determinism() => exit::NON_DETERMINISM,
         Some(EngineError::OwnedElsewhere { .. }) => exit::OWNED_ELSEWHERE,
