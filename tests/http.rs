@@ -193,6 +193,24 @@ fn a_destination_not_granted_is_refused_with_the_flag_that_allows_it() {
              --allow-http 127.0.0.1 for every port)"
         )
     );
+
+    // Run again with the grant the error named: it has failed, so nothing
+    // runs and its stored result is printed, with the way to continue it.
+    let again = run(&mut call(
+        &scratch,
+        "order-3",
+        charge(&service, 0),
+        Some(&address),
+    ))
+    .expect_code(1);
+    assert!(service.calls().is_empty());
+    let stdout = again.stdout();
+    assert!(
+        stdout.contains("already failed; nothing ran")
+            && stdout.contains("resume order-3 COMPONENT")
+            && stdout.contains("was refused by the host"),
+        "{stdout}"
+    );
 }
 
 #[test]

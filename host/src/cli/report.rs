@@ -247,6 +247,11 @@ pub fn print_stored(workflow: &WorkflowRecord, outcome: &Outcome, json_mode: boo
             is = if already { "is " } else { "" },
             nothing_ran = if already { "; nothing ran" } else { "" },
         ),
+        WorkflowStatus::Failed if already => outln!(
+            "workflow {id} already failed; nothing ran (stored result below; `durable-host \
+             resume {id} COMPONENT` continues it, with other grants if given there)",
+            id = workflow.id
+        ),
         _ if already => outln!(
             "workflow {} already {status}; nothing ran (stored result below)",
             workflow.id

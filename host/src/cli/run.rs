@@ -100,20 +100,24 @@ pub(super) fn given_grants(args: &ExecutionArgs) -> Grants {
 }
 
 /// The database, if it exists, and what workflow `id` was granted when it
-/// started, if it exists and the grants were recorded. The connection is
-/// kept for the run: closing it here, as the last connection, would
-/// checkpoint and remove the WAL, which the run's own connection would then
-/// create again.
-fn recorded_grants(db: &Database, id: &str) -> anyhow::Result<(Option<Store>, Option<Grants>)> {
+/// started, if it exists and the grants were recorded; and whether it has
+/// ended (a run of it only prints how). The connection is kept for the
+/// run: closing it here, as the last connection, would checkpoint and
+/// remove the WAL, which the run's own connection would then create again.
+fn recorded_grants(
+    db: &Database,
+    id: &str,
+) -> anyhow::Result<(Option<Store>, Option<Grants>, bool)> {
     if !db.exists() {
-        return Ok((None, None));
+        return Ok((None, None, false));
     }
     let store = db.open()?;
-    let grants = store
-        .workflow(id)?
+    let workflow = store.workflow(id)?;
+    let ended = workflow.as_ref().is_some_and(|w| w.outcome().is_some());
+    let grants = workflow
         .and_then(|w| w.grants)
         .and_then(|json| Grants::from_json(&json));
-    Ok((Some(store), grants))
+    Ok((Some(store), grants, ended))
 }
 
 /// Every granted directory must exist, and none may hold the database: a
@@ -148,13 +152,15 @@ pub fn run(db: &Database, json_mode: bool, args: RunArgs) -> anyhow::Result<Exit
     let started = Instant::now();
     let input = read_input(&args)?;
     let component = ComponentFile::read(&args.component)?;
-    let (opened, recorded) = recorded_grants(db, &args.workflow_id)?;
-    let grants = Grants::for_resume(
-        &args.workflow_id,
-        recorded.as_ref(),
-        given_grants(&args.execution),
-    )
-    .map_err(RuntimeError::from)?;
+    let (opened, recorded, ended) = recorded_grants(db, &args.workflow_id)?;
+    // An ended workflow runs nothing: other grants change nothing, and its
+    // stored result is printed with those it had.
+    let given = given_grants(&args.execution);
+    let grants = match recorded {
+        Some(recorded) if ended => recorded,
+        recorded => Grants::for_resume(&args.workflow_id, recorded.as_ref(), given)
+            .map_err(RuntimeError::from)?,
+    };
     let executor = Executor::new(db, grants, &args.execution)?;
     let grants_json = executor.grants.to_json();
     let run_id = durable_host::new_run_id();
@@ -410,7 +416,7 @@ pub fn resume(
         "no database at {db}: nothing has run there yet (pass --db PATH to look elsewhere)"
     );
     let given = given_grants(args);
-    let (opened, recorded) = recorded_grants(db, workflow_id)?;
+    let (opened, recorded, _) = recorded_grants(db, workflow_id)?;
     let grants = match recorded {
         Some(recorded) if given.is_empty() => recorded,
         _ => given,
