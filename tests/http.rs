@@ -200,7 +200,7 @@ fn a_destination_not_granted_is_refused_with_the_flag_that_allows_it() {
         &scratch,
         "order-3",
         charge(&service, 0),
-        Some(&address),
+        Some(address),
     ))
     .expect_code(1);
     assert!(service.calls().is_empty());
