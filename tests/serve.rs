@@ -382,7 +382,8 @@ fn kill_9_in_the_middle_then_restart_completes_everything() {
 /// same pid namespace, pid gone), as `run` already knows; nobody should
 /// wait out a 30 s lease (README guarantee 7; issue 11: "at start and
 /// continuously, serve resumes every workflow whose owner is dead or whose
-/// lease expired").
+/// lease expired"). Nor wait behind work queued since: they get the new
+/// server's slots first.
 #[test]
 fn restart_after_kill_9_takes_over_dead_owners_without_waiting_for_leases() {
     let (count, items) = (8, 10);
@@ -395,9 +396,15 @@ fn restart_after_kill_9_takes_over_dead_owners_without_waiting_for_leases() {
     wait_each_completed_a_step(&scratch, count);
     first.kill9();
     assert_eq!(count_status(&scratch, "running"), count);
+    let backlog = keyed("backlog", count, 2, 200);
+    submit_all(&scratch, &backlog, &[]);
 
     let restarted = Instant::now();
-    let second = Server::start(&scratch, "serve-2", &args);
+    let second = Server::start(
+        &scratch,
+        "serve-2",
+        &["--concurrency", &count.to_string(), "--stale-after", "30s"],
+    );
     let deadline = restarted + Duration::from_secs(15);
     while count_status(&scratch, "completed") < count && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -413,6 +420,22 @@ fn restart_after_kill_9_takes_over_dead_owners_without_waiting_for_leases() {
         status_counts(&scratch)
     );
     assert_all_completed(&scratch, &workflows, items);
+    // With as many slots as dead workflows, the backlog waited for them:
+    // each dead one began a step in its new run before any backlog step.
+    let first_backlog_step = scratch.number(&format!(
+        "SELECT coalesce(min(started_at), {}) FROM steps WHERE workflow_id LIKE 'backlog%'",
+        i64::MAX
+    ));
+    let last_takeover = scratch.number(
+        "SELECT max(taken) FROM (SELECT min(s.started_at) AS taken FROM steps s
+           JOIN workflows w ON w.id = s.workflow_id AND s.run_id = w.run_id
+           WHERE w.id LIKE 'dead%' GROUP BY w.id) AS taken_over",
+    );
+    assert!(
+        last_takeover <= first_backlog_step,
+        "work queued after the kill started ({first_backlog_step}) before the dead server's \
+         workflows were all taken over ({last_takeover})"
+    );
     assert_integrity(&scratch);
     println!(
         "serve: after kill -9, a new server finished the dead one's {count} workflows in {:.2} s",

@@ -434,12 +434,16 @@ impl Dispatcher {
                     .filter(|(_, (until, _))| looked < *until)
                     .map(|(id, _)| id.clone()),
             );
-            let mut ready = self
-                .shared
-                .store
-                .ready_workflows(queue, now, free as u32, &skip)?;
-            if self.last_orphan_scan.elapsed() >= ORPHAN_SCAN {
-                ready.extend(self.orphans(queue, now, (free + busy) as u32)?);
+            // A dead process's workflows first: they were in flight before
+            // anything queued now, and are taken over "at once".
+            let mut ready = if self.last_orphan_scan.elapsed() >= ORPHAN_SCAN {
+                self.orphans(queue, now, (free + busy) as u32)?
+            } else {
+                Vec::new()
+            };
+            if ready.len() < free {
+                let room = (free - ready.len()) as u32;
+                ready.extend(self.shared.store.ready_workflows(queue, now, room, &skip)?);
             }
             let fresh: Vec<WorkflowRecord> = ready
                 .into_iter()
