@@ -337,6 +337,10 @@ fn engine_hint(error: &EngineError) -> Option<String> {
              in the same order, pass --allow-component-change"
                 .to_owned(),
         ),
+        EngineError::Upgraded { workflow_id, .. } => Some(format!(
+            "`durable-host history {workflow_id}` shows the upgrade; run it with the new \
+             component, or let `serve` continue it"
+        )),
         EngineError::OwnedElsewhere { .. } => Some(
             "wait for that run to finish; if its process is gone, the workflow can be taken over \
              once the lease expires (see --stale-after)"

@@ -130,6 +130,14 @@ pub enum EngineError {
         owner: Box<Owner>,
         remaining_ms: Millis,
     },
+    /// `upgrade` switched the workflow to component `to` while this run
+    /// replayed it on the one it had: nothing was written; a run of it
+    /// goes on on the new code.
+    #[error(
+        "workflow {workflow_id} was upgraded to component sha256 {to} while this run opened it; \
+         nothing was written"
+    )]
+    Upgraded { workflow_id: String, to: String },
     #[error("workflow {workflow_id} was cancelled")]
     Cancelled { workflow_id: String },
     #[error("the host is shutting down; workflow {workflow_id} stopped at a step boundary")]
@@ -369,6 +377,8 @@ enum ClaimKind {
         previous_run: String,
         /// The lease as read: the claim fails if the owner renewed it since.
         observed_lease: Millis,
+        /// The component as read: the claim fails if it was upgraded since.
+        observed_component: String,
         takeovers: u32,
         progress_mark: u32,
         events: Vec<(&'static str, String)>,
@@ -612,6 +622,7 @@ impl WorkflowRun {
             run.claim = ClaimKind::TakeOver {
                 previous_run: workflow.run_id,
                 observed_lease: workflow.lease_expires_at,
+                observed_component: workflow.component_sha256,
                 takeovers: 0,
                 progress_mark: run.cursor.finished_steps(),
                 events,
@@ -644,6 +655,7 @@ impl WorkflowRun {
         run.claim = ClaimKind::TakeOver {
             previous_run: workflow.run_id,
             observed_lease: workflow.lease_expires_at,
+            observed_component: workflow.component_sha256,
             takeovers,
             progress_mark: finished,
             events,
@@ -746,6 +758,7 @@ impl WorkflowRun {
             ClaimKind::TakeOver {
                 previous_run,
                 observed_lease,
+                observed_component,
                 takeovers,
                 progress_mark,
                 events,
@@ -757,6 +770,7 @@ impl WorkflowRun {
                     &Takeover {
                         previous_run,
                         observed_lease: *observed_lease,
+                        observed_component,
                         claim: &claim,
                         component_sha256: &self.component_sha256,
                         takeovers: *takeovers,
@@ -796,7 +810,8 @@ impl WorkflowRun {
         Ok(())
     }
 
-    /// The refusal for a workflow another run claimed first.
+    /// The refusal for a workflow another run claimed first, or that
+    /// `upgrade` switched to other code since this run read it.
     fn owned_elsewhere(&self) -> Result<EngineError, EngineError> {
         let workflow =
             self.store
@@ -804,6 +819,19 @@ impl WorkflowRun {
                 .ok_or_else(|| StoreError::UnknownWorkflow {
                     id: self.workflow_id.clone(),
                 })?;
+        if let ClaimKind::TakeOver {
+            previous_run,
+            observed_component,
+            ..
+        } = &self.claim
+            && workflow.run_id == *previous_run
+            && workflow.component_sha256 != *observed_component
+        {
+            return Ok(EngineError::Upgraded {
+                workflow_id: self.workflow_id.clone(),
+                to: workflow.component_sha256,
+            });
+        }
         Ok(EngineError::OwnedElsewhere {
             workflow_id: self.workflow_id.clone(),
             remaining_ms: (workflow.lease_expires_at - now_millis()).max(0),
@@ -1758,6 +1786,49 @@ mod tests {
         assert!(err.is_non_determinism(), "{err}");
         assert!(err.to_string().contains("`a#000001`") && err.to_string().contains("`b#000001`"));
         assert_eq!(SqliteStore::open(&db).unwrap().steps("wf").unwrap(), before);
+    }
+
+    /// `upgrade` switches a workflow between a run's read and its claim
+    /// (the run replayed it on the old code): the run writes nothing and
+    /// says so, and the workflow stays on the new code.
+    #[test]
+    fn a_run_that_read_a_workflow_before_its_upgrade_cannot_claim_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        let mut first = ready(open(&db, "r1"));
+        execute(&mut first, "a", "1");
+        drop(first); // dies after `a`
+        expire_leases(&db);
+
+        let mut second = ready(open(&db, "r2"));
+        let store = SqliteStore::open(&db).unwrap();
+        let observed = store.workflow("wf").unwrap().unwrap();
+        assert!(
+            store
+                .upgrade_workflow(&crate::store::Upgrade {
+                    observed: &observed,
+                    verified_steps: 1,
+                    to_sha256: "def",
+                    detail: "abc -> def",
+                })
+                .unwrap()
+        );
+        let before = store.steps("wf").unwrap();
+        assert!(matches!(
+            second.begin_step("a").unwrap(),
+            StepStart::Replayed(_)
+        ));
+        let refused = second.begin_step("b").unwrap_err();
+        assert!(
+            matches!(&refused, EngineError::Upgraded { to, .. } if to == "def"),
+            "{refused}"
+        );
+        let after = store.workflow("wf").unwrap().unwrap();
+        assert_eq!(
+            (after.component_sha256.as_str(), after.run_id.as_str()),
+            ("def", observed.run_id.as_str())
+        );
+        assert_eq!(store.steps("wf").unwrap(), before);
     }
 
     #[test]

@@ -661,6 +661,10 @@ fn keeps_history(error: &EngineError) -> bool {
                 | EngineError::InputRejected { .. }
                 | EngineError::Stopping { .. }
                 | EngineError::HistoryEnd { .. }
+                // Claimed by another run, or upgraded, first: nothing of
+                // this run's was written, nor may be.
+                | EngineError::OwnedElsewhere { .. }
+                | EngineError::Upgraded { .. }
         )
 }
 

@@ -814,7 +814,7 @@ fn execute(shared: &Shared, workflow: &WorkflowRecord, begun: &mut bool) -> RunE
             return RunEnd::Ran(record.status);
         }
         Ok(Opened::Finished(_)) => return RunEnd::Lost,
-        Err(EngineError::OwnedElsewhere { .. }) => return lost(id),
+        Err(EngineError::OwnedElsewhere { .. } | EngineError::Upgraded { .. }) => return lost(id),
         Err(error) => {
             tracing::error!(workflow_id = id, %error, "cannot open the workflow");
             return match &error {
@@ -852,7 +852,9 @@ fn run_opened(
             tracing::info!(workflow_id = id, "stopped for shutdown; lease released");
             RunEnd::NotRun
         }
-        Err(RuntimeError::Engine(EngineError::OwnedElsewhere { .. })) => lost(id),
+        Err(RuntimeError::Engine(
+            EngineError::OwnedElsewhere { .. } | EngineError::Upgraded { .. },
+        )) => lost(id),
         Err(RuntimeError::Engine(error)) if error.is_non_determinism() => suspend_unclaimed(
             shared,
             workflow,
@@ -976,7 +978,8 @@ fn log_report(report: &RunReport) {
 }
 
 /// Another process claimed the workflow between this server's read and
-/// its run's claim (several servers on one database): theirs.
+/// its run's claim (several servers on one database): theirs. Or `upgrade`
+/// switched its code in between: the next run reads it on the new code.
 fn lost(id: &str) -> RunEnd {
     tracing::debug!(workflow_id = id, "another process claimed it first");
     RunEnd::Lost

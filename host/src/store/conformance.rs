@@ -273,6 +273,7 @@ pub(crate) fn take_over(
         &Takeover {
             previous_run: &workflow.run_id,
             observed_lease: workflow.lease_expires_at,
+            observed_component: &workflow.component_sha256,
             claim: &claim,
             component_sha256: &workflow.component_sha256,
             takeovers: workflow.takeovers + 1,
@@ -1622,12 +1623,21 @@ fn upgrade_and_suspend_unclaimed(store: &dyn CheckpointStore) {
         ),
         ("upgraded", "c1 -> c2", "r1")
     );
-    // The observation is stale now (another component).
+    // The observation is stale now (another component): neither another
+    // upgrade nor a run that read it before this one, and replayed it on
+    // the old code, may act on it.
     assert!(!upgrade(&observed, 1, "c3").unwrap());
+    assert!(is_lost(take_over(store, &observed, "r2")));
+    assert_eq!(store.workflow("wf").unwrap().unwrap(), upgraded);
 
     let mut stale = upgraded.clone();
     stale.status = WorkflowStatus::Queued;
     assert!(!store.suspend_unclaimed(&stale, "does not replay").unwrap());
+    assert!(
+        !store
+            .suspend_unclaimed(&observed, "c1 does not replay")
+            .unwrap()
+    );
     assert!(
         store
             .suspend_unclaimed(&upgraded, "does not replay")

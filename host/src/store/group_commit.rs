@@ -489,6 +489,7 @@ impl CheckpointStore for GroupCommitStore {
         owned!(id);
         let previous = takeover.previous_run.to_owned();
         let observed_lease = takeover.observed_lease;
+        let observed_component = takeover.observed_component.to_owned();
         let claim = OwnedClaim::of(takeover.claim);
         let sha = takeover.component_sha256.to_owned();
         let (takeovers, progress_mark) = (takeover.takeovers, takeover.progress_mark);
@@ -507,6 +508,7 @@ impl CheckpointStore for GroupCommitStore {
                 &Takeover {
                     previous_run: &previous,
                     observed_lease,
+                    observed_component: &observed_component,
                     claim: &claim.borrow(),
                     component_sha256: &sha,
                     takeovers,

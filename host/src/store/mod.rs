@@ -423,6 +423,10 @@ pub struct Takeover<'a> {
     /// The lease as the run read it: the claim fails if it changed since
     /// (the owner was alive after all and renewed it).
     pub observed_lease: Millis,
+    /// The component the workflow was on when the run read it: the claim
+    /// fails if it changed since (`upgrade` switched it while the run
+    /// replayed on the old one).
+    pub observed_component: &'a str,
     pub claim: &'a Claim<'a>,
     /// The component the workflow continues on (a change is recorded as an event).
     pub component_sha256: &'a str,
@@ -878,9 +882,10 @@ pub trait CheckpointStore: Send {
     /// `verified_steps` steps. `false` when it changed since it was verified.
     fn upgrade_workflow(&self, upgrade: &Upgrade<'_>) -> Result<bool, StoreError>;
 
-    /// Suspend workflow `observed.id`, which no run has claimed since it was
-    /// read as `observed`, with `reason` (its code no longer replays its
-    /// history); its steps are left as they are. `false` if it changed.
+    /// Suspend workflow `observed.id`, which no run has claimed (nor
+    /// `upgrade` switched) since it was read as `observed`, with `reason`
+    /// (its code no longer replays its history); its steps are left as they
+    /// are. `false` if it changed.
     fn suspend_unclaimed(
         &self,
         observed: &WorkflowRecord,

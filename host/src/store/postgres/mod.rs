@@ -759,6 +759,7 @@ impl CheckpointStore for PostgresStore {
                      owner_boot = $9, owner_pid_ns = $10, owner_started = $11,
                      takeovers = $12, progress_mark = $13, status = 'running', wake_at = NULL
                  WHERE id = $1 AND run_id = $2 AND lease_expires_at = $14
+                   AND component_sha256 = $15
                    AND status IN ('running', 'queued', 'sleeping', 'waiting')",
                 &[
                     &id,
@@ -775,6 +776,7 @@ impl CheckpointStore for PostgresStore {
                     &i64::from(takeover.takeovers),
                     &i64::from(takeover.progress_mark),
                     &takeover.observed_lease,
+                    &takeover.observed_component,
                 ],
             )?;
             if claimed == 0 {
@@ -1087,7 +1089,8 @@ impl CheckpointStore for PostgresStore {
                  UPDATE workflows SET status = 'suspended', error = $5, error_code = NULL,
                      output = NULL, wake_at = NULL, lease_expires_at = 0, updated_at = $6
                  WHERE id = $1 AND EXISTS (SELECT 1 FROM found
-                     WHERE status = $2 AND run_id = $3 AND lease_expires_at = $4)",
+                     WHERE status = $2 AND run_id = $3 AND lease_expires_at = $4
+                       AND component_sha256 = $7)",
                 &[
                     &observed.id,
                     &observed.status.as_str(),
@@ -1095,6 +1098,7 @@ impl CheckpointStore for PostgresStore {
                     &observed.lease_expires_at,
                     &reason,
                     &now,
+                    &observed.component_sha256,
                 ],
             )?;
             if suspended == 1 {

@@ -646,6 +646,7 @@ impl CheckpointStore for SqliteStore {
                          owner_boot = ?9, owner_pid_ns = ?10, owner_started = ?11,
                          takeovers = ?12, progress_mark = ?13, status = 'running', wake_at = NULL
                      WHERE id = ?1 AND run_id = ?2 AND lease_expires_at = ?14
+                       AND component_sha256 = ?15
                        AND status IN ('running', 'queued', 'sleeping', 'waiting')",
                 )?
                 .execute(params![
@@ -663,6 +664,7 @@ impl CheckpointStore for SqliteStore {
                     takeover.takeovers,
                     takeover.progress_mark,
                     takeover.observed_lease,
+                    takeover.observed_component,
                 ])?;
             if claimed == 0 {
                 return Ok(Err(lost_ownership(tx, id)?));
@@ -971,7 +973,8 @@ impl CheckpointStore for SqliteStore {
                 .prepare_cached(
                     "UPDATE workflows SET status = 'suspended', error = ?5, error_code = NULL,
                          output = NULL, wake_at = NULL, lease_expires_at = 0, updated_at = ?6
-                     WHERE id = ?1 AND status = ?2 AND run_id = ?3 AND lease_expires_at = ?4",
+                     WHERE id = ?1 AND status = ?2 AND run_id = ?3 AND lease_expires_at = ?4
+                       AND component_sha256 = ?7",
                 )?
                 .execute(params![
                     observed.id,
@@ -979,7 +982,8 @@ impl CheckpointStore for SqliteStore {
                     observed.run_id,
                     observed.lease_expires_at,
                     reason,
-                    now
+                    now,
+                    observed.component_sha256,
                 ])?;
             if suspended == 1 {
                 insert_event(tx, &observed.id, &observed.run_id, "suspended", reason, now)?;
