@@ -119,10 +119,17 @@ fn upgrade_one(
         ))));
     }
     let verdict = verifier.verify(workflow.clone())?;
-    let refusal = incompatibility(&verdict.verdict);
-    if unproven && (verdict.recorded_steps == 0 || refusal.is_some()) {
+    // Only a replay that ran and did not match shows it is not the
+    // deployment's workflow; one that could not run at all (the store, the
+    // host's memory) says nothing either way, and is reported.
+    let replay_failed = !matches!(
+        verdict.verdict,
+        Verdict::Compatible { .. } | Verdict::Unverifiable { .. }
+    );
+    if unproven && (verdict.recorded_steps == 0 || replay_failed) {
         return Ok(None);
     }
+    let refusal = incompatibility(&verdict.verdict);
     if let Some(reason) = refusal {
         return Ok(Some(UpgradeResult::Refused(reason)));
     }
@@ -135,11 +142,16 @@ fn upgrade_one(
         target.version,
         verdict.recorded_steps
     );
+    // A running workflow's owner is gone as far as anyone can tell (its
+    // lease ran out), but may be frozen or cut off: the switch takes the
+    // workflow from its run, whose writes are all fenced by its id.
+    let new_run = (workflow.status == WorkflowStatus::Running).then(crate::new_run_id);
     let switched = store.upgrade_workflow(&Upgrade {
         observed: workflow,
         verified_steps: verdict.recorded_steps,
         to_sha256: &target.sha256,
         detail: &detail,
+        new_run: new_run.as_deref(),
     })?;
     Ok(Some(if switched {
         UpgradeResult::Upgraded {

@@ -228,7 +228,8 @@ pub fn vendored_sdk_workflow() -> PathBuf {
     let _ = std::fs::remove_dir_all(&repo);
     std::fs::create_dir_all(repo.join("src")).unwrap();
     let copied = Command::new("cp")
-        .arg("-R")
+        // Times kept: cargo then rebuilds the copy only when it changed.
+        .arg("-Rp")
         .arg(workspace.join("guest-sdk"))
         .arg(repo.join("durable-sdk"))
         .status()

@@ -44,7 +44,8 @@ Exit codes:
   3  simulated crash (--crash, --crash-after)
   4  non-determinism: the workflow no longer matches its recorded history (left untouched);
      `verify`, `upgrade`: some selected workflow does not replay on the new code
-  5  the workflow is being run by another live process (left untouched)
+  5  the workflow is being run by another live process, or was upgraded while this run opened it
+     (left untouched)
   6  the workflow was cancelled
   7  suspended: the workflow's code trapped or panicked (or, queued with `start`, refused its input);
      recorded as suspended, resumable

@@ -144,7 +144,9 @@ fn exit_code(error: &anyhow::Error) -> u8 {
     }
     match engine_error(error) {
         Some(e) if e.is_non_determinism() => exit::NON_DETERMINISM,
-        Some(EngineError::OwnedElsewhere { .. }) => exit::OWNED_ELSEWHERE,
+        Some(EngineError::OwnedElsewhere { .. } | EngineError::Upgraded { .. }) => {
+            exit::OWNED_ELSEWHERE
+        }
         _ => exit::USER_ERROR,
     }
 }

@@ -368,7 +368,7 @@ fn recover_one(
         Ok(Opened::Finished(workflow)) => {
             return Ok(Recovered::Skipped(format!("already {}", workflow.status)));
         }
-        Err(error @ EngineError::OwnedElsewhere { .. }) => {
+        Err(error @ (EngineError::OwnedElsewhere { .. } | EngineError::Upgraded { .. })) => {
             return Ok(Recovered::Skipped(error.to_string()));
         }
         Err(error) => return Err(error.into()),

@@ -1797,12 +1797,12 @@ mod tests {
         let db = dir.path().join("db");
         let mut first = ready(open(&db, "r1"));
         execute(&mut first, "a", "1");
-        drop(first); // dies after `a`
-        expire_leases(&db);
+        first.unload(now_millis() - 1).unwrap(); // a sleeper, due
 
         let mut second = ready(open(&db, "r2"));
         let store = SqliteStore::open(&db).unwrap();
         let observed = store.workflow("wf").unwrap().unwrap();
+        assert_eq!(observed.status, WorkflowStatus::Sleeping);
         assert!(
             store
                 .upgrade_workflow(&crate::store::Upgrade {
@@ -1810,6 +1810,7 @@ mod tests {
                     verified_steps: 1,
                     to_sha256: "def",
                     detail: "abc -> def",
+                    new_run: None,
                 })
                 .unwrap()
         );

@@ -66,8 +66,9 @@ pub struct ServeConfig {
 pub struct ServeSummary {
     /// Runs this server began (claimed the workflow).
     pub started: u64,
-    /// Runs another process got to first: it claimed the workflow between
-    /// this server's read and its run's claim, or finished it.
+    /// Runs another process got to first: it claimed, finished, cancelled
+    /// or upgraded the workflow between this server's read and its run's
+    /// claim.
     pub lost: u64,
     pub completed: u64,
     pub failed: u64,
@@ -318,9 +319,9 @@ fn listen_again(database: &Database, shutdown: &AtomicBool) -> Option<Box<dyn Wo
 struct Finished {
     queue: String,
     workflow_id: String,
-    /// The run opened the workflow: it began here, whatever its end (not
-    /// when another process had it first).
-    begun: bool,
+    /// The run claimed the workflow (or suspended it unclaimed): it began
+    /// here, whatever its end; not when another process had it first.
+    claimed: bool,
     end: RunEnd,
 }
 
@@ -330,7 +331,8 @@ enum RunEnd {
     Ran(WorkflowStatus),
     /// Nothing ran: the server is stopping, or the run lost its lease.
     NotRun,
-    /// Another process claimed the workflow first, or finished it.
+    /// Another process got to the workflow first: it claimed, finished,
+    /// cancelled or upgraded it after this server read it as ready.
     Lost,
     /// It stopped on an error of its own, logged (a component that does not
     /// compile, a database error): held back a while, not retried at once.
@@ -503,7 +505,8 @@ impl Dispatcher {
 
     /// Running workflows of `queue` whose lease still runs but whose owner
     /// is a process of this host that is provably dead (a server killed
-    /// here): taken over at once rather than after their lease.
+    /// here): taken over at once rather than after their lease (unless held
+    /// back after a run of theirs stopped on an error).
     fn orphans(
         &self,
         queue: &str,
@@ -518,9 +521,11 @@ impl Dispatcher {
             .shared
             .store
             .running_on_host(queue, &me.host, boot_id, now, limit)?;
+        let looked = Instant::now();
+        let held = |id: &str| self.held.get(id).is_some_and(|(until, _)| looked < *until);
         Ok(running
             .into_iter()
-            .filter(|w| !self.in_flight.contains(&w.id) && !owner_alive(w, now))
+            .filter(|w| !self.in_flight.contains(&w.id) && !held(&w.id) && !owner_alive(w, now))
             .collect())
     }
 
@@ -533,9 +538,10 @@ impl Dispatcher {
         let refused = self.workers.run(Box::new(move || {
             // A run that panics (a dependency that cannot start its threads,
             // say) must still free its slot, and not be retried at once.
-            let mut begun = false;
+            // Read after the run whatever way it ended, a panic included.
+            let claimed = Arc::new(AtomicBool::new(false));
             let end =
-                panic::catch_unwind(AssertUnwindSafe(|| execute(&shared, &workflow, &mut begun)))
+                panic::catch_unwind(AssertUnwindSafe(|| execute(&shared, &workflow, &claimed)))
                     .unwrap_or_else(|_| {
                         tracing::error!(
                             workflow_id = workflow.id,
@@ -547,7 +553,7 @@ impl Dispatcher {
             let finished = Finished {
                 queue: workflow.queue.clone(),
                 workflow_id: workflow.id.clone(),
-                begun,
+                claimed: claimed.load(Ordering::Relaxed),
                 end,
             };
             let _ = done.send(Event::Finished(finished));
@@ -558,7 +564,7 @@ impl Dispatcher {
             self.finished(Finished {
                 queue,
                 workflow_id,
-                begun: false,
+                claimed: false,
                 end: RunEnd::Starved(Shortage::Memory),
             });
         }
@@ -577,7 +583,7 @@ impl Dispatcher {
             *count = count.saturating_sub(1);
         }
         self.in_flight.remove(&finished.workflow_id);
-        if finished.begun {
+        if finished.claimed {
             self.summary.started += 1;
         }
         if let RunEnd::Ran(status) = finished.end {
@@ -757,8 +763,9 @@ impl Workers {
 }
 
 /// Run `workflow` until it ends, sleeps or stops.
-/// `begun` is set once the run has opened the workflow as its own.
-fn execute(shared: &Shared, workflow: &WorkflowRecord, begun: &mut bool) -> RunEnd {
+/// `claimed` is set once the run has claimed the workflow (see
+/// [`LogObserver`]), or suspended it unclaimed.
+fn execute(shared: &Shared, workflow: &WorkflowRecord, claimed: &Arc<AtomicBool>) -> RunEnd {
     let id = workflow.id.as_str();
     let opening = Opening {
         set: &shared.opening,
@@ -793,12 +800,11 @@ fn execute(shared: &Shared, workflow: &WorkflowRecord, begun: &mut bool) -> RunE
         grants: None,
         component: None,
     };
-    let claimed = Arc::new(AtomicBool::new(false));
     let observer = Box::new(LogObserver {
         metrics: Arc::clone(&shared.metrics),
         opened: Some(workflow.clone()),
         run_id: run_id.clone(),
-        claimed: Arc::clone(&claimed),
+        claimed: Arc::clone(claimed),
     });
     let run = match WorkflowRun::open(
         Box::new(shared.store.clone()),
@@ -810,11 +816,21 @@ fn execute(shared: &Shared, workflow: &WorkflowRecord, begun: &mut bool) -> RunE
         // Ended by this run (suspended after too many takeovers), or
         // finished elsewhere since it was read as ready: not ours to count.
         Ok(Opened::Finished(record)) if record.run_id == run_id => {
-            *begun = true;
+            tracing::warn!(
+                workflow_id = id,
+                reason = record.error.as_deref().unwrap_or_default(),
+                "suspended"
+            );
             return RunEnd::Ran(record.status);
         }
         Ok(Opened::Finished(_)) => return RunEnd::Lost,
-        Err(EngineError::OwnedElsewhere { .. } | EngineError::Upgraded { .. }) => return lost(id),
+        Err(EngineError::OwnedElsewhere { .. }) => return lost(id),
+        // Switched to other code (`upgrade`) since it was read as ready:
+        // this server never allows a change, and the next run takes the
+        // new code.
+        Err(EngineError::Upgraded { .. } | EngineError::ComponentChanged { .. }) => {
+            return upgraded(id);
+        }
         Err(error) => {
             tracing::error!(workflow_id = id, %error, "cannot open the workflow");
             return match &error {
@@ -824,9 +840,7 @@ fn execute(shared: &Shared, workflow: &WorkflowRecord, begun: &mut bool) -> RunE
         }
     };
     drop(opening);
-    let end = run_opened(shared, workflow, &component, &grants, run, &run_id);
-    *begun = claimed.load(Ordering::Relaxed);
-    end
+    run_opened(shared, workflow, &component, &grants, run, &run_id, claimed)
 }
 
 /// The run of a workflow `execute` opened, to its end.
@@ -837,6 +851,7 @@ fn run_opened(
     grants: &Grants,
     run: Box<WorkflowRun>,
     run_id: &str,
+    claimed: &AtomicBool,
 ) -> RunEnd {
     let id = workflow.id.as_str();
     match shared.runtime.run(component, grants, run) {
@@ -852,14 +867,14 @@ fn run_opened(
             tracing::info!(workflow_id = id, "stopped for shutdown; lease released");
             RunEnd::NotRun
         }
-        Err(RuntimeError::Engine(
-            EngineError::OwnedElsewhere { .. } | EngineError::Upgraded { .. },
-        )) => lost(id),
+        Err(RuntimeError::Engine(EngineError::OwnedElsewhere { .. })) => lost(id),
+        Err(RuntimeError::Engine(EngineError::Upgraded { .. })) => upgraded(id),
         Err(RuntimeError::Engine(error)) if error.is_non_determinism() => suspend_unclaimed(
             shared,
             workflow,
             &error.to_string(),
             "suspended: its code no longer replays its history",
+            claimed,
         ),
         // No run of this code will take this input: a person must look.
         Err(RuntimeError::Engine(error @ EngineError::InputRejected { .. })) => suspend_unclaimed(
@@ -869,6 +884,7 @@ fn run_opened(
                 "{error}; cancel it, or `durable-host resume {id} NEW.wasm` with code that takes it"
             ),
             "suspended: the workflow refused its input",
+            claimed,
         ),
         Err(error) => {
             tracing::error!(workflow_id = id, %error, "run stopped");
@@ -916,21 +932,26 @@ impl Drop for Opening<'_> {
 /// The workflow cannot go on on its code (which no longer replays its
 /// history, or refuses its input): suspend it, its steps untouched, rather
 /// than retry it forever; `durable-host resume` continues it on code that
-/// can (`verify` finds such code). `what` is the line logged.
+/// can (`verify` finds such code). `what` is the line logged. A run that
+/// suspends it began here, though it claimed nothing: `claimed` is set.
 fn suspend_unclaimed(
     shared: &Shared,
     workflow: &WorkflowRecord,
     reason: &str,
     what: &str,
+    claimed: &AtomicBool,
 ) -> RunEnd {
     let id = workflow.id.as_str();
     match shared.store.suspend_unclaimed(workflow, reason) {
         Ok(true) => {
+            claimed.store(true, Ordering::Relaxed);
+            shared.metrics.run_started(&workflow.queue);
             tracing::warn!(workflow_id = id, reason, "{what}");
             RunEnd::Ran(WorkflowStatus::Suspended)
         }
-        // Someone else took it up meanwhile: theirs to judge.
-        Ok(false) => RunEnd::NotRun,
+        // Someone else took it up (or `upgrade` switched it) meanwhile:
+        // theirs to judge.
+        Ok(false) => RunEnd::Lost,
         Err(error) => {
             tracing::error!(workflow_id = id, %error, "cannot suspend the workflow");
             RunEnd::of_store(&error)
@@ -978,10 +999,19 @@ fn log_report(report: &RunReport) {
 }
 
 /// Another process claimed the workflow between this server's read and
-/// its run's claim (several servers on one database): theirs. Or `upgrade`
-/// switched its code in between: the next run reads it on the new code.
+/// its run's claim (several servers on one database): theirs.
 fn lost(id: &str) -> RunEnd {
     tracing::debug!(workflow_id = id, "another process claimed it first");
+    RunEnd::Lost
+}
+
+/// `upgrade` switched the workflow's code between this server's read and
+/// its run's claim: the next run reads it on the new code.
+fn upgraded(id: &str) -> RunEnd {
+    tracing::info!(
+        workflow_id = id,
+        "upgraded meanwhile: its next run takes the new code"
+    );
     RunEnd::Lost
 }
 

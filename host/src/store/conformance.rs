@@ -212,6 +212,7 @@ contract!(
     published_events,
     fork,
     upgrade_and_suspend_unclaimed,
+    an_upgrade_takes_a_running_workflow_from_its_run,
     finish_and_reopen,
     a_reopened_handle_sees_the_same_database,
     a_nul_in_guest_text_does_not_fail_a_checkpoint,
@@ -1607,6 +1608,7 @@ fn upgrade_and_suspend_unclaimed(store: &dyn CheckpointStore) {
             verified_steps: steps,
             to_sha256: to,
             detail: "c1 -> c2",
+            new_run: None,
         })
     };
     assert!(!upgrade(&observed, 2, "c2").unwrap());
@@ -1655,6 +1657,37 @@ fn upgrade_and_suspend_unclaimed(store: &dyn CheckpointStore) {
         "suspended"
     );
     assert!(!store.suspend_unclaimed(&upgraded, "again").unwrap());
+}
+
+/// `upgrade` of a running workflow (its owner's lease ran out) gives it a
+/// new run id: the owner, frozen or cut off rather than dead, can write
+/// nothing more on the old code.
+fn an_upgrade_takes_a_running_workflow_from_its_run(store: &dyn CheckpointStore) {
+    start(store, "wf", "r1");
+    let a = begin(store, "wf", "r1", "a", 1, 1).unwrap();
+    finish(store, "wf", "r1", &a, Ok("1".into())).unwrap();
+    let b = begin(store, "wf", "r1", "b", 2, 1).unwrap();
+    let observed = store.workflow("wf").unwrap().unwrap();
+    assert!(
+        store
+            .upgrade_workflow(&Upgrade {
+                observed: &observed,
+                verified_steps: 2,
+                to_sha256: "c2",
+                detail: "c1 -> c2",
+                new_run: Some("r-up"),
+            })
+            .unwrap()
+    );
+    let upgraded = store.workflow("wf").unwrap().unwrap();
+    assert_eq!(
+        (upgraded.component_sha256.as_str(), upgraded.run_id.as_str()),
+        ("c2", "r-up")
+    );
+    let steps = store.steps("wf").unwrap();
+    assert!(is_lost(finish(store, "wf", "r1", &b, Ok("2".into()))));
+    assert!(is_lost(begin(store, "wf", "r1", "c", 3, 1)));
+    assert_eq!(store.steps("wf").unwrap(), steps);
 }
 
 fn finish_and_reopen(store: &dyn CheckpointStore) {

@@ -614,6 +614,7 @@ impl CheckpointStore for GroupCommitStore {
             upgrade.to_sha256.to_owned(),
             upgrade.detail.to_owned(),
         );
+        let new_run = upgrade.new_run.map(str::to_owned);
         let verified_steps = upgrade.verified_steps;
         self.submit(true, move |store| {
             store.upgrade_workflow(&Upgrade {
@@ -621,6 +622,7 @@ impl CheckpointStore for GroupCommitStore {
                 verified_steps,
                 to_sha256: &to,
                 detail: &detail,
+                new_run: new_run.as_deref(),
             })
         })
     }

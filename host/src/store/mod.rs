@@ -530,6 +530,10 @@ pub struct Upgrade<'a> {
     pub to_sha256: &'a str,
     /// Recorded as the workflow's `upgraded` event.
     pub detail: &'a str,
+    /// For a running workflow (whose owner's lease ran out): the run id it
+    /// gets instead of its owner's, so that the owner, should it come back,
+    /// can write nothing more on the old code.
+    pub new_run: Option<&'a str>,
 }
 
 /// A run putting a failed or suspended workflow back to running.

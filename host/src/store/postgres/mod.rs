@@ -1053,7 +1053,8 @@ impl CheckpointStore for PostgresStore {
             }
             let switched = tx.execute(
                 "WITH found AS (SELECT * FROM workflows WHERE id = $1 FOR UPDATE)
-                 UPDATE workflows SET component_sha256 = $3, updated_at = $4
+                 UPDATE workflows SET component_sha256 = $3, updated_at = $4,
+                     run_id = coalesce($8, run_id)
                  WHERE id = $1 AND EXISTS (SELECT 1 FROM found
                      WHERE component_sha256 = $2 AND status = $5 AND run_id = $6
                        AND lease_expires_at = $7)",
@@ -1065,6 +1066,7 @@ impl CheckpointStore for PostgresStore {
                     &observed.status.as_str(),
                     &observed.run_id,
                     &observed.lease_expires_at,
+                    &upgrade.new_run,
                 ],
             )?;
             if switched == 1 {

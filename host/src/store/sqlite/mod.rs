@@ -940,7 +940,8 @@ impl CheckpointStore for SqliteStore {
             }
             let switched = tx
                 .prepare_cached(
-                    "UPDATE workflows SET component_sha256 = ?3, updated_at = ?4
+                    "UPDATE workflows SET component_sha256 = ?3, updated_at = ?4,
+                         run_id = coalesce(?8, run_id)
                      WHERE id = ?1 AND component_sha256 = ?2 AND status = ?5 AND run_id = ?6
                        AND lease_expires_at = ?7",
                 )?
@@ -951,7 +952,8 @@ impl CheckpointStore for SqliteStore {
                     now,
                     observed.status.as_str(),
                     observed.run_id,
-                    observed.lease_expires_at
+                    observed.lease_expires_at,
+                    upgrade.new_run,
                 ])?;
             if switched == 1 {
                 // The update matched the observed run: it is still the owner.
