@@ -786,6 +786,48 @@ fn two_servers_on_one_database_run_disjoint_work() {
     );
 }
 
+/// When a server of this host dies while another is busy with queued work,
+/// the busy one gives the slots that free next to the dead server's
+/// workflows, all of them, not to the queue: they are taken over "at
+/// once", not once the queue has drained or their lease has run out.
+#[test]
+fn a_busy_server_gives_its_next_free_slots_to_a_dead_servers_workflows() {
+    let scratch = Scratch::new();
+    deploy_scenarios(&scratch);
+    let args = ["--concurrency", "2", "--stale-after", "30s"];
+    let dead = keyed("dead", 2, 30, 200);
+    submit_all(&scratch, &dead, &[]);
+    let mut first = Server::start(&scratch, "serve-1", &args);
+    wait_each_completed_a_step(&scratch, dead.len());
+    let backlog = keyed("backlog", 16, 3, 300);
+    submit_all(&scratch, &backlog, &[]);
+    let second = Server::start(&scratch, "serve-2", &args);
+    wait_until("the second server to run the backlog", PATIENCE, || {
+        scratch.number(
+            "SELECT count(DISTINCT workflow_id) FROM steps WHERE workflow_id LIKE 'backlog%'",
+        ) >= 2
+    });
+    first.kill9();
+    wait_completed(&scratch, dead.len() + backlog.len(), &[&second]);
+    assert_all_completed(&scratch, &dead, 30);
+    assert_all_completed(&scratch, &backlog, 3);
+    let last_backlog_start = scratch.number(
+        "SELECT max(first) FROM (SELECT min(started_at) AS first FROM steps
+           WHERE workflow_id LIKE 'backlog%' GROUP BY workflow_id) AS starts",
+    );
+    let last_takeover = scratch.number(
+        "SELECT max(taken) FROM (SELECT min(s.started_at) AS taken FROM steps s
+           JOIN workflows w ON w.id = s.workflow_id AND s.run_id = w.run_id
+           WHERE w.id LIKE 'dead%' GROUP BY w.id) AS taken_over",
+    );
+    assert!(
+        last_takeover < last_backlog_start,
+        "the dead server's workflows waited for the queue: the last taken over at \
+         {last_takeover}, the last queued one started at {last_backlog_start}"
+    );
+    assert_integrity(&scratch);
+}
+
 /// `(id, run_id)` of the workflows running under the server with `pid`.
 fn owned_by(scratch: &Scratch, pid: u32) -> BTreeMap<String, String> {
     running_where(scratch, &format!("owner_pid = {pid}"))

@@ -419,6 +419,9 @@ impl Dispatcher {
             .retain(|_, (until, _)| looked < *until + HOLD_BACKOFF.1);
         let now = now_millis();
         self.fire_schedules(config, now);
+        let scan_orphans = self.last_orphan_scan.elapsed() >= ORPHAN_SCAN;
+        // Whether a scan was made, and found no more than it could start.
+        let (mut scanned, mut left_over) = (false, false);
         for (queue, concurrency) in &config.queues {
             let busy = self.running.get(queue).copied().unwrap_or(0);
             let free = concurrency.saturating_sub(busy);
@@ -438,8 +441,11 @@ impl Dispatcher {
             );
             // A dead process's workflows first: they were in flight before
             // anything queued now, and are taken over "at once".
-            let mut ready = if self.last_orphan_scan.elapsed() >= ORPHAN_SCAN {
-                self.orphans(queue, now, (free + busy) as u32)?
+            let mut ready = if scan_orphans {
+                scanned = true;
+                let orphans = self.orphans(queue, now, (free + busy) as u32)?;
+                left_over |= orphans.len() > free;
+                orphans
             } else {
                 Vec::new()
             };
@@ -456,7 +462,10 @@ impl Dispatcher {
                 self.start(workflow, done.clone());
             }
         }
-        if self.last_orphan_scan.elapsed() >= ORPHAN_SCAN {
+        // Only a scan made restarts the wait (a pass with every slot busy
+        // made none), and only if it left no orphan behind: the slots that
+        // free next must go to them, not to the queue.
+        if scanned && !left_over {
             self.last_orphan_scan = Instant::now();
         }
         Ok(())
