@@ -129,8 +129,7 @@ fn upgrade_one(
     if unproven && (verdict.recorded_steps == 0 || replay_failed) {
         return Ok(None);
     }
-    let refusal = incompatibility(&verdict.verdict);
-    if let Some(reason) = refusal {
+    if let Some(reason) = incompatibility(&verdict.verdict) {
         return Ok(Some(UpgradeResult::Refused(reason)));
     }
     let detail = format!(

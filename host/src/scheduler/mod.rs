@@ -849,28 +849,14 @@ fn execute(shared: &Shared, workflow: &WorkflowRecord, claimed: &Arc<AtomicBool>
         }
     };
     drop(opening);
-    run_opened(shared, workflow, &component, &grants, run, &run_id, claimed)
-}
-
-/// The run of a workflow `execute` opened, to its end.
-fn run_opened(
-    shared: &Shared,
-    workflow: &WorkflowRecord,
-    component: &WorkflowComponent,
-    grants: &Grants,
-    run: Box<WorkflowRun>,
-    run_id: &str,
-    claimed: &AtomicBool,
-) -> RunEnd {
-    let id = workflow.id.as_str();
-    match shared.runtime.run(component, grants, run) {
+    match shared.runtime.run(&component, &grants, run) {
         Ok(report) => {
             log_report(&report);
             RunEnd::Ran(report.status)
         }
         Err(RuntimeError::Engine(EngineError::Stopping { .. })) => {
             // Shutting down: hand the workflow to whoever comes next.
-            if let Err(error) = shared.store.release_workflow(id, run_id) {
+            if let Err(error) = shared.store.release_workflow(id, &run_id) {
                 tracing::warn!(workflow_id = id, %error, "cannot release the workflow's lease");
             }
             tracing::info!(workflow_id = id, "stopped for shutdown; lease released");
@@ -906,7 +892,7 @@ fn run_opened(
                     // memory for it: hand the workflow to whoever comes next
                     // once it can go on, rather than after its lease; it
                     // resumes from what was stored.
-                    if shared.store.release_workflow(id, run_id).is_ok() {
+                    if shared.store.release_workflow(id, &run_id).is_ok() {
                         tracing::info!(workflow_id = id, "lease released");
                     }
                     RunEnd::Starved(shortage)
