@@ -13,7 +13,10 @@
 //! - per-step cost of N trivial steps in `durable-host run` (a run of N
 //!   minus a run of none, as [`Bench::steps`] measures SQLite's), each run
 //!   paired with the batch before it; the pair with the median ratio is
-//!   reported, with the range ([`paired_steps`]). And of a lone workflow
+//!   reported, with the range ([`paired_steps`]). Each pair also times the
+//!   same N steps' writes through the host's own store with no guest
+//!   ([`store_steps`]), which splits a step's cost into the database's
+//!   share and the host's on the machine measured. And of a lone workflow
 //!   inside `serve` ([`serve::lone_workflow`]), against the mean of the
 //!   batches just before and after it (the issue's target: at most 1.5x);
 //! - workflows per second with 1, 2 and 4 `serve` workers on one database,
@@ -36,6 +39,10 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use durable_host::engine::this_process;
+use durable_host::store::{
+    CheckpointStore, Claim, NewWorkflow, PostgresStore, StepBegin, StepKey, now_millis,
+};
 use durable_tests::{Scratch, backend};
 use postgres::NoTls;
 use serde_json::{Value, json};
@@ -193,6 +200,28 @@ pub fn measurements(bench: &Bench, report: &mut Report) -> Option<PgServer> {
             "baseline_commit_us": us(median.commit),
             "ratio_to_commit": median.ratio(),
             "ratios": paired.pairs.iter().map(Pair::ratio).collect::<Vec<_>>(),
+        }),
+    );
+    let host = median.step.saturating_sub(median.store);
+    report.add(
+        "pg_store_step",
+        "PostgreSQL: the store alone, the same steps' writes (the fenced running mark, the \
+         result) through the host's PostgresStore with no guest, in the median run's pair",
+        micros(median.store),
+        format!(
+            "{:.2}x of the raw commit: the database's share of the step; the rest, {} (the \
+             guest, its bindings, the engine), is {:.2}x",
+            ratio(median.store, median.commit),
+            micros(host),
+            ratio(host, median.commit)
+        ),
+        json!({
+            "steps": sizes.steps,
+            "us": us(median.store),
+            "baseline_commit_us": us(median.commit),
+            "ratio_to_commit": ratio(median.store, median.commit),
+            "host_us": us(host),
+            "ratios": paired.pairs.iter().map(|p| ratio(p.store, p.commit)).collect::<Vec<_>>(),
         }),
     );
     report.add(
@@ -358,6 +387,9 @@ struct Pair {
     /// Per step: the run's time less an empty run's, over its steps.
     step: Duration,
     commit: Duration,
+    /// Per step: the same steps' writes through the store alone, taken
+    /// between the batch and the run.
+    store: Duration,
 }
 
 impl Pair {
@@ -395,11 +427,13 @@ fn paired_steps(bench: &Bench, scratch: &Scratch) -> PairedSteps {
     let mut pairs: Vec<Pair> = (0..sizes.repeats)
         .map(|i| {
             let commit = raw_commit(sizes.commits);
+            let store = store_steps(sizes.steps);
             let (elapsed, code) = bench.run_steps(scratch, &format!("steps-{i}"), sizes.steps, &[]);
             assert_eq!(code, Some(0));
             Pair {
                 step: elapsed.saturating_sub(empty) / sizes.steps,
                 commit,
+                store,
             }
         })
         .collect();
@@ -430,6 +464,54 @@ fn raw_commit(commits: u32) -> Duration {
         client.batch_execute("COMMIT").unwrap();
     }
     started.elapsed() / commits
+}
+
+/// Per step, what `durable-host run` writes for `steps` trivial steps,
+/// through the host's own [`PostgresStore`] with no guest and no engine:
+/// each step's fenced `running` mark (`begin_steps`) and its result
+/// (`finish_step`), on a workflow of a new schema that this process owns.
+fn store_steps(steps: u32) -> Duration {
+    const ID: &str = "store-steps";
+    const RUN: &str = "bench-run";
+    let schema = backend::PgSchema::create();
+    let store = PostgresStore::open(&schema.url()).expect("open the store");
+    let owner = this_process();
+    let claim = Claim {
+        run_id: RUN,
+        owner: &owner,
+        lease_until: now_millis() + 3_600_000,
+    };
+    store
+        .create_workflow(&NewWorkflow {
+            id: ID,
+            component_sha256: "bench",
+            input: "null",
+            claim: &claim,
+            grants: None,
+            component: Some(b"\0asm"),
+        })
+        .expect("create the workflow");
+    let value = Ok("0".to_owned());
+    let started = Instant::now();
+    for sequence in 1..=steps {
+        let key = StepKey::new("s", sequence);
+        let begin = StepBegin {
+            key: &key,
+            sequence,
+            name: "s",
+            attempt: 1,
+            run_id: RUN,
+            started_at: now_millis(),
+            input_fingerprint: None,
+        };
+        store
+            .begin_steps(ID, &[begin])
+            .expect("mark the step running");
+        store
+            .finish_step(ID, RUN, &key, &value, &[], None)
+            .expect("record the step");
+    }
+    started.elapsed() / steps
 }
 
 /// Whether this process may run one in a pid namespace of its own.
