@@ -1566,6 +1566,19 @@ fn signals_and_published_events_over_http() {
         .json;
     assert_eq!(progress["value"], json!({"waiting": 0}));
     assert_eq!(progress["step"], "durable.event:progress#000001");
+    // A key it has not published while it goes on: 202 and its record, so a
+    // client asks again; after the wait, and at once without one.
+    for path in [
+        "/v1/workflows/asks/events/unheard?wait=300ms",
+        "/v1/workflows/asks/events/unheard",
+    ] {
+        let pending = server.get(path).expect(202).json;
+        assert_eq!(pending["workflow_id"], "asks", "{pending}");
+        assert!(
+            ["running", "waiting"].contains(&pending["status"].as_str().unwrap()),
+            "{pending}"
+        );
+    }
 
     let sent = server
         .post_json(
@@ -1612,6 +1625,18 @@ fn signals_and_published_events_over_http() {
         ]
     );
     assert_eq!(history["published"][0]["value"], "done");
+    // Ended without publishing it: it never will, whatever the wait.
+    let never = server
+        .get("/v1/workflows/asks/events/unheard?wait=30s")
+        .expect(404)
+        .json;
+    assert!(
+        never["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("has ended"),
+        "{never}"
+    );
 
     // Refusals: a bad body, an unknown workflow, an ended one.
     let bad = server

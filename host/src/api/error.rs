@@ -125,14 +125,12 @@ impl From<ControlError> for ApiError {
                 message,
                 Some("GET /v1/schedules lists the schedules there are"),
             ),
-            ControlError::UnknownEvent { ended, .. } => Self::new(
+            // A workflow that ended without it: the handler answers one
+            // that may still publish it with 202.
+            ControlError::UnknownEvent { .. } => Self::new(
                 StatusCode::NOT_FOUND,
                 message,
-                Some(if ended {
-                    "GET /v1/workflows/{id}/steps shows the durable.event steps it recorded"
-                } else {
-                    "`?wait=30s` waits up to that long for the workflow to publish it"
-                }),
+                Some("GET /v1/workflows/{id}/steps shows the durable.event steps it recorded"),
             ),
             ControlError::InputConflict { .. } => Self::new(
                 StatusCode::CONFLICT,

@@ -598,6 +598,11 @@ pub async fn send_signal(
 
 /// The value a workflow last published under `key` (`ctx.set_event`),
 /// waiting up to `wait` for it to be published.
+///
+/// Answers 202 with the workflow's record as it is while the key is not
+/// published and may still be (as `/result` does for a workflow not
+/// finished), so that a client tells "ask again" from "never": 404, a
+/// workflow that ended without publishing it.
 #[utoipa::path(
     get,
     path = "/v1/workflows/{id}/events/{key}",
@@ -609,24 +614,35 @@ pub async fn send_signal(
     ),
     responses(
         (status = 200, description = "The value", body = PublishedEventView),
+        (status = 202, description = "Not published when the wait ran out, and the workflow goes on: its record as it is", body = WorkflowView),
         (status = 400, description = "A bad `wait`", body = ErrorBody),
-        (status = 404, description = "No such workflow, or nothing published under `key` (yet)", body = ErrorBody),
+        (status = 404, description = "No such workflow, or it ended without publishing `key`", body = ErrorBody),
     )
 )]
 pub async fn published_event(
     State(state): State<ApiState>,
     Path((id, key)): Path<(String, String)>,
     ApiQuery(params): ApiQuery<PublishedEventParams>,
-) -> Result<Json<PublishedEventView>, ApiError> {
+) -> Result<Response, ApiError> {
     let found = long_poll(
         &state,
         params.wait.as_deref(),
-        move |store| Ok(control::published_event(store, &id, &key, None)),
+        {
+            let id = id.clone();
+            move |store| Ok(control::published_event(store, &id, &key, None))
+        },
         // An ended workflow publishes nothing more: no use waiting.
         |found| !matches!(found, Err(ControlError::UnknownEvent { ended: false, .. })),
     )
     .await?;
-    Ok(Json(PublishedEventView::from(&found?)))
+    match found {
+        Ok(event) => Ok(Json(PublishedEventView::from(&event)).into_response()),
+        Err(ControlError::UnknownEvent { ended: false, .. }) => {
+            let record = blocking(&state, move |store| Ok(control::workflow(store, &id)?)).await?;
+            Ok((StatusCode::ACCEPTED, Json(WorkflowView::from(&record))).into_response())
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// Queue a new workflow that starts from this one's history.
