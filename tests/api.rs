@@ -944,6 +944,13 @@ fn bad_requests_are_refused_and_change_nothing() {
         )
         .expect(400);
     assert!(bad_cron.error_message().contains("not a cron expression"));
+    assert!(
+        bad_cron.json["error"]["hint"]
+            .as_str()
+            .is_some_and(|hint| hint.contains("`0 2 * * *`")),
+        "the hint shows the form: {}",
+        bad_cron.text
+    );
     server
         .post_json(
             "/v1/schedules",

@@ -203,6 +203,10 @@ fn schedules_are_added_listed_and_removed_with_clear_errors() {
         "`every day` is not a cron expression",
     );
     refused(
+        &add("bad", "every day", "scenarios"),
+        "hint: five fields, minute hour day-of-month month day-of-week",
+    );
+    refused(
         &add("bad", "0 2 * * *", "nope"),
         "no deployment named `nope`",
     );

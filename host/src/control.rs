@@ -33,7 +33,7 @@ pub enum ControlError {
     /// A cron expression that does not parse or never ticks: why, and
     /// what one looks like.
     #[error("{reason}")]
-    InvalidSchedule { reason: String },
+    InvalidSchedule { reason: String, hint: &'static str },
     #[error("workflow {id} has published no event `{key}`{}", event_wait(*.ended, .waited))]
     UnknownEvent {
         id: String,

@@ -76,6 +76,10 @@ impl Firing {
     }
 }
 
+/// What a cron expression looks like, for one that is refused.
+const CRON_FORM: &str = "five fields, minute hour day-of-month month day-of-week, e.g. \
+    `0 2 * * *` for 02:00 UTC every day (a sixth field first gives seconds)";
+
 /// Parse a cron expression: five fields (minute hour day-of-month month
 /// day-of-week), or six with seconds first; UTC.
 pub fn parse(expression: &str) -> Result<Cron, ControlError> {
@@ -86,11 +90,8 @@ pub fn parse(expression: &str) -> Result<Cron, ControlError> {
         .build()
         .parse(expression)
         .map_err(|e| ControlError::InvalidSchedule {
-            reason: format!(
-                "`{expression}` is not a cron expression: {e} (five fields, minute hour \
-             day-of-month month day-of-week, e.g. `0 2 * * *` for 02:00 UTC every day; a sixth \
-             field first gives seconds)"
-            ),
+            reason: format!("`{expression}` is not a cron expression: {e}"),
+            hint: CRON_FORM,
         })
 }
 
@@ -135,6 +136,7 @@ pub fn add(
     let cron = parse(schedule.cron)?;
     let first = next_tick(&cron, now).ok_or_else(|| ControlError::InvalidSchedule {
         reason: format!("`{}` has no tick after now", schedule.cron),
+        hint: CRON_FORM,
     })?;
     let input = serde_json::from_str::<serde_json::Value>(schedule.input)
         .map_err(|e| ControlError::InvalidInput {
@@ -281,12 +283,17 @@ mod tests {
 
     #[test]
     fn a_bad_expression_says_what_one_looks_like() {
-        let refused = parse("every day").unwrap_err().to_string();
+        let refused = parse("every day").unwrap_err();
         assert!(
-            refused.contains("`every day` is not a cron expression"),
+            refused
+                .to_string()
+                .contains("`every day` is not a cron expression"),
             "{refused}"
         );
-        assert!(refused.contains("0 2 * * *"), "{refused}");
+        let ControlError::InvalidSchedule { hint, .. } = refused else {
+            panic!("{refused:?}");
+        };
+        assert!(hint.contains("`0 2 * * *`"), "{hint}");
         assert!(parse("61 * * * *").is_err());
         // No year field: a schedule never runs out of ticks.
         assert!(parse("0 0 12 25 12 * 2026").is_err());

@@ -152,9 +152,8 @@ impl From<ControlError> for ApiError {
                 "use a printable name of at most 1,024 bytes, without control characters (nor `@` in a deployment or schedule name)",
             ),
             ControlError::Refused { .. } => Self::new(StatusCode::CONFLICT, message, None),
-            // Its reason says what a cron expression looks like.
-            ControlError::InvalidSchedule { .. } => {
-                Self::new(StatusCode::BAD_REQUEST, message, None)
+            ControlError::InvalidSchedule { hint, .. } => {
+                Self::new(StatusCode::BAD_REQUEST, message, Some(hint))
             }
             ControlError::Runtime(e) => e.into(),
             ControlError::Store(e) => e.into(),

@@ -252,9 +252,9 @@ fn control_hint(error: &ControlError) -> Option<String> {
              name)"
                 .to_owned()
         }
+        ControlError::InvalidSchedule { hint, .. } => (*hint).to_owned(),
         // Its reason says what would work.
         ControlError::Refused { .. }
-        | ControlError::InvalidSchedule { .. }
         | ControlError::Runtime(_)
         | ControlError::Store(_)
         | ControlError::Engine(_) => return None,
