@@ -42,9 +42,15 @@ fn serve_runs_the_children_once_and_resumes_the_parent_also_after_a_kill() {
     scratch.deploy("scenarios", &artifacts().scenarios);
     let mut first = Server::start(&scratch, "first", &[]);
     start(&scratch, "p", &parent(3, 300), &[]).expect_code(0);
-    // Killed while the children run and the parent waits for them.
+    // Killed while the children run and the parent waits for them: after
+    // its `all_started` step is recorded (a child may begin before it; a
+    // kill inside a step runs that step again, at least once).
     wait_until("the children run", Duration::from_secs(30), || {
-        scratch.number("SELECT count(*) FROM steps WHERE step_key = 'tick#000001'") >= 1
+        scratch.number(
+            "SELECT count(*) FROM steps WHERE workflow_id = 'p' \
+             AND step_key = 'all_started#000001' AND status = 'completed'",
+        ) == 1
+            && scratch.number("SELECT count(*) FROM steps WHERE step_key = 'tick#000001'") >= 1
     });
     first.kill9();
     let _second = Server::start(&scratch, "second", &[]);
