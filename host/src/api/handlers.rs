@@ -473,8 +473,8 @@ async fn long_poll<T: Send + 'static>(
     }
 }
 
-/// `30s`, `500ms`, `1m`, `2.5s` or a bare number of seconds; at most
-/// [`MAX_WAIT`].
+/// `30s`, `500ms`, `1m`, `1h`, `2.5s` or a bare number of seconds; at
+/// most [`MAX_WAIT`] (longer is cut to it).
 fn parse_wait(text: &str) -> Result<Duration, ApiError> {
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -484,6 +484,7 @@ fn parse_wait(text: &str) -> Result<Duration, ApiError> {
             "ms" => 0.001,
             "" | "s" => 1.0,
             "m" => 60.0,
+            "h" => 3600.0,
             _ => return None,
         };
         Some(n * scale).filter(|s| s.is_finite())
@@ -491,8 +492,9 @@ fn parse_wait(text: &str) -> Result<Duration, ApiError> {
     match seconds {
         Some(seconds) => Ok(Duration::from_secs_f64(seconds.min(MAX_WAIT.as_secs_f64()))),
         None => Err(ApiError::bad_request(
-            format!("wait `{text}` is not a duration"),
-            "wait is a duration such as 500ms, 30s or 1m (at most 60s), or a number of seconds",
+            format!("wait `{text}` is not a duration this API reads"),
+            "wait is a duration such as 500ms, 30s or 1m (ms, s, m or h; at most 60s, longer is \
+             cut), or a number of seconds",
         )),
     }
 }
@@ -943,9 +945,14 @@ mod tests {
         assert_eq!(parse_wait("2").unwrap(), Duration::from_secs(2));
         assert_eq!(parse_wait("1m").unwrap(), Duration::from_secs(60));
         assert_eq!(parse_wait("10m").unwrap(), MAX_WAIT);
+        assert_eq!(
+            parse_wait("1h").unwrap(),
+            MAX_WAIT,
+            "longer is cut, not refused"
+        );
         assert_eq!(parse_wait("0").unwrap(), Duration::ZERO);
         assert_eq!(parse_wait("99999999999999999999999").unwrap(), MAX_WAIT);
-        for bad in ["", "s", "-1s", "soon", "1h", "1e400", "."] {
+        for bad in ["", "s", "-1s", "soon", "1d", "1e400", "."] {
             assert!(parse_wait(bad).is_err(), "{bad}");
         }
     }
