@@ -620,6 +620,22 @@ fn sigterm_drains_at_step_boundaries_and_releases_leases() {
     assert_all_completed(&scratch, &workflows, items);
     assert_exactly_once(&scratch, &expected_keys(&workflows, items));
     assert_integrity(&scratch);
+    // Handed back in order: resumed, not taken over from a dead run.
+    assert_eq!(
+        scratch.number("SELECT count(*) FROM workflow_events WHERE kind = 'takeover'"),
+        0,
+        "{:?}",
+        scratch.query("SELECT workflow_id, detail FROM workflow_events")
+    );
+    let log = second.log();
+    assert_eq!(
+        second
+            .logged_ids("resumed where a run that stopped left it")
+            .len(),
+        count,
+        "{log}"
+    );
+    assert!(!log.contains("taking over"), "{log}");
     println!(
         "serve SIGTERM: drained {count} runs and exited in {:.2} s ({steps_before} of {} steps done); \
          a new server resumed all of them within {:.2} s and finished in {:.2} s \
@@ -713,6 +729,32 @@ fn second_signal_during_a_drain_exits_at_once() {
     assert_exactly_once(&scratch, &BTreeSet::from(["long/k#000001".to_owned()]));
     assert_integrity(&scratch);
     println!("serve: second signal ended the drain in {exit:?} (exit 130)");
+}
+
+/// A run still in its step when the shutdown grace runs out is left to
+/// its lease, and the server's last line counts it as begun, as the
+/// `durable_runs_started_total` metric did at its claim.
+#[test]
+fn a_run_left_in_a_step_at_the_end_of_the_grace_counts_as_started() {
+    let scratch = Scratch::new();
+    deploy_scenarios(&scratch);
+    let input = json!({ "scenario": "keyed", "items": 1, "sleep_ms": 3000 });
+    start(&scratch, SCENARIOS, "slow", &input, &[]).expect_code(0);
+    let args = ["--stale-after", "2s", "--shutdown-grace", "500ms"];
+    let mut server = Server::start(&scratch, "serve-1", &args);
+    wait_until("the slow step to begin", PATIENCE, || {
+        scratch
+            .try_steps("slow")
+            .unwrap_or_default()
+            .iter()
+            .any(|s| s.1 == "running")
+    });
+    server.signal("-TERM");
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    let log = server.log();
+    assert!(log.contains("abandoned=1"), "{log}");
+    assert!(log.contains("started=1"), "{log}");
 }
 
 /// Two servers on one database share the work: every step runs exactly

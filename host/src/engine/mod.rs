@@ -617,8 +617,9 @@ impl WorkflowRun {
             };
             return Ok(Opened::Ready(Box::new(run)));
         }
-        if !owned {
-            // Picked from its queue, or woken from a sleep: nobody died.
+        if !owned || workflow.handed_back() {
+            // Picked from its queue, woken from a sleep, or handed back by
+            // a run that stopped in order: nobody died.
             run.claim = ClaimKind::TakeOver {
                 previous_run: workflow.run_id,
                 observed_lease: workflow.lease_expires_at,

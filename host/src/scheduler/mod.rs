@@ -141,7 +141,7 @@ pub fn serve(
     let mut dispatcher = Dispatcher {
         shared: Arc::clone(&shared),
         running: HashMap::new(),
-        in_flight: HashSet::new(),
+        in_flight: HashMap::new(),
         // At start: scan at once.
         last_orphan_scan: Instant::now() - ORPHAN_SCAN,
         workers: Workers::new(runs),
@@ -206,6 +206,12 @@ pub fn serve(
         }
     }
     dispatcher.summary.abandoned = dispatcher.in_flight.len();
+    // Those began here too (the metric counted them at their claim).
+    dispatcher.summary.started += dispatcher
+        .in_flight
+        .values()
+        .filter(|claimed| claimed.load(Ordering::Relaxed))
+        .count() as u64;
     if dispatcher.summary.abandoned > 0 {
         tracing::warn!(
             runs = dispatcher.summary.abandoned,
@@ -382,8 +388,9 @@ struct Dispatcher {
     shared: Arc<Shared>,
     /// Runs in progress per queue.
     running: HashMap<String, usize>,
-    /// Workflows dispatched and not finished: not to be taken again.
-    in_flight: HashSet<String>,
+    /// Workflows dispatched and not finished: not to be taken again. With
+    /// each, whether its run has claimed it yet.
+    in_flight: HashMap<String, Arc<AtomicBool>>,
     /// When workflows of dead owners of this host were last looked for.
     last_orphan_scan: Instant,
     workers: Workers,
@@ -455,7 +462,7 @@ impl Dispatcher {
             }
             let fresh: Vec<WorkflowRecord> = ready
                 .into_iter()
-                .filter(|w| !self.in_flight.contains(&w.id))
+                .filter(|w| !self.in_flight.contains_key(&w.id))
                 .take(free)
                 .collect();
             for workflow in fresh {
@@ -534,21 +541,23 @@ impl Dispatcher {
         let held = |id: &str| self.held.get(id).is_some_and(|(until, _)| looked < *until);
         Ok(running
             .into_iter()
-            .filter(|w| !self.in_flight.contains(&w.id) && !held(&w.id) && !owner_alive(w, now))
+            .filter(|w| !self.in_flight.contains_key(&w.id) && !held(&w.id) && !owner_alive(w, now))
             .collect())
     }
 
     fn start(&mut self, workflow: WorkflowRecord, done: Sender<Event>) {
         *self.running.entry(workflow.queue.clone()).or_default() += 1;
-        self.in_flight.insert(workflow.id.clone());
+        // Read after the run whatever way it ended (a panic included), and
+        // at shutdown for a run still in a step.
+        let claimed = Arc::new(AtomicBool::new(false));
+        self.in_flight
+            .insert(workflow.id.clone(), Arc::clone(&claimed));
         lock(&self.shared.opening).insert(workflow.id.clone());
         let shared = Arc::clone(&self.shared);
         let (queue, workflow_id) = (workflow.queue.clone(), workflow.id.clone());
         let refused = self.workers.run(Box::new(move || {
             // A run that panics (a dependency that cannot start its threads,
             // say) must still free its slot, and not be retried at once.
-            // Read after the run whatever way it ended, a panic included.
-            let claimed = Arc::new(AtomicBool::new(false));
             let end =
                 panic::catch_unwind(AssertUnwindSafe(|| execute(&shared, &workflow, &claimed)))
                     .unwrap_or_else(|_| {
@@ -1044,6 +1053,13 @@ impl RunObserver for LogObserver {
                 waiting_for = workflow.waiting_for.as_ref().map(ToString::to_string),
                 "resumed to look for what it waits for"
             ),
+            WorkflowStatus::Running if workflow.handed_back() => {
+                tracing::info!(
+                    workflow_id,
+                    run_id,
+                    "resumed where a run that stopped left it"
+                )
+            }
             _ => {
                 self.metrics.takeover();
                 tracing::info!(workflow_id, run_id, "taking over")

@@ -265,6 +265,13 @@ pub struct WorkflowRecord {
 }
 
 impl WorkflowRecord {
+    /// Running, but handed back in order by its run
+    /// ([`CheckpointStore::release_workflow`]: a server shutting down, a
+    /// host out of memory): nobody died, and any process may go on with it.
+    pub fn handed_back(&self) -> bool {
+        self.status == WorkflowStatus::Running && self.lease_expires_at == 0
+    }
+
     /// The final outcome, or `None` while the workflow is running.
     pub fn outcome(&self) -> Option<Outcome> {
         match self.status {
