@@ -592,6 +592,40 @@ fn a_workflow_page_follows_a_running_workflow_and_cancels_it() {
     );
 }
 
+/// A suspended workflow keeps the signals sent to it for its resume: its
+/// page shows one sent after it was drawn (it polled only the record,
+/// which a signal does not change, as for an ended workflow).
+#[test]
+fn a_suspended_workflows_page_shows_a_signal_sent_to_it() {
+    let scratch = Scratch::new();
+    let (server, base) = serve(&scratch);
+    let browser = Browser::start();
+    start(
+        &scratch,
+        "scenarios",
+        "stuck",
+        &json!({"scenario": "panic"}).to_string(),
+        false,
+    );
+    browser.goto(&format!("{base}/#/workflows/stuck"));
+    browser.eventually(
+        "the suspended workflow",
+        "return document.getElementById('workflow-status')?.innerText === 'suspended'
+            && document.getElementById('signal-button').disabled === false",
+    );
+    run(&mut scratch.host(&["signal", "stuck", "later", "--data", r#"{"n": 1}"#])).expect_code(0);
+    let shown = browser.eventually(
+        "the signal on the page",
+        "return document.querySelector('#signals li[data-signal-id]')?.innerText",
+    );
+    let shown = shown.as_str().unwrap();
+    assert!(
+        shown.contains("later") && shown.contains("not taken yet"),
+        "{shown}"
+    );
+    drop(server);
+}
+
 #[test]
 fn a_waiting_workflow_takes_a_signal_sent_from_its_page() {
     let scratch = Scratch::new();

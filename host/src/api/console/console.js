@@ -10,7 +10,8 @@ const WORKFLOW_POLL_MS = 700;
 const STEP_PAGE = 1000;
 const ROW_HEIGHT = 24;
 const FINISHED = new Set(["completed", "failed", "cancelled", "suspended"]);
-// A suspended workflow can still be cancelled; these cannot.
+// A suspended workflow can still be cancelled and sent signals; these
+// cannot.
 const FINAL = new Set(["completed", "failed", "cancelled"]);
 const STATUSES = ["queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled", "suspended"];
 
@@ -369,8 +370,9 @@ class WorkflowPage {
   }
 
   async refresh() {
-    if (this.workflow && FINISHED.has(this.workflow.status)) {
-      // Finished: only a `resume` or an upgrade changes it now.
+    if (this.workflow && FINAL.has(this.workflow.status)) {
+      // Ended: only a `resume` or an upgrade changes it now (a suspended
+      // one also takes signals, which only its history shows).
       const now = (await api(this.path())).body;
       if (now.updated_at_ms === this.workflow.updated_at_ms && now.status === this.workflow.status) return;
     }
