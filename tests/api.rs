@@ -976,7 +976,7 @@ fn bad_requests_are_refused_and_change_nothing() {
         "/v1/workflows?after=nope",
         "/v1/workflows?bogus=1",
         "/v1/workflows/keep/result?wait=soon",
-        "/v1/workflows/keep/result?wait=1h",
+        "/v1/workflows/keep/result?wait=1d",
         "/v1/workflows/keep/steps?limit=0",
         "/v1/workflows/keep/steps?after=x",
         "/v1/deployments?nam=x",
@@ -1166,6 +1166,16 @@ fn a_non_loopback_address_needs_a_token() {
     run(&mut scratch.host(&["serve", "--token-file", empty.to_str().unwrap()])).expect_code(2);
     let bad = run(&mut scratch.host(&["serve", "--listen", "nowhere"])).expect_code(2);
     assert!(bad.stderr().contains("HOST:PORT"), "{}", bad.stderr());
+    // A port that is taken, too, is refused before the database is opened.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let busy = run(&mut scratch.host(&["serve", "--listen", &listen])).expect_code(2);
+    assert!(
+        busy.stderr()
+            .contains(&format!("cannot listen on {listen}")),
+        "{}",
+        busy.stderr()
+    );
     assert!(scratch.tables().is_empty(), "nothing was created");
 }
 

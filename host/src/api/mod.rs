@@ -101,9 +101,13 @@ impl ApiState {
 }
 
 /// How the API listens.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ApiConfig {
-    pub addr: SocketAddr,
+    /// Bound already: a port that is taken is refused with the rest,
+    /// before anything else is opened.
+    listener: std::net::TcpListener,
+    /// Where it listens (the port the system picked, for `:0`).
+    addr: SocketAddr,
     /// Required as `Authorization: Bearer <token>` on every request.
     pub token: Option<String>,
     /// Where compiled components are kept when checking deployments.
@@ -135,8 +139,8 @@ pub enum ApiStartError {
 
 impl ApiConfig {
     /// What `serve --listen LISTEN [--token-file FILE]` asks for, checked:
-    /// an address that resolves, a token file with a token in it, and a
-    /// token whenever the address is not a loopback one.
+    /// an address that resolves, a token file with a token in it, a token
+    /// whenever the address is not a loopback one, and the address bound.
     pub fn new(
         listen: &str,
         token_file: Option<&Path>,
@@ -155,7 +159,19 @@ impl ApiConfig {
         if token.is_none() && !addr.ip().is_loopback() {
             return Err(ApiStartError::TokenRequired { addr });
         }
-        Ok(Self { addr, token, cache })
+        let bind_error = |e: std::io::Error| ApiStartError::Bind {
+            addr,
+            reason: e.to_string(),
+        };
+        let listener = std::net::TcpListener::bind(addr).map_err(bind_error)?;
+        listener.set_nonblocking(true).map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
+        Ok(Self {
+            listener,
+            addr,
+            token,
+            cache,
+        })
     }
 }
 
@@ -192,7 +208,7 @@ pub struct ApiServer {
     _store: GroupCommitStore,
 }
 
-/// Bind `config.addr` and serve the API on `store`, on threads of its own.
+/// Serve the API on `store` at `config`'s address, on threads of its own.
 /// Logs `listening addr=HOST:PORT` (the port the system picked, for `:0`).
 /// Once `shutdown` is set (the scheduler's flag), writes are refused with
 /// 503 and long polls answer at once; reads go on until
@@ -210,13 +226,7 @@ pub fn start(
         echo_output: false,
         pooled_runs: None,
     })?;
-    let bind_error = |e: std::io::Error| ApiStartError::Bind {
-        addr: config.addr,
-        reason: e.to_string(),
-    };
-    let listener = std::net::TcpListener::bind(config.addr).map_err(bind_error)?;
-    listener.set_nonblocking(true).map_err(bind_error)?;
-    let addr = listener.local_addr().map_err(bind_error)?;
+    let (listener, addr) = (config.listener, config.addr);
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("api")
@@ -255,7 +265,10 @@ pub fn start(
     let server = {
         let _entered = tokio.enter();
         let listener = tokio::net::TcpListener::from_std(listener)
-            .map_err(bind_error)?
+            .map_err(|e| ApiStartError::Bind {
+                addr,
+                reason: e.to_string(),
+            })?
             .tap_io(|tcp| {
                 let _ = tcp.set_nodelay(true);
             });

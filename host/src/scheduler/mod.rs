@@ -1072,8 +1072,10 @@ impl RunObserver for LogObserver {
         tracing::debug!(workflow_id, step = %event.key, event = ?event.kind, "step");
     }
 
+    // Kept with the workflow (`logs ID`): in the server's log only on
+    // request, so that a chatty workflow does not drown it.
     fn log(&mut self, workflow_id: &str, message: &str) {
-        tracing::info!(workflow_id, message, "workflow log");
+        tracing::debug!(workflow_id, message, "workflow log");
     }
 }
 
