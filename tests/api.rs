@@ -848,7 +848,7 @@ fn bad_requests_are_refused_and_change_nothing() {
     // Malformed JSON, wrong shapes, bad fields.
     for (body, status, says) in [
         (&b"{oops"[..], 400, "not valid JSON"),
-        (b"", 400, "not valid JSON"),
+        (b"", 400, "missing field `deployment`"),
         (b"[]", 400, "not valid"),
         (
             br#"{"deployment": "scenarios"}"#,
@@ -1620,8 +1620,9 @@ fn signals_and_published_events_over_http() {
     server
         .post_json("/v1/workflows/asks/signals/big", &big)
         .expect(202);
+    // No body at all is a signal with a null value, as `{}` is.
     server
-        .post_json("/v1/workflows/asks/signals/go", &json!({}))
+        .post_empty("/v1/workflows/asks/signals/go")
         .expect(202);
     let record = server.result("asks");
     assert_eq!(record["output"], json!({"received": [{"n": 1}, null]}));
