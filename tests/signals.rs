@@ -350,7 +350,12 @@ fn a_waiting_workflow_is_cancelled_at_once_and_bad_signals_are_refused() {
     let scratch = Scratch::new();
     run(&mut scratch.scenario("idle", waits(1, 0, None))).expect_code(12);
     let bad = run(&mut scratch.host(&["signal", "idle", "go", "--data", "{oops"])).expect_code(2);
-    assert!(bad.stderr().contains("not valid JSON"), "{}", bad.stderr());
+    assert!(
+        bad.stderr()
+            .contains("the signal's value is not valid JSON"),
+        "{}",
+        bad.stderr()
+    );
     let unknown = run(&mut scratch.host(&["signal", "nobody", "go"])).expect_code(2);
     assert!(
         unknown.stderr().contains("does not exist"),

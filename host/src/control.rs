@@ -45,8 +45,9 @@ pub enum ControlError {
     },
     #[error("workflow {id} exists with another input")]
     InputConflict { id: String },
-    #[error("the input is not valid JSON: {reason}")]
-    InvalidInput { reason: String },
+    /// `what` (the input, a signal's value) does not parse.
+    #[error("{what} is not valid JSON: {reason}")]
+    InvalidInput { what: &'static str, reason: String },
     #[error("{what} is {size} bytes, more than the {limit} bytes allowed")]
     TooLarge {
         what: &'static str,
@@ -147,6 +148,7 @@ fn compact_json(what: &'static str, text: &str) -> Result<String, ControlError> 
     }
     Ok(serde_json::from_str::<serde_json::Value>(text)
         .map_err(|e| ControlError::InvalidInput {
+            what,
             reason: e.to_string(),
         })?
         .to_string())

@@ -140,6 +140,7 @@ pub fn add(
     })?;
     let input = serde_json::from_str::<serde_json::Value>(schedule.input)
         .map_err(|e| ControlError::InvalidInput {
+            what: "the input",
             reason: e.to_string(),
         })?
         .to_string();

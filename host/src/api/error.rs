@@ -139,9 +139,10 @@ impl From<ControlError> for ApiError {
                     "an id names one workflow: submit it with the input it has (GET /v1/workflows/{id} shows it), or pick another workflow_id",
                 ),
             ),
-            ControlError::InvalidInput { .. } => {
-                Self::bad_request(message, "`input` may be any JSON value (`null` for none)")
-            }
+            ControlError::InvalidInput { what, .. } => Self::bad_request(
+                message,
+                &format!("{what} may be any JSON value (`null` for none)"),
+            ),
             ControlError::TooLarge { .. } => Self::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 message,
