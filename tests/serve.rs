@@ -679,13 +679,7 @@ fn second_signal_during_a_drain_exits_at_once() {
     start(&scratch, SCENARIOS, "long", &input, &[]).expect_code(0);
     let args = ["--stale-after", "2s", "--shutdown-grace", "60s"];
     let mut first = Server::start(&scratch, "serve-1", &args);
-    wait_until("the long step to begin", PATIENCE, || {
-        scratch
-            .try_steps("long")
-            .unwrap_or_default()
-            .iter()
-            .any(|s| s.1 == "running")
-    });
+    scratch.wait_for_step("long", "k#", "running");
     first.signal("-TERM");
     wait_until("serve to begin its drain", Duration::from_secs(5), || {
         first.log().contains("shutting down")
@@ -742,13 +736,7 @@ fn a_run_left_in_a_step_at_the_end_of_the_grace_counts_as_started() {
     start(&scratch, SCENARIOS, "slow", &input, &[]).expect_code(0);
     let args = ["--stale-after", "2s", "--shutdown-grace", "500ms"];
     let mut server = Server::start(&scratch, "serve-1", &args);
-    wait_until("the slow step to begin", PATIENCE, || {
-        scratch
-            .try_steps("slow")
-            .unwrap_or_default()
-            .iter()
-            .any(|s| s.1 == "running")
-    });
+    scratch.wait_for_step("slow", "k#", "running");
     server.signal("-TERM");
     let status = server.wait_exit(Duration::from_secs(10));
     assert_eq!(status.and_then(|s| s.code()), Some(0));
