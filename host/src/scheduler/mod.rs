@@ -325,9 +325,6 @@ fn listen_again(database: &Database, shutdown: &AtomicBool) -> Option<Box<dyn Wo
 struct Finished {
     queue: String,
     workflow_id: String,
-    /// The run claimed the workflow (or suspended it unclaimed): it began
-    /// here, whatever its end; not when another process had it first.
-    claimed: bool,
     end: RunEnd,
 }
 
@@ -389,7 +386,9 @@ struct Dispatcher {
     /// Runs in progress per queue.
     running: HashMap<String, usize>,
     /// Workflows dispatched and not finished: not to be taken again. With
-    /// each, whether its run has claimed it yet.
+    /// each, whether its run has claimed it yet (or suspended it
+    /// unclaimed): it began here, whatever its end; not when another
+    /// process had it first. Set by the run before it reports its end.
     in_flight: HashMap<String, Arc<AtomicBool>>,
     /// When workflows of dead owners of this host were last looked for.
     last_orphan_scan: Instant,
@@ -571,7 +570,6 @@ impl Dispatcher {
             let finished = Finished {
                 queue: workflow.queue.clone(),
                 workflow_id: workflow.id.clone(),
-                claimed: claimed.load(Ordering::Relaxed),
                 end,
             };
             let _ = done.send(Event::Finished(finished));
@@ -582,7 +580,6 @@ impl Dispatcher {
             self.finished(Finished {
                 queue,
                 workflow_id,
-                claimed: false,
                 end: RunEnd::Starved(Shortage::Memory),
             });
         }
@@ -600,8 +597,8 @@ impl Dispatcher {
         if let Some(count) = self.running.get_mut(&finished.queue) {
             *count = count.saturating_sub(1);
         }
-        self.in_flight.remove(&finished.workflow_id);
-        if finished.claimed {
+        let claimed = self.in_flight.remove(&finished.workflow_id);
+        if claimed.is_some_and(|claimed| claimed.load(Ordering::Relaxed)) {
             self.summary.started += 1;
         }
         if let RunEnd::Ran(status) = finished.end {
